@@ -1,0 +1,1 @@
+//! The cluster file: see README.md, "cluster.yaml reference".

@@ -1,0 +1,4 @@
+//! Host side: the agent that runs on each host as root, invoked as `k3node host <operation>`.
+
+pub mod preflight;
+pub mod system;

@@ -1,0 +1,1 @@
+//! Preflight checks run on the host.

@@ -1,0 +1,15 @@
+//! k3node: takes Linux hosts reachable over SSH to a verified k3s cluster and keeps them healthy.
+//!
+//! Layout, by side:
+//! - [`cluster`]: the declarative cluster file (`cluster.yaml`), parsed and validated.
+//! - [`transport`]: operator side, SSH to hosts (russh): auth, host keys, exec, upload.
+//! - [`operator`]: operator side, phases run across hosts (agent bootstrap, preflight).
+//! - [`host`]: host side, the agent's native operations (`k3node host <operation>`).
+//! - [`protocol`]: what the operator and the host agent say to each other.
+
+pub mod cluster;
+pub mod fsutil;
+pub mod host;
+pub mod operator;
+pub mod protocol;
+pub mod transport;

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds the root filesystem every lab host boots from (see ../shared/lab.md).
+# Idempotent: a finished image carries a stamp; a half-built one is thrown away and rebuilt.
+# Bump LAB_BASE_VERSION when the package list or the users below change.
+set -euo pipefail
+
+LAB_BASE_VERSION=1
+CACHE=${K3NODE_LAB_CACHE:-/var/cache/k3node-lab}
+BASE="$CACHE/base-v$LAB_BASE_VERSION"
+STAMP="$BASE/.k3node-lab-base"
+
+if [ -f "$STAMP" ]; then
+  echo "lab base image: $BASE (cached)"
+  exit 0
+fi
+
+for cmd in debootstrap chroot; do
+  command -v "$cmd" >/dev/null || { echo "lab base image: $cmd is missing (apt-get install debootstrap)" >&2; exit 1; }
+done
+
+mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+mirror=${mirror:-http://deb.debian.org/debian}
+
+mkdir -p "$CACHE"
+work="$BASE.partial"
+rm -rf "$work"
+echo "lab base image: debootstrap bookworm from $mirror into $work (about a minute)"
+debootstrap --variant=minbase \
+  --include=openssh-server,systemd,systemd-sysv,dbus,iproute2,sudo,kmod,procps \
+  bookworm "$work" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
+    echo "lab base image: debootstrap failed, last lines of $CACHE/debootstrap.log:" >&2
+    tail -20 "$CACHE/debootstrap.log" >&2
+    exit 1
+  }
+
+# Host keys are made per host by the harness, so that each host has its own identity.
+rm -f "$work"/etc/ssh/ssh_host_*
+# An empty machine-id would make every host share the one nspawn derives; the harness writes one per host.
+: >"$work/etc/machine-id"
+
+# Users the transport tests log in as: one with passwordless sudo, one whose sudo asks for a password.
+chroot "$work" useradd --create-home --shell /bin/bash ops
+chroot "$work" useradd --create-home --shell /bin/bash pw
+echo 'pw:lab-sudo-password' | chroot "$work" chpasswd
+echo 'ops ALL=(ALL) NOPASSWD:ALL' >"$work/etc/sudoers.d/ops"
+echo 'pw ALL=(ALL) ALL' >"$work/etc/sudoers.d/pw"
+chmod 0440 "$work/etc/sudoers.d/ops" "$work/etc/sudoers.d/pw"
+
+cat >"$work/etc/ssh/sshd_config.d/lab.conf" <<'CONF'
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UseDNS no
+HostKey /etc/ssh/ssh_host_ed25519_key
+CONF
+
+# Nothing in a lab host needs a login console or timers; fewer units make boots faster.
+for unit in console-getty.service getty@.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
+  chroot "$work" systemctl mask "$unit" >/dev/null 2>&1 || true
+done
+
+chroot "$work" apt-get clean
+date -u +%FT%TZ >"$work/.k3node-lab-base"
+mv "$work" "$BASE"
+echo "lab base image: built $BASE"
