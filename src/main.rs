@@ -1,1 +1,70 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Takes Linux hosts reachable over SSH to a verified k3s cluster.
+#[derive(Debug, Parser)]
+#[command(name = "k3node", version, about)]
+struct Cli {
+    /// More logs on stderr (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a commented starter cluster.yaml.
+    Init(commands::init::InitArgs),
+    /// Check a cluster file without touching any host.
+    Validate(commands::validate::ValidateArgs),
+    /// Check every host (or this machine) for what k3s needs, and optionally fix what is safe.
+    Preflight(commands::preflight::PreflightArgs),
+    /// Host agent operations, run by the operator side over SSH.
+    #[command(hide = true)]
+    Host(commands::host::HostArgs),
+}
+
+fn main() -> ExitCode {
+    // Like every Unix tool: output piped into `head` ends the program quietly instead of panicking.
+    // SAFETY: no other thread exists yet, and the default disposition is async-signal-safe.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let cli = Cli::parse();
+    if let Command::Host(args) = &cli.command {
+        // The agent's stdout is the protocol; logs would corrupt it.
+        return commands::host::run(args);
+    }
+    init_tracing(cli.verbose);
+    let result = match &cli.command {
+        Command::Init(args) => commands::init::run(args).map(|_| true),
+        Command::Validate(args) => commands::validate::run(args).map(|_| true),
+        Command::Preflight(args) => runtime().and_then(|rt| rt.block_on(commands::preflight::run(args))),
+        Command::Host(_) => unreachable!("handled above"),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            commands::exit_code_for(&e)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info,russh=warn",
+        2 => "debug,russh=info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("K3NODE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,4 +1,7 @@
 //! Host side: the agent that runs on each host as root, invoked as `k3node host <operation>`.
 
 pub mod preflight;
+mod serve;
 pub mod system;
+
+pub use serve::serve;

@@ -1,1 +1,7 @@
-//! Operator side.
+//! Operator side: runs phases across the hosts of a cluster file.
+
+pub mod agent;
+pub mod connect;
+pub mod cross_host;
+pub mod preflight;
+pub mod progress;

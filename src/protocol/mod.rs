@@ -2,7 +2,7 @@
 //!
 //! The operator runs the agent over an SSH exec channel. It writes one JSON request line on the
 //! agent's stdin (parameters never travel on the command line, so secrets stay out of process
-//! listings), optionally followed by a raw byte stream (uploads). The agent answers on stdout with
+//! listings), and the agent answers on stdout with
 //! JSON lines: any number of progress events, then exactly one result or error line.
 
 pub mod preflight;
@@ -29,8 +29,6 @@ pub enum AgentLine {
 pub enum AgentErrorKind {
     /// The request line could not be read or understood.
     BadRequest,
-    /// Bytes received do not have the sha256 the operator announced.
-    ChecksumMismatch,
     /// Anything the host refused or failed to do (I/O, permissions, a command that failed).
     Failed,
 }
@@ -41,8 +39,6 @@ pub enum AgentErrorKind {
 pub enum Request {
     Hello,
     Preflight(preflight::PreflightRequest),
-    /// Followed on stdin by exactly `size` raw bytes.
-    ReceiveFile(ReceiveFile),
 }
 
 impl Request {
@@ -51,7 +47,6 @@ impl Request {
         match self {
             Request::Hello => "hello",
             Request::Preflight(_) => "preflight",
-            Request::ReceiveFile(_) => "receive-file",
         }
     }
 }
@@ -66,17 +61,13 @@ pub struct Hello {
     pub arch: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ReceiveFile {
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
-    pub mode: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FileReceived {
-    pub path: String,
-    /// False when the file already had the announced content, so nothing was replaced.
-    pub changed: bool,
+/// Debian's name for a kernel machine type (`uname -m`), as k3s names its release artifacts.
+pub fn debian_arch(machine: &str) -> Option<&'static str> {
+    match machine {
+        "x86_64" | "amd64" => Some("amd64"),
+        "aarch64" | "arm64" => Some("arm64"),
+        "armv7l" | "armv8l" | "armhf" => Some("armhf"),
+        "s390x" => Some("s390x"),
+        _ => None,
+    }
 }

@@ -1,1 +1,37 @@
-fn main(){}
+//! Lab tests: real hosts (systemd + sshd in nspawn containers, each in its own network namespace)
+//! built once for the whole run, then scenarios one at a time. See ../shared/lab.md.
+
+mod common;
+mod harness_selftest;
+mod preflight;
+mod support;
+mod transport;
+
+use std::sync::Arc;
+
+use libtest_mimic::Arguments;
+use support::{Lab, LabSpec};
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // The hosts are shared; scenarios must not interleave.
+    args.test_threads = Some(1);
+    let lab = match Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect() }) {
+        Ok(lab) => Arc::new(lab),
+        Err(e) => {
+            // Never a silent skip: without a lab these tests have proven nothing.
+            eprintln!("lab tests: cannot build the lab: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let mut trials = harness_selftest::trials(&lab);
+    trials.extend(transport::trials(&lab));
+    trials.extend(preflight::trials(&lab));
+    let conclusion = libtest_mimic::run(&args, trials);
+    match Arc::try_unwrap(lab) {
+        Ok(lab) => drop(lab),
+        Err(_) => eprintln!("lab tests: a trial still holds the lab; tearing down through cleanup_leftovers"),
+    }
+    let _ = support::cleanup_leftovers();
+    conclusion.exit();
+}

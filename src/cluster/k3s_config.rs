@@ -1,0 +1,660 @@
+//! The keys of k3s's /etc/rancher/k3s/config.yaml that `spec.k3s.config` accepts, with their
+//! types. k3s itself skips unknown keys with a mere warning, so a typo would silently do nothing:
+//! this table is what makes it an error instead (k3s-contract.md section 3).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::Node;
+use serde_json::Value;
+
+use super::diagnostic::{Pos, Sink};
+use super::reader::{did_you_mean, index, is_null, is_plain, kind_name, Entry};
+
+/// Which k3s commands take a key. Servers run an agent too, so `All` keys go to every node;
+/// `Server` keys only make sense in a server's config.yaml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Server,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Bool,
+    /// A non-negative integer.
+    Int,
+    Port,
+    /// A list of strings; a single string is taken as a one-item list.
+    List,
+    /// Comma-separated CIDRs (at most one per IP family, for dual-stack), or a list of them.
+    Cidrs,
+    /// Comma-separated IP addresses, or a list of them.
+    Ips,
+    Ip,
+    Enum(&'static [&'static str]),
+    /// A list whose items (also comma-separated ones) come from a fixed set.
+    EnumList(&'static [&'static str]),
+    /// An octal file mode as a quoted string, like "0644".
+    FileMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub scope: Scope,
+    /// The value is a credential (or may embed one, like a datastore DSN): never print it.
+    pub secret: bool,
+}
+
+pub const DISABLE_ITEMS: &[&str] = &[
+    "coredns",
+    "servicelb",
+    "traefik",
+    "local-storage",
+    "metrics-server",
+    "runtimes",
+];
+pub const FLANNEL_BACKENDS: &[&str] = &["vxlan", "host-gw", "wireguard-native", "none"];
+pub const EGRESS_SELECTOR_MODES: &[&str] = &["agent", "cluster", "pod", "disabled"];
+
+const fn key(name: &'static str, kind: Kind, scope: Scope) -> KeySpec {
+    KeySpec { name, kind, scope, secret: false }
+}
+
+const fn secret(name: &'static str, kind: Kind, scope: Scope) -> KeySpec {
+    KeySpec { name, kind, scope, secret: true }
+}
+
+/// Every accepted key, sorted by name.
+pub const KEYS: &[KeySpec] = {
+    use Kind::*;
+    use Scope::{All, Server};
+    &[
+        key("advertise-address", Ip, Server),
+        key("advertise-port", Port, Server),
+        key("airgap-extra-registry", List, All),
+        key("alsologtostderr", Bool, All),
+        key("bind-address", Ip, Server),
+        key("cluster-cidr", Cidrs, Server),
+        key("cluster-dns", Ips, Server),
+        key("cluster-domain", String, Server),
+        key("container-runtime-endpoint", String, All),
+        key("data-dir", String, All),
+        key("datastore-cafile", String, Server),
+        key("datastore-certfile", String, Server),
+        secret("datastore-endpoint", String, Server),
+        key("datastore-keyfile", String, Server),
+        key("debug", Bool, All),
+        key("default-local-storage-path", String, Server),
+        key("default-runtime", String, All),
+        key("disable", EnumList(DISABLE_ITEMS), Server),
+        key("disable-agent", Bool, Server),
+        key("disable-apiserver", Bool, Server),
+        key("disable-cloud-controller", Bool, Server),
+        key("disable-controller-manager", Bool, Server),
+        key("disable-default-registry-endpoint", Bool, All),
+        key("disable-etcd", Bool, Server),
+        key("disable-helm-controller", Bool, Server),
+        key("disable-kube-proxy", Bool, Server),
+        key("disable-network-policy", Bool, Server),
+        key("disable-scheduler", Bool, Server),
+        key("docker", Bool, All),
+        key("egress-selector-mode", Enum(EGRESS_SELECTOR_MODES), Server),
+        key("embedded-registry", Bool, Server),
+        key("enable-pprof", Bool, All),
+        key("etcd-arg", List, Server),
+        key("etcd-disable-snapshots", Bool, Server),
+        key("etcd-expose-metrics", Bool, Server),
+        key("etcd-s3", Bool, Server),
+        secret("etcd-s3-access-key", String, Server),
+        key("etcd-s3-bucket", String, Server),
+        key("etcd-s3-config-secret", String, Server),
+        key("etcd-s3-endpoint", String, Server),
+        key("etcd-s3-endpoint-ca", String, Server),
+        key("etcd-s3-folder", String, Server),
+        key("etcd-s3-insecure", Bool, Server),
+        key("etcd-s3-proxy", String, Server),
+        key("etcd-s3-region", String, Server),
+        secret("etcd-s3-secret-key", String, Server),
+        key("etcd-s3-skip-ssl-verify", Bool, Server),
+        key("etcd-s3-timeout", String, Server),
+        key("etcd-snapshot-compress", Bool, Server),
+        key("etcd-snapshot-dir", String, Server),
+        key("etcd-snapshot-name", String, Server),
+        key("etcd-snapshot-retention", Int, Server),
+        key("etcd-snapshot-schedule-cron", String, Server),
+        key("flannel-backend", Enum(FLANNEL_BACKENDS), Server),
+        key("flannel-cni-conf", String, All),
+        key("flannel-conf", String, All),
+        key("flannel-external-ip", Bool, Server),
+        key("flannel-iface", String, All),
+        key("flannel-ipv6-masq", Bool, Server),
+        key("helm-job-image", String, Server),
+        key("https-listen-port", Port, Server),
+        key("image-credential-provider-bin-dir", String, All),
+        key("image-credential-provider-config", String, All),
+        key("image-service-endpoint", String, All),
+        key("kube-apiserver-arg", List, Server),
+        key("kube-cloud-controller-manager-arg", List, Server),
+        key("kube-controller-manager-arg", List, Server),
+        key("kube-proxy-arg", List, All),
+        key("kube-scheduler-arg", List, Server),
+        key("kubelet-arg", List, All),
+        key("lb-server-port", Port, All),
+        key("log", String, All),
+        key("node-external-dns", List, All),
+        key("node-external-ip", Ips, All),
+        key("node-internal-dns", List, All),
+        key("node-ip", Ips, All),
+        key("nonroot-devices", Bool, All),
+        key("pause-image", String, All),
+        key("prefer-bundled-bin", Bool, All),
+        key("private-registry", String, All),
+        key("protect-kernel-defaults", Bool, All),
+        key("resolv-conf", String, All),
+        key("rootless", Bool, All),
+        key("secrets-encryption", Bool, Server),
+        key("selinux", Bool, All),
+        key("service-cidr", Cidrs, Server),
+        key("service-node-port-range", String, Server),
+        key("servicelb-namespace", String, Server),
+        key("snapshotter", String, All),
+        key("system-default-registry", String, Server),
+        key("tls-san", List, Server),
+        key("tls-san-security", Bool, Server),
+        key("v", Int, All),
+        key("vmodule", String, All),
+        secret("vpn-auth", String, All),
+        key("vpn-auth-file", String, All),
+        key("with-node-id", Bool, All),
+        key("write-kubeconfig", String, Server),
+        key("write-kubeconfig-group", String, Server),
+        key("write-kubeconfig-mode", FileMode, Server),
+    ]
+};
+
+/// Keys k3node sets itself, with where the user's intent belongs instead.
+pub const MANAGED: &[(&str, &str)] = &[
+    ("agent-token", "k3node generates the cluster tokens, keeps them on the first server and hands them to joining nodes; they never belong in cluster.yaml"),
+    ("agent-token-file", "k3node generates the cluster tokens, keeps them on the first server and hands them to joining nodes; they never belong in cluster.yaml"),
+    ("cluster-init", "k3node decides which server initialises the cluster; list your servers in spec.hosts with role: server"),
+    ("cluster-reset", "use `k3node restore` to reset a cluster from a snapshot"),
+    ("cluster-reset-restore-path", "use `k3node restore` to reset a cluster from a snapshot"),
+    ("node-label", "set labels per host in spec.hosts[].labels"),
+    ("node-name", "the node name is spec.hosts[].name"),
+    ("node-taint", "set taints per host in spec.hosts[].taints"),
+    ("server", "k3node joins every node to the first server in spec.hosts"),
+    ("token", "k3node generates the cluster token, keeps it on the first server and hands it to joining nodes; it never belongs in cluster.yaml"),
+    ("token-file", "k3node generates the cluster token, keeps it on the first server and hands it to joining nodes; it never belongs in cluster.yaml"),
+];
+
+pub fn key_spec(name: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Whether the value of `name` must be kept out of output, logs and process arguments.
+pub fn is_secret(name: &str) -> bool {
+    key_spec(name).is_some_and(|k| k.secret)
+}
+
+/// What the reader learnt from `spec.k3s.config`, with positions for the cross-field checks.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigRead {
+    pub values: BTreeMap<String, Value>,
+    /// Position of each valid value.
+    pub pos: BTreeMap<String, Pos>,
+    /// Keys that were present but invalid: cross-field checks must not fall back to defaults
+    /// for them, or they would report confusing follow-up errors.
+    pub invalid: BTreeSet<String>,
+}
+
+pub(crate) fn read(sink: &mut Sink, map: &MarkedMappingNode, path: &str) -> ConfigRead {
+    let mut out = ConfigRead::default();
+    let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+    for (key, value) in map.iter() {
+        let name = key.as_str();
+        let e = Entry {
+            key,
+            value,
+            path: super::reader::child(path, name),
+        };
+        if let Some((_, hint)) = MANAGED.iter().find(|(k, _)| *k == name) {
+            sink.error(
+                e.key_pos(),
+                &e.path,
+                format!("`{name}` is managed by k3node and cannot be set here"),
+            )
+            .hint(*hint);
+            continue;
+        }
+        let Some(spec) = key_spec(name) else {
+            unknown_key(sink, &e, &names);
+            continue;
+        };
+        if is_null(value) {
+            // `key:` with nothing after it is almost always an unfinished edit.
+            sink.error(e.key_pos(), &e.path, format!("`{name}` has no value"))
+                .hint("remove the key to use the k3s default");
+            out.invalid.insert(name.to_string());
+            continue;
+        }
+        match read_value(sink, &e, spec.kind) {
+            Some(v) => {
+                out.pos.insert(name.to_string(), e.value_pos());
+                out.values.insert(name.to_string(), v);
+            }
+            None => {
+                out.invalid.insert(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn unknown_key(sink: &mut Sink, e: &Entry<'_>, names: &[&str]) {
+    let name = e.key.as_str();
+    if let Some(base) = name.strip_suffix('+') {
+        if key_spec(base).is_some() {
+            sink.error(
+                e.key_pos(),
+                &e.path,
+                format!("`{name}`: the `+` (append) suffix only works in k3s drop-in files"),
+            )
+            .hint(format!("write the whole list under `{base}`"));
+            return;
+        }
+    }
+    let message = match did_you_mean(name, names) {
+        Some(close) => format!("unknown k3s config key `{name}`, did you mean `{close}`?"),
+        None => format!("unknown k3s config key `{name}`"),
+    };
+    let hint = if name.starts_with('-') {
+        "write k3s flags without the leading --, e.g. cluster-cidr".to_string()
+    } else {
+        "k3s ignores unknown keys, so k3node refuses them; see the cluster.yaml reference for the accepted keys".to_string()
+    };
+    sink.error(e.key_pos(), &e.path, message).hint(hint);
+}
+
+fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
+    match kind {
+        Kind::String => text(sink, e.value, &e.path).map(|s| Value::String(s.to_string())),
+        Kind::Bool => read_bool(sink, e),
+        Kind::Int => {
+            let t = text(sink, e.value, &e.path)?;
+            match t.parse::<u64>() {
+                Ok(n) if t.bytes().all(|b| b.is_ascii_digit()) => Some(Value::from(n)),
+                _ => {
+                    sink.error(
+                        e.value_pos(),
+                        &e.path,
+                        format!("must be a whole number, found {t:?}"),
+                    );
+                    None
+                }
+            }
+        }
+        Kind::Port => {
+            let t = text(sink, e.value, &e.path)?;
+            match super::reader::parse_port(t) {
+                Ok(p) => Some(Value::from(p)),
+                Err(m) => {
+                    sink.error(e.value_pos(), &e.path, m);
+                    None
+                }
+            }
+        }
+        Kind::List => {
+            let items = items(sink, e)?;
+            Some(Value::Array(
+                items
+                    .into_iter()
+                    .map(|(s, _, _)| Value::String(s))
+                    .collect(),
+            ))
+        }
+        Kind::EnumList(allowed) => {
+            let mut ok = true;
+            let list = items(sink, e)?;
+            for (item, path, at) in &list {
+                for part in item.split(',').map(str::trim) {
+                    if !allowed.contains(&part) {
+                        ok = false;
+                        let d = sink.error(
+                            *at,
+                            path,
+                            format!("{part:?} is not one of {}", allowed.join(", ")),
+                        );
+                        if let Some(close) = did_you_mean(part, allowed) {
+                            d.hint(format!("did you mean `{close}`?"));
+                        }
+                    }
+                }
+            }
+            ok.then(|| Value::Array(list.into_iter().map(|(s, _, _)| Value::String(s)).collect()))
+        }
+        Kind::Enum(allowed) => {
+            let t = text(sink, e.value, &e.path)?;
+            if allowed.contains(&t) {
+                return Some(Value::String(t.to_string()));
+            }
+            let d = sink.error(
+                e.value_pos(),
+                &e.path,
+                format!("{t:?} is not one of {}", allowed.join(", ")),
+            );
+            if let Some(close) = did_you_mean(t, allowed) {
+                d.hint(format!("did you mean `{close}`?"));
+            }
+            None
+        }
+        Kind::Cidrs => {
+            let parts = comma_items(sink, e)?;
+            let mut ok = true;
+            let mut families = BTreeSet::new();
+            for (part, path, at) in &parts {
+                match parse_cidr(part) {
+                    Ok(net) => {
+                        if !families.insert(matches!(net, IpNet::V4(_))) {
+                            ok = false;
+                            sink.error(*at, path, format!("{part:?}: at most one IPv4 and one IPv6 CIDR may be given"))
+                                .hint("dual-stack takes one CIDR per IP family, e.g. 10.42.0.0/16,2001:cafe:42::/56");
+                        }
+                    }
+                    Err(m) => {
+                        ok = false;
+                        sink.error(*at, path, m);
+                    }
+                }
+            }
+            ok.then(|| Value::String(join(&parts)))
+        }
+        Kind::Ips => {
+            let parts = comma_items(sink, e)?;
+            let mut ok = true;
+            for (part, path, at) in &parts {
+                if part.parse::<IpAddr>().is_err() {
+                    ok = false;
+                    sink.error(*at, path, format!("{part:?} is not a valid IP address"));
+                }
+            }
+            ok.then(|| Value::String(join(&parts)))
+        }
+        Kind::Ip => {
+            let t = text(sink, e.value, &e.path)?;
+            if t.parse::<IpAddr>().is_ok() {
+                Some(Value::String(t.to_string()))
+            } else {
+                sink.error(
+                    e.value_pos(),
+                    &e.path,
+                    format!("{t:?} is not a valid IP address"),
+                );
+                None
+            }
+        }
+        Kind::FileMode => read_mode(sink, e),
+    }
+}
+
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    match s.parse::<IpNet>() {
+        Ok(net) => Ok(net),
+        Err(_) if s.parse::<IpAddr>().is_ok() => Err(format!(
+            "{s:?} is an address, not a CIDR: add the prefix length, e.g. {s}/16"
+        )),
+        Err(_) => Err(format!("{s:?} is not a valid CIDR (e.g. 10.42.0.0/16)")),
+    }
+}
+
+fn join(parts: &[(String, String, Pos)]) -> String {
+    parts
+        .iter()
+        .map(|(s, _, _)| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A non-empty scalar's text, or an error saying what was found instead.
+fn text<'n>(sink: &mut Sink, node: &'n Node, path: &str) -> Option<&'n str> {
+    let at = Pos::of_node(node);
+    match node {
+        Node::Scalar(s) if !s.as_str().trim().is_empty() => Some(s.as_str()),
+        Node::Scalar(_) => {
+            sink.error(at, path, "must not be empty");
+            None
+        }
+        other => {
+            sink.error(
+                at,
+                path,
+                format!("must be a single value, found {}", kind_name(other)),
+            );
+            None
+        }
+    }
+}
+
+fn read_bool(sink: &mut Sink, e: &Entry<'_>) -> Option<Value> {
+    let t = text(sink, e.value, &e.path)?;
+    match t {
+        "true" | "True" | "TRUE" => Some(Value::Bool(true)),
+        "false" | "False" | "FALSE" => Some(Value::Bool(false)),
+        other => {
+            let d = sink.error(
+                e.value_pos(),
+                &e.path,
+                format!("must be true or false, found {other:?}"),
+            );
+            if matches!(
+                other.to_ascii_lowercase().as_str(),
+                "yes" | "no" | "on" | "off" | "y" | "n"
+            ) {
+                d.hint("YAML 1.1's yes/no/on/off are not booleans for k3s; write true or false");
+            }
+            None
+        }
+    }
+}
+
+/// The items of a list value (or of a single scalar), each with its path and position.
+fn items(sink: &mut Sink, e: &Entry<'_>) -> Option<Vec<(String, String, Pos)>> {
+    match e.value {
+        Node::Scalar(_) => text(sink, e.value, &e.path)
+            .map(|t| vec![(t.to_string(), e.path.clone(), e.value_pos())]),
+        Node::Sequence(seq) => {
+            let mut out = Vec::new();
+            let mut ok = true;
+            for (i, item) in seq.iter().enumerate() {
+                let path = index(&e.path, i);
+                match text(sink, item, &path) {
+                    Some(t) => out.push((t.to_string(), path, Pos::of_node(item))),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(out)
+        }
+        Node::Mapping(_) => {
+            sink.error(
+                e.value_pos(),
+                &e.path,
+                "must be a list of strings (or a single string), found a mapping",
+            );
+            None
+        }
+    }
+}
+
+/// Like [`items`], with comma-separated values split (`10.42.0.0/16,2001:cafe:42::/56`).
+fn comma_items(sink: &mut Sink, e: &Entry<'_>) -> Option<Vec<(String, String, Pos)>> {
+    let mut out = Vec::new();
+    for (item, path, at) in items(sink, e)? {
+        for part in item.split(',').map(str::trim) {
+            out.push((part.to_string(), path.clone(), at));
+        }
+    }
+    Some(out)
+}
+
+fn read_mode(sink: &mut Sink, e: &Entry<'_>) -> Option<Value> {
+    let t = text(sink, e.value, &e.path)?;
+    let octal = (3..=4).contains(&t.len()) && t.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    let plain = matches!(e.value, Node::Scalar(s) if is_plain(s));
+    if plain && (t.bytes().all(|b| b.is_ascii_digit()) || t.starts_with("0o")) {
+        sink.error(e.value_pos(), &e.path, format!("file mode {t} must be quoted, like \"0644\""))
+            .hint(format!(
+                "unquoted, YAML reads {t} as a number (0644 is 644 in YAML 1.2 and 420 in YAML 1.1), not as an octal mode; write \"{}\"",
+                t.trim_start_matches("0o")
+            ));
+        return None;
+    }
+    if !octal {
+        sink.error(
+            e.value_pos(),
+            &e.path,
+            format!("{t:?} is not an octal file mode (e.g. \"0644\" or \"0600\")"),
+        );
+        return None;
+    }
+    Some(Value::String(t.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_unique_and_disjoint_from_managed() {
+        for pair in KEYS.windows(2) {
+            assert!(
+                pair[0].name < pair[1].name,
+                "{} / {}",
+                pair[0].name,
+                pair[1].name
+            );
+        }
+        for (m, _) in MANAGED {
+            assert!(key_spec(m).is_none(), "{m} is both managed and accepted");
+        }
+        assert!(is_secret("datastore-endpoint") && is_secret("etcd-s3-secret-key") && !is_secret("cluster-cidr"));
+    }
+
+    #[test]
+    fn contract_keys_are_known_or_managed() {
+        // k3s-contract.md section 3.
+        for k in [
+            "cluster-cidr",
+            "service-cidr",
+            "cluster-dns",
+            "cluster-domain",
+            "tls-san",
+            "node-ip",
+            "node-external-ip",
+            "disable",
+            "flannel-backend",
+            "flannel-iface",
+            "write-kubeconfig-mode",
+            "data-dir",
+            "kubelet-arg",
+            "kube-apiserver-arg",
+            "etcd-snapshot-schedule-cron",
+            "etcd-snapshot-retention",
+            "etcd-snapshot-dir",
+            "secrets-encryption",
+        ] {
+            assert!(key_spec(k).is_some(), "{k}");
+        }
+        for k in [
+            "node-name",
+            "node-label",
+            "node-taint",
+            "token",
+            "token-file",
+            "agent-token",
+            "server",
+            "cluster-init",
+            "cluster-reset",
+            "cluster-reset-restore-path",
+        ] {
+            assert!(MANAGED.iter().any(|(m, _)| *m == k), "{k}");
+        }
+    }
+
+    fn read_text(yaml: &str) -> (ConfigRead, String) {
+        let node = marked_yaml::parse_yaml_with_options(
+            0,
+            yaml,
+            marked_yaml::LoaderOptions::default().prevent_coercion(true),
+        )
+        .expect("test yaml parses");
+        let map = node.as_mapping().expect("mapping");
+        let mut sink = Sink::new("t.yaml");
+        let r = read(&mut sink, map, "config");
+        (r, sink.finish().to_string())
+    }
+
+    #[test]
+    fn values_are_typed_and_normalized() {
+        let (r, errs) = read_text(
+            "disable: traefik\ncluster-cidr: [10.42.0.0/16, 'fd00:42::/56']\nsecrets-encryption: true\n\
+             etcd-snapshot-retention: 5\nwrite-kubeconfig-mode: \"0644\"\nkubelet-arg: max-pods=200\n",
+        );
+        assert_eq!(errs, "");
+        assert_eq!(r.values["disable"], serde_json::json!(["traefik"]));
+        assert_eq!(
+            r.values["cluster-cidr"],
+            serde_json::json!("10.42.0.0/16,fd00:42::/56")
+        );
+        assert_eq!(r.values["secrets-encryption"], serde_json::json!(true));
+        assert_eq!(r.values["etcd-snapshot-retention"], serde_json::json!(5));
+        assert_eq!(r.values["write-kubeconfig-mode"], serde_json::json!("0644"));
+        assert_eq!(r.values["kubelet-arg"], serde_json::json!(["max-pods=200"]));
+    }
+
+    #[test]
+    fn wrong_values_are_reported() {
+        let (r, errs) = read_text(
+            "write-kubeconfig-mode: 0644\nselinux: yes\ndisable: [traefik, treafik]\nflannel-backend: wireguard\n\
+             cluster-cidr: 10.42.0.0\nservice-cidr: 10.43.0.0/16,10.44.0.0/16\ntoken: abc\nkube-apiserver-arg+: [a]\n\
+             cluster-cdir: 10.42.0.0/16\n",
+        );
+        assert!(
+            errs.contains(
+                "t.yaml:1:24: config.write-kubeconfig-mode: file mode 0644 must be quoted"
+            ),
+            "{errs}"
+        );
+        assert!(errs.contains("420 in YAML 1.1"), "{errs}");
+        assert!(
+            errs.contains("config.selinux: must be true or false"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("t.yaml:3:20: config.disable[1]: \"treafik\" is not one of"),
+            "{errs}"
+        );
+        assert!(errs.contains("did you mean `traefik`?"), "{errs}");
+        assert!(errs.contains("did you mean `wireguard-native`?"), "{errs}");
+        assert!(errs.contains("is an address, not a CIDR"), "{errs}");
+        assert!(
+            errs.contains("at most one IPv4 and one IPv6 CIDR"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("t.yaml:7:1: config.token: `token` is managed by k3node"),
+            "{errs}"
+        );
+        assert!(errs.contains("config.kube-apiserver-arg+"), "{errs}");
+        assert!(
+            errs.contains("unknown k3s config key `cluster-cdir`, did you mean `cluster-cidr`?"),
+            "{errs}"
+        );
+        assert!(r.invalid.contains("cluster-cidr") && r.invalid.contains("service-cidr"));
+        assert!(r.values.is_empty(), "{:?}", r.values);
+    }
+}

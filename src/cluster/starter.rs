@@ -1,0 +1,65 @@
+//! The commented starter file `k3node init` writes.
+
+/// A cluster file for one server and one agent (the Vagrant lab's 192.168.56.10/.11 layout),
+/// with the optional settings shown, commented out, at their defaults. It parses as valid, so
+/// `k3node up` can run on it once the addresses fit.
+pub fn starter_file() -> String {
+    STARTER.to_string()
+}
+
+const STARTER: &str = r#"# k3node cluster file. Reference: the "cluster.yaml reference" section of k3node's README.
+# Check it with `k3node up --dry-run`; nothing touches a host while this file has errors.
+apiVersion: k3node.io/v1alpha1
+kind: Cluster
+metadata:
+  name: lab                       # DNS-1123 label; also the kubeconfig context name
+spec:
+  ssh:                            # defaults for every host
+    user: root
+    port: 22
+    # keyPath: ~/.ssh/id_ed25519  # default: ssh-agent and ~/.ssh/config; relative paths start at this file's dir
+    # knownHosts: ~/.ssh/known_hosts
+    # configFile: ~/.ssh/config   # OpenSSH client config (used when it exists)
+    # hostKeyCheck: strict        # strict | accept-new (trust on first use; changed keys are always refused)
+    # bastion:                    # jump host
+    #   address: 203.0.113.10
+    #   user: jump
+  hosts:
+    - name: server-1              # Kubernetes node name
+      address: 192.168.56.10      # IP address or DNS name
+      role: server                # server | agent
+    - name: agent-1
+      address: 192.168.56.11
+      role: agent
+      # ssh: { user: vagrant, port: 22, keyPath: ./keys/agent-1 }   # per-host overrides
+      # labels: { tier: db }
+      # taints: ["dedicated=db:NoSchedule"]
+  k3s:
+    channel: stable               # or an exact version: `version: v1.31.4+k3s1` (not both)
+    # source:                     # at most one of:
+    #   releaseUrl: https://github.com/k3s-io/k3s/releases/download   # the default
+    #   mirror: https://mirror.example/k3s                            # same layout as the releases
+    #   airgapDir: ./airgap                                           # k3s binary + sha256sum-<arch>.txt
+    config:                       # keys of /etc/rancher/k3s/config.yaml, validated
+      cluster-cidr: 10.42.0.0/16
+      service-cidr: 10.43.0.0/16
+      cluster-dns: 10.43.0.10
+      write-kubeconfig-mode: "0600"   # quoted: unquoted YAML reads it as a number
+      # disable: [traefik]
+      # tls-san: [k3s.example]
+"#;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn starter_parses() {
+        let f = crate::cluster::parse(
+            "cluster.yaml",
+            std::path::Path::new("/srv/lab"),
+            &super::starter_file(),
+        );
+        let f = f.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f.hosts.len(), 2);
+        assert_eq!(f.k3s.channel.as_deref(), Some("stable"));
+    }
+}

@@ -1,0 +1,175 @@
+//! `k3node preflight`: every host checked by its agent, in parallel, then across hosts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use super::agent::{self, AgentError, AgentInstall, SelfBinary};
+use super::connect::Connector;
+use super::cross_host::{cross_host_checks, HostAnswer};
+use super::progress::Observer;
+use crate::cluster::ClusterFile;
+use crate::protocol::preflight::{PreflightReport, PreflightRequest, Role, Status};
+use crate::protocol::Request;
+use crate::transport::Session;
+
+#[derive(Debug, Clone)]
+pub struct PreflightOptions {
+    pub fix: bool,
+    /// How many hosts are worked on at once.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPreflight {
+    pub host: String,
+    pub address: String,
+    pub role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInstall>,
+    #[serde(flatten)]
+    pub outcome: HostOutcome,
+    #[serde(serialize_with = "as_secs")]
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostOutcome {
+    Report(PreflightReport),
+    /// The host could not be checked at all (connection, auth, agent).
+    Error { kind: String, message: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreflightRun {
+    pub cluster: String,
+    pub hosts: Vec<HostPreflight>,
+}
+
+impl PreflightRun {
+    /// True when no host failed to answer and no check failed.
+    pub fn passed(&self) -> bool {
+        self.hosts.iter().all(|h| match &h.outcome {
+            HostOutcome::Report(r) => r.checks.iter().all(|c| c.status != Status::Fail),
+            HostOutcome::Error { .. } => false,
+        })
+    }
+}
+
+pub fn request_for(cluster: &ClusterFile, role: Role, fix: bool) -> PreflightRequest {
+    PreflightRequest {
+        role,
+        k3s_version: cluster.k3s.version.clone(),
+        cluster_cidr: cluster.k3s.cluster_cidr(),
+        service_cidr: cluster.k3s.service_cidr(),
+        fix,
+    }
+}
+
+pub async fn run(
+    cluster: &ClusterFile,
+    connector: &Connector,
+    me: &SelfBinary,
+    options: &PreflightOptions,
+    observer: Arc<dyn Observer>,
+) -> PreflightRun {
+    let tasks = cluster.hosts.iter().enumerate().map(|(index, host)| {
+        let observer = observer.clone();
+        let request = request_for(cluster, host.role, options.fix);
+        async move {
+            let started = Instant::now();
+            let result = check_host(connector, index, me, &request, observer.as_ref()).await;
+            let (agent, outcome, offset) = match result {
+                Ok((agent, report, offset)) => (Some(agent), HostOutcome::Report(report), offset),
+                Err(e) => (None, HostOutcome::Error { kind: e.kind().to_string(), message: e.to_string() }, 0),
+            };
+            let hp = HostPreflight {
+                host: host.name.clone(),
+                address: host.address.clone(),
+                role: host.role,
+                agent,
+                outcome,
+                elapsed: started.elapsed(),
+            };
+            (hp, offset)
+        }
+    });
+    let mut results: Vec<(HostPreflight, i64)> = stream::iter(tasks).buffered(options.concurrency.max(1)).collect().await;
+
+    let answered: Vec<usize> = (0..results.len()).filter(|i| matches!(results[*i].0.outcome, HostOutcome::Report(_))).collect();
+    let cross = {
+        let answers: Vec<HostAnswer> = answered
+            .iter()
+            .map(|&i| {
+                let (hp, offset) = &results[i];
+                let HostOutcome::Report(report) = &hp.outcome else { unreachable!("filtered above") };
+                HostAnswer { host: &hp.host, address: &hp.address, facts: &report.facts, clock_offset_ms: *offset }
+            })
+            .collect();
+        cross_host_checks(&answers)
+    };
+    for (&i, checks) in answered.iter().zip(cross) {
+        if let HostOutcome::Report(report) = &mut results[i].0.outcome {
+            report.checks.extend(checks);
+        }
+    }
+    let hosts: Vec<HostPreflight> = results.into_iter().map(|(hp, _)| hp).collect();
+    for hp in &hosts {
+        let (ok, summary) = summarize(hp);
+        observer.done(&hp.host, ok, &summary);
+    }
+    PreflightRun { cluster: cluster.name.clone(), hosts }
+}
+
+async fn check_host(
+    connector: &Connector,
+    index: usize,
+    me: &SelfBinary,
+    request: &PreflightRequest,
+    observer: &dyn Observer,
+) -> Result<(AgentInstall, PreflightReport, i64), AgentError> {
+    let endpoint = connector.endpoint(index);
+    let host = endpoint.host.as_str();
+    observer.phase(host, "connecting");
+    let session = Session::connect(endpoint, &connector.options, &connector.keyring).await?;
+    observer.phase(host, "checking agent");
+    let install = agent::ensure_agent(&session, me).await;
+    let install = match install {
+        Ok(i) => i,
+        Err(e) => {
+            session.close().await;
+            return Err(e);
+        }
+    };
+    observer.phase(host, if request.fix { "fixing and checking" } else { "checking" });
+    let sent = now_ms();
+    let report = agent::call::<PreflightReport>(&session, &Request::Preflight(request.clone()), &mut |m| observer.message(host, m)).await;
+    let received = now_ms();
+    session.close().await;
+    let report = report?;
+    // The host read its clock somewhere between send and receive; the midpoint halves the error.
+    let offset = report.facts.clock_unix_ms - (sent + received) / 2;
+    Ok((install, report, offset))
+}
+
+fn summarize(hp: &HostPreflight) -> (bool, String) {
+    match &hp.outcome {
+        HostOutcome::Error { message, .. } => (false, message.clone()),
+        HostOutcome::Report(r) => {
+            let count = |s| r.checks.iter().filter(|c| c.status == s).count();
+            let (fail, warn) = (count(Status::Fail), count(Status::Warn));
+            (fail == 0, format!("{} checks: {} failed, {} warnings", r.checks.len(), fail, warn))
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}

@@ -1,0 +1,441 @@
+//! One SSH connection to one host, reused for every operation of a run.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::ChannelMsg;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+
+use super::host_keys::{self, HostKeyPolicy};
+use super::keys::{default_identity_files, Keyring};
+use super::{Endpoint, TransportError};
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub known_hosts: std::path::PathBuf,
+    pub host_key_policy: HostKeyPolicy,
+    /// Bounds the TCP connect, the SSH handshake and authentication, each.
+    pub connect_timeout: Duration,
+    /// Try the keys of a running ssh-agent (SSH_AUTH_SOCK).
+    pub use_agent: bool,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            known_hosts: host_keys::default_known_hosts(),
+            host_key_policy: HostKeyPolicy::Strict,
+            connect_timeout: Duration::from_secs(10),
+            use_agent: true,
+        }
+    }
+}
+
+/// How commands get root on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    Root,
+    Sudo,
+}
+
+/// Output of a command run to completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub status: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+pub struct Session {
+    host: String,
+    user: String,
+    privilege: Privilege,
+    handle: Handle<HostKeyChecker>,
+    // The jump connection carries ours; it must live as long as we do.
+    _jump: Option<Box<Session>>,
+}
+
+impl Session {
+    /// Connects (through the jump host when there is one), verifies the host key, authenticates
+    /// and finds out how to become root.
+    pub async fn connect(endpoint: &Endpoint, options: &ConnectOptions, keys: &Keyring) -> Result<Session, TransportError> {
+        let mut session = Box::pin(Self::connect_unprivileged(endpoint, options, keys)).await?;
+        session.privilege = session.detect_privilege().await?;
+        Ok(session)
+    }
+
+    async fn connect_unprivileged(endpoint: &Endpoint, options: &ConnectOptions, keys: &Keyring) -> Result<Session, TransportError> {
+        let host = endpoint.host.as_str();
+        let address = format!("{}:{}", endpoint.address, endpoint.port);
+        let verdict = Arc::new(Mutex::new(None));
+        let checker = HostKeyChecker {
+            host: host.to_string(),
+            address: endpoint.address.clone(),
+            port: endpoint.port,
+            known_hosts: options.known_hosts.clone(),
+            policy: options.host_key_policy,
+            verdict: verdict.clone(),
+        };
+        let config = Arc::new(client_config());
+        let timeout = options.connect_timeout;
+
+        let (handle, jump) = match &endpoint.jump {
+            None => {
+                let stream = match tokio::time::timeout(timeout, TcpStream::connect(&address)).await {
+                    Err(_) => {
+                        return Err(TransportError::Unreachable {
+                            host: host.into(),
+                            address,
+                            detail: format!("no answer within {timeout:?}"),
+                        })
+                    }
+                    Ok(Err(e)) => return Err(classify_connect_error(host, &address, e)),
+                    Ok(Ok(s)) => s,
+                };
+                let _ = stream.set_nodelay(true);
+                let handshake = client::connect_stream(config, stream, checker);
+                (finish_handshake(host, &address, timeout, handshake, &verdict).await?, None)
+            }
+            Some(jump_endpoint) => {
+                let jump = Box::pin(Self::connect_unprivileged(jump_endpoint, options, keys)).await?;
+                let channel = jump
+                    .handle
+                    .channel_open_direct_tcpip(endpoint.address.clone(), endpoint.port as u32, "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| TransportError::Unreachable {
+                        host: host.into(),
+                        address: address.clone(),
+                        detail: format!("jump host {} could not open a connection to it: {e}", jump_endpoint.address),
+                    })?;
+                let handshake = client::connect_stream(config, channel.into_stream(), checker);
+                (finish_handshake(host, &address, timeout, handshake, &verdict).await?, Some(Box::new(jump)))
+            }
+        };
+
+        let mut session = Session { host: host.to_string(), user: endpoint.user.clone(), privilege: Privilege::Root, handle, _jump: jump };
+        match tokio::time::timeout(timeout, session.authenticate(endpoint, options, keys)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(TransportError::Timeout { host: host.into(), address, stage: "authenticating", after: timeout }),
+        }
+        tracing::debug!(host, user = %endpoint.user, "authenticated");
+        Ok(session)
+    }
+
+    async fn authenticate(&mut self, endpoint: &Endpoint, options: &ConnectOptions, keys: &Keyring) -> Result<(), TransportError> {
+        let host = self.host.clone();
+        let user = endpoint.user.clone();
+        let mut tried = Vec::new();
+
+        if options.use_agent && std::env::var_os("SSH_AUTH_SOCK").is_some() {
+            match russh::keys::agent::client::AgentClient::connect_env().await {
+                Ok(mut agent) => {
+                    let identities = agent.request_identities().await.unwrap_or_default();
+                    for identity in identities {
+                        let russh::keys::agent::AgentIdentity::PublicKey { key, comment } = identity else { continue };
+                        let hash = self.rsa_hash(&key).await?;
+                        match self.handle.authenticate_publickey_with(user.clone(), key, hash, &mut agent).await {
+                            Ok(r) if r.success() => return Ok(()),
+                            Ok(_) => tried.push(format!("ssh-agent key {comment}")),
+                            Err(e) => tried.push(format!("ssh-agent key {comment} ({e})")),
+                        }
+                    }
+                    if tried.is_empty() {
+                        tried.push("ssh-agent (it holds no keys)".to_string());
+                    }
+                }
+                Err(e) => tried.push(format!("ssh-agent (unusable: {e})")),
+            }
+        }
+
+        let files = if endpoint.identity_files.is_empty() { default_identity_files() } else { endpoint.identity_files.clone() };
+        for path in files {
+            let Some(key) = keys.get(&path) else { continue };
+            let hash = self.rsa_hash(key.public_key()).await?;
+            let result = self
+                .handle
+                .authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(key, hash))
+                .await
+                .map_err(|e| TransportError::ssh(&host, e))?;
+            if result.success() {
+                return Ok(());
+            }
+            tried.push(format!("key {}", path.display()));
+        }
+        if tried.is_empty() {
+            tried.push("no key: none configured, none in ~/.ssh, no ssh-agent".to_string());
+        }
+        Err(TransportError::AuthFailed { host, user, tried })
+    }
+
+    async fn rsa_hash(&self, key: &russh::keys::PublicKey) -> Result<Option<russh::keys::HashAlg>, TransportError> {
+        if !key.algorithm().is_rsa() {
+            return Ok(None);
+        }
+        let best = self.handle.best_supported_rsa_hash().await.map_err(|e| TransportError::ssh(&self.host, e))?;
+        Ok(best.flatten())
+    }
+
+    async fn detect_privilege(&self) -> Result<Privilege, TransportError> {
+        if self.user == "root" {
+            return Ok(Privilege::Root);
+        }
+        let out = self.exec_as_user(&["sudo", "-n", "true"], &mut tokio::io::empty()).await?;
+        if out.status == 0 {
+            return Ok(Privilege::Sudo);
+        }
+        let stderr = out.stderr_text();
+        if stderr.contains("password is required") || stderr.contains("a terminal is required") {
+            Err(TransportError::SudoNeedsPassword { host: self.host.clone(), user: self.user.clone() })
+        } else {
+            Err(TransportError::SudoFailed { host: self.host.clone(), user: self.user.clone(), detail: stderr })
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn privilege(&self) -> Privilege {
+        self.privilege
+    }
+
+    /// Runs `argv` as root (through `sudo -n` when needed), feeding it `stdin`.
+    pub async fn exec(&self, argv: &[&str], stdin: &mut (dyn AsyncRead + Unpin + Send)) -> Result<ExecOutput, TransportError> {
+        self.exec_streaming(argv, stdin, &mut |_| {}).await
+    }
+
+    /// Like [`Session::exec`], handing every complete stdout line to `on_line` as it arrives.
+    pub async fn exec_streaming(
+        &self,
+        argv: &[&str],
+        stdin: &mut (dyn AsyncRead + Unpin + Send),
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ExecOutput, TransportError> {
+        let mut full: Vec<&str> = Vec::with_capacity(argv.len() + 2);
+        if self.privilege == Privilege::Sudo {
+            full.extend(["sudo", "-n"]);
+        }
+        full.extend_from_slice(argv);
+        self.run(&full, stdin, on_line).await
+    }
+
+    async fn exec_as_user(&self, argv: &[&str], stdin: &mut (dyn AsyncRead + Unpin + Send)) -> Result<ExecOutput, TransportError> {
+        self.run(argv, stdin, &mut |_| {}).await
+    }
+
+    async fn run(
+        &self,
+        argv: &[&str],
+        stdin: &mut (dyn AsyncRead + Unpin + Send),
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ExecOutput, TransportError> {
+        let host = self.host.as_str();
+        let command = shlex::try_join(argv.iter().copied()).map_err(|e| TransportError::Io {
+            host: host.into(),
+            context: "quoting a command".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+        })?;
+        tracing::debug!(host, %command, "exec");
+        let channel = self.handle.channel_open_session().await.map_err(|e| TransportError::ssh(host, e))?;
+        channel.exec(true, command.as_bytes()).await.map_err(|e| TransportError::ssh(host, e))?;
+        let (mut reader, writer) = channel.split();
+
+        let feed = async {
+            writer.data(&mut *stdin).await?;
+            writer.eof().await
+        };
+        let collect = async {
+            let mut stdout = Vec::new();
+            let mut stderr = Vec::new();
+            let mut line_start = 0;
+            let mut status = None;
+            let mut signal = None;
+            while let Some(msg) = reader.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        stdout.extend_from_slice(&data);
+                        while let Some(pos) = stdout[line_start..].iter().position(|b| *b == b'\n') {
+                            on_line(&String::from_utf8_lossy(&stdout[line_start..line_start + pos]));
+                            line_start += pos + 1;
+                        }
+                    }
+                    ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),
+                    ChannelMsg::Failure => stderr.extend_from_slice(b"the host refused to run the command"),
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            (status, signal, stdout, stderr)
+        };
+        // The command may finish without reading all of stdin; a failed feed is then not the error to report.
+        let (fed, (status, signal, stdout, mut stderr)) = tokio::join!(feed, collect);
+        match status {
+            Some(status) => Ok(ExecOutput { status, stdout, stderr }),
+            None => {
+                if let Some(signal) = signal {
+                    stderr.extend_from_slice(format!(" (killed by signal {signal})").as_bytes());
+                }
+                if let Err(e) = fed {
+                    tracing::debug!(host, "stdin feed ended with {e}");
+                }
+                Err(TransportError::NoExitStatus { host: host.into(), command })
+            }
+        }
+    }
+
+    /// Runs `argv` as root and fails unless it exits 0.
+    pub async fn exec_checked(&self, argv: &[&str]) -> Result<ExecOutput, TransportError> {
+        let out = self.exec(argv, &mut tokio::io::empty()).await?;
+        if out.status != 0 {
+            return Err(TransportError::CommandFailed {
+                host: self.host.clone(),
+                command: argv.join(" "),
+                status: out.status,
+                stderr: out.stderr_text(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Streams `content` into a temp file beside `dest` on the host (as root), compares its sha256
+    /// there with `expected_sha256` and only then sets the mode and renames it over `dest`. On a
+    /// mismatch the temp file is removed and `dest` is untouched.
+    ///
+    /// This needs only coreutils on the host, so it also installs the agent itself.
+    pub async fn upload(
+        &self,
+        content: &mut (dyn AsyncRead + Unpin + Send),
+        expected_sha256: &str,
+        dest: &str,
+        mode: u32,
+    ) -> Result<(), TransportError> {
+        let (dir, name) = dest.rsplit_once('/').filter(|(d, _)| !d.is_empty()).unwrap_or(("/", dest));
+        let temp = format!("{dir}/.{name}.k3node-upload-{:08x}", rand::random::<u32>());
+        let result = async {
+            self.exec_checked(&["mkdir", "-p", dir]).await?;
+            let out = self.exec(&["dd", &format!("of={temp}"), "bs=1M", "conv=fsync", "status=none"], content).await?;
+            if out.status != 0 {
+                return Err(TransportError::CommandFailed { host: self.host.clone(), command: format!("dd of={temp}"), status: out.status, stderr: out.stderr_text() });
+            }
+            let out = self.exec_checked(&["sha256sum", &temp]).await?;
+            let actual = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+            if actual != expected_sha256 {
+                return Err(TransportError::ChecksumMismatch { host: self.host.clone(), path: dest.to_string(), expected: expected_sha256.to_string(), actual });
+            }
+            self.exec_checked(&["chmod", &format!("{mode:o}"), &temp]).await?;
+            self.exec_checked(&["mv", "-f", &temp, dest]).await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.exec(&["rm", "-f", &temp], &mut tokio::io::empty()).await;
+        }
+        result
+    }
+
+    pub async fn close(self) {
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+/// sha256 of everything `reader` yields, as lowercase hex.
+pub async fn sha256_hex(reader: &mut (dyn AsyncRead + Unpin + Send)) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn client_config() -> client::Config {
+    client::Config {
+        // Long operations (image imports, waits) must not be cut by idleness; dead peers are found by keepalives.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+async fn finish_handshake<F>(
+    host: &str,
+    address: &str,
+    timeout: Duration,
+    handshake: F,
+    verdict: &Mutex<Option<TransportError>>,
+) -> Result<Handle<HostKeyChecker>, TransportError>
+where
+    F: std::future::Future<Output = Result<Handle<HostKeyChecker>, russh::Error>>,
+{
+    match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => Err(TransportError::Timeout { host: host.into(), address: address.into(), stage: "in the SSH handshake", after: timeout }),
+        Ok(Ok(handle)) => Ok(handle),
+        Ok(Err(e)) => {
+            if let Some(rejection) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(rejection);
+            }
+            Err(TransportError::ssh(host, e))
+        }
+    }
+}
+
+fn classify_connect_error(host: &str, address: &str, e: std::io::Error) -> TransportError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => TransportError::Refused { host: host.into(), address: address.into() },
+        ErrorKind::TimedOut | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => {
+            TransportError::Unreachable { host: host.into(), address: address.into(), detail: e.to_string() }
+        }
+        _ => TransportError::Unreachable { host: host.into(), address: address.into(), detail: e.to_string() },
+    }
+}
+
+/// The russh handler: checks the server's host key; the reason for a rejection is kept for the error.
+pub struct HostKeyChecker {
+    host: String,
+    address: String,
+    port: u16,
+    known_hosts: std::path::PathBuf,
+    policy: HostKeyPolicy,
+    verdict: Arc<Mutex<Option<TransportError>>>,
+}
+
+impl client::Handler for HostKeyChecker {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(TransportError::KnownHosts {
+                host: self.host.clone(),
+                path: self.known_hosts.clone(),
+                detail: "the host presented a certificate; only plain host keys are supported".into(),
+            });
+            return Ok(false);
+        };
+        match host_keys::verify(&self.host, &self.address, self.port, key, &self.known_hosts, self.policy) {
+            Ok(()) => Ok(true),
+            Err(rejection) => {
+                *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(rejection);
+                Ok(false)
+            }
+        }
+    }
+}
