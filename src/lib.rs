@@ -7,6 +7,9 @@
 //! - [`host`]: host side, the agent's native operations (`k3node host <operation>`).
 //! - [`protocol`]: what the operator and the host agent say to each other.
 
+// Errors carry the host, the address and what to do: they are large, and only ever on the cold path.
+#![allow(clippy::result_large_err)]
+
 pub mod cluster;
 pub mod fsutil;
 pub mod host;

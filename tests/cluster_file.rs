@@ -371,17 +371,12 @@ fn starter_file_is_valid() {
     assert_eq!(f.agents().count(), 1);
 }
 
-/// The README's cluster.yaml reference (docs-cluster-yaml.md until it is merged into README.md).
+/// The README, which holds the cluster.yaml reference.
 fn reference_doc() -> (String, String) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Ok(readme) = std::fs::read_to_string(root.join("README.md")) {
-        if readme.contains("<!-- cluster-reference -->") {
-            return ("README.md".into(), readme);
-        }
-    }
-    let path = root.join("docs-cluster-yaml.md");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    ("docs-cluster-yaml.md".into(), text)
+    assert!(text.contains("<!-- cluster-reference -->"), "README.md lost its cluster.yaml reference");
+    ("README.md".into(), text)
 }
 
 /// The ```yaml blocks of a markdown text, with the line each starts on.

@@ -209,17 +209,18 @@ pub enum ArtifactSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    // Not a #[source]: the io error is already in the message, and anyhow would print it twice.
+    #[error("cannot read cluster file {}: {cause} (`k3node init` writes a starter file)", path.display())]
+    Read { path: PathBuf, cause: io::Error },
     #[error("{0}")]
     Invalid(Diagnostics),
 }
 
 /// Reads and validates a cluster file. Relative paths in it are resolved against its directory.
 pub fn load(path: &Path) -> Result<ClusterFile, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let dir = path
         .parent()

@@ -35,9 +35,9 @@ pub fn cross_host_checks(answers: &[HostAnswer<'_>]) -> Vec<Vec<Check>> {
         .iter()
         .map(|a| {
             let mut checks = vec![
-                uniqueness("unique-hostname", "hostname", &[a.facts.hostname.clone()], a.host, &hostnames,
+                uniqueness("unique-hostname", "hostname", std::slice::from_ref(&a.facts.hostname), a.host, &hostnames,
                     "give every host its own hostname (hostnamectl set-hostname NAME): k3s names nodes after it"),
-                uniqueness("unique-machine-id", "machine-id", &[a.facts.machine_id.clone()], a.host, &machine_ids,
+                uniqueness("unique-machine-id", "machine-id", std::slice::from_ref(&a.facts.machine_id), a.host, &machine_ids,
                     "regenerate it on cloned hosts: rm /etc/machine-id && systemd-machine-id-setup"),
                 uniqueness("unique-address", "address", &[a.address.to_string()], a.host, &addresses,
                     "give every host its own address; cloned VMs often share one"),

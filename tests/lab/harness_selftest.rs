@@ -156,7 +156,7 @@ fn in_netns_thread_reaches_sshd(lab: &Lab) -> Result<()> {
         ensure!(banner.starts_with("SSH-2.0-OpenSSH"), "host {}: port 22 says {banner:?}", h.name);
     }
     // A panic on the netns thread reaches the caller.
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lab.in_netns(|| panic!("expected panic"))));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lab.in_netns(|| panic!("expected panic: in_netns must hand this to its caller"))));
     ensure!(caught.is_err(), "in_netns swallowed a panic");
     Ok(())
 }

@@ -129,8 +129,8 @@ pub fn key_type_and_blob(line: &str) -> String {
     line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
-/// Writes the host's identity and access: hostname, machine-id, /etc/hosts, host key, and the lab
-/// client key in authorized_keys of root, ops and pw.
+/// Writes the host's identity and access: hostname, machine-id, /etc/hosts, /etc/resolv.conf, host
+/// key, and the lab client key in authorized_keys of root, ops and pw.
 pub fn personalize(root: &Path, scratch: &Path, name: &str, client_pub: &str, all: &[(String, Ipv4Addr)]) -> Result<()> {
     write_file(&root.join("etc/hostname"), format!("{name}\n").as_bytes(), 0o644, None)?;
     let machine_id = format!("{:032x}", rand::random::<u128>() | 1);
@@ -140,6 +140,9 @@ pub fn personalize(root: &Path, scratch: &Path, name: &str, client_pub: &str, al
         hosts.push_str(&format!("{a}\t{n}\n"));
     }
     write_file(&root.join("etc/hosts"), hosts.as_bytes(), 0o644, None)?;
+    // No name server: lookups must not send packets anywhere (the base image copied the machine's).
+    let resolv = "# k3node lab: no DNS; the lab hosts are in /etc/hosts\noptions timeout:1 attempts:1\n";
+    write_file(&root.join("etc/resolv.conf"), resolv.as_bytes(), 0o644, None)?;
     install_host_key(root, scratch, name)?;
     for user in ["root", "ops", "pw"] {
         let (uid, gid, home) = passwd_entry(root, user)?;
@@ -165,6 +168,8 @@ pub fn spawn_nspawn(machine: &str, netns: &str, dirs: &HostDirs, cgroups: &[Path
         // keeps CAP_NET_ADMIN and mounts /proc/sys/net writable (sysctl -w net.* works inside).
         .arg("--private-network")
         .arg(format!("--network-namespace-path={}", net::netns_path(netns).display()))
+        // The host keeps the /etc/resolv.conf written by personalize(); no journal linking to the machine.
+        .args(["--resolv-conf=off", "--link-journal=no"])
         .arg("--setenv=SYSTEMD_COLORS=0")
         .arg("--boot")
         .stdin(Stdio::null())

@@ -1,6 +1,6 @@
 //! The lab: real hosts (systemd-nspawn containers with systemd as PID 1 and OpenSSH) on one machine,
 //! each in its own network namespace, on a bridge in the lab netns `k3nlab` (172.30.77.0/24).
-//! See /work/shared/lab.md for the recipe and tests/lab/base-image.sh for the image the hosts boot.
+//! See ../shared/lab.md for the recipe and tests/lab/base-image.sh for the image the hosts boot.
 //!
 //! Needs root. One lab at a time per machine (a lock file serializes processes; names and addresses
 //! are fixed). Every resource is removed when the `Lab` is dropped (also while unwinding from a
