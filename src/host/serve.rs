@@ -42,6 +42,7 @@ fn handle(request: Request, output: &mut dyn Write) -> Result<serde_json::Value,
             }
             to_value(&super::preflight::run(&RealSystem, &req))
         }
+        other => Err((AgentErrorKind::Failed, format!("{} is not implemented by this agent yet", other.operation()))),
     }
 }
 

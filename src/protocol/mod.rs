@@ -5,12 +5,16 @@
 //! listings), and the agent answers on stdout with
 //! JSON lines: any number of progress events, then exactly one result or error line.
 
+pub mod k3s;
 pub mod preflight;
+mod secret;
+
+pub use secret::Secret;
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or answer changes shape; a mismatch makes the operator replace the agent.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Where the operator installs the agent on every host.
 pub const AGENT_PATH: &str = "/usr/local/bin/k3node";
@@ -39,6 +43,11 @@ pub enum AgentErrorKind {
 pub enum Request {
     Hello,
     Preflight(preflight::PreflightRequest),
+    InstallK3s(k3s::InstallRequest),
+    ReadToken,
+    Kubeconfig,
+    Nodes,
+    Reset(k3s::ResetRequest),
 }
 
 impl Request {
@@ -47,6 +56,11 @@ impl Request {
         match self {
             Request::Hello => "hello",
             Request::Preflight(_) => "preflight",
+            Request::InstallK3s(_) => "install-k3s",
+            Request::ReadToken => "read-token",
+            Request::Kubeconfig => "kubeconfig",
+            Request::Nodes => "nodes",
+            Request::Reset(_) => "reset",
         }
     }
 }
