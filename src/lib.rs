@@ -10,6 +10,7 @@
 // Errors carry the host, the address and what to do: they are large, and only ever on the cold path.
 #![allow(clippy::result_large_err)]
 
+pub mod artifacts;
 pub mod cluster;
 pub mod fsutil;
 pub mod host;

@@ -23,6 +23,12 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Check every host (or this machine) for what k3s needs, and optionally fix what is safe.
     Preflight(commands::preflight::PreflightArgs),
+    /// Install or converge k3s on every host of the cluster file.
+    Up(commands::up::UpArgs),
+    /// Uninstall k3s from hosts (agents first); data is moved aside, not deleted.
+    Reset(commands::reset::ResetArgs),
+    /// Merge the cluster's admin kubeconfig into ~/.kube/config under the cluster's name.
+    Kubeconfig(commands::kubeconfig::KubeconfigArgs),
     /// Host agent operations, run by the operator side over SSH.
     #[command(hide = true)]
     Host(commands::host::HostArgs),
@@ -42,6 +48,9 @@ fn main() -> ExitCode {
         Command::Init(args) => commands::init::run(args).map(|_| true),
         Command::Validate(args) => commands::validate::run(args).map(|_| true),
         Command::Preflight(args) => runtime().and_then(|rt| rt.block_on(commands::preflight::run(args))),
+        Command::Up(args) => runtime().and_then(|rt| rt.block_on(commands::up::run(args))),
+        Command::Reset(args) => runtime().and_then(|rt| rt.block_on(commands::reset::run(args))),
+        Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),
         Command::Host(_) => unreachable!("handled above"),
     };
     match result {

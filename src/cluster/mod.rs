@@ -159,6 +159,10 @@ pub struct K3sSpec {
     /// Validated config.yaml keys. Lists are arrays of strings; CIDR and IP keys are
     /// comma-separated strings; booleans and numbers are JSON booleans and numbers.
     pub config: BTreeMap<String, serde_json::Value>,
+    /// Where channels resolve (default https://update.k3s.io/v1-release/channels); for mirrors and tests.
+    pub channel_url: Option<String>,
+    /// The address kubeconfigs point at (a load balancer or DNS name); default the first server's address.
+    pub api_endpoint: Option<String>,
 }
 
 impl K3sSpec {

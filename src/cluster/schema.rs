@@ -191,6 +191,8 @@ pub(crate) fn read(
                 url: DEFAULT_RELEASE_URL.to_string(),
             },
             config: BTreeMap::new(),
+            channel_url: None,
+            api_endpoint: None,
         },
     };
     if root.is_empty() {
@@ -472,9 +474,25 @@ impl Cx<'_> {
             sink,
             map,
             &e.path,
-            &["version", "channel", "source", "config"],
+            &["version", "channel", "channelUrl", "apiEndpoint", "source", "config"],
             &no_hook,
         );
+        if let Some(e) = f.get("channelUrl") {
+            if let Some(text) = reader::string(sink, e) {
+                match syntax::base_url(&text) {
+                    Ok(url) => out.channel_url = Some(url),
+                    Err(p) => report(sink, e.value_pos(), &e.path, p),
+                }
+            }
+        }
+        if let Some(e) = f.get("apiEndpoint") {
+            if let Some(text) = reader::string(sink, e) {
+                match syntax::address(&text) {
+                    Ok(()) => out.api_endpoint = Some(text),
+                    Err(p) => report(sink, e.value_pos(), &e.path, p),
+                }
+            }
+        }
         let version = f.get("version");
         let channel = f.get("channel");
         if let Some(v) = version.and_then(|e| reader::string(sink, e).map(|s| (e, s))) {

@@ -3,14 +3,20 @@
 
 pub mod host;
 pub mod init;
+pub mod kubeconfig;
 pub mod preflight;
 pub mod render;
+pub mod reset;
+pub mod up;
 pub mod validate;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use k3node::cluster::{self, ClusterFile};
+use k3node::operator::agent::SelfBinary;
+use k3node::operator::connect::{ConnectOverrides, Connector};
 
 /// Exit status for bad input (invalid cluster file, bad arguments), distinct from a failed run.
 pub const EXIT_BAD_INPUT: u8 = 2;
@@ -29,4 +35,33 @@ pub fn exit_code_for(error: &anyhow::Error) -> ExitCode {
 /// Loads and validates the cluster file: every command does this before touching any host.
 pub fn load_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
     Ok(cluster::load(path)?)
+}
+
+/// How to reach the hosts; shared by every command that connects.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// How many hosts are worked on at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Record host keys not yet in known_hosts (trust on first use); changed keys are still refused.
+    #[arg(long)]
+    pub trust_new_host_keys: bool,
+    /// Seconds to wait for a host to answer while connecting.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout: u64,
+}
+
+impl ConnectArgs {
+    /// Everything a run needs before it touches a host: the validated cluster file, keys loaded
+    /// (passphrases asked once), and this binary hashed for the agent handshake.
+    pub async fn prepare(&self, config: &Path) -> anyhow::Result<(ClusterFile, Connector, SelfBinary)> {
+        let cluster = load_cluster(config)?;
+        let overrides = ConnectOverrides {
+            trust_new_host_keys: self.trust_new_host_keys,
+            connect_timeout: Some(Duration::from_secs(self.connect_timeout)),
+        };
+        let connector = Connector::prepare(&cluster, &overrides)?;
+        let me = SelfBinary::current().await?;
+        Ok((cluster, connector, me))
+    }
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Cell, Color, ContentArrangement, Table};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use k3node::artifacts::{DownloadProgress, NoProgress};
 use k3node::operator::preflight::{HostOutcome, PreflightRun};
+use k3node::operator::reset::ResetRun;
+use k3node::operator::up::{NodeState, UpRun};
+use k3node::protocol::k3s::FileAction;
 use k3node::operator::progress::Observer;
 use k3node::protocol::preflight::Status;
 
@@ -134,5 +138,110 @@ fn status_cell(status: Status) -> Cell {
         Status::Pass => Cell::new("pass").fg(Color::Green),
         Status::Warn => Cell::new("warn").fg(Color::Yellow),
         Status::Fail => Cell::new("FAIL").fg(Color::Red),
+    }
+}
+
+pub fn up(output: Output, run: &UpRun) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(run)?);
+        return Ok(());
+    }
+    if let Some(pf) = &run.preflight {
+        if !pf.passed() {
+            preflight(Output::Table, pf)?;
+        }
+    }
+    println!();
+    for phase in &run.phases {
+        println!("{} {:<13} {}", if phase.ok { "✓" } else { "✗" }, phase.name, phase.message);
+    }
+    if run.dry_run {
+        for node in &run.nodes {
+            let changed: Vec<_> = node.changes.iter().filter(|c| c.action != FileAction::Unchanged).collect();
+            if changed.is_empty() && !node.binary_uploaded {
+                continue;
+            }
+            println!("\n{} would change:", node.host);
+            if node.binary_uploaded {
+                println!("  /usr/local/bin/k3s: new binary {}", run.version.as_deref().unwrap_or(""));
+            }
+            for c in changed {
+                println!("  {}: {:?}", c.path, c.action);
+                if let Some(diff) = &c.diff {
+                    for line in diff.lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["node", "role", "k3s", "state", "time"]);
+    for node in &run.nodes {
+        let state = format!("{:?}", node.state).to_lowercase();
+        let state = match node.state {
+            NodeState::Failed | NodeState::Skipped => Cell::new(state).fg(Color::Red),
+            NodeState::Restarted | NodeState::Changed | NodeState::WouldChange => Cell::new(state).fg(Color::Yellow),
+            NodeState::Unchanged => Cell::new(state).fg(Color::Green),
+        };
+        table.add_row([
+            Cell::new(&node.host),
+            Cell::new(format!("{:?}", node.role).to_lowercase()),
+            Cell::new(node.version.as_deref().unwrap_or("-")),
+            state,
+            Cell::new(format!("{:.1}s", node.elapsed.as_secs_f64())),
+        ]);
+    }
+    println!("\n{table}");
+    for node in run.nodes.iter().filter(|n| n.error.is_some()) {
+        println!("{}: {}", node.host, node.error.as_deref().unwrap_or_default());
+    }
+    println!("{}", if run.succeeded() { if run.dry_run { "dry run: nothing was changed" } else { "cluster is up" } } else { "up FAILED" });
+    Ok(())
+}
+
+pub fn reset(output: Output, run: &ResetRun) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(run)?);
+        return Ok(());
+    }
+    for host in &run.hosts {
+        println!("\n{} ({:?})", host.host, host.role);
+        match &host.error {
+            Some(e) => println!("  FAILED: {e}"),
+            None if host.actions.is_empty() => println!("  nothing to do"),
+            None => host.actions.iter().for_each(|a| println!("  {a}")),
+        }
+    }
+    println!("{}", if !run.succeeded() { "reset FAILED" } else if run.dry_run { "dry run: nothing was changed" } else { "reset done" });
+    Ok(())
+}
+
+/// A progress bar for downloads on a terminal; nothing otherwise.
+pub fn download_progress(output: Output) -> Box<dyn DownloadProgress> {
+    if output == Output::Table && std::io::stderr().is_terminal() {
+        Box::new(DownloadBar(ProgressBar::hidden()))
+    } else {
+        Box::new(NoProgress)
+    }
+}
+
+struct DownloadBar(ProgressBar);
+
+impl DownloadProgress for DownloadBar {
+    fn started(&self, what: &str, total: Option<u64>) {
+        self.0.set_draw_target(ProgressDrawTarget::stderr());
+        self.0.set_length(total.unwrap_or(0));
+        self.0.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("static template").progress_chars("=> "),
+        );
+        self.0.set_message(what.to_string());
+    }
+    fn advanced(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finished(&self) {
+        self.0.finish_and_clear();
     }
 }

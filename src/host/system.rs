@@ -100,6 +100,72 @@ pub trait HostSystem: Send + Sync {
     fn run(&self, program: &Path, args: &[&str]) -> io::Result<CommandOutput>;
     fn interface_addresses(&self) -> io::Result<Vec<InterfaceAddress>>;
     fn now_unix_ms(&self) -> i64;
+
+    // What installing and removing k3s needs besides the above. Each has a default that refuses
+    // (or, for the harmless ones, falls back), so that a new implementor only writes what it uses.
+
+    /// Like [`HostSystem::run`], but killed after `timeout` instead of [`COMMAND_TIMEOUT`], and
+    /// with `stdin` written to the program's standard input (closed when None).
+    fn run_with(&self, program: &Path, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> io::Result<CommandOutput> {
+        let _ = timeout;
+        match stdin {
+            None => self.run(program, args),
+            Some(_) => Err(unsupported("run with stdin")),
+        }
+    }
+    /// sha256 of a file's bytes (hex), streamed: binaries are large.
+    fn sha256_file(&self, path: &Path) -> io::Result<String> {
+        let _ = path;
+        Err(unsupported("sha256_file"))
+    }
+    /// Permission bits (mode & 0o7777) of what `path` names, following symlinks.
+    fn file_mode(&self, path: &Path) -> io::Result<u32> {
+        let _ = path;
+        Err(unsupported("file_mode"))
+    }
+    /// Points `link` at `target` atomically: a symlink under a temp name, renamed over `link`.
+    fn symlink_atomic(&self, target: &Path, link: &Path) -> io::Result<()> {
+        let _ = (target, link);
+        Err(unsupported("symlink_atomic"))
+    }
+    /// Creates a directory and its missing parents; a directory created here gets `mode`.
+    fn create_dir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
+        let _ = (path, mode);
+        Err(unsupported("create_dir_all"))
+    }
+    /// Removes a file or a symlink (never what the symlink points to).
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Err(unsupported("remove_file"))
+    }
+    /// Removes a directory tree. Callers make sure nothing is mounted below it.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Err(unsupported("remove_dir_all"))
+    }
+    /// Renames within one filesystem (atomic), then flushes the directory entry.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let _ = (from, to);
+        Err(unsupported("rename"))
+    }
+    /// Unmounts the topmost mount at `path`; a busy one is detached (lazy unmount).
+    fn unmount(&self, path: &Path) -> io::Result<()> {
+        let _ = path;
+        Err(unsupported("unmount"))
+    }
+    /// Sends SIGKILL to a process.
+    fn kill(&self, pid: i32) -> io::Result<()> {
+        let _ = pid;
+        Err(unsupported("kill"))
+    }
+    /// Waits; the fake advances its clock instead, so that deadlines are testable without waiting.
+    fn sleep(&self, duration: Duration) {
+        thread::sleep(duration)
+    }
+}
+
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, format!("{what} is not supported by this HostSystem"))
 }
 
 /// The machine the agent runs on.
@@ -215,13 +281,103 @@ impl HostSystem for RealSystem {
             Err(e) => -(e.duration().as_millis() as i64),
         }
     }
+
+    fn run_with(&self, program: &Path, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> io::Result<CommandOutput> {
+        run_with_input(program, args, stdin, timeout)
+    }
+
+    fn sha256_file(&self, path: &Path) -> io::Result<String> {
+        let mut file = fs::File::open(path)?;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        io::copy(&mut file, &mut hasher)?;
+        Ok(hex::encode(sha2::Digest::finalize(hasher)))
+    }
+
+    fn file_mode(&self, path: &Path) -> io::Result<u32> {
+        Ok(fs::metadata(path)?.permissions().mode() & 0o7777)
+    }
+
+    fn symlink_atomic(&self, target: &Path, link: &Path) -> io::Result<()> {
+        let dir = crate::fsutil::parent_dir(link);
+        let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let nonce: u64 = rand::random();
+        let tmp = dir.join(format!(".{name}.{nonce:016x}.k3node-tmp"));
+        std::os::unix::fs::symlink(target, &tmp)?;
+        if let Err(e) = fs::rename(&tmp, link) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        crate::fsutil::sync_dir(dir)
+    }
+
+    fn create_dir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
+        if path.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(path)?;
+        // The umask may have narrowed the mode; the leaf gets exactly what was asked.
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)?;
+        crate::fsutil::sync_dir(crate::fsutil::parent_dir(to))
+    }
+
+    fn unmount(&self, path: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains a NUL byte"))?;
+        // nix's mount module is not among the enabled features; umount2 is one plain syscall.
+        let umount = |flags: nix::libc::c_int| {
+            // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
+            let rc = unsafe { nix::libc::umount2(c_path.as_ptr(), flags) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        match umount(0) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => umount(nix::libc::MNT_DETACH),
+            other => other,
+        }
+    }
+
+    fn kill(&self, pid: i32) -> io::Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
+    }
 }
 
 fn run_with_timeout(program: &Path, args: &[&str], timeout: Duration) -> io::Result<CommandOutput> {
+    run_with_input(program, args, None, timeout)
+}
+
+fn run_with_input(program: &Path, args: &[&str], input: Option<&[u8]>, timeout: Duration) -> io::Result<CommandOutput> {
+    // Input goes through an unnamed temp file rather than a pipe: a program that exits before
+    // reading it all cannot raise SIGPIPE in the agent (whose SIGPIPE disposition is the default).
+    let stdin = match input {
+        None => Stdio::null(),
+        Some(bytes) => {
+            use std::io::{Seek, Write};
+            let mut file = tempfile::tempfile()?;
+            file.write_all(bytes)?;
+            file.rewind()?;
+            Stdio::from(file)
+        }
+    };
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -273,10 +429,18 @@ pub mod fake {
         pub effects: Vec<(PathBuf, String)>,
     }
 
+    /// Every change the fake was asked to make, in order: a dry run must record none.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Write {
         Atomic { path: PathBuf, contents: String, mode: u32 },
         Proc { path: PathBuf, value: String },
+        Symlink { link: PathBuf, target: PathBuf },
+        CreateDir { path: PathBuf, mode: u32 },
+        Remove { path: PathBuf },
+        RemoveAll { path: PathBuf },
+        Rename { from: PathBuf, to: PathBuf },
+        Unmount { path: PathBuf },
+        Kill { pid: i32 },
     }
 
     #[derive(Debug, Default)]
@@ -290,6 +454,13 @@ pub mod fake {
         pub read_only: BTreeSet<PathBuf>,
         pub commands: BTreeMap<String, PathBuf>,
         pub outputs: BTreeMap<(PathBuf, Vec<String>), FakeCommand>,
+        /// Commands whose answers change from call to call: each call takes the next one, the
+        /// last one repeats. Looked up before `outputs`.
+        pub sequences: BTreeMap<(PathBuf, Vec<String>), std::collections::VecDeque<FakeCommand>>,
+        /// Permission bits of files written (or declared with `mode`).
+        pub modes: BTreeMap<PathBuf, u32>,
+        /// Standard input given to commands run with `run_with`: (program, args, input).
+        pub inputs: Vec<(PathBuf, Vec<String>, String)>,
         pub disks: BTreeMap<PathBuf, DiskSpace>,
         pub uname: Uname,
         pub euid: u32,
@@ -394,6 +565,24 @@ pub mod fake {
             self
         }
 
+        /// A command answering `answers` (status, stdout, stderr) one call after the other.
+        pub fn output_seq(self, program: &str, args: &[&str], answers: &[(i32, &str, &str)]) -> Self {
+            let seq = answers
+                .iter()
+                .map(|(status, stdout, stderr)| FakeCommand {
+                    result: Ok(CommandOutput { status: Some(*status), stdout: stdout.to_string(), stderr: stderr.to_string() }),
+                    effects: Vec::new(),
+                })
+                .collect();
+            self.state().sequences.insert(key(program, args), seq);
+            self
+        }
+
+        pub fn mode(self, path: &str, mode: u32) -> Self {
+            self.state().modes.insert(PathBuf::from(path), mode);
+            self
+        }
+
         pub fn run_error(self, program: &str, args: &[&str], error: &str) -> Self {
             let cmd = FakeCommand { result: Err(error.to_string()), effects: Vec::new() };
             self.state().outputs.insert(key(program, args), cmd);
@@ -462,6 +651,42 @@ pub mod fake {
     }
 
     impl State {
+        fn remove_tree(&mut self, path: &Path) {
+            self.files.retain(|k, _| !k.starts_with(path));
+            self.dirs.retain(|k| !k.starts_with(path));
+            self.links.retain(|k, _| !k.starts_with(path));
+            self.modes.retain(|k, _| !k.starts_with(path));
+        }
+
+        fn run(&mut self, program: &Path, args: &[&str]) -> io::Result<CommandOutput> {
+            let k = (program.to_path_buf(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+            self.runs.push(k.clone());
+            let sequenced = self.sequences.get_mut(&k).and_then(|seq| {
+                if seq.len() > 1 {
+                    seq.pop_front()
+                } else {
+                    seq.front().cloned()
+                }
+            });
+            let Some(cmd) = sequenced.or_else(|| self.outputs.get(&k).cloned()) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("fake: no output declared for {} {}", program.display(), args.join(" ")),
+                ));
+            };
+            match cmd.result {
+                Ok(out) => {
+                    if out.success() {
+                        for (path, contents) in cmd.effects {
+                            self.files.insert(path, contents);
+                        }
+                    }
+                    Ok(out)
+                }
+                Err(e) => Err(io::Error::other(e)),
+            }
+        }
+
         fn is_dir(&self, path: &Path) -> bool {
             self.dirs.contains(path)
                 || self.dirs.iter().any(|d| d.starts_with(path) && d != path)
@@ -522,6 +747,7 @@ pub mod fake {
             }
             let contents = String::from_utf8_lossy(contents).into_owned();
             st.files.insert(path.to_path_buf(), contents.clone());
+            st.modes.insert(path.to_path_buf(), mode);
             st.writes.push(Write::Atomic { path: path.to_path_buf(), contents, mode });
             Ok(())
         }
@@ -557,26 +783,7 @@ pub mod fake {
         }
 
         fn run(&self, program: &Path, args: &[&str]) -> io::Result<CommandOutput> {
-            let mut st = self.state();
-            let k = (program.to_path_buf(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
-            st.runs.push(k.clone());
-            let Some(cmd) = st.outputs.get(&k).cloned() else {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("fake: no output declared for {} {}", program.display(), args.join(" ")),
-                ));
-            };
-            match cmd.result {
-                Ok(out) => {
-                    if out.success() {
-                        for (path, contents) in cmd.effects {
-                            st.files.insert(path, contents);
-                        }
-                    }
-                    Ok(out)
-                }
-                Err(e) => Err(io::Error::other(e)),
-            }
+            self.state().run(program, args)
         }
 
         fn interface_addresses(&self) -> io::Result<Vec<InterfaceAddress>> {
@@ -585,6 +792,137 @@ pub mod fake {
 
         fn now_unix_ms(&self) -> i64 {
             self.state().now_unix_ms
+        }
+
+        fn run_with(&self, program: &Path, args: &[&str], stdin: Option<&[u8]>, _timeout: Duration) -> io::Result<CommandOutput> {
+            let mut st = self.state();
+            if let Some(input) = stdin {
+                let args = args.iter().map(|a| a.to_string()).collect();
+                st.inputs.push((program.to_path_buf(), args, String::from_utf8_lossy(input).into_owned()));
+            }
+            st.run(program, args)
+        }
+
+        fn sha256_file(&self, path: &Path) -> io::Result<String> {
+            let contents = self.read_to_string(path)?;
+            Ok(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(contents.as_bytes())))
+        }
+
+        /// Only modes written or declared are known; any other file answers Unsupported.
+        fn file_mode(&self, path: &Path) -> io::Result<u32> {
+            let st = self.state();
+            match st.modes.get(path) {
+                Some(mode) => Ok(*mode),
+                None if st.files.contains_key(path) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+                None => Err(not_found(path)),
+            }
+        }
+
+        fn symlink_atomic(&self, target: &Path, link: &Path) -> io::Result<()> {
+            let mut st = self.state();
+            if let Some(e) = read_only(&st, link) {
+                return Err(e);
+            }
+            st.links.insert(link.to_path_buf(), target.to_path_buf());
+            st.writes.push(Write::Symlink { link: link.to_path_buf(), target: target.to_path_buf() });
+            Ok(())
+        }
+
+        fn create_dir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
+            let mut st = self.state();
+            if st.is_dir(path) {
+                return Ok(());
+            }
+            if let Some(e) = read_only(&st, path) {
+                return Err(e);
+            }
+            st.dirs.insert(path.to_path_buf());
+            st.modes.insert(path.to_path_buf(), mode);
+            st.writes.push(Write::CreateDir { path: path.to_path_buf(), mode });
+            Ok(())
+        }
+
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            let mut st = self.state();
+            if let Some(e) = read_only(&st, path) {
+                return Err(e);
+            }
+            if st.files.remove(path).is_none() && st.links.remove(path).is_none() {
+                return Err(not_found(path));
+            }
+            st.modes.remove(path);
+            st.writes.push(Write::Remove { path: path.to_path_buf() });
+            Ok(())
+        }
+
+        fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+            let mut st = self.state();
+            if let Some(e) = read_only(&st, path) {
+                return Err(e);
+            }
+            if !st.is_dir(path) {
+                return Err(not_found(path));
+            }
+            st.remove_tree(path);
+            st.writes.push(Write::RemoveAll { path: path.to_path_buf() });
+            Ok(())
+        }
+
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            let mut st = self.state();
+            if let Some(e) = read_only(&st, from).or_else(|| read_only(&st, to)) {
+                return Err(e);
+            }
+            let exists = st.files.contains_key(from) || st.links.contains_key(from) || st.is_dir(from);
+            if !exists {
+                return Err(not_found(from));
+            }
+            let moved = |p: &Path| to.join(p.strip_prefix(from).expect("filtered by prefix"));
+            let files: Vec<_> = st.files.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let dirs: Vec<_> = st.dirs.iter().filter(|k| k.starts_with(from)).cloned().collect();
+            let links: Vec<_> = st.links.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let modes: Vec<_> = st.modes.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), *v)).collect();
+            st.remove_tree(from);
+            st.files.extend(files.into_iter().map(|(k, v)| (moved(&k), v)));
+            st.dirs.extend(dirs.into_iter().map(|k| moved(&k)));
+            st.links.extend(links.into_iter().map(|(k, v)| (moved(&k), v)));
+            st.modes.extend(modes.into_iter().map(|(k, v)| (moved(&k), v)));
+            st.writes.push(Write::Rename { from: from.to_path_buf(), to: to.to_path_buf() });
+            Ok(())
+        }
+
+        /// Drops the last line of /proc/self/mountinfo whose mount point is `path`, as the
+        /// kernel drops the topmost mount; EINVAL when nothing is mounted there.
+        fn unmount(&self, path: &Path) -> io::Result<()> {
+            let mut st = self.state();
+            let info = PathBuf::from("/proc/self/mountinfo");
+            let text = st.files.get(&info).cloned().unwrap_or_default();
+            let mut lines: Vec<&str> = text.lines().collect();
+            let target = path.to_string_lossy();
+            let Some(i) = lines.iter().rposition(|l| l.split(' ').nth(4) == Some(target.as_ref())) else {
+                return Err(io::Error::from(nix::errno::Errno::EINVAL));
+            };
+            lines.remove(i);
+            let rest: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            st.files.insert(info, rest);
+            st.writes.push(Write::Unmount { path: path.to_path_buf() });
+            Ok(())
+        }
+
+        /// The process's /proc/<pid> entries vanish.
+        fn kill(&self, pid: i32) -> io::Result<()> {
+            let mut st = self.state();
+            let dir = PathBuf::from(format!("/proc/{pid}"));
+            if !st.is_dir(&dir) {
+                return Err(io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            st.remove_tree(&dir);
+            st.writes.push(Write::Kill { pid });
+            Ok(())
+        }
+
+        fn sleep(&self, duration: Duration) {
+            self.state().now_unix_ms += duration.as_millis() as i64;
         }
     }
 }

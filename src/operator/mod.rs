@@ -3,5 +3,10 @@
 pub mod agent;
 pub mod connect;
 pub mod cross_host;
+pub mod fleet;
+pub mod kubeconfig;
+pub mod node_config;
 pub mod preflight;
 pub mod progress;
+pub mod reset;
+pub mod up;

@@ -6,14 +6,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use super::agent::{self, AgentError, AgentInstall, SelfBinary};
-use super::connect::Connector;
+use super::agent::{self, AgentError, AgentInstall};
 use super::cross_host::{cross_host_checks, HostAnswer};
+use super::fleet::{Fleet, Link};
 use super::progress::Observer;
 use crate::cluster::ClusterFile;
 use crate::protocol::preflight::{PreflightReport, PreflightRequest, Role, Status};
 use crate::protocol::Request;
-use crate::transport::Session;
 
 #[derive(Debug, Clone)]
 pub struct PreflightOptions {
@@ -43,6 +42,12 @@ pub enum HostOutcome {
     Error { kind: String, message: String },
 }
 
+impl HostOutcome {
+    fn from_error(e: &AgentError) -> HostOutcome {
+        HostOutcome::Error { kind: e.kind().to_string(), message: e.to_string() }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PreflightRun {
     pub cluster: String,
@@ -57,6 +62,13 @@ impl PreflightRun {
             HostOutcome::Error { .. } => false,
         })
     }
+
+    pub fn report(&self, host: &str) -> Option<&PreflightReport> {
+        self.hosts.iter().find(|h| h.host == host).and_then(|h| match &h.outcome {
+            HostOutcome::Report(r) => Some(r),
+            HostOutcome::Error { .. } => None,
+        })
+    }
 }
 
 pub fn request_for(cluster: &ClusterFile, role: Role, fix: bool) -> PreflightRequest {
@@ -69,30 +81,28 @@ pub fn request_for(cluster: &ClusterFile, role: Role, fix: bool) -> PreflightReq
     }
 }
 
-pub async fn run(
-    cluster: &ClusterFile,
-    connector: &Connector,
-    me: &SelfBinary,
-    options: &PreflightOptions,
-    observer: Arc<dyn Observer>,
-) -> PreflightRun {
-    let tasks = cluster.hosts.iter().enumerate().map(|(index, host)| {
+/// Runs preflight on every member of `fleet` (connected or not: a member that could not be
+/// reached is reported as such), then the cross-host checks over those that answered.
+pub async fn run(cluster: &ClusterFile, fleet: &Fleet, options: &PreflightOptions, observer: Arc<dyn Observer>) -> PreflightRun {
+    let tasks = fleet.members.iter().map(|member| {
         let observer = observer.clone();
-        let request = request_for(cluster, host.role, options.fix);
+        let request = request_for(cluster, member.host.role, options.fix);
         async move {
             let started = Instant::now();
-            let result = check_host(connector, index, me, &request, observer.as_ref()).await;
-            let (agent, outcome, offset) = match result {
-                Ok((agent, report, offset)) => (Some(agent), HostOutcome::Report(report), offset),
-                Err(e) => (None, HostOutcome::Error { kind: e.kind().to_string(), message: e.to_string() }, 0),
+            let (agent, outcome, offset) = match &member.link {
+                Err(e) => (None, HostOutcome::from_error(e), 0),
+                Ok(link) => match check_host(link, &member.host.name, &request, observer.as_ref()).await {
+                    Ok((report, offset)) => (Some(link.agent), HostOutcome::Report(report), offset),
+                    Err(e) => (Some(link.agent), HostOutcome::from_error(&e), 0),
+                },
             };
             let hp = HostPreflight {
-                host: host.name.clone(),
-                address: host.address.clone(),
-                role: host.role,
+                host: member.host.name.clone(),
+                address: member.host.address.clone(),
+                role: member.host.role,
                 agent,
                 outcome,
-                elapsed: started.elapsed(),
+                elapsed: member.elapsed + started.elapsed(),
             };
             (hp, offset)
         }
@@ -124,35 +134,14 @@ pub async fn run(
     PreflightRun { cluster: cluster.name.clone(), hosts }
 }
 
-async fn check_host(
-    connector: &Connector,
-    index: usize,
-    me: &SelfBinary,
-    request: &PreflightRequest,
-    observer: &dyn Observer,
-) -> Result<(AgentInstall, PreflightReport, i64), AgentError> {
-    let endpoint = connector.endpoint(index);
-    let host = endpoint.host.as_str();
-    observer.phase(host, "connecting");
-    let session = Session::connect(endpoint, &connector.options, &connector.keyring).await?;
-    observer.phase(host, "checking agent");
-    let install = agent::ensure_agent(&session, me).await;
-    let install = match install {
-        Ok(i) => i,
-        Err(e) => {
-            session.close().await;
-            return Err(e);
-        }
-    };
+async fn check_host(link: &Link, host: &str, request: &PreflightRequest, observer: &dyn Observer) -> Result<(PreflightReport, i64), AgentError> {
     observer.phase(host, if request.fix { "fixing and checking" } else { "checking" });
     let sent = now_ms();
-    let report = agent::call::<PreflightReport>(&session, &Request::Preflight(request.clone()), &mut |m| observer.message(host, m)).await;
+    let report = agent::call::<PreflightReport>(&link.session, &Request::Preflight(request.clone()), &mut |m| observer.message(host, m)).await?;
     let received = now_ms();
-    session.close().await;
-    let report = report?;
     // The host read its clock somewhere between send and receive; the midpoint halves the error.
     let offset = report.facts.clock_unix_ms - (sent + received) / 2;
-    Ok((install, report, offset))
+    Ok((report, offset))
 }
 
 fn summarize(hp: &HostPreflight) -> (bool, String) {
@@ -170,6 +159,6 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
 }

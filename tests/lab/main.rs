@@ -3,9 +3,11 @@
 
 mod common;
 mod harness_selftest;
+mod mirror;
 mod preflight;
 mod support;
 mod transport;
+mod up;
 
 use std::sync::Arc;
 
@@ -27,7 +29,9 @@ fn main() {
     let mut trials = harness_selftest::trials(&lab);
     trials.extend(transport::trials(&lab));
     trials.extend(preflight::trials(&lab));
+    trials.extend(up::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
+    up::finish();
     match Arc::try_unwrap(lab) {
         Ok(lab) => drop(lab),
         Err(_) => eprintln!("lab tests: a trial still holds the lab; tearing down through cleanup_leftovers"),

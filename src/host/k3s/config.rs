@@ -1,0 +1,123 @@
+//! The few k3s settings the host side needs to know (where the data and the kubeconfig are),
+//! read as k3s reads them: config.yaml, then the drop-ins in name order, the last value wins.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{describe_io, CONFIG_DROPIN_DIR, CONFIG_FILE, DEFAULT_DATA_DIR, DEFAULT_KUBECONFIG};
+use crate::host::system::HostSystem;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Settings {
+    pub data_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// `server:` (the URL a joining server or agent talks to), when set.
+    pub server: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { data_dir: DEFAULT_DATA_DIR.into(), kubeconfig: DEFAULT_KUBECONFIG.into(), server: None }
+    }
+}
+
+/// The settings of the host as it is: /etc/rancher/k3s/config.yaml (absent: defaults) and drop-ins.
+pub(super) fn on_host(sys: &dyn HostSystem) -> Result<Settings, String> {
+    let main = match sys.read_to_string(Path::new(CONFIG_FILE)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {CONFIG_FILE}: {}", describe_io(&e))),
+    };
+    with_main(sys, &main)
+}
+
+/// The settings k3s will run with once config.yaml is `main` (the host's drop-ins still apply).
+pub(super) fn with_main(sys: &dyn HostSystem, main: &str) -> Result<Settings, String> {
+    let mut settings = Settings::default();
+    apply(&mut settings, CONFIG_FILE, main)?;
+    let mut dropins: Vec<String> = match sys.read_dir_names(Path::new(CONFIG_DROPIN_DIR)) {
+        Ok(names) => names.into_iter().filter(|n| n.ends_with(".yaml") || n.ends_with(".yml")).collect(),
+        Err(_) => Vec::new(),
+    };
+    dropins.sort();
+    for name in dropins {
+        let path = Path::new(CONFIG_DROPIN_DIR).join(&name);
+        let text = sys
+            .read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {}", path.display(), describe_io(&e)))?;
+        apply(&mut settings, &path.to_string_lossy(), &text)?;
+    }
+    Ok(settings)
+}
+
+fn apply(settings: &mut Settings, path: &str, text: &str) -> Result<(), String> {
+    // The parser's message can quote the document, which may hold a token: only its position is kept.
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| match e.location() {
+        Some(at) => format!("{path} is not valid YAML (line {}, column {})", at.line(), at.column()),
+        None => format!("{path} is not valid YAML"),
+    })?;
+    let map = match value {
+        serde_yaml_ng::Value::Mapping(map) => map,
+        serde_yaml_ng::Value::Null => return Ok(()),
+        _ => return Err(format!("{path} is not a YAML mapping of k3s settings")),
+    };
+    let text_of = |key: &str| -> Result<Option<String>, String> {
+        match map.get(key) {
+            None | Some(serde_yaml_ng::Value::Null) => Ok(None),
+            Some(serde_yaml_ng::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{path}: {key} must be a non-empty string")),
+        }
+    };
+    if let Some(dir) = text_of("data-dir")? {
+        settings.data_dir = absolute(path, "data-dir", &dir)?;
+    }
+    if let Some(file) = text_of("write-kubeconfig")? {
+        settings.kubeconfig = absolute(path, "write-kubeconfig", &file)?;
+    }
+    if let Some(server) = text_of("server")? {
+        settings.server = Some(server);
+    }
+    Ok(())
+}
+
+fn absolute(path: &str, key: &str, value: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(value);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!("{path}: {key} must be an absolute path without `..`, not {value:?}"));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::system::fake::FakeSystem;
+
+    #[test]
+    fn defaults_without_config() {
+        assert_eq!(on_host(&FakeSystem::new()).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn dropins_override_in_name_order() {
+        let sys = FakeSystem::new()
+            .file(CONFIG_FILE, "token: secret\ndata-dir: /srv/k3s\nserver: https://10.0.0.1:6443\n")
+            .file("/etc/rancher/k3s/config.yaml.d/20-b.yaml", "write-kubeconfig: /root/b.yaml\n")
+            .file("/etc/rancher/k3s/config.yaml.d/10-a.yml", "write-kubeconfig: /root/a.yaml\n")
+            .file("/etc/rancher/k3s/config.yaml.d/notes.txt", "data-dir: /ignored\n");
+        let s = on_host(&sys).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/srv/k3s"));
+        assert_eq!(s.kubeconfig, PathBuf::from("/root/b.yaml"));
+        assert_eq!(s.server.as_deref(), Some("https://10.0.0.1:6443"));
+    }
+
+    #[test]
+    fn errors_never_quote_the_file() {
+        let sys = FakeSystem::new().file(CONFIG_FILE, "token: K10supersecret\n  bad: [\n");
+        let err = on_host(&sys).unwrap_err();
+        assert!(err.contains("not valid YAML (line"), "{err}");
+        assert!(!err.contains("supersecret"), "{err}");
+        let rel = with_main(&FakeSystem::new(), "data-dir: relative/dir\n").unwrap_err();
+        assert!(rel.contains("absolute"), "{rel}");
+    }
+}

@@ -1,0 +1,130 @@
+//! What each host's /etc/rancher/k3s/config.yaml and service env file say, derived from the
+//! cluster file. Deterministic, so that an unchanged cluster file renders byte-identical files
+//! and re-runs restart nothing.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::cluster::k3s_config::{key_spec, Scope};
+use crate::cluster::{ClusterFile, Host};
+use crate::protocol::preflight::Role;
+use crate::protocol::Secret;
+
+/// The role a host plays in the join sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The first server: it initialises the cluster (embedded etcd when there are several servers).
+    FirstServer,
+    JoiningServer,
+    Agent,
+}
+
+pub fn position(cluster: &ClusterFile, host: &Host) -> Position {
+    match host.role {
+        Role::Agent => Position::Agent,
+        Role::Server if cluster.servers().next().is_some_and(|first| first.name == host.name) => Position::FirstServer,
+        Role::Server => Position::JoiningServer,
+    }
+}
+
+pub fn join_url(first_server: &Host) -> String {
+    let address = match first_server.ip() {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => first_server.address.clone(),
+    };
+    format!("https://{address}:6443")
+}
+
+/// config.yaml for `host`. `node_ip` is set when the host's address is one of its own interface
+/// addresses: on multi-homed hosts (Vagrant's NAT interface) k3s would otherwise pick the wrong one.
+pub fn config_yaml(cluster: &ClusterFile, host: &Host, node_ip: Option<&str>) -> String {
+    let first = cluster.servers().next().expect("validated: at least one server");
+    let mut config: BTreeMap<String, Value> = BTreeMap::new();
+    for (key, value) in &cluster.k3s.config {
+        let server_only = key_spec(key).is_some_and(|k| k.scope == Scope::Server);
+        if host.role == Role::Server || !server_only {
+            config.insert(key.clone(), value.clone());
+        }
+    }
+    config.insert("node-name".into(), host.name.clone().into());
+    if let Some(ip) = node_ip {
+        config.entry("node-ip".into()).or_insert_with(|| ip.into());
+    }
+    if !host.labels.is_empty() {
+        config.insert("node-label".into(), host.labels.iter().map(|(k, v)| Value::from(format!("{k}={v}"))).collect());
+    }
+    if !host.taints.is_empty() {
+        config.insert("node-taint".into(), host.taints.iter().cloned().map(Value::from).collect());
+    }
+    match position(cluster, host) {
+        Position::FirstServer if cluster.servers().count() > 1 => {
+            config.insert("cluster-init".into(), true.into());
+        }
+        Position::JoiningServer => {
+            config.insert("server".into(), join_url(first).into());
+        }
+        _ => {}
+    }
+    if host.role == Role::Server {
+        // kubeconfigs point at the API endpoint; the serving certificate must name it.
+        if let Some(endpoint) = &cluster.k3s.api_endpoint {
+            let sans = config.entry("tls-san".into()).or_insert_with(|| Value::Array(vec![]));
+            if let Value::Array(list) = sans {
+                if !list.iter().any(|v| v.as_str() == Some(endpoint.as_str())) {
+                    list.push(endpoint.clone().into());
+                }
+            }
+        }
+    }
+    let body = serde_yaml_ng::to_string(&config).expect("a map of JSON values always renders");
+    format!("# Written by k3node from the cluster file of cluster {}; edit that file, not this one.\n{body}", cluster.name)
+}
+
+/// The env file: joining hosts get the URL and token here (0600), never on a command line.
+pub fn env(cluster: &ClusterFile, host: &Host, token: Option<&Secret>) -> Vec<(String, Secret)> {
+    let first = cluster.servers().next().expect("validated: at least one server");
+    match (position(cluster, host), token) {
+        (Position::FirstServer, _) | (_, None) => Vec::new(),
+        (Position::JoiningServer, Some(token)) => vec![("K3S_TOKEN".into(), token.clone())],
+        (Position::Agent, Some(token)) => vec![("K3S_URL".into(), Secret::new(join_url(first))), ("K3S_TOKEN".into(), token.clone())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cluster(extra_hosts: &str) -> ClusterFile {
+        let text = format!(
+            "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  hosts:\n    - name: s1\n      address: 10.0.0.1\n      role: server\n      labels: {{tier: db}}\n      taints: [\"dedicated=db:NoSchedule\"]\n{extra_hosts}  k3s:\n    apiEndpoint: k3s.example\n    config:\n      cluster-cidr: 10.42.0.0/16\n      disable: [traefik]\n      kube-apiserver-arg: [request-timeout=300s]\n      kubelet-arg: [max-pods=50]\n"
+        );
+        crate::cluster::parse("cluster.yaml", Path::new("/"), &text).unwrap()
+    }
+
+    #[test]
+    fn agents_get_no_server_only_keys_and_join_through_the_env_file() {
+        let c = cluster("    - name: a1\n      address: 10.0.0.2\n      role: agent\n");
+        let agent = c.host("a1").unwrap();
+        let yaml = config_yaml(&c, agent, Some("10.0.0.2"));
+        assert!(!yaml.contains("cluster-cidr") && !yaml.contains("kube-apiserver-arg") && !yaml.contains("disable"), "{yaml}");
+        assert!(yaml.contains("kubelet-arg") && yaml.contains("node-name: a1") && yaml.contains("node-ip: 10.0.0.2"), "{yaml}");
+        let env = env(&c, agent, Some(&Secret::new("K10x::server:pw")));
+        assert_eq!(env[0], ("K3S_URL".to_string(), Secret::new("https://10.0.0.1:6443")));
+        assert_eq!(env[1].1.expose(), "K10x::server:pw");
+        assert!(!yaml.contains("K10x"));
+    }
+
+    #[test]
+    fn first_of_several_servers_inits_and_the_others_join_it() {
+        let c = cluster("    - name: s2\n      address: 10.0.0.3\n      role: server\n");
+        let first = config_yaml(&c, c.host("s1").unwrap(), None);
+        let second = config_yaml(&c, c.host("s2").unwrap(), None);
+        assert!(first.contains("cluster-init: true") && !first.contains("server:"), "{first}");
+        assert!(first.contains("node-label:\n- tier=db") && first.contains("dedicated=db:NoSchedule"), "{first}");
+        assert!(first.contains("k3s.example"), "api endpoint in tls-san: {first}");
+        assert!(second.contains("server: https://10.0.0.1:6443") && !second.contains("cluster-init"), "{second}");
+        assert_eq!(config_yaml(&c, c.host("s1").unwrap(), None), first, "rendering is deterministic");
+    }
+}

@@ -1,0 +1,286 @@
+//! `k3node up`, re-runs, changes, joins, reset and HA against the k3s stand-in on real hosts.
+//! The scenarios build on each other (one cluster through its life), so they run in this order.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use libtest_mimic::Trial;
+
+use crate::common::{ensure, Operator, Outcome};
+use crate::mirror::{self, Mirror};
+use crate::support::{Lab, LabHost};
+
+/// The seed 000 cluster: one server and two agents.
+const SEED_CONFIG: &str = "      cluster-cidr: 10.42.0.0/16\n      service-cidr: 10.43.0.0/16\n      cluster-dns: 10.43.0.10\n      disable: [traefik, servicelb]\n      write-kubeconfig-mode: \"644\"\n      kube-apiserver-arg: [request-timeout=300s]\n      tls-san: [k3s.lab.example]\n";
+
+struct World {
+    op: Operator,
+    mirror: Mirror,
+}
+
+static WORLD: Mutex<Option<Arc<World>>> = Mutex::new(None);
+
+fn world(lab: &Arc<Lab>) -> Arc<World> {
+    let mut guard = WORLD.lock().unwrap();
+    guard
+        .get_or_insert_with(|| {
+            let op = Operator::new(lab, "up");
+            op.trust(&lab.hosts().iter().collect::<Vec<_>>());
+            let mirror = Mirror::start(lab);
+            mirror::publish(&mirror.root, mirror::VERSION, &mirror::release_binary(mirror::VERSION));
+            Arc::new(World { op, mirror })
+        })
+        .clone()
+}
+
+/// Drops the mirror (its thread lives in the lab netns) before the lab goes.
+pub fn finish() {
+    WORLD.lock().unwrap().take();
+}
+
+pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
+    let t = |name: &str, f: fn(&Arc<Lab>, &World) -> Outcome| {
+        let lab = lab.clone();
+        Trial::test(format!("up::{name}"), move || {
+            let w = world(&lab);
+            f(&lab, &w)
+        })
+    };
+    vec![
+        t("seed_cluster_installed_as_the_contract_says", seed_cluster),
+        t("rerun_on_converged_cluster_changes_and_restarts_nothing", rerun_noop),
+        t("changed_label_restarts_only_its_host", changed_label),
+        t("dry_run_shows_the_diff_and_changes_nothing", dry_run),
+        t("added_node_joins_without_touching_the_rest", added_node),
+        t("wrong_token_is_refused_with_the_k3s_reason", wrong_token),
+        t("reset_then_up_again", reset_then_up),
+        t("ha_three_servers_and_an_agent", ha),
+    ]
+}
+
+fn cluster_yaml(w: &World, hosts: &[(&LabHost, &str, &str)], config: &str) -> PathBuf {
+    let mut yaml = format!(
+        "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  ssh:\n    keyPath: {}\n    knownHosts: {}\n  hosts:\n",
+        w.op.lab.client_key().display(),
+        w.op.known_hosts().display()
+    );
+    for (h, role, extra) in hosts {
+        yaml.push_str(&format!("    - name: {}\n      address: {}\n      role: {role}\n{extra}", h.name, h.address));
+    }
+    yaml.push_str(&format!("  k3s:\n    version: {}\n    source:\n      mirror: {}\n    config:\n{config}", mirror::VERSION, w.mirror.url()));
+    let path = w.op.home.join("cluster.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn seed_hosts(lab: &Lab) -> Vec<(&LabHost, &'static str, &'static str)> {
+    vec![(lab.host("h1"), "server", ""), (lab.host("h2"), "agent", "      labels: {tier: web}\n"), (lab.host("h3"), "agent", "")]
+}
+
+fn up(w: &World, file: &PathBuf, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut args = vec!["up", "-c", file.to_str().unwrap(), "-o", "json", "--ready-timeout", "90"];
+    let cache = w.op.home.join("cache");
+    args.extend(["--cache-dir", cache.to_str().unwrap()]);
+    args.extend(extra);
+    w.op.k3node_json(&args)
+}
+
+fn node<'a>(json: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    json["nodes"].as_array().and_then(|a| a.iter().find(|n| n["host"] == host)).unwrap_or(&serde_json::Value::Null)
+}
+
+fn states(json: &serde_json::Value) -> BTreeMap<String, String> {
+    json["nodes"].as_array().into_iter().flatten().map(|n| (n["host"].as_str().unwrap_or("").to_string(), n["state"].as_str().unwrap_or("").to_string())).collect()
+}
+
+/// Systemd's id for the current run of the host's k3s unit: it changes on every (re)start.
+fn invocation(h: &LabHost) -> String {
+    h.sh("systemctl show -p InvocationID --value k3s k3s-agent 2>/dev/null | tr -d '\\n'").unwrap_or_default()
+}
+
+fn invocations(lab: &Lab, names: &[&str]) -> BTreeMap<String, String> {
+    names.iter().map(|n| (n.to_string(), invocation(lab.host(n)))).collect()
+}
+
+/// kubectl from the operator side, through the kubeconfig k3node merged (the stand-in is kubectl).
+fn nodes_via_kubeconfig(w: &World) -> Result<BTreeMap<String, bool>, String> {
+    let mut cmd = w.op.lab.command_in_netns(&mirror::standin_binary());
+    cmd.args(["kubectl", "get", "nodes", "-o", "json"]).env("KUBECONFIG", w.op.home.join(".kube/config"));
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let ready = n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (n["metadata"]["name"].as_str().unwrap_or("").to_string(), ready)
+        })
+        .collect())
+}
+
+fn all_ready(w: &World, names: &[&str]) -> Outcome {
+    let nodes = nodes_via_kubeconfig(w)?;
+    for n in names {
+        ensure(nodes.get(*n) == Some(&true), || format!("{n} not Ready through the merged kubeconfig: {nodes:?}"))?;
+    }
+    Ok(())
+}
+
+const SERVER_UNIT: &str = "[Unit]\nDescription=Lightweight Kubernetes\nDocumentation=https://k3s.io\nWants=network-online.target\nAfter=network-online.target\n\n[Install]\nWantedBy=multi-user.target\n\n[Service]\nType=notify\nEnvironmentFile=-/etc/default/%N\nEnvironmentFile=-/etc/sysconfig/%N\nEnvironmentFile=-/etc/systemd/system/k3s.service.env\nKillMode=process\nDelegate=yes\nUser=root\nLimitNOFILE=1048576\nLimitNPROC=infinity\nLimitCORE=infinity\nTasksMax=infinity\nTimeoutStartSec=0\nRestart=always\nRestartSec=5s\nExecStartPre=-/sbin/modprobe br_netfilter\nExecStartPre=-/sbin/modprobe overlay\nExecStart=/usr/local/bin/k3s server\n";
+
+fn seed_cluster(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let file = cluster_yaml(w, &seed_hosts(lab), SEED_CONFIG);
+    // Fresh lab hosts have ip_forward off: preflight (the first phase of up) would stop the run.
+    let fix = w.op.k3node(&["preflight", "-c", file.to_str().unwrap(), "--fix"]);
+    let fixed = String::from_utf8_lossy(&fix.stdout).into_owned();
+    let (code, json, stderr) = up(w, &file, &[]);
+    ensure(code == 0, || format!("up failed ({code}): {}\n{stderr}\npreflight --fix said:\n{fixed}", serde_json::to_string_pretty(&json).unwrap()))?;
+
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let unit = h1.sh("cat /etc/systemd/system/k3s.service")?;
+    ensure(unit == SERVER_UNIT, || format!("server unit differs from the contract:\n{unit}"))?;
+    let agent_unit = h2.sh("cat /etc/systemd/system/k3s-agent.service")?;
+    ensure(
+        agent_unit == SERVER_UNIT.replace("k3s.service.env", "k3s-agent.service.env").replace("k3s server", "k3s agent"),
+        || format!("agent unit:\n{agent_unit}"),
+    )?;
+    let modes = h1.sh("stat -c '%n %a %U' /usr/local/bin/k3s /etc/rancher/k3s/config.yaml /var/lib/rancher/k3s/server/token")?;
+    ensure(modes.contains("/usr/local/bin/k3s 755 root") && modes.contains("config.yaml 600 root") && modes.contains("token 600 root"), || modes.clone())?;
+    let links = h1.sh("readlink /usr/local/bin/kubectl /usr/local/bin/crictl /usr/local/bin/ctr")?;
+    ensure(links.lines().all(|l| l.ends_with("k3s")) && links.lines().count() == 3, || format!("links: {links}"))?;
+    let config = h1.sh("cat /etc/rancher/k3s/config.yaml")?;
+    for needle in ["cluster-cidr: 10.42.0.0/16", "service-cidr: 10.43.0.0/16", "cluster-dns: 10.43.0.10", "traefik", "servicelb", "request-timeout=300s", "k3s.lab.example", "node-name: h1"] {
+        ensure(config.contains(needle), || format!("config.yaml lacks {needle}:\n{config}"))?;
+    }
+    let agent_env = h2.sh("stat -c %a /etc/systemd/system/k3s-agent.service.env; cat /etc/systemd/system/k3s-agent.service.env")?;
+    let token = h1.sh("cat /var/lib/rancher/k3s/server/token")?.trim().to_string();
+    ensure(agent_env.starts_with("600\n") && agent_env.contains(&format!("K3S_URL=https://{}:6443", h1.address)) && agent_env.contains(&token), || "agent env file".into())?;
+    ensure(token.starts_with("K10") && token.contains("::server:"), || "token format".into())?;
+    let printed = format!("{json}{stderr}");
+    ensure(!printed.contains(&token) && !printed.contains(token.split("::server:").nth(1).unwrap_or("-")), || "the token reached k3node's output".into())?;
+    let agent_config = h2.sh("cat /etc/rancher/k3s/config.yaml")?;
+    ensure(agent_config.contains("tier=web") && !agent_config.contains("cluster-cidr"), || format!("agent config:\n{agent_config}"))?;
+    let mode = h1.sh("stat -c %a /etc/rancher/k3s/k3s.yaml")?;
+    ensure(mode.trim() == "644", || format!("write-kubeconfig-mode not honoured: {mode}"))?;
+    let kubeconfig = std::fs::read_to_string(w.op.home.join(".kube/config")).map_err(|e| format!("no kubeconfig: {e}"))?;
+    ensure(kubeconfig.contains("current-context: lab") && kubeconfig.contains(&format!("https://{}:6443", h1.address)), || kubeconfig.clone())?;
+    all_ready(w, &["h1", "h2", "h3"])
+}
+
+fn rerun_noop(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let file = cluster_yaml(w, &seed_hosts(lab), SEED_CONFIG);
+    let before = invocations(lab, &["h1", "h2", "h3"]);
+    let (code, json, stderr) = up(w, &file, &[]);
+    let after = invocations(lab, &["h1", "h2", "h3"]);
+    ensure(code == 0, || format!("{json}\n{stderr}"))?;
+    ensure(states(&json).values().all(|s| s == "unchanged"), || format!("states: {:?}", states(&json)))?;
+    ensure(before == after, || format!("units restarted: {before:?} -> {after:?}"))
+}
+
+fn changed_label(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let before = invocations(lab, &["h1", "h2", "h3"]);
+    let (code, json, stderr) = up(w, &file, &[]);
+    let after = invocations(lab, &["h1", "h2", "h3"]);
+    ensure(code == 0, || format!("{json}\n{stderr}"))?;
+    ensure(node(&json, "h2")["state"] == "restarted", || format!("{:?}", states(&json)))?;
+    ensure(before["h1"] == after["h1"] && before["h3"] == after["h3"] && before["h2"] != after["h2"], || format!("{before:?} -> {after:?}"))?;
+    ensure(lab.host("h2").sh("cat /etc/rancher/k3s/config.yaml")?.contains("tier=api"), || "label not applied".into())
+}
+
+fn dry_run(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    let changed = SEED_CONFIG.replace("request-timeout=300s", "request-timeout=120s");
+    let file = cluster_yaml(w, &hosts, &changed);
+    let before = lab.host("h1").sh("cat /etc/rancher/k3s/config.yaml")?;
+    let out = w.op.k3node(&["up", "-c", file.to_str().unwrap(), "--dry-run", "--cache-dir", w.op.home.join("cache").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure(out.status.success(), || format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure(text.contains("h1 would change") && text.contains("-  - request-timeout=300s") || text.contains("-- request-timeout=300s") || text.contains("request-timeout=120s"), || text.clone())?;
+    ensure(!text.contains("h2 would change") && !text.contains("h3 would change"), || format!("only h1 is concerned:\n{text}"))?;
+    ensure(lab.host("h1").sh("cat /etc/rancher/k3s/config.yaml")? == before, || "dry run changed the host".into())?;
+    let before = invocations(lab, &["h1", "h2", "h3"]);
+    let (code, json, stderr) = up(w, &file, &[]);
+    let after = invocations(lab, &["h1", "h2", "h3"]);
+    ensure(code == 0, || format!("{json}\n{stderr}"))?;
+    ensure(before["h1"] != after["h1"] && before["h2"] == after["h2"] && before["h3"] == after["h3"], || format!("only h1 restarts: {before:?} -> {after:?}"))
+}
+
+fn added_node(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    hosts.push((lab.host("h4"), "agent", ""));
+    let config = SEED_CONFIG.replace("request-timeout=300s", "request-timeout=120s");
+    let file = cluster_yaml(w, &hosts, &config);
+    let _ = w.op.k3node(&["preflight", "-c", file.to_str().unwrap(), "--fix"]);
+    let before = invocations(lab, &["h1", "h2", "h3"]);
+    let (code, json, stderr) = up(w, &file, &[]);
+    let after = invocations(lab, &["h1", "h2", "h3"]);
+    ensure(code == 0, || format!("{json}\n{stderr}"))?;
+    ensure(before == after, || format!("existing nodes restarted: {before:?} -> {after:?}"))?;
+    ensure(node(&json, "h4")["state"] == "restarted", || format!("{:?}", states(&json)))?;
+    all_ready(w, &["h1", "h2", "h3", "h4"])
+}
+
+fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
+    // A token for another cluster: its CA hash cannot match this server's CA.
+    let h4 = lab.host("h4");
+    h4.sh(&format!("sed -i 's/^K3S_TOKEN=K10[0-9a-f]*::/K3S_TOKEN=K10{}::/' /etc/systemd/system/k3s-agent.service.env && systemctl restart --no-block k3s-agent", "0".repeat(64)))?;
+    let mut seen = String::new();
+    for _ in 0..30 {
+        seen = h4.sh("journalctl -u k3s-agent --no-pager -o cat -n 50")?;
+        if seen.contains("token CA hash does not match the Cluster CA certificate hash") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    ensure(seen.contains("token CA hash does not match the Cluster CA certificate hash"), || format!("agent journal:\n{seen}"))?;
+    // k3node puts the right token back, and the node rejoins.
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    hosts.push((h4, "agent", ""));
+    let file = cluster_yaml(w, &hosts, &SEED_CONFIG.replace("request-timeout=300s", "request-timeout=120s"));
+    let (code, json, stderr) = up(w, &file, &[]);
+    ensure(code == 0 && node(&json, "h4")["state"] == "restarted", || format!("{json}\n{stderr}"))?;
+    all_ready(w, &["h4"])
+}
+
+fn reset_then_up(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts.push((lab.host("h4"), "agent", ""));
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--yes"]);
+    ensure(out.status.success(), || format!("reset: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))?;
+    for h in ["h1", "h2", "h3", "h4"] {
+        let left = lab.host(h).sh("ls /usr/local/bin/k3s /etc/systemd/system/k3s*.service 2>/dev/null; systemctl is-active k3s k3s-agent || true")?;
+        ensure(!left.contains("/usr/local/bin/k3s") && !left.contains(".service") && !left.contains("\nactive"), || format!("{h} after reset: {left}"))?;
+    }
+    let aside = lab.host("h1").sh("ls -d /var/lib/rancher/k3s.k3node-reset-* /etc/rancher/k3s.k3node-reset-*")?;
+    ensure(aside.lines().count() >= 2, || format!("data was not moved aside: {aside}"))?;
+    let (code, json, stderr) = up(w, &file, &[]);
+    ensure(code == 0, || format!("{json}\n{stderr}"))?;
+    all_ready(w, &["h1", "h2", "h3", "h4"])
+}
+
+fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let hosts = [(lab.host("h1"), "server", ""), (lab.host("h2"), "server", ""), (lab.host("h3"), "server", ""), (lab.host("h4"), "agent", "")];
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--yes"]);
+    ensure(out.status.success(), || String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let (code, json, stderr) = up(w, &file, &[]);
+    ensure(code == 0, || format!("{json}\n{stderr}"))?;
+    ensure(lab.host("h1").sh("cat /etc/rancher/k3s/config.yaml")?.contains("cluster-init: true"), || "first server without cluster-init".into())?;
+    let second = lab.host("h2").sh("cat /etc/rancher/k3s/config.yaml")?;
+    ensure(second.contains(&format!("server: https://{}:6443", lab.host("h1").address)), || second.clone())?;
+    let token = |h: &str| lab.host(h).sh("cat /var/lib/rancher/k3s/server/token").unwrap_or_default();
+    ensure(token("h1") == token("h2") && token("h2") == token("h3"), || "servers do not share one token".into())?;
+    all_ready(w, &["h1", "h2", "h3", "h4"])
+}
