@@ -37,9 +37,9 @@ pub(super) async fn lookup(
         return Ok(None);
     }
     let expected = match tokio::fs::read(&sums).await {
-        Ok(bytes) => String::from_utf8(bytes)
-            .ok()
-            .and_then(|t| checksum::expected_sha256(&t, &sums.display().to_string(), names.binary).ok()),
+        Ok(bytes) => String::from_utf8(bytes).ok().and_then(|t| {
+            checksum::expected_sha256(&t, &sums.display().to_string(), names.binary).ok()
+        }),
         Err(_) => None,
     };
     let (actual, size) = checksum::hash_file_async(&bin)
@@ -67,7 +67,11 @@ pub(super) async fn lookup(
             match tokio::fs::remove_file(&bin).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ArtifactError::io("remove the damaged cached binary", &bin)(e)),
+                Err(e) => {
+                    return Err(ArtifactError::io("remove the damaged cached binary", &bin)(
+                        e,
+                    ))
+                }
             }
             Ok(None)
         }

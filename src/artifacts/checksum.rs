@@ -42,7 +42,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ChecksumEntry>, ArtifactErr
         let name = rest.trim_start_matches([' ', '\t']);
         let name = name.strip_prefix('*').unwrap_or(name);
         if rest.is_empty() || name.is_empty() {
-            return Err(malformed(format!("{shown:?} has no file name after the sha256")));
+            return Err(malformed(format!(
+                "{shown:?} has no file name after the sha256"
+            )));
         }
         let entry = ChecksumEntry {
             sha256: hash.to_ascii_lowercase(),
@@ -118,7 +120,10 @@ mod tests {
         assert_eq!(expected_sha256(&text, "f", "k3s-arm64").unwrap(), A);
         // Uppercase hex is normalized; binary-mode `*name` and CRLF line ends are accepted.
         let text = format!("{B} *k3s\r\n");
-        assert_eq!(expected_sha256(&text, "f", "k3s").unwrap(), B.to_ascii_lowercase());
+        assert_eq!(
+            expected_sha256(&text, "f", "k3s").unwrap(),
+            B.to_ascii_lowercase()
+        );
     }
 
     #[test]
@@ -127,7 +132,10 @@ mod tests {
         let e = expected_sha256(&text, "http://m/sha256sum-amd64.txt", "k3s").unwrap_err();
         assert!(matches!(e, ArtifactError::ChecksumEntryMissing { .. }));
         let msg = e.to_string();
-        assert!(msg.contains("http://m/sha256sum-amd64.txt") && msg.contains("\"k3s\""), "{msg}");
+        assert!(
+            msg.contains("http://m/sha256sum-amd64.txt") && msg.contains("\"k3s\""),
+            "{msg}"
+        );
         assert!(msg.contains("k3s-arm64"), "{msg}");
         // A suffix match is not a match.
         let text = format!("{A}  dist/k3s\n");
@@ -146,12 +154,17 @@ mod tests {
             ("<html><body>Not Found</body></html>".to_string(), 1),
         ] {
             match parse(&text, "f") {
-                Err(ArtifactError::ChecksumFileMalformed { line: l, .. }) => assert_eq!(l, line, "{text}"),
+                Err(ArtifactError::ChecksumFileMalformed { line: l, .. }) => {
+                    assert_eq!(l, line, "{text}")
+                }
                 other => panic!("{text:?}: {other:?}"),
             }
         }
         // The same entry twice is harmless.
-        assert_eq!(parse(&format!("{A}  k3s\n{A}  k3s\n"), "f").unwrap().len(), 1);
+        assert_eq!(
+            parse(&format!("{A}  k3s\n{A}  k3s\n"), "f").unwrap().len(),
+            1
+        );
         assert!(parse("", "f").unwrap().is_empty());
     }
 

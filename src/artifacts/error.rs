@@ -38,7 +38,7 @@ pub enum ArtifactError {
         hint: String,
     },
 
-    #[error("GET {url} failed after {attempts} attempt(s): {cause}; check the network path to the server (DNS, proxy variables, firewall), or use a mirror or an airgap dir")]
+    #[error("GET {url} failed after {attempts} attempt(s): {cause}; check the network path to the server (DNS, proxy variables, firewall), or use a mirror or an airgap dir; a cut-off download continues where it stopped when run again")]
     Network {
         url: String,
         attempts: u32,
@@ -92,7 +92,10 @@ pub enum ArtifactError {
 }
 
 impl ArtifactError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |cause| ArtifactError::Io {
             action,

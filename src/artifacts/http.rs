@@ -101,11 +101,27 @@ impl<'a> Backoff<'a> {
     }
 }
 
+impl Backoff<'_> {
+    /// A final answer, with the attempts it took.
+    fn final_error(&self, mut e: ArtifactError) -> ArtifactError {
+        if let ArtifactError::HttpStatus { attempts, .. } = &mut e {
+            *attempts = self.attempts + 1;
+        }
+        e
+    }
+}
+
 fn status_hint(status: u16) -> String {
     match status {
-        401 | 403 => "the server refused access: check the mirror's credentials and permissions".into(),
-        408 | 429 => "the server is overloaded or rate-limiting: try again later, or use a mirror".into(),
-        500..=599 => "the server is failing: try again later, or use a mirror or an airgap dir".into(),
+        401 | 403 => {
+            "the server refused access: check the mirror's credentials and permissions".into()
+        }
+        408 | 429 => {
+            "the server is overloaded or rate-limiting: try again later, or use a mirror".into()
+        }
+        500..=599 => {
+            "the server is failing: try again later, or use a mirror or an airgap dir".into()
+        }
         _ => "check the release URL or mirror in the cluster file".into(),
     }
 }
@@ -169,35 +185,50 @@ impl<'a> Http<'a> {
                 "no response within {}s",
                 self.opts.timeout.as_secs_f32()
             ))),
-            Ok(Err(e)) if e.is_builder() => Err(Failure::Fatal(ArtifactError::Client { cause: describe(e) })),
+            Ok(Err(e)) if e.is_builder() => {
+                Err(Failure::Fatal(ArtifactError::Client { cause: describe(e) }))
+            }
             Ok(Err(e)) => Err(transient(describe(e))),
             Ok(Ok(r)) => Ok(r),
         }
     }
 
-    /// The next chunk of a body, or a stall after `timeout` without one.
+    /// The next chunk of a body, or a stall after `timeout` without one. `at`: the bytes
+    /// received so far and the total, for messages.
     async fn chunk(
         &self,
         resp: &mut Response,
+        at: (u64, Option<u64>),
     ) -> Result<Option<impl std::ops::Deref<Target = [u8]>>, Failure> {
+        let at = match at {
+            (got, Some(total)) => format!(" after {got} of {total} bytes"),
+            (got, None) => format!(" after {got} bytes"),
+        };
         match timeout(self.opts.timeout, resp.chunk()).await {
             Err(_) => Err(transient(format!(
-                "the download stalled: no data for {}s",
+                "the download stalled{at}: no data for {}s",
                 self.opts.timeout.as_secs_f32()
             ))),
-            Ok(Err(e)) => Err(transient(format!("the connection broke: {}", describe(e)))),
+            Ok(Err(e)) => Err(transient(format!(
+                "the connection broke{at}: {}",
+                describe(e)
+            ))),
             Ok(Ok(c)) => Ok(c),
         }
     }
 
     /// The redirect target of `url` (the Location header), not followed. `what` names the thing
     /// for a 404 message.
-    pub(super) async fn channel_version(&self, url: &str, channel: &str) -> Result<String, ArtifactError> {
+    pub(super) async fn channel_version(
+        &self,
+        url: &str,
+        channel: &str,
+    ) -> Result<String, ArtifactError> {
         let mut backoff = Backoff::new(self.opts);
         loop {
             let failure = match self.channel_once(url, channel).await {
                 Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Fatal(e)) => return Err(backoff.final_error(e)),
                 Err(Failure::Transient { status, cause }) => (status, cause),
             };
             backoff.after(url, failure.0, failure.1, true).await?;
@@ -237,11 +268,12 @@ impl<'a> Http<'a> {
             }
         };
         let shown = redact_url(&location);
-        let version = version_from_location(&location).ok_or_else(|| ArtifactError::BadVersion {
-            version: location.clone(),
-            origin: format!("the redirect of channel {channel:?} at {}", redact_url(url)),
-            hint: "the channel URL does not look like a k3s channel server".into(),
-        })?;
+        let version =
+            version_from_location(&location).ok_or_else(|| ArtifactError::BadVersion {
+                version: location.clone(),
+                origin: format!("the redirect of channel {channel:?} at {}", redact_url(url)),
+                hint: "the channel URL does not look like a k3s channel server".into(),
+            })?;
         if !super::names::is_k3s_version(&version) {
             return Err(Failure::Fatal(ArtifactError::BadVersion {
                 version,
@@ -256,23 +288,34 @@ impl<'a> Http<'a> {
     }
 
     /// A small file (a checksum file) in memory, at most `limit` bytes.
-    pub(super) async fn get_small(&self, url: &str, what: &str, limit: usize) -> Result<Vec<u8>, ArtifactError> {
+    pub(super) async fn get_small(
+        &self,
+        url: &str,
+        what: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, ArtifactError> {
         let mut backoff = Backoff::new(self.opts);
         loop {
             let failure = match self.get_small_once(url, what, limit).await {
                 Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Fatal(e)) => return Err(backoff.final_error(e)),
                 Err(Failure::Transient { status, cause }) => (status, cause),
             };
             backoff.after(url, failure.0, failure.1, true).await?;
         }
     }
 
-    async fn get_small_once(&self, url: &str, what: &str, limit: usize) -> Result<Vec<u8>, Failure> {
+    async fn get_small_once(
+        &self,
+        url: &str,
+        what: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, Failure> {
         let mut resp = self.send(self.client.get(url)).await?;
         check_status(url, resp.status(), what)?;
         let mut body = Vec::new();
-        while let Some(chunk) = self.chunk(&mut resp).await? {
+        let total = resp.content_length();
+        while let Some(chunk) = self.chunk(&mut resp, (body.len() as u64, total)).await? {
             body.extend_from_slice(&chunk);
             if body.len() > limit {
                 return Err(Failure::Fatal(ArtifactError::ChecksumFileMalformed {
@@ -287,16 +330,23 @@ impl<'a> Http<'a> {
 
     /// Downloads `url` into `partial` (created, or continued when `resume` and it exists), and
     /// returns the file's sha256 and size. The file is fsynced. `resumed` in the result tells
-    /// whether any bytes came from a Range request (or from an earlier run).
+    /// whether any bytes came from a Range request (or from an earlier run). A partial file that
+    /// already hashes to `expected` (an earlier run died between download and rename) is taken
+    /// as it is, without a request.
     pub(super) async fn download(
         &self,
         url: &str,
         partial: &Path,
         resume: bool,
+        expected: &str,
         what: &str,
         progress: &dyn DownloadProgress,
     ) -> Result<Downloaded, ArtifactError> {
         let mut file = PartialFile::open(partial, resume).await?;
+        if file.len > 0 && hex::encode(file.hasher.clone().finalize()) == expected {
+            tracing::info!(url = %redact_url(url), "an earlier run already downloaded it completely");
+            return file.finish().await;
+        }
         if file.len > 0 {
             tracing::info!(
                 url = %redact_url(url),
@@ -308,9 +358,12 @@ impl<'a> Http<'a> {
         let mut started = false;
         let result = loop {
             let before = file.len;
-            let failure = match self.download_once(url, &mut file, what, progress, &mut started).await {
+            let failure = match self
+                .download_once(url, &mut file, what, progress, &mut started)
+                .await
+            {
                 Ok(()) => break Ok(()),
-                Err(Failure::Fatal(e)) => break Err(e),
+                Err(Failure::Fatal(e)) => break Err(backoff.final_error(e)),
                 Err(Failure::Transient { status, cause }) => (status, cause),
             };
             let counts = file.len < before + PROGRESS_RESETS_RETRIES;
@@ -389,7 +442,7 @@ impl<'a> Http<'a> {
         if file.len > 0 {
             progress.advanced(file.len);
         }
-        while let Some(chunk) = self.chunk(&mut resp).await? {
+        while let Some(chunk) = self.chunk(&mut resp, (file.len, total)).await? {
             file.append(&chunk).await?;
             progress.advanced(chunk.len() as u64);
         }
@@ -574,7 +627,10 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
         assert_eq!(parse_content_range("bytes */200"), None);
         assert_eq!(parse_content_range("bytes 5-1/200"), None);

@@ -147,7 +147,10 @@ pub enum Origin {
 /// The version to install: the pinned `k3s.version`, else the channel's current release (default
 /// channel `stable`), read from the redirect that `<channel_url>/<channel>` answers with (its
 /// Location's last path segment, URL-decoded). A pinned version makes no HTTP request.
-pub async fn resolve_version(spec: &K3sSpec, opts: &ArtifactOptions) -> Result<String, ArtifactError> {
+pub async fn resolve_version(
+    spec: &K3sSpec,
+    opts: &ArtifactOptions,
+) -> Result<String, ArtifactError> {
     if let Some(version) = &spec.version {
         check_version(version, "k3s.version in the cluster file")?;
         return Ok(version.clone());
@@ -158,7 +161,9 @@ pub async fn resolve_version(spec: &K3sSpec, opts: &ArtifactOptions) -> Result<S
         opts.channel_url.trim_end_matches('/'),
         names::encode_path_segment(channel)
     );
-    let version = http::Http::new(opts)?.channel_version(&url, channel).await?;
+    let version = http::Http::new(opts)?
+        .channel_version(&url, channel)
+        .await?;
     tracing::info!(channel, version = %version, "resolved the k3s channel");
     Ok(version)
 }
@@ -223,15 +228,19 @@ async fn from_release(
     let sums = http
         .get_small(
             &sums_url,
-            &format!("the checksum file {} of k3s {version}", names.checksum_file),
+            &format!(
+                "k3s {version} for {} (its checksum file {})",
+                names.arch, names.checksum_file
+            ),
             CHECKSUM_FILE_LIMIT,
         )
         .await?;
-    let sums_text = std::str::from_utf8(&sums).map_err(|_| ArtifactError::ChecksumFileMalformed {
-        file: shown_sums_url.clone(),
-        line: 0,
-        reason: "it is not text (not UTF-8)".into(),
-    })?;
+    let sums_text =
+        std::str::from_utf8(&sums).map_err(|_| ArtifactError::ChecksumFileMalformed {
+            file: shown_sums_url.clone(),
+            line: 0,
+            reason: "it is not text (not UTF-8)".into(),
+        })?;
     let expected = expected_sha256(sums_text, &shown_sums_url, names.binary)?;
 
     let bin_url = release_file_url(base, version, names.binary);
@@ -242,13 +251,20 @@ async fn from_release(
 
     let mut resume = true;
     let got = loop {
-        let got = match http.download(&bin_url, &partial, resume, &what, progress).await {
+        let got = match http
+            .download(&bin_url, &partial, resume, &expected, &what, progress)
+            .await
+        {
             Ok(got) => got,
             Err(e) => {
                 // Keep a partial download only for a later run to continue after a network
                 // failure; after a 404 or another final answer there is nothing to continue.
-                let keep = matches!(e, ArtifactError::Network { .. } | ArtifactError::HttpStatus { status: 500.., .. })
-                    && tokio::fs::metadata(&partial).await.is_ok_and(|m| m.len() > 0);
+                let keep = matches!(
+                    e,
+                    ArtifactError::Network { .. } | ArtifactError::HttpStatus { status: 500.., .. }
+                ) && tokio::fs::metadata(&partial)
+                    .await
+                    .is_ok_and(|m| m.len() > 0);
                 if !keep {
                     let _ = tokio::fs::remove_file(&partial).await;
                 }
@@ -286,7 +302,11 @@ async fn from_release(
     })
 }
 
-async fn from_airgap(dir: &Path, version: &str, names: &ArchNames) -> Result<K3sBinary, ArtifactError> {
+async fn from_airgap(
+    dir: &Path,
+    version: &str,
+    names: &ArchNames,
+) -> Result<K3sBinary, ArtifactError> {
     let bin = dir.join(names.binary);
     let sums = dir.join(names.checksum_file);
     for (path, name) in [(&bin, names.binary), (&sums, names.checksum_file)] {

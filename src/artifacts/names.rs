@@ -153,13 +153,25 @@ mod tests {
         let n = arch_names("amd64").unwrap();
         assert_eq!((n.binary, n.checksum_file), ("k3s", "sha256sum-amd64.txt"));
         let n = arch_names("arm64").unwrap();
-        assert_eq!((n.binary, n.checksum_file), ("k3s-arm64", "sha256sum-arm64.txt"));
+        assert_eq!(
+            (n.binary, n.checksum_file),
+            ("k3s-arm64", "sha256sum-arm64.txt")
+        );
         let n = arch_names("armhf").unwrap();
-        assert_eq!((n.binary, n.checksum_file), ("k3s-armhf", "sha256sum-arm.txt"));
+        assert_eq!(
+            (n.binary, n.checksum_file),
+            ("k3s-armhf", "sha256sum-arm.txt")
+        );
         let n = arch_names("s390x").unwrap();
-        assert_eq!((n.binary, n.checksum_file), ("k3s-s390x", "sha256sum-s390x.txt"));
+        assert_eq!(
+            (n.binary, n.checksum_file),
+            ("k3s-s390x", "sha256sum-s390x.txt")
+        );
         let e = arch_names("x86_64").unwrap_err().to_string();
-        assert!(e.contains("x86_64") && e.contains("amd64, arm64, armhf"), "{e}");
+        assert!(
+            e.contains("x86_64") && e.contains("amd64, arm64, armhf"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -173,7 +185,11 @@ mod tests {
             "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1/k3s"
         );
         assert_eq!(
-            release_file_url("http://127.0.0.1:8080/mirror/", "v1.32.0-rc1+k3s2", "sha256sum-arm.txt"),
+            release_file_url(
+                "http://127.0.0.1:8080/mirror/",
+                "v1.32.0-rc1+k3s2",
+                "sha256sum-arm.txt"
+            ),
             "http://127.0.0.1:8080/mirror/v1.32.0-rc1%2Bk3s2/sha256sum-arm.txt"
         );
         assert_eq!(encode_path_segment("a b/c?"), "a%20b%2Fc%3F");
@@ -181,8 +197,14 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(decode_percent("v1.31.4%2Bk3s1").as_deref(), Some("v1.31.4+k3s1"));
-        assert_eq!(decode_percent("v1.31.4%2bk3s1").as_deref(), Some("v1.31.4+k3s1"));
+        assert_eq!(
+            decode_percent("v1.31.4%2Bk3s1").as_deref(),
+            Some("v1.31.4+k3s1")
+        );
+        assert_eq!(
+            decode_percent("v1.31.4%2bk3s1").as_deref(),
+            Some("v1.31.4+k3s1")
+        );
         assert_eq!(decode_percent("plain").as_deref(), Some("plain"));
         assert_eq!(decode_percent("bad%2"), None);
         assert_eq!(decode_percent("bad%zz"), None);
@@ -194,8 +216,16 @@ mod tests {
             assert!(is_k3s_version(ok), "{ok}");
         }
         for bad in [
-            "", "1.31.4+k3s1", "v1.31.4", "v1.31+k3s1", "v2.0.0+k3s1", "v1.31.4+k3s", "v1.31.4-beta+k3s1",
-            "v1.31.4+k3s1/..", "v1.31.4 +k3s1", "stable",
+            "",
+            "1.31.4+k3s1",
+            "v1.31.4",
+            "v1.31+k3s1",
+            "v2.0.0+k3s1",
+            "v1.31.4+k3s",
+            "v1.31.4-beta+k3s1",
+            "v1.31.4+k3s1/..",
+            "v1.31.4 +k3s1",
+            "stable",
         ] {
             assert!(!is_k3s_version(bad), "{bad}");
         }
@@ -204,12 +234,18 @@ mod tests {
     #[test]
     fn version_from_redirect_location() {
         let v = |l: &str| version_from_location(l);
-        assert_eq!(v("/k3s-io/k3s/releases/tag/v1.31.4%2Bk3s1").as_deref(), Some("v1.31.4+k3s1"));
+        assert_eq!(
+            v("/k3s-io/k3s/releases/tag/v1.31.4%2Bk3s1").as_deref(),
+            Some("v1.31.4+k3s1")
+        );
         assert_eq!(
             v("https://github.com/k3s-io/k3s/releases/tag/v1.31.4+k3s1").as_deref(),
             Some("v1.31.4+k3s1")
         );
-        assert_eq!(v("https://x/tag/v1.31.4%2Bk3s1/?a=b#c").as_deref(), Some("v1.31.4+k3s1"));
+        assert_eq!(
+            v("https://x/tag/v1.31.4%2Bk3s1/?a=b#c").as_deref(),
+            Some("v1.31.4+k3s1")
+        );
         assert_eq!(v("https://example.com"), None);
         assert_eq!(v(""), None);
     }

@@ -233,6 +233,8 @@ impl DownloadProgress for DownloadBar {
     fn started(&self, what: &str, total: Option<u64>) {
         self.0.set_draw_target(ProgressDrawTarget::stderr());
         self.0.set_length(total.unwrap_or(0));
+        // A retry starts over and reports what is already on disk again.
+        self.0.set_position(0);
         self.0.set_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("static template").progress_chars("=> "),
         );

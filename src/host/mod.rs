@@ -1,5 +1,6 @@
 //! Host side: the agent that runs on each host as root, invoked as `k3node host <operation>`.
 
+pub mod k3s;
 pub mod preflight;
 mod serve;
 pub mod system;

@@ -42,8 +42,22 @@ fn handle(request: Request, output: &mut dyn Write) -> Result<serde_json::Value,
             }
             to_value(&super::preflight::run(&RealSystem, &req))
         }
-        other => Err((AgentErrorKind::Failed, format!("{} is not implemented by this agent yet", other.operation()))),
+        Request::InstallK3s(req) => {
+            let result = super::k3s::install(&RealSystem, &req, &mut |message| progress(output, message));
+            to_value(&result.map_err(failed)?)
+        }
+        Request::ReadToken => to_value(&super::k3s::read_token(&RealSystem).map_err(failed)?),
+        Request::Kubeconfig => to_value(&super::k3s::kubeconfig(&RealSystem).map_err(failed)?),
+        Request::Nodes => to_value(&super::k3s::nodes(&RealSystem).map_err(failed)?),
+        Request::Reset(req) => {
+            let result = super::k3s::reset(&RealSystem, &req, &mut |message| progress(output, message));
+            to_value(&result.map_err(failed)?)
+        }
     }
+}
+
+fn failed(message: String) -> (AgentErrorKind, String) {
+    (AgentErrorKind::Failed, message)
 }
 
 fn hello() -> Result<Hello, (AgentErrorKind, String)> {

@@ -106,7 +106,13 @@ pub trait HostSystem: Send + Sync {
 
     /// Like [`HostSystem::run`], but killed after `timeout` instead of [`COMMAND_TIMEOUT`], and
     /// with `stdin` written to the program's standard input (closed when None).
-    fn run_with(&self, program: &Path, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> io::Result<CommandOutput> {
+    fn run_with(
+        &self,
+        program: &Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> io::Result<CommandOutput> {
         let _ = timeout;
         match stdin {
             None => self.run(program, args),
@@ -282,7 +288,13 @@ impl HostSystem for RealSystem {
         }
     }
 
-    fn run_with(&self, program: &Path, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> io::Result<CommandOutput> {
+    fn run_with(
+        &self,
+        program: &Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> io::Result<CommandOutput> {
         run_with_input(program, args, stdin, timeout)
     }
 
@@ -353,7 +365,8 @@ impl HostSystem for RealSystem {
     }
 
     fn kill(&self, pid: i32) -> io::Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            .map_err(io::Error::from)
     }
 }
 
@@ -500,6 +513,7 @@ pub mod fake {
                 st.files.retain(|k, _| !k.starts_with(&p));
                 st.dirs.retain(|k| !k.starts_with(&p));
                 st.links.retain(|k, _| !k.starts_with(&p));
+                st.modes.retain(|k, _| !k.starts_with(&p));
             }
             self
         }
@@ -570,7 +584,11 @@ pub mod fake {
             let seq = answers
                 .iter()
                 .map(|(status, stdout, stderr)| FakeCommand {
-                    result: Ok(CommandOutput { status: Some(*status), stdout: stdout.to_string(), stderr: stderr.to_string() }),
+                    result: Ok(CommandOutput {
+                        status: Some(*status),
+                        stdout: stdout.to_string(),
+                        stderr: stderr.to_string(),
+                    }),
                     effects: Vec::new(),
                 })
                 .collect();
@@ -661,13 +679,16 @@ pub mod fake {
         fn run(&mut self, program: &Path, args: &[&str]) -> io::Result<CommandOutput> {
             let k = (program.to_path_buf(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
             self.runs.push(k.clone());
-            let sequenced = self.sequences.get_mut(&k).and_then(|seq| {
-                if seq.len() > 1 {
-                    seq.pop_front()
-                } else {
-                    seq.front().cloned()
-                }
-            });
+            let sequenced =
+                self.sequences.get_mut(&k).and_then(
+                    |seq| {
+                        if seq.len() > 1 {
+                            seq.pop_front()
+                        } else {
+                            seq.front().cloned()
+                        }
+                    },
+                );
             let Some(cmd) = sequenced.or_else(|| self.outputs.get(&k).cloned()) else {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -794,7 +815,13 @@ pub mod fake {
             self.state().now_unix_ms
         }
 
-        fn run_with(&self, program: &Path, args: &[&str], stdin: Option<&[u8]>, _timeout: Duration) -> io::Result<CommandOutput> {
+        fn run_with(
+            &self,
+            program: &Path,
+            args: &[&str],
+            stdin: Option<&[u8]>,
+            _timeout: Duration,
+        ) -> io::Result<CommandOutput> {
             let mut st = self.state();
             if let Some(input) = stdin {
                 let args = args.iter().map(|a| a.to_string()).collect();
@@ -878,10 +905,13 @@ pub mod fake {
                 return Err(not_found(from));
             }
             let moved = |p: &Path| to.join(p.strip_prefix(from).expect("filtered by prefix"));
-            let files: Vec<_> = st.files.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let files: Vec<_> =
+                st.files.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), v.clone())).collect();
             let dirs: Vec<_> = st.dirs.iter().filter(|k| k.starts_with(from)).cloned().collect();
-            let links: Vec<_> = st.links.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), v.clone())).collect();
-            let modes: Vec<_> = st.modes.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), *v)).collect();
+            let links: Vec<_> =
+                st.links.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let modes: Vec<_> =
+                st.modes.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), *v)).collect();
             st.remove_tree(from);
             st.files.extend(files.into_iter().map(|(k, v)| (moved(&k), v)));
             st.dirs.extend(dirs.into_iter().map(|k| moved(&k)));
@@ -899,7 +929,11 @@ pub mod fake {
             let text = st.files.get(&info).cloned().unwrap_or_default();
             let mut lines: Vec<&str> = text.lines().collect();
             let target = path.to_string_lossy();
-            let Some(i) = lines.iter().rposition(|l| l.split(' ').nth(4) == Some(target.as_ref())) else {
+            // Field 5, with the kernel's octal escapes of the characters that matter here.
+            let mount_point = |l: &str| {
+                l.split(' ').nth(4).map(|m| m.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
+            };
+            let Some(i) = lines.iter().rposition(|l| mount_point(l).as_deref() == Some(target.as_ref())) else {
                 return Err(io::Error::from(nix::errno::Errno::EINVAL));
             };
             lines.remove(i);
@@ -972,6 +1006,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = RealSystem.write_proc(&dir.path().join("missing"), "1").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn real_file_operations_for_install_and_reset() {
+        let sys = RealSystem;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let bin = d.join("bin/k3s");
+        sys.create_dir_all(&d.join("bin"), 0o755).unwrap();
+        assert_eq!(sys.file_mode(&d.join("bin")).unwrap(), 0o755);
+        sys.write_atomic(&bin, b"abc", 0o600).unwrap();
+        assert_eq!(sys.file_mode(&bin).unwrap(), 0o600);
+        assert_eq!(sys.sha256_file(&bin).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+
+        let link = d.join("bin/kubectl");
+        sys.symlink_atomic(Path::new("k3s"), &link).unwrap();
+        sys.symlink_atomic(Path::new("k3s"), &link).unwrap(); // replacing is atomic, not an error
+        assert_eq!(sys.read_link(&link).unwrap(), PathBuf::from("k3s"));
+        let mut names = sys.read_dir_names(&d.join("bin")).unwrap();
+        names.sort();
+        assert_eq!(names, vec!["k3s", "kubectl"], "no temp names left");
+        sys.remove_file(&link).unwrap();
+        assert!(bin.exists(), "removing a link leaves its target");
+
+        sys.rename(&d.join("bin"), &d.join("bin.aside")).unwrap();
+        assert_eq!(fs::read(d.join("bin.aside/k3s")).unwrap(), b"abc");
+        sys.remove_dir_all(&d.join("bin.aside")).unwrap();
+        assert!(!d.join("bin.aside").exists());
+        assert_eq!(sys.unmount(d).unwrap_err().raw_os_error(), Some(nix::libc::EINVAL), "not a mount point");
+    }
+
+    #[test]
+    fn real_run_with_gives_stdin_and_honours_the_timeout() {
+        let cat = RealSystem.find_command("cat").expect("cat");
+        let out = RealSystem.run_with(&cat, &[], Some(b"*filter\nCOMMIT\n"), Duration::from_secs(5)).unwrap();
+        assert_eq!(out.stdout, "*filter\nCOMMIT\n");
+        // A program that reads nothing does not hurt the caller (no SIGPIPE).
+        let t = RealSystem.find_command("true").expect("true");
+        assert!(RealSystem.run_with(&t, &[], Some(&vec![b'x'; 1 << 20]), Duration::from_secs(5)).unwrap().success());
+        let sleep = RealSystem.find_command("sleep").expect("sleep");
+        let err = RealSystem.run_with(&sleep, &["10"], None, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn fake_sequences_and_clock() {
+        let sys = fake::FakeSystem::new().now(1000).output_seq("/bin/x", &[], &[(1, "a", ""), (0, "b", "")]);
+        assert_eq!(sys.run(Path::new("/bin/x"), &[]).unwrap().stdout, "a");
+        assert_eq!(sys.run(Path::new("/bin/x"), &[]).unwrap().stdout, "b");
+        assert_eq!(sys.run(Path::new("/bin/x"), &[]).unwrap().stdout, "b", "the last answer repeats");
+        sys.sleep(Duration::from_millis(1500));
+        assert_eq!(sys.now_unix_ms(), 2500);
     }
 
     #[test]

@@ -42,9 +42,8 @@ pub(super) fn with_main(sys: &dyn HostSystem, main: &str) -> Result<Settings, St
     dropins.sort();
     for name in dropins {
         let path = Path::new(CONFIG_DROPIN_DIR).join(&name);
-        let text = sys
-            .read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {}", path.display(), describe_io(&e)))?;
+        let text =
+            sys.read_to_string(&path).map_err(|e| format!("cannot read {}: {}", path.display(), describe_io(&e)))?;
         apply(&mut settings, &path.to_string_lossy(), &text)?;
     }
     Ok(settings)

@@ -59,7 +59,9 @@ pub(super) fn env_text(env: &[(String, Secret)]) -> Result<String, String> {
         }
         let value = value.expose();
         if value.contains(['\n', '\r', '\0']) {
-            return Err(format!("env: the value of {name} contains a line break or NUL, which an env file cannot hold"));
+            return Err(format!(
+                "env: the value of {name} contains a line break or NUL, which an env file cannot hold"
+            ));
         }
         out.push_str(name);
         out.push('=');
@@ -128,15 +130,18 @@ children_of() {{
     done
 }}
 
-killtree() {{
-    local victim
+# A subshell body keeps each level's loop variable its own. Stopped first, so that no process
+# forks while its children are listed; pid lists are split into words on purpose.
+killtree() (
     for victim in "$@"; do
         kill -STOP "$victim" 2>/dev/null || continue
+        # shellcheck disable=SC2046
         killtree $(children_of "$victim")
         kill -KILL "$victim" 2>/dev/null
     done
-}}
+)
 
+# shellcheck disable=SC2046
 killtree $(k3s_pids)
 
 # Mount points at or below a directory, deepest first.
@@ -254,7 +259,10 @@ mod tests {
         assert_eq!(
             differing,
             vec![
-                ("EnvironmentFile=-/etc/systemd/system/k3s.service.env", "EnvironmentFile=-/etc/systemd/system/k3s-agent.service.env"),
+                (
+                    "EnvironmentFile=-/etc/systemd/system/k3s.service.env",
+                    "EnvironmentFile=-/etc/systemd/system/k3s-agent.service.env"
+                ),
                 ("ExecStart=/usr/local/bin/k3s server", "ExecStart=/usr/local/bin/k3s agent"),
             ]
         );
@@ -310,7 +318,9 @@ mod tests {
         let server = uninstall_script(Role::Server, Path::new("/var/lib/rancher/k3s"));
         assert!(server.contains("'k3node reset' does the same but moves the data aside"));
         assert!(server.contains("SERVICE=k3s\n"));
-        assert!(server.contains("rm -f /usr/local/bin/k3s /usr/local/bin/k3s-killall.sh /usr/local/bin/k3s-uninstall.sh"));
+        assert!(
+            server.contains("rm -f /usr/local/bin/k3s /usr/local/bin/k3s-killall.sh /usr/local/bin/k3s-uninstall.sh")
+        );
         let agent = uninstall_script(Role::Agent, Path::new("/var/lib/rancher/k3s"));
         assert!(agent.contains("SERVICE=k3s-agent\n"));
         assert!(agent.contains("/var/lib/rancher/k3node/k3s-agent.applied.json"));

@@ -5,8 +5,15 @@ use crate::protocol::Secret;
 pub(super) const REDACTED: &str = "<redacted>";
 
 /// config.yaml keys whose values are secrets (a datastore endpoint carries its password).
-pub(super) const SECRET_CONFIG_KEYS: [&str; 6] =
-    ["token", "agent-token", "datastore-endpoint", "etcd-s3-access-key", "etcd-s3-secret-key", "vpn-auth"];
+pub(super) const SECRET_CONFIG_KEYS: [&str; 7] = [
+    "token",
+    "agent-token",
+    "datastore-endpoint",
+    "etcd-s3-access-key",
+    "etcd-s3-secret-key",
+    "etcd-s3-session-token",
+    "vpn-auth",
+];
 
 /// Env variables whose values are secrets: K3S_TOKEN, K3S_AGENT_TOKEN, K3S_CLUSTER_SECRET,
 /// K3S_DATASTORE_ENDPOINT, proxies' ...PASSWORD. K3S_URL is not one.
@@ -87,7 +94,9 @@ impl Scrubber {
     pub fn for_request(env: &[(String, Secret)], config_yaml: &Secret) -> Scrubber {
         let mut secrets: Vec<String> =
             env.iter().filter(|(name, _)| secret_env_name(name)).map(|(_, v)| v.expose().to_string()).collect();
-        if let Ok(serde_yaml_ng::Value::Mapping(map)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(config_yaml.expose()) {
+        if let Ok(serde_yaml_ng::Value::Mapping(map)) =
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(config_yaml.expose())
+        {
             for key in SECRET_CONFIG_KEYS {
                 for k in [key.to_string(), format!("{key}+")] {
                     if let Some(serde_yaml_ng::Value::String(v)) = map.get(k.as_str()) {
@@ -97,10 +106,8 @@ impl Scrubber {
             }
         }
         // A K10 token's password part is a secret on its own (it appears in URLs and logs alone).
-        let parts: Vec<String> = secrets
-            .iter()
-            .filter_map(|s| s.rsplit_once(':').map(|(_, pw)| pw.to_string()))
-            .collect();
+        let parts: Vec<String> =
+            secrets.iter().filter_map(|s| s.rsplit_once(':').map(|(_, pw)| pw.to_string())).collect();
         secrets.extend(parts);
         // Very short values would mask ordinary words; they are no secret worth the name anyway.
         secrets.retain(|s| s.len() >= 6);
@@ -151,7 +158,10 @@ mod tests {
 
     #[test]
     fn scrubber_removes_request_secrets_from_free_text() {
-        let env = vec![("K3S_URL".into(), Secret::new("https://10.0.0.1:6443")), ("K3S_TOKEN".into(), Secret::new("K10abc::node:s3cretpw"))];
+        let env = vec![
+            ("K3S_URL".into(), Secret::new("https://10.0.0.1:6443")),
+            ("K3S_TOKEN".into(), Secret::new("K10abc::node:s3cretpw")),
+        ];
         let s = Scrubber::for_request(&env, &Secret::new("agent-token: agenttoken123\nnode-name: n1\n"));
         assert_eq!(
             s.scrub("token K10abc::node:s3cretpw bad; pw s3cretpw; agenttoken123 at https://10.0.0.1:6443"),

@@ -88,3 +88,37 @@ fn describe_io(err: &std::io::Error) -> String {
         None => s,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::{AgentErrorKind, AgentLine};
+
+    fn serve(operation: &str, request: &str) -> Vec<AgentLine> {
+        let mut out = Vec::new();
+        crate::host::serve(operation, &mut format!("{request}\n").as_bytes(), &mut out);
+        String::from_utf8_lossy(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// The agent's operations reach this module (on this machine, which runs no k3s).
+    #[test]
+    fn serve_dispatches_to_the_k3s_operations() {
+        if std::path::Path::new(super::K3S_BIN).exists() || std::path::Path::new(super::CONFIG_DIR).exists() {
+            return; // a machine with k3s answers differently; the fakes cover the logic
+        }
+        let token = serve("read-token", r#"{"op":"read_token"}"#);
+        let [AgentLine::Error { kind: AgentErrorKind::Failed, message }] = &token[..] else { panic!("{token:?}") };
+        assert!(message.ends_with("does not exist: not a server, or k3s has not started yet"), "{message}");
+        let nodes = serve("nodes", r#"{"op":"nodes"}"#);
+        assert!(matches!(&nodes[..], [AgentLine::Error { kind: AgentErrorKind::Failed, .. }]), "{nodes:?}");
+        let install = serve(
+            "install-k3s",
+            r#"{"op":"install_k3s","role":"server","node_name":"n1","binary_sha256":"00","config_yaml":"","env":[],"ready_timeout_secs":1,"dry_run":true}"#,
+        );
+        // Progress lines first (through the callback), then the one error line.
+        let [AgentLine::Progress { message: step }, AgentLine::Error { message, .. }] = &install[..] else {
+            panic!("{install:?}")
+        };
+        assert_eq!(step, "verifying /usr/local/bin/k3s");
+        assert!(message.contains("not 64 hex digits"), "{message}");
+    }
+}

@@ -21,9 +21,9 @@ impl<'a> Systemd<'a> {
     }
 
     fn systemctl(&self) -> Result<&Path, String> {
-        self.systemctl
-            .as_deref()
-            .ok_or_else(|| "systemctl is not installed: k3s runs as a systemd service, and this host has no systemd".to_string())
+        self.systemctl.as_deref().ok_or_else(|| {
+            "systemctl is not installed: k3s runs as a systemd service, and this host has no systemd".to_string()
+        })
     }
 
     /// The first line `systemctl <args>` prints; empty when it cannot run.
@@ -63,7 +63,9 @@ impl<'a> Systemd<'a> {
 
     pub fn run_quick(&self, args: &[&str]) -> Result<CommandOutput, String> {
         self.run(args, COMMAND_TIMEOUT).map_err(|e| match e {
-            RunError::TimedOut => format!("systemctl {} did not finish within {} s", args.join(" "), COMMAND_TIMEOUT.as_secs()),
+            RunError::TimedOut => {
+                format!("systemctl {} did not finish within {} s", args.join(" "), COMMAND_TIMEOUT.as_secs())
+            }
             RunError::Other(message) => message,
         })
     }
@@ -117,7 +119,9 @@ pub(super) fn likely_cause(journal: &str, server_url: Option<&str>) -> Option<St
     }
     if has("connection refused") || has("no route to host") || has("network is unreachable") || has("i/o timeout") {
         let at = server_url.map(|u| format!(" at {u}")).unwrap_or_default();
-        return Some(format!("cannot reach the server{at}: it is down, or port 6443 is blocked between this host and it"));
+        return Some(format!(
+            "cannot reach the server{at}: it is down, or port 6443 is blocked between this host and it"
+        ));
     }
     if has("401 unauthorized") || has("unauthorized: ") {
         return Some("the server refused the join token: a wrong or outdated token".into());

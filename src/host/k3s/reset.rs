@@ -1,0 +1,452 @@
+//! `reset`: uninstall k3s as k3s-killall.sh and k3s-uninstall.sh do (contract section 8), natively
+//! and in their order, except that nothing is lost: the data dir, /etc/rancher/k3s and
+//! /var/lib/kubelet are renamed to `<path>.k3node-reset-<UTC time>`, never deleted. What is
+//! deleted is what install wrote or what k3s re-creates at start (runtime state under /run,
+//! /var/lib/cni, iptables rules, network links).
+//!
+//! Every step is reported as it is (or in a dry run would be) taken. Each step is computed from
+//! the host as it is at that moment (the processes left once the services are stopped, the
+//! mounts left once those are killed), so a re-run after a failure picks up where it stopped,
+//! and a reset on a clean host has nothing to do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::config;
+use super::systemd::Systemd;
+use super::{
+    describe_io, links_to_k3s, record_path, uninstall_script_path, Progress, BIN_DIR, CONFIG_DIR, K3S_BIN,
+    KILLALL_SCRIPT, KUBELET_DIR, LINKED_COMMANDS, UNIT_DIR,
+};
+use crate::host::system::HostSystem;
+use crate::protocol::k3s::{ResetReport, ResetRequest};
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// Directories whose mounts are undone (k3s's containerd state, pods' volumes, CSI plugins).
+const MOUNT_DIRS: [&str; 3] = ["/run/k3s", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins"];
+const NETNS_DIR: &str = "/run/netns";
+const CNI_NETNS_PREFIX: &str = "cni-";
+const NETWORK_LINKS: [&str; 5] = ["cni0", "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg"];
+/// Runtime state k3s and its CNI re-create: deleted.
+const RUNTIME_DIRS: [&str; 3] = ["/run/k3s", "/run/flannel", "/var/lib/cni"];
+const SERVICES: [&str; 2] = ["k3s", "k3s-agent"];
+
+pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Result<ResetReport, String> {
+    // Read first: /etc/rancher/k3s moves aside at the end, and with it the data-dir setting.
+    let settings =
+        config::on_host(sys).map_err(|e| format!("{e}; cannot tell where k3s's data is, so nothing was touched"))?;
+    let mut run =
+        Run { sys, dry_run: req.dry_run, progress, actions: Vec::new(), notes: Vec::new(), errors: Vec::new() };
+    let systemd = Systemd::new(sys);
+
+    // 1. Services: stopped and disabled first, so that nothing restarts what follows kills.
+    let units = k3s_units(sys);
+    for unit in &units {
+        if !systemd.available() {
+            return Err(format!(
+                "{unit} is installed but systemctl is missing: cannot stop it, so nothing was touched"
+            ));
+        }
+        run.step(format!("stop and disable {unit}"), || {
+            systemd.run_quick(&["stop", unit])?;
+            systemd.run_quick(&["disable", unit]).map(|_| ())
+        });
+        if !run.errors.is_empty() {
+            // Moving data aside under a running k3s would only make things worse.
+            return Err(run.failed());
+        }
+    }
+
+    // 2. What KillMode=process leaves behind: containerd-shims (and so the containers) and any
+    //    other k3s process.
+    for victim in k3s_processes(sys, &settings.data_dir) {
+        let others = victim.descendants.len();
+        let action = match others {
+            0 => format!("kill {} (pid {})", victim.exe.display(), victim.pid),
+            n => format!("kill {} (pid {}) and the {n} processes it started", victim.exe.display(), victim.pid),
+        };
+        run.step(action, || {
+            for pid in victim.descendants.iter().rev().chain([&victim.pid]) {
+                match sys.kill(*pid) {
+                    Err(e) if e.raw_os_error() != Some(nix::libc::ESRCH) => {
+                        return Err(format!("pid {pid}: {}", describe_io(&e)))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        });
+    }
+
+    // 3. Mounts, deepest first, then the CNI network namespaces they were.
+    for mount in mounts_to_undo(sys) {
+        run.step(format!("unmount {}", mount.display()), || match sys.unmount(&mount) {
+            Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => Err(describe_io(&e)),
+            _ => Ok(()),
+        });
+    }
+    for netns in cni_netns(sys) {
+        let path = Path::new(NETNS_DIR).join(&netns);
+        run.step(format!("delete network namespace {netns}"), || remove_file(sys, &path));
+    }
+
+    // 4. Network links k3s's flannel and kube-proxy made.
+    let ip = sys.find_command("ip");
+    for link in NETWORK_LINKS {
+        if !sys.exists(&Path::new("/sys/class/net").join(link)) {
+            continue;
+        }
+        run.step(format!("delete network link {link}"), || {
+            let ip = ip.as_deref().ok_or("the ip command (iproute2) is not installed")?;
+            match sys.run(ip, &["link", "delete", link]) {
+                Ok(out) if out.success() => Ok(()),
+                // Gone in the meantime (deleted with its namespace): as good as deleted.
+                Ok(_) if !sys.exists(&Path::new("/sys/class/net").join(link)) => Ok(()),
+                Ok(out) => Err(out.failure_summary()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+
+    // 5. iptables rules of kube-proxy, the CNI and flannel.
+    iptables(&mut run);
+
+    // 6. Units, env files and k3node's records of them.
+    for unit in &units {
+        let unit_file = Path::new(UNIT_DIR).join(unit);
+        let env_file = Path::new(UNIT_DIR).join(format!("{unit}.env"));
+        for path in [unit_file, env_file] {
+            if present(sys, &path) {
+                run.step(format!("remove {}", path.display()), || remove_file(sys, &path));
+            }
+        }
+    }
+    for service in SERVICES {
+        let record = record_path(service);
+        if present(sys, &record) {
+            run.step(format!("remove {}", record.display()), || remove_file(sys, &record));
+        }
+    }
+    if !units.is_empty() {
+        run.step("reload systemd units".to_string(), || systemd.run_quick(&["daemon-reload"]).map(|_| ()));
+    }
+
+    // 7. kubectl, crictl, ctr: only the links to k3s, never a command of the host's own.
+    for name in LINKED_COMMANDS {
+        let link = Path::new(BIN_DIR).join(name);
+        if sys.read_link(&link).is_ok_and(|target| links_to_k3s(&target)) {
+            run.step(format!("remove symlink {}", link.display()), || remove_file(sys, &link));
+        }
+    }
+
+    // 8. The binary and the scripts.
+    let files = [
+        PathBuf::from(K3S_BIN),
+        PathBuf::from(KILLALL_SCRIPT),
+        uninstall_script_path("k3s"),
+        uninstall_script_path("k3s-agent"),
+    ];
+    for path in files {
+        if present(sys, &path) {
+            run.step(format!("remove {}", path.display()), || remove_file(sys, &path));
+        }
+    }
+
+    // 9. Runtime state, never while something is still mounted below it.
+    for dir in RUNTIME_DIRS {
+        let dir = Path::new(dir);
+        if !present(sys, dir) {
+            continue;
+        }
+        run.step(format!("remove {}", dir.display()), || {
+            let left: Vec<PathBuf> = read_mounts(sys).into_iter().filter(|m| m.starts_with(dir)).collect();
+            if let Some(first) = left.first() {
+                return Err(format!("{} is still mounted, so it was left in place", first.display()));
+            }
+            sys.remove_dir_all(dir).map_err(|e| describe_io(&e))
+        });
+    }
+
+    // 10. Data: moved aside, never deleted.
+    let stamp = utc_stamp(sys.now_unix_ms());
+    let mut data = vec![settings.data_dir.clone(), PathBuf::from(CONFIG_DIR), PathBuf::from(KUBELET_DIR)];
+    data.dedup();
+    for from in data {
+        if !present(sys, &from) {
+            continue;
+        }
+        let to = aside_name(sys, &from, &stamp);
+        run.step(format!("move {} aside to {}", from.display(), to.display()), || {
+            sys.rename(&from, &to).map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::EBUSY) => {
+                    format!("{}: it is a mount point; unmount it, or move it by hand", describe_io(&e))
+                }
+                Some(nix::libc::EXDEV) => format!("{} (it is on another filesystem than its parent?)", describe_io(&e)),
+                _ => describe_io(&e),
+            })
+        });
+    }
+
+    if !run.errors.is_empty() {
+        return Err(run.failed());
+    }
+    let Run { mut actions, notes, .. } = run;
+    // On a clean host the report stays empty: nothing to do, nothing worth a note.
+    if !actions.is_empty() {
+        actions.extend(notes);
+    }
+    Ok(ResetReport { actions })
+}
+
+struct Run<'a, 'p> {
+    sys: &'a dyn HostSystem,
+    dry_run: bool,
+    progress: Progress<'p>,
+    actions: Vec<String>,
+    /// Said at the end of a report that has actions (a skipped iptables cleanup).
+    notes: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Run<'_, '_> {
+    /// Reports `action` and, unless dry, does it; a failure is kept and the reset goes on (the
+    /// steps are independent), failing at the end.
+    fn step(&mut self, action: String, f: impl FnOnce() -> Result<(), String>) {
+        if !self.dry_run {
+            (self.progress)(&action);
+            if let Err(e) = f() {
+                self.errors.push(format!("{action}: {e}"));
+            }
+        }
+        self.actions.push(action);
+    }
+
+    fn failed(&self) -> String {
+        let done: Vec<&String> =
+            self.actions.iter().filter(|a| !self.errors.iter().any(|e| e.starts_with(a.as_str()))).collect();
+        let mut message = format!("reset did not finish:\n  {}", self.errors.join("\n  "));
+        if !done.is_empty() {
+            message.push_str(&format!("\ndone: {}", done.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")));
+        }
+        message.push_str("\nFix the cause and run `k3node reset` again: it goes on from where it stopped.");
+        message
+    }
+}
+
+/// Anything at the path, including a dangling symlink.
+fn present(sys: &dyn HostSystem, path: &Path) -> bool {
+    sys.exists(path) || sys.read_link(path).is_ok()
+}
+
+fn remove_file(sys: &dyn HostSystem, path: &Path) -> Result<(), String> {
+    match sys.remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(describe_io(&e)),
+        _ => Ok(()),
+    }
+}
+
+/// k3s*.service unit files in /etc/systemd/system, sorted.
+fn k3s_units(sys: &dyn HostSystem) -> Vec<String> {
+    let mut units: Vec<String> = sys
+        .read_dir_names(Path::new(UNIT_DIR))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with("k3s") && n.ends_with(".service"))
+        .collect();
+    units.sort();
+    units
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Victim {
+    pid: i32,
+    exe: PathBuf,
+    /// Every process below it, parents before children.
+    descendants: Vec<i32>,
+}
+
+/// Processes whose executable is k3s or one of its unpacked binaries (`<data-dir>/data/*/bin/*`:
+/// containerd, containerd-shim-runc-v2, runc), each with its descendants (the containers).
+fn k3s_processes(sys: &dyn HostSystem, data_dir: &Path) -> Vec<Victim> {
+    let own = sys.read_link(Path::new("/proc/self")).ok().and_then(|p| p.to_string_lossy().parse::<i32>().ok());
+    let mut pids: Vec<i32> = sys
+        .read_dir_names(Path::new("/proc"))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .filter(|pid| Some(*pid) != own && *pid > 1)
+        .collect();
+    pids.sort();
+    let mut children: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for pid in &pids {
+        if let Some(ppid) = parent_of(sys, *pid) {
+            children.entry(ppid).or_default().push(*pid);
+        }
+    }
+    let bin_root = data_dir.join("data");
+    let is_k3s = |exe: &Path| {
+        exe == Path::new(K3S_BIN)
+            || exe
+                .strip_prefix(&bin_root)
+                .is_ok_and(|rest| rest.components().nth(1).is_some_and(|c| c.as_os_str() == "bin"))
+    };
+    let mut taken = BTreeSet::new();
+    let mut victims = Vec::new();
+    for pid in &pids {
+        let Ok(exe) = sys.read_link(&PathBuf::from(format!("/proc/{pid}/exe"))) else { continue };
+        let exe = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
+        // A k3s process below another one (containerd under k3s) goes with that one.
+        if !is_k3s(&exe) || taken.contains(pid) {
+            continue;
+        }
+        let mut descendants = Vec::new();
+        let mut queue = vec![*pid];
+        while let Some(parent) = queue.pop() {
+            for child in children.get(&parent).into_iter().flatten() {
+                if Some(*child) != own && taken.insert(*child) {
+                    descendants.push(*child);
+                    queue.push(*child);
+                }
+            }
+        }
+        taken.insert(*pid);
+        victims.push(Victim { pid: *pid, exe, descendants });
+    }
+    victims
+}
+
+/// The ppid field of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces).
+fn parent_of(sys: &dyn HostSystem, pid: i32) -> Option<i32> {
+    let stat = sys.read_to_string(&PathBuf::from(format!("/proc/{pid}/stat"))).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Mount points from /proc/self/mountinfo (field 5, octal escapes decoded), in order.
+fn read_mounts(sys: &dyn HostSystem) -> Vec<PathBuf> {
+    let text = sys.read_to_string(Path::new(MOUNTINFO)).unwrap_or_default();
+    text.lines().filter_map(|l| l.split(' ').nth(4)).map(|m| PathBuf::from(unescape_mount(m))).collect()
+}
+
+fn unescape_mount(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let code = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mounts to undo, deepest first (reverse order sorts children before parents; a path
+/// mounted twice appears twice, once per unmount).
+fn mounts_to_undo(sys: &dyn HostSystem) -> Vec<PathBuf> {
+    let netns_prefix = format!("{NETNS_DIR}/{CNI_NETNS_PREFIX}");
+    let mut mounts: Vec<PathBuf> = read_mounts(sys)
+        .into_iter()
+        .filter(|m| MOUNT_DIRS.iter().any(|d| m.starts_with(d)) || m.to_string_lossy().starts_with(&netns_prefix))
+        .collect();
+    mounts.sort_by(|a, b| b.cmp(a));
+    mounts
+}
+
+fn cni_netns(sys: &dyn HostSystem) -> Vec<String> {
+    let mut names: Vec<String> = sys
+        .read_dir_names(Path::new(NETNS_DIR))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(CNI_NETNS_PREFIX))
+        .collect();
+    names.sort();
+    names
+}
+
+/// iptables-save, without the lines naming KUBE-, CNI- or flannel, into iptables-restore (as
+/// k3s-killall.sh does), for IPv4 and IPv6; only when there is something to remove.
+fn iptables(run: &mut Run) {
+    let sys = run.sys;
+    for family in ["iptables", "ip6tables"] {
+        let (save, restore) = (format!("{family}-save"), format!("{family}-restore"));
+        let (Some(save_cmd), Some(restore_cmd)) = (sys.find_command(&save), sys.find_command(&restore)) else {
+            run.notes.push(format!("{save} is not installed: no {family} rules to remove"));
+            continue;
+        };
+        let rules = match sys.run(&save_cmd, &[]) {
+            Ok(out) if out.success() => out.stdout,
+            Ok(out) => {
+                run.notes.push(format!("{save} failed ({}): {family} rules left as they are", out.failure_summary()));
+                continue;
+            }
+            Err(e) => {
+                run.notes.push(format!("cannot run {save} ({e}): {family} rules left as they are"));
+                continue;
+            }
+        };
+        let (kept, removed) = filter_rules(&rules);
+        if removed == 0 {
+            continue;
+        }
+        run.step(format!("remove {removed} KUBE-/CNI-/flannel {family} rules and chains"), || {
+            match sys.run_with(&restore_cmd, &[], Some(kept.as_bytes()), crate::host::system::COMMAND_TIMEOUT) {
+                Ok(out) if out.success() => Ok(()),
+                Ok(out) => Err(format!("{restore} failed: {}", out.failure_summary())),
+                Err(e) => Err(format!("cannot run {restore}: {e}")),
+            }
+        });
+    }
+}
+
+/// The rules without the lines k3s's components own, and how many lines were dropped.
+fn filter_rules(rules: &str) -> (String, usize) {
+    let mut kept = String::with_capacity(rules.len());
+    let mut removed = 0;
+    for line in rules.lines() {
+        if line.contains("KUBE-") || line.contains("CNI-") || line.to_ascii_lowercase().contains("flannel") {
+            removed += 1;
+        } else {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    (kept, removed)
+}
+
+/// `<path>.k3node-reset-<stamp>`, with `-2`, `-3`... when a reset in the same second made one.
+fn aside_name(sys: &dyn HostSystem, from: &Path, stamp: &str) -> PathBuf {
+    let base = format!("{}.k3node-reset-{stamp}", from.display());
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 2;
+    while present(sys, &candidate) {
+        candidate = PathBuf::from(format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
+}
+
+/// `20250102T030405Z` for a Unix time in milliseconds (UTC; civil date from days since 1970).
+fn utc_stamp(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days_from_civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,406 @@
+//! The HTTPS listener of a server (k3s's supervisor and apiserver share port 6443):
+//! /cacerts, /ping, /readyz, /version, the k3s supervisor paths under /v1-k3s/, and the part of
+//! the Kubernetes API k3node uses (nodes, node leases).
+//!
+//! Authentication: the admin client certificate (signed by client-ca), or the token's
+//! credentials: basic `server:<password>` / `node:<agent password>`, or a bearer token.
+//! Joined HA servers forward node reads and writes to the server they joined (see README).
+
+use crate::kine::Kine;
+use crate::node;
+use crate::token::Bootstrap;
+use crate::{error, info, warn};
+use base64::Engine;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// The server this one joined (HA): node data lives there.
+pub struct Upstream {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub password: String,
+}
+
+impl Upstream {
+    pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>, ctype: Option<&str>) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
+        let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut rb = self.client.request(m, format!("{}{}", self.url, path)).basic_auth("server", Some(&self.password));
+        if let Some(b) = body {
+            rb = rb.body(b);
+        }
+        if let Some(ct) = ctype {
+            rb = rb.header("content-type", ct);
+        }
+        let resp = rb.send().await?;
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let bytes = resp.bytes().await?;
+        Ok((status, bytes.to_vec()))
+    }
+}
+
+pub struct State {
+    pub kine: Arc<Kine>,
+    pub cacerts: Vec<u8>,
+    pub server_password: String,
+    pub agent_password: String,
+    pub bootstrap: Bootstrap,
+    /// Values that must be equal on every server (contract section 3).
+    pub critical: BTreeMap<String, String>,
+    /// cluster-init or joined: other servers may join this one.
+    pub ha: bool,
+    pub upstream: Option<Upstream>,
+    pub grace: i64,
+    pub cluster_cidr: String,
+    pub agent_config: Value,
+}
+
+#[derive(Clone, Copy)]
+struct ConnInfo {
+    peer: SocketAddr,
+    client_cert: bool,
+}
+
+#[derive(PartialEq, Eq, Debug)]
+enum Who {
+    Admin,
+    Server,
+    Node,
+    Anonymous,
+    Bad,
+}
+
+fn bytes_resp(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(body.into()))
+        .expect("response")
+}
+
+fn json_resp(status: StatusCode, v: &Value) -> Resp {
+    bytes_resp(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn text(status: StatusCode, s: &str) -> Resp {
+    bytes_resp(status, "text/plain; charset=utf-8", s.to_string())
+}
+
+pub fn status_json(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn not_found(kind: &str, name: &str) -> Resp {
+    let mut v = status_json(404, "NotFound", &format!("{kind} \"{name}\" not found"));
+    v["details"] = json!({"name": name, "kind": kind});
+    json_resp(StatusCode::NOT_FOUND, &v)
+}
+
+fn unauthorized() -> Resp {
+    json_resp(StatusCode::UNAUTHORIZED, &status_json(401, "Unauthorized", "Unauthorized"))
+}
+
+fn forbidden(msg: &str) -> Resp {
+    json_resp(StatusCode::FORBIDDEN, &status_json(403, "Forbidden", msg))
+}
+
+fn authenticate(s: &State, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Who {
+    if conn.client_cert {
+        return Who::Admin;
+    }
+    let Some(h) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return Who::Anonymous;
+    };
+    if let Some(b64) = h.strip_prefix("Basic ") {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return Who::Bad };
+        let raw = String::from_utf8_lossy(&raw).to_string();
+        let Some((user, pass)) = raw.split_once(':') else { return Who::Bad };
+        return match user {
+            "server" if pass == s.server_password => Who::Server,
+            "node" if pass == s.agent_password || pass == s.server_password => Who::Node,
+            _ => Who::Bad,
+        };
+    }
+    if let Some(tok) = h.strip_prefix("Bearer ") {
+        return match crate::token::parse(tok) {
+            Ok(t) if t.password == s.server_password => Who::Server,
+            _ => Who::Bad,
+        };
+    }
+    Who::Bad
+}
+
+fn log_bad(conn: &ConnInfo) {
+    error!("Failed to authenticate request from {}: invalid username/password combination", conn.peer);
+}
+
+pub fn tls_config(serving_cert_pem: &str, serving_key_pem: &str, client_ca_pem: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(serving_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(serving_key_pem.as_bytes())?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts TLS connections forever.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<State>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                error!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    crate::debug!("http: TLS handshake error from {peer}: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let client_cert = stream.get_ref().1.peer_certificates().map(|c| !c.is_empty()).unwrap_or(false);
+            let conn = ConnInfo { peer, client_cert };
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(state, conn, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let path_q = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| path.clone());
+    let headers = req.headers().clone();
+    let body = match Limited::new(req.into_body(), 4 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let who = authenticate(&s, &conn, &headers);
+    if who == Who::Bad {
+        log_bad(&conn);
+        return unauthorized();
+    }
+    let m = &method;
+    match segs.as_slice() {
+        ["cacerts"] if m == Method::GET => bytes_resp(StatusCode::OK, "text/plain", s.cacerts.clone()),
+        ["ping"] if m == Method::GET => text(StatusCode::OK, "pong"),
+        ["readyz"] | ["livez"] | ["healthz"] | ["v1-k3s", "readyz"] if m == Method::GET => text(StatusCode::OK, "ok"),
+        ["version"] if m == Method::GET => json_resp(StatusCode::OK, &version_json()),
+        ["api"] if m == Method::GET => json_resp(
+            StatusCode::OK,
+            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+        ),
+        ["v1-k3s", rest @ ..] => supervisor(&s, &conn, who, m, rest, &path_q, body).await,
+        ["api", "v1", "nodes", ..] | ["apis", "coordination.k8s.io", ..] => {
+            if who == Who::Anonymous {
+                return unauthorized();
+            }
+            if who == Who::Node {
+                return forbidden("node credentials may not use the Kubernetes API of the stand-in");
+            }
+            kube_api(&s, m, &segs, &path_q, body, &headers).await
+        }
+        _ => json_resp(StatusCode::NOT_FOUND, &status_json(404, "NotFound", "the server could not find the requested resource")),
+    }
+}
+
+pub fn version_json() -> Value {
+    let (major, minor) = crate::version::major_minor();
+    json!({
+        "major": major, "minor": minor,
+        "gitVersion": crate::version::version(),
+        "gitCommit": crate::version::commit(),
+        "gitTreeState": "clean",
+        "buildDate": "2024-12-12T21:41:05Z",
+        "goVersion": crate::version::GO_VERSION,
+        "compiler": "gc",
+        "platform": format!("linux/{}", if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" }),
+    })
+}
+
+fn forwardable_err(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout()
+}
+
+async fn forward(up: &Upstream, m: &Method, path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Result<Resp, reqwest::Error> {
+    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok());
+    let body = if body.is_empty() { None } else { Some(body.to_vec()) };
+    let (status, bytes) = up.request(m.clone(), path_q, body, ctype).await?;
+    Ok(bytes_resp(status, "application/json", bytes))
+}
+
+async fn supervisor(s: &State, conn: &ConnInfo, who: Who, m: &Method, rest: &[&str], path_q: &str, body: Bytes) -> Resp {
+    let node_ok = matches!(who, Who::Node | Who::Server | Who::Admin);
+    match rest {
+        ["config"] if m == Method::GET => {
+            if !node_ok {
+                return unauthorized();
+            }
+            json_resp(StatusCode::OK, &s.agent_config)
+        }
+        ["server-bootstrap"] if m == Method::GET => {
+            if who != Who::Server {
+                if who == Who::Node {
+                    error!("Failed to authenticate request from {}: agent token may not join servers", conn.peer);
+                }
+                return unauthorized();
+            }
+            if !s.ha {
+                return json_resp(
+                    StatusCode::BAD_REQUEST,
+                    &status_json(400, "BadRequest", "this server does not use embedded etcd: start the first server with cluster-init to join servers"),
+                );
+            }
+            json_resp(
+                StatusCode::OK,
+                &json!({"bootstrap": s.bootstrap, "critical": s.critical, "agentPassword": s.agent_password}),
+            )
+        }
+        ["nodes"] if m == Method::POST => {
+            if !node_ok {
+                return unauthorized();
+            }
+            if let Some(up) = &s.upstream {
+                return match forward(up, m, path_q, body, &hyper::HeaderMap::new()).await {
+                    Ok(r) => r,
+                    Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string())),
+                };
+            }
+            let reg: node::Registration = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
+            };
+            match node::register(&s.kine, &reg, &s.cluster_cidr) {
+                Ok(n) => {
+                    info!("Node {} registered from {}", reg.name, conn.peer);
+                    json_resp(StatusCode::OK, &n)
+                }
+                Err(e) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string())),
+            }
+        }
+        ["nodes", name, "heartbeat"] if m == Method::PUT => {
+            if !node_ok {
+                return unauthorized();
+            }
+            if let Some(up) = &s.upstream {
+                return match forward(up, m, path_q, body, &hyper::HeaderMap::new()).await {
+                    Ok(r) => r,
+                    Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string())),
+                };
+            }
+            match node::renew_lease(&s.kine, name) {
+                Ok(true) => json_resp(StatusCode::OK, &json!({"renewed": name})),
+                Ok(false) => not_found("nodes", name),
+                Err(e) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string())),
+            }
+        }
+        _ => json_resp(StatusCode::NOT_FOUND, &status_json(404, "NotFound", "the server could not find the requested resource")),
+    }
+}
+
+async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Resp {
+    if let Some(up) = &s.upstream {
+        match forward(up, m, path_q, body.clone(), headers).await {
+            Ok(r) => return r,
+            Err(e) if forwardable_err(&e) && m == Method::GET => {
+                warn!("Server {} unreachable, answering from the local copy: {e}", up.url);
+            }
+            Err(e) => {
+                return json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string()))
+            }
+        }
+    }
+    let kine = &s.kine;
+    let internal = |e: anyhow::Error| json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string()));
+    match segs {
+        ["api", "v1", "nodes"] if m == Method::GET => match node::list_view(kine, s.grace) {
+            Ok(v) => json_resp(StatusCode::OK, &v),
+            Err(e) => internal(e),
+        },
+        ["api", "v1", "nodes", name] if m == Method::GET => match node::get_view(kine, name, s.grace) {
+            Ok(Some(v)) => json_resp(StatusCode::OK, &v),
+            Ok(None) => not_found("nodes", name),
+            Err(e) => internal(e),
+        },
+        ["api", "v1", "nodes", name] if m == Method::DELETE => {
+            let before = node::get_view(kine, name, s.grace).ok().flatten();
+            match node::delete(kine, name) {
+                Ok(true) => {
+                    info!("Node {name} deleted");
+                    json_resp(StatusCode::OK, &before.unwrap_or_else(|| json!({})))
+                }
+                Ok(false) => not_found("nodes", name),
+                Err(e) => internal(e),
+            }
+        }
+        ["api", "v1", "nodes", name, "status"] if m == Method::PATCH => {
+            let patch: Value = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
+            };
+            match node::patch_status(kine, name, &patch) {
+                Ok(true) => match node::get_view(kine, name, s.grace) {
+                    Ok(Some(v)) => json_resp(StatusCode::OK, &v),
+                    _ => not_found("nodes", name),
+                },
+                Ok(false) => not_found("nodes", name),
+                Err(e) => internal(e),
+            }
+        }
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases"] if m == Method::GET => {
+            let items: Vec<Value> = kine
+                .list(node::LEASE_PREFIX)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| serde_json::from_slice(&r.value).ok())
+                .collect();
+            json_resp(StatusCode::OK, &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {}, "items": items}))
+        }
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases", name] if m == Method::GET => {
+            match kine.get(&format!("{}{name}", node::LEASE_PREFIX)) {
+                Ok(Some(r)) => bytes_resp(StatusCode::OK, "application/json", r.value),
+                Ok(None) => not_found("leases.coordination.k8s.io", name),
+                Err(e) => internal(e),
+            }
+        }
+        _ => json_resp(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status_json(405, "MethodNotAllowed", "the stand-in does not implement this request"),
+        ),
+    }
+}
