@@ -36,7 +36,7 @@ pub enum FileAction {
 pub struct FileChange {
     pub path: String,
     pub action: FileAction,
-    /// Unified diff of the change, with secret values masked; None for binaries and unchanged files.
+    /// Unified diff of the change with secret values masked (for the binary: `sha256 X → Y`); None when unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
 }

@@ -284,12 +284,17 @@ fn k3s_processes(sys: &dyn HostSystem, data_dir: &Path) -> Vec<Victim> {
             children.entry(ppid).or_default().push(*pid);
         }
     }
-    let bin_root = data_dir.join("data");
+    // /proc/<pid>/exe is resolved: a data dir that is a symlink is matched by its target too.
+    let mut bin_roots = vec![data_dir.join("data")];
+    if let Ok(target) = sys.read_link(data_dir) {
+        bin_roots.push(crate::fsutil::parent_dir(data_dir).join(target).join("data"));
+    }
     let is_k3s = |exe: &Path| {
         exe == Path::new(K3S_BIN)
-            || exe
-                .strip_prefix(&bin_root)
-                .is_ok_and(|rest| rest.components().nth(1).is_some_and(|c| c.as_os_str() == "bin"))
+            || bin_roots.iter().any(|root| {
+                exe.strip_prefix(root)
+                    .is_ok_and(|rest| rest.components().nth(1).is_some_and(|c| c.as_os_str() == "bin"))
+            })
     };
     let mut taken = BTreeSet::new();
     let mut victims = Vec::new();

@@ -284,6 +284,19 @@ fn a_custom_data_dir_is_the_one_moved_and_searched_for_shims() {
 }
 
 #[test]
+fn shims_are_found_through_a_symlinked_data_dir() {
+    let sys = FakeSystem::new()
+        .now(NOW_MS)
+        .link("/var/lib/rancher/k3s", "/data/k3s")
+        .file("/data/k3s/server/token", SERVER_TOKEN)
+        .file("/proc/3001/stat", &stat(3001, "containerd-shim", 1))
+        .link("/proc/3001/exe", "/data/k3s/data/abc/bin/containerd-shim-runc-v2");
+    let (actions, _) = reset_ok(&sys, true);
+    assert_eq!(actions[0], "kill /data/k3s/data/abc/bin/containerd-shim-runc-v2 (pid 3001)");
+    assert_eq!(actions[1], format!("move /var/lib/rancher/k3s aside to /var/lib/rancher/k3s.k3node-reset-{STAMP}"));
+}
+
+#[test]
 fn a_second_reset_in_the_same_second_gets_its_own_name() {
     let sys = FakeSystem::new()
         .now(NOW_MS)

@@ -1,0 +1,663 @@
+//! Black-box tests of the k3s stand-in binary, on this machine: temp data dirs, free loopback
+//! ports (never 6443), no containerd unless the containerd test asks for it.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_k3s-standin");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A stand-in process with its stderr in a file, its own NOTIFY_SOCKET, killed on drop.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    notify: UnixDatagram,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, tag: &str, bin: &str, args: &[String], env: &[(&str, String)]) -> Proc {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join(format!("{tag}.log"));
+        let sock_path = dir.join(format!("{tag}.notify"));
+        let _ = std::fs::remove_file(&sock_path);
+        let notify = UnixDatagram::bind(&sock_path).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("K3S_STANDIN_HEARTBEAT_INTERVAL", "1")
+            .env("K3S_STANDIN_RUN_DIR", dir.join("run"));
+        for v in ["K3S_URL", "K3S_TOKEN", "K3S_TOKEN_FILE", "K3S_NODE_NAME", "K3S_DATA_DIR", "K3S_CONFIG_FILE", "K3S_KUBECONFIG_MODE", "K3S_KUBECONFIG_OUTPUT", "K3S_AGENT_TOKEN", "K3S_CLUSTER_INIT"] {
+            cmd.env_remove(v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc { child: cmd.spawn().unwrap(), log, notify, exited: None }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for READY=1 on the notify socket.
+    fn wait_ready(&mut self, secs: u64) {
+        self.notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 256];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(msg.contains("READY=1"), "unexpected notify message {msg:?}");
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("process exited ({st}) before READY=1:\n{}", self.log());
+            }
+        }
+        panic!("no READY=1 within {secs}s:\n{}", self.log());
+    }
+
+    fn got_ready(&self) -> bool {
+        self.notify.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        self.notify.recv(&mut buf).is_ok()
+    }
+
+    fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.exited = Some(st);
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn term(&mut self) -> Option<ExitStatus> {
+        unsafe_kill(self.child.id(), nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(15)
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct Server {
+    dir: PathBuf,
+    port: u16,
+    proc: Proc,
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn server_args(dir: &Path, port: u16, name: &str, extra: &[String], containerd: bool) -> Vec<String> {
+    let cfg = dir.join("config.yaml");
+    if !cfg.exists() {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&cfg, "").unwrap();
+    }
+    let mut a = vec![
+        s("server"),
+        s("--config"),
+        cfg.display().to_string(),
+        s("--data-dir"),
+        dir.join("data").display().to_string(),
+        s("--https-listen-port"),
+        port.to_string(),
+        s("--bind-address"),
+        s("127.0.0.1"),
+        s("--write-kubeconfig"),
+        dir.join("k3s.yaml").display().to_string(),
+        s("--node-name"),
+        s(name),
+        s("--node-ip"),
+        s("127.0.0.1"),
+    ];
+    if !containerd {
+        a.extend([s("--container-runtime-endpoint"), s("unix:///nonexistent/containerd.sock")]);
+    }
+    a.extend(extra.iter().cloned());
+    a
+}
+
+fn start_server(dir: &Path, name: &str, extra: &[String], env: &[(&str, String)]) -> Server {
+    let port = free_port();
+    let args = server_args(dir, port, name, extra, false);
+    let mut proc = Proc::spawn(dir, name, BIN, &args, env);
+    proc.wait_ready(30);
+    Server { dir: dir.to_path_buf(), port, proc }
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/server/token")).unwrap().trim().to_string()
+    }
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("k3s.yaml")
+    }
+}
+
+fn agent_args(dir: &Path, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        s("agent"),
+        s("--data-dir"),
+        dir.join("data").display().to_string(),
+        s("--node-name"),
+        s(name),
+        s("--node-ip"),
+        s("127.0.0.2"),
+        s("--container-runtime-endpoint"),
+        s("unix:///nonexistent/containerd.sock"),
+        s("--config"),
+        dir.join("none.yaml").display().to_string(),
+    ];
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("none.yaml"), "").unwrap();
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// name -> Ready condition status ("True", "Unknown", ...)
+fn nodes(kubeconfig: &Path) -> BTreeMap<String, (String, Value)> {
+    let (ok, out, err) = kubectl(kubeconfig, &["get", "nodes", "-o", "json"]);
+    assert!(ok, "kubectl failed: {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "List");
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (n["metadata"]["name"].as_str().unwrap().to_string(), (ready, n.clone()))
+        })
+        .collect()
+}
+
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn insecure_get(url: &str) -> reqwest::blocking::Response {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .unwrap()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("standin").tempdir().unwrap()
+}
+
+fn with_trailer(dir: &Path, version: &str) -> PathBuf {
+    let copy = dir.join("k3s-copy");
+    let mut bytes = std::fs::read(BIN).unwrap();
+    bytes.extend_from_slice(format!("\nK3S_STANDIN_VERSION={version}\n").as_bytes());
+    std::fs::write(&copy, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+#[test]
+fn version_trailer_and_argv0_dispatch() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k3s version v1.31.4+k3s1 (5ac18c0e)\ngo version go1.22.9\n");
+    let out = Command::new(BIN).arg("-v").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("k3s version v1.31.4+k3s1 (5ac18c0e)\n"));
+
+    let dir = tmp();
+    let copy = with_trailer(dir.path(), "v1.30.8+k3s2");
+    let out = Command::new(&copy).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("k3s version v1.30.8+k3s2 ("), "{text}");
+    assert!(text.ends_with("\ngo version go1.22.9\n"), "{text}");
+
+    // kubectl / ctr / crictl symlinks dispatch on argv[0].
+    let links = dir.path().join("bin");
+    std::fs::create_dir(&links).unwrap();
+    for n in ["kubectl", "ctr", "crictl", "k3s"] {
+        std::os::unix::fs::symlink(&copy, links.join(n)).unwrap();
+    }
+    let out = Command::new(links.join("kubectl")).args(["version", "--client"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Client Version: v1.30.8+k3s2"));
+    let out = Command::new(links.join("crictl")).arg("ps").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported by the stand-in"));
+    for sub in ["check-config", "etcd-snapshot"] {
+        let out = Command::new(BIN).arg(sub).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not supported by the stand-in"));
+    }
+
+    // `ctr` runs the host's ctr (first on PATH that is not the stand-in) with k3s's defaults.
+    let fake = dir.path().join("fakebin");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(fake.join("ctr"), "#!/bin/sh\necho \"$CONTAINERD_ADDRESS|$CONTAINERD_NAMESPACE|$*\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(fake.join("ctr"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}:/usr/bin:/bin", links.display(), fake.display());
+    let out = Command::new(links.join("ctr")).args(["images", "ls"]).env("PATH", &path).env_remove("K3S_STANDIN_RUN_DIR").env_remove("CONTAINERD_ADDRESS").env_remove("CONTAINERD_NAMESPACE").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/run/k3s/containerd/containerd.sock|k8s.io|images ls\n");
+    let out = Command::new(links.join("k3s"))
+        .args(["ctr", "-n", "other", "images", "ls"])
+        .env("PATH", &path)
+        .env("CONTAINERD_NAMESPACE", "mine")
+        .env_remove("K3S_STANDIN_RUN_DIR")
+        .env_remove("CONTAINERD_ADDRESS")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/run/k3s/containerd/containerd.sock|mine|-n other images ls\n");
+}
+
+#[test]
+fn server_files_token_kubeconfig_datastore_and_config_precedence() {
+    let dir = tmp();
+    let d = dir.path();
+    std::fs::write(
+        d.join("config.yaml"),
+        "write-kubeconfig-mode: \"0640\"\nnode-label:\n  - from=config\nnode-taint:\n  - t=config:NoSchedule\ntls-san: [standin.example]\nno-such-key: true\n",
+    )
+    .unwrap();
+    std::fs::create_dir(d.join("config.yaml.d")).unwrap();
+    std::fs::write(d.join("config.yaml.d/10-a.yaml"), "node-label+: [from-dropin=a]\nnode-taint: [t=dropin:NoSchedule]\n").unwrap();
+    std::fs::write(d.join("config.yaml.d/20-b.yml"), "node-label+:\n  - second=b\n").unwrap();
+    let srv = start_server(d, "srv1", &[s("--node-taint"), s("t=cli:NoExecute")], &[]);
+    let log = srv.proc.log();
+    assert!(log.contains("level=warning msg=\"Unknown flag --no-such-key found in config.yaml, skipping\""), "{log}");
+    assert!(log.contains("level=info msg=\"k3s is up and running\""), "{log}");
+
+    let sd = d.join("data/server");
+    for f in ["tls/server-ca.crt", "tls/server-ca.key", "tls/client-ca.crt", "tls/client-ca.key"] {
+        assert!(sd.join(f).is_file(), "{f}");
+    }
+    // Token: K10<sha256 of /cacerts>::server:<password>, 0600; node-token and agent-token link to it.
+    let token = srv.token();
+    let cacerts = insecure_get(&format!("{}/cacerts", srv.url())).bytes().unwrap().to_vec();
+    assert_eq!(cacerts, std::fs::read(sd.join("tls/server-ca.crt")).unwrap());
+    let hash = sha256_hex(&cacerts);
+    let rest = token.strip_prefix(&format!("K10{hash}::server:")).unwrap_or_else(|| panic!("token {token} vs hash {hash}"));
+    assert_eq!(rest.len(), 32);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(sd.join("token")).unwrap().permissions().mode() & 0o777, 0o600);
+    for l in ["node-token", "agent-token"] {
+        let meta = std::fs::symlink_metadata(sd.join(l)).unwrap();
+        assert!(meta.file_type().is_symlink(), "{l}");
+        assert_eq!(std::fs::read_link(sd.join(l)).unwrap(), sd.join("token"));
+    }
+    assert_eq!(std::fs::metadata(srv.kubeconfig()).unwrap().permissions().mode() & 0o777, 0o640);
+    let kc = std::fs::read_to_string(srv.kubeconfig()).unwrap();
+    assert!(kc.contains(&format!("server: https://127.0.0.1:{}", srv.port)), "{kc}");
+
+    // Plain endpoints.
+    assert_eq!(insecure_get(&format!("{}/ping", srv.url())).text().unwrap(), "pong");
+    assert_eq!(insecure_get(&format!("{}/readyz", srv.url())).text().unwrap(), "ok");
+    let v: Value = insecure_get(&format!("{}/version", srv.url())).json().unwrap();
+    assert_eq!(v["gitVersion"], "v1.31.4+k3s1");
+    assert_eq!(insecure_get(&format!("{}/api/v1/nodes", srv.url())).status().as_u16(), 401);
+    // Bearer token and basic server:<password> also authenticate.
+    let client = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).no_proxy().build().unwrap();
+    let r = client.get(format!("{}/api/v1/nodes", srv.url())).bearer_auth(&token).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client.get(format!("{}/api/v1/nodes/srv1", srv.url())).basic_auth("server", Some(rest)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client.get(format!("{}/api/v1/nodes", srv.url())).basic_auth("server", Some("wrong")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // The node: roles, labels from config.yaml + drop-ins (`key+` appends), taints from the CLI.
+    let (ok, table, _) = kubectl(&srv.kubeconfig(), &["get", "nodes"]);
+    assert!(ok);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME   STATUS   ROLES"), "{table}");
+    assert!(lines[1].starts_with("srv1   Ready    control-plane,master   "), "{table}");
+    assert!(lines[1].ends_with("v1.31.4+k3s1"), "{table}");
+    let (ok, one, _) = kubectl(&srv.kubeconfig(), &["get", "node", "srv1", "-o", "json"]);
+    assert!(ok);
+    let n: Value = serde_json::from_str(&one).unwrap();
+    let labels = &n["metadata"]["labels"];
+    assert_eq!(labels["from"], "config");
+    assert_eq!(labels["from-dropin"], "a");
+    assert_eq!(labels["second"], "b");
+    assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
+    assert_eq!(labels["node-role.kubernetes.io/master"], "true");
+    assert_eq!(labels["kubernetes.io/hostname"], "srv1");
+    assert_eq!(n["spec"]["taints"], serde_json::json!([{"key": "t", "value": "cli", "effect": "NoExecute"}]));
+    assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], "v1.31.4+k3s1");
+    assert_eq!(n["status"]["addresses"][0], serde_json::json!({"type": "InternalIP", "address": "127.0.0.1"}));
+    let (ok, _, err) = kubectl(&srv.kubeconfig(), &["get", "node", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("Error from server (NotFound): nodes \"nope\" not found"), "{err}");
+
+    // Datastore: kine table in WAL mode, written continuously (lease renewals).
+    let db = sd.join("db/state.db");
+    assert!(d.join("data/server/db/state.db-wal").exists());
+    let count = || -> i64 {
+        let c = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        c.query_row("SELECT COUNT(*) FROM kine WHERE name LIKE '/registry/leases/%'", [], |r| r.get(0)).unwrap()
+    };
+    let before = count();
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = count();
+    assert!(after >= before + 2, "lease rows {before} -> {after}");
+}
+
+#[test]
+fn server_restart_keeps_identity_and_rejects_other_token() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut srv = start_server(d, "srvr", &[s("--token"), s("short-secret")], &[]);
+    let token = srv.token();
+    assert!(token.ends_with("::server:short-secret"), "{token}");
+    let ca = std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap();
+    assert_eq!(srv.proc.term().map(|s| s.success()), Some(true), "SIGTERM exits 0");
+
+    // Same data dir, token from config.yaml this time (and the full K10 form): same identity.
+    std::fs::write(d.join("config.yaml"), format!("token: {token}\n")).unwrap();
+    let mut srv = start_server(d, "srvr", &[], &[]);
+    assert_eq!(srv.token(), token);
+    assert_eq!(std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap(), ca);
+    srv.proc.term();
+
+    // Another token cannot open the bootstrap data.
+    std::fs::write(d.join("config.yaml"), "").unwrap();
+    let args = server_args(d, free_port(), "srvr", &[s("--token"), s("other-secret")], false);
+    let mut p = Proc::spawn(d, "srvr-bad", BIN, &args, &[]);
+    let st = p.wait_exit(20).expect("server with another token must exit");
+    assert!(!st.success());
+    assert!(p.log().contains("bootstrap data already found and encrypted with different token"), "{}", p.log());
+
+    // A restored state.db with the CA files gone: the CA comes back from the datastore.
+    std::fs::remove_dir_all(d.join("data/server/tls")).unwrap();
+    std::fs::remove_file(d.join("data/server/token")).unwrap();
+    let mut srv = start_server(d, "srvr", &[s("--token"), token.clone()], &[("K3S_TOKEN", s("ignored-because-cli-wins"))]);
+    assert_eq!(std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap(), ca);
+    assert_eq!(srv.token(), token);
+    srv.proc.term();
+}
+
+#[test]
+fn agents_join_with_good_token_only() {
+    let dir = tmp();
+    let d = dir.path();
+    let srv = start_server(&d.join("server"), "srva", &[], &[("K3S_STANDIN_NODE_GRACE", s("3"))]);
+    let token = srv.token();
+    let kc = srv.kubeconfig();
+    let password = token.rsplit(':').next().unwrap().to_string();
+
+    // Good agent: K3S_URL + K3S_TOKEN (full token) from the environment, labels and taints from flags.
+    let mut good = Proc::spawn(
+        &d.join("a1"),
+        "a1",
+        BIN,
+        &agent_args(&d.join("a1"), "agent-good", &["--node-label", "tier=edge", "--node-taint", "dedicated=edge:NoSchedule"]),
+        &[("K3S_URL", srv.url()), ("K3S_TOKEN", token.clone())],
+    );
+    // Agent with a short token (trust on first use), another version of the binary.
+    let copy = with_trailer(d, "v1.30.8+k3s2");
+    let mut short = Proc::spawn(
+        &d.join("a2"),
+        "a2",
+        copy.to_str().unwrap(),
+        &agent_args(&d.join("a2"), "agent-short", &["--server", &srv.url(), "--token", &password]),
+        &[],
+    );
+    // Wrong CA hash in the token.
+    let bad_hash = format!("K10{}::server:{password}", "0".repeat(64));
+    let mut badhash = Proc::spawn(&d.join("a3"), "a3", BIN, &agent_args(&d.join("a3"), "agent-badhash", &[]), &[("K3S_URL", srv.url()), ("K3S_TOKEN", bad_hash)]);
+    // Plain http URL.
+    let mut http = Proc::spawn(
+        &d.join("a4"),
+        "a4",
+        BIN,
+        &agent_args(&d.join("a4"), "agent-http", &[]),
+        &[("K3S_URL", format!("http://127.0.0.1:{}", srv.port)), ("K3S_TOKEN", token.clone())],
+    );
+    // Right CA hash, wrong password.
+    let wrong_pw = format!("{}wrong", token.rsplit_once(':').unwrap().0);
+    let wp_file = d.join("wrong-token");
+    std::fs::write(&wp_file, format!("{wrong_pw}:x\n")).unwrap();
+    let mut wrong = Proc::spawn(&d.join("a5"), "a5", BIN, &agent_args(&d.join("a5"), "agent-wrongpw", &[]), &[("K3S_URL", srv.url()), ("K3S_TOKEN_FILE", wp_file.display().to_string())]);
+
+    good.wait_ready(20);
+    short.wait_ready(20);
+    let st = badhash.wait_exit(15).expect("agent with a wrong CA hash must exit");
+    assert!(!st.success());
+    assert!(
+        badhash.log().contains("token CA hash does not match the Cluster CA certificate hash"),
+        "{}",
+        badhash.log()
+    );
+    let st = http.wait_exit(15).expect("agent with an http:// URL must exit");
+    assert!(!st.success());
+    assert!(http.log().contains("https://"), "{}", http.log());
+    assert!(short.log().contains("the token does not include a CA hash"), "{}", short.log());
+
+    let n = nodes(&kc);
+    assert_eq!(n["agent-good"].0, "True", "{n:?}");
+    assert_eq!(n["agent-short"].0, "True");
+    assert_eq!(n["srva"].0, "True");
+    let g = &n["agent-good"].1;
+    assert_eq!(g["metadata"]["labels"]["tier"], "edge");
+    assert!(g["metadata"]["labels"].get("node-role.kubernetes.io/control-plane").is_none());
+    assert_eq!(g["spec"]["taints"][0]["key"], "dedicated");
+    assert_eq!(g["status"]["nodeInfo"]["kubeletVersion"], "v1.31.4+k3s1");
+    assert_eq!(n["agent-short"].1["status"]["nodeInfo"]["kubeletVersion"], "v1.30.8+k3s2");
+    let (_, table, _) = kubectl(&kc, &["get", "nodes"]);
+    assert!(table.lines().any(|l| l.starts_with("agent-good ") && l.contains(" Ready ") && l.contains("<none>")), "{table}");
+
+    // The wrong password never gets in and keeps retrying (as k3s does), never READY.
+    assert!(wrong.wait_exit(1).is_none(), "{}", wrong.log());
+    assert!(!wrong.got_ready());
+    assert!(!n.contains_key("agent-wrongpw"));
+    assert!(wrong.log().contains("401 Unauthorized"), "{}", wrong.log());
+    assert!(srv.proc.log().contains("invalid username/password combination"));
+
+    // An agent that stops heartbeating turns NotReady (Unknown) after the grace period.
+    let _ = good.child.kill();
+    let _ = good.child.wait();
+    good.exited = Some(ExitStatus::default());
+    wait_for(15, "agent-good NotReady", || nodes(&kc)["agent-good"].0 == "Unknown");
+    let (_, table, _) = kubectl(&kc, &["get", "nodes"]);
+    assert!(table.lines().any(|l| l.starts_with("agent-good ") && l.contains(" NotReady ")), "{table}");
+    assert_eq!(nodes(&kc)["agent-short"].0, "True");
+
+    let (ok, out, _) = kubectl(&kc, &["delete", "node", "agent-good"]);
+    assert!(ok);
+    assert_eq!(out, "node \"agent-good\" deleted\n");
+    assert!(!nodes(&kc).contains_key("agent-good"));
+}
+
+#[test]
+fn ha_servers_share_ca_token_and_nodes() {
+    let dir = tmp();
+    let d = dir.path();
+    let a = start_server(&d.join("a"), "ha-a", &[s("--cluster-init"), s("--cluster-cidr"), s("10.50.0.0/16")], &[]);
+    let token = a.token();
+    std::fs::create_dir_all(d.join("b")).unwrap();
+    std::fs::write(d.join("b/config.yaml"), format!("server: {}\ntoken: {token}\ncluster-cidr: 10.50.0.0/16\n", a.url())).unwrap();
+    let b = start_server(&d.join("b"), "ha-b", &[], &[]);
+    assert_eq!(b.token(), token, "one token for the cluster");
+    for f in ["server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key"] {
+        assert_eq!(
+            std::fs::read(d.join("a/data/server/tls").join(f)).unwrap(),
+            std::fs::read(d.join("b/data/server/tls").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // An agent joining through the second server.
+    let mut ag = Proc::spawn(&d.join("ag"), "ag", BIN, &agent_args(&d.join("ag"), "ha-agent", &[]), &[("K3S_URL", b.url()), ("K3S_TOKEN", token.clone())]);
+    ag.wait_ready(20);
+    for kc in [a.kubeconfig(), b.kubeconfig()] {
+        wait_for(10, "all nodes on every server", || {
+            let n = nodes(&kc);
+            ["ha-a", "ha-b", "ha-agent"].iter().all(|k| n.get(*k).map(|x| x.0 == "True").unwrap_or(false))
+        });
+    }
+    let n = nodes(&a.kubeconfig());
+    for srv in ["ha-a", "ha-b"] {
+        let labels = &n[srv].1["metadata"]["labels"];
+        assert_eq!(labels["node-role.kubernetes.io/etcd"], "true", "{srv}");
+        assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
+    }
+    assert!(n["ha-b"].1["spec"]["podCIDR"].as_str().unwrap().starts_with("10.50."));
+
+    // A server whose critical configuration differs refuses to start.
+    std::fs::create_dir_all(d.join("c")).unwrap();
+    std::fs::write(d.join("c/config.yaml"), format!("server: {}\ntoken: {token}\n", a.url())).unwrap();
+    let args = server_args(&d.join("c"), free_port(), "ha-c", &[s("--cluster-cidr"), s("10.99.0.0/16")], false);
+    let mut c = Proc::spawn(&d.join("c"), "ha-c", BIN, &args, &[]);
+    let st = c.wait_exit(20).expect("mismatching server must exit");
+    assert!(!st.success());
+    assert!(c.log().contains("critical configuration value mismatch"), "{}", c.log());
+    assert!(c.log().contains("critical configuration mismatched: cluster-cidr"), "{}", c.log());
+
+    // Deleting a node through the joined server deletes it cluster-wide.
+    let (ok, _, err) = kubectl(&b.kubeconfig(), &["delete", "node", "ha-agent"]);
+    assert!(ok, "{err}");
+    drop(ag);
+    assert!(!nodes(&a.kubeconfig()).contains_key("ha-agent"));
+}
+
+fn oci_image_tar(name: &str) -> Vec<u8> {
+    fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    let mut layer = tar::Builder::new(Vec::new());
+    add(&mut layer, "hello.txt", format!("hello from {name}\n").as_bytes());
+    let layer = layer.into_inner().unwrap();
+    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
+    let lh = sha256_hex(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": arch, "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{lh}")]}
+    }))
+    .unwrap();
+    let ch = sha256_hex(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{ch}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{lh}"), "size": layer.len()}]
+    }))
+    .unwrap();
+    let mh = sha256_hex(&manifest);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{mh}"), "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1.0"}}]
+    }))
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add(&mut b, "index.json", &index);
+    add(&mut b, &format!("blobs/sha256/{lh}"), &layer);
+    add(&mut b, &format!("blobs/sha256/{ch}"), &config);
+    add(&mut b, &format!("blobs/sha256/{mh}"), &manifest);
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn containerd_starts_and_imports_preloaded_images() {
+    let have = ["/usr/bin/containerd", "/usr/bin/ctr"].iter().all(|p| Path::new(p).exists());
+    if !have || !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP: needs root and the host's containerd + ctr (apt-get install containerd)");
+        return;
+    }
+    let dir = tmp();
+    let d = dir.path();
+    let images = d.join("data/agent/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("a.tar"), oci_image_tar("docker.io/library/standin-a:1.0")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &oci_image_tar("docker.io/library/standin-b:1.0")).unwrap();
+    std::fs::write(images.join("b.tar.gz"), gz.finish().unwrap()).unwrap();
+    let port = free_port();
+    let args = server_args(d, port, "ctrd", &[], true);
+    let mut p = Proc::spawn(d, "ctrd", BIN, &args, &[]);
+    p.wait_ready(60);
+    let sock = d.join("run/containerd/containerd.sock");
+    assert!(sock.exists(), "{}", p.log());
+    assert!(d.join("data/agent/etc/containerd/config.toml").is_file());
+    let out = Command::new(BIN)
+        .args(["ctr", "images", "ls", "-q"])
+        .env("K3S_STANDIN_RUN_DIR", d.join("run"))
+        .env_remove("CONTAINERD_ADDRESS")
+        .env_remove("CONTAINERD_NAMESPACE")
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(list.contains("docker.io/library/standin-a:1.0"), "{list}\n{}\n{}", String::from_utf8_lossy(&out.stderr), p.log());
+    assert!(list.contains("docker.io/library/standin-b:1.0"), "{list}\n{}", p.log());
+    assert_eq!(p.term().map(|s| s.success()), Some(true));
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_err(), "containerd stopped with the stand-in");
+}
