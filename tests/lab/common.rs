@@ -125,3 +125,8 @@ pub fn host_entry<'a>(json: &'a serde_json::Value, host: &str) -> Option<&'a ser
 pub fn status<'a>(json: &'a serde_json::Value, host: &str, id: &str) -> &'a str {
     check(json, host, id).and_then(|c| c["status"].as_str()).unwrap_or("missing")
 }
+
+/// Runs a command on a lab host; the error keeps the whole chain (command, stderr, host).
+pub fn sh(host: &crate::support::LabHost, cmd: &str) -> Result<String, libtest_mimic::Failed> {
+    host.sh(cmd).map_err(|e| format!("{e:#}").into())
+}

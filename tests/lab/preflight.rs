@@ -40,13 +40,13 @@ fn invalid_file_touches_nothing(lab: &Arc<Lab>) -> Outcome {
     let op = Operator::new(lab, "invalid");
     let h5 = lab.host("h5");
     op.trust(&[h5]);
-    h5.sh("rm -f /usr/local/bin/k3node")?;
+    crate::common::sh(&h5, "rm -f /usr/local/bin/k3node")?;
     let file = op.cluster_file("", &[(h5, "server", "      adress: 10.0.0.1\n")]);
     let out = op.k3node(&["preflight", "-c", file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure(out.status.code() == Some(2), || format!("exit {:?}: {stderr}", out.status.code()))?;
     ensure(stderr.contains("cluster.yaml:") && stderr.contains("adress"), || format!("stderr: {stderr}"))?;
-    let agent = h5.sh("test -e /usr/local/bin/k3node && echo present || echo absent")?;
+    let agent = crate::common::sh(&h5, "test -e /usr/local/bin/k3node && echo present || echo absent")?;
     ensure(agent.trim() == "absent", || "the agent was installed from an invalid cluster file".into())
 }
 
@@ -58,8 +58,8 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
     let file = file.to_str().unwrap();
 
     let listener = listen_on(h1, 6443);
-    h1.sh("sysctl -qw net.ipv4.ip_forward=0 && rm -f /etc/sysctl.d/90-k3node.conf")?;
-    h2.sh("hostname h3")?;
+    crate::common::sh(&h1, "sysctl -qw net.ipv4.ip_forward=0 && rm -f /etc/sysctl.d/90-k3node.conf")?;
+    crate::common::sh(&h2, "hostname h3")?;
     let result = (|| -> Outcome {
         let (code, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
         ensure(code == 1, || format!("exit {code} although checks fail\n{stderr}"))?;
@@ -79,8 +79,8 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
         let fixes = host_entry(&json, "h1").map(|h| h["report"]["fixes_applied"].to_string()).unwrap_or_default();
         ensure(fixes.contains("ip_forward"), || format!("fixes on h1: {fixes}"))?;
         ensure(status(&json, "h1", "sysctl-net.ipv4.ip_forward") == "pass", || "ip_forward still failing after --fix".into())?;
-        ensure(h1.sh("cat /proc/sys/net/ipv4/ip_forward")?.trim() == "1", || "ip_forward not set on the host".into())?;
-        let persisted = h1.sh("cat /etc/sysctl.d/90-k3node.conf")?;
+        ensure(crate::common::sh(&h1, "cat /proc/sys/net/ipv4/ip_forward")?.trim() == "1", || "ip_forward not set on the host".into())?;
+        let persisted = crate::common::sh(&h1, "cat /etc/sysctl.d/90-k3node.conf")?;
         ensure(persisted.contains("net.ipv4.ip_forward = 1") || persisted.contains("net.ipv4.ip_forward=1"), || format!("persisted: {persisted}"))?;
 
         let (_, json, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--fix"]);
@@ -93,7 +93,7 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
         ensure(text.contains("preflight FAILED") && text.contains("6443") && text.contains("unique-hostname"), || format!("table:\n{text}"))
     })();
     drop(listener);
-    h2.sh("hostname h2")?;
+    crate::common::sh(&h2, "hostname h2")?;
     result
 }
 
@@ -128,12 +128,12 @@ fn agent_lifecycle(lab: &Arc<Lab>) -> Outcome {
     let (_, second, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
     ensure(second["hosts"][0]["agent"] == "up-to-date", || format!("first {} then {}", agent_of(&first), agent_of(&second)))?;
     // An older agent answers hello with another protocol and hash: it must be replaced.
-    h3.sh(r#"printf '#!/bin/sh\necho '"'"'{"type":"result","value":{"version":"0.0.1","protocol":0,"binary_sha256":"00","arch":"amd64"}}'"'"'\n' > /usr/local/bin/k3node"#)?;
+    crate::common::sh(&h3, r#"printf '#!/bin/sh\necho '"'"'{"type":"result","value":{"version":"0.0.1","protocol":0,"binary_sha256":"00","arch":"amd64"}}'"'"'\n' > /usr/local/bin/k3node"#)?;
     let (_, third, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
     ensure(agent_of(&third) == "replaced", || format!("old agent: {}\n{stderr}", agent_of(&third)))?;
     let ours = std::process::Command::new("sha256sum").arg(K3NODE).output().unwrap();
     let ours = String::from_utf8_lossy(&ours.stdout).split_whitespace().next().unwrap_or_default().to_string();
-    let theirs = h3.sh("sha256sum /usr/local/bin/k3node")?;
+    let theirs = crate::common::sh(&h3, "sha256sum /usr/local/bin/k3node")?;
     ensure(theirs.starts_with(&ours), || format!("host has {theirs}, operator {ours}"))
 }
 

@@ -101,7 +101,7 @@ fn jump_host(lab: &Arc<Lab>) -> Outcome {
     op.trust(&[h1, h3]);
     // h3 accepts the lab key for user ops only from h1's address, so success proves the path.
     let key = std::fs::read_to_string(lab.client_key().with_extension("pub")).unwrap();
-    h3.sh(&format!("printf 'from=\"{}\" {}' > /home/ops/.ssh/authorized_keys", h1.address, key.trim()))?;
+    crate::common::sh(&h3, &format!("printf 'from=\"{}\" {}' > /home/ops/.ssh/authorized_keys", h1.address, key.trim()))?;
     let direct = op.with_session(op.endpoint(h3, "ops"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| s.err().map(|e| e.kind()));
     let mut via = op.endpoint(h3, "ops");
     via.jump = Some(Box::new(op.endpoint(h1, "root")));
@@ -110,7 +110,7 @@ fn jump_host(lab: &Arc<Lab>) -> Outcome {
         Ok(s) => Ok((s.privilege(), String::from_utf8_lossy(&s.exec_checked(&["ss", "-Htn", "state", "established", "( sport = :22 )"]).await.unwrap().stdout).into_owned())),
         Err(e) => Err(e.to_string()),
     });
-    h3.sh(&format!("printf '%s\\n' '{}' > /home/ops/.ssh/authorized_keys", key.trim()))?;
+    crate::common::sh(&h3, &format!("printf '%s\\n' '{}' > /home/ops/.ssh/authorized_keys", key.trim()))?;
     ensure(direct == Some("auth-failed"), || format!("direct login should be refused, got {direct:?}"))?;
     let (privilege, conn) = seen.map_err(|e| format!("through the jump host: {e}"))?;
     ensure(privilege == Privilege::Sudo, || format!("ops should get root by sudo, got {privilege:?}"))?;
@@ -135,7 +135,7 @@ fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
     ensure(entry["error"]["kind"] == "host-key-unknown", || format!("{entry}"))?;
     ensure(message.contains(&expected_fp) && message.contains("--trust-new-host-keys"), || format!("message: {message}, fingerprint {expected_fp}"))?;
     ensure(!op.known_hosts().exists() || std::fs::read_to_string(op.known_hosts()).unwrap().is_empty(), || "strict mode wrote known_hosts".into())?;
-    ensure(h4.sh("test -e /usr/local/bin/k3node && echo present || echo absent")?.trim() == "absent", || "agent installed despite refusal".into())?;
+    ensure(crate::common::sh(&h4, "test -e /usr/local/bin/k3node && echo present || echo absent")?.trim() == "absent", || "agent installed despite refusal".into())?;
 
     let (_, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--trust-new-host-keys"]);
     ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("report").is_some()), || format!("{json}\n{stderr}"))?;
@@ -174,7 +174,7 @@ fn passwordless_sudo(lab: &Arc<Lab>) -> Outcome {
     let entry = crate::common::host_entry(&json, "h2").cloned().unwrap_or_default();
     ensure(entry.get("report").is_some(), || format!("exit {code}: {json}\n{stderr}"))?;
     ensure(crate::common::status(&json, "h2", "privileges") == "pass", || format!("{}", entry))?;
-    let owner = h2.sh("stat -c %U:%a /usr/local/bin/k3node")?;
+    let owner = crate::common::sh(&h2, "stat -c %U:%a /usr/local/bin/k3node")?;
     ensure(owner.trim() == "root:755", || format!("agent file {owner}"))
 }
 

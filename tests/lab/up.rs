@@ -96,7 +96,7 @@ fn states(json: &serde_json::Value) -> BTreeMap<String, String> {
 
 /// Systemd's id for the current run of the host's k3s unit: it changes on every (re)start.
 fn invocation(h: &LabHost) -> String {
-    h.sh("systemctl show -p InvocationID --value k3s k3s-agent 2>/dev/null | tr -d '\\n'").unwrap_or_default()
+    crate::common::sh(&h, "systemctl show -p InvocationID --value k3s k3s-agent 2>/dev/null | tr -d '\\n'").unwrap_or_default()
 }
 
 fn invocations(lab: &Lab, names: &[&str]) -> BTreeMap<String, String> {
@@ -142,30 +142,33 @@ fn seed_cluster(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(code == 0, || format!("up failed ({code}): {}\n{stderr}\npreflight --fix said:\n{fixed}", serde_json::to_string_pretty(&json).unwrap()))?;
 
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
-    let unit = h1.sh("cat /etc/systemd/system/k3s.service")?;
+    let unit = crate::common::sh(&h1, "cat /etc/systemd/system/k3s.service")?;
     ensure(unit == SERVER_UNIT, || format!("server unit differs from the contract:\n{unit}"))?;
-    let agent_unit = h2.sh("cat /etc/systemd/system/k3s-agent.service")?;
+    let agent_unit = crate::common::sh(&h2, "cat /etc/systemd/system/k3s-agent.service")?;
     ensure(
         agent_unit == SERVER_UNIT.replace("k3s.service.env", "k3s-agent.service.env").replace("k3s server", "k3s agent"),
         || format!("agent unit:\n{agent_unit}"),
     )?;
-    let modes = h1.sh("stat -c '%n %a %U' /usr/local/bin/k3s /etc/rancher/k3s/config.yaml /var/lib/rancher/k3s/server/token")?;
+    let modes = crate::common::sh(&h1, "stat -c '%n %a %U' /usr/local/bin/k3s /etc/rancher/k3s/config.yaml /var/lib/rancher/k3s/server/token")?;
     ensure(modes.contains("/usr/local/bin/k3s 755 root") && modes.contains("config.yaml 600 root") && modes.contains("token 600 root"), || modes.clone())?;
-    let links = h1.sh("readlink /usr/local/bin/kubectl /usr/local/bin/crictl /usr/local/bin/ctr")?;
-    ensure(links.lines().all(|l| l.ends_with("k3s")) && links.lines().count() == 3, || format!("links: {links}"))?;
-    let config = h1.sh("cat /etc/rancher/k3s/config.yaml")?;
+    let links = crate::common::sh(&h1, "readlink /usr/local/bin/kubectl /usr/local/bin/crictl")?;
+    ensure(links.lines().all(|l| l.ends_with("k3s")) && links.lines().count() == 2, || format!("links: {links}"))?;
+    // The lab's base image has containerd's own ctr: the installer leaves an existing command alone.
+    let ctr = crate::common::sh(&h1, "test -e /usr/local/bin/ctr && echo linked || echo absent; command -v ctr")?;
+    ensure(ctr.starts_with("absent\n/usr/bin/ctr"), || format!("ctr: {ctr}"))?;
+    let config = crate::common::sh(&h1, "cat /etc/rancher/k3s/config.yaml")?;
     for needle in ["cluster-cidr: 10.42.0.0/16", "service-cidr: 10.43.0.0/16", "cluster-dns: 10.43.0.10", "traefik", "servicelb", "request-timeout=300s", "k3s.lab.example", "node-name: h1"] {
         ensure(config.contains(needle), || format!("config.yaml lacks {needle}:\n{config}"))?;
     }
-    let agent_env = h2.sh("stat -c %a /etc/systemd/system/k3s-agent.service.env; cat /etc/systemd/system/k3s-agent.service.env")?;
-    let token = h1.sh("cat /var/lib/rancher/k3s/server/token")?.trim().to_string();
+    let agent_env = crate::common::sh(&h2, "stat -c %a /etc/systemd/system/k3s-agent.service.env; cat /etc/systemd/system/k3s-agent.service.env")?;
+    let token = crate::common::sh(&h1, "cat /var/lib/rancher/k3s/server/token")?.trim().to_string();
     ensure(agent_env.starts_with("600\n") && agent_env.contains(&format!("K3S_URL=https://{}:6443", h1.address)) && agent_env.contains(&token), || "agent env file".into())?;
     ensure(token.starts_with("K10") && token.contains("::server:"), || "token format".into())?;
     let printed = format!("{json}{stderr}");
     ensure(!printed.contains(&token) && !printed.contains(token.split("::server:").nth(1).unwrap_or("-")), || "the token reached k3node's output".into())?;
-    let agent_config = h2.sh("cat /etc/rancher/k3s/config.yaml")?;
+    let agent_config = crate::common::sh(&h2, "cat /etc/rancher/k3s/config.yaml")?;
     ensure(agent_config.contains("tier=web") && !agent_config.contains("cluster-cidr"), || format!("agent config:\n{agent_config}"))?;
-    let mode = h1.sh("stat -c %a /etc/rancher/k3s/k3s.yaml")?;
+    let mode = crate::common::sh(&h1, "stat -c %a /etc/rancher/k3s/k3s.yaml")?;
     ensure(mode.trim() == "644", || format!("write-kubeconfig-mode not honoured: {mode}"))?;
     let kubeconfig = std::fs::read_to_string(w.op.home.join(".kube/config")).map_err(|e| format!("no kubeconfig: {e}"))?;
     ensure(kubeconfig.contains("current-context: lab") && kubeconfig.contains(&format!("https://{}:6443", h1.address)), || kubeconfig.clone())?;
@@ -192,7 +195,7 @@ fn changed_label(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
     ensure(node(&json, "h2")["state"] == "restarted", || format!("{:?}", states(&json)))?;
     ensure(before["h1"] == after["h1"] && before["h3"] == after["h3"] && before["h2"] != after["h2"], || format!("{before:?} -> {after:?}"))?;
-    ensure(lab.host("h2").sh("cat /etc/rancher/k3s/config.yaml")?.contains("tier=api"), || "label not applied".into())
+    ensure(crate::common::sh(lab.host("h2"), "cat /etc/rancher/k3s/config.yaml")?.contains("tier=api"), || "label not applied".into())
 }
 
 fn dry_run(lab: &Arc<Lab>, w: &World) -> Outcome {
@@ -200,13 +203,15 @@ fn dry_run(lab: &Arc<Lab>, w: &World) -> Outcome {
     hosts[1].2 = "      labels: {tier: api}\n";
     let changed = SEED_CONFIG.replace("request-timeout=300s", "request-timeout=120s");
     let file = cluster_yaml(w, &hosts, &changed);
-    let before = lab.host("h1").sh("cat /etc/rancher/k3s/config.yaml")?;
+    let before = crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")?;
     let out = w.op.k3node(&["up", "-c", file.to_str().unwrap(), "--dry-run", "--cache-dir", w.op.home.join("cache").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure(out.status.success(), || format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)))?;
-    ensure(text.contains("h1 would change") && text.contains("-  - request-timeout=300s") || text.contains("-- request-timeout=300s") || text.contains("request-timeout=120s"), || text.clone())?;
+    ensure(text.contains("h1 would change") && text.contains("request-timeout=300s") && text.contains("request-timeout=120s"), || text.clone())?;
+    let token = crate::common::sh(lab.host("h1"), "cat /var/lib/rancher/k3s/server/token")?;
+    ensure(!text.contains(token.trim()), || "the dry run printed the token".into())?;
     ensure(!text.contains("h2 would change") && !text.contains("h3 would change"), || format!("only h1 is concerned:\n{text}"))?;
-    ensure(lab.host("h1").sh("cat /etc/rancher/k3s/config.yaml")? == before, || "dry run changed the host".into())?;
+    ensure(crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")? == before, || "dry run changed the host".into())?;
     let before = invocations(lab, &["h1", "h2", "h3"]);
     let (code, json, stderr) = up(w, &file, &[]);
     let after = invocations(lab, &["h1", "h2", "h3"]);
@@ -233,10 +238,10 @@ fn added_node(lab: &Arc<Lab>, w: &World) -> Outcome {
 fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
     // A token for another cluster: its CA hash cannot match this server's CA.
     let h4 = lab.host("h4");
-    h4.sh(&format!("sed -i 's/^K3S_TOKEN=K10[0-9a-f]*::/K3S_TOKEN=K10{}::/' /etc/systemd/system/k3s-agent.service.env && systemctl restart --no-block k3s-agent", "0".repeat(64)))?;
+    crate::common::sh(&h4, &format!("sed -i 's/^K3S_TOKEN=K10[0-9a-f]*::/K3S_TOKEN=K10{}::/' /etc/systemd/system/k3s-agent.service.env && systemctl restart --no-block k3s-agent", "0".repeat(64)))?;
     let mut seen = String::new();
     for _ in 0..30 {
-        seen = h4.sh("journalctl -u k3s-agent --no-pager -o cat -n 50")?;
+        seen = crate::common::sh(&h4, "journalctl -u k3s-agent --no-pager -o cat -n 50")?;
         if seen.contains("token CA hash does not match the Cluster CA certificate hash") {
             break;
         }
@@ -263,7 +268,7 @@ fn reset_then_up(lab: &Arc<Lab>, w: &World) -> Outcome {
         let left = lab.host(h).sh("ls /usr/local/bin/k3s /etc/systemd/system/k3s*.service 2>/dev/null; systemctl is-active k3s k3s-agent || true")?;
         ensure(!left.contains("/usr/local/bin/k3s") && !left.contains(".service") && !left.contains("\nactive"), || format!("{h} after reset: {left}"))?;
     }
-    let aside = lab.host("h1").sh("ls -d /var/lib/rancher/k3s.k3node-reset-* /etc/rancher/k3s.k3node-reset-*")?;
+    let aside = crate::common::sh(lab.host("h1"), "ls -d /var/lib/rancher/k3s.k3node-reset-* /etc/rancher/k3s.k3node-reset-*")?;
     ensure(aside.lines().count() >= 2, || format!("data was not moved aside: {aside}"))?;
     let (code, json, stderr) = up(w, &file, &[]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
@@ -277,8 +282,8 @@ fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(out.status.success(), || String::from_utf8_lossy(&out.stderr).into_owned())?;
     let (code, json, stderr) = up(w, &file, &[]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
-    ensure(lab.host("h1").sh("cat /etc/rancher/k3s/config.yaml")?.contains("cluster-init: true"), || "first server without cluster-init".into())?;
-    let second = lab.host("h2").sh("cat /etc/rancher/k3s/config.yaml")?;
+    ensure(crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")?.contains("cluster-init: true"), || "first server without cluster-init".into())?;
+    let second = crate::common::sh(lab.host("h2"), "cat /etc/rancher/k3s/config.yaml")?;
     ensure(second.contains(&format!("server: https://{}:6443", lab.host("h1").address)), || second.clone())?;
     let token = |h: &str| lab.host(h).sh("cat /var/lib/rancher/k3s/server/token").unwrap_or_default();
     ensure(token("h1") == token("h2") && token("h2") == token("h3"), || "servers do not share one token".into())?;

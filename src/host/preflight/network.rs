@@ -163,6 +163,8 @@ pub(super) struct Owner {
     pub pid: u32,
     pub comm: String,
     pub exe: Option<PathBuf>,
+    /// A k3s process is among its ancestors (k3s starts containerd as a child).
+    pub started_by_k3s: bool,
 }
 
 impl fmt::Display for Owner {
@@ -172,9 +174,10 @@ impl fmt::Display for Owner {
 }
 
 impl Owner {
-    /// The k3s process, or a process k3s started from its data dir (its containerd).
+    /// The k3s process, or a process k3s started (its containerd, from its data dir or not).
     fn is_k3s(&self) -> bool {
         self.comm.starts_with("k3s")
+            || self.started_by_k3s
             || self.exe.as_deref().is_some_and(|exe| exe.starts_with(K3S_DATA_DIR) || exe == Path::new(super::K3S_BIN))
     }
 }
@@ -203,11 +206,32 @@ pub(super) fn socket_owners(host: &Host, inodes: &BTreeSet<u64>) -> BTreeMap<u64
                     .map(|c| c.trim().to_string())
                     .unwrap_or_else(|_| "?".to_string());
                 let exe = host.sys.read_link(Path::new(&format!("/proc/{pid}/exe"))).ok();
-                owners.insert(inode, Owner { pid, comm, exe });
+                let started_by_k3s = started_by_k3s(host, pid);
+                owners.insert(inode, Owner { pid, comm, exe, started_by_k3s });
             }
         }
     }
     owners
+}
+
+/// Walks the parent chain (a few levels: k3s -> containerd, or k3s -> shim) looking for k3s.
+fn started_by_k3s(host: &Host, pid: u32) -> bool {
+    let mut current = pid;
+    for _ in 0..4 {
+        let Ok(stat) = host.read(&format!("/proc/{current}/stat")) else { return false };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so split after the last ')'.
+        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok()) else {
+            return false;
+        };
+        if ppid <= 1 {
+            return false;
+        }
+        if host.read(&format!("/proc/{ppid}/comm")).is_ok_and(|c| c.trim().starts_with("k3s")) {
+            return true;
+        }
+        current = ppid;
+    }
+    false
 }
 
 fn ports(host: &Host, role: Role) -> Vec<Check> {
@@ -540,8 +564,16 @@ mod tests {
             pid: 900,
             comm: "containerd".into(),
             exe: Some("/var/lib/rancher/k3s/data/abc/bin/containerd".into()),
+            started_by_k3s: false,
         };
         assert!(containerd.is_k3s());
+        // A system containerd binary started by k3s is k3s's as well.
+        let child = with_k3s(with_nginx_on_6443(healthy_host()), "k3s version v1.31.4+k3s1 (a1b2c3d4)")
+            .file("/proc/812/comm", "containerd\n")
+            .link("/proc/812/exe", "/usr/bin/containerd")
+            .file("/proc/812/stat", "812 (containerd) S 700 812 812 0 -1 4194560\n")
+            .file("/proc/700/comm", "k3s-server\n");
+        assert_eq!(find(&run(&child, Role::Server), "port-6443/tcp").status, Status::Pass);
         // Without k3s installed, a process calling itself k3s is still a conflict.
         let impostor = with_nginx_on_6443(healthy_host()).file("/proc/812/comm", "k3s-server\n");
         assert_eq!(find(&run(&impostor, Role::Server), "port-6443/tcp").status, Status::Fail);

@@ -41,6 +41,16 @@ pub fn find_external(name: &str) -> Option<PathBuf> {
 /// The running containerd, stopped by `stop()` on SIGTERM/SIGINT or a fatal error.
 static CHILD: std::sync::Mutex<Option<tokio::process::Child>> = std::sync::Mutex::new(None);
 
+/// 10010 as in k3s; 0 (any free port) when $K3S_STANDIN_RUN_DIR is set, so that tests can run
+/// several containerds on one machine.
+fn stream_port() -> u16 {
+    if std::env::var_os("K3S_STANDIN_RUN_DIR").is_some() {
+        0
+    } else {
+        10010
+    }
+}
+
 fn config_toml(data_dir: &Path) -> String {
     let root = data_dir.join("agent/containerd");
     let state = run_dir().join("containerd");
@@ -58,7 +68,7 @@ state = "{state}"
 
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
-  stream_server_port = "10010"
+  stream_server_port = "{stream_port}"
   enable_selinux = false
   enable_unprivileged_ports = true
   enable_unprivileged_icmp = true
@@ -76,7 +86,8 @@ state = "{state}"
 "#,
         root = root.display(),
         state = state.display(),
-        sock = socket_path().display()
+        sock = socket_path().display(),
+        stream_port = stream_port(),
     )
 }
 

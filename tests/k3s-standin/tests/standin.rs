@@ -438,7 +438,62 @@ fn server_restart_keeps_identity_and_rejects_other_token() {
     let mut srv = start_server(d, "srvr", &[s("--token"), token.clone()], &[("K3S_TOKEN", s("ignored-because-cli-wins"))]);
     assert_eq!(std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap(), ca);
     assert_eq!(srv.token(), token);
+
+    // A consistent copy of the datastore (VACUUM INTO, as a backup would take it), then
+    // --cluster-reset --cluster-reset-restore-path: old db moved aside, snapshot in place.
+    let snap = d.join("snap.db");
+    let c = rusqlite::Connection::open(d.join("data/server/db/state.db")).unwrap();
+    c.execute("VACUUM INTO ?1", [snap.display().to_string()]).unwrap();
+    drop(c);
     srv.proc.term();
+    let args = server_args(
+        d,
+        free_port(),
+        "srvr",
+        &[s("--cluster-reset"), s("--cluster-reset-restore-path"), snap.display().to_string(), s("--token"), token.clone()],
+        false,
+    );
+    let mut p = Proc::spawn(d, "srvr-reset", BIN, &args, &[]);
+    let st = p.wait_exit(20).expect("cluster-reset exits");
+    assert!(st.success(), "{}", p.log());
+    assert!(p.log().contains("Managed etcd cluster membership has been reset, restart without --cluster-reset flag now."));
+    let old: Vec<_> = std::fs::read_dir(d.join("data/server/db"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("etcd-old-"))
+        .collect();
+    assert_eq!(old.len(), 1);
+    let mut srv = start_server(d, "srvr", &[], &[]);
+    assert_eq!(srv.token(), token);
+    assert!(nodes(&srv.kubeconfig()).contains_key("srvr"));
+    srv.proc.term();
+}
+
+#[test]
+fn agent_token_and_unreachable_server() {
+    let dir = tmp();
+    let d = dir.path();
+    let srv = start_server(&d.join("server"), "srvat", &[s("--token"), s("server-secret"), s("--agent-token"), s("agent-secret")], &[]);
+    let sd = d.join("server/data/server");
+    let cacerts = std::fs::read(sd.join("tls/server-ca.crt")).unwrap();
+    let agent_token = std::fs::read_to_string(sd.join("agent-token")).unwrap();
+    assert!(!std::fs::symlink_metadata(sd.join("agent-token")).unwrap().file_type().is_symlink());
+    assert_eq!(agent_token, format!("K10{}::node:agent-secret\n", sha256_hex(&cacerts)));
+    let mut ag = Proc::spawn(&d.join("a"), "a", BIN, &agent_args(&d.join("a"), "at-agent", &[]), &[("K3S_URL", srv.url()), ("K3S_TOKEN", agent_token.trim().to_string())]);
+    // Nothing listens here: the agent waits and says so, and is never ready.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let mut lost = Proc::spawn(&d.join("l"), "l", BIN, &agent_args(&d.join("l"), "lost-agent", &[]), &[("K3S_URL", dead), ("K3S_TOKEN", agent_token.trim().to_string())]);
+    ag.wait_ready(20);
+    assert_eq!(nodes(&srv.kubeconfig())["at-agent"].0, "True");
+    // The agent token does not let a server join.
+    let client = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).no_proxy().build().unwrap();
+    let r = client.get(format!("{}/v1-k3s/server-bootstrap", srv.url())).basic_auth("server", Some("agent-secret")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = client.get(format!("{}/v1-k3s/server-bootstrap", srv.url())).basic_auth("server", Some("server-secret")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400, "not an HA server");
+    wait_for(10, "retry log lines", || lost.log().matches("failed to get CA certs").count() >= 2);
+    assert!(lost.wait_exit(0).is_none());
+    assert!(!lost.got_ready());
 }
 
 #[test]
@@ -582,6 +637,13 @@ fn ha_servers_share_ca_token_and_nodes() {
     assert!(ok, "{err}");
     drop(ag);
     assert!(!nodes(&a.kubeconfig()).contains_key("ha-agent"));
+
+    // With the first server gone, the joined server answers from its copy.
+    let mut a = a;
+    a.proc.term();
+    let n = nodes(&b.kubeconfig());
+    assert_eq!(n["ha-b"].0, "True", "{n:?}");
+    assert!(n.contains_key("ha-a"));
 }
 
 fn oci_image_tar(name: &str) -> Vec<u8> {
@@ -641,6 +703,9 @@ fn containerd_starts_and_imports_preloaded_images() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &oci_image_tar("docker.io/library/standin-b:1.0")).unwrap();
     std::fs::write(images.join("b.tar.gz"), gz.finish().unwrap()).unwrap();
+    let zst = ruzstd::encoding::compress_to_vec(&oci_image_tar("docker.io/library/standin-c:1.0")[..], ruzstd::encoding::CompressionLevel::Fastest);
+    std::fs::write(images.join("c.tar.zst"), zst).unwrap();
+    std::fs::write(images.join("README"), "not an image").unwrap();
     let port = free_port();
     let args = server_args(d, port, "ctrd", &[], true);
     let mut p = Proc::spawn(d, "ctrd", BIN, &args, &[]);
@@ -658,6 +723,9 @@ fn containerd_starts_and_imports_preloaded_images() {
     let list = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(list.contains("docker.io/library/standin-a:1.0"), "{list}\n{}\n{}", String::from_utf8_lossy(&out.stderr), p.log());
     assert!(list.contains("docker.io/library/standin-b:1.0"), "{list}\n{}", p.log());
+    assert!(list.contains("docker.io/library/standin-c:1.0"), "{list}\n{}", p.log());
+    assert_eq!(p.log().matches("level=info msg=\"Imported images from ").count(), 3, "{}", p.log());
+    assert!(!p.log().contains("Unable to import"), "{}", p.log());
     assert_eq!(p.term().map(|s| s.success()), Some(true));
     assert!(std::os::unix::net::UnixStream::connect(&sock).is_err(), "containerd stopped with the stand-in");
 }
