@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use k3node::operator::fleet::Fleet;
 use k3node::operator::progress::{Observer, Silent};
-use k3node::operator::{agent, kubeconfig, up};
+use k3node::operator::{kubeconfig, up};
 use k3node::protocol::k3s::KubeconfigAnswer;
 use k3node::protocol::Request;
 
@@ -27,7 +27,7 @@ pub async fn run(args: &KubeconfigArgs) -> anyhow::Result<bool> {
     let observer: Arc<dyn Observer> = Arc::new(Silent);
     let fleet = Fleet::connect(&cluster, &[first], &connector, &me, 1, &observer).await;
     let answer = match &fleet.members[0].link {
-        Ok(link) => agent::call::<KubeconfigAnswer>(&link.session, &Request::Kubeconfig, &mut |_| {}).await.map_err(anyhow::Error::from),
+        Ok(link) => link.target.call::<KubeconfigAnswer>(&Request::Kubeconfig, &mut |_| {}).await.map_err(anyhow::Error::from),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
     fleet.close().await;

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k3node::artifacts::ArtifactOptions;
+use k3node::operator::fleet::Fleet;
 use k3node::operator::progress::Observer;
 use k3node::operator::up::{self, UpOptions};
 
@@ -10,8 +11,15 @@ use super::render::{self, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    #[arg(short = 'c', long = "config", default_value = "cluster.yaml")]
-    pub config: PathBuf,
+    /// The cluster file; without it this machine becomes a single-node server (no SSH).
+    #[arg(short = 'c', long = "config")]
+    pub config: Option<PathBuf>,
+    /// Local mode: the k3s version to install (default: the stable channel).
+    #[arg(long, conflicts_with = "config")]
+    pub k3s_version: Option<String>,
+    /// Local mode: a mirror laid out like the GitHub releases.
+    #[arg(long, conflicts_with = "config")]
+    pub mirror: Option<String>,
     /// Show per host what would change (files with diffs, restarts); change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -34,7 +42,13 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: &UpArgs) -> anyhow::Result<bool> {
-    let (cluster, connector, me) = args.connect.prepare(&args.config).await?;
+    let (cluster, fleet_source) = match &args.config {
+        Some(config) => {
+            let (cluster, connector, me) = args.connect.prepare(config).await?;
+            (cluster, Some((connector, me)))
+        }
+        None => (local_cluster(args)?, None),
+    };
     let mut artifacts = ArtifactOptions::default();
     if let Some(dir) = &args.cache_dir {
         artifacts.cache_dir = dir.clone();
@@ -53,8 +67,35 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<bool> {
     let observer = render::observer(args.output, cluster.hosts.iter().map(|h| h.name.as_str()));
     let observer_dyn: Arc<dyn Observer> = observer.clone();
     let download = render::download_progress(args.output);
-    let result = up::up(&cluster, &connector, &me, &options, observer_dyn, download.as_ref()).await;
+    let fleet = match &fleet_source {
+        Some((connector, me)) => {
+            let all: Vec<usize> = (0..cluster.hosts.len()).collect();
+            Fleet::connect(&cluster, &all, connector, me, options.concurrency, &observer_dyn).await
+        }
+        None => Fleet::local(&cluster),
+    };
+    let result = up::up(&cluster, &fleet, &options, observer_dyn, download.as_ref()).await;
+    fleet.close().await;
     observer.finish();
     render::up(args.output, &result)?;
     Ok(result.succeeded())
+}
+
+/// Local mode: a one-host cluster file for this machine, validated like any other.
+fn local_cluster(args: &UpArgs) -> anyhow::Result<k3node::cluster::ClusterFile> {
+    let hostname = nix::unistd::gethostname()?.to_string_lossy().to_lowercase();
+    let mut yaml = format!(
+        "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: local\nspec:\n  hosts:\n    - name: {hostname}\n      address: 127.0.0.1\n      role: server\n"
+    );
+    if args.k3s_version.is_some() || args.mirror.is_some() {
+        yaml.push_str("  k3s:\n");
+    }
+    if let Some(version) = &args.k3s_version {
+        yaml.push_str(&format!("    version: {version:?}\n"));
+    }
+    if let Some(mirror) = &args.mirror {
+        yaml.push_str(&format!("    source:\n      mirror: {mirror:?}\n"));
+    }
+    let cwd = std::env::current_dir()?;
+    Ok(k3node::cluster::parse("(command line)", &cwd, &yaml)?)
 }

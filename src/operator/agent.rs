@@ -106,34 +106,52 @@ pub async fn call<T: DeserializeOwned>(
     request: &Request,
     on_progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<T, AgentError> {
-    let host = session.host().to_string();
+    let input = request_line(request);
+    let mut reader = AnswerReader::default();
+    let out = session
+        .exec_streaming(&[AGENT_PATH, "host", request.operation()], &mut input.as_slice(), &mut |line| reader.line(line, on_progress))
+        .await?;
+    reader.finish(session.host(), out.status, out.stderr_text())
+}
+
+/// The request as the agent reads it: one JSON line.
+pub(crate) fn request_line(request: &Request) -> Vec<u8> {
     let mut input = serde_json::to_vec(request).expect("requests always serialize");
     input.push(b'\n');
-    let mut answer: Option<AgentLine> = None;
-    let mut garbage: Option<String> = None;
-    let out = session
-        .exec_streaming(&[AGENT_PATH, "host", request.operation()], &mut input.as_slice(), &mut |line| {
-            match serde_json::from_str::<AgentLine>(line) {
-                Ok(AgentLine::Progress { message }) => on_progress(&message),
-                Ok(other) => answer = Some(other),
-                Err(_) => garbage = Some(line.chars().take(200).collect()),
+    input
+}
+
+/// Collects an agent's stdout lines: progress is passed on, the one answer is kept.
+#[derive(Default)]
+pub(crate) struct AnswerReader {
+    answer: Option<AgentLine>,
+    garbage: Option<String>,
+}
+
+impl AnswerReader {
+    pub(crate) fn line(&mut self, line: &str, on_progress: &mut (dyn FnMut(&str) + Send)) {
+        match serde_json::from_str::<AgentLine>(line) {
+            Ok(AgentLine::Progress { message }) => on_progress(&message),
+            Ok(other) => self.answer = Some(other),
+            Err(_) => self.garbage = Some(line.chars().take(200).collect()),
+        }
+    }
+
+    pub(crate) fn finish<T: DeserializeOwned>(self, host: &str, status: u32, stderr: String) -> Result<T, AgentError> {
+        let host = host.to_string();
+        match self.answer {
+            Some(AgentLine::Result { value }) => {
+                serde_json::from_value(value).map_err(|e| AgentError::Protocol { host, detail: format!("result does not decode: {e}"), stderr })
             }
-        })
-        .await?;
-    match answer {
-        Some(AgentLine::Result { value }) => serde_json::from_value(value).map_err(|e| AgentError::Protocol {
-            host,
-            detail: format!("result does not decode: {e}"),
-            stderr: out.stderr_text(),
-        }),
-        Some(AgentLine::Error { kind, message }) => Err(AgentError::Refused { host, kind, message }),
-        _ => Err(AgentError::Protocol {
-            host,
-            detail: match garbage {
-                Some(line) => format!("exit status {}, unexpected output {line:?}", out.status),
-                None => format!("exit status {} and no result line", out.status),
-            },
-            stderr: out.stderr_text(),
-        }),
+            Some(AgentLine::Error { kind, message }) => Err(AgentError::Refused { host, kind, message }),
+            _ => Err(AgentError::Protocol {
+                host,
+                detail: match self.garbage {
+                    Some(line) => format!("exit status {status}, unexpected output {line:?}"),
+                    None => format!("exit status {status} and no result line"),
+                },
+                stderr,
+            }),
+        }
     }
 }

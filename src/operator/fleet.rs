@@ -9,6 +9,7 @@ use futures::stream::{self, StreamExt};
 use super::agent::{self, AgentError, AgentInstall, SelfBinary};
 use super::connect::Connector;
 use super::progress::Observer;
+use super::target::Target;
 use crate::cluster::{ClusterFile, Host};
 use crate::transport::Session;
 
@@ -22,7 +23,7 @@ pub struct Member {
 }
 
 pub struct Link {
-    pub session: Session,
+    pub target: Target,
     pub agent: AgentInstall,
 }
 
@@ -54,6 +55,22 @@ impl Fleet {
         Fleet { members }
     }
 
+    /// This machine as the only member (local mode): no SSH, no agent upload.
+    pub fn local(cluster: &ClusterFile) -> Fleet {
+        let members = cluster
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(index, host)| Member {
+                index,
+                host: host.clone(),
+                link: Ok(Link { target: Target::Local(host.name.clone()), agent: AgentInstall::UpToDate }),
+                elapsed: Duration::ZERO,
+            })
+            .collect();
+        Fleet { members }
+    }
+
     pub fn connected(&self) -> impl Iterator<Item = (&Member, &Link)> {
         self.members.iter().filter_map(|m| m.link.as_ref().ok().map(|l| (m, l)))
     }
@@ -65,7 +82,7 @@ impl Fleet {
     pub async fn close(self) {
         for m in self.members {
             if let Ok(link) = m.link {
-                link.session.close().await;
+                link.target.close().await;
             }
         }
     }
@@ -77,7 +94,7 @@ async fn link(connector: &Connector, index: usize, me: &SelfBinary, observer: &d
     let session = Session::connect(endpoint, &connector.options, &connector.keyring).await?;
     observer.phase(&endpoint.host, "checking agent");
     match agent::ensure_agent(&session, me).await {
-        Ok(agent) => Ok(Link { session, agent }),
+        Ok(agent) => Ok(Link { target: Target::Ssh(session), agent }),
         Err(e) => {
             session.close().await;
             Err(e)

@@ -9,4 +9,5 @@ pub mod node_config;
 pub mod preflight;
 pub mod progress;
 pub mod reset;
+pub mod target;
 pub mod up;

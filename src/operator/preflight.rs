@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use super::agent::{self, AgentError, AgentInstall};
+use super::agent::{AgentError, AgentInstall};
 use super::cross_host::{cross_host_checks, HostAnswer};
 use super::fleet::{Fleet, Link};
 use super::progress::Observer;
@@ -137,7 +137,7 @@ pub async fn run(cluster: &ClusterFile, fleet: &Fleet, options: &PreflightOption
 async fn check_host(link: &Link, host: &str, request: &PreflightRequest, observer: &dyn Observer) -> Result<(PreflightReport, i64), AgentError> {
     observer.phase(host, if request.fix { "fixing and checking" } else { "checking" });
     let sent = now_ms();
-    let report = agent::call::<PreflightReport>(&link.session, &Request::Preflight(request.clone()), &mut |m| observer.message(host, m)).await?;
+    let report = link.target.call::<PreflightReport>(&Request::Preflight(request.clone()), &mut |m| observer.message(host, m)).await?;
     let received = now_ms();
     // The host read its clock somewhere between send and receive; the midpoint halves the error.
     let offset = report.facts.clock_unix_ms - (sent + received) / 2;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::agent::{self, SelfBinary};
+use super::agent::SelfBinary;
 use super::connect::Connector;
 use super::fleet::Fleet;
 use super::progress::Observer;
@@ -57,7 +57,7 @@ pub async fn reset(
             Err(e) => Err(e.to_string()),
             Ok(link) => {
                 observer.phase(&name, if dry_run { "planning reset" } else { "resetting" });
-                agent::call::<ResetReport>(&link.session, &Request::Reset(ResetRequest { dry_run }), &mut |m| observer.message(&name, m))
+                link.target.call::<ResetReport>(&Request::Reset(ResetRequest { dry_run }), &mut |m| observer.message(&name, m))
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use super::agent::{self, AgentError, SelfBinary};
-use super::connect::Connector;
+use super::agent::AgentError;
+use super::target::Target;
 use super::fleet::{Fleet, Member};
 use super::kubeconfig;
 use super::node_config::{self, Position};
@@ -21,7 +21,6 @@ use crate::cluster::ClusterFile;
 use crate::protocol::k3s::{FileAction, FileChange, InstallReport, InstallRequest, KubeconfigAnswer, NodesAnswer, TokenAnswer};
 use crate::protocol::preflight::Role;
 use crate::protocol::{Request, Secret};
-use crate::transport::Session;
 
 pub const K3S_PATH: &str = "/usr/local/bin/k3s";
 
@@ -120,14 +119,8 @@ impl Run<'_> {
     }
 }
 
-pub async fn up(
-    cluster: &ClusterFile,
-    connector: &Connector,
-    me: &SelfBinary,
-    options: &UpOptions,
-    observer: Arc<dyn Observer>,
-    download: &dyn DownloadProgress,
-) -> UpRun {
+/// Runs every phase on `fleet` (connected with [`Fleet::connect`], or [`Fleet::local`]).
+pub async fn up(cluster: &ClusterFile, fleet: &Fleet, options: &UpOptions, observer: Arc<dyn Observer>, download: &dyn DownloadProgress) -> UpRun {
     let nodes = cluster
         .hosts
         .iter()
@@ -149,8 +142,6 @@ pub async fn up(
         result: UpRun { cluster: cluster.name.clone(), dry_run: options.dry_run, version: None, phases: Vec::new(), nodes, preflight: None, kubeconfig: None },
     };
 
-    let all: Vec<usize> = (0..cluster.hosts.len()).collect();
-    let fleet = Fleet::connect(cluster, &all, connector, me, options.concurrency, &observer).await;
     let connect = if fleet.failures().next().is_none() {
         Ok(format!("{} hosts connected, agents ready", fleet.members.len()))
     } else {
@@ -162,9 +153,8 @@ pub async fn up(
         Err(Stop(fleet.failures().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ")))
     };
     if run.phase("connect", connect) {
-        phases(&mut run, &fleet, download).await;
+        phases(&mut run, fleet, download).await;
     }
-    fleet.close().await;
     for n in &run.result.nodes {
         let ok = !matches!(n.state, NodeState::Failed | NodeState::Skipped);
         observer.done(&n.host, ok, &format!("{:?}", n.state).to_lowercase());
@@ -220,8 +210,7 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
         let binary = &binary;
         let observer = run.observer.clone();
         async move {
-            let session = &m.link.as_ref().expect("connect phase passed").session;
-            (m.host.name.clone(), upload_binary(session, binary, options.dry_run, observer.as_ref()).await)
+            (m.host.name.clone(), upload_binary(target(m), binary, options.dry_run, observer.as_ref()).await)
         }
     }))
     .buffer_unordered(options.concurrency.max(1))
@@ -257,7 +246,7 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     }
 
     // token: read from the first server through the agent protocol, kept in memory only.
-    let token = match agent::call::<TokenAnswer>(session(first), &Request::ReadToken, &mut |_| {}).await {
+    let token = match target(first).call::<TokenAnswer>(&Request::ReadToken, &mut |_| {}).await {
         Ok(answer) => answer.token,
         Err(_) if options.dry_run => Secret::new("<the first server's token>"),
         Err(e) => {
@@ -286,7 +275,7 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     let results = stream::iter(agents.iter().map(|m| {
         let request = install_request(cluster, m, &binary, Some(&token), node_ip(m), options);
         let observer = run.observer.clone();
-        async move { (m.host.name.clone(), call_install(session(m), &m.host.name, request, observer.as_ref()).await) }
+        async move { (m.host.name.clone(), call_install(target(m), &m.host.name, request, observer.as_ref()).await) }
     }))
     .buffer_unordered(options.concurrency.max(1))
     .collect::<Vec<_>>()
@@ -303,17 +292,17 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     }
 
     // every node Ready, as the first server sees them
-    let outcome = wait_ready(run, session(first)).await;
+    let outcome = wait_ready(run, target(first)).await;
     if !run.phase("ready", outcome) {
         return;
     }
 
-    let outcome = merge_kubeconfig(run, session(first)).await;
+    let outcome = merge_kubeconfig(run, target(first)).await;
     run.phase("kubeconfig", outcome);
 }
 
-fn session(m: &Member) -> &Session {
-    &m.link.as_ref().expect("connect phase passed").session
+fn target(m: &Member) -> &Target {
+    &m.link.as_ref().expect("connect phase passed").target
 }
 
 async fn fetch(cluster: &ClusterFile, options: &UpOptions, download: &dyn DownloadProgress) -> Result<K3sBinary, Stop> {
@@ -322,16 +311,13 @@ async fn fetch(cluster: &ClusterFile, options: &UpOptions, download: &dyn Downlo
     artifacts::fetch_k3s(&cluster.k3s, &version, arch, &options.artifacts, download).await.map_err(|e| Stop(e.to_string()))
 }
 
-async fn upload_binary(session: &Session, binary: &K3sBinary, dry_run: bool, observer: &dyn Observer) -> Result<bool, AgentError> {
-    let out = session.exec(&["sha256sum", K3S_PATH], &mut tokio::io::empty()).await?;
-    let installed = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
-    if out.status == 0 && installed == binary.sha256 {
+async fn upload_binary(target: &Target, binary: &K3sBinary, dry_run: bool, observer: &dyn Observer) -> Result<bool, AgentError> {
+    if target.file_sha256(K3S_PATH).await?.as_deref() == Some(binary.sha256.as_str()) {
         return Ok(false);
     }
     if !dry_run {
-        observer.phase(session.host(), &format!("uploading k3s {}", binary.version));
-        let mut file = tokio::fs::File::open(&binary.path).await.map_err(|source| AgentError::SelfBinary { path: binary.path.clone(), source })?;
-        session.upload(&mut file, &binary.sha256, K3S_PATH, 0o755).await?;
+        observer.phase(target.host(), &format!("uploading k3s {}", binary.version));
+        target.install_file(&binary.path, &binary.sha256, K3S_PATH, 0o755).await?;
     }
     Ok(true)
 }
@@ -350,14 +336,14 @@ fn install_request(cluster: &ClusterFile, m: &Member, binary: &K3sBinary, token:
 
 async fn install(run: &mut Run<'_>, m: &Member, binary: &K3sBinary, token: Option<&Secret>, node_ip: Option<String>) -> Result<(), Stop> {
     let request = install_request(run.cluster, m, binary, token, node_ip, run.options);
-    let (outcome, elapsed) = call_install(session(m), &m.host.name, request, run.observer.as_ref()).await;
+    let (outcome, elapsed) = call_install(target(m), &m.host.name, request, run.observer.as_ref()).await;
     record(run, &m.host.name, outcome, elapsed).map_err(Stop)
 }
 
-async fn call_install(session: &Session, host: &str, request: InstallRequest, observer: &dyn Observer) -> (Result<InstallReport, AgentError>, Duration) {
+async fn call_install(target: &Target, host: &str, request: InstallRequest, observer: &dyn Observer) -> (Result<InstallReport, AgentError>, Duration) {
     let started = Instant::now();
     observer.phase(host, if request.dry_run { "planning" } else { "installing" });
-    let outcome = agent::call::<InstallReport>(session, &Request::InstallK3s(request), &mut |m| observer.message(host, m)).await;
+    let outcome = target.call::<InstallReport>(&Request::InstallK3s(request), &mut |m| observer.message(host, m)).await;
     (outcome, started.elapsed())
 }
 
@@ -387,11 +373,11 @@ fn record(run: &mut Run<'_>, host: &str, outcome: Result<InstallReport, AgentErr
     }
 }
 
-async fn wait_ready(run: &mut Run<'_>, first: &Session) -> Result<String, Stop> {
+async fn wait_ready(run: &mut Run<'_>, first: &Target) -> Result<String, Stop> {
     let deadline = Instant::now() + run.options.ready_timeout;
     let wanted: Vec<String> = run.cluster.hosts.iter().map(|h| h.name.clone()).collect();
     loop {
-        let answer = agent::call::<NodesAnswer>(first, &Request::Nodes, &mut |_| {}).await;
+        let answer = first.call::<NodesAnswer>(&Request::Nodes, &mut |_| {}).await;
         let not_ready: Vec<String> = match &answer {
             Ok(a) => wanted.iter().filter(|w| !a.nodes.iter().any(|n| &n.name == *w && n.ready)).cloned().collect(),
             Err(_) => wanted.clone(),
@@ -418,8 +404,8 @@ async fn wait_ready(run: &mut Run<'_>, first: &Session) -> Result<String, Stop> 
     }
 }
 
-async fn merge_kubeconfig(run: &mut Run<'_>, first: &Session) -> Result<String, Stop> {
-    let answer = agent::call::<KubeconfigAnswer>(first, &Request::Kubeconfig, &mut |_| {}).await.map_err(|e| Stop(e.to_string()))?;
+async fn merge_kubeconfig(run: &mut Run<'_>, first: &Target) -> Result<String, Stop> {
+    let answer = first.call::<KubeconfigAnswer>(&Request::Kubeconfig, &mut |_| {}).await.map_err(|e| Stop(e.to_string()))?;
     let (path, server) = kubeconfig_target(run.cluster, run.options.kubeconfig.clone());
     kubeconfig::merge_into_file(&path, answer.kubeconfig.expose(), &run.cluster.name, &server).map_err(|e| Stop(e.to_string()))?;
     let message = format!("context {} in {} ({server})", run.cluster.name, path.display());

@@ -56,6 +56,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("wrong_token_is_refused_with_the_k3s_reason", wrong_token),
         t("reset_then_up_again", reset_then_up),
         t("ha_three_servers_and_an_agent", ha),
+        t("local_mode_inside_a_lab_host", local_mode),
     ]
 }
 
@@ -288,4 +289,20 @@ fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
     let token = |h: &str| lab.host(h).sh("cat /var/lib/rancher/k3s/server/token").unwrap_or_default();
     ensure(token("h1") == token("h2") && token("h2") == token("h3"), || "servers do not share one token".into())?;
     all_ready(w, &["h1", "h2", "h3", "h4"])
+}
+
+fn local_mode(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let h5 = lab.host("h5");
+    std::fs::copy(crate::common::K3NODE, h5.root.join("usr/local/bin/k3node")).map_err(|e| format!("copy k3node into h5: {e}"))?;
+    crate::common::sh(h5, "k3node preflight --fix >/dev/null || true")?;
+    let cmd = format!("k3node up --k3s-version {} --mirror {} --ready-timeout 60 -o json", mirror::VERSION, w.mirror.url());
+    let out = h5.sh(&cmd).map_err(|e| format!("local up on h5: {e:#}"))?;
+    let json: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+    ensure(node(&json, "h5")["state"] == "restarted", || format!("{json}"))?;
+    let nodes = crate::common::sh(h5, "k3s kubectl get nodes -o json")?;
+    ensure(nodes.contains("\"h5\""), || nodes.clone())?;
+    let kubeconfig = crate::common::sh(h5, "cat /root/.kube/config")?;
+    ensure(kubeconfig.contains("current-context: local") && kubeconfig.contains("https://127.0.0.1:6443"), || kubeconfig.clone())?;
+    let again = crate::common::sh(h5, &cmd)?;
+    ensure(again.contains("\"state\": \"unchanged\""), || format!("second local up: {again}"))
 }

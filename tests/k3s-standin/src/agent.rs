@@ -12,13 +12,22 @@ pub async fn run(cfg: Config) -> i32 {
 }
 
 async fn run_inner(cfg: Config) -> Result<()> {
-    info!("Starting k3s agent {} ({})", crate::version::version(), crate::version::commit());
-    let url = cfg.str("server").ok_or_else(|| anyhow!("--server is required"))?;
+    info!(
+        "Starting k3s agent {} ({})",
+        crate::version::version(),
+        crate::version::commit()
+    );
+    let url = cfg
+        .str("server")
+        .ok_or_else(|| anyhow!("--server is required"))?;
     if !url.starts_with("https://") {
         bail!("only https:// URLs are supported, invalid scheme: {url}");
     }
     let url = url.trim_end_matches('/').to_string();
-    let tok = cfg.token("token", "token-file").map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("--token is required"))?;
+    let tok = cfg
+        .token("token", "token-file")
+        .map_err(|e| anyhow!(e))?
+        .ok_or_else(|| anyhow!("--token is required"))?;
     let tok = token::parse(&tok).map_err(|e| anyhow!("failed to validate token: {e}"))?;
     let data_dir = std::path::absolute(cfg.data_dir())?;
     let agent_dir = data_dir.join("agent");
@@ -56,8 +65,15 @@ async fn run_inner(cfg: Config) -> Result<()> {
 
     let name = crate::server::node_name(&cfg);
     let (internal, external) = crate::server::node_ips(&cfg);
-    let reg = Registration::local(&name, BTreeMap::new(), &cfg.list("node-label"), &cfg.list("node-taint"), internal, external)
-        .map_err(|e| anyhow!(e))?;
+    let reg = Registration::local(
+        &name,
+        BTreeMap::new(),
+        &cfg.list("node-label"),
+        &cfg.list("node-taint"),
+        internal,
+        external,
+    )
+    .map_err(|e| anyhow!(e))?;
     let body = serde_json::to_vec(&reg).context("registration")?;
     loop {
         match client
@@ -70,7 +86,10 @@ async fn run_inner(cfg: Config) -> Result<()> {
         {
             Ok(r) if r.status().is_success() => break,
             Ok(r) => error!("Unable to register node {name} with {url}: {}", r.status()),
-            Err(e) => error!("Unable to register node {name} with {url}: {}", clients::chain(&e)),
+            Err(e) => error!(
+                "Unable to register node {name} with {url}: {}",
+                clients::chain(&e)
+            ),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -85,10 +104,21 @@ async fn run_inner(cfg: Config) -> Result<()> {
         let mut tick = tokio::time::interval(crate::server::heartbeat_interval());
         loop {
             tick.tick().await;
-            match hb_client.put(&hb_url).basic_auth("node", Some(&password)).send().await {
+            match hb_client
+                .put(&hb_url)
+                .basic_auth("node", Some(&password))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => error!("Error updating node status, will retry: {hb_url}: {}", r.status()),
-                Err(e) => error!("Error updating node status, will retry: {}", clients::chain(&e)),
+                Ok(r) => error!(
+                    "Error updating node status, will retry: {hb_url}: {}",
+                    r.status()
+                ),
+                Err(e) => error!(
+                    "Error updating node status, will retry: {}",
+                    clients::chain(&e)
+                ),
             }
         }
     });

@@ -31,9 +31,19 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>, ctype: Option<&str>) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
-        let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
-        let mut rb = self.client.request(m, format!("{}{}", self.url, path)).basic_auth("server", Some(&self.password));
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        ctype: Option<&str>,
+    ) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
+        let m =
+            reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut rb = self
+            .client
+            .request(m, format!("{}{}", self.url, path))
+            .basic_auth("server", Some(&self.password));
         if let Some(b) = body {
             rb = rb.body(b);
         }
@@ -41,7 +51,8 @@ impl Upstream {
             rb = rb.header("content-type", ct);
         }
         let resp = rb.send().await?;
-        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let bytes = resp.bytes().await?;
         Ok((status, bytes.to_vec()))
     }
@@ -87,7 +98,11 @@ fn bytes_resp(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
 }
 
 fn json_resp(status: StatusCode, v: &Value) -> Resp {
-    bytes_resp(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    bytes_resp(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 fn text(status: StatusCode, s: &str) -> Resp {
@@ -106,7 +121,10 @@ fn not_found(kind: &str, name: &str) -> Resp {
 }
 
 fn unauthorized() -> Resp {
-    json_resp(StatusCode::UNAUTHORIZED, &status_json(401, "Unauthorized", "Unauthorized"))
+    json_resp(
+        StatusCode::UNAUTHORIZED,
+        &status_json(401, "Unauthorized", "Unauthorized"),
+    )
 }
 
 fn forbidden(msg: &str) -> Resp {
@@ -121,9 +139,13 @@ fn authenticate(s: &State, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Who {
         return Who::Anonymous;
     };
     if let Some(b64) = h.strip_prefix("Basic ") {
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return Who::Bad };
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+            return Who::Bad;
+        };
         let raw = String::from_utf8_lossy(&raw).to_string();
-        let Some((user, pass)) = raw.split_once(':') else { return Who::Bad };
+        let Some((user, pass)) = raw.split_once(':') else {
+            return Who::Bad;
+        };
         return match user {
             "server" if pass == s.server_password => Who::Server,
             "node" if pass == s.agent_password || pass == s.server_password => Who::Node,
@@ -140,19 +162,29 @@ fn authenticate(s: &State, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Who {
 }
 
 fn log_bad(conn: &ConnInfo) {
-    error!("Failed to authenticate request from {}: invalid username/password combination", conn.peer);
+    error!(
+        "Failed to authenticate request from {}: invalid username/password combination",
+        conn.peer
+    );
 }
 
-pub fn tls_config(serving_cert_pem: &str, serving_key_pem: &str, client_ca_pem: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn tls_config(
+    serving_cert_pem: &str,
+    serving_key_pem: &str,
+    client_ca_pem: &str,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         roots.add(c?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(serving_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(serving_key_pem.as_bytes())?;
@@ -165,7 +197,11 @@ pub fn tls_config(serving_cert_pem: &str, serving_key_pem: &str, client_ca_pem: 
 }
 
 /// Accepts TLS connections forever.
-pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<State>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<State>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -179,15 +215,21 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    crate::debug!("http: TLS handshake error from {peer}: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let client_cert = stream.get_ref().1.peer_certificates().map(|c| !c.is_empty()).unwrap_or(false);
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        crate::debug!("http: TLS handshake error from {peer}: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let client_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| !c.is_empty())
+                .unwrap_or(false);
             let conn = ConnInfo { peer, client_cert };
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
@@ -203,7 +245,11 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
 async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let path_q = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| path.clone());
+    let path_q = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| path.clone());
     let headers = req.headers().clone();
     let body = match Limited::new(req.into_body(), 4 << 20).collect().await {
         Ok(b) => b.to_bytes(),
@@ -217,9 +263,13 @@ async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
     }
     let m = &method;
     match segs.as_slice() {
-        ["cacerts"] if m == Method::GET => bytes_resp(StatusCode::OK, "text/plain", s.cacerts.clone()),
+        ["cacerts"] if m == Method::GET => {
+            bytes_resp(StatusCode::OK, "text/plain", s.cacerts.clone())
+        }
         ["ping"] if m == Method::GET => text(StatusCode::OK, "pong"),
-        ["readyz"] | ["livez"] | ["healthz"] | ["v1-k3s", "readyz"] if m == Method::GET => text(StatusCode::OK, "ok"),
+        ["readyz"] | ["livez"] | ["healthz"] | ["v1-k3s", "readyz"] if m == Method::GET => {
+            text(StatusCode::OK, "ok")
+        }
         ["version"] if m == Method::GET => json_resp(StatusCode::OK, &version_json()),
         ["api"] if m == Method::GET => json_resp(
             StatusCode::OK,
@@ -231,11 +281,20 @@ async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
                 return unauthorized();
             }
             if who == Who::Node {
-                return forbidden("node credentials may not use the Kubernetes API of the stand-in");
+                return forbidden(
+                    "node credentials may not use the Kubernetes API of the stand-in",
+                );
             }
             kube_api(&s, m, &segs, &path_q, body, &headers).await
         }
-        _ => json_resp(StatusCode::NOT_FOUND, &status_json(404, "NotFound", "the server could not find the requested resource")),
+        _ => json_resp(
+            StatusCode::NOT_FOUND,
+            &status_json(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        ),
     }
 }
 
@@ -257,14 +316,32 @@ fn forwardable_err(e: &reqwest::Error) -> bool {
     e.is_connect() || e.is_timeout()
 }
 
-async fn forward(up: &Upstream, m: &Method, path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Result<Resp, reqwest::Error> {
+async fn forward(
+    up: &Upstream,
+    m: &Method,
+    path_q: &str,
+    body: Bytes,
+    headers: &hyper::HeaderMap,
+) -> Result<Resp, reqwest::Error> {
     let ctype = headers.get("content-type").and_then(|v| v.to_str().ok());
-    let body = if body.is_empty() { None } else { Some(body.to_vec()) };
+    let body = if body.is_empty() {
+        None
+    } else {
+        Some(body.to_vec())
+    };
     let (status, bytes) = up.request(m.clone(), path_q, body, ctype).await?;
     Ok(bytes_resp(status, "application/json", bytes))
 }
 
-async fn supervisor(s: &State, conn: &ConnInfo, who: Who, m: &Method, rest: &[&str], path_q: &str, body: Bytes) -> Resp {
+async fn supervisor(
+    s: &State,
+    conn: &ConnInfo,
+    who: Who,
+    m: &Method,
+    rest: &[&str],
+    path_q: &str,
+    body: Bytes,
+) -> Resp {
     let node_ok = matches!(who, Who::Node | Who::Server | Who::Admin);
     match rest {
         ["config"] if m == Method::GET => {
@@ -276,7 +353,10 @@ async fn supervisor(s: &State, conn: &ConnInfo, who: Who, m: &Method, rest: &[&s
         ["server-bootstrap"] if m == Method::GET => {
             if who != Who::Server {
                 if who == Who::Node {
-                    error!("Failed to authenticate request from {}: agent token may not join servers", conn.peer);
+                    error!(
+                        "Failed to authenticate request from {}: agent token may not join servers",
+                        conn.peer
+                    );
                 }
                 return unauthorized();
             }
@@ -298,19 +378,30 @@ async fn supervisor(s: &State, conn: &ConnInfo, who: Who, m: &Method, rest: &[&s
             if let Some(up) = &s.upstream {
                 return match forward(up, m, path_q, body, &hyper::HeaderMap::new()).await {
                     Ok(r) => r,
-                    Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string())),
+                    Err(e) => json_resp(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &status_json(503, "ServiceUnavailable", &e.to_string()),
+                    ),
                 };
             }
             let reg: node::Registration = match serde_json::from_slice(&body) {
                 Ok(r) => r,
-                Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
+                Err(e) => {
+                    return json_resp(
+                        StatusCode::BAD_REQUEST,
+                        &status_json(400, "BadRequest", &e.to_string()),
+                    )
+                }
             };
             match node::register(&s.kine, &reg, &s.cluster_cidr) {
                 Ok(n) => {
                     info!("Node {} registered from {}", reg.name, conn.peer);
                     json_resp(StatusCode::OK, &n)
                 }
-                Err(e) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string())),
+                Err(e) => json_resp(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &status_json(500, "InternalError", &e.to_string()),
+                ),
             }
         }
         ["nodes", name, "heartbeat"] if m == Method::PUT => {
@@ -320,43 +411,76 @@ async fn supervisor(s: &State, conn: &ConnInfo, who: Who, m: &Method, rest: &[&s
             if let Some(up) = &s.upstream {
                 return match forward(up, m, path_q, body, &hyper::HeaderMap::new()).await {
                     Ok(r) => r,
-                    Err(e) => json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string())),
+                    Err(e) => json_resp(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &status_json(503, "ServiceUnavailable", &e.to_string()),
+                    ),
                 };
             }
             match node::renew_lease(&s.kine, name) {
                 Ok(true) => json_resp(StatusCode::OK, &json!({"renewed": name})),
                 Ok(false) => not_found("nodes", name),
-                Err(e) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string())),
+                Err(e) => json_resp(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &status_json(500, "InternalError", &e.to_string()),
+                ),
             }
         }
-        _ => json_resp(StatusCode::NOT_FOUND, &status_json(404, "NotFound", "the server could not find the requested resource")),
+        _ => json_resp(
+            StatusCode::NOT_FOUND,
+            &status_json(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        ),
     }
 }
 
-async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Resp {
+async fn kube_api(
+    s: &State,
+    m: &Method,
+    segs: &[&str],
+    path_q: &str,
+    body: Bytes,
+    headers: &hyper::HeaderMap,
+) -> Resp {
     if let Some(up) = &s.upstream {
         match forward(up, m, path_q, body.clone(), headers).await {
             Ok(r) => return r,
             Err(e) if forwardable_err(&e) && m == Method::GET => {
-                warn!("Server {} unreachable, answering from the local copy: {e}", up.url);
+                warn!(
+                    "Server {} unreachable, answering from the local copy: {e}",
+                    up.url
+                );
             }
             Err(e) => {
-                return json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string()))
+                return json_resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &status_json(503, "ServiceUnavailable", &e.to_string()),
+                )
             }
         }
     }
     let kine = &s.kine;
-    let internal = |e: anyhow::Error| json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string()));
+    let internal = |e: anyhow::Error| {
+        json_resp(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &status_json(500, "InternalError", &e.to_string()),
+        )
+    };
     match segs {
         ["api", "v1", "nodes"] if m == Method::GET => match node::list_view(kine, s.grace) {
             Ok(v) => json_resp(StatusCode::OK, &v),
             Err(e) => internal(e),
         },
-        ["api", "v1", "nodes", name] if m == Method::GET => match node::get_view(kine, name, s.grace) {
-            Ok(Some(v)) => json_resp(StatusCode::OK, &v),
-            Ok(None) => not_found("nodes", name),
-            Err(e) => internal(e),
-        },
+        ["api", "v1", "nodes", name] if m == Method::GET => {
+            match node::get_view(kine, name, s.grace) {
+                Ok(Some(v)) => json_resp(StatusCode::OK, &v),
+                Ok(None) => not_found("nodes", name),
+                Err(e) => internal(e),
+            }
+        }
         ["api", "v1", "nodes", name] if m == Method::DELETE => {
             let before = node::get_view(kine, name, s.grace).ok().flatten();
             match node::delete(kine, name) {
@@ -371,7 +495,12 @@ async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Byte
         ["api", "v1", "nodes", name, "status"] if m == Method::PATCH => {
             let patch: Value = match serde_json::from_slice(&body) {
                 Ok(p) => p,
-                Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
+                Err(e) => {
+                    return json_resp(
+                        StatusCode::BAD_REQUEST,
+                        &status_json(400, "BadRequest", &e.to_string()),
+                    )
+                }
             };
             match node::patch_status(kine, name, &patch) {
                 Ok(true) => match node::get_view(kine, name, s.grace) {
@@ -382,16 +511,23 @@ async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Byte
                 Err(e) => internal(e),
             }
         }
-        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases"] if m == Method::GET => {
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases"]
+            if m == Method::GET =>
+        {
             let items: Vec<Value> = kine
                 .list(node::LEASE_PREFIX)
                 .unwrap_or_default()
                 .iter()
                 .filter_map(|r| serde_json::from_slice(&r.value).ok())
                 .collect();
-            json_resp(StatusCode::OK, &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {}, "items": items}))
+            json_resp(
+                StatusCode::OK,
+                &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {}, "items": items}),
+            )
         }
-        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases", name] if m == Method::GET => {
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases", name]
+            if m == Method::GET =>
+        {
             match kine.get(&format!("{}{name}", node::LEASE_PREFIX)) {
                 Ok(Some(r)) => bytes_resp(StatusCode::OK, "application/json", r.value),
                 Ok(None) => not_found("leases.coordination.k8s.io", name),
@@ -400,7 +536,11 @@ async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Byte
         }
         _ => json_resp(
             StatusCode::METHOD_NOT_ALLOWED,
-            &status_json(405, "MethodNotAllowed", "the stand-in does not implement this request"),
+            &status_json(
+                405,
+                "MethodNotAllowed",
+                "the stand-in does not implement this request",
+            ),
         ),
     }
 }

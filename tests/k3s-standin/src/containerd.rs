@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 /// /run/k3s, or $K3S_STANDIN_RUN_DIR (test knob, so tests need not touch /run/k3s).
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("K3S_STANDIN_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/k3s"))
+    std::env::var_os("K3S_STANDIN_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/k3s"))
 }
 
 pub fn socket_path() -> PathBuf {
@@ -23,10 +25,16 @@ pub fn find_external(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let me = std::fs::canonicalize("/proc/self/exe").ok();
     let path = std::env::var("PATH").unwrap_or_default();
-    let dirs = path.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]);
+    let dirs = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]);
     for d in dirs {
         let p = d.join(name);
-        let Ok(meta) = std::fs::metadata(&p) else { continue };
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
             continue;
         }
@@ -92,96 +100,115 @@ state = "{state}"
 }
 
 /// Starts containerd unless an external runtime is configured or no binary exists; then
-    /// imports the preloaded images. Never fails the caller: problems are logged.
+/// imports the preloaded images. Never fails the caller: problems are logged.
 pub async fn start(data_dir: &Path, runtime_endpoint: Option<&str>) {
-        if let Some(ep) = runtime_endpoint {
-            info!("Using external container runtime endpoint {ep}: not starting containerd");
+    if let Some(ep) = runtime_endpoint {
+        info!("Using external container runtime endpoint {ep}: not starting containerd");
+        return;
+    }
+    let Some(bin) = find_external("containerd") else {
+        warn!("containerd not found on PATH: running without a container runtime (k3s stand-in)");
+        return;
+    };
+    let cfg_path = data_dir.join("agent/etc/containerd/config.toml");
+    let root = data_dir.join("agent/containerd");
+    let state = run_dir().join("containerd");
+    for d in [cfg_path.parent().unwrap(), root.as_path(), state.as_path()] {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            error!("failed to create {}: {e}", d.display());
             return;
         }
-        let Some(bin) = find_external("containerd") else {
-            warn!("containerd not found on PATH: running without a container runtime (k3s stand-in)");
+    }
+    if let Err(e) = std::fs::write(&cfg_path, config_toml(data_dir)) {
+        error!("failed to write {}: {e}", cfg_path.display());
+        return;
+    }
+    let sock = socket_path();
+    let _ = std::fs::remove_file(&sock);
+    let log_path = root.join("containerd.log");
+    info!("Logging containerd to {}", log_path.display());
+    let log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            error!("failed to open {}: {e}", log_path.display());
             return;
-        };
-        let cfg_path = data_dir.join("agent/etc/containerd/config.toml");
-        let root = data_dir.join("agent/containerd");
-        let state = run_dir().join("containerd");
-        for d in [cfg_path.parent().unwrap(), root.as_path(), state.as_path()] {
-            if let Err(e) = std::fs::create_dir_all(d) {
-                error!("failed to create {}: {e}", d.display());
-                return;
-            }
         }
-        if let Err(e) = std::fs::write(&cfg_path, config_toml(data_dir)) {
-            error!("failed to write {}: {e}", cfg_path.display());
+    };
+    let log2 = log.try_clone().ok();
+    info!(
+        "Running containerd -c {} -a {} --state {} --root {}",
+        cfg_path.display(),
+        sock.display(),
+        state.display(),
+        root.display()
+    );
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.arg("-c")
+        .arg(&cfg_path)
+        .arg("-a")
+        .arg(&sock)
+        .arg("--state")
+        .arg(&state)
+        .arg("--root")
+        .arg(&root);
+    cmd.env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .kill_on_drop(true);
+    if let Some(l) = log2 {
+        cmd.stderr(l);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("failed to start containerd ({}): {e}", bin.display());
             return;
         }
-        let sock = socket_path();
-        let _ = std::fs::remove_file(&sock);
-        let log_path = root.join("containerd.log");
-        info!("Logging containerd to {}", log_path.display());
-        let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
-            Ok(f) => f,
-            Err(e) => {
-                error!("failed to open {}: {e}", log_path.display());
-                return;
-            }
-        };
-        let log2 = log.try_clone().ok();
-        info!(
-            "Running containerd -c {} -a {} --state {} --root {}",
-            cfg_path.display(),
-            sock.display(),
-            state.display(),
-            root.display()
-        );
-        let mut cmd = tokio::process::Command::new(&bin);
-        cmd.arg("-c").arg(&cfg_path).arg("-a").arg(&sock).arg("--state").arg(&state).arg("--root").arg(&root);
-        cmd.env_remove("NOTIFY_SOCKET").stdin(Stdio::null()).stdout(log).kill_on_drop(true);
-        if let Some(l) = log2 {
-            cmd.stderr(l);
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            info!("containerd is now running");
+            break;
         }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                error!("failed to start containerd ({}): {e}", bin.display());
-                return;
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
-                info!("containerd is now running");
-                break;
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                error!("containerd exited: {st}; see {}", log_path.display());
-                return;
-            }
-            if Instant::now() > deadline {
-                error!("containerd did not answer on {} within 30s", sock.display());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(Some(st)) = child.try_wait() {
+            error!("containerd exited: {st}; see {}", log_path.display());
+            return;
         }
-        *CHILD.lock().unwrap() = Some(child);
-        let images = data_dir.join("agent/images");
-        let _ = tokio::task::spawn_blocking(move || import_dir(&images, &sock)).await;
+        if Instant::now() > deadline {
+            error!("containerd did not answer on {} within 30s", sock.display());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    *CHILD.lock().unwrap() = Some(child);
+    let images = data_dir.join("agent/images");
+    let _ = tokio::task::spawn_blocking(move || import_dir(&images, &sock)).await;
 }
 
-    /// SIGTERM to containerd, then SIGKILL after 10 s. (Real k3s runs with KillMode=process and
-    /// leaves its containerd behind on stop; the stand-in stops it for test hygiene.)
+/// SIGTERM to containerd, then SIGKILL after 10 s. (Real k3s runs with KillMode=process and
+/// leaves its containerd behind on stop; the stand-in stops it for test hygiene.)
 pub async fn stop() {
-        let Some(mut child) = CHILD.lock().unwrap().take() else { return };
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let Some(mut child) = CHILD.lock().unwrap().take() else {
+        return;
+    };
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            let _ = child.kill().await;
         }
-        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                let _ = child.kill().await;
-            }
-        }
-        info!("containerd stopped");
+    }
+    info!("containerd stopped");
 }
 
 enum Format {
@@ -214,17 +241,29 @@ fn format_of(name: &str) -> Option<Format> {
 
 /// Imports every image archive in `dir` (sorted by name) with `ctr images import -`.
 pub fn import_dir(dir: &Path, sock: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
     files.sort();
     let Some(ctr) = find_external("ctr") else {
         if !files.is_empty() {
-            warn!("ctr not found on PATH: cannot import images from {}", dir.display());
+            warn!(
+                "ctr not found on PATH: cannot import images from {}",
+                dir.display()
+            );
         }
         return;
     };
     for f in files {
-        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let Some(fmt) = format_of(&name) else {
             continue;
         };
@@ -235,7 +274,11 @@ pub fn import_dir(dir: &Path, sock: &Path) {
         info!("Importing images from {}", f.display());
         let start = Instant::now();
         match import_file(&ctr, sock, &f, fmt) {
-            Ok(()) => info!("Imported images from {} in {:?}", f.display(), start.elapsed()),
+            Ok(()) => info!(
+                "Imported images from {} in {:?}",
+                f.display(),
+                start.elapsed()
+            ),
             Err(e) => error!("Unable to import {}: {e}", f.display()),
         }
     }
@@ -246,7 +289,9 @@ fn decoder(file: std::fs::File, fmt: Format) -> Result<Box<dyn Read + Send>, Str
     Ok(match fmt {
         Format::Tar => Box::new(r),
         Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Format::Zstd => Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("zstd: {e}"))?),
+        Format::Zstd => {
+            Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("zstd: {e}"))?)
+        }
         Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),
         Format::Bzip2 => {
             let bz = find_external("bzip2").ok_or("bzip2 not found on PATH")?;
@@ -287,7 +332,10 @@ fn import_file(ctr: &Path, sock: &Path, path: &Path, fmt: Format) -> Result<(), 
         }
     }
     if !out.status.success() {
-        return Err(format!("ctr images import: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "ctr images import: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         crate::debug!("ctr: {line}");

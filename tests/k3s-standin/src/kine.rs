@@ -17,6 +17,8 @@ pub struct Row {
     pub value: Vec<u8>,
 }
 
+type Latest = (i64, i64, i64, Vec<u8>);
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS kine (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -43,15 +45,22 @@ impl Kine {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "could not switch {} to WAL (got {mode})", path.display());
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("wal"),
+            "could not switch {} to WAL (got {mode})",
+            path.display()
+        );
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         for s in SCHEMA {
             conn.execute(s, [])?;
         }
-        Ok(Kine { conn: Mutex::new(conn) })
+        Ok(Kine {
+            conn: Mutex::new(conn),
+        })
     }
 
-    fn latest(conn: &Connection, key: &str) -> Result<Option<(i64, i64, i64, Vec<u8>)>> {
+    /// (id, deleted, create_revision, value) of the newest row of `key`.
+    fn latest(conn: &Connection, key: &str) -> Result<Option<Latest>> {
         Ok(conn
             .query_row(
                 "SELECT id, deleted, create_revision, value FROM kine WHERE name = ?1 ORDER BY id DESC LIMIT 1",
@@ -64,7 +73,12 @@ impl Kine {
     pub fn get(&self, key: &str) -> Result<Option<Row>> {
         let conn = self.conn.lock().unwrap();
         Ok(match Self::latest(&conn, key)? {
-            Some((id, 0, cr, value)) => Some(Row { id, name: key.to_string(), create_revision: if cr == 0 { id } else { cr }, value }),
+            Some((id, 0, cr, value)) => Some(Row {
+                id,
+                name: key.to_string(),
+                create_revision: if cr == 0 { id } else { cr },
+                value,
+            }),
             _ => None,
         })
     }

@@ -33,7 +33,9 @@ fn default_route_iface() -> Option<String> {
 
 /// The IPv4 address of the default-route interface, else the first non-loopback IPv4, else 127.0.0.1.
 pub fn primary_ipv4() -> String {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return "127.0.0.1".into() };
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return "127.0.0.1".into();
+    };
     let v4: Vec<(String, std::net::Ipv4Addr)> = addrs
         .filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip())))
         .collect();
@@ -42,5 +44,8 @@ pub fn primary_ipv4() -> String {
             return ip.to_string();
         }
     }
-    v4.iter().find(|(_, ip)| !ip.is_loopback()).map(|(_, ip)| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into())
+    v4.iter()
+        .find(|(_, ip)| !ip.is_loopback())
+        .map(|(_, ip)| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into())
 }

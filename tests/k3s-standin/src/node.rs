@@ -22,9 +22,13 @@ pub struct Taint {
 
 /// Parses `key=value:Effect` or `key:Effect`.
 pub fn parse_taint(s: &str) -> Result<Taint, String> {
-    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("invalid taint {s:?}: missing effect"))?;
+    let (kv, effect) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid taint {s:?}: missing effect"))?;
     if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-        return Err(format!("invalid taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+        return Err(format!(
+            "invalid taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
+        ));
     }
     let (key, value) = match kv.split_once('=') {
         Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -33,7 +37,11 @@ pub fn parse_taint(s: &str) -> Result<Taint, String> {
     if key.is_empty() {
         return Err(format!("invalid taint {s:?}: empty key"));
     }
-    Ok(Taint { key, value, effect: effect.to_string() })
+    Ok(Taint {
+        key,
+        value,
+        effect: effect.to_string(),
+    })
 }
 
 /// What a node (agent or server) tells the server when it registers.
@@ -55,12 +63,18 @@ pub struct Registration {
 }
 
 fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn hostname() -> String {
     let h = read_trim("/proc/sys/kernel/hostname");
-    if h.is_empty() { "localhost".into() } else { h.to_lowercase() }
+    if h.is_empty() {
+        "localhost".into()
+    } else {
+        h.to_lowercase()
+    }
 }
 
 pub fn os_image() -> String {
@@ -115,7 +129,10 @@ impl Registration {
             }
             labels.insert(k.to_string(), v.to_string());
         }
-        let taints = taints.iter().map(|t| parse_taint(t)).collect::<Result<Vec<_>, _>>()?;
+        let taints = taints
+            .iter()
+            .map(|t| parse_taint(t))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Registration {
             name: name.to_string(),
             labels,
@@ -128,7 +145,9 @@ impl Registration {
             kernel_version: read_trim("/proc/sys/kernel/osrelease"),
             machine_id: read_trim("/etc/machine-id"),
             boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             memory_kib: memory_kib(),
         })
     }
@@ -137,7 +156,14 @@ impl Registration {
 fn random_uid() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// `10.42.0.0/16` + index -> `10.42.<index>.0/24`
@@ -155,17 +181,32 @@ fn pod_cidr(cluster_cidr: &str, index: u32) -> Option<String> {
 /// Creates or updates the Node object for a registration, and renews its lease.
 pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<Value> {
     let key = format!("{NODE_PREFIX}{}", reg.name);
-    let existing: Option<Value> = kine.get(&key)?.and_then(|r| serde_json::from_slice(&r.value).ok());
+    let existing: Option<Value> = kine
+        .get(&key)?
+        .and_then(|r| serde_json::from_slice(&r.value).ok());
     let now = timefmt::rfc3339(timefmt::now_secs());
     let (uid, created, mut labels, pod_cidr_v, conditions) = match &existing {
         Some(n) => (
-            n["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
-            n["metadata"]["creationTimestamp"].as_str().unwrap_or(&now).to_string(),
-            serde_json::from_value::<BTreeMap<String, String>>(n["metadata"]["labels"].clone()).unwrap_or_default(),
+            n["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            n["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or(&now)
+                .to_string(),
+            serde_json::from_value::<BTreeMap<String, String>>(n["metadata"]["labels"].clone())
+                .unwrap_or_default(),
             n["spec"]["podCIDR"].as_str().map(String::from),
             n["status"]["conditions"].clone(),
         ),
-        None => (random_uid(), now.clone(), BTreeMap::new(), None, Value::Null),
+        None => (
+            random_uid(),
+            now.clone(),
+            BTreeMap::new(),
+            None,
+            Value::Null,
+        ),
     };
     labels.extend(reg.labels.clone());
     let pod_cidr_v = pod_cidr_v.or_else(|| {
@@ -176,7 +217,9 @@ pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<V
             .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
             .filter_map(|n| n["spec"]["podCIDR"].as_str().map(String::from))
             .collect();
-        (0..256).filter_map(|i| pod_cidr(cluster_cidr, i)).find(|c| !used.contains(c))
+        (0..256)
+            .filter_map(|i| pod_cidr(cluster_cidr, i))
+            .find(|c| !used.contains(c))
     });
     let mut addresses = Vec::new();
     for ip in &reg.internal_ips {
@@ -251,7 +294,10 @@ pub fn renew_lease(kine: &Kine, name: &str) -> Result<bool> {
             "renewTime": timefmt::rfc3339_micros(timefmt::now_micros()),
         },
     });
-    kine.put(&format!("{LEASE_PREFIX}{name}"), &serde_json::to_vec(&lease)?)?;
+    kine.put(
+        &format!("{LEASE_PREFIX}{name}"),
+        &serde_json::to_vec(&lease)?,
+    )?;
     Ok(true)
 }
 
@@ -267,16 +313,30 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
         .ok()
         .flatten()
         .and_then(|l| serde_json::from_slice::<Value>(&l.value).ok())
-        .and_then(|l| l["spec"]["renewTime"].as_str().and_then(timefmt::parse_rfc3339));
-    let mut conditions: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        .and_then(|l| {
+            l["spec"]["renewTime"]
+                .as_str()
+                .and_then(timefmt::parse_rfc3339)
+        });
+    let mut conditions: Vec<Value> = node["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     // A mirrored node (HA) carries the Ready condition computed by the server that owns it.
     let heartbeat = lease_time.or_else(|| {
         conditions
             .iter()
             .find(|c| c["type"] == "Ready")
-            .and_then(|c| c["lastHeartbeatTime"].as_str().and_then(timefmt::parse_rfc3339))
+            .and_then(|c| {
+                c["lastHeartbeatTime"]
+                    .as_str()
+                    .and_then(timefmt::parse_rfc3339)
+            })
     });
-    let created = node["metadata"]["creationTimestamp"].as_str().and_then(timefmt::parse_rfc3339).unwrap_or(now);
+    let created = node["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(timefmt::parse_rfc3339)
+        .unwrap_or(now);
     let ready = heartbeat.map(|h| now - h <= grace).unwrap_or(false);
     let hb = timefmt::rfc3339(heartbeat.unwrap_or(created));
     let ready_cond = if ready {
@@ -291,9 +351,21 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
     };
     conditions.retain(|c| c["type"] != "Ready");
     for (t, reason, msg) in [
-        ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        (
+            "MemoryPressure",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
     ] {
         if !conditions.iter().any(|c| c["type"] == t) {
             conditions.push(json!({"type": t, "status": if ready { "False" } else { "Unknown" }, "reason": reason,
@@ -303,10 +375,17 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
     conditions.push(ready_cond);
     node["status"]["conditions"] = json!(conditions);
     if !ready {
-        let mut taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+        let mut taints = node["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         for effect in ["NoSchedule", "NoExecute"] {
-            let t = json!({"key": "node.kubernetes.io/unreachable", "effect": effect, "timeAdded": hb});
-            if !taints.iter().any(|x| x["key"] == t["key"] && x["effect"] == t["effect"]) {
+            let t =
+                json!({"key": "node.kubernetes.io/unreachable", "effect": effect, "timeAdded": hb});
+            if !taints
+                .iter()
+                .any(|x| x["key"] == t["key"] && x["effect"] == t["effect"])
+            {
                 taints.push(t);
             }
         }
@@ -316,13 +395,21 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
 }
 
 pub fn list_view(kine: &Kine, grace: i64) -> Result<Value> {
-    let items: Vec<Value> = kine.list(NODE_PREFIX)?.iter().filter_map(|r| view(kine, r, grace)).collect();
+    let items: Vec<Value> = kine
+        .list(NODE_PREFIX)?
+        .iter()
+        .filter_map(|r| view(kine, r, grace))
+        .collect();
     let rev = kine.row_count().unwrap_or(0);
-    Ok(json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": rev.to_string()}, "items": items}))
+    Ok(
+        json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
+    )
 }
 
 pub fn get_view(kine: &Kine, name: &str, grace: i64) -> Result<Option<Value>> {
-    Ok(kine.get(&format!("{NODE_PREFIX}{name}"))?.and_then(|r| view(kine, &r, grace)))
+    Ok(kine
+        .get(&format!("{NODE_PREFIX}{name}"))?
+        .and_then(|r| view(kine, &r, grace)))
 }
 
 pub fn delete(kine: &Kine, name: &str) -> Result<bool> {
@@ -334,9 +421,14 @@ pub fn delete(kine: &Kine, name: &str) -> Result<bool> {
 /// Strategic-merge of `status.conditions` by type (what node-problem-detector sends).
 pub fn patch_status(kine: &Kine, name: &str, patch: &Value) -> Result<bool> {
     let key = format!("{NODE_PREFIX}{name}");
-    let Some(row) = kine.get(&key)? else { return Ok(false) };
+    let Some(row) = kine.get(&key)? else {
+        return Ok(false);
+    };
     let mut node: Value = serde_json::from_slice(&row.value)?;
-    let mut conds: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let mut conds: Vec<Value> = node["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if let Some(new) = patch["status"]["conditions"].as_array() {
         for c in new {
             if c["type"] == "Ready" {
@@ -353,7 +445,9 @@ pub fn patch_status(kine: &Kine, name: &str, patch: &Value) -> Result<bool> {
 
 /// Stores a Node as computed by another server (HA mirror); keeps the local lease if any.
 pub fn store_mirror(kine: &Kine, node: &Value) -> Result<()> {
-    let Some(name) = node["metadata"]["name"].as_str() else { return Ok(()) };
+    let Some(name) = node["metadata"]["name"].as_str() else {
+        return Ok(());
+    };
     let key = format!("{NODE_PREFIX}{name}");
     let mut n = node.clone();
     if let Some(m) = n["metadata"].as_object_mut() {
@@ -375,7 +469,14 @@ mod tests {
 
     #[test]
     fn taints() {
-        assert_eq!(parse_taint("a=b:NoSchedule").unwrap(), Taint { key: "a".into(), value: Some("b".into()), effect: "NoSchedule".into() });
+        assert_eq!(
+            parse_taint("a=b:NoSchedule").unwrap(),
+            Taint {
+                key: "a".into(),
+                value: Some("b".into()),
+                effect: "NoSchedule".into()
+            }
+        );
         assert_eq!(parse_taint("a:NoExecute").unwrap().value, None);
         assert!(parse_taint("a=b").is_err());
         assert!(parse_taint("a=b:Sometimes").is_err());
@@ -386,23 +487,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = Kine::open(&dir.path().join("s.db")).unwrap();
         let mut labels = BTreeMap::new();
-        labels.insert("node-role.kubernetes.io/control-plane".to_string(), "true".to_string());
-        let reg = Registration::local("n1", labels, &["x=y".into()], &["t=v:NoSchedule".into()], vec!["10.0.0.1".into()], vec![]).unwrap();
+        labels.insert(
+            "node-role.kubernetes.io/control-plane".to_string(),
+            "true".to_string(),
+        );
+        let reg = Registration::local(
+            "n1",
+            labels,
+            &["x=y".into()],
+            &["t=v:NoSchedule".into()],
+            vec!["10.0.0.1".into()],
+            vec![],
+        )
+        .unwrap();
         register(&k, &reg, "10.42.0.0/16").unwrap();
         let v = get_view(&k, "n1", 40).unwrap().unwrap();
-        let ready = v["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        let ready = v["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()
+            .clone();
         assert_eq!(ready["status"], "True");
         assert_eq!(v["metadata"]["labels"]["x"], "y");
         assert_eq!(v["spec"]["podCIDR"], "10.42.0.0/24");
         assert_eq!(v["spec"]["taints"][0]["key"], "t");
         let v = get_view(&k, "n1", -1).unwrap().unwrap();
-        let ready = v["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        let ready = v["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()
+            .clone();
         assert_eq!(ready["status"], "Unknown");
         let reg2 = Registration::local("n2", BTreeMap::new(), &[], &[], vec![], vec![]).unwrap();
         register(&k, &reg2, "10.42.0.0/16").unwrap();
-        assert_eq!(get_view(&k, "n2", 40).unwrap().unwrap()["spec"]["podCIDR"], "10.42.1.0/24");
+        assert_eq!(
+            get_view(&k, "n2", 40).unwrap().unwrap()["spec"]["podCIDR"],
+            "10.42.1.0/24"
+        );
         assert!(delete(&k, "n2").unwrap());
         assert!(!renew_lease(&k, "n2").unwrap());
-        assert_eq!(list_view(&k, 40).unwrap()["items"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            list_view(&k, 40).unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

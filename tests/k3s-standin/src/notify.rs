@@ -3,7 +3,9 @@
 use std::os::unix::net::UnixDatagram;
 
 pub fn ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     if let Err(e) = send(&path, b"READY=1\n") {
         crate::warn!("failed to notify systemd: {e}");
     }

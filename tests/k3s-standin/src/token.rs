@@ -18,17 +18,29 @@ pub fn parse(token: &str) -> Result<Token, String> {
         return Err("token is empty".into());
     }
     if let Some(rest) = token.strip_prefix("K10") {
-        let (hash, creds) = rest.split_once("::").ok_or_else(|| "invalid token format".to_string())?;
+        let (hash, creds) = rest
+            .split_once("::")
+            .ok_or_else(|| "invalid token format".to_string())?;
         if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err("invalid token CA hash".into());
         }
-        let (user, pass) = creds.split_once(':').ok_or_else(|| "invalid token format".to_string())?;
+        let (user, pass) = creds
+            .split_once(':')
+            .ok_or_else(|| "invalid token format".to_string())?;
         if pass.is_empty() {
             return Err("invalid token format: empty password".into());
         }
-        return Ok(Token { ca_hash: Some(hash.to_lowercase()), username: Some(user.to_string()), password: pass.to_string() });
+        return Ok(Token {
+            ca_hash: Some(hash.to_lowercase()),
+            username: Some(user.to_string()),
+            password: pass.to_string(),
+        });
     }
-    Ok(Token { ca_hash: None, username: None, password: token.to_string() })
+    Ok(Token {
+        ca_hash: None,
+        username: None,
+        password: token.to_string(),
+    })
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -139,7 +151,12 @@ mod tests {
 
     #[test]
     fn sealing() {
-        let b = Bootstrap { server_ca_crt: "a".into(), server_ca_key: "b".into(), client_ca_crt: "c".into(), client_ca_key: "d".into() };
+        let b = Bootstrap {
+            server_ca_crt: "a".into(),
+            server_ca_key: "b".into(),
+            client_ca_crt: "c".into(),
+            client_ca_key: "d".into(),
+        };
         let s = seal(&b, "pw");
         assert_eq!(open(&s, "pw"), Some(b));
         assert_eq!(open(&s, "other"), None);

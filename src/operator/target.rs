@@ -1,0 +1,90 @@
+//! Where host work happens: a host over SSH (its agent), or this very machine (local mode, no
+//! SSH, the same host-side code called in-process). Phases talk to a [`Target`] and never care which.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use super::agent::{self, AgentError, AnswerReader};
+use crate::protocol::Request;
+use crate::transport::{sha256_hex, Session, TransportError};
+
+pub enum Target {
+    Ssh(Session),
+    /// This machine; the name is the cluster file's host name.
+    Local(String),
+}
+
+impl Target {
+    pub fn host(&self) -> &str {
+        match self {
+            Target::Ssh(s) => s.host(),
+            Target::Local(name) => name,
+        }
+    }
+
+    /// One agent operation, answered by the host's agent or, locally, by the same code in-process.
+    pub async fn call<T: DeserializeOwned>(&self, request: &Request, on_progress: &mut (dyn FnMut(&str) + Send)) -> Result<T, AgentError> {
+        match self {
+            Target::Ssh(session) => agent::call(session, request, on_progress).await,
+            Target::Local(name) => {
+                let input = agent::request_line(request);
+                let operation = request.operation();
+                let (status, output) = tokio::task::spawn_blocking(move || {
+                    let mut output = Vec::new();
+                    let status = crate::host::serve(operation, &mut input.as_slice(), &mut output);
+                    (status, output)
+                })
+                .await
+                .map_err(|e| AgentError::Protocol { host: name.clone(), detail: format!("the local operation panicked: {e}"), stderr: String::new() })?;
+                let mut reader = AnswerReader::default();
+                for line in String::from_utf8_lossy(&output).lines() {
+                    reader.line(line, on_progress);
+                }
+                reader.finish(name, status as u32, String::new())
+            }
+        }
+    }
+
+    /// sha256 of a file on the host; None when it does not exist.
+    pub async fn file_sha256(&self, path: &str) -> Result<Option<String>, AgentError> {
+        match self {
+            Target::Ssh(session) => {
+                let out = session.exec(&["sha256sum", path], &mut tokio::io::empty()).await?;
+                let sum = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+                Ok((out.status == 0 && sum.len() == 64).then_some(sum))
+            }
+            Target::Local(name) => match tokio::fs::File::open(path).await {
+                Ok(mut file) => Ok(Some(sha256_hex(&mut file).await.map_err(|e| io_error(name, path, e))?)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_error(name, path, e)),
+            },
+        }
+    }
+
+    /// Puts `source` at `dest` on the host, verified against `sha256` before it replaces anything.
+    pub async fn install_file(&self, source: &Path, sha256: &str, dest: &str, mode: u32) -> Result<(), AgentError> {
+        let mut file = tokio::fs::File::open(source).await.map_err(|e| io_error(self.host(), &source.display().to_string(), e))?;
+        match self {
+            Target::Ssh(session) => Ok(session.upload(&mut file, sha256, dest, mode).await?),
+            Target::Local(name) => {
+                let (source, sha256, dest_path) = (source.to_path_buf(), sha256.to_string(), dest.to_string());
+                let name2 = name.clone();
+                tokio::task::spawn_blocking(move || crate::fsutil::install_verified(&source, &sha256, Path::new(&dest_path), mode))
+                    .await
+                    .map_err(|e| AgentError::Protocol { host: name2, detail: e.to_string(), stderr: String::new() })?
+                    .map_err(|e| io_error(name, dest, e))
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        if let Target::Ssh(session) = self {
+            session.close().await;
+        }
+    }
+}
+
+fn io_error(host: &str, path: &str, source: std::io::Error) -> AgentError {
+    AgentError::Transport(TransportError::Io { host: host.to_string(), context: path.to_string(), source })
+}
