@@ -153,7 +153,7 @@ pub fn up(output: Output, run: &UpRun) -> anyhow::Result<()> {
     }
     println!();
     for phase in &run.phases {
-        println!("{} {:<13} {}", if phase.ok { "✓" } else { "✗" }, phase.name, phase.message);
+        println!("{} {:<13} {:>6.2}s  {}", if phase.ok { "✓" } else { "✗" }, phase.name, phase.elapsed.as_secs_f64(), phase.message);
     }
     if run.dry_run {
         for node in &run.nodes {

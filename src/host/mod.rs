@@ -2,6 +2,7 @@
 
 pub mod k3s;
 pub mod preflight;
+mod receive;
 mod serve;
 pub mod system;
 

@@ -4,14 +4,14 @@ use std::io::{BufRead, Write};
 
 use serde::Serialize;
 
-use crate::protocol::{debian_arch, AgentErrorKind, AgentLine, Hello, Request, PROTOCOL_VERSION};
+use crate::protocol::{debian_arch, AgentErrorKind, AgentLine, FileReceived, Hello, Request, PROTOCOL_VERSION};
 
 use super::system::RealSystem;
 
 /// Serves one operation; returns the process exit status (0 when a result was written).
 pub fn serve(operation: &str, input: &mut dyn BufRead, output: &mut dyn Write) -> i32 {
     let answer = match read_request(operation, input) {
-        Ok(request) => handle(request, output),
+        Ok(request) => handle(request, input, output),
         Err(message) => Err((AgentErrorKind::BadRequest, message)),
     };
     let (line, status) = match answer {
@@ -33,7 +33,7 @@ fn read_request(operation: &str, input: &mut dyn BufRead) -> Result<Request, Str
     Ok(request)
 }
 
-fn handle(request: Request, output: &mut dyn Write) -> Result<serde_json::Value, (AgentErrorKind, String)> {
+fn handle(request: Request, input: &mut dyn BufRead, output: &mut dyn Write) -> Result<serde_json::Value, (AgentErrorKind, String)> {
     match request {
         Request::Hello => to_value(&hello()?),
         Request::Preflight(req) => {
@@ -53,6 +53,7 @@ fn handle(request: Request, output: &mut dyn Write) -> Result<serde_json::Value,
             let result = super::k3s::reset(&RealSystem, &req, &mut |message| progress(output, message));
             to_value(&result.map_err(failed)?)
         }
+        Request::ReceiveFile(req) => to_value(&FileReceived { path: req.path.clone(), sha256: super::receive::receive(&req, input)? }),
     }
 }
 

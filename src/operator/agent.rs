@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::protocol::{debian_arch, AgentErrorKind, AgentLine, Hello, Request, AGENT_PATH, PROTOCOL_VERSION};
 use crate::transport::{sha256_hex, Session, TransportError};
@@ -106,10 +107,21 @@ pub async fn call<T: DeserializeOwned>(
     request: &Request,
     on_progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<T, AgentError> {
-    let input = request_line(request);
+    call_with_payload(session, request, &mut tokio::io::empty(), on_progress).await
+}
+
+/// Like [`call`], with `payload` streamed on stdin after the request line (uploads).
+pub async fn call_with_payload<T: DeserializeOwned>(
+    session: &Session,
+    request: &Request,
+    payload: &mut (dyn AsyncRead + Unpin + Send),
+    on_progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<T, AgentError> {
+    let line = request_line(request);
+    let mut input = line.as_slice().chain(payload);
     let mut reader = AnswerReader::default();
     let out = session
-        .exec_streaming(&[AGENT_PATH, "host", request.operation()], &mut input.as_slice(), &mut |line| reader.line(line, on_progress))
+        .exec_streaming(&[AGENT_PATH, "host", request.operation()], &mut input, &mut |line| reader.line(line, on_progress))
         .await?;
     reader.finish(session.host(), out.status, out.stderr_text())
 }

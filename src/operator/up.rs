@@ -10,7 +10,7 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::agent::AgentError;
-use super::target::Target;
+use super::target::{Payload, Target};
 use super::fleet::{Fleet, Member};
 use super::kubeconfig;
 use super::node_config::{self, Position};
@@ -72,6 +72,9 @@ pub struct PhaseResult {
     pub name: &'static str,
     pub ok: bool,
     pub message: String,
+    /// Time since the previous phase ended.
+    #[serde(serialize_with = "super::preflight::as_secs")]
+    pub elapsed: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +101,7 @@ struct Stop(String);
 
 struct Run<'a> {
     cluster: &'a ClusterFile,
+    phase_started: Instant,
     options: &'a UpOptions,
     observer: Arc<dyn Observer>,
     result: UpRun,
@@ -109,8 +113,10 @@ impl Run<'_> {
             Ok(m) => (true, m),
             Err(Stop(m)) => (false, m),
         };
-        tracing::info!(phase = name, ok, "{message}");
-        self.result.phases.push(PhaseResult { name, ok, message });
+        let elapsed = self.phase_started.elapsed();
+        self.phase_started = Instant::now();
+        tracing::info!(phase = name, ok, ?elapsed, "{message}");
+        self.result.phases.push(PhaseResult { name, ok, message, elapsed });
         ok
     }
 
@@ -137,6 +143,7 @@ pub async fn up(cluster: &ClusterFile, fleet: &Fleet, options: &UpOptions, obser
         .collect();
     let mut run = Run {
         cluster,
+        phase_started: Instant::now(),
         options,
         observer: observer.clone(),
         result: UpRun { cluster: cluster.name.clone(), dry_run: options.dry_run, version: None, phases: Vec::new(), nodes, preflight: None, kubeconfig: None },
@@ -205,17 +212,36 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     run.result.version = Some(binary.version.clone());
     run.phase("artifacts", Ok(format!("k3s {} ({}), sha256 {}", binary.version, binary.arch, &binary.sha256[..16])));
 
-    // upload: only where the installed binary differs; verified on the host before the rename.
-    let uploads = stream::iter(fleet.members.iter().map(|m| {
-        let binary = &binary;
-        let observer = run.observer.clone();
-        async move {
-            (m.host.name.clone(), upload_binary(target(m), binary, options.dry_run, observer.as_ref()).await)
-        }
+    let member = |name: &str| fleet.members.iter().find(|m| m.host.name == name).expect("host of the cluster file");
+    let node_ip = |m: &Member| node_ips[fleet.members.iter().position(|x| x.index == m.index).unwrap_or(0)].clone();
+    let first = member(&cluster.servers().next().expect("validated").name);
+
+    // upload (only where the installed binary differs; verified on the host before the rename)
+    // and the first server: it is installed while the binary still travels to the other hosts.
+    let payload = Payload::new(binary.path.clone(), binary.sha256.clone(), binary.size);
+    let observer = run.observer.clone();
+    let first_chain = async {
+        let uploaded = upload_binary(target(first), &binary, &payload, options.dry_run, observer.as_ref()).await?;
+        let request = install_request(cluster, first, &binary, None, node_ip(first), options);
+        Ok::<_, AgentError>((uploaded, call_install(target(first), &first.host.name, request, observer.as_ref()).await))
+    };
+    let others = stream::iter(fleet.members.iter().filter(|m| m.index != first.index).map(|m| {
+        let (binary, payload, observer) = (&binary, &payload, observer.clone());
+        async move { (m.host.name.clone(), upload_binary(target(m), binary, payload, options.dry_run, observer.as_ref()).await) }
     }))
     .buffer_unordered(options.concurrency.max(1))
-    .collect::<Vec<_>>()
-    .await;
+    .collect::<Vec<_>>();
+    let (first_outcome, mut uploads) = tokio::join!(first_chain, others);
+    let first_install = match first_outcome {
+        Ok((uploaded, install)) => {
+            uploads.push((first.host.name.clone(), Ok(uploaded)));
+            Some(install)
+        }
+        Err(e) => {
+            uploads.push((first.host.name.clone(), Err(e)));
+            None
+        }
+    };
     let mut upload_errors = Vec::new();
     for (host, outcome) in uploads {
         match outcome {
@@ -234,13 +260,8 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     if !run.phase("upload", outcome) {
         return;
     }
-
-    let member = |name: &str| fleet.members.iter().find(|m| m.host.name == name).expect("host of the cluster file");
-    let node_ip = |m: &Member| node_ips[fleet.members.iter().position(|x| x.index == m.index).unwrap_or(0)].clone();
-    let first = member(&cluster.servers().next().expect("validated").name);
-
-    // first server
-    let outcome = install(run, first, &binary, None, node_ip(first)).await;
+    let Some((outcome, elapsed)) = first_install else { return };
+    let outcome = record(run, &first.host.name, outcome, elapsed).map_err(Stop);
     if !run.phase("first server", outcome.map(|_| first.host.name.clone())) {
         return;
     }
@@ -311,13 +332,13 @@ async fn fetch(cluster: &ClusterFile, options: &UpOptions, download: &dyn Downlo
     artifacts::fetch_k3s(&cluster.k3s, &version, arch, &options.artifacts, download).await.map_err(|e| Stop(e.to_string()))
 }
 
-async fn upload_binary(target: &Target, binary: &K3sBinary, dry_run: bool, observer: &dyn Observer) -> Result<bool, AgentError> {
+async fn upload_binary(target: &Target, binary: &K3sBinary, payload: &Payload, dry_run: bool, observer: &dyn Observer) -> Result<bool, AgentError> {
     if target.file_sha256(K3S_PATH).await?.as_deref() == Some(binary.sha256.as_str()) {
         return Ok(false);
     }
     if !dry_run {
         observer.phase(target.host(), &format!("uploading k3s {}", binary.version));
-        target.install_file(&binary.path, &binary.sha256, K3S_PATH, 0o755).await?;
+        target.install_file(payload, K3S_PATH, 0o755).await?;
     }
     Ok(true)
 }

@@ -14,7 +14,7 @@ pub use secret::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or answer changes shape; a mismatch makes the operator replace the agent.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Where the operator installs the agent on every host.
 pub const AGENT_PATH: &str = "/usr/local/bin/k3node";
@@ -33,6 +33,8 @@ pub enum AgentLine {
 pub enum AgentErrorKind {
     /// The request line could not be read or understood.
     BadRequest,
+    /// Bytes received do not have the size or sha256 the operator announced.
+    ChecksumMismatch,
     /// Anything the host refused or failed to do (I/O, permissions, a command that failed).
     Failed,
 }
@@ -48,6 +50,8 @@ pub enum Request {
     Kubeconfig,
     Nodes,
     Reset(k3s::ResetRequest),
+    /// Followed on stdin by the file's bytes (zstd-compressed when the request says so).
+    ReceiveFile(ReceiveFile),
 }
 
 impl Request {
@@ -61,6 +65,7 @@ impl Request {
             Request::Kubeconfig => "kubeconfig",
             Request::Nodes => "nodes",
             Request::Reset(_) => "reset",
+            Request::ReceiveFile(_) => "receive-file",
         }
     }
 }
@@ -73,6 +78,31 @@ pub struct Hello {
     pub binary_sha256: String,
     /// Debian-style architecture name (amd64, arm64, armhf, s390x).
     pub arch: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+/// A file streamed to the host: written to a temp file beside `path`, checked against `size` and
+/// `sha256` (of the uncompressed bytes), then renamed into place with `mode`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReceiveFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub mode: u32,
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileReceived {
+    pub path: String,
+    /// sha256 of what was written, as the host computed it.
+    pub sha256: String,
 }
 
 /// Debian's name for a kernel machine type (`uname -m`), as k3s names its release artifacts.
