@@ -54,6 +54,8 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("dry_run_shows_the_diff_and_changes_nothing", dry_run),
         t("added_node_joins_without_touching_the_rest", added_node),
         t("wrong_token_is_refused_with_the_k3s_reason", wrong_token),
+        t("tampered_release_is_refused_and_nothing_installed", tampered_release),
+        t("interrupted_run_converges_when_re_run", interrupted_run),
         t("reset_then_up_again", reset_then_up),
         t("ha_three_servers_and_an_agent", ha),
         t("local_mode_inside_a_lab_host", local_mode),
@@ -249,6 +251,27 @@ fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     ensure(seen.contains("token CA hash does not match the Cluster CA certificate hash"), || format!("agent journal:\n{seen}"))?;
+    // Through k3node's own install operation the failure comes back diagnosed, the token masked.
+    let bad = format!("K10{}::server:not-the-password", "0".repeat(64));
+    let request = k3node::protocol::Request::InstallK3s(k3node::protocol::k3s::InstallRequest {
+        role: k3node::protocol::preflight::Role::Agent,
+        node_name: "h4".into(),
+        binary_sha256: mirror::sha256_hex(&mirror::release_binary(mirror::VERSION)),
+        config_yaml: k3node::protocol::Secret::new("node-name: h4\n"),
+        env: vec![
+            ("K3S_URL".into(), k3node::protocol::Secret::new(format!("https://{}:6443", lab.host("h1").address))),
+            ("K3S_TOKEN".into(), k3node::protocol::Secret::new(bad.clone())),
+        ],
+        ready_timeout_secs: 20,
+        dry_run: false,
+    });
+    let answer = w.op.with_session(w.op.endpoint(h4, "root"), w.op.options(k3node::transport::HostKeyPolicy::Strict), w.op.keyring(), async move |s| {
+        let s = s.expect("connect to h4");
+        k3node::operator::agent::call::<k3node::protocol::k3s::InstallReport>(&s, &request, &mut |_| {}).await.map_err(|e| e.to_string())
+    });
+    let message = answer.err().unwrap_or_default();
+    ensure(message.contains("likely cause") && message.contains("token"), || format!("install with a wrong token: {message}"))?;
+    ensure(!message.contains("not-the-password"), || "the token's password reached the error".into())?;
     // k3node puts the right token back, and the node rejoins.
     let mut hosts = seed_hosts(lab);
     hosts[1].2 = "      labels: {tier: api}\n";
@@ -305,4 +328,64 @@ fn local_mode(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(kubeconfig.contains("current-context: local") && kubeconfig.contains("https://127.0.0.1:6443"), || kubeconfig.clone())?;
     let again = crate::common::sh(h5, &cmd)?;
     ensure(again.contains("\"state\": \"unchanged\""), || format!("second local up: {again}"))
+}
+
+fn tampered_release(lab: &Arc<Lab>, w: &World) -> Outcome {
+    // A release whose binary does not match its own checksum file, as after tampering in transit.
+    let version = "v1.31.5+k3s1";
+    let genuine = mirror::release_binary(version);
+    mirror::publish(&w.mirror.root, version, &genuine);
+    let mut tampered = genuine.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0xff;
+    std::fs::write(w.mirror.root.join(version).join("k3s"), &tampered).unwrap();
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    hosts.push((lab.host("h4"), "agent", ""));
+    let file = cluster_yaml(w, &hosts, &SEED_CONFIG.replace("request-timeout=300s", "request-timeout=120s"));
+    let text = std::fs::read_to_string(&file).unwrap().replace(mirror::VERSION, version);
+    std::fs::write(&file, text).unwrap();
+    let before = crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")?;
+    let (code, json, stderr) = up(w, &file, &[]);
+    let artifacts = json["phases"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "artifacts")).cloned().unwrap_or_default();
+    ensure(code == 1 && artifacts["ok"] == false, || format!("{json}\n{stderr}"))?;
+    let message = artifacts["message"].as_str().unwrap_or_default();
+    ensure(message.contains("sha256") && message.contains(&mirror::sha256_hex(&tampered)), || format!("artifacts phase: {message}"))?;
+    ensure(crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")? == before, || "the host's k3s changed".into())?;
+    // A checksum file that lies about the binary is refused the same way.
+    std::fs::write(w.mirror.root.join(version).join("k3s"), &genuine).unwrap();
+    std::fs::write(w.mirror.root.join(version).join("sha256sum-amd64.txt"), format!("{}  k3s\n", "ab".repeat(32))).unwrap();
+    let (code, json, _) = up(w, &file, &[]);
+    ensure(code == 1 && json["phases"].to_string().contains(&"ab".repeat(32)), || format!("lying checksum file: {json}"))?;
+    ensure(crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")? == before, || "the host's k3s changed".into())
+}
+
+fn interrupted_run(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts.push((lab.host("h4"), "agent", ""));
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--yes"]);
+    ensure(out.status.success(), || String::from_utf8_lossy(&out.stderr).into_owned())?;
+    // Killed in the middle: uploads and the first server's start are under way.
+    let mut child = w.op.lab.command_in_netns(std::path::Path::new(crate::common::K3NODE));
+    child
+        .args(["up", "-c", file.to_str().unwrap(), "-o", "json", "--cache-dir", w.op.home.join("cache").to_str().unwrap()])
+        .env("HOME", &w.op.home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = child.spawn().map_err(|e| e.to_string())?;
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = child.kill();
+    let _ = child.wait();
+    // And a connection dropped in the middle of a run: h4 goes away, then comes back.
+    let h4 = lab.host("h4");
+    h4.disconnect()?;
+    let (code, _, _) = up(w, &file, &["--connect-timeout", "3"]);
+    h4.reconnect()?;
+    ensure(code != 0, || "up succeeded although h4 was cut off".into())?;
+    let (code, json, stderr) = up(w, &file, &[]);
+    ensure(code == 0, || format!("re-run after the interruptions: {json}\n{stderr}"))?;
+    let leftovers = crate::common::sh(lab.host("h1"), "ls -a /usr/local/bin /etc/rancher/k3s /etc/systemd/system | grep -c -e k3node-tmp -e k3node-receive -e k3node-upload || true")?;
+    ensure(leftovers.trim() == "0", || format!("temp files left behind: {leftovers}"))?;
+    all_ready(w, &["h1", "h2", "h3", "h4"])
 }
