@@ -64,7 +64,12 @@ fn main() {
         known_hosts.display()
     );
     for (i, h) in lab.hosts().iter().enumerate() {
-        yaml.push_str(&format!("    - name: {}\n      address: {}\n      role: {}\n", h.name, h.address, if i == 0 { "server" } else { "agent" }));
+        yaml.push_str(&format!(
+            "    - name: {}\n      address: {}\n      role: {}\n",
+            h.name,
+            h.address,
+            if i == 0 { "server" } else { "agent" }
+        ));
     }
     std::fs::write(&cluster, yaml).unwrap();
     for h in lab.hosts() {
@@ -83,7 +88,8 @@ fn main() {
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!("{label}: k3node gave no JSON: {}", String::from_utf8_lossy(&out.stderr));
         });
-        let checked = json["hosts"].as_array().map(|a| a.iter().filter(|h| h.get("report").is_some()).count()).unwrap_or(0);
+        let checked =
+            json["hosts"].as_array().map(|a| a.iter().filter(|h| h.get("report").is_some()).count()).unwrap_or(0);
         assert_eq!(checked, 5, "{label}: not every host was checked: {json}");
         took
     };
@@ -103,7 +109,10 @@ fn main() {
 
     let checks_per_host = BASELINE_CHECKS.len();
     println!("preflight benchmark, 5 lab hosts (nspawn + sshd over veth), same run:");
-    println!("  baseline: OpenSSH `ssh host cmd`, {checks_per_host} commands per host, host by host: {:>8.3} s", baseline.as_secs_f64());
+    println!(
+        "  baseline: OpenSSH `ssh host cmd`, {checks_per_host} commands per host, host by host: {:>8.3} s",
+        baseline.as_secs_f64()
+    );
     println!("  k3node cold (uploads the agent to every host):                  {:>8.3} s", cold.as_secs_f64());
     println!(
         "  k3node warm (agent in place), median of {WARM_RUNS}:                      {:>8.3} s  (min {:.3}, max {:.3})",
@@ -111,7 +120,10 @@ fn main() {
         warm[0].as_secs_f64(),
         warm[WARM_RUNS - 1].as_secs_f64()
     );
-    println!("  ratio baseline / k3node warm: {:.1}x (target >= 5x)", baseline.as_secs_f64() / warm_median.as_secs_f64());
+    println!(
+        "  ratio baseline / k3node warm: {:.1}x (target >= 5x)",
+        baseline.as_secs_f64() / warm_median.as_secs_f64()
+    );
     println!("  ratio baseline / k3node cold: {:.1}x", baseline.as_secs_f64() / cold.as_secs_f64());
     println!("  warm run under 1 s for 5 hosts: {}", if warm_median < Duration::from_secs(1) { "yes" } else { "NO" });
 }

@@ -6,10 +6,10 @@
 //!
 //! Run: `cargo bench --bench up` as root (it builds the lab of tests/lab).
 
-#[path = "../tests/lab/support/mod.rs"]
-mod support;
 #[path = "../tests/lab/mirror.rs"]
 mod mirror;
+#[path = "../tests/lab/support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -38,9 +38,18 @@ impl Bench {
             self.known_hosts.display()
         );
         for (i, h) in self.lab.hosts().iter().take(agents + 1).enumerate() {
-            yaml.push_str(&format!("    - name: {}\n      address: {}\n      role: {}\n", h.name, h.address, if i == 0 { "server" } else { "agent" }));
+            yaml.push_str(&format!(
+                "    - name: {}\n      address: {}\n      role: {}\n",
+                h.name,
+                h.address,
+                if i == 0 { "server" } else { "agent" }
+            ));
         }
-        yaml.push_str(&format!("  k3s:\n    version: {}\n    source:\n      mirror: {}\n", mirror::VERSION, self.mirror_url));
+        yaml.push_str(&format!(
+            "  k3s:\n    version: {}\n    source:\n      mirror: {}\n",
+            mirror::VERSION,
+            self.mirror_url
+        ));
         let path = self.home.join(format!("cluster-{agents}.yaml"));
         std::fs::write(&path, yaml).unwrap();
         path
@@ -52,9 +61,19 @@ impl Bench {
         let out = self.k3node(&["up", "-c", file.to_str().unwrap(), "--ready-timeout", "120", "-o", "json"]);
         let took = started.elapsed();
         let cpu = children_cpu() - cpu_before;
-        assert!(out.status.success(), "{label}: up failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{label}: up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let phases: Vec<String> = json["phases"].as_array().into_iter().flatten().map(|p| format!("{} {:.2}s", p["name"].as_str().unwrap_or("?"), p["elapsed"].as_f64().unwrap_or(0.0))).collect();
+        let phases: Vec<String> = json["phases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{} {:.2}s", p["name"].as_str().unwrap_or("?"), p["elapsed"].as_f64().unwrap_or(0.0)))
+            .collect();
         eprintln!("  {label}: {:.3} s, k3node CPU {:.2} s ({})", took.as_secs_f64(), cpu, phases.join(", "));
         took
     }
@@ -67,7 +86,14 @@ impl Bench {
     fn ssh(&self, h: &LabHost, command: &str) -> Output {
         self.lab
             .command_in_netns(Path::new("ssh"))
-            .args(["-i", self.lab.client_key().to_str().unwrap(), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .args([
+                "-i",
+                self.lab.client_key().to_str().unwrap(),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .arg(format!("root@{}", h.address))
@@ -144,14 +170,17 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let lab = std::sync::Arc::new(Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect() }).unwrap_or_else(|e| {
-        eprintln!("bench: cannot build the lab: {e:#}");
-        std::process::exit(1);
-    }));
+    let lab = std::sync::Arc::new(
+        Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect() }).unwrap_or_else(|e| {
+            eprintln!("bench: cannot build the lab: {e:#}");
+            std::process::exit(1);
+        }),
+    );
     let home = lab.dir().join("bench-up");
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
     let known_hosts = home.join(".ssh/known_hosts");
-    std::fs::write(&known_hosts, lab.hosts().iter().map(|h| lab.known_hosts_line(h) + "\n").collect::<String>()).unwrap();
+    std::fs::write(&known_hosts, lab.hosts().iter().map(|h| lab.known_hosts_line(h) + "\n").collect::<String>())
+        .unwrap();
     let server = mirror::Mirror::start(&lab);
     let binary = mirror::release_binary(mirror::VERSION);
     mirror::publish(&server.root, mirror::VERSION, &binary);
@@ -175,9 +204,18 @@ fn main() {
     println!("up benchmark, lab hosts (nspawn + sshd over veth), k3s stand-in from a lab mirror, same run:");
     println!("  k3node up, 1 server + 1 agent:                         {:>8.3} s", one_agent.as_secs_f64());
     println!("  k3node up, 1 server + 4 agents:                        {:>8.3} s", four_agents.as_secs_f64());
-    println!("  scaling ratio (4 agents / 1 agent):                    {:>8.2}   (target <= 1.5)", four_agents.as_secs_f64() / one_agent.as_secs_f64());
+    println!(
+        "  scaling ratio (4 agents / 1 agent):                    {:>8.2}   (target <= 1.5)",
+        four_agents.as_secs_f64() / one_agent.as_secs_f64()
+    );
     println!("  baseline, seed 004 steps with OpenSSH, 1 + 4, in sequence: {:>8.3} s", base.as_secs_f64());
-    println!("  ratio baseline / k3node at 4 agents:                   {:>8.2}x  (target >= 2x)", base.as_secs_f64() / four_agents.as_secs_f64());
-    println!("  no-op re-run on 5 hosts, median of 3:                  {:>8.3} s  (target < 2 s)", noop[1].as_secs_f64());
+    println!(
+        "  ratio baseline / k3node at 4 agents:                   {:>8.2}x  (target >= 2x)",
+        base.as_secs_f64() / four_agents.as_secs_f64()
+    );
+    println!(
+        "  no-op re-run on 5 hosts, median of 3:                  {:>8.3} s  (target < 2 s)",
+        noop[1].as_secs_f64()
+    );
     drop(server);
 }

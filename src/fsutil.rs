@@ -11,10 +11,8 @@ use std::path::Path;
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name(path)))
-        .suffix(".k3node-tmp")
-        .tempfile_in(dir)?;
+    let mut tmp =
+        tempfile::Builder::new().prefix(&format!(".{}.", file_name(path))).suffix(".k3node-tmp").tempfile_in(dir)?;
     tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
@@ -28,7 +26,8 @@ pub fn install_verified(source: &Path, expected_sha256: &str, dest: &Path, mode:
     use sha2::Digest;
     let dir = parent_dir(dest);
     fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(&format!(".{}.", file_name(dest))).suffix(".k3node-tmp").tempfile_in(dir)?;
+    let mut tmp =
+        tempfile::Builder::new().prefix(&format!(".{}.", file_name(dest))).suffix(".k3node-tmp").tempfile_in(dir)?;
     let mut hasher = sha2::Sha256::new();
     let mut input = File::open(source)?;
     let mut buf = vec![0u8; 1 << 16];
@@ -44,7 +43,10 @@ pub fn install_verified(source: &Path, expected_sha256: &str, dest: &Path, mode:
     if actual != expected_sha256 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("copy of {} has sha256 {actual}, expected {expected_sha256}; nothing was replaced", source.display()),
+            format!(
+                "copy of {} has sha256 {actual}, expected {expected_sha256}; nothing was replaced",
+                source.display()
+            ),
         ));
     }
     tmp.as_file().set_permissions(Permissions::from_mode(mode))?;

@@ -37,7 +37,8 @@ enum Command {
 fn main() -> ExitCode {
     // Like every Unix tool: output piped into `head` ends the program quietly instead of panicking.
     // SAFETY: no other thread exists yet, and the default disposition is async-signal-safe.
-    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let _ =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     let cli = Cli::parse();
     if let Command::Host(args) = &cli.command {
         // The agent's stdout is the protocol; logs would corrupt it.
@@ -74,6 +75,7 @@ fn init_tracing(verbose: u8) {
         2 => "debug,russh=info",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("K3NODE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("K3NODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

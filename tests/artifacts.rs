@@ -16,8 +16,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Router;
 use k3node::artifacts::{
-    fetch_k3s, resolve_version, ArtifactError, ArtifactOptions, DownloadProgress, K3sBinary,
-    NoProgress, Origin,
+    fetch_k3s, resolve_version, ArtifactError, ArtifactOptions, DownloadProgress, K3sBinary, NoProgress, Origin,
 };
 use k3node::cluster::{self, ArtifactSource, K3sSpec};
 use sha2::{Digest, Sha256};
@@ -86,11 +85,7 @@ impl Fixture {
         f.put(
             VERSION,
             "sha256sum-amd64.txt",
-            sums(&[
-                ("k3s", &f.k3s),
-                ("k3s-airgap-images-amd64.tar.zst", b"images"),
-            ])
-            .as_bytes(),
+            sums(&[("k3s", &f.k3s), ("k3s-airgap-images-amd64.tar.zst", b"images")]).as_bytes(),
         );
         f
     }
@@ -102,13 +97,7 @@ impl Fixture {
     }
 
     fn fault(&self, file: &str, faults: &[Fault]) {
-        self.server
-            .faults
-            .lock()
-            .unwrap()
-            .entry(file.to_string())
-            .or_default()
-            .extend(faults.iter().cloned());
+        self.server.faults.lock().unwrap().entry(file.to_string()).or_default().extend(faults.iter().cloned());
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -119,9 +108,7 @@ impl Fixture {
     fn seen_file(&self, file: &str) -> Vec<Seen> {
         self.seen()
             .into_iter()
-            .filter(|s| {
-                s.raw_path.starts_with("/release/") && s.raw_path.rsplit('/').next() == Some(file)
-            })
+            .filter(|s| s.raw_path.starts_with("/release/") && s.raw_path.rsplit('/').next() == Some(file))
             .collect()
     }
 
@@ -136,9 +123,7 @@ impl Fixture {
     }
 
     fn release_spec(&self) -> K3sSpec {
-        spec(ArtifactSource::Release {
-            url: format!("{}/release", self.base),
-        })
+        spec(ArtifactSource::Release { url: format!("{}/release", self.base) })
     }
 
     fn cache_entry(&self, arch: &str) -> PathBuf {
@@ -146,14 +131,7 @@ impl Fixture {
     }
 
     async fn fetch(&self, arch: &str) -> Result<K3sBinary, ArtifactError> {
-        fetch_k3s(
-            &self.release_spec(),
-            VERSION,
-            arch,
-            &self.opts(),
-            &NoProgress,
-        )
-        .await
+        fetch_k3s(&self.release_spec(), VERSION, arch, &self.opts(), &NoProgress).await
     }
 }
 
@@ -167,14 +145,8 @@ async fn serve(server: Arc<Server>) -> String {
 
 async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
     let raw_path = req.uri().path().to_string();
-    let range = req
-        .headers()
-        .get("range")
-        .map(|v| v.to_str().unwrap().to_string());
-    server.log.lock().unwrap().push(Seen {
-        raw_path: raw_path.clone(),
-        range: range.clone(),
-    });
+    let range = req.headers().get("range").map(|v| v.to_str().unwrap().to_string());
+    server.log.lock().unwrap().push(Seen { raw_path: raw_path.clone(), range: range.clone() });
     if let Some(channel) = raw_path.strip_prefix("/channels/") {
         return match channel {
             "stable" | "v1.31" => redirect(&format!("/k3s-io/k3s/releases/tag/{VERSION_IN_URL}")),
@@ -192,12 +164,7 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
         return status(400);
     }
     let name = rel.rsplit('/').next().unwrap().to_string();
-    let fault = server
-        .faults
-        .lock()
-        .unwrap()
-        .get_mut(&name)
-        .and_then(|q| q.pop_front());
+    let fault = server.faults.lock().unwrap().get_mut(&name).and_then(|q| q.pop_front());
     if let Some(Fault::Status(code)) = fault {
         return status(code);
     }
@@ -221,10 +188,7 @@ async fn handle(State(server): State<Arc<Server>>, req: Request) -> Response {
                 .unwrap();
         }
         start = from;
-        builder = builder.status(206).header(
-            "content-range",
-            format!("bytes {from}-{}/{total}", total - 1),
-        );
+        builder = builder.status(206).header("content-range", format!("bytes {from}-{}/{total}", total - 1));
     }
     let body = bytes[start..].to_vec();
     let builder = builder.header("content-length", body.len());
@@ -254,11 +218,7 @@ fn status(code: u16) -> Response {
 }
 
 fn redirect(location: &str) -> Response {
-    Response::builder()
-        .status(302)
-        .header("location", location)
-        .body(Body::empty())
-        .unwrap()
+    Response::builder().status(302).header("location", location).body(Body::empty()).unwrap()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -267,9 +227,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            out.push(
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap(),
-            );
+            out.push(u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap());
             i += 3;
         } else {
             out.push(b[i]);
@@ -301,10 +259,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// A checksum file as sha256sum writes it.
 fn sums(files: &[(&str, &[u8])]) -> String {
-    files
-        .iter()
-        .map(|(name, bytes)| format!("{}  {name}\n", sha256(bytes)))
-        .collect()
+    files.iter().map(|(name, bytes)| format!("{}  {name}\n", sha256(bytes))).collect()
 }
 
 /// A K3sSpec as the cluster file yields it (parsed, so that it stays whatever the struct becomes),
@@ -312,9 +267,7 @@ fn sums(files: &[(&str, &[u8])]) -> String {
 fn spec(source: ArtifactSource) -> K3sSpec {
     let text = "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: t\nspec:\n  hosts:\n    \
                 - name: server-1\n      address: 192.168.56.10\n      role: server\n";
-    let mut spec = cluster::parse("cluster.yaml", Path::new("/"), text)
-        .expect("minimal cluster file")
-        .k3s;
+    let mut spec = cluster::parse("cluster.yaml", Path::new("/"), text).expect("minimal cluster file").k3s;
     spec.source = source;
     spec.version = None;
     spec.channel = None;
@@ -351,10 +304,7 @@ struct Recorder {
 impl DownloadProgress for Recorder {
     fn started(&self, what: &str, total: Option<u64>) {
         *self.bytes.lock().unwrap() = 0;
-        self.events
-            .lock()
-            .unwrap()
-            .push(format!("started {what} {total:?}"));
+        self.events.lock().unwrap().push(format!("started {what} {total:?}"));
     }
     fn advanced(&self, bytes: u64) {
         *self.bytes.lock().unwrap() += bytes;
@@ -377,15 +327,9 @@ async fn channel_resolves_through_the_redirect() {
     assert_eq!(resolve_version(&s, &f.opts()).await.unwrap(), VERSION);
     // An absolute Location with a literal +, and a release candidate.
     s.channel = Some("latest".into());
-    assert_eq!(
-        resolve_version(&s, &f.opts()).await.unwrap(),
-        "v1.32.0-rc1+k3s2"
-    );
+    assert_eq!(resolve_version(&s, &f.opts()).await.unwrap(), "v1.32.0-rc1+k3s2");
     let paths: Vec<String> = f.seen().into_iter().map(|s| s.raw_path).collect();
-    assert_eq!(
-        paths,
-        ["/channels/stable", "/channels/v1.31", "/channels/latest"]
-    );
+    assert_eq!(paths, ["/channels/stable", "/channels/v1.31", "/channels/latest"]);
 }
 
 #[tokio::test]
@@ -396,29 +340,17 @@ async fn channel_errors_are_clear() {
     let e = resolve_version(&s, &f.opts()).await.unwrap_err();
     assert!(matches!(e, ArtifactError::NotFound { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("channel \"nope\" does not exist") && msg.contains("/channels/nope"),
-        "{msg}"
-    );
+    assert!(msg.contains("channel \"nope\" does not exist") && msg.contains("/channels/nope"), "{msg}");
     // A 404 is an answer: asked once.
     assert_eq!(f.seen().len(), 1);
 
     s.channel = Some("broken".into());
-    let msg = resolve_version(&s, &f.opts())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains("\"not-a-version\"") && msg.contains("is not a k3s version"),
-        "{msg}"
-    );
+    let msg = resolve_version(&s, &f.opts()).await.unwrap_err().to_string();
+    assert!(msg.contains("\"not-a-version\"") && msg.contains("is not a k3s version"), "{msg}");
 
     s.channel = Some("flat".into());
     let e = resolve_version(&s, &f.opts()).await.unwrap_err();
-    assert!(
-        matches!(e, ArtifactError::ChannelNoRedirect { .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, ArtifactError::ChannelNoRedirect { .. }), "{e:?}");
     assert!(e.to_string().contains("answered HTTP 200 OK"), "{e}");
 }
 
@@ -427,10 +359,7 @@ async fn a_pinned_version_skips_the_channel() {
     let f = Fixture::start().await;
     let mut s = f.release_spec();
     s.version = Some("v1.30.2+k3s2".into());
-    assert_eq!(
-        resolve_version(&s, &f.opts()).await.unwrap(),
-        "v1.30.2+k3s2"
-    );
+    assert_eq!(resolve_version(&s, &f.opts()).await.unwrap(), "v1.30.2+k3s2");
     assert!(f.seen().is_empty(), "{:?}", f.seen());
 }
 
@@ -441,61 +370,37 @@ async fn a_pinned_version_skips_the_channel() {
 async fn downloads_verifies_and_caches() {
     let f = Fixture::start().await;
     let progress = Recorder::default();
-    let bin = fetch_k3s(&f.release_spec(), VERSION, "amd64", &f.opts(), &progress)
-        .await
-        .unwrap();
+    let bin = fetch_k3s(&f.release_spec(), VERSION, "amd64", &f.opts(), &progress).await.unwrap();
     assert_eq!(bin.version, VERSION);
     assert_eq!(bin.arch, "amd64");
     assert_eq!(bin.sha256, sha256(&f.k3s));
     assert_eq!(bin.size, SIZE as u64);
     assert_eq!(bin.path, f.cache_entry("amd64").join("k3s"));
-    assert_eq!(
-        bin.origin,
-        Origin::Downloaded {
-            url: format!("{}/release/{VERSION_IN_URL}/k3s", f.base)
-        }
-    );
+    assert_eq!(bin.origin, Origin::Downloaded { url: format!("{}/release/{VERSION_IN_URL}/k3s", f.base) });
     assert_eq!(std::fs::read(&bin.path).unwrap(), f.k3s);
-    assert_eq!(
-        std::fs::metadata(&bin.path).unwrap().permissions().mode() & 0o777,
-        0o755
-    );
+    assert_eq!(std::fs::metadata(&bin.path).unwrap().permissions().mode() & 0o777, 0o755);
     // The + is sent as %2B; the checksum file first, then the binary, once each.
     let paths: Vec<String> = f.seen().into_iter().map(|s| s.raw_path).collect();
     assert_eq!(
         paths,
-        [
-            format!("/release/{VERSION_IN_URL}/sha256sum-amd64.txt"),
-            format!("/release/{VERSION_IN_URL}/k3s")
-        ]
+        [format!("/release/{VERSION_IN_URL}/sha256sum-amd64.txt"), format!("/release/{VERSION_IN_URL}/k3s")]
     );
     assert_eq!(
         *progress.events.lock().unwrap(),
-        [
-            format!("started k3s {VERSION} (amd64) Some({SIZE})"),
-            "finished".to_string()
-        ]
+        [format!("started k3s {VERSION} (amd64) Some({SIZE})"), "finished".to_string()]
     );
     assert_eq!(*progress.bytes.lock().unwrap(), SIZE as u64);
     // Only the binary and its checksum file are left: no temp files.
     assert_eq!(
         files_under(f.cache.path()),
-        [
-            format!("k3s/{VERSION}/amd64/k3s"),
-            format!("k3s/{VERSION}/amd64/sha256sum-amd64.txt")
-        ]
+        [format!("k3s/{VERSION}/amd64/k3s"), format!("k3s/{VERSION}/amd64/sha256sum-amd64.txt")]
     );
 
     // Again: from the cache, verified, without a single request.
     let progress = Recorder::default();
-    let again = fetch_k3s(&f.release_spec(), VERSION, "amd64", &f.opts(), &progress)
-        .await
-        .unwrap();
+    let again = fetch_k3s(&f.release_spec(), VERSION, "amd64", &f.opts(), &progress).await.unwrap();
     assert_eq!(again.origin, Origin::Cache);
-    assert_eq!(
-        (again.path.clone(), again.sha256.clone()),
-        (bin.path, bin.sha256)
-    );
+    assert_eq!((again.path.clone(), again.sha256.clone()), (bin.path, bin.sha256));
     assert_eq!(f.seen().len(), 2);
     assert!(progress.events.lock().unwrap().is_empty());
 }
@@ -505,17 +410,10 @@ async fn concurrent_fetches_download_once() {
     let f = Fixture::start().await;
     let (a, b) = tokio::join!(f.fetch("amd64"), f.fetch("amd64"));
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(
-        (a.sha256.clone(), a.path.clone()),
-        (b.sha256.clone(), b.path.clone())
-    );
+    assert_eq!((a.sha256.clone(), a.path.clone()), (b.sha256.clone(), b.path.clone()));
     let mut origins = [a.origin, b.origin].map(|o| matches!(o, Origin::Cache));
     origins.sort();
-    assert_eq!(
-        origins,
-        [false, true],
-        "one downloads, the other waits and takes the cache"
-    );
+    assert_eq!(origins, [false, true], "one downloads, the other waits and takes the cache");
     assert_eq!(f.seen_file("k3s").len(), 1);
 }
 
@@ -528,11 +426,7 @@ async fn a_tampered_cached_binary_is_downloaded_again() {
     std::fs::write(&bin.path, &bytes).unwrap();
 
     let again = f.fetch("amd64").await.unwrap();
-    assert!(
-        matches!(again.origin, Origin::Downloaded { .. }),
-        "{:?}",
-        again.origin
-    );
+    assert!(matches!(again.origin, Origin::Downloaded { .. }), "{:?}", again.origin);
     assert_eq!(std::fs::read(&again.path).unwrap(), f.k3s);
     assert_eq!(f.seen_file("k3s").len(), 2);
     assert_eq!(f.fetch("amd64").await.unwrap().origin, Origin::Cache);
@@ -545,54 +439,29 @@ async fn a_tampered_binary_on_the_server_is_refused_and_nothing_is_cached() {
     bad[100] ^= 0xff;
     f.put(VERSION, "k3s", &bad);
     let e = f.fetch("amd64").await.unwrap_err();
-    let ArtifactError::ChecksumMismatch {
-        url,
-        expected,
-        actual,
-        ..
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
+    let ArtifactError::ChecksumMismatch { url, expected, actual, .. } = &e else { panic!("{e:?}") };
     assert_eq!(url, &format!("{}/release/{VERSION_IN_URL}/k3s", f.base));
     assert_eq!(expected, &sha256(&f.k3s));
     assert_eq!(actual, &sha256(&bad));
     let msg = e.to_string();
     assert!(
-        msg.contains(&sha256(&f.k3s))
-            && msg.contains(&sha256(&bad))
-            && msg.contains("nothing was cached"),
+        msg.contains(&sha256(&f.k3s)) && msg.contains(&sha256(&bad)) && msg.contains("nothing was cached"),
         "{msg}"
     );
-    assert!(
-        files_under(f.cache.path()).is_empty(),
-        "{:?}",
-        files_under(f.cache.path())
-    );
+    assert!(files_under(f.cache.path()).is_empty(), "{:?}", files_under(f.cache.path()));
 }
 
 #[tokio::test]
 async fn a_checksum_file_with_a_wrong_hash_is_refused() {
     let f = Fixture::start().await;
-    f.put(
-        VERSION,
-        "sha256sum-amd64.txt",
-        sums(&[("k3s", b"something else")]).as_bytes(),
-    );
+    f.put(VERSION, "sha256sum-amd64.txt", sums(&[("k3s", b"something else")]).as_bytes());
     let e = f.fetch("amd64").await.unwrap_err();
     assert!(matches!(e, ArtifactError::ChecksumMismatch { .. }), "{e:?}");
     assert!(e.to_string().contains("sha256sum-amd64.txt"), "{e}");
     assert!(files_under(f.cache.path()).is_empty());
     // A later fetch against a fixed release succeeds.
-    f.put(
-        VERSION,
-        "sha256sum-amd64.txt",
-        sums(&[("k3s", &f.k3s)]).as_bytes(),
-    );
-    assert!(matches!(
-        f.fetch("amd64").await.unwrap().origin,
-        Origin::Downloaded { .. }
-    ));
+    f.put(VERSION, "sha256sum-amd64.txt", sums(&[("k3s", &f.k3s)]).as_bytes());
+    assert!(matches!(f.fetch("amd64").await.unwrap().origin, Origin::Downloaded { .. }));
 }
 
 #[tokio::test]
@@ -604,32 +473,20 @@ async fn a_checksum_file_without_the_entry_is_a_clear_error() {
         sums(&[("k3s-airgap-images-amd64.tar", b"x"), ("k3s-arm64", b"y")]).as_bytes(),
     );
     let e = f.fetch("amd64").await.unwrap_err();
-    assert!(
-        matches!(e, ArtifactError::ChecksumEntryMissing { .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, ArtifactError::ChecksumEntryMissing { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(
-        msg.contains(&format!(
-            "{}/release/{VERSION_IN_URL}/sha256sum-amd64.txt",
-            f.base
-        )) && msg.contains("no sha256 line for \"k3s\"")
+        msg.contains(&format!("{}/release/{VERSION_IN_URL}/sha256sum-amd64.txt", f.base))
+            && msg.contains("no sha256 line for \"k3s\"")
             && msg.contains("k3s-arm64"),
         "{msg}"
     );
     // The binary was not even asked for.
     assert!(f.seen_file("k3s").is_empty());
 
-    f.put(
-        VERSION,
-        "sha256sum-amd64.txt",
-        b"<html>rate limited</html>\n",
-    );
+    f.put(VERSION, "sha256sum-amd64.txt", b"<html>rate limited</html>\n");
     let e = f.fetch("amd64").await.unwrap_err();
-    assert!(
-        matches!(e, ArtifactError::ChecksumFileMalformed { line: 1, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, ArtifactError::ChecksumFileMalformed { line: 1, .. }), "{e:?}");
     assert!(files_under(f.cache.path()).is_empty());
 }
 
@@ -637,47 +494,20 @@ async fn a_checksum_file_without_the_entry_is_a_clear_error() {
 async fn not_found_says_it_does_not_exist_without_retrying() {
     let f = Fixture::start().await;
     // No such release: the checksum file is the first 404.
-    let e = fetch_k3s(
-        &f.release_spec(),
-        "v1.99.0+k3s1",
-        "amd64",
-        &f.opts(),
-        &NoProgress,
-    )
-    .await
-    .unwrap_err();
+    let e = fetch_k3s(&f.release_spec(), "v1.99.0+k3s1", "amd64", &f.opts(), &NoProgress).await.unwrap_err();
     assert!(matches!(e, ArtifactError::NotFound { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains(
-            "k3s v1.99.0+k3s1 for amd64 (its checksum file sha256sum-amd64.txt) does not exist"
-        ),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("v1.99.0%2Bk3s1/sha256sum-amd64.txt answered HTTP 404"),
-        "{msg}"
-    );
+    assert!(msg.contains("k3s v1.99.0+k3s1 for amd64 (its checksum file sha256sum-amd64.txt) does not exist"), "{msg}");
+    assert!(msg.contains("v1.99.0%2Bk3s1/sha256sum-amd64.txt answered HTTP 404"), "{msg}");
     assert_eq!(f.seen().len(), 1);
 
     // The release exists but not this binary.
-    f.put(
-        VERSION,
-        "sha256sum-s390x.txt",
-        sums(&[("k3s-s390x", b"z")]).as_bytes(),
-    );
+    f.put(VERSION, "sha256sum-s390x.txt", sums(&[("k3s-s390x", b"z")]).as_bytes());
     let e = f.fetch("s390x").await.unwrap_err();
     let msg = e.to_string();
-    assert!(
-        msg.contains(&format!("k3s {VERSION} (s390x) does not exist")),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("k3s {VERSION} (s390x) does not exist")), "{msg}");
     assert_eq!(f.seen_file("k3s-s390x").len(), 1);
-    assert!(
-        files_under(f.cache.path()).is_empty(),
-        "{:?}",
-        files_under(f.cache.path())
-    );
+    assert!(files_under(f.cache.path()).is_empty(), "{:?}", files_under(f.cache.path()));
 }
 
 #[tokio::test]
@@ -690,26 +520,11 @@ async fn server_errors_are_retried() {
 
     // Retries run out: the last status is reported, with the attempts.
     let f = Fixture::start().await;
-    f.fault(
-        "sha256sum-amd64.txt",
-        &[Fault::Status(503), Fault::Status(502), Fault::Status(500)],
-    );
+    f.fault("sha256sum-amd64.txt", &[Fault::Status(503), Fault::Status(502), Fault::Status(500)]);
     let mut opts = f.opts();
     opts.retries = 2;
-    let e = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            ArtifactError::HttpStatus {
-                status: 500,
-                attempts: 3,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    let e = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress).await.unwrap_err();
+    assert!(matches!(e, ArtifactError::HttpStatus { status: 500, attempts: 3, .. }), "{e:?}");
     assert!(e.to_string().contains("HTTP 500"), "{e}");
 }
 
@@ -718,26 +533,18 @@ async fn an_interrupted_download_resumes_with_a_range_request() {
     let f = Fixture::start().await;
     f.fault("k3s", &[Fault::CutAfter(CUT)]);
     let progress = Recorder::default();
-    let bin = fetch_k3s(&f.release_spec(), VERSION, "amd64", &f.opts(), &progress)
-        .await
-        .unwrap();
+    let bin = fetch_k3s(&f.release_spec(), VERSION, "amd64", &f.opts(), &progress).await.unwrap();
     assert_eq!(bin.sha256, sha256(&f.k3s));
     assert_eq!(std::fs::read(&bin.path).unwrap(), f.k3s);
     let seen = f.seen_file("k3s");
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[0].range, None);
-    assert_eq!(
-        seen[1].range.as_deref(),
-        Some(format!("bytes={CUT}-").as_str())
-    );
+    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={CUT}-").as_str()));
     // Progress restarted for the second attempt and counted the kept bytes.
     let events = progress.events.lock().unwrap().clone();
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(*progress.bytes.lock().unwrap(), SIZE as u64);
-    assert_eq!(
-        files_under(&f.cache_entry("amd64")),
-        ["k3s", "sha256sum-amd64.txt"]
-    );
+    assert_eq!(files_under(&f.cache_entry("amd64")), ["k3s", "sha256sum-amd64.txt"]);
 }
 
 #[tokio::test]
@@ -746,40 +553,24 @@ async fn a_partial_download_of_an_earlier_run_is_continued() {
     f.fault("k3s", &[Fault::CutAfter(CUT)]);
     let mut opts = f.opts();
     opts.retries = 0;
-    let e = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, ArtifactError::Network { attempts: 1, .. }),
-        "{e:?}"
-    );
+    let e = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress).await.unwrap_err();
+    assert!(matches!(e, ArtifactError::Network { attempts: 1, .. }), "{e:?}");
     let msg = e.to_string();
     assert!(
-        msg.contains(&format!(
-            "/k3s failed after 1 attempt(s): the connection broke after {CUT} of {SIZE} bytes"
-        )),
+        msg.contains(&format!("/k3s failed after 1 attempt(s): the connection broke after {CUT} of {SIZE} bytes")),
         "{msg}"
     );
     // The partial file stays for the next run, and is not a usable binary.
     let left = files_under(&f.cache_entry("amd64"));
     assert_eq!(left.len(), 1, "{left:?}");
-    assert!(
-        left[0].starts_with(".k3s.") && left[0].ends_with(".partial"),
-        "{left:?}"
-    );
+    assert!(left[0].starts_with(".k3s.") && left[0].ends_with(".partial"), "{left:?}");
 
     let bin = f.fetch("amd64").await.unwrap();
     assert_eq!(bin.sha256, sha256(&f.k3s));
     let seen = f.seen_file("k3s");
     assert_eq!(seen.len(), 2);
-    assert_eq!(
-        seen[1].range.as_deref(),
-        Some(format!("bytes={CUT}-").as_str())
-    );
-    assert_eq!(
-        files_under(&f.cache_entry("amd64")),
-        ["k3s", "sha256sum-amd64.txt"]
-    );
+    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={CUT}-").as_str()));
+    assert_eq!(files_under(&f.cache_entry("amd64")), ["k3s", "sha256sum-amd64.txt"]);
 }
 
 #[tokio::test]
@@ -808,10 +599,7 @@ async fn a_complete_partial_is_used_and_an_overlong_one_restarted() {
     assert_eq!(std::fs::read(&bin.path).unwrap(), f.k3s);
     let seen = f.seen_file("k3s");
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_eq!(
-        seen[0].range.as_deref(),
-        Some(format!("bytes={}-", long.len()).as_str())
-    );
+    assert_eq!(seen[0].range.as_deref(), Some(format!("bytes={}-", long.len()).as_str()));
     assert_eq!(seen[1].range, None);
     assert_eq!(files_under(&dir), ["k3s", "sha256sum-amd64.txt"]);
 }
@@ -825,10 +613,7 @@ async fn without_range_support_the_download_restarts() {
     assert_eq!(std::fs::read(&bin.path).unwrap(), f.k3s);
     let seen = f.seen_file("k3s");
     assert_eq!(seen.len(), 2);
-    assert!(
-        seen[1].range.is_some(),
-        "asked for a range, got the whole file"
-    );
+    assert!(seen[1].range.is_some(), "asked for a range, got the whole file");
 }
 
 #[tokio::test]
@@ -838,12 +623,8 @@ async fn a_resumed_download_that_does_not_verify_is_restarted_from_zero() {
     f.fault("k3s", &[Fault::CutAfter(CUT)]);
     let mut opts = f.opts();
     opts.retries = 0;
-    fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress)
-        .await
-        .unwrap_err();
-    let partial = f
-        .cache_entry("amd64")
-        .join(&files_under(&f.cache_entry("amd64"))[0]);
+    fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress).await.unwrap_err();
+    let partial = f.cache_entry("amd64").join(&files_under(&f.cache_entry("amd64"))[0]);
     let mut kept = std::fs::read(&partial).unwrap();
     kept[10] ^= 1; // inside the kept prefix
     std::fs::write(&partial, &kept).unwrap();
@@ -852,10 +633,7 @@ async fn a_resumed_download_that_does_not_verify_is_restarted_from_zero() {
     assert_eq!(std::fs::read(&bin.path).unwrap(), f.k3s);
     let seen = f.seen_file("k3s");
     assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(
-        seen[1].range.is_some() && seen[2].range.is_none(),
-        "{seen:?}"
-    );
+    assert!(seen[1].range.is_some() && seen[2].range.is_none(), "{seen:?}");
 }
 
 #[tokio::test]
@@ -866,33 +644,19 @@ async fn a_stalled_download_is_detected_and_resumed() {
     opts.timeout = Duration::from_secs(1);
     opts.retries = 0;
     let started = std::time::Instant::now();
-    let e = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    let e = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     assert!(e.to_string().contains("stalled"), "{e}");
 
     f.fault("k3s", &[Fault::StallAfter(CUT)]);
     opts.retries = 1;
-    let bin = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress)
-        .await
-        .unwrap();
+    let bin = fetch_k3s(&f.release_spec(), VERSION, "amd64", &opts, &NoProgress).await.unwrap();
     assert_eq!(bin.sha256, sha256(&f.k3s));
     let seen = f.seen_file("k3s");
     assert_eq!(seen.len(), 3, "{seen:?}");
     // The second run continued what the first kept, and its own retry continued again.
-    assert_eq!(
-        seen[1].range.as_deref(),
-        Some(format!("bytes={CUT}-").as_str())
-    );
-    assert_eq!(
-        seen[2].range.as_deref(),
-        Some(format!("bytes={}-", 2 * CUT).as_str())
-    );
+    assert_eq!(seen[1].range.as_deref(), Some(format!("bytes={CUT}-").as_str()));
+    assert_eq!(seen[2].range.as_deref(), Some(format!("bytes={}-", 2 * CUT).as_str()));
 }
 
 #[tokio::test]
@@ -909,51 +673,26 @@ async fn an_unreachable_server_fails_after_the_retries() {
         timeout: Duration::from_secs(2),
         backoff: Duration::from_millis(10),
     };
-    let s = spec(ArtifactSource::Mirror {
-        url: format!("http://127.0.0.1:{port}/mirror"),
-    });
+    let s = spec(ArtifactSource::Mirror { url: format!("http://127.0.0.1:{port}/mirror") });
     let e = resolve_version(&s, &opts).await.unwrap_err();
-    assert!(
-        matches!(e, ArtifactError::Network { attempts: 3, .. }),
-        "{e:?}"
-    );
-    let e = fetch_k3s(&s, VERSION, "arm64", &opts, &NoProgress)
-        .await
-        .unwrap_err();
+    assert!(matches!(e, ArtifactError::Network { attempts: 3, .. }), "{e:?}");
+    let e = fetch_k3s(&s, VERSION, "arm64", &opts, &NoProgress).await.unwrap_err();
     let msg = e.to_string();
-    assert!(
-        msg.contains(&format!(
-            "http://127.0.0.1:{port}/mirror/{VERSION_IN_URL}/sha256sum-arm64.txt"
-        )),
-        "{msg}"
-    );
+    assert!(msg.contains(&format!("http://127.0.0.1:{port}/mirror/{VERSION_IN_URL}/sha256sum-arm64.txt")), "{msg}");
     assert!(msg.contains("after 3 attempt(s)"), "{msg}");
 }
 
 #[tokio::test]
 async fn credentials_in_a_mirror_url_never_reach_messages() {
     let f = Fixture::start().await;
-    let s = spec(ArtifactSource::Mirror {
-        url: format!(
-            "{}/release",
-            f.base.replace("http://", "http://user:s3cret@")
-        ),
-    });
-    let e = fetch_k3s(&s, "v1.99.0+k3s1", "amd64", &f.opts(), &NoProgress)
-        .await
-        .unwrap_err();
+    let s =
+        spec(ArtifactSource::Mirror { url: format!("{}/release", f.base.replace("http://", "http://user:s3cret@")) });
+    let e = fetch_k3s(&s, "v1.99.0+k3s1", "amd64", &f.opts(), &NoProgress).await.unwrap_err();
     let msg = format!("{e} {e:?}");
-    assert!(
-        !msg.contains("s3cret") && msg.contains("does not exist"),
-        "{msg}"
-    );
+    assert!(!msg.contains("s3cret") && msg.contains("does not exist"), "{msg}");
     // ...while the mirror still gets them.
-    let bin = fetch_k3s(&s, VERSION, "amd64", &f.opts(), &NoProgress)
-        .await
-        .unwrap();
-    let Origin::Downloaded { url } = &bin.origin else {
-        panic!()
-    };
+    let bin = fetch_k3s(&s, VERSION, "amd64", &f.opts(), &NoProgress).await.unwrap();
+    let Origin::Downloaded { url } = &bin.origin else { panic!() };
     assert!(!url.contains("s3cret"), "{url}");
 }
 
@@ -963,47 +702,22 @@ async fn arm_architectures_use_their_own_names() {
     let arm64 = fake_binary(200_000, 2);
     let armhf = fake_binary(150_000, 3);
     f.put(VERSION, "k3s-arm64", &arm64);
-    f.put(
-        VERSION,
-        "sha256sum-arm64.txt",
-        sums(&[("k3s-arm64", &arm64), ("k3s", &f.k3s)]).as_bytes(),
-    );
+    f.put(VERSION, "sha256sum-arm64.txt", sums(&[("k3s-arm64", &arm64), ("k3s", &f.k3s)]).as_bytes());
     f.put(VERSION, "k3s-armhf", &armhf);
     // The checksum file of armhf is named after "arm".
-    f.put(
-        VERSION,
-        "sha256sum-arm.txt",
-        sums(&[("k3s-armhf", &armhf), ("k3s-arm64", &arm64)]).as_bytes(),
-    );
+    f.put(VERSION, "sha256sum-arm.txt", sums(&[("k3s-armhf", &armhf), ("k3s-arm64", &arm64)]).as_bytes());
 
     let a = f.fetch("arm64").await.unwrap();
-    assert_eq!(
-        (a.arch.as_str(), a.sha256.clone()),
-        ("arm64", sha256(&arm64))
-    );
+    assert_eq!((a.arch.as_str(), a.sha256.clone()), ("arm64", sha256(&arm64)));
     assert_eq!(a.path, f.cache_entry("arm64").join("k3s-arm64"));
     let h = f.fetch("armhf").await.unwrap();
-    assert_eq!(
-        (h.arch.as_str(), h.sha256.clone()),
-        ("armhf", sha256(&armhf))
-    );
+    assert_eq!((h.arch.as_str(), h.sha256.clone()), ("armhf", sha256(&armhf)));
     assert_eq!(h.path, f.cache_entry("armhf").join("k3s-armhf"));
 
     let paths: Vec<String> = f.seen().into_iter().map(|s| s.raw_path).collect();
     let p = |file: &str| format!("/release/{VERSION_IN_URL}/{file}");
-    assert_eq!(
-        paths,
-        [
-            p("sha256sum-arm64.txt"),
-            p("k3s-arm64"),
-            p("sha256sum-arm.txt"),
-            p("k3s-armhf")
-        ]
-    );
-    assert_eq!(
-        files_under(&f.cache_entry("armhf")),
-        ["k3s-armhf", "sha256sum-arm.txt"]
-    );
+    assert_eq!(paths, [p("sha256sum-arm64.txt"), p("k3s-arm64"), p("sha256sum-arm.txt"), p("k3s-armhf")]);
+    assert_eq!(files_under(&f.cache_entry("armhf")), ["k3s-armhf", "sha256sum-arm.txt"]);
 
     let e = f.fetch("x86_64").await.unwrap_err();
     assert!(matches!(e, ArtifactError::UnknownArch { .. }), "{e:?}");
@@ -1018,23 +732,15 @@ async fn an_airgap_dir_is_verified_and_used_in_place() {
     let cache = tempfile::tempdir().unwrap();
     let k3s = fake_binary(500_000, 4);
     std::fs::write(dir.path().join("k3s"), &k3s).unwrap();
-    std::fs::write(
-        dir.path().join("sha256sum-amd64.txt"),
-        sums(&[("k3s", &k3s)]),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("sha256sum-amd64.txt"), sums(&[("k3s", &k3s)])).unwrap();
     let opts = ArtifactOptions {
         cache_dir: cache.path().to_path_buf(),
         // Nothing listens there: an airgap fetch must not go to the network.
         channel_url: "http://127.0.0.1:9/channels".into(),
         ..ArtifactOptions::default()
     };
-    let s = spec(ArtifactSource::AirgapDir {
-        path: dir.path().to_path_buf(),
-    });
-    let bin = fetch_k3s(&s, VERSION, "amd64", &opts, &NoProgress)
-        .await
-        .unwrap();
+    let s = spec(ArtifactSource::AirgapDir { path: dir.path().to_path_buf() });
+    let bin = fetch_k3s(&s, VERSION, "amd64", &opts, &NoProgress).await.unwrap();
     assert_eq!(bin.origin, Origin::Airgap);
     assert_eq!(bin.path, dir.path().join("k3s"));
     assert_eq!((bin.sha256, bin.size), (sha256(&k3s), k3s.len() as u64));
@@ -1046,38 +752,17 @@ async fn an_airgap_dir_with_a_bad_checksum_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let k3s = fake_binary(100_000, 5);
     std::fs::write(dir.path().join("k3s-arm64"), &k3s).unwrap();
-    std::fs::write(
-        dir.path().join("sha256sum-arm64.txt"),
-        sums(&[("k3s-arm64", b"other")]),
-    )
-    .unwrap();
-    let opts = ArtifactOptions {
-        cache_dir: dir.path().join("cache"),
-        ..ArtifactOptions::default()
-    };
-    let s = spec(ArtifactSource::AirgapDir {
-        path: dir.path().to_path_buf(),
-    });
-    let e = fetch_k3s(&s, VERSION, "arm64", &opts, &NoProgress)
-        .await
-        .unwrap_err();
-    let ArtifactError::ChecksumMismatch { url, actual, .. } = &e else {
-        panic!("{e:?}")
-    };
+    std::fs::write(dir.path().join("sha256sum-arm64.txt"), sums(&[("k3s-arm64", b"other")])).unwrap();
+    let opts = ArtifactOptions { cache_dir: dir.path().join("cache"), ..ArtifactOptions::default() };
+    let s = spec(ArtifactSource::AirgapDir { path: dir.path().to_path_buf() });
+    let e = fetch_k3s(&s, VERSION, "arm64", &opts, &NoProgress).await.unwrap_err();
+    let ArtifactError::ChecksumMismatch { url, actual, .. } = &e else { panic!("{e:?}") };
     assert_eq!(url, &dir.path().join("k3s-arm64").display().to_string());
     assert_eq!(actual, &sha256(&k3s));
 
     // A dir without the checksum file says what is missing.
     std::fs::remove_file(dir.path().join("sha256sum-arm64.txt")).unwrap();
-    let e = fetch_k3s(&s, VERSION, "arm64", &opts, &NoProgress)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, ArtifactError::AirgapFileMissing { .. }),
-        "{e:?}"
-    );
-    assert!(
-        e.to_string().contains("sha256sum-arm64.txt is missing"),
-        "{e}"
-    );
+    let e = fetch_k3s(&s, VERSION, "arm64", &opts, &NoProgress).await.unwrap_err();
+    assert!(matches!(e, ArtifactError::AirgapFileMissing { .. }), "{e:?}");
+    assert!(e.to_string().contains("sha256sum-arm64.txt is missing"), "{e}");
 }

@@ -8,9 +8,7 @@ use k3node::cluster::{self, ArtifactSource, ClusterFile, HostKeyCheck, LoadError
 use serde_json::json;
 
 fn corpus(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus")
-        .join(kind)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(kind)
 }
 
 fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
@@ -24,10 +22,7 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .expect("file name")
-        .to_string_lossy()
-        .into_owned()
+    p.file_name().expect("file name").to_string_lossy().into_owned()
 }
 
 /// Parses a corpus file the way the tests expect it named: by its bare file name.
@@ -74,15 +69,11 @@ fn invalid_corpus_reports_expected_diagnostics() {
         let lines: Vec<&str> = expected.lines().filter(|l| !l.trim().is_empty()).collect();
         match lines.first() {
             Some(first) if first.starts_with(&format!("{name}:")) => {}
-            _ => failures.push(format!(
-                "{name}: the first expected line must start with `{name}:LINE:COL: field`"
-            )),
+            _ => failures.push(format!("{name}: the first expected line must start with `{name}:LINE:COL: field`")),
         }
         for line in lines {
             if !rendered.contains(line) {
-                failures.push(format!(
-                    "{name}: missing {line:?}\n--- got:\n{rendered}\n---"
-                ));
+                failures.push(format!("{name}: missing {line:?}\n--- got:\n{rendered}\n---"));
             }
         }
     }
@@ -91,20 +82,13 @@ fn invalid_corpus_reports_expected_diagnostics() {
             failures.push(format!("{}: no matching .yaml", file_name(&expected)));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
 fn every_error_is_reported_not_just_the_first() {
     let err = parse_file(&corpus("invalid").join("many-errors.yaml")).expect_err("invalid");
-    let LoadError::Invalid(d) = err else {
-        panic!("{err}")
-    };
+    let LoadError::Invalid(d) = err else { panic!("{err}") };
     assert_eq!(d.len(), 6, "{d}");
     // In file order.
     let lines: Vec<usize> = d.iter().map(|x| x.line).collect();
@@ -112,10 +96,7 @@ fn every_error_is_reported_not_just_the_first() {
     sorted.sort();
     assert_eq!(lines, sorted);
     let first = &d.0[0];
-    assert_eq!(
-        (first.line, first.column, first.field.as_str()),
-        (7, 11, "spec.ssh.port")
-    );
+    assert_eq!((first.line, first.column, first.field.as_str()), (7, 11, "spec.ssh.port"));
 }
 
 #[test]
@@ -139,29 +120,18 @@ fn minimal_file_gets_every_default() {
     assert_eq!(f.ssh.key_path, None);
     assert_eq!(f.ssh.known_hosts, home().join(".ssh/known_hosts"));
     let default_config = home().join(".ssh/config");
-    assert_eq!(
-        f.ssh.config_file,
-        default_config.is_file().then_some(default_config)
-    );
+    assert_eq!(f.ssh.config_file, default_config.is_file().then_some(default_config));
     assert_eq!(f.ssh.host_key_check, HostKeyCheck::Strict);
     assert_eq!(f.ssh.bastion, None);
     let h = &f.hosts[0];
-    assert_eq!(
-        (h.name.as_str(), h.address.as_str(), h.role),
-        ("server-1", "192.168.56.10", Role::Server)
-    );
+    assert_eq!((h.name.as_str(), h.address.as_str(), h.role), ("server-1", "192.168.56.10", Role::Server));
     assert_eq!(h.ssh_user(&f.ssh), "root");
     assert_eq!(h.ssh_port(&f.ssh), 22);
     assert_eq!(h.key_path(&f.ssh), None);
     assert!(h.labels.is_empty() && h.taints.is_empty());
     assert_eq!(f.k3s.version, None);
     assert_eq!(f.k3s.channel.as_deref(), Some("stable"));
-    assert_eq!(
-        f.k3s.source,
-        ArtifactSource::Release {
-            url: "https://github.com/k3s-io/k3s/releases/download".into()
-        }
-    );
+    assert_eq!(f.k3s.source, ArtifactSource::Release { url: "https://github.com/k3s-io/k3s/releases/download".into() });
     assert!(f.k3s.config.is_empty());
     assert_eq!(f.k3s.cluster_cidr(), "10.42.0.0/16");
     assert_eq!(f.k3s.service_cidr(), "10.43.0.0/16");
@@ -177,64 +147,28 @@ fn vagrant_lab_overrides_and_paths() {
     assert_eq!(f.name, "lab");
     assert_eq!(f.ssh.user, "vagrant");
     // ~ is the operator's home.
-    assert_eq!(
-        f.ssh.key_path,
-        Some(home().join(".vagrant.d/insecure_private_key"))
-    );
+    assert_eq!(f.ssh.key_path, Some(home().join(".vagrant.d/insecure_private_key")));
 
     let server = f.host("server-1").expect("server-1");
     assert_eq!(server.role, Role::Server);
     assert_eq!(server.ssh_user(&f.ssh), "vagrant");
     assert_eq!(server.ssh_port(&f.ssh), 22);
     // Relative paths start at the cluster file's directory.
-    assert_eq!(
-        server.key_path(&f.ssh),
-        Some(
-            dir.join(".vagrant/machines/server-1/virtualbox/private_key")
-                .as_path()
-        )
-    );
-    assert_eq!(
-        server.labels.get("example.com/rack").map(String::as_str),
-        Some("r1")
-    );
+    assert_eq!(server.key_path(&f.ssh), Some(dir.join(".vagrant/machines/server-1/virtualbox/private_key").as_path()));
+    assert_eq!(server.labels.get("example.com/rack").map(String::as_str), Some("r1"));
 
     let agent = f.host("agent-1").expect("agent-1");
     assert_eq!(agent.role, Role::Agent);
     assert_eq!(agent.ssh_user(&f.ssh), "root");
     assert_eq!(agent.ssh_port(&f.ssh), 2222);
-    assert_eq!(
-        agent.key_path(&f.ssh),
-        Some(dir.join("keys/agent-1").as_path())
-    );
+    assert_eq!(agent.key_path(&f.ssh), Some(dir.join("keys/agent-1").as_path()));
     assert_eq!(agent.labels.get("tier").map(String::as_str), Some("db"));
-    assert_eq!(
-        agent.labels.get("enabled").map(String::as_str),
-        Some("true")
-    );
-    assert_eq!(
-        agent
-            .labels
-            .get("node.kubernetes.io/pool")
-            .map(String::as_str),
-        Some("")
-    );
-    assert_eq!(
-        agent.taints,
-        vec![
-            "dedicated=db:NoSchedule",
-            "example.com/maintenance:PreferNoSchedule"
-        ]
-    );
+    assert_eq!(agent.labels.get("enabled").map(String::as_str), Some("true"));
+    assert_eq!(agent.labels.get("node.kubernetes.io/pool").map(String::as_str), Some(""));
+    assert_eq!(agent.taints, vec!["dedicated=db:NoSchedule", "example.com/maintenance:PreferNoSchedule"]);
     assert_eq!(f.host("nope"), None);
-    assert_eq!(
-        f.servers().map(|h| h.name.as_str()).collect::<Vec<_>>(),
-        ["server-1"]
-    );
-    assert_eq!(
-        f.agents().map(|h| h.name.as_str()).collect::<Vec<_>>(),
-        ["agent-1"]
-    );
+    assert_eq!(f.servers().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["server-1"]);
+    assert_eq!(f.agents().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["agent-1"]);
 
     assert_eq!(f.k3s.version.as_deref(), Some("v1.31.4+k3s1"));
     assert_eq!(f.k3s.channel, None);
@@ -269,19 +203,11 @@ fn ha_airgap_bastions_and_dual_stack() {
     let cp3 = f.host("cp-3.prod").expect("cp-3");
     assert_eq!(cp3.address, "fd00:10::13");
     let own = cp3.bastion(&f.ssh).expect("own bastion");
-    assert_eq!(
-        (own.address.as_str(), own.user.as_deref(), own.port),
-        ("198.51.100.7", Some("jump"), 2022)
-    );
+    assert_eq!((own.address.as_str(), own.user.as_deref(), own.port), ("198.51.100.7", Some("jump"), 2022));
     assert_eq!(own.key_path, Some(home().join(".ssh/jump")));
 
     assert_eq!(f.k3s.channel.as_deref(), Some("v1.31"));
-    assert_eq!(
-        f.k3s.source,
-        ArtifactSource::AirgapDir {
-            path: dir.join("../bundles/k3s")
-        }
-    );
+    assert_eq!(f.k3s.source, ArtifactSource::AirgapDir { path: dir.join("../bundles/k3s") });
     let c = &f.k3s.config;
     assert_eq!(c["cluster-cidr"], json!("10.244.0.0/16,fd00:244::/56"));
     assert_eq!(c["service-cidr"], json!("10.96.0.0/12,fd00:96::/112"));
@@ -307,12 +233,7 @@ fn yaml_styles_are_all_the_same() {
     assert_eq!(f.hosts.len(), 2);
     assert_eq!(f.k3s.version.as_deref(), Some("v1.30.2-rc1+k3s1"));
     // The trailing slash is dropped: the installer appends /<version>/<file>.
-    assert_eq!(
-        f.k3s.source,
-        ArtifactSource::Mirror {
-            url: "https://mirror.example/k3s/releases".into()
-        }
-    );
+    assert_eq!(f.k3s.source, ArtifactSource::Mirror { url: "https://mirror.example/k3s/releases".into() });
 }
 
 #[test]
@@ -321,19 +242,13 @@ fn load_reads_the_file_and_resolves_against_its_directory() {
     let f = cluster::load(&path).expect("valid");
     assert_eq!(f.source, path);
     let agent = f.host("agent-1").expect("agent-1");
-    assert_eq!(
-        agent.key_path(&f.ssh),
-        Some(corpus("valid").join("keys/agent-1").as_path())
-    );
+    assert_eq!(agent.key_path(&f.ssh), Some(corpus("valid").join("keys/agent-1").as_path()));
 
     // Diagnostics name the file as it was given.
     let bad = corpus("invalid").join("invalid-ip.yaml");
     let err = cluster::load(&bad).expect_err("invalid");
     let text = err.to_string();
-    assert!(
-        text.starts_with(&format!("{}:11:16: spec.hosts[1].address:", bad.display())),
-        "{text}"
-    );
+    assert!(text.starts_with(&format!("{}:11:16: spec.hosts[1].address:", bad.display())), "{text}");
 
     let missing = corpus("valid").join("no-such-file.yaml");
     match cluster::load(&missing) {
@@ -346,18 +261,13 @@ fn load_reads_the_file_and_resolves_against_its_directory() {
 fn diagnostics_render_as_documented() {
     let text = "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  hosts:\n    - name: server-1\n      address: 10.0.0.300\n      role: server\n";
     let err = cluster::parse("cluster.yaml", Path::new("/srv"), text).expect_err("invalid");
-    let LoadError::Invalid(d) = err else {
-        panic!("{err}")
-    };
+    let LoadError::Invalid(d) = err else { panic!("{err}") };
     assert_eq!(
         d.to_string(),
         "cluster.yaml:8:16: spec.hosts[0].address: \"10.0.0.300\" is not a valid IP address or DNS name"
     );
     let one = &d.0[0];
-    assert_eq!(
-        (one.file.as_str(), one.line, one.column),
-        ("cluster.yaml", 8, 16)
-    );
+    assert_eq!((one.file.as_str(), one.line, one.column), ("cluster.yaml", 8, 16));
     assert_eq!(one.field, "spec.hosts[0].address");
     assert_eq!(one.hint, None);
 }
@@ -365,8 +275,7 @@ fn diagnostics_render_as_documented() {
 #[test]
 fn starter_file_is_valid() {
     let text = cluster::starter_file();
-    let f = cluster::parse("cluster.yaml", Path::new("/srv/lab"), &text)
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let f = cluster::parse("cluster.yaml", Path::new("/srv/lab"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(f.servers().count(), 1);
     assert_eq!(f.agents().count(), 1);
 }

@@ -26,25 +26,20 @@ pub(super) fn entry_dir(cache_dir: &Path, version: &str, names: &ArchNames) -> P
 
 /// The cached binary, when it is there and still hashes to its recorded checksum. A cached binary
 /// that no longer matches is removed (and so will be downloaded again).
-pub(super) async fn lookup(
-    dir: &Path,
-    version: &str,
-    names: &ArchNames,
-) -> Result<Option<K3sBinary>, ArtifactError> {
+pub(super) async fn lookup(dir: &Path, version: &str, names: &ArchNames) -> Result<Option<K3sBinary>, ArtifactError> {
     let bin = dir.join(names.binary);
     let sums = dir.join(names.checksum_file);
     if !tokio::fs::try_exists(&bin).await.unwrap_or(false) {
         return Ok(None);
     }
     let expected = match tokio::fs::read(&sums).await {
-        Ok(bytes) => String::from_utf8(bytes).ok().and_then(|t| {
-            checksum::expected_sha256(&t, &sums.display().to_string(), names.binary).ok()
-        }),
+        Ok(bytes) => String::from_utf8(bytes)
+            .ok()
+            .and_then(|t| checksum::expected_sha256(&t, &sums.display().to_string(), names.binary).ok()),
         Err(_) => None,
     };
-    let (actual, size) = checksum::hash_file_async(&bin)
-        .await
-        .map_err(ArtifactError::io("read the cached binary", &bin))?;
+    let (actual, size) =
+        checksum::hash_file_async(&bin).await.map_err(ArtifactError::io("read the cached binary", &bin))?;
     match expected {
         Some(expected) if expected == actual => {
             tracing::debug!(path = %bin.display(), sha256 = %actual, "using the cached k3s binary");
@@ -67,11 +62,7 @@ pub(super) async fn lookup(
             match tokio::fs::remove_file(&bin).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(ArtifactError::io("remove the damaged cached binary", &bin)(
-                        e,
-                    ))
-                }
+                Err(e) => return Err(ArtifactError::io("remove the damaged cached binary", &bin)(e)),
             }
             Ok(None)
         }
@@ -93,10 +84,7 @@ pub(super) async fn lock(dir: &Path) -> Result<Flock<File>, ArtifactError> {
                     told = true;
                 }
                 if start.elapsed() > LOCK_WAIT {
-                    return Err(ArtifactError::CacheBusy {
-                        dir: dir.to_path_buf(),
-                        waited: start.elapsed(),
-                    });
+                    return Err(ArtifactError::CacheBusy { dir: dir.to_path_buf(), waited: start.elapsed() });
                 }
                 file = f;
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -139,8 +127,7 @@ pub(super) async fn install(
     let checksum_text = checksum_text.to_vec();
     tokio::task::spawn_blocking(move || {
         let sums = dir.join(names.checksum_file);
-        crate::fsutil::write_atomic(&sums, &checksum_text, 0o644)
-            .map_err(ArtifactError::io("write", &sums))?;
+        crate::fsutil::write_atomic(&sums, &checksum_text, 0o644).map_err(ArtifactError::io("write", &sums))?;
         let bin = dir.join(names.binary);
         std::fs::set_permissions(&partial, Permissions::from_mode(0o755))
             .map_err(ArtifactError::io("set the mode of", &partial))?;

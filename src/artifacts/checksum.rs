@@ -27,29 +27,19 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ChecksumEntry>, ArtifactErr
         if line.trim().is_empty() {
             continue;
         }
-        let malformed = |reason: String| ArtifactError::ChecksumFileMalformed {
-            file: origin.to_string(),
-            line: i + 1,
-            reason,
-        };
+        let malformed =
+            |reason: String| ArtifactError::ChecksumFileMalformed { file: origin.to_string(), line: i + 1, reason };
         let shown: String = line.chars().take(120).collect();
         let (hash, rest) = line.split_at(line.find([' ', '\t']).unwrap_or(line.len()));
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(malformed(format!(
-                "{shown:?} does not start with a sha256 (64 hex digits)"
-            )));
+            return Err(malformed(format!("{shown:?} does not start with a sha256 (64 hex digits)")));
         }
         let name = rest.trim_start_matches([' ', '\t']);
         let name = name.strip_prefix('*').unwrap_or(name);
         if rest.is_empty() || name.is_empty() {
-            return Err(malformed(format!(
-                "{shown:?} has no file name after the sha256"
-            )));
+            return Err(malformed(format!("{shown:?} has no file name after the sha256")));
         }
-        let entry = ChecksumEntry {
-            sha256: hash.to_ascii_lowercase(),
-            file_name: name.to_string(),
-        };
+        let entry = ChecksumEntry { sha256: hash.to_ascii_lowercase(), file_name: name.to_string() };
         match entries.iter().find(|e| e.file_name == entry.file_name) {
             Some(prev) if prev.sha256 != entry.sha256 => {
                 return Err(malformed(format!(
@@ -67,19 +57,23 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ChecksumEntry>, ArtifactErr
 /// The sha256 (lowercase hex) that the checksum file lists for exactly `file_name`.
 pub fn expected_sha256(text: &str, origin: &str, file_name: &str) -> Result<String, ArtifactError> {
     let entries = parse(text, origin)?;
-    entries
-        .iter()
-        .find(|e| e.file_name == file_name)
-        .map(|e| e.sha256.clone())
-        .ok_or_else(|| ArtifactError::ChecksumEntryMissing {
+    entries.iter().find(|e| e.file_name == file_name).map(|e| e.sha256.clone()).ok_or_else(|| {
+        ArtifactError::ChecksumEntryMissing {
             file: origin.to_string(),
             name: file_name.to_string(),
             listed: entries.into_iter().map(|e| e.file_name).collect(),
-        })
+        }
+    })
 }
 
 /// sha256 (lowercase hex) and size of a file on disk. Blocking: call from `spawn_blocking`.
 pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let (hasher, size) = hash_state(path)?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// The running hash and length of a file, for a download that continues where it stopped.
+pub(crate) fn hash_state(path: &Path) -> io::Result<(Sha256, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -94,15 +88,13 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok((hasher, size))
 }
 
 /// [`hash_file`] off the async runtime's threads.
 pub async fn hash_file_async(path: &Path) -> io::Result<(String, u64)> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || hash_file(&path))
-        .await
-        .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || hash_file(&path)).await.map_err(io::Error::other)?
 }
 
 #[cfg(test)]
@@ -114,16 +106,11 @@ mod tests {
 
     #[test]
     fn picks_the_line_whose_name_is_exactly_the_binary() {
-        let text = format!(
-            "{B}  k3s-airgap-images-arm64.tar.zst\n{A}  k3s-arm64\n{B}  k3s-arm64-extra\n\n"
-        );
+        let text = format!("{B}  k3s-airgap-images-arm64.tar.zst\n{A}  k3s-arm64\n{B}  k3s-arm64-extra\n\n");
         assert_eq!(expected_sha256(&text, "f", "k3s-arm64").unwrap(), A);
         // Uppercase hex is normalized; binary-mode `*name` and CRLF line ends are accepted.
         let text = format!("{B} *k3s\r\n");
-        assert_eq!(
-            expected_sha256(&text, "f", "k3s").unwrap(),
-            B.to_ascii_lowercase()
-        );
+        assert_eq!(expected_sha256(&text, "f", "k3s").unwrap(), B.to_ascii_lowercase());
     }
 
     #[test]
@@ -132,10 +119,7 @@ mod tests {
         let e = expected_sha256(&text, "http://m/sha256sum-amd64.txt", "k3s").unwrap_err();
         assert!(matches!(e, ArtifactError::ChecksumEntryMissing { .. }));
         let msg = e.to_string();
-        assert!(
-            msg.contains("http://m/sha256sum-amd64.txt") && msg.contains("\"k3s\""),
-            "{msg}"
-        );
+        assert!(msg.contains("http://m/sha256sum-amd64.txt") && msg.contains("\"k3s\""), "{msg}");
         assert!(msg.contains("k3s-arm64"), "{msg}");
         // A suffix match is not a match.
         let text = format!("{A}  dist/k3s\n");
@@ -161,10 +145,7 @@ mod tests {
             }
         }
         // The same entry twice is harmless.
-        assert_eq!(
-            parse(&format!("{A}  k3s\n{A}  k3s\n"), "f").unwrap().len(),
-            1
-        );
+        assert_eq!(parse(&format!("{A}  k3s\n{A}  k3s\n"), "f").unwrap().len(), 1);
         assert!(parse("", "f").unwrap().is_empty());
     }
 

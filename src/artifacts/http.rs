@@ -36,10 +36,7 @@ impl From<ArtifactError> for Failure {
 }
 
 fn transient(cause: impl Into<String>) -> Failure {
-    Failure::Transient {
-        status: None,
-        cause: cause.into(),
-    }
+    Failure::Transient { status: None, cause: cause.into() }
 }
 
 /// Counts attempts and sleeps between them.
@@ -53,11 +50,7 @@ struct Backoff<'a> {
 
 impl<'a> Backoff<'a> {
     fn new(opts: &'a ArtifactOptions) -> Self {
-        Backoff {
-            opts,
-            attempts: 0,
-            counted: 0,
-        }
+        Backoff { opts, attempts: 0, counted: 0 }
     }
 
     /// After a transient failure: waits and returns Ok when another attempt is allowed, else the
@@ -81,11 +74,7 @@ impl<'a> Backoff<'a> {
                     attempts: self.attempts,
                     hint: status_hint(status),
                 },
-                None => ArtifactError::Network {
-                    url: redact_url(url),
-                    attempts: self.attempts,
-                    cause,
-                },
+                None => ArtifactError::Network { url: redact_url(url), attempts: self.attempts, cause },
             });
         }
         let exp = self.counted.saturating_sub(1).min(16);
@@ -113,23 +102,15 @@ impl Backoff<'_> {
 
 fn status_hint(status: u16) -> String {
     match status {
-        401 | 403 => {
-            "the server refused access: check the mirror's credentials and permissions".into()
-        }
-        408 | 429 => {
-            "the server is overloaded or rate-limiting: try again later, or use a mirror".into()
-        }
-        500..=599 => {
-            "the server is failing: try again later, or use a mirror or an airgap dir".into()
-        }
+        401 | 403 => "the server refused access: check the mirror's credentials and permissions".into(),
+        408 | 429 => "the server is overloaded or rate-limiting: try again later, or use a mirror".into(),
+        500..=599 => "the server is failing: try again later, or use a mirror or an airgap dir".into(),
         _ => "check the release URL or mirror in the cluster file".into(),
     }
 }
 
 fn retryable(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
+    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// A reqwest error with its causes ("connection refused"), without the URL (which may carry
@@ -171,23 +152,14 @@ impl<'a> Http<'a> {
                 .build()
                 .map_err(|e| ArtifactError::Client { cause: describe(e) })
         };
-        Ok(Http {
-            opts,
-            client: build(redirect::Policy::limited(10))?,
-            no_redirect: build(redirect::Policy::none())?,
-        })
+        Ok(Http { opts, client: build(redirect::Policy::limited(10))?, no_redirect: build(redirect::Policy::none())? })
     }
 
     /// Sends a request, bounded by the timeout.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Response, Failure> {
         match timeout(self.opts.timeout, req.send()).await {
-            Err(_) => Err(transient(format!(
-                "no response within {}s",
-                self.opts.timeout.as_secs_f32()
-            ))),
-            Ok(Err(e)) if e.is_builder() => {
-                Err(Failure::Fatal(ArtifactError::Client { cause: describe(e) }))
-            }
+            Err(_) => Err(transient(format!("no response within {}s", self.opts.timeout.as_secs_f32()))),
+            Ok(Err(e)) if e.is_builder() => Err(Failure::Fatal(ArtifactError::Client { cause: describe(e) })),
             Ok(Err(e)) => Err(transient(describe(e))),
             Ok(Ok(r)) => Ok(r),
         }
@@ -205,25 +177,17 @@ impl<'a> Http<'a> {
             (got, None) => format!(" after {got} bytes"),
         };
         match timeout(self.opts.timeout, resp.chunk()).await {
-            Err(_) => Err(transient(format!(
-                "the download stalled{at}: no data for {}s",
-                self.opts.timeout.as_secs_f32()
-            ))),
-            Ok(Err(e)) => Err(transient(format!(
-                "the connection broke{at}: {}",
-                describe(e)
-            ))),
+            Err(_) => {
+                Err(transient(format!("the download stalled{at}: no data for {}s", self.opts.timeout.as_secs_f32())))
+            }
+            Ok(Err(e)) => Err(transient(format!("the connection broke{at}: {}", describe(e)))),
             Ok(Ok(c)) => Ok(c),
         }
     }
 
     /// The redirect target of `url` (the Location header), not followed. `what` names the thing
     /// for a 404 message.
-    pub(super) async fn channel_version(
-        &self,
-        url: &str,
-        channel: &str,
-    ) -> Result<String, ArtifactError> {
+    pub(super) async fn channel_version(&self, url: &str, channel: &str) -> Result<String, ArtifactError> {
         let mut backoff = Backoff::new(self.opts);
         loop {
             let failure = match self.channel_once(url, channel).await {
@@ -246,10 +210,7 @@ impl<'a> Http<'a> {
             }));
         }
         if retryable(status) {
-            return Err(Failure::Transient {
-                status: Some(status.as_u16()),
-                cause: format!("HTTP {status}"),
-            });
+            return Err(Failure::Transient { status: Some(status.as_u16()), cause: format!("HTTP {status}") });
         }
         let location = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok());
         let location = match location {
@@ -268,19 +229,15 @@ impl<'a> Http<'a> {
             }
         };
         let shown = redact_url(&location);
-        let version =
-            version_from_location(&location).ok_or_else(|| ArtifactError::BadVersion {
-                version: location.clone(),
-                origin: format!("the redirect of channel {channel:?} at {}", redact_url(url)),
-                hint: "the channel URL does not look like a k3s channel server".into(),
-            })?;
+        let version = version_from_location(&location).ok_or_else(|| ArtifactError::BadVersion {
+            version: location.clone(),
+            origin: format!("the redirect of channel {channel:?} at {}", redact_url(url)),
+            hint: "the channel URL does not look like a k3s channel server".into(),
+        })?;
         if !super::names::is_k3s_version(&version) {
             return Err(Failure::Fatal(ArtifactError::BadVersion {
                 version,
-                origin: format!(
-                    "the redirect of channel {channel:?} at {} to {shown}",
-                    redact_url(url)
-                ),
+                origin: format!("the redirect of channel {channel:?} at {} to {shown}", redact_url(url)),
                 hint: "the channel URL does not look like a k3s channel server: check it, or pin k3s.version".into(),
             }));
         }
@@ -288,12 +245,7 @@ impl<'a> Http<'a> {
     }
 
     /// A small file (a checksum file) in memory, at most `limit` bytes.
-    pub(super) async fn get_small(
-        &self,
-        url: &str,
-        what: &str,
-        limit: usize,
-    ) -> Result<Vec<u8>, ArtifactError> {
+    pub(super) async fn get_small(&self, url: &str, what: &str, limit: usize) -> Result<Vec<u8>, ArtifactError> {
         let mut backoff = Backoff::new(self.opts);
         loop {
             let failure = match self.get_small_once(url, what, limit).await {
@@ -305,12 +257,7 @@ impl<'a> Http<'a> {
         }
     }
 
-    async fn get_small_once(
-        &self,
-        url: &str,
-        what: &str,
-        limit: usize,
-    ) -> Result<Vec<u8>, Failure> {
+    async fn get_small_once(&self, url: &str, what: &str, limit: usize) -> Result<Vec<u8>, Failure> {
         let mut resp = self.send(self.client.get(url)).await?;
         check_status(url, resp.status(), what)?;
         let mut body = Vec::new();
@@ -358,10 +305,7 @@ impl<'a> Http<'a> {
         let mut started = false;
         let result = loop {
             let before = file.len;
-            let failure = match self
-                .download_once(url, &mut file, what, progress, &mut started)
-                .await
-            {
+            let failure = match self.download_once(url, &mut file, what, progress, &mut started).await {
                 Ok(()) => break Ok(()),
                 Err(Failure::Fatal(e)) => break Err(backoff.final_error(e)),
                 Err(Failure::Transient { status, cause }) => (status, cause),
@@ -402,11 +346,8 @@ impl<'a> Http<'a> {
                 continue;
             }
             if offset > 0 && status == StatusCode::PARTIAL_CONTENT {
-                let range = resp
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_content_range);
+                let range =
+                    resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).and_then(parse_content_range);
                 match range {
                     Some((start, total)) if start == offset => {
                         file.resumed = true;
@@ -447,15 +388,12 @@ impl<'a> Http<'a> {
             progress.advanced(chunk.len() as u64);
         }
         match total {
-            Some(total) if file.len < total => Err(transient(format!(
-                "the connection closed after {} of {total} bytes",
-                file.len
-            ))),
+            Some(total) if file.len < total => {
+                Err(transient(format!("the connection closed after {} of {total} bytes", file.len)))
+            }
             Some(total) if file.len > total => {
                 file.reset().await?;
-                Err(transient(format!(
-                    "the server sent more than the {total} bytes it announced; restarting"
-                )))
+                Err(transient(format!("the server sent more than the {total} bytes it announced; restarting")))
             }
             _ => Ok(()),
         }
@@ -477,10 +415,7 @@ fn check_status(url: &str, status: StatusCode, what: &str) -> Result<(), Failure
         }));
     }
     if retryable(status) {
-        return Err(Failure::Transient {
-            status: Some(status.as_u16()),
-            cause: format!("HTTP {status}"),
-        });
+        return Err(Failure::Transient { status: Some(status.as_u16()), cause: format!("HTTP {status}") });
     }
     Err(Failure::Fatal(ArtifactError::HttpStatus {
         url: redact_url(url),
@@ -529,7 +464,7 @@ impl PartialFile {
         let io_err = |action| ArtifactError::io(action, path);
         let existing = if resume && tokio::fs::try_exists(path).await.unwrap_or(false) {
             let p = path.to_path_buf();
-            tokio::task::spawn_blocking(move || hash_prefix(&p))
+            tokio::task::spawn_blocking(move || super::checksum::hash_state(&p))
                 .await
                 .map_err(io::Error::other)
                 .and_then(|r| r)
@@ -544,26 +479,13 @@ impl PartialFile {
             .open(path)
             .await
             .map_err(io_err("create the download file"))?;
-        file.set_len(existing.1)
-            .await
-            .map_err(io_err("write the download file"))?;
-        file.seek(SeekFrom::Start(existing.1))
-            .await
-            .map_err(io_err("write the download file"))?;
-        Ok(PartialFile {
-            path: path.to_path_buf(),
-            file,
-            hasher: existing.0,
-            len: existing.1,
-            resumed: existing.1 > 0,
-        })
+        file.set_len(existing.1).await.map_err(io_err("write the download file"))?;
+        file.seek(SeekFrom::Start(existing.1)).await.map_err(io_err("write the download file"))?;
+        Ok(PartialFile { path: path.to_path_buf(), file, hasher: existing.0, len: existing.1, resumed: existing.1 > 0 })
     }
 
     async fn append(&mut self, bytes: &[u8]) -> Result<(), ArtifactError> {
-        self.file
-            .write_all(bytes)
-            .await
-            .map_err(ArtifactError::io("write the download file", &self.path))?;
+        self.file.write_all(bytes).await.map_err(ArtifactError::io("write the download file", &self.path))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
@@ -593,32 +515,8 @@ impl PartialFile {
         }
         .await;
         r.map_err(err)?;
-        Ok(Downloaded {
-            sha256: hex::encode(self.hasher.finalize()),
-            size: self.len,
-            resumed: self.resumed,
-        })
+        Ok(Downloaded { sha256: hex::encode(self.hasher.finalize()), size: self.len, resumed: self.resumed })
     }
-}
-
-/// The hash state and length of an existing partial file.
-fn hash_prefix(path: &Path) -> io::Result<(Sha256, u64)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((hasher, len))
 }
 
 #[cfg(test)]
@@ -627,10 +525,7 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/200"),
-            Some((100, Some(200)))
-        );
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, None)));
         assert_eq!(parse_content_range("bytes */200"), None);
         assert_eq!(parse_content_range("bytes 5-1/200"), None);

@@ -86,12 +86,7 @@ pub fn default_cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .map(|u| u.dir)
-        })
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir))
         .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("k3node")
 }
@@ -147,23 +142,14 @@ pub enum Origin {
 /// The version to install: the pinned `k3s.version`, else the channel's current release (default
 /// channel `stable`), read from the redirect that `<channel_url>/<channel>` answers with (its
 /// Location's last path segment, URL-decoded). A pinned version makes no HTTP request.
-pub async fn resolve_version(
-    spec: &K3sSpec,
-    opts: &ArtifactOptions,
-) -> Result<String, ArtifactError> {
+pub async fn resolve_version(spec: &K3sSpec, opts: &ArtifactOptions) -> Result<String, ArtifactError> {
     if let Some(version) = &spec.version {
         check_version(version, "k3s.version in the cluster file")?;
         return Ok(version.clone());
     }
     let channel = spec.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
-    let url = format!(
-        "{}/{}",
-        opts.channel_url.trim_end_matches('/'),
-        names::encode_path_segment(channel)
-    );
-    let version = http::Http::new(opts)?
-        .channel_version(&url, channel)
-        .await?;
+    let url = format!("{}/{}", opts.channel_url.trim_end_matches('/'), names::encode_path_segment(channel));
+    let version = http::Http::new(opts)?.channel_version(&url, channel).await?;
     tracing::info!(channel, version = %version, "resolved the k3s channel");
     Ok(version)
 }
@@ -213,9 +199,7 @@ async fn from_release(
     if let Some(hit) = cache::lookup(&dir, version, names).await? {
         return Ok(hit);
     }
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(ArtifactError::io("create the cache dir", &dir))?;
+    tokio::fs::create_dir_all(&dir).await.map_err(ArtifactError::io("create the cache dir", &dir))?;
     let _lock = cache::lock(&dir).await?;
     // Another k3node may have finished the same download while this one waited for the lock.
     if let Some(hit) = cache::lookup(&dir, version, names).await? {
@@ -228,19 +212,15 @@ async fn from_release(
     let sums = http
         .get_small(
             &sums_url,
-            &format!(
-                "k3s {version} for {} (its checksum file {})",
-                names.arch, names.checksum_file
-            ),
+            &format!("k3s {version} for {} (its checksum file {})", names.arch, names.checksum_file),
             CHECKSUM_FILE_LIMIT,
         )
         .await?;
-    let sums_text =
-        std::str::from_utf8(&sums).map_err(|_| ArtifactError::ChecksumFileMalformed {
-            file: shown_sums_url.clone(),
-            line: 0,
-            reason: "it is not text (not UTF-8)".into(),
-        })?;
+    let sums_text = std::str::from_utf8(&sums).map_err(|_| ArtifactError::ChecksumFileMalformed {
+        file: shown_sums_url.clone(),
+        line: 0,
+        reason: "it is not text (not UTF-8)".into(),
+    })?;
     let expected = expected_sha256(sums_text, &shown_sums_url, names.binary)?;
 
     let bin_url = release_file_url(base, version, names.binary);
@@ -251,20 +231,13 @@ async fn from_release(
 
     let mut resume = true;
     let got = loop {
-        let got = match http
-            .download(&bin_url, &partial, resume, &expected, &what, progress)
-            .await
-        {
+        let got = match http.download(&bin_url, &partial, resume, &expected, &what, progress).await {
             Ok(got) => got,
             Err(e) => {
                 // Keep a partial download only for a later run to continue after a network
                 // failure; after a 404 or another final answer there is nothing to continue.
-                let keep = matches!(
-                    e,
-                    ArtifactError::Network { .. } | ArtifactError::HttpStatus { status: 500.., .. }
-                ) && tokio::fs::metadata(&partial)
-                    .await
-                    .is_ok_and(|m| m.len() > 0);
+                let keep = matches!(e, ArtifactError::Network { .. } | ArtifactError::HttpStatus { status: 500.., .. })
+                    && tokio::fs::metadata(&partial).await.is_ok_and(|m| m.len() > 0);
                 if !keep {
                     let _ = tokio::fs::remove_file(&partial).await;
                 }
@@ -302,11 +275,7 @@ async fn from_release(
     })
 }
 
-async fn from_airgap(
-    dir: &Path,
-    version: &str,
-    names: &ArchNames,
-) -> Result<K3sBinary, ArtifactError> {
+async fn from_airgap(dir: &Path, version: &str, names: &ArchNames) -> Result<K3sBinary, ArtifactError> {
     let bin = dir.join(names.binary);
     let sums = dir.join(names.checksum_file);
     for (path, name) in [(&bin, names.binary), (&sums, names.checksum_file)] {
@@ -320,18 +289,14 @@ async fn from_airgap(
         }
     }
     let shown_sums = sums.display().to_string();
-    let text = tokio::fs::read(&sums)
-        .await
-        .map_err(ArtifactError::io("read", &sums))?;
+    let text = tokio::fs::read(&sums).await.map_err(ArtifactError::io("read", &sums))?;
     let text = String::from_utf8(text).map_err(|_| ArtifactError::ChecksumFileMalformed {
         file: shown_sums.clone(),
         line: 0,
         reason: "it is not text (not UTF-8)".into(),
     })?;
     let expected = expected_sha256(&text, &shown_sums, names.binary)?;
-    let (actual, size) = checksum::hash_file_async(&bin)
-        .await
-        .map_err(ArtifactError::io("read", &bin))?;
+    let (actual, size) = checksum::hash_file_async(&bin).await.map_err(ArtifactError::io("read", &bin))?;
     if actual != expected {
         return Err(ArtifactError::ChecksumMismatch {
             url: bin.display().to_string(),

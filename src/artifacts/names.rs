@@ -27,9 +27,7 @@ pub struct ArchNames {
 pub fn arch_names(arch: &str) -> Result<ArchNames, ArtifactError> {
     let found = ARCHES.iter().find(|(a, _, _)| *a == arch);
     let Some(&(arch, binary, sums)) = found else {
-        return Err(ArtifactError::UnknownArch {
-            arch: arch.to_string(),
-        });
+        return Err(ArtifactError::UnknownArch { arch: arch.to_string() });
     };
     let checksum_file = match sums {
         "amd64" => "sha256sum-amd64.txt",
@@ -37,22 +35,13 @@ pub fn arch_names(arch: &str) -> Result<ArchNames, ArtifactError> {
         "arm" => "sha256sum-arm.txt",
         _ => "sha256sum-s390x.txt",
     };
-    Ok(ArchNames {
-        arch,
-        binary,
-        checksum_file,
-    })
+    Ok(ArchNames { arch, binary, checksum_file })
 }
 
 /// `<base>/<version, percent-encoded>/<file>`: where a release or a mirror serves `file`.
 /// `base` has no trailing slash (one is tolerated).
 pub fn release_file_url(base: &str, version: &str, file: &str) -> String {
-    format!(
-        "{}/{}/{}",
-        base.trim_end_matches('/'),
-        encode_path_segment(version),
-        encode_path_segment(file)
-    )
+    format!("{}/{}/{}", base.trim_end_matches('/'), encode_path_segment(version), encode_path_segment(file))
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, so that `+` becomes `%2B`
@@ -153,43 +142,23 @@ mod tests {
         let n = arch_names("amd64").unwrap();
         assert_eq!((n.binary, n.checksum_file), ("k3s", "sha256sum-amd64.txt"));
         let n = arch_names("arm64").unwrap();
-        assert_eq!(
-            (n.binary, n.checksum_file),
-            ("k3s-arm64", "sha256sum-arm64.txt")
-        );
+        assert_eq!((n.binary, n.checksum_file), ("k3s-arm64", "sha256sum-arm64.txt"));
         let n = arch_names("armhf").unwrap();
-        assert_eq!(
-            (n.binary, n.checksum_file),
-            ("k3s-armhf", "sha256sum-arm.txt")
-        );
+        assert_eq!((n.binary, n.checksum_file), ("k3s-armhf", "sha256sum-arm.txt"));
         let n = arch_names("s390x").unwrap();
-        assert_eq!(
-            (n.binary, n.checksum_file),
-            ("k3s-s390x", "sha256sum-s390x.txt")
-        );
+        assert_eq!((n.binary, n.checksum_file), ("k3s-s390x", "sha256sum-s390x.txt"));
         let e = arch_names("x86_64").unwrap_err().to_string();
-        assert!(
-            e.contains("x86_64") && e.contains("amd64, arm64, armhf"),
-            "{e}"
-        );
+        assert!(e.contains("x86_64") && e.contains("amd64, arm64, armhf"), "{e}");
     }
 
     #[test]
     fn release_urls_encode_the_plus() {
         assert_eq!(
-            release_file_url(
-                "https://github.com/k3s-io/k3s/releases/download",
-                "v1.31.4+k3s1",
-                "k3s"
-            ),
+            release_file_url("https://github.com/k3s-io/k3s/releases/download", "v1.31.4+k3s1", "k3s"),
             "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1/k3s"
         );
         assert_eq!(
-            release_file_url(
-                "http://127.0.0.1:8080/mirror/",
-                "v1.32.0-rc1+k3s2",
-                "sha256sum-arm.txt"
-            ),
+            release_file_url("http://127.0.0.1:8080/mirror/", "v1.32.0-rc1+k3s2", "sha256sum-arm.txt"),
             "http://127.0.0.1:8080/mirror/v1.32.0-rc1%2Bk3s2/sha256sum-arm.txt"
         );
         assert_eq!(encode_path_segment("a b/c?"), "a%20b%2Fc%3F");
@@ -197,14 +166,8 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(
-            decode_percent("v1.31.4%2Bk3s1").as_deref(),
-            Some("v1.31.4+k3s1")
-        );
-        assert_eq!(
-            decode_percent("v1.31.4%2bk3s1").as_deref(),
-            Some("v1.31.4+k3s1")
-        );
+        assert_eq!(decode_percent("v1.31.4%2Bk3s1").as_deref(), Some("v1.31.4+k3s1"));
+        assert_eq!(decode_percent("v1.31.4%2bk3s1").as_deref(), Some("v1.31.4+k3s1"));
         assert_eq!(decode_percent("plain").as_deref(), Some("plain"));
         assert_eq!(decode_percent("bad%2"), None);
         assert_eq!(decode_percent("bad%zz"), None);
@@ -234,18 +197,9 @@ mod tests {
     #[test]
     fn version_from_redirect_location() {
         let v = |l: &str| version_from_location(l);
-        assert_eq!(
-            v("/k3s-io/k3s/releases/tag/v1.31.4%2Bk3s1").as_deref(),
-            Some("v1.31.4+k3s1")
-        );
-        assert_eq!(
-            v("https://github.com/k3s-io/k3s/releases/tag/v1.31.4+k3s1").as_deref(),
-            Some("v1.31.4+k3s1")
-        );
-        assert_eq!(
-            v("https://x/tag/v1.31.4%2Bk3s1/?a=b#c").as_deref(),
-            Some("v1.31.4+k3s1")
-        );
+        assert_eq!(v("/k3s-io/k3s/releases/tag/v1.31.4%2Bk3s1").as_deref(), Some("v1.31.4+k3s1"));
+        assert_eq!(v("https://github.com/k3s-io/k3s/releases/tag/v1.31.4+k3s1").as_deref(), Some("v1.31.4+k3s1"));
+        assert_eq!(v("https://x/tag/v1.31.4%2Bk3s1/?a=b#c").as_deref(), Some("v1.31.4+k3s1"));
         assert_eq!(v("https://example.com"), None);
         assert_eq!(v(""), None);
     }

@@ -85,12 +85,7 @@ impl Pos {
     pub const START: Pos = Pos { line: 1, column: 1 };
 
     pub fn of_span(span: &Span) -> Pos {
-        span.start()
-            .map(|m| Pos {
-                line: m.line(),
-                column: m.column(),
-            })
-            .unwrap_or(Pos::START)
+        span.start().map(|m| Pos { line: m.line(), column: m.column() }).unwrap_or(Pos::START)
     }
 
     /// Where a node starts, as the user sees it. A block mapping's own marker sits after its
@@ -103,10 +98,7 @@ impl Pos {
     }
 
     pub fn of_map(map: &MarkedMappingNode) -> Pos {
-        map.keys()
-            .next()
-            .map(|k| Pos::of_span(k.span()))
-            .unwrap_or_else(|| Pos::of_span(map.span()))
+        map.keys().next().map(|k| Pos::of_span(k.span())).unwrap_or_else(|| Pos::of_span(map.span()))
     }
 }
 
@@ -119,18 +111,10 @@ pub(crate) struct Sink {
 
 impl Sink {
     pub fn new(file: &str) -> Self {
-        Sink {
-            file: file.to_string(),
-            list: Vec::new(),
-        }
+        Sink { file: file.to_string(), list: Vec::new() }
     }
 
-    pub fn error(
-        &mut self,
-        at: Pos,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> &mut Diagnostic {
+    pub fn error(&mut self, at: Pos, field: impl Into<String>, message: impl Into<String>) -> &mut Diagnostic {
         self.list.push(Diagnostic {
             file: self.file.clone(),
             line: at.line,
@@ -162,15 +146,11 @@ mod tests {
     fn display_with_and_without_field_and_hint() {
         let mut sink = Sink::new("cluster.yaml");
         sink.error(
-            Pos {
-                line: 12,
-                column: 7,
-            },
+            Pos { line: 12, column: 7 },
             "spec.hosts[1].address",
             "\"10.0.0.300\" is not a valid IP address or DNS name",
         );
-        sink.error(Pos { line: 3, column: 1 }, "", "syntax error")
-            .hint("fix it");
+        sink.error(Pos { line: 3, column: 1 }, "", "syntax error").hint("fix it");
         let d = sink.finish();
         assert_eq!(
             d.to_string(),

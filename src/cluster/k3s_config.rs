@@ -51,14 +51,7 @@ pub struct KeySpec {
     pub secret: bool,
 }
 
-pub const DISABLE_ITEMS: &[&str] = &[
-    "coredns",
-    "servicelb",
-    "traefik",
-    "local-storage",
-    "metrics-server",
-    "runtimes",
-];
+pub const DISABLE_ITEMS: &[&str] = &["coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes"];
 pub const FLANNEL_BACKENDS: &[&str] = &["vxlan", "host-gw", "wireguard-native", "none"];
 pub const EGRESS_SELECTOR_MODES: &[&str] = &["agent", "cluster", "pod", "disabled"];
 
@@ -218,18 +211,10 @@ pub(crate) fn read(sink: &mut Sink, map: &MarkedMappingNode, path: &str) -> Conf
     let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
     for (key, value) in map.iter() {
         let name = key.as_str();
-        let e = Entry {
-            key,
-            value,
-            path: super::reader::child(path, name),
-        };
+        let e = Entry { key, value, path: super::reader::child(path, name) };
         if let Some((_, hint)) = MANAGED.iter().find(|(k, _)| *k == name) {
-            sink.error(
-                e.key_pos(),
-                &e.path,
-                format!("`{name}` is managed by k3node and cannot be set here"),
-            )
-            .hint(*hint);
+            sink.error(e.key_pos(), &e.path, format!("`{name}` is managed by k3node and cannot be set here"))
+                .hint(*hint);
             continue;
         }
         let Some(spec) = key_spec(name) else {
@@ -276,7 +261,8 @@ fn unknown_key(sink: &mut Sink, e: &Entry<'_>, names: &[&str]) {
     let hint = if name.starts_with('-') {
         "write k3s flags without the leading --, e.g. cluster-cidr".to_string()
     } else {
-        "k3s ignores unknown keys, so k3node refuses them; see the cluster.yaml reference for the accepted keys".to_string()
+        "k3s ignores unknown keys, so k3node refuses them; see the cluster.yaml reference for the accepted keys"
+            .to_string()
     };
     sink.error(e.key_pos(), &e.path, message).hint(hint);
 }
@@ -290,11 +276,7 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
             match t.parse::<u64>() {
                 Ok(n) if t.bytes().all(|b| b.is_ascii_digit()) => Some(Value::from(n)),
                 _ => {
-                    sink.error(
-                        e.value_pos(),
-                        &e.path,
-                        format!("must be a whole number, found {t:?}"),
-                    );
+                    sink.error(e.value_pos(), &e.path, format!("must be a whole number, found {t:?}"));
                     None
                 }
             }
@@ -311,12 +293,7 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
         }
         Kind::List => {
             let items = items(sink, e)?;
-            Some(Value::Array(
-                items
-                    .into_iter()
-                    .map(|(s, _, _)| Value::String(s))
-                    .collect(),
-            ))
+            Some(Value::Array(items.into_iter().map(|(s, _, _)| Value::String(s)).collect()))
         }
         Kind::EnumList(allowed) => {
             let mut ok = true;
@@ -325,11 +302,7 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
                 for part in item.split(',').map(str::trim) {
                     if !allowed.contains(&part) {
                         ok = false;
-                        let d = sink.error(
-                            *at,
-                            path,
-                            format!("{part:?} is not one of {}", allowed.join(", ")),
-                        );
+                        let d = sink.error(*at, path, format!("{part:?} is not one of {}", allowed.join(", ")));
                         if let Some(close) = did_you_mean(part, allowed) {
                             d.hint(format!("did you mean `{close}`?"));
                         }
@@ -343,11 +316,7 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
             if allowed.contains(&t) {
                 return Some(Value::String(t.to_string()));
             }
-            let d = sink.error(
-                e.value_pos(),
-                &e.path,
-                format!("{t:?} is not one of {}", allowed.join(", ")),
-            );
+            let d = sink.error(e.value_pos(), &e.path, format!("{t:?} is not one of {}", allowed.join(", ")));
             if let Some(close) = did_you_mean(t, allowed) {
                 d.hint(format!("did you mean `{close}`?"));
             }
@@ -390,11 +359,7 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
             if t.parse::<IpAddr>().is_ok() {
                 Some(Value::String(t.to_string()))
             } else {
-                sink.error(
-                    e.value_pos(),
-                    &e.path,
-                    format!("{t:?} is not a valid IP address"),
-                );
+                sink.error(e.value_pos(), &e.path, format!("{t:?} is not a valid IP address"));
                 None
             }
         }
@@ -405,19 +370,15 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
 pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
     match s.parse::<IpNet>() {
         Ok(net) => Ok(net),
-        Err(_) if s.parse::<IpAddr>().is_ok() => Err(format!(
-            "{s:?} is an address, not a CIDR: add the prefix length, e.g. {s}/16"
-        )),
+        Err(_) if s.parse::<IpAddr>().is_ok() => {
+            Err(format!("{s:?} is an address, not a CIDR: add the prefix length, e.g. {s}/16"))
+        }
         Err(_) => Err(format!("{s:?} is not a valid CIDR (e.g. 10.42.0.0/16)")),
     }
 }
 
 fn join(parts: &[(String, String, Pos)]) -> String {
-    parts
-        .iter()
-        .map(|(s, _, _)| s.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
+    parts.iter().map(|(s, _, _)| s.as_str()).collect::<Vec<_>>().join(",")
 }
 
 /// A non-empty scalar's text, or an error saying what was found instead.
@@ -430,11 +391,7 @@ fn text<'n>(sink: &mut Sink, node: &'n Node, path: &str) -> Option<&'n str> {
             None
         }
         other => {
-            sink.error(
-                at,
-                path,
-                format!("must be a single value, found {}", kind_name(other)),
-            );
+            sink.error(at, path, format!("must be a single value, found {}", kind_name(other)));
             None
         }
     }
@@ -446,15 +403,8 @@ fn read_bool(sink: &mut Sink, e: &Entry<'_>) -> Option<Value> {
         "true" | "True" | "TRUE" => Some(Value::Bool(true)),
         "false" | "False" | "FALSE" => Some(Value::Bool(false)),
         other => {
-            let d = sink.error(
-                e.value_pos(),
-                &e.path,
-                format!("must be true or false, found {other:?}"),
-            );
-            if matches!(
-                other.to_ascii_lowercase().as_str(),
-                "yes" | "no" | "on" | "off" | "y" | "n"
-            ) {
+            let d = sink.error(e.value_pos(), &e.path, format!("must be true or false, found {other:?}"));
+            if matches!(other.to_ascii_lowercase().as_str(), "yes" | "no" | "on" | "off" | "y" | "n") {
                 d.hint("YAML 1.1's yes/no/on/off are not booleans for k3s; write true or false");
             }
             None
@@ -465,8 +415,7 @@ fn read_bool(sink: &mut Sink, e: &Entry<'_>) -> Option<Value> {
 /// The items of a list value (or of a single scalar), each with its path and position.
 fn items(sink: &mut Sink, e: &Entry<'_>) -> Option<Vec<(String, String, Pos)>> {
     match e.value {
-        Node::Scalar(_) => text(sink, e.value, &e.path)
-            .map(|t| vec![(t.to_string(), e.path.clone(), e.value_pos())]),
+        Node::Scalar(_) => text(sink, e.value, &e.path).map(|t| vec![(t.to_string(), e.path.clone(), e.value_pos())]),
         Node::Sequence(seq) => {
             let mut out = Vec::new();
             let mut ok = true;
@@ -480,11 +429,7 @@ fn items(sink: &mut Sink, e: &Entry<'_>) -> Option<Vec<(String, String, Pos)>> {
             ok.then_some(out)
         }
         Node::Mapping(_) => {
-            sink.error(
-                e.value_pos(),
-                &e.path,
-                "must be a list of strings (or a single string), found a mapping",
-            );
+            sink.error(e.value_pos(), &e.path, "must be a list of strings (or a single string), found a mapping");
             None
         }
     }
@@ -514,11 +459,7 @@ fn read_mode(sink: &mut Sink, e: &Entry<'_>) -> Option<Value> {
         return None;
     }
     if !octal {
-        sink.error(
-            e.value_pos(),
-            &e.path,
-            format!("{t:?} is not an octal file mode (e.g. \"0644\" or \"0600\")"),
-        );
+        sink.error(e.value_pos(), &e.path, format!("{t:?} is not an octal file mode (e.g. \"0644\" or \"0600\")"));
         return None;
     }
     Some(Value::String(t.to_string()))
@@ -531,12 +472,7 @@ mod tests {
     #[test]
     fn table_is_sorted_unique_and_disjoint_from_managed() {
         for pair in KEYS.windows(2) {
-            assert!(
-                pair[0].name < pair[1].name,
-                "{} / {}",
-                pair[0].name,
-                pair[1].name
-            );
+            assert!(pair[0].name < pair[1].name, "{} / {}", pair[0].name, pair[1].name);
         }
         for (m, _) in MANAGED {
             assert!(key_spec(m).is_none(), "{m} is both managed and accepted");
@@ -586,12 +522,9 @@ mod tests {
     }
 
     fn read_text(yaml: &str) -> (ConfigRead, String) {
-        let node = marked_yaml::parse_yaml_with_options(
-            0,
-            yaml,
-            marked_yaml::LoaderOptions::default().prevent_coercion(true),
-        )
-        .expect("test yaml parses");
+        let node =
+            marked_yaml::parse_yaml_with_options(0, yaml, marked_yaml::LoaderOptions::default().prevent_coercion(true))
+                .expect("test yaml parses");
         let map = node.as_mapping().expect("mapping");
         let mut sink = Sink::new("t.yaml");
         let r = read(&mut sink, map, "config");
@@ -606,10 +539,7 @@ mod tests {
         );
         assert_eq!(errs, "");
         assert_eq!(r.values["disable"], serde_json::json!(["traefik"]));
-        assert_eq!(
-            r.values["cluster-cidr"],
-            serde_json::json!("10.42.0.0/16,fd00:42::/56")
-        );
+        assert_eq!(r.values["cluster-cidr"], serde_json::json!("10.42.0.0/16,fd00:42::/56"));
         assert_eq!(r.values["secrets-encryption"], serde_json::json!(true));
         assert_eq!(r.values["etcd-snapshot-retention"], serde_json::json!(5));
         assert_eq!(r.values["write-kubeconfig-mode"], serde_json::json!("0644"));
@@ -623,37 +553,17 @@ mod tests {
              cluster-cidr: 10.42.0.0\nservice-cidr: 10.43.0.0/16,10.44.0.0/16\ntoken: abc\nkube-apiserver-arg+: [a]\n\
              cluster-cdir: 10.42.0.0/16\n",
         );
-        assert!(
-            errs.contains(
-                "t.yaml:1:24: config.write-kubeconfig-mode: file mode 0644 must be quoted"
-            ),
-            "{errs}"
-        );
+        assert!(errs.contains("t.yaml:1:24: config.write-kubeconfig-mode: file mode 0644 must be quoted"), "{errs}");
         assert!(errs.contains("420 in YAML 1.1"), "{errs}");
-        assert!(
-            errs.contains("config.selinux: must be true or false"),
-            "{errs}"
-        );
-        assert!(
-            errs.contains("t.yaml:3:20: config.disable[1]: \"treafik\" is not one of"),
-            "{errs}"
-        );
+        assert!(errs.contains("config.selinux: must be true or false"), "{errs}");
+        assert!(errs.contains("t.yaml:3:20: config.disable[1]: \"treafik\" is not one of"), "{errs}");
         assert!(errs.contains("did you mean `traefik`?"), "{errs}");
         assert!(errs.contains("did you mean `wireguard-native`?"), "{errs}");
         assert!(errs.contains("is an address, not a CIDR"), "{errs}");
-        assert!(
-            errs.contains("at most one IPv4 and one IPv6 CIDR"),
-            "{errs}"
-        );
-        assert!(
-            errs.contains("t.yaml:7:1: config.token: `token` is managed by k3node"),
-            "{errs}"
-        );
+        assert!(errs.contains("at most one IPv4 and one IPv6 CIDR"), "{errs}");
+        assert!(errs.contains("t.yaml:7:1: config.token: `token` is managed by k3node"), "{errs}");
         assert!(errs.contains("config.kube-apiserver-arg+"), "{errs}");
-        assert!(
-            errs.contains("unknown k3s config key `cluster-cdir`, did you mean `cluster-cidr`?"),
-            "{errs}"
-        );
+        assert!(errs.contains("unknown k3s config key `cluster-cdir`, did you mean `cluster-cidr`?"), "{errs}");
         assert!(r.invalid.contains("cluster-cidr") && r.invalid.contains("service-cidr"));
         assert!(r.values.is_empty(), "{:?}", r.values);
     }

@@ -171,15 +171,11 @@ impl K3sSpec {
     }
 
     pub fn cluster_cidr(&self) -> String {
-        self.config_str("cluster-cidr")
-            .unwrap_or(DEFAULT_CLUSTER_CIDR)
-            .to_string()
+        self.config_str("cluster-cidr").unwrap_or(DEFAULT_CLUSTER_CIDR).to_string()
     }
 
     pub fn service_cidr(&self) -> String {
-        self.config_str("service-cidr")
-            .unwrap_or(DEFAULT_SERVICE_CIDR)
-            .to_string()
+        self.config_str("service-cidr").unwrap_or(DEFAULT_SERVICE_CIDR).to_string()
     }
 
     /// The configured cluster DNS, else what k3s picks: the 10th address of the (first) service
@@ -189,14 +185,8 @@ impl K3sSpec {
             return dns.to_string();
         }
         let first = self.service_cidr();
-        let first = first
-            .split(',')
-            .next()
-            .unwrap_or(DEFAULT_SERVICE_CIDR)
-            .trim()
-            .to_string();
-        validate::nth_address(&first, 10)
-            .map_or_else(|| DEFAULT_CLUSTER_DNS.to_string(), |ip| ip.to_string())
+        let first = first.split(',').next().unwrap_or(DEFAULT_SERVICE_CIDR).trim().to_string();
+        validate::nth_address(&first, 10).map_or_else(|| DEFAULT_CLUSTER_DNS.to_string(), |ip| ip.to_string())
     }
 }
 
@@ -222,14 +212,8 @@ pub enum LoadError {
 
 /// Reads and validates a cluster file. Relative paths in it are resolved against its directory.
 pub fn load(path: &Path) -> Result<ClusterFile, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read {
-        path: path.to_path_buf(),
-        cause,
-    })?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read { path: path.to_path_buf(), cause })?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut file = parse(&path.display().to_string(), &dir, &text)?;
     file.source = path.to_path_buf();

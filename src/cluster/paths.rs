@@ -26,18 +26,14 @@ pub(crate) fn resolve(text: &str, base_dir: &Path, home: Option<&Path>) -> Resul
     }
     let path = if text == "~" || text.starts_with("~/") {
         let Some(home) = home else {
-            return Err(format!(
-                "{text:?}: cannot expand ~, the home directory is unknown (HOME is not set)"
-            ));
+            return Err(format!("{text:?}: cannot expand ~, the home directory is unknown (HOME is not set)"));
         };
         match text.strip_prefix("~/") {
             Some(rest) => home.join(rest),
             None => home.to_path_buf(),
         }
     } else if text.starts_with('~') {
-        return Err(format!(
-            "{text:?}: only ~/ (your own home) is expanded; write the full path"
-        ));
+        return Err(format!("{text:?}: only ~/ (your own home) is expanded; write the full path"));
     } else {
         base_dir.join(text)
     };
@@ -47,9 +43,7 @@ pub(crate) fn resolve(text: &str, base_dir: &Path, home: Option<&Path>) -> Resul
 /// Drops `.` components (`/dir/./keys/id` reads badly in messages). `..` is kept: resolving it
 /// lexically would be wrong across symlinks.
 fn normalize(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect()
+    path.components().filter(|c| !matches!(c, Component::CurDir)).collect()
 }
 
 #[cfg(test)]
@@ -60,23 +54,11 @@ mod tests {
     fn resolves_home_relative_and_absolute() {
         let base = Path::new("/srv/lab");
         let home = Some(Path::new("/home/op"));
-        assert_eq!(
-            resolve("~/.ssh/id", base, home).unwrap(),
-            PathBuf::from("/home/op/.ssh/id")
-        );
+        assert_eq!(resolve("~/.ssh/id", base, home).unwrap(), PathBuf::from("/home/op/.ssh/id"));
         assert_eq!(resolve("~", base, home).unwrap(), PathBuf::from("/home/op"));
-        assert_eq!(
-            resolve("./keys/id", base, home).unwrap(),
-            PathBuf::from("/srv/lab/keys/id")
-        );
-        assert_eq!(
-            resolve("../keys/id", base, home).unwrap(),
-            PathBuf::from("/srv/lab/../keys/id")
-        );
-        assert_eq!(
-            resolve("/etc/key", base, home).unwrap(),
-            PathBuf::from("/etc/key")
-        );
+        assert_eq!(resolve("./keys/id", base, home).unwrap(), PathBuf::from("/srv/lab/keys/id"));
+        assert_eq!(resolve("../keys/id", base, home).unwrap(), PathBuf::from("/srv/lab/../keys/id"));
+        assert_eq!(resolve("/etc/key", base, home).unwrap(), PathBuf::from("/etc/key"));
         assert!(resolve("~bob/key", base, home).is_err());
         assert!(resolve("$HOME/key", base, home).is_err());
         assert!(resolve("~/key", base, None).is_err());

@@ -10,10 +10,7 @@ use super::diagnostic::{Pos, Sink};
 /// `parent.key`, or `parent["key"]` when the key would make the path ambiguous (label keys
 /// such as `node.kubernetes.io/x`).
 pub(crate) fn child(parent: &str, key: &str) -> String {
-    let plain = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '+');
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '+');
     match (parent.is_empty(), plain) {
         (true, true) => key.to_string(),
         (false, true) => format!("{parent}.{key}"),
@@ -49,11 +46,7 @@ pub(crate) fn kind_name(node: &Node) -> &'static str {
         Node::Scalar(s) if is_null_scalar(s) => "nothing (null)",
         Node::Scalar(s) if is_plain(s) && s.as_str().parse::<f64>().is_ok() => "a number",
         Node::Scalar(s)
-            if is_plain(s)
-                && matches!(
-                    s.as_str(),
-                    "true" | "false" | "True" | "False" | "TRUE" | "FALSE"
-                ) =>
+            if is_plain(s) && matches!(s.as_str(), "true" | "false" | "True" | "False" | "TRUE" | "FALSE") =>
         {
             "a boolean"
         }
@@ -94,11 +87,7 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
     // Compare with case, `_` and `-` ignored first: `key_path`, `keypath` and `Key-Path` are
     // all certainly `keyPath`.
     let squash = |s: &str| -> String {
-        s.trim_start_matches('-')
-            .chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect()
+        s.trim_start_matches('-').chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
     };
     let w = squash(word);
     if let Some(exact) = candidates.iter().find(|c| squash(c) == w) {
@@ -118,10 +107,7 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
         .map(|(_, c)| c)
         .or_else(|| {
             // Short words get low normalized scores for a single typo.
-            candidates
-                .iter()
-                .find(|c| strsim::damerau_levenshtein(&w, &squash(c)) <= 1)
-                .copied()
+            candidates.iter().find(|c| strsim::damerau_levenshtein(&w, &squash(c)) <= 1).copied()
         })
 }
 
@@ -156,11 +142,7 @@ impl<'n> Fields<'n> {
             let name = key.as_str();
             let field = child(path, name);
             if known.contains(&name) {
-                entries.push(Entry {
-                    key,
-                    value,
-                    path: field,
-                });
+                entries.push(Entry { key, value, path: field });
                 continue;
             }
             let at = Pos::of_span(key.span());
@@ -178,22 +160,14 @@ impl<'n> Fields<'n> {
                 }
                 None => format!("unknown field `{name}`"),
             };
-            sink.error(at, field, message)
-                .hint(format!("fields allowed here: {}", known.join(", ")));
+            sink.error(at, field, message).hint(format!("fields allowed here: {}", known.join(", ")));
         }
-        Fields {
-            entries,
-            pos: Pos::of_map(map),
-            path: path.to_string(),
-            suggested,
-        }
+        Fields { entries, pos: Pos::of_map(map), path: path.to_string(), suggested }
     }
 
     /// The field, unless absent or null (an empty optional field means "use the default").
     pub fn get(&self, name: &str) -> Option<&Entry<'n>> {
-        self.entries
-            .iter()
-            .find(|e| e.key.as_str() == name && !e.is_null())
+        self.entries.iter().find(|e| e.key.as_str() == name && !e.is_null())
     }
 
     /// Like [`get`](Self::get), but does not skip a null value.
@@ -206,19 +180,11 @@ impl<'n> Fields<'n> {
         match self.get_raw(name) {
             None if self.suggested.iter().any(|s| s == name) => None,
             None => {
-                sink.error(
-                    self.pos,
-                    child(&self.path, name),
-                    format!("required field `{name}` is missing ({what})"),
-                );
+                sink.error(self.pos, child(&self.path, name), format!("required field `{name}` is missing ({what})"));
                 None
             }
             Some(e) if e.is_null() => {
-                sink.error(
-                    e.key_pos(),
-                    &e.path,
-                    format!("`{name}` must not be empty ({what})"),
-                );
+                sink.error(e.key_pos(), &e.path, format!("`{name}` must not be empty ({what})"));
                 None
             }
             Some(e) => Some(e),
@@ -227,37 +193,21 @@ impl<'n> Fields<'n> {
 }
 
 /// The value as a mapping, or a report of what was found instead.
-pub(crate) fn mapping<'n>(
-    sink: &mut Sink,
-    e: &Entry<'n>,
-    what: &str,
-) -> Option<&'n MarkedMappingNode> {
+pub(crate) fn mapping<'n>(sink: &mut Sink, e: &Entry<'n>, what: &str) -> Option<&'n MarkedMappingNode> {
     match e.value {
         Node::Mapping(m) => Some(m),
         other => {
-            sink.error(
-                e.value_pos(),
-                &e.path,
-                format!("must be a mapping ({what}), found {}", kind_name(other)),
-            );
+            sink.error(e.value_pos(), &e.path, format!("must be a mapping ({what}), found {}", kind_name(other)));
             None
         }
     }
 }
 
-pub(crate) fn sequence<'n>(
-    sink: &mut Sink,
-    e: &Entry<'n>,
-    what: &str,
-) -> Option<&'n MarkedSequenceNode> {
+pub(crate) fn sequence<'n>(sink: &mut Sink, e: &Entry<'n>, what: &str) -> Option<&'n MarkedSequenceNode> {
     match e.value {
         Node::Sequence(s) => Some(s),
         other => {
-            sink.error(
-                e.value_pos(),
-                &e.path,
-                format!("must be a list ({what}), found {}", kind_name(other)),
-            );
+            sink.error(e.value_pos(), &e.path, format!("must be a list ({what}), found {}", kind_name(other)));
             None
         }
     }
@@ -265,20 +215,11 @@ pub(crate) fn sequence<'n>(
 
 /// A scalar read as text. Plain numbers and booleans are accepted as their text: a user name
 /// `1000` or a label value `true` is what the user meant.
-pub(crate) fn scalar<'n>(
-    sink: &mut Sink,
-    node: &'n Node,
-    path: &str,
-    at: Pos,
-) -> Option<&'n MarkedScalarNode> {
+pub(crate) fn scalar<'n>(sink: &mut Sink, node: &'n Node, path: &str, at: Pos) -> Option<&'n MarkedScalarNode> {
     match node {
         Node::Scalar(s) if !is_null_scalar(s) => Some(s),
         other => {
-            sink.error(
-                at,
-                path,
-                format!("must be a string, found {}", kind_name(other)),
-            );
+            sink.error(at, path, format!("must be a string, found {}", kind_name(other)));
             None
         }
     }
@@ -297,14 +238,7 @@ pub(crate) fn port(sink: &mut Sink, e: &Entry<'_>) -> Option<u16> {
     let text = match e.value {
         Node::Scalar(s) => s.as_str(),
         other => {
-            sink.error(
-                e.value_pos(),
-                &e.path,
-                format!(
-                    "must be a port number (1-65535), found {}",
-                    kind_name(other)
-                ),
-            );
+            sink.error(e.value_pos(), &e.path, format!("must be a port number (1-65535), found {}", kind_name(other)));
             return None;
         }
     };
@@ -349,14 +283,8 @@ mod tests {
         assert_eq!(did_you_mean("rol", &known), Some("role"));
         assert_eq!(did_you_mean("label", &known), Some("labels"));
         assert_eq!(did_you_mean("zzzzzz", &known), None);
-        assert_eq!(
-            did_you_mean("key_path", &["user", "keyPath"]),
-            Some("keyPath")
-        );
-        assert_eq!(
-            did_you_mean("--cluster_cidr", &["cluster-cidr", "service-cidr"]),
-            Some("cluster-cidr")
-        );
+        assert_eq!(did_you_mean("key_path", &["user", "keyPath"]), Some("keyPath"));
+        assert_eq!(did_you_mean("--cluster_cidr", &["cluster-cidr", "service-cidr"]), Some("cluster-cidr"));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use super::k3s_config::{self, ConfigRead};
 use super::reader::{self, child, index, mapping, no_hook, sequence, Entry, Fields};
 use super::syntax::{self, Problem};
 use super::{
-    paths, ArtifactSource, Bastion, ClusterFile, Host, HostKeyCheck, HostSsh, K3sSpec, Role,
-    SshDefaults, API_VERSION, DEFAULT_CHANNEL, DEFAULT_RELEASE_URL, KIND,
+    paths, ArtifactSource, Bastion, ClusterFile, Host, HostKeyCheck, HostSsh, K3sSpec, Role, SshDefaults, API_VERSION,
+    DEFAULT_CHANNEL, DEFAULT_RELEASE_URL, KIND,
 };
 
 /// Positions the cross-field checks need, for values that were read successfully.
@@ -39,19 +39,13 @@ pub(crate) fn load_yaml(sink: &mut Sink, text: &str) -> Option<MarkedMappingNode
     // Editors do not show a byte-order mark, and it would become part of the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if let Some(line) = second_document(text) {
-        sink.error(
-            Pos { line, column: 1 },
-            "",
-            "a second YAML document starts here; a cluster file holds exactly one",
-        )
-        .hint("remove the `---` line and what follows, or move it to its own file");
+        sink.error(Pos { line, column: 1 }, "", "a second YAML document starts here; a cluster file holds exactly one")
+            .hint("remove the `---` line and what follows, or move it to its own file");
         return None;
     }
     // Coercion off so that a quoted "0644" can be told from a plain 0644; duplicate keys are
     // errors since the last one silently winning hides mistakes.
-    let options = LoaderOptions::default()
-        .prevent_coercion(true)
-        .error_on_duplicate_keys(true);
+    let options = LoaderOptions::default().prevent_coercion(true).error_on_duplicate_keys(true);
     match marked_yaml::parse_yaml_with_options(0, text, options) {
         Ok(Node::Mapping(map)) => Some(map),
         Ok(other) => {
@@ -71,10 +65,7 @@ fn second_document(text: &str) -> Option<usize> {
     let mut content = false;
     let mut ended = false;
     for (i, line) in text.lines().enumerate() {
-        let marker = |m: &str| {
-            line.strip_prefix(m)
-                .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']))
-        };
+        let marker = |m: &str| line.strip_prefix(m).is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
         if marker("---") {
             if content {
                 return Some(i + 1);
@@ -98,46 +89,32 @@ fn second_document(text: &str) -> Option<usize> {
 }
 
 fn top_not_mapping(sink: &mut Sink, at: Pos) {
-    sink.error(at, "", "the cluster file must be a YAML mapping at the top level")
-        .hint(format!("it starts with `apiVersion: {API_VERSION}` and `kind: {KIND}`; `k3node init` writes a starter file"));
+    sink.error(at, "", "the cluster file must be a YAML mapping at the top level").hint(format!(
+        "it starts with `apiVersion: {API_VERSION}` and `kind: {KIND}`; `k3node init` writes a starter file"
+    ));
 }
 
 fn yaml_error(sink: &mut Sink, e: YamlError) {
-    let at = |m: &marked_yaml::Marker| Pos {
-        line: m.line(),
-        column: m.column(),
-    };
+    let at = |m: &marked_yaml::Marker| Pos { line: m.line(), column: m.column() };
     let anchors = "repeat the values instead; settings shared by all hosts go in spec.ssh";
     match e {
-        YamlError::TopLevelMustBeMapping(m) | YamlError::TopLevelMustBeSequence(m) => {
-            top_not_mapping(sink, at(&m))
-        }
+        YamlError::TopLevelMustBeMapping(m) | YamlError::TopLevelMustBeSequence(m) => top_not_mapping(sink, at(&m)),
         YamlError::UnexpectedAnchor(m) => {
-            sink.error(
-                at(&m),
-                "",
-                "YAML anchors and aliases (&name, *name) are not supported in a cluster file",
-            )
-            .hint(anchors);
+            sink.error(at(&m), "", "YAML anchors and aliases (&name, *name) are not supported in a cluster file")
+                .hint(anchors);
         }
         YamlError::MappingKeyMustBeScalar(m) => {
             sink.error(at(&m), "", "mapping keys must be plain strings");
         }
         YamlError::UnexpectedTag(m) => {
-            sink.error(
-                at(&m),
-                "",
-                "YAML tags (!!str, !name) are not supported in a cluster file",
-            )
-            .hint("quote the value to make it a string");
+            sink.error(at(&m), "", "YAML tags (!!str, !name) are not supported in a cluster file")
+                .hint("quote the value to make it a string");
         }
         YamlError::ScanError(m, scan) => {
             let info = scan.info();
             let d = sink.error(at(&m), "", format!("YAML syntax error: {info}"));
             if info.contains("anchor") {
-                d.hint(format!(
-                    "YAML anchors and aliases are not supported; {anchors}"
-                ));
+                d.hint(format!("YAML anchors and aliases are not supported; {anchors}"));
             } else if info.contains("tabs") {
                 d.hint("indent with spaces; YAML does not allow tabs for indentation");
             }
@@ -147,11 +124,7 @@ fn yaml_error(sink: &mut Sink, e: YamlError) {
             sink.error(
                 Pos::of_span(dup.key.span()),
                 "",
-                format!(
-                    "duplicate key `{}` (first at line {})",
-                    dup.key.as_str(),
-                    first.line
-                ),
+                format!("duplicate key `{}` (first at line {})", dup.key.as_str(), first.line),
             );
         }
     }
@@ -187,59 +160,36 @@ pub(crate) fn read(
         k3s: K3sSpec {
             version: None,
             channel: Some(DEFAULT_CHANNEL.to_string()),
-            source: ArtifactSource::Release {
-                url: DEFAULT_RELEASE_URL.to_string(),
-            },
+            source: ArtifactSource::Release { url: DEFAULT_RELEASE_URL.to_string() },
             config: BTreeMap::new(),
             channel_url: None,
             api_endpoint: None,
         },
     };
     if root.is_empty() {
-        sink.error(Pos::START, "", "the cluster file is empty")
-            .hint("`k3node init` writes a commented starter file");
+        sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
         return (file, spans);
     }
-    let top = Fields::new(
-        sink,
-        root,
-        "",
-        &["apiVersion", "kind", "metadata", "spec"],
-        &no_hook,
-    );
+    let top = Fields::new(sink, root, "", &["apiVersion", "kind", "metadata", "spec"], &no_hook);
     if let Some(e) = top.required(sink, "apiVersion", API_VERSION) {
         if let Some(v) = reader::string(sink, e) {
             if v != API_VERSION {
-                sink.error(
-                    e.value_pos(),
-                    &e.path,
-                    format!("unsupported apiVersion {v:?}"),
-                )
-                .hint(format!(
-                    "this version of k3node reads apiVersion: {API_VERSION}"
-                ));
+                sink.error(e.value_pos(), &e.path, format!("unsupported apiVersion {v:?}"))
+                    .hint(format!("this version of k3node reads apiVersion: {API_VERSION}"));
             }
         }
     }
     if let Some(e) = top.required(sink, "kind", KIND) {
         if let Some(v) = reader::string(sink, e) {
             if v != KIND {
-                sink.error(
-                    e.value_pos(),
-                    &e.path,
-                    format!("kind must be {KIND}, found {v:?}"),
-                );
+                sink.error(e.value_pos(), &e.path, format!("kind must be {KIND}, found {v:?}"));
             }
         }
     }
     if let Some(meta) = top.required(sink, "metadata", "with the cluster's name") {
         if let Some(map) = mapping(sink, meta, "with the cluster's name") {
             let meta = Fields::new(sink, map, &meta.path, &["name"], &no_hook);
-            if let Some(e) = meta.required(
-                sink,
-                "name",
-                "the cluster's name, also its kubeconfig context",
-            ) {
+            if let Some(e) = meta.required(sink, "name", "the cluster's name, also its kubeconfig context") {
                 if let Some(name) = reader::string(sink, e) {
                     if let Err(p) = syntax::cluster_name(&name) {
                         report(sink, e.value_pos(), &e.path, p);
@@ -256,22 +206,14 @@ pub(crate) fn read(
         return (file, spans);
     };
     let reserved = |k: &str| {
-        ["images", "manifests", "backup", "agent"]
-            .contains(&k)
-            .then(|| {
-                (
-                    format!("`spec.{k}` is not supported yet by this version of k3node"),
-                    Some("remove it for now; a later version will read it".to_string()),
-                )
-            })
+        ["images", "manifests", "backup", "agent"].contains(&k).then(|| {
+            (
+                format!("`spec.{k}` is not supported yet by this version of k3node"),
+                Some("remove it for now; a later version will read it".to_string()),
+            )
+        })
     };
-    let spec = Fields::new(
-        sink,
-        spec_map,
-        &spec.path,
-        &["ssh", "hosts", "k3s"],
-        &reserved,
-    );
+    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s"], &reserved);
     file.ssh = cx.ssh_defaults(sink, spec.get("ssh"));
     if let Some(hosts) = spec.required(sink, "hosts", "the machines of the cluster") {
         spans.hosts_key = Some(hosts.key_pos());
@@ -311,8 +253,7 @@ impl Cx<'_> {
             user: "root".to_string(),
             port: 22,
             key_path: None,
-            known_hosts: home_path(".ssh/known_hosts")
-                .unwrap_or_else(|| PathBuf::from(".ssh/known_hosts")),
+            known_hosts: home_path(".ssh/known_hosts").unwrap_or_else(|| PathBuf::from(".ssh/known_hosts")),
             config_file: home_path(".ssh/config").filter(|p| p.is_file()),
             host_key_check: HostKeyCheck::Strict,
             bastion: None,
@@ -321,15 +262,7 @@ impl Cx<'_> {
         let Some(map) = mapping(sink, e, "of SSH settings") else {
             return d;
         };
-        const FIELDS: &[&str] = &[
-            "user",
-            "port",
-            "keyPath",
-            "knownHosts",
-            "configFile",
-            "hostKeyCheck",
-            "bastion",
-        ];
+        const FIELDS: &[&str] = &["user", "port", "keyPath", "knownHosts", "configFile", "hostKeyCheck", "bastion"];
         let f = Fields::new(sink, map, &e.path, FIELDS, &no_hook);
         if let Some(u) = f.get("user").and_then(|e| user(sink, e)) {
             d.user = u;
@@ -355,23 +288,13 @@ impl Cx<'_> {
 
     fn bastion(&self, sink: &mut Sink, e: &Entry<'_>) -> Option<Bastion> {
         let map = mapping(sink, e, "with the jump host's address")?;
-        let f = Fields::new(
-            sink,
-            map,
-            &e.path,
-            &["address", "user", "port", "keyPath"],
-            &no_hook,
-        );
-        let address = f
-            .required(sink, "address", "the jump host's IP address or DNS name")
-            .and_then(|e| address(sink, e));
+        let f = Fields::new(sink, map, &e.path, &["address", "user", "port", "keyPath"], &no_hook);
+        let address =
+            f.required(sink, "address", "the jump host's IP address or DNS name").and_then(|e| address(sink, e));
         let b = Bastion {
             address: address.clone().unwrap_or_default(),
             user: f.get("user").and_then(|e| user(sink, e)),
-            port: f
-                .get("port")
-                .and_then(|e| reader::port(sink, e))
-                .unwrap_or(22),
+            port: f.get("port").and_then(|e| reader::port(sink, e)).unwrap_or(22),
             key_path: f.get("keyPath").and_then(|e| self.path(sink, e)),
         };
         address.map(|_| b)
@@ -391,10 +314,7 @@ impl Cx<'_> {
             sink.error(
                 Pos::of_node(node),
                 path,
-                format!(
-                    "each host must be a mapping with name, address and role, found {}",
-                    reader::kind_name(node)
-                ),
+                format!("each host must be a mapping with name, address and role, found {}", reader::kind_name(node)),
             );
             return (host, spans);
         };
@@ -409,11 +329,7 @@ impl Cx<'_> {
                 host.name = name;
             }
         }
-        if let Some(e) = f.required(
-            sink,
-            "address",
-            "IP address or DNS name to reach it over SSH",
-        ) {
+        if let Some(e) = f.required(sink, "address", "IP address or DNS name to reach it over SSH") {
             if let Some(a) = address(sink, e) {
                 spans.address = Some(e.value_pos());
                 host.address = a;
@@ -445,20 +361,9 @@ impl Cx<'_> {
         let only_global = |k: &str| {
             ["knownHosts", "configFile", "hostKeyCheck"]
                 .contains(&k)
-                .then(|| {
-                    (
-                        format!("`{k}` can only be set in spec.ssh"),
-                        Some("it applies to every host".to_string()),
-                    )
-                })
+                .then(|| (format!("`{k}` can only be set in spec.ssh"), Some("it applies to every host".to_string())))
         };
-        let f = Fields::new(
-            sink,
-            map,
-            &e.path,
-            &["user", "port", "keyPath", "bastion"],
-            &only_global,
-        );
+        let f = Fields::new(sink, map, &e.path, &["user", "port", "keyPath", "bastion"], &only_global);
         s.user = f.get("user").and_then(|e| user(sink, e));
         s.port = f.get("port").and_then(|e| reader::port(sink, e));
         s.key_path = f.get("keyPath").and_then(|e| self.path(sink, e));
@@ -509,12 +414,8 @@ impl Cx<'_> {
             out.channel = Some(c.1);
         }
         if let (Some(_), Some(c)) = (version, channel) {
-            sink.error(
-                c.key_pos(),
-                &c.path,
-                "set either k3s.version or k3s.channel, not both",
-            )
-            .hint("version pins an exact release; channel follows a release line");
+            sink.error(c.key_pos(), &c.path, "set either k3s.version or k3s.channel, not both")
+                .hint("version pins an exact release; channel follows a release line");
         }
         if let Some(e) = f.get("source") {
             if let Some(src) = self.source(sink, e) {
@@ -539,40 +440,27 @@ impl Cx<'_> {
             sink.error(
                 extra.key_pos(),
                 &extra.path,
-                format!(
-                    "only one source may be set, and `{}` is set already",
-                    given[0].key.as_str()
-                ),
+                format!("only one source may be set, and `{}` is set already", given[0].key.as_str()),
             )
             .hint("choose one of releaseUrl, mirror, airgapDir");
         }
         let first = given.first()?;
         let url = |sink: &mut Sink| {
             let text = reader::string(sink, first)?;
-            syntax::base_url(&text)
-                .map_err(|p| report(sink, first.value_pos(), &first.path, p))
-                .ok()
+            syntax::base_url(&text).map_err(|p| report(sink, first.value_pos(), &first.path, p)).ok()
         };
         match first.key.as_str() {
             "releaseUrl" => url(sink).map(|url| ArtifactSource::Release { url }),
             "mirror" => url(sink).map(|url| ArtifactSource::Mirror { url }),
-            _ => self
-                .path(sink, first)
-                .map(|path| ArtifactSource::AirgapDir { path }),
+            _ => self.path(sink, first).map(|path| ArtifactSource::AirgapDir { path }),
         }
     }
 }
 
 fn user(sink: &mut Sink, e: &Entry<'_>) -> Option<String> {
     let u = reader::string(sink, e)?;
-    if u.chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == ':')
-    {
-        sink.error(
-            e.value_pos(),
-            &e.path,
-            format!("{u:?} is not a valid user name"),
-        );
+    if u.chars().any(|c| c.is_whitespace() || c.is_control() || c == '@' || c == ':') {
+        sink.error(e.value_pos(), &e.path, format!("{u:?} is not a valid user name"));
         return None;
     }
     Some(u)
@@ -595,11 +483,7 @@ fn role(sink: &mut Sink, e: &Entry<'_>) -> Option<Role> {
         "server" => Some(Role::Server),
         "agent" => Some(Role::Agent),
         other => {
-            let d = sink.error(
-                e.value_pos(),
-                &e.path,
-                format!("role must be server or agent, found {other:?}"),
-            );
+            let d = sink.error(e.value_pos(), &e.path, format!("role must be server or agent, found {other:?}"));
             match other.to_ascii_lowercase().as_str() {
                 "master" | "control-plane" | "controlplane" | "controller" => {
                     d.hint("k3s calls control-plane nodes `server`");
@@ -650,11 +534,7 @@ fn labels(sink: &mut Sink, e: &Entry<'_>) -> BTreeMap<String, String> {
     for (key, value) in map.iter() {
         let k = key.as_str();
         let path = child(&e.path, k);
-        let entry = Entry {
-            key,
-            value,
-            path: path.clone(),
-        };
+        let entry = Entry { key, value, path: path.clone() };
         if let Err(p) = syntax::label_key(k).and_then(|()| syntax::node_label_allowed(k)) {
             report(sink, entry.key_pos(), &path, p);
             continue;
@@ -666,10 +546,7 @@ fn labels(sink: &mut Sink, e: &Entry<'_>) -> BTreeMap<String, String> {
                 sink.error(
                     entry.value_pos(),
                     &path,
-                    format!(
-                        "a label value must be a string, found {}",
-                        reader::kind_name(other)
-                    ),
+                    format!("a label value must be a string, found {}", reader::kind_name(other)),
                 );
                 continue;
             }

@@ -53,11 +53,7 @@ spec:
 mod tests {
     #[test]
     fn starter_parses() {
-        let f = crate::cluster::parse(
-            "cluster.yaml",
-            std::path::Path::new("/srv/lab"),
-            &super::starter_file(),
-        );
+        let f = crate::cluster::parse("cluster.yaml", std::path::Path::new("/srv/lab"), &super::starter_file());
         let f = f.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(f.hosts.len(), 2);
         assert_eq!(f.k3s.channel.as_deref(), Some("stable"));

@@ -14,10 +14,7 @@ pub(crate) struct Problem {
 
 impl Problem {
     fn new(message: impl Into<String>) -> Self {
-        Problem {
-            message: message.into(),
-            hint: None,
-        }
+        Problem { message: message.into(), hint: None }
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -110,10 +107,7 @@ fn dns_name(s: &str) -> bool {
             && !l.ends_with('-')
     };
     // An all-numeric last label would be read as an IPv4 address by resolvers (RFC 3696).
-    let last_numeric = s
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    let last_numeric = s.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     !s.is_empty() && s.len() <= 253 && s.split('.').all(label_ok) && !last_numeric
 }
 
@@ -122,8 +116,7 @@ fn k8s_name_part(s: &str) -> bool {
     let edge = |c: char| c.is_ascii_alphanumeric();
     !s.is_empty()
         && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s.starts_with(edge)
         && s.ends_with(edge)
 }
@@ -136,11 +129,8 @@ pub(crate) fn label_key(key: &str) -> Check {
     };
     if let Some(p) = prefix {
         if !dns_subdomain(p) {
-            return Err(
-                Problem::new(format!("label key {key:?} has an invalid prefix {p:?}")).hint(
-                    "the prefix before '/' must be a lowercase DNS subdomain such as example.com",
-                ),
-            );
+            return Err(Problem::new(format!("label key {key:?} has an invalid prefix {p:?}"))
+                .hint("the prefix before '/' must be a lowercase DNS subdomain such as example.com"));
         }
     }
     if !k8s_name_part(name) {
@@ -175,10 +165,7 @@ pub(crate) fn node_label_allowed(key: &str) -> Check {
     let namespace_ok = ["kubelet.kubernetes.io", "node.kubernetes.io"]
         .iter()
         .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
-    if (restricted("kubernetes.io") || restricted("k8s.io"))
-        && !namespace_ok
-        && !ALLOWED.contains(&key)
-    {
+    if (restricted("kubernetes.io") || restricted("k8s.io")) && !namespace_ok && !ALLOWED.contains(&key) {
         return Err(Problem::new(format!(
             "the kubelet refuses to set label {key:?} on its own node (kubernetes.io and k8s.io prefixes are reserved)"
         ))
@@ -223,9 +210,7 @@ pub(crate) fn taint(s: &str) -> Check {
     if key.is_empty() {
         return Err(shape());
     }
-    label_key(key).map_err(|p| {
-        Problem::new(format!("taint {s:?}: {}", p.message)).hint(p.hint.unwrap_or_default())
-    })?;
+    label_key(key).map_err(|p| Problem::new(format!("taint {s:?}: {}", p.message)).hint(p.hint.unwrap_or_default()))?;
     label_value(value).map_err(|p| Problem::new(format!("taint {s:?}: {}", p.message)))?;
     Ok(())
 }
@@ -233,12 +218,9 @@ pub(crate) fn taint(s: &str) -> Check {
 /// `v1.31.4+k3s1`, also release candidates `v1.31.4-rc1+k3s1`.
 pub(crate) fn k3s_version(s: &str) -> Check {
     let bad = || Problem::new(format!("{s:?} is not a k3s version"));
-    let example =
-        "k3s versions look like v1.31.4+k3s1 (see https://github.com/k3s-io/k3s/releases)";
+    let example = "k3s versions look like v1.31.4+k3s1 (see https://github.com/k3s-io/k3s/releases)";
     if is_channel(s) {
-        return Err(bad().hint(format!(
-            "{s} is a channel: set k3s.channel: {s} instead of k3s.version"
-        )));
+        return Err(bad().hint(format!("{s} is a channel: set k3s.channel: {s} instead of k3s.version")));
     }
     let Some(rest) = s.strip_prefix('v') else {
         return Err(bad().hint(format!("start with 'v': {example}")));
@@ -267,10 +249,7 @@ const CHANNELS: &[&str] = &["stable", "latest", "testing"];
 fn is_channel(s: &str) -> bool {
     let minor_line = s.strip_prefix('v').is_some_and(|r| {
         let parts: Vec<&str> = r.split('.').collect();
-        parts.len() == 2
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     });
     CHANNELS.contains(&s) || minor_line
 }
@@ -283,35 +262,26 @@ pub(crate) fn k3s_channel(s: &str) -> Check {
     let mut p = Problem::new(format!("{s:?} is not a k3s channel"));
     p = match did_you_mean(s, CHANNELS) {
         Some(close) => p.hint(format!("did you mean `{close}`?")),
-        None if k3s_version(s).is_ok() => {
-            p.hint("that is a version: set k3s.version instead of k3s.channel")
-        }
-        None => {
-            p.hint("channels are stable, latest, testing or a minor version line such as v1.31")
-        }
+        None if k3s_version(s).is_ok() => p.hint("that is a version: set k3s.version instead of k3s.channel"),
+        None => p.hint("channels are stable, latest, testing or a minor version line such as v1.31"),
     };
     Err(p)
 }
 
 /// An http(s) base URL, returned without trailing slashes (the installer appends paths).
 pub(crate) fn base_url(s: &str) -> Result<String, Problem> {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
     let Some(rest) = rest else {
-        return Err(Problem::new(format!("{s:?} is not an http(s) URL")).hint(
-            "write a URL starting with https:// (or http:// for a mirror on a trusted network)",
-        ));
+        return Err(Problem::new(format!("{s:?} is not an http(s) URL"))
+            .hint("write a URL starting with https:// (or http:// for a mirror on a trusted network)"));
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Problem::new(format!("{s:?} is not a valid URL")));
     }
     if rest.contains(['?', '#']) {
-        return Err(Problem::new(format!(
-            "{s:?}: a base URL cannot carry a query or fragment"
-        ))
-        .hint("k3node appends /<version>/<file> to this URL"));
+        return Err(Problem::new(format!("{s:?}: a base URL cannot carry a query or fragment"))
+            .hint("k3node appends /<version>/<file> to this URL"));
     }
     Ok(s.trim_end_matches('/').to_string())
 }
@@ -327,55 +297,22 @@ mod tests {
         assert!(cluster_name("lab.example").is_err());
         assert!(cluster_name(&"a".repeat(64)).is_err());
         assert!(node_name("server-1.lab").is_ok());
-        assert_eq!(
-            node_name("Server-1").unwrap_err().hint.as_deref(),
-            Some("Kubernetes node names must be lowercase")
-        );
+        assert_eq!(node_name("Server-1").unwrap_err().hint.as_deref(), Some("Kubernetes node names must be lowercase"));
         assert!(node_name("-a").is_err());
         assert!(node_name("a_b").is_err());
     }
 
     #[test]
     fn addresses() {
-        for ok in [
-            "192.168.56.10",
-            "::1",
-            "fd00::10",
-            "server-1",
-            "k3s.example.com",
-            "k3s.example.com.",
-            "A.Example",
-        ] {
+        for ok in ["192.168.56.10", "::1", "fd00::10", "server-1", "k3s.example.com", "k3s.example.com.", "A.Example"] {
             assert!(address(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "10.0.0.300",
-            "10.0.0",
-            "1.2.3.4.5",
-            "fe80::zz",
-            "a_b",
-            "-a",
-            "host.123",
-            "",
-            "a..b",
-        ] {
+        for bad in ["10.0.0.300", "10.0.0", "1.2.3.4.5", "fe80::zz", "a_b", "-a", "host.123", "", "a..b"] {
             assert!(address(bad).is_err(), "{bad}");
         }
-        assert!(address("root@10.0.0.1")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("ssh.user"));
-        assert!(address("10.0.0.1:2222")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("ssh.port"));
-        assert!(address("[::1]")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("brackets"));
+        assert!(address("root@10.0.0.1").unwrap_err().hint.unwrap().contains("ssh.user"));
+        assert!(address("10.0.0.1:2222").unwrap_err().hint.unwrap().contains("ssh.port"));
+        assert!(address("[::1]").unwrap_err().hint.unwrap().contains("brackets"));
     }
 
     #[test]
@@ -403,10 +340,7 @@ mod tests {
         assert!(taint("a=:PreferNoSchedule").is_ok());
         assert!(taint("dedicated=db").is_err());
         assert!(taint(":NoSchedule").is_err());
-        assert_eq!(
-            taint("a=b:noschedule").unwrap_err().hint.as_deref(),
-            Some("did you mean `NoSchedule`?")
-        );
+        assert_eq!(taint("a=b:noschedule").unwrap_err().hint.as_deref(), Some("did you mean `NoSchedule`?"));
         assert!(taint("a=b c:NoSchedule").is_err());
     }
 
@@ -415,47 +349,21 @@ mod tests {
         assert!(k3s_version("v1.31.4+k3s1").is_ok());
         assert!(k3s_version("v1.31.4-rc1+k3s1").is_ok());
         assert!(k3s_version("v1.31.4-beta1+k3s1").is_err());
-        assert!(k3s_version("1.31.4+k3s1")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("start with 'v'"));
-        assert!(k3s_version("v1.31.4")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("+k3sN"));
+        assert!(k3s_version("1.31.4+k3s1").unwrap_err().hint.unwrap().contains("start with 'v'"));
+        assert!(k3s_version("v1.31.4").unwrap_err().hint.unwrap().contains("+k3sN"));
         assert!(k3s_version("v1.31+k3s1").is_err());
-        assert!(k3s_version("latest")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("k3s.channel"));
-        assert!(k3s_version("v1.31")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("k3s.channel"));
+        assert!(k3s_version("latest").unwrap_err().hint.unwrap().contains("k3s.channel"));
+        assert!(k3s_version("v1.31").unwrap_err().hint.unwrap().contains("k3s.channel"));
         assert!(k3s_version("v1.31.4+k3s").is_err());
         assert!(k3s_channel("stable").is_ok());
         assert!(k3s_channel("v1.31").is_ok());
-        assert_eq!(
-            k3s_channel("stabel").unwrap_err().hint.as_deref(),
-            Some("did you mean `stable`?")
-        );
-        assert!(k3s_channel("v1.31.4+k3s1")
-            .unwrap_err()
-            .hint
-            .unwrap()
-            .contains("k3s.version"));
+        assert_eq!(k3s_channel("stabel").unwrap_err().hint.as_deref(), Some("did you mean `stable`?"));
+        assert!(k3s_channel("v1.31.4+k3s1").unwrap_err().hint.unwrap().contains("k3s.version"));
     }
 
     #[test]
     fn urls() {
-        assert_eq!(
-            base_url("https://mirror.example/k3s/").unwrap(),
-            "https://mirror.example/k3s"
-        );
+        assert_eq!(base_url("https://mirror.example/k3s/").unwrap(), "https://mirror.example/k3s");
         assert!(base_url("http://10.0.0.5:8080").is_ok());
         assert!(base_url("ftp://mirror").is_err());
         assert!(base_url("mirror.example").is_err());

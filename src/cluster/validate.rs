@@ -29,10 +29,7 @@ fn hosts(sink: &mut Sink, file: &ClusterFile, spans: &Spans) {
                 sink.error(
                     pos,
                     format!("spec.hosts[{i}].name"),
-                    format!(
-                        "duplicate host name {:?}, also used by spec.hosts[{first}]",
-                        host.name
-                    ),
+                    format!("duplicate host name {:?}, also used by spec.hosts[{first}]", host.name),
                 )
                 .hint("every host needs its own node name");
             }
@@ -43,14 +40,9 @@ fn hosts(sink: &mut Sink, file: &ClusterFile, spans: &Spans) {
                 sink.error(
                     pos,
                     format!("spec.hosts[{i}].address"),
-                    format!(
-                        "duplicate address {:?}, also used by spec.hosts[{first}]",
-                        host.address
-                    ),
+                    format!("duplicate address {:?}, also used by spec.hosts[{first}]", host.address),
                 )
-                .hint(
-                    "every host needs its own address: agents and servers reach each other by it",
-                );
+                .hint("every host needs its own address: agents and servers reach each other by it");
             }
         }
     }
@@ -93,17 +85,11 @@ fn net(spans: &Spans, key: &'static str, default: &str) -> Option<Net> {
     if spans.config.invalid.contains(key) {
         return None;
     }
-    let (text, at) = match (
-        spans.config.values.get(key).and_then(|v| v.as_str()),
-        spans.config.pos.get(key),
-    ) {
+    let (text, at) = match (spans.config.values.get(key).and_then(|v| v.as_str()), spans.config.pos.get(key)) {
         (Some(t), Some(at)) => (t, Some(*at)),
         _ => (default, None),
     };
-    let nets = text
-        .split(',')
-        .map(|s| parse_cidr(s.trim()).ok())
-        .collect::<Option<Vec<_>>>()?;
+    let nets = text.split(',').map(|s| parse_cidr(s.trim()).ok()).collect::<Option<Vec<_>>>()?;
     Some(Net { key, nets, at })
 }
 
@@ -126,45 +112,24 @@ fn networks(sink: &mut Sink, file: &ClusterFile, spans: &Spans) {
                         format!("{CONFIG}.{}", here.key),
                         format!("{} overlaps {}", here.describe(a), there.describe(b)),
                     )
-                    .hint(
-                        "pod (cluster-cidr) and service (service-cidr) networks must be disjoint",
-                    );
+                    .hint("pod (cluster-cidr) and service (service-cidr) networks must be disjoint");
                 }
             }
         }
     }
-    if let (Some(s), Some(dns), Some(at)) = (
-        &service,
-        spans
-            .config
-            .values
-            .get("cluster-dns")
-            .and_then(|v| v.as_str()),
-        spans.config.pos.get("cluster-dns"),
-    ) {
-        for ip in dns
-            .split(',')
-            .filter_map(|d| d.trim().parse::<IpAddr>().ok())
-        {
-            let same_family: Vec<&IpNet> = s
-                .nets
-                .iter()
-                .filter(|n| n.addr().is_ipv4() == ip.is_ipv4())
-                .collect();
+    if let (Some(s), Some(dns), Some(at)) =
+        (&service, spans.config.values.get("cluster-dns").and_then(|v| v.as_str()), spans.config.pos.get("cluster-dns"))
+    {
+        for ip in dns.split(',').filter_map(|d| d.trim().parse::<IpAddr>().ok()) {
+            let same_family: Vec<&IpNet> = s.nets.iter().filter(|n| n.addr().is_ipv4() == ip.is_ipv4()).collect();
             if !same_family.iter().any(|n| n.trunc().contains(&ip)) {
-                let inside = same_family
-                    .first()
-                    .map_or_else(|| s.key.to_string(), |n| s.describe(n));
+                let inside = same_family.first().map_or_else(|| s.key.to_string(), |n| s.describe(n));
                 let hint = match same_family.first().and_then(|n| nth_address(&n.to_string(), 10)) {
                     Some(s) => format!("the cluster DNS service address must come from service-cidr, e.g. {s}; or leave cluster-dns unset and k3s picks that one"),
                     None => "the cluster DNS service address must come from service-cidr".to_string(),
                 };
-                sink.error(
-                    *at,
-                    format!("{CONFIG}.cluster-dns"),
-                    format!("cluster-dns {ip} is not inside {inside}"),
-                )
-                .hint(hint);
+                sink.error(*at, format!("{CONFIG}.cluster-dns"), format!("cluster-dns {ip} is not inside {inside}"))
+                    .hint(hint);
             }
         }
     }
@@ -197,18 +162,9 @@ mod tests {
 
     #[test]
     fn nth() {
-        assert_eq!(
-            nth_address("10.43.0.0/16", 10),
-            Some("10.43.0.10".parse().unwrap())
-        );
-        assert_eq!(
-            nth_address("10.96.0.0/12", 10),
-            Some("10.96.0.10".parse().unwrap())
-        );
-        assert_eq!(
-            nth_address("fd00:43::/112", 10),
-            Some("fd00:43::a".parse().unwrap())
-        );
+        assert_eq!(nth_address("10.43.0.0/16", 10), Some("10.43.0.10".parse().unwrap()));
+        assert_eq!(nth_address("10.96.0.0/12", 10), Some("10.96.0.10".parse().unwrap()));
+        assert_eq!(nth_address("fd00:43::/112", 10), Some("fd00:43::a".parse().unwrap()));
         assert_eq!(nth_address("10.0.0.0/30", 10), None);
     }
 

@@ -17,6 +17,10 @@ pub fn run(args: &InitArgs) -> anyhow::Result<()> {
         return Err(BadInput(format!("{} already exists; pass --force to overwrite it", args.config.display())).into());
     }
     k3node::fsutil::write_atomic(&args.config, k3node::cluster::starter_file().as_bytes(), 0o644)?;
-    println!("wrote {}: edit the hosts, then run `k3node preflight -c {}`", args.config.display(), args.config.display());
+    println!(
+        "wrote {}: edit the hosts, then run `k3node preflight -c {}`",
+        args.config.display(),
+        args.config.display()
+    );
     Ok(())
 }

@@ -23,11 +23,17 @@ pub struct KubeconfigArgs {
 /// Fetches the admin kubeconfig from the first server and merges it under the cluster's name.
 pub async fn run(args: &KubeconfigArgs) -> anyhow::Result<bool> {
     let (cluster, connector, me) = args.connect.prepare(&args.config).await?;
-    let first = cluster.hosts.iter().position(|h| h.role == k3node::protocol::preflight::Role::Server).ok_or_else(|| BadInput("no server".into()))?;
+    let first = cluster
+        .hosts
+        .iter()
+        .position(|h| h.role == k3node::protocol::preflight::Role::Server)
+        .ok_or_else(|| BadInput("no server".into()))?;
     let observer: Arc<dyn Observer> = Arc::new(Silent);
     let fleet = Fleet::connect(&cluster, &[first], &connector, &me, 1, &observer).await;
     let answer = match &fleet.members[0].link {
-        Ok(link) => link.target.call::<KubeconfigAnswer>(&Request::Kubeconfig, &mut |_| {}).await.map_err(anyhow::Error::from),
+        Ok(link) => {
+            link.target.call::<KubeconfigAnswer>(&Request::Kubeconfig, &mut |_| {}).await.map_err(anyhow::Error::from)
+        }
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
     fleet.close().await;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use k3node::host::system::RealSystem;
 use k3node::operator::fleet::Fleet;
-use k3node::operator::progress::Observer;
 use k3node::operator::preflight::{self, HostOutcome, HostPreflight, PreflightOptions, PreflightRun};
+use k3node::operator::progress::Observer;
 use k3node::protocol::preflight::{PreflightRequest, Role};
 
 use super::render::{self, Output};

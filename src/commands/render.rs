@@ -9,10 +9,10 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Cell, Color, ContentArrangement, T
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k3node::artifacts::{DownloadProgress, NoProgress};
 use k3node::operator::preflight::{HostOutcome, PreflightRun};
+use k3node::operator::progress::Observer;
 use k3node::operator::reset::ResetRun;
 use k3node::operator::up::{NodeState, UpRun};
 use k3node::protocol::k3s::FileAction;
-use k3node::operator::progress::Observer;
 use k3node::protocol::preflight::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +40,11 @@ impl TerminalObserver {
 
 pub fn observer<'a>(output: Output, hosts: impl Iterator<Item = &'a str>) -> Arc<TerminalObserver> {
     let interactive = output == Output::Table && std::io::stderr().is_terminal();
-    let multi = MultiProgress::with_draw_target(if interactive { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let multi = MultiProgress::with_draw_target(if interactive {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
     let style = ProgressStyle::with_template("{spinner} {prefix:<16} {msg} {elapsed:>4}").expect("static template");
     let bars = hosts
         .map(|h| {
@@ -99,7 +103,12 @@ pub fn preflight(output: Output, run: &PreflightRun) -> anyhow::Result<()> {
                         let mut checks: Vec<_> = report.checks.iter().collect();
                         checks.sort_by_key(|c| std::cmp::Reverse(c.status));
                         for c in checks {
-                            table.add_row([status_cell(c.status), Cell::new(&c.id), Cell::new(&c.reason), Cell::new(c.fix.as_deref().unwrap_or(""))]);
+                            table.add_row([
+                                status_cell(c.status),
+                                Cell::new(&c.id),
+                                Cell::new(&c.reason),
+                                Cell::new(c.fix.as_deref().unwrap_or("")),
+                            ]);
                         }
                         println!("{table}");
                     }
@@ -115,7 +124,11 @@ pub fn preflight(output: Output, run: &PreflightRun) -> anyhow::Result<()> {
                         let fails = r.checks.iter().filter(|c| c.status == Status::Fail).count();
                         let warns = r.checks.iter().filter(|c| c.status == Status::Warn).count();
                         let text = format!("{} pass, {warns} warn, {fails} fail", r.checks.len() - fails - warns);
-                        if fails > 0 { Cell::new(text).fg(Color::Red) } else { Cell::new(text) }
+                        if fails > 0 {
+                            Cell::new(text).fg(Color::Red)
+                        } else {
+                            Cell::new(text)
+                        }
                     }
                 };
                 summary.add_row([
@@ -153,7 +166,13 @@ pub fn up(output: Output, run: &UpRun) -> anyhow::Result<()> {
     }
     println!();
     for phase in &run.phases {
-        println!("{} {:<13} {:>6.2}s  {}", if phase.ok { "✓" } else { "✗" }, phase.name, phase.elapsed.as_secs_f64(), phase.message);
+        println!(
+            "{} {:<13} {:>6.2}s  {}",
+            if phase.ok { "✓" } else { "✗" },
+            phase.name,
+            phase.elapsed.as_secs_f64(),
+            phase.message
+        );
     }
     if run.dry_run {
         for node in &run.nodes {
@@ -197,7 +216,18 @@ pub fn up(output: Output, run: &UpRun) -> anyhow::Result<()> {
     for node in run.nodes.iter().filter(|n| n.error.is_some()) {
         println!("{}: {}", node.host, node.error.as_deref().unwrap_or_default());
     }
-    println!("{}", if run.succeeded() { if run.dry_run { "dry run: nothing was changed" } else { "cluster is up" } } else { "up FAILED" });
+    println!(
+        "{}",
+        if run.succeeded() {
+            if run.dry_run {
+                "dry run: nothing was changed"
+            } else {
+                "cluster is up"
+            }
+        } else {
+            "up FAILED"
+        }
+    );
     Ok(())
 }
 
@@ -214,7 +244,16 @@ pub fn reset(output: Output, run: &ResetRun) -> anyhow::Result<()> {
             None => host.actions.iter().for_each(|a| println!("  {a}")),
         }
     }
-    println!("{}", if !run.succeeded() { "reset FAILED" } else if run.dry_run { "dry run: nothing was changed" } else { "reset done" });
+    println!(
+        "{}",
+        if !run.succeeded() {
+            "reset FAILED"
+        } else if run.dry_run {
+            "dry run: nothing was changed"
+        } else {
+            "reset done"
+        }
+    );
     Ok(())
 }
 
@@ -236,7 +275,9 @@ impl DownloadProgress for DownloadBar {
         // A retry starts over and reports what is already on disk again.
         self.0.set_position(0);
         self.0.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("static template").progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("static template")
+                .progress_chars("=> "),
         );
         self.0.set_message(what.to_string());
     }

@@ -31,7 +31,11 @@ pub async fn run(args: &ResetArgs) -> anyhow::Result<bool> {
     let (cluster, connector, me) = args.connect.prepare(&args.config).await?;
     let mut indices = Vec::new();
     for name in &args.hosts {
-        let i = cluster.hosts.iter().position(|h| &h.name == name).ok_or_else(|| BadInput(format!("--hosts: {name} is not a host of {}", args.config.display())))?;
+        let i = cluster
+            .hosts
+            .iter()
+            .position(|h| &h.name == name)
+            .ok_or_else(|| BadInput(format!("--hosts: {name} is not a host of {}", args.config.display())))?;
         indices.push(i);
     }
     if indices.is_empty() {
@@ -40,7 +44,11 @@ pub async fn run(args: &ResetArgs) -> anyhow::Result<bool> {
     if !args.dry_run && !args.yes {
         let names: Vec<&str> = indices.iter().map(|&i| cluster.hosts[i].name.as_str()).collect();
         if !std::io::stdin().is_terminal() {
-            return Err(BadInput(format!("reset would uninstall k3s from {}; pass --yes to confirm when not on a terminal", names.join(", "))).into());
+            return Err(BadInput(format!(
+                "reset would uninstall k3s from {}; pass --yes to confirm when not on a terminal",
+                names.join(", ")
+            ))
+            .into());
         }
         eprint!("Uninstall k3s from {} (data is moved aside, not deleted)? [y/N] ", names.join(", "));
         std::io::stderr().flush()?;
@@ -53,7 +61,16 @@ pub async fn run(args: &ResetArgs) -> anyhow::Result<bool> {
     }
     let observer = render::observer(args.output, indices.iter().map(|&i| cluster.hosts[i].name.as_str()));
     let observer_dyn: Arc<dyn Observer> = observer.clone();
-    let result = reset::reset(&cluster, &indices, &connector, &me, args.dry_run, args.connect.concurrency as usize, observer_dyn).await;
+    let result = reset::reset(
+        &cluster,
+        &indices,
+        &connector,
+        &me,
+        args.dry_run,
+        args.connect.concurrency as usize,
+        observer_dyn,
+    )
+    .await;
     observer.finish();
     render::reset(args.output, &result)?;
     Ok(result.succeeded())

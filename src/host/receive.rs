@@ -17,11 +17,16 @@ pub fn receive(request: &ReceiveFile, input: &mut dyn BufRead) -> Result<String,
     let dest = Path::new(&request.path);
     let dir = crate::fsutil::parent_dir(dest);
     fs::create_dir_all(dir).map_err(|e| failed("cannot create the directory of", e))?;
-    let mut tmp = tempfile::Builder::new().prefix(".k3node-receive.").tempfile_in(dir).map_err(|e| failed("cannot create a temp file for", e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".k3node-receive.")
+        .tempfile_in(dir)
+        .map_err(|e| failed("cannot create a temp file for", e))?;
 
     let mut reader: Box<dyn Read + '_> = match request.compression {
         Compression::None => Box::new(input.take(request.size)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input).map_err(|e| failed("cannot decompress", e))?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(input).map_err(|e| failed("cannot decompress", e))?)
+        }
     };
     let mut hasher = Sha256::new();
     let mut written = 0u64;
@@ -42,7 +47,9 @@ pub fn receive(request: &ReceiveFile, input: &mut dyn BufRead) -> Result<String,
             format!("{}: received {written} bytes with sha256 {actual}, expected {} bytes with sha256 {}; nothing was replaced", request.path, request.size, request.sha256),
         ));
     }
-    tmp.as_file().set_permissions(Permissions::from_mode(request.mode)).map_err(|e| failed("cannot set the mode of", e))?;
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(request.mode))
+        .map_err(|e| failed("cannot set the mode of", e))?;
     tmp.as_file().sync_all().map_err(|e| failed("cannot flush", e))?;
     tmp.persist(dest).map_err(|e| failed("cannot rename into place", e.error))?;
     crate::fsutil::sync_dir(dir).map_err(|e| failed("cannot flush the directory of", e))?;
@@ -54,7 +61,13 @@ mod tests {
     use super::*;
 
     fn request(path: &Path, data: &[u8], compression: Compression) -> ReceiveFile {
-        ReceiveFile { path: path.display().to_string(), size: data.len() as u64, sha256: hex::encode(Sha256::digest(data)), mode: 0o750, compression }
+        ReceiveFile {
+            path: path.display().to_string(),
+            size: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(data)),
+            mode: 0o750,
+            compression,
+        }
     }
 
     #[test]

@@ -33,7 +33,11 @@ fn read_request(operation: &str, input: &mut dyn BufRead) -> Result<Request, Str
     Ok(request)
 }
 
-fn handle(request: Request, input: &mut dyn BufRead, output: &mut dyn Write) -> Result<serde_json::Value, (AgentErrorKind, String)> {
+fn handle(
+    request: Request,
+    input: &mut dyn BufRead,
+    output: &mut dyn Write,
+) -> Result<serde_json::Value, (AgentErrorKind, String)> {
     match request {
         Request::Hello => to_value(&hello()?),
         Request::Preflight(req) => {
@@ -53,7 +57,9 @@ fn handle(request: Request, input: &mut dyn BufRead, output: &mut dyn Write) -> 
             let result = super::k3s::reset(&RealSystem, &req, &mut |message| progress(output, message));
             to_value(&result.map_err(failed)?)
         }
-        Request::ReceiveFile(req) => to_value(&FileReceived { path: req.path.clone(), sha256: super::receive::receive(&req, input)? }),
+        Request::ReceiveFile(req) => {
+            to_value(&FileReceived { path: req.path.clone(), sha256: super::receive::receive(&req, input)? })
+        }
     }
 }
 

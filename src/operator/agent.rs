@@ -19,7 +19,11 @@ pub enum AgentError {
     #[error("{host}: the host is {host_arch} but this k3node binary is built for {ours}; run k3node from a machine of the same architecture")]
     ArchMismatch { host: String, host_arch: String, ours: String },
     #[error("cannot read this k3node binary ({}) to upload it: {source}", path.display())]
-    SelfBinary { path: PathBuf, #[source] source: std::io::Error },
+    SelfBinary {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AgentError {
@@ -48,7 +52,11 @@ impl SelfBinary {
         let err = |source| AgentError::SelfBinary { path: path.clone(), source };
         let mut file = tokio::fs::File::open(&path).await.map_err(err)?;
         let sha256 = sha256_hex(&mut file).await.map_err(err)?;
-        Ok(SelfBinary { path: path.clone(), sha256, arch: debian_arch(std::env::consts::ARCH).unwrap_or(std::env::consts::ARCH).to_string() })
+        Ok(SelfBinary {
+            path: path.clone(),
+            sha256,
+            arch: debian_arch(std::env::consts::ARCH).unwrap_or(std::env::consts::ARCH).to_string(),
+        })
     }
 }
 
@@ -66,7 +74,9 @@ pub enum AgentInstall {
 /// the host verifies before it renames the file into place.
 pub async fn ensure_agent(session: &Session, me: &SelfBinary) -> Result<AgentInstall, AgentError> {
     let outcome = match call::<Hello>(session, &Request::Hello, &mut |_| {}).await {
-        Ok(hello) if hello.protocol == PROTOCOL_VERSION && hello.binary_sha256 == me.sha256 => return Ok(AgentInstall::UpToDate),
+        Ok(hello) if hello.protocol == PROTOCOL_VERSION && hello.binary_sha256 == me.sha256 => {
+            return Ok(AgentInstall::UpToDate)
+        }
         Ok(hello) => {
             tracing::info!(host = session.host(), version = %hello.version, "replacing outdated agent");
             check_arch(session, &hello.arch, me)?;
@@ -80,7 +90,9 @@ pub async fn ensure_agent(session: &Session, me: &SelfBinary) -> Result<AgentIns
             AgentInstall::Installed
         }
     };
-    let mut file = tokio::fs::File::open(&me.path).await.map_err(|source| AgentError::SelfBinary { path: me.path.clone(), source })?;
+    let mut file = tokio::fs::File::open(&me.path)
+        .await
+        .map_err(|source| AgentError::SelfBinary { path: me.path.clone(), source })?;
     session.upload(&mut file, &me.sha256, AGENT_PATH, 0o755).await?;
     let hello: Hello = call(session, &Request::Hello, &mut |_| {}).await?;
     if hello.binary_sha256 != me.sha256 {
@@ -95,7 +107,11 @@ pub async fn ensure_agent(session: &Session, me: &SelfBinary) -> Result<AgentIns
 
 fn check_arch(session: &Session, host_arch: &str, me: &SelfBinary) -> Result<(), AgentError> {
     if host_arch != me.arch {
-        return Err(AgentError::ArchMismatch { host: session.host().into(), host_arch: host_arch.into(), ours: me.arch.clone() });
+        return Err(AgentError::ArchMismatch {
+            host: session.host().into(),
+            host_arch: host_arch.into(),
+            ours: me.arch.clone(),
+        });
     }
     Ok(())
 }
@@ -121,7 +137,9 @@ pub async fn call_with_payload<T: DeserializeOwned>(
     let mut input = line.as_slice().chain(payload);
     let mut reader = AnswerReader::default();
     let out = session
-        .exec_streaming(&[AGENT_PATH, "host", request.operation()], &mut input, &mut |line| reader.line(line, on_progress))
+        .exec_streaming(&[AGENT_PATH, "host", request.operation()], &mut input, &mut |line| {
+            reader.line(line, on_progress)
+        })
         .await?;
     reader.finish(session.host(), out.status, out.stderr_text())
 }
@@ -152,9 +170,11 @@ impl AnswerReader {
     pub(crate) fn finish<T: DeserializeOwned>(self, host: &str, status: u32, stderr: String) -> Result<T, AgentError> {
         let host = host.to_string();
         match self.answer {
-            Some(AgentLine::Result { value }) => {
-                serde_json::from_value(value).map_err(|e| AgentError::Protocol { host, detail: format!("result does not decode: {e}"), stderr })
-            }
+            Some(AgentLine::Result { value }) => serde_json::from_value(value).map_err(|e| AgentError::Protocol {
+                host,
+                detail: format!("result does not decode: {e}"),
+                stderr,
+            }),
             Some(AgentLine::Error { kind, message }) => Err(AgentError::Refused { host, kind, message }),
             _ => Err(AgentError::Protocol {
                 host,

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cluster::{Bastion, ClusterFile, Host, HostKeyCheck};
-use crate::transport::{keys, ClientConfig, ConnectOptions, Endpoint, EndpointRequest, HostKeyPolicy, Keyring, SshConfigError, TransportError};
+use crate::transport::{
+    keys, ClientConfig, ConnectOptions, Endpoint, EndpointRequest, HostKeyPolicy, Keyring, SshConfigError,
+    TransportError,
+};
 
 /// Connection settings the command line may override.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +39,8 @@ impl Connector {
             Some(path) => ClientConfig::load(path, true)?,
             None => ClientConfig::load(&ClientConfig::default_path(), false)?,
         };
-        let endpoints: Vec<Endpoint> = cluster.hosts.iter().map(|h| client_config.resolve(&request_for(cluster, h))).collect();
+        let endpoints: Vec<Endpoint> =
+            cluster.hosts.iter().map(|h| client_config.resolve(&request_for(cluster, h))).collect();
 
         // Keys the user named must load (or the run stops before touching any host); OpenSSH's
         // default keys are used when present.
@@ -57,7 +61,8 @@ impl Connector {
         } else {
             HostKeyPolicy::Strict
         };
-        let mut options = ConnectOptions { known_hosts: ssh.known_hosts.clone(), host_key_policy: policy, ..Default::default() };
+        let mut options =
+            ConnectOptions { known_hosts: ssh.known_hosts.clone(), host_key_policy: policy, ..Default::default() };
         if let Some(t) = overrides.connect_timeout {
             options.connect_timeout = t;
         }

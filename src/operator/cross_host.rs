@@ -35,12 +35,30 @@ pub fn cross_host_checks(answers: &[HostAnswer<'_>]) -> Vec<Vec<Check>> {
         .iter()
         .map(|a| {
             let mut checks = vec![
-                uniqueness("unique-hostname", "hostname", std::slice::from_ref(&a.facts.hostname), a.host, &hostnames,
-                    "give every host its own hostname (hostnamectl set-hostname NAME): k3s names nodes after it"),
-                uniqueness("unique-machine-id", "machine-id", std::slice::from_ref(&a.facts.machine_id), a.host, &machine_ids,
-                    "regenerate it on cloned hosts: rm /etc/machine-id && systemd-machine-id-setup"),
-                uniqueness("unique-address", "address", &[a.address.to_string()], a.host, &addresses,
-                    "give every host its own address; cloned VMs often share one"),
+                uniqueness(
+                    "unique-hostname",
+                    "hostname",
+                    std::slice::from_ref(&a.facts.hostname),
+                    a.host,
+                    &hostnames,
+                    "give every host its own hostname (hostnamectl set-hostname NAME): k3s names nodes after it",
+                ),
+                uniqueness(
+                    "unique-machine-id",
+                    "machine-id",
+                    std::slice::from_ref(&a.facts.machine_id),
+                    a.host,
+                    &machine_ids,
+                    "regenerate it on cloned hosts: rm /etc/machine-id && systemd-machine-id-setup",
+                ),
+                uniqueness(
+                    "unique-address",
+                    "address",
+                    &[a.address.to_string()],
+                    a.host,
+                    &addresses,
+                    "give every host its own address; cloned VMs often share one",
+                ),
             ];
             checks.push(clock(a.clock_offset_ms, median.unwrap_or(0)));
             checks
@@ -48,7 +66,10 @@ pub fn cross_host_checks(answers: &[HostAnswer<'_>]) -> Vec<Vec<Check>> {
         .collect()
 }
 
-fn group<'a>(answers: &[HostAnswer<'a>], values: impl Fn(&HostAnswer<'a>) -> Vec<String>) -> BTreeMap<String, Vec<String>> {
+fn group<'a>(
+    answers: &[HostAnswer<'a>],
+    values: impl Fn(&HostAnswer<'a>) -> Vec<String>,
+) -> BTreeMap<String, Vec<String>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in answers {
         for v in values(a) {
@@ -60,7 +81,14 @@ fn group<'a>(answers: &[HostAnswer<'a>], values: impl Fn(&HostAnswer<'a>) -> Vec
     map
 }
 
-fn uniqueness(id: &str, what: &str, values: &[String], host: &str, groups: &BTreeMap<String, Vec<String>>, fix: &str) -> Check {
+fn uniqueness(
+    id: &str,
+    what: &str,
+    values: &[String],
+    host: &str,
+    groups: &BTreeMap<String, Vec<String>>,
+    fix: &str,
+) -> Check {
     let clashes: Vec<String> = values
         .iter()
         .filter_map(|v| {
@@ -104,7 +132,12 @@ mod tests {
     use super::*;
 
     fn facts(hostname: &str, machine_id: &str, address: &str) -> HostFacts {
-        HostFacts { hostname: hostname.into(), machine_id: machine_id.into(), addresses: vec![address.into()], clock_unix_ms: 0 }
+        HostFacts {
+            hostname: hostname.into(),
+            machine_id: machine_id.into(),
+            addresses: vec![address.into()],
+            clock_unix_ms: 0,
+        }
     }
 
     fn status_of(checks: &[Check], id: &str) -> Status {
@@ -113,10 +146,16 @@ mod tests {
 
     #[test]
     fn one_clock_far_from_the_median_fails_only_that_host() {
-        let f: Vec<HostFacts> = (1..=4).map(|i| facts(&format!("h{i}"), &format!("m{i}"), &format!("10.0.0.{i}"))).collect();
+        let f: Vec<HostFacts> =
+            (1..=4).map(|i| facts(&format!("h{i}"), &format!("m{i}"), &format!("10.0.0.{i}"))).collect();
         let offsets = [120, -300, 45_000, 800];
         let answers: Vec<HostAnswer> = (0..4)
-            .map(|i| HostAnswer { host: ["h1", "h2", "h3", "h4"][i], address: &f[i].addresses[0], facts: &f[i], clock_offset_ms: offsets[i] })
+            .map(|i| HostAnswer {
+                host: ["h1", "h2", "h3", "h4"][i],
+                address: &f[i].addresses[0],
+                facts: &f[i],
+                clock_offset_ms: offsets[i],
+            })
             .collect();
         let result = cross_host_checks(&answers);
         let statuses: Vec<Status> = result.iter().map(|c| status_of(c, "clock-skew")).collect();

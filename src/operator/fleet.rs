@@ -88,7 +88,12 @@ impl Fleet {
     }
 }
 
-async fn link(connector: &Connector, index: usize, me: &SelfBinary, observer: &dyn Observer) -> Result<Link, AgentError> {
+async fn link(
+    connector: &Connector,
+    index: usize,
+    me: &SelfBinary,
+    observer: &dyn Observer,
+) -> Result<Link, AgentError> {
     let endpoint = connector.endpoint(index);
     observer.phase(&endpoint.host, "connecting");
     let session = Session::connect(endpoint, &connector.options, &connector.keyring).await?;

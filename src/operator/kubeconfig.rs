@@ -12,7 +12,11 @@ pub enum KubeconfigError {
     #[error("{}: not a kubeconfig k3node can merge into ({detail}); move it aside or pass --kubeconfig", path.display())]
     Existing { path: PathBuf, detail: String },
     #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `$KUBECONFIG`'s first entry, else `~/.kube/config`.
@@ -97,7 +101,8 @@ pub fn merge_into_file(path: &Path, k3s_yaml: &str, name: &str, server_url: &str
         Err(e) => return Err(KubeconfigError::Existing { path: path.to_path_buf(), detail: e.to_string() }),
     };
     let text = merge(existing.as_deref(), &ours, path)?;
-    crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| KubeconfigError::Write { path: path.to_path_buf(), source })
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o600)
+        .map_err(|source| KubeconfigError::Write { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -114,7 +119,9 @@ mod tests {
         merge_into_file(&path, K3S_YAML, "lab", "https://172.30.77.11:6443").unwrap();
         merge_into_file(&path, K3S_YAML, "lab", "https://172.30.77.11:6443").unwrap();
         let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let names = |k: &str| doc[k].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+        let names = |k: &str| {
+            doc[k].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
         assert_eq!(names("clusters"), ["prod", "lab"]);
         assert_eq!(names("contexts"), ["prod", "lab"]);
         assert_eq!(doc["current-context"], "lab");
@@ -126,7 +133,9 @@ mod tests {
 
     #[test]
     fn refuses_to_merge_into_something_that_is_not_a_kubeconfig() {
-        let err = merge(Some("- just\n- a list\n"), &rewrite(K3S_YAML, "lab", "https://x:6443").unwrap(), Path::new("/k")).unwrap_err();
+        let err =
+            merge(Some("- just\n- a list\n"), &rewrite(K3S_YAML, "lab", "https://x:6443").unwrap(), Path::new("/k"))
+                .unwrap_err();
         assert!(err.to_string().contains("not a mapping"), "{err}");
     }
 }

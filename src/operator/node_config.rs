@@ -78,7 +78,10 @@ pub fn config_yaml(cluster: &ClusterFile, host: &Host, node_ip: Option<&str>) ->
         }
     }
     let body = serde_yaml_ng::to_string(&config).expect("a map of JSON values always renders");
-    format!("# Written by k3node from the cluster file of cluster {}; edit that file, not this one.\n{body}", cluster.name)
+    format!(
+        "# Written by k3node from the cluster file of cluster {}; edit that file, not this one.\n{body}",
+        cluster.name
+    )
 }
 
 /// The env file: joining hosts get the URL and token here (0600), never on a command line.
@@ -87,7 +90,9 @@ pub fn env(cluster: &ClusterFile, host: &Host, token: Option<&Secret>) -> Vec<(S
     match (position(cluster, host), token) {
         (Position::FirstServer, _) | (_, None) => Vec::new(),
         (Position::JoiningServer, Some(token)) => vec![("K3S_TOKEN".into(), token.clone())],
-        (Position::Agent, Some(token)) => vec![("K3S_URL".into(), Secret::new(join_url(first))), ("K3S_TOKEN".into(), token.clone())],
+        (Position::Agent, Some(token)) => {
+            vec![("K3S_URL".into(), Secret::new(join_url(first))), ("K3S_TOKEN".into(), token.clone())]
+        }
     }
 }
 
@@ -108,8 +113,14 @@ mod tests {
         let c = cluster("    - name: a1\n      address: 10.0.0.2\n      role: agent\n");
         let agent = c.host("a1").unwrap();
         let yaml = config_yaml(&c, agent, Some("10.0.0.2"));
-        assert!(!yaml.contains("cluster-cidr") && !yaml.contains("kube-apiserver-arg") && !yaml.contains("disable"), "{yaml}");
-        assert!(yaml.contains("kubelet-arg") && yaml.contains("node-name: a1") && yaml.contains("node-ip: 10.0.0.2"), "{yaml}");
+        assert!(
+            !yaml.contains("cluster-cidr") && !yaml.contains("kube-apiserver-arg") && !yaml.contains("disable"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("kubelet-arg") && yaml.contains("node-name: a1") && yaml.contains("node-ip: 10.0.0.2"),
+            "{yaml}"
+        );
         let env = env(&c, agent, Some(&Secret::new("K10x::server:pw")));
         assert_eq!(env[0], ("K3S_URL".to_string(), Secret::new("https://10.0.0.1:6443")));
         assert_eq!(env[1].1.expose(), "K10x::server:pw");

@@ -39,7 +39,10 @@ pub struct HostPreflight {
 pub enum HostOutcome {
     Report(PreflightReport),
     /// The host could not be checked at all (connection, auth, agent).
-    Error { kind: String, message: String },
+    Error {
+        kind: String,
+        message: String,
+    },
 }
 
 impl HostOutcome {
@@ -83,7 +86,12 @@ pub fn request_for(cluster: &ClusterFile, role: Role, fix: bool) -> PreflightReq
 
 /// Runs preflight on every member of `fleet` (connected or not: a member that could not be
 /// reached is reported as such), then the cross-host checks over those that answered.
-pub async fn run(cluster: &ClusterFile, fleet: &Fleet, options: &PreflightOptions, observer: Arc<dyn Observer>) -> PreflightRun {
+pub async fn run(
+    cluster: &ClusterFile,
+    fleet: &Fleet,
+    options: &PreflightOptions,
+    observer: Arc<dyn Observer>,
+) -> PreflightRun {
     let tasks = fleet.members.iter().map(|member| {
         let observer = observer.clone();
         let request = request_for(cluster, member.host.role, options.fix);
@@ -107,9 +115,11 @@ pub async fn run(cluster: &ClusterFile, fleet: &Fleet, options: &PreflightOption
             (hp, offset)
         }
     });
-    let mut results: Vec<(HostPreflight, i64)> = stream::iter(tasks).buffered(options.concurrency.max(1)).collect().await;
+    let mut results: Vec<(HostPreflight, i64)> =
+        stream::iter(tasks).buffered(options.concurrency.max(1)).collect().await;
 
-    let answered: Vec<usize> = (0..results.len()).filter(|i| matches!(results[*i].0.outcome, HostOutcome::Report(_))).collect();
+    let answered: Vec<usize> =
+        (0..results.len()).filter(|i| matches!(results[*i].0.outcome, HostOutcome::Report(_))).collect();
     let cross = {
         let answers: Vec<HostAnswer> = answered
             .iter()
@@ -134,10 +144,18 @@ pub async fn run(cluster: &ClusterFile, fleet: &Fleet, options: &PreflightOption
     PreflightRun { cluster: cluster.name.clone(), hosts }
 }
 
-async fn check_host(link: &Link, host: &str, request: &PreflightRequest, observer: &dyn Observer) -> Result<(PreflightReport, i64), AgentError> {
+async fn check_host(
+    link: &Link,
+    host: &str,
+    request: &PreflightRequest,
+    observer: &dyn Observer,
+) -> Result<(PreflightReport, i64), AgentError> {
     observer.phase(host, if request.fix { "fixing and checking" } else { "checking" });
     let sent = now_ms();
-    let report = link.target.call::<PreflightReport>(&Request::Preflight(request.clone()), &mut |m| observer.message(host, m)).await?;
+    let report = link
+        .target
+        .call::<PreflightReport>(&Request::Preflight(request.clone()), &mut |m| observer.message(host, m))
+        .await?;
     let received = now_ms();
     // The host read its clock somewhere between send and receive; the midpoint halves the error.
     let offset = report.facts.clock_unix_ms - (sent + received) / 2;

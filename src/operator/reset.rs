@@ -57,7 +57,8 @@ pub async fn reset(
             Err(e) => Err(e.to_string()),
             Ok(link) => {
                 observer.phase(&name, if dry_run { "planning reset" } else { "resetting" });
-                link.target.call::<ResetReport>(&Request::Reset(ResetRequest { dry_run }), &mut |m| observer.message(&name, m))
+                link.target
+                    .call::<ResetReport>(&Request::Reset(ResetRequest { dry_run }), &mut |m| observer.message(&name, m))
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -24,7 +24,11 @@ impl Target {
     }
 
     /// One agent operation, answered by the host's agent or, locally, by the same code in-process.
-    pub async fn call<T: DeserializeOwned>(&self, request: &Request, on_progress: &mut (dyn FnMut(&str) + Send)) -> Result<T, AgentError> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        request: &Request,
+        on_progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<T, AgentError> {
         match self {
             Target::Ssh(session) => agent::call(session, request, on_progress).await,
             Target::Local(name) => {
@@ -36,7 +40,11 @@ impl Target {
                     (status, output)
                 })
                 .await
-                .map_err(|e| AgentError::Protocol { host: name.clone(), detail: format!("the local operation panicked: {e}"), stderr: String::new() })?;
+                .map_err(|e| AgentError::Protocol {
+                    host: name.clone(),
+                    detail: format!("the local operation panicked: {e}"),
+                    stderr: String::new(),
+                })?;
                 let mut reader = AnswerReader::default();
                 for line in String::from_utf8_lossy(&output).lines() {
                     reader.line(line, on_progress);
@@ -51,7 +59,8 @@ impl Target {
         match self {
             Target::Ssh(session) => {
                 let out = session.exec(&["sha256sum", path], &mut tokio::io::empty()).await?;
-                let sum = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+                let sum =
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
                 Ok((out.status == 0 && sum.len() == 64).then_some(sum))
             }
             Target::Local(name) => match tokio::fs::File::open(path).await {
@@ -67,7 +76,10 @@ impl Target {
     pub async fn install_file(&self, payload: &Payload, dest: &str, mode: u32) -> Result<(), AgentError> {
         match self {
             Target::Ssh(session) => {
-                let compressed = payload.compressed().await.map_err(|e| io_error(self.host(), &payload.path.display().to_string(), e))?;
+                let compressed = payload
+                    .compressed()
+                    .await
+                    .map_err(|e| io_error(self.host(), &payload.path.display().to_string(), e))?;
                 let request = Request::ReceiveFile(ReceiveFile {
                     path: dest.to_string(),
                     size: payload.size,
@@ -75,17 +87,20 @@ impl Target {
                     mode,
                     compression: Compression::Zstd,
                 });
-                let received: FileReceived = agent::call_with_payload(session, &request, &mut compressed.as_slice(), &mut |_| {}).await?;
+                let received: FileReceived =
+                    agent::call_with_payload(session, &request, &mut compressed.as_slice(), &mut |_| {}).await?;
                 debug_assert_eq!(received.sha256, payload.sha256);
                 Ok(())
             }
             Target::Local(name) => {
                 let (source, sha256, dest_path) = (payload.path.clone(), payload.sha256.clone(), dest.to_string());
                 let name2 = name.clone();
-                tokio::task::spawn_blocking(move || crate::fsutil::install_verified(&source, &sha256, Path::new(&dest_path), mode))
-                    .await
-                    .map_err(|e| AgentError::Protocol { host: name2, detail: e.to_string(), stderr: String::new() })?
-                    .map_err(|e| io_error(name, dest, e))
+                tokio::task::spawn_blocking(move || {
+                    crate::fsutil::install_verified(&source, &sha256, Path::new(&dest_path), mode)
+                })
+                .await
+                .map_err(|e| AgentError::Protocol { host: name2, detail: e.to_string(), stderr: String::new() })?
+                .map_err(|e| io_error(name, dest, e))
             }
         }
     }

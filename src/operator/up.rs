@@ -10,15 +10,17 @@ use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::agent::AgentError;
-use super::target::{Payload, Target};
 use super::fleet::{Fleet, Member};
 use super::kubeconfig;
 use super::node_config::{self, Position};
 use super::preflight::{self as preflight_phase, PreflightOptions, PreflightRun};
 use super::progress::Observer;
+use super::target::{Payload, Target};
 use crate::artifacts::{self, ArtifactOptions, DownloadProgress, K3sBinary};
 use crate::cluster::ClusterFile;
-use crate::protocol::k3s::{FileAction, FileChange, InstallReport, InstallRequest, KubeconfigAnswer, NodesAnswer, TokenAnswer};
+use crate::protocol::k3s::{
+    FileAction, FileChange, InstallReport, InstallRequest, KubeconfigAnswer, NodesAnswer, TokenAnswer,
+};
 use crate::protocol::preflight::Role;
 use crate::protocol::{Request, Secret};
 
@@ -92,7 +94,8 @@ pub struct UpRun {
 
 impl UpRun {
     pub fn succeeded(&self) -> bool {
-        self.phases.iter().all(|p| p.ok) && self.nodes.iter().all(|n| !matches!(n.state, NodeState::Failed | NodeState::Skipped))
+        self.phases.iter().all(|p| p.ok)
+            && self.nodes.iter().all(|n| !matches!(n.state, NodeState::Failed | NodeState::Skipped))
     }
 }
 
@@ -126,7 +129,13 @@ impl Run<'_> {
 }
 
 /// Runs every phase on `fleet` (connected with [`Fleet::connect`], or [`Fleet::local`]).
-pub async fn up(cluster: &ClusterFile, fleet: &Fleet, options: &UpOptions, observer: Arc<dyn Observer>, download: &dyn DownloadProgress) -> UpRun {
+pub async fn up(
+    cluster: &ClusterFile,
+    fleet: &Fleet,
+    options: &UpOptions,
+    observer: Arc<dyn Observer>,
+    download: &dyn DownloadProgress,
+) -> UpRun {
     let nodes = cluster
         .hosts
         .iter()
@@ -146,7 +155,15 @@ pub async fn up(cluster: &ClusterFile, fleet: &Fleet, options: &UpOptions, obser
         phase_started: Instant::now(),
         options,
         observer: observer.clone(),
-        result: UpRun { cluster: cluster.name.clone(), dry_run: options.dry_run, version: None, phases: Vec::new(), nodes, preflight: None, kubeconfig: None },
+        result: UpRun {
+            cluster: cluster.name.clone(),
+            dry_run: options.dry_run,
+            version: None,
+            phases: Vec::new(),
+            nodes,
+            preflight: None,
+            kubeconfig: None,
+        },
     };
 
     let connect = if fleet.failures().next().is_none() {
@@ -159,7 +176,12 @@ pub async fn up(cluster: &ClusterFile, fleet: &Fleet, options: &UpOptions, obser
         }
         Err(Stop(fleet.failures().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ")))
     };
-    if run.phase("connect", connect) {
+    let connected = run.phase("connect", connect);
+    // The fleet was connected before this run began; its slowest host is the phase's time.
+    if let Some(phase) = run.result.phases.last_mut() {
+        phase.elapsed = fleet.members.iter().map(|m| m.elapsed).max().unwrap_or_default();
+    }
+    if connected {
         phases(&mut run, fleet, download).await;
     }
     for n in &run.result.nodes {
@@ -174,13 +196,24 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     let options = run.options;
 
     // preflight: never install onto a host that cannot run k3s.
-    let pf = preflight_phase::run(cluster, fleet, &PreflightOptions { fix: false, concurrency: options.concurrency }, run.observer.clone()).await;
+    let pf = preflight_phase::run(
+        cluster,
+        fleet,
+        &PreflightOptions { fix: false, concurrency: options.concurrency },
+        run.observer.clone(),
+    )
+    .await;
     let failing: Vec<String> = pf
         .hosts
         .iter()
         .filter_map(|h| {
             let report = pf.report(&h.host)?;
-            let ids: Vec<&str> = report.checks.iter().filter(|c| c.status == crate::protocol::preflight::Status::Fail).map(|c| c.id.as_str()).collect();
+            let ids: Vec<&str> = report
+                .checks
+                .iter()
+                .filter(|c| c.status == crate::protocol::preflight::Status::Fail)
+                .map(|c| c.id.as_str())
+                .collect();
             (!ids.is_empty()).then(|| format!("{}: {}", h.host, ids.join(", ")))
         })
         .collect();
@@ -189,12 +222,19 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     } else if options.ignore_preflight {
         Ok(format!("failures ignored (--ignore-preflight): {}", failing.join("; ")))
     } else {
-        Err(Stop(format!("{} (see `k3node preflight`; --fix repairs modules and sysctls, --ignore-preflight overrides)", failing.join("; "))))
+        Err(Stop(format!(
+            "{} (see `k3node preflight`; --fix repairs modules and sysctls, --ignore-preflight overrides)",
+            failing.join("; ")
+        )))
     };
     let node_ips: Vec<Option<String>> = fleet
         .members
         .iter()
-        .map(|m| pf.report(&m.host.name).filter(|r| r.facts.addresses.contains(&m.host.address)).map(|_| m.host.address.clone()))
+        .map(|m| {
+            pf.report(&m.host.name)
+                .filter(|r| r.facts.addresses.contains(&m.host.address))
+                .map(|_| m.host.address.clone())
+        })
         .collect();
     run.result.preflight = Some(pf);
     if !run.phase("preflight", outcome) {
@@ -227,7 +267,9 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     };
     let others = stream::iter(fleet.members.iter().filter(|m| m.index != first.index).map(|m| {
         let (binary, payload, observer) = (&binary, &payload, observer.clone());
-        async move { (m.host.name.clone(), upload_binary(target(m), binary, payload, options.dry_run, observer.as_ref()).await) }
+        async move {
+            (m.host.name.clone(), upload_binary(target(m), binary, payload, options.dry_run, observer.as_ref()).await)
+        }
     }))
     .buffer_unordered(options.concurrency.max(1))
     .collect::<Vec<_>>();
@@ -256,7 +298,11 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     }
     let uploaded = run.result.nodes.iter().filter(|n| n.binary_uploaded).count();
     let verb = if options.dry_run { "would upload" } else { "uploaded" };
-    let outcome = if upload_errors.is_empty() { Ok(format!("{verb} to {uploaded} hosts")) } else { Err(Stop(upload_errors.join("; "))) };
+    let outcome = if upload_errors.is_empty() {
+        Ok(format!("{verb} to {uploaded} hosts"))
+    } else {
+        Err(Stop(upload_errors.join("; ")))
+    };
     if !run.phase("upload", outcome) {
         return;
     }
@@ -278,7 +324,8 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     run.phase("token", Ok(format!("read from {}", first.host.name)));
 
     // further servers, one at a time: etcd membership changes must not overlap.
-    let joining: Vec<&Member> = fleet.members.iter().filter(|m| node_config::position(cluster, &m.host) == Position::JoiningServer).collect();
+    let joining: Vec<&Member> =
+        fleet.members.iter().filter(|m| node_config::position(cluster, &m.host) == Position::JoiningServer).collect();
     let mut failures = Vec::new();
     for m in &joining {
         if let Err(Stop(e)) = install(run, m, &binary, Some(&token), node_ip(m)).await {
@@ -286,7 +333,8 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
             break;
         }
     }
-    let outcome = if failures.is_empty() { Ok(format!("{} joined", joining.len())) } else { Err(Stop(failures.join("; "))) };
+    let outcome =
+        if failures.is_empty() { Ok(format!("{} joined", joining.len())) } else { Err(Stop(failures.join("; "))) };
     if !run.phase("servers", outcome) {
         return;
     }
@@ -307,7 +355,8 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
             failures.push(e);
         }
     }
-    let outcome = if failures.is_empty() { Ok(format!("{} joined", agents.len())) } else { Err(Stop(failures.join("; "))) };
+    let outcome =
+        if failures.is_empty() { Ok(format!("{} joined", agents.len())) } else { Err(Stop(failures.join("; "))) };
     if !run.phase("agents", outcome) || options.dry_run {
         return;
     }
@@ -327,12 +376,21 @@ fn target(m: &Member) -> &Target {
 }
 
 async fn fetch(cluster: &ClusterFile, options: &UpOptions, download: &dyn DownloadProgress) -> Result<K3sBinary, Stop> {
-    let version = artifacts::resolve_version(&cluster.k3s, &options.artifacts).await.map_err(|e| Stop(e.to_string()))?;
+    let version =
+        artifacts::resolve_version(&cluster.k3s, &options.artifacts).await.map_err(|e| Stop(e.to_string()))?;
     let arch = crate::protocol::debian_arch(std::env::consts::ARCH).unwrap_or(std::env::consts::ARCH);
-    artifacts::fetch_k3s(&cluster.k3s, &version, arch, &options.artifacts, download).await.map_err(|e| Stop(e.to_string()))
+    artifacts::fetch_k3s(&cluster.k3s, &version, arch, &options.artifacts, download)
+        .await
+        .map_err(|e| Stop(e.to_string()))
 }
 
-async fn upload_binary(target: &Target, binary: &K3sBinary, payload: &Payload, dry_run: bool, observer: &dyn Observer) -> Result<bool, AgentError> {
+async fn upload_binary(
+    target: &Target,
+    binary: &K3sBinary,
+    payload: &Payload,
+    dry_run: bool,
+    observer: &dyn Observer,
+) -> Result<bool, AgentError> {
     if target.file_sha256(K3S_PATH).await?.as_deref() == Some(binary.sha256.as_str()) {
         return Ok(false);
     }
@@ -343,7 +401,14 @@ async fn upload_binary(target: &Target, binary: &K3sBinary, payload: &Payload, d
     Ok(true)
 }
 
-fn install_request(cluster: &ClusterFile, m: &Member, binary: &K3sBinary, token: Option<&Secret>, node_ip: Option<String>, options: &UpOptions) -> InstallRequest {
+fn install_request(
+    cluster: &ClusterFile,
+    m: &Member,
+    binary: &K3sBinary,
+    token: Option<&Secret>,
+    node_ip: Option<String>,
+    options: &UpOptions,
+) -> InstallRequest {
     InstallRequest {
         role: m.host.role,
         node_name: m.host.name.clone(),
@@ -355,20 +420,36 @@ fn install_request(cluster: &ClusterFile, m: &Member, binary: &K3sBinary, token:
     }
 }
 
-async fn install(run: &mut Run<'_>, m: &Member, binary: &K3sBinary, token: Option<&Secret>, node_ip: Option<String>) -> Result<(), Stop> {
+async fn install(
+    run: &mut Run<'_>,
+    m: &Member,
+    binary: &K3sBinary,
+    token: Option<&Secret>,
+    node_ip: Option<String>,
+) -> Result<(), Stop> {
     let request = install_request(run.cluster, m, binary, token, node_ip, run.options);
     let (outcome, elapsed) = call_install(target(m), &m.host.name, request, run.observer.as_ref()).await;
     record(run, &m.host.name, outcome, elapsed).map_err(Stop)
 }
 
-async fn call_install(target: &Target, host: &str, request: InstallRequest, observer: &dyn Observer) -> (Result<InstallReport, AgentError>, Duration) {
+async fn call_install(
+    target: &Target,
+    host: &str,
+    request: InstallRequest,
+    observer: &dyn Observer,
+) -> (Result<InstallReport, AgentError>, Duration) {
     let started = Instant::now();
     observer.phase(host, if request.dry_run { "planning" } else { "installing" });
     let outcome = target.call::<InstallReport>(&Request::InstallK3s(request), &mut |m| observer.message(host, m)).await;
     (outcome, started.elapsed())
 }
 
-fn record(run: &mut Run<'_>, host: &str, outcome: Result<InstallReport, AgentError>, elapsed: Duration) -> Result<(), String> {
+fn record(
+    run: &mut Run<'_>,
+    host: &str,
+    outcome: Result<InstallReport, AgentError>,
+    elapsed: Duration,
+) -> Result<(), String> {
     let dry_run = run.options.dry_run;
     let node = run.node(host);
     node.elapsed += elapsed;
@@ -419,16 +500,22 @@ async fn wait_ready(run: &mut Run<'_>, first: &Target) -> Result<String, Stop> {
                 Err(e) => format!("; the first server could not list nodes: {e}"),
                 Ok(_) => String::new(),
             };
-            return Err(Stop(format!("not Ready after {:?}: {}{why}", run.options.ready_timeout, not_ready.join(", "))));
+            return Err(Stop(format!(
+                "not Ready after {:?}: {}{why}",
+                run.options.ready_timeout,
+                not_ready.join(", ")
+            )));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 async fn merge_kubeconfig(run: &mut Run<'_>, first: &Target) -> Result<String, Stop> {
-    let answer = first.call::<KubeconfigAnswer>(&Request::Kubeconfig, &mut |_| {}).await.map_err(|e| Stop(e.to_string()))?;
+    let answer =
+        first.call::<KubeconfigAnswer>(&Request::Kubeconfig, &mut |_| {}).await.map_err(|e| Stop(e.to_string()))?;
     let (path, server) = kubeconfig_target(run.cluster, run.options.kubeconfig.clone());
-    kubeconfig::merge_into_file(&path, answer.kubeconfig.expose(), &run.cluster.name, &server).map_err(|e| Stop(e.to_string()))?;
+    kubeconfig::merge_into_file(&path, answer.kubeconfig.expose(), &run.cluster.name, &server)
+        .map_err(|e| Stop(e.to_string()))?;
     let message = format!("context {} in {} ({server})", run.cluster.name, path.display());
     run.result.kubeconfig = Some(path);
     Ok(message)
@@ -438,7 +525,9 @@ async fn merge_kubeconfig(run: &mut Run<'_>, first: &Target) -> Result<String, S
 pub fn kubeconfig_target(cluster: &ClusterFile, path: Option<PathBuf>) -> (PathBuf, String) {
     let first = cluster.servers().next().expect("validated: at least one server");
     let server = match &cluster.k3s.api_endpoint {
-        Some(endpoint) if endpoint.contains(':') && endpoint.parse::<std::net::Ipv6Addr>().is_err() => format!("https://{endpoint}"),
+        Some(endpoint) if endpoint.contains(':') && endpoint.parse::<std::net::Ipv6Addr>().is_err() => {
+            format!("https://{endpoint}")
+        }
         Some(endpoint) => format!("https://{endpoint}:6443"),
         None => node_config::join_url(first),
     };

@@ -78,7 +78,8 @@ impl ClientConfig {
         let from_config = |f: &dyn Fn(&ssh2_config::HostParams) -> Option<String>| params.as_ref().and_then(f);
         let address = from_config(&|p| p.host_name.clone()).unwrap_or_else(|| req.address.clone());
         let port = req.port.or_else(|| params.as_ref().and_then(|p| p.port)).unwrap_or(req.fallback_port);
-        let user = req.user.clone().or_else(|| from_config(&|p| p.user.clone())).unwrap_or_else(|| req.fallback_user.clone());
+        let user =
+            req.user.clone().or_else(|| from_config(&|p| p.user.clone())).unwrap_or_else(|| req.fallback_user.clone());
         let mut identity_files: Vec<PathBuf> = req.identity_file.iter().cloned().collect();
         if identity_files.is_empty() {
             if let Some(files) = params.as_ref().and_then(|p| p.identity_file.clone()) {

@@ -11,7 +11,9 @@ pub enum TransportError {
     #[error("{host}: connection to {address} refused; is sshd running and listening on that port?")]
     Refused { host: String, address: String },
 
-    #[error("{host}: no answer from {address} within {after:?} while {stage}; check the address, firewalls and the bastion")]
+    #[error(
+        "{host}: no answer from {address} within {after:?} while {stage}; check the address, firewalls and the bastion"
+    )]
     Timeout { host: String, address: String, stage: &'static str, after: Duration },
 
     #[error("{host}: authentication as {user} failed; tried: {}. Add the public key to ~{user}/.ssh/authorized_keys on the host, or set spec.ssh.keyPath / spec.hosts[].ssh.keyPath", tried.join(", "))]
@@ -21,7 +23,14 @@ pub enum TransportError {
     HostKeyUnknown { host: String, address: String, fingerprint: String, known_hosts: PathBuf },
 
     #[error("{host}: HOST KEY OF {address} HAS CHANGED: {} line {line} records {expected}, the host presents {actual}. Someone may be intercepting the connection, or the host was reinstalled; if you are sure, remove that line and re-run", known_hosts.display())]
-    HostKeyChanged { host: String, address: String, expected: String, actual: String, known_hosts: PathBuf, line: usize },
+    HostKeyChanged {
+        host: String,
+        address: String,
+        expected: String,
+        actual: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
 
     #[error("{host}: cannot use known hosts file {}: {detail}", path.display())]
     KnownHosts { host: String, path: PathBuf, detail: String },
@@ -38,17 +47,28 @@ pub enum TransportError {
     #[error("{host}: `{command}` ended without an exit status (the channel closed early); the host may have dropped the connection")]
     NoExitStatus { host: String, command: String },
 
-    #[error("{host}: upload to {path} was corrupted: sent sha256 {expected}, the host has {actual}; nothing was installed")]
+    #[error(
+        "{host}: upload to {path} was corrupted: sent sha256 {expected}, the host has {actual}; nothing was installed"
+    )]
     ChecksumMismatch { host: String, path: String, expected: String, actual: String },
 
     #[error("{host}: `{command}` failed with exit status {status}: {stderr}")]
     CommandFailed { host: String, command: String, status: u32, stderr: String },
 
     #[error("{host}: SSH error: {source}")]
-    Ssh { host: String, #[source] source: russh::Error },
+    Ssh {
+        host: String,
+        #[source]
+        source: russh::Error,
+    },
 
     #[error("{host}: {context}: {source}")]
-    Io { host: String, context: String, #[source] source: std::io::Error },
+    Io {
+        host: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl TransportError {

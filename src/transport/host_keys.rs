@@ -31,11 +31,8 @@ pub fn verify(
     known_hosts: &Path,
     policy: HostKeyPolicy,
 ) -> Result<(), TransportError> {
-    let known_hosts_error = |detail: String| TransportError::KnownHosts {
-        host: host.to_string(),
-        path: known_hosts.to_path_buf(),
-        detail,
-    };
+    let known_hosts_error =
+        |detail: String| TransportError::KnownHosts { host: host.to_string(), path: known_hosts.to_path_buf(), detail };
     match russh::keys::check_known_hosts_path(address, port, key, known_hosts) {
         Ok(true) => Ok(()),
         Ok(false) => match policy {
@@ -73,7 +70,11 @@ pub fn verify(
 }
 
 fn display_address(address: &str, port: u16) -> String {
-    if port == 22 { address.to_string() } else { format!("{address}:{port}") }
+    if port == 22 {
+        address.to_string()
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 /// `~/.ssh/known_hosts`, the default when the cluster file names none.

@@ -78,5 +78,6 @@ fn passphrase_for(path: &Path) -> Result<String, String> {
     if !std::io::stdin().is_terminal() {
         return Err(format!("it is encrypted; set {PASSPHRASE_ENV} or run k3node from a terminal to be asked"));
     }
-    rpassword::prompt_password(format!("Passphrase for {}: ", path.display())).map_err(|e| format!("cannot read the passphrase: {e}"))
+    rpassword::prompt_password(format!("Passphrase for {}: ", path.display()))
+        .map_err(|e| format!("cannot read the passphrase: {e}"))
 }

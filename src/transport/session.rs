@@ -68,13 +68,21 @@ pub struct Session {
 impl Session {
     /// Connects (through the jump host when there is one), verifies the host key, authenticates
     /// and finds out how to become root.
-    pub async fn connect(endpoint: &Endpoint, options: &ConnectOptions, keys: &Keyring) -> Result<Session, TransportError> {
+    pub async fn connect(
+        endpoint: &Endpoint,
+        options: &ConnectOptions,
+        keys: &Keyring,
+    ) -> Result<Session, TransportError> {
         let mut session = Box::pin(Self::connect_unprivileged(endpoint, options, keys)).await?;
         session.privilege = session.detect_privilege().await?;
         Ok(session)
     }
 
-    async fn connect_unprivileged(endpoint: &Endpoint, options: &ConnectOptions, keys: &Keyring) -> Result<Session, TransportError> {
+    async fn connect_unprivileged(
+        endpoint: &Endpoint,
+        options: &ConnectOptions,
+        keys: &Keyring,
+    ) -> Result<Session, TransportError> {
         let host = endpoint.host.as_str();
         let address = format!("{}:{}", endpoint.address, endpoint.port);
         let verdict = Arc::new(Mutex::new(None));
@@ -122,16 +130,34 @@ impl Session {
             }
         };
 
-        let mut session = Session { host: host.to_string(), user: endpoint.user.clone(), privilege: Privilege::Root, handle, _jump: jump };
+        let mut session = Session {
+            host: host.to_string(),
+            user: endpoint.user.clone(),
+            privilege: Privilege::Root,
+            handle,
+            _jump: jump,
+        };
         match tokio::time::timeout(timeout, session.authenticate(endpoint, options, keys)).await {
             Ok(result) => result?,
-            Err(_) => return Err(TransportError::Timeout { host: host.into(), address, stage: "authenticating", after: timeout }),
+            Err(_) => {
+                return Err(TransportError::Timeout {
+                    host: host.into(),
+                    address,
+                    stage: "authenticating",
+                    after: timeout,
+                })
+            }
         }
         tracing::debug!(host, user = %endpoint.user, "authenticated");
         Ok(session)
     }
 
-    async fn authenticate(&mut self, endpoint: &Endpoint, options: &ConnectOptions, keys: &Keyring) -> Result<(), TransportError> {
+    async fn authenticate(
+        &mut self,
+        endpoint: &Endpoint,
+        options: &ConnectOptions,
+        keys: &Keyring,
+    ) -> Result<(), TransportError> {
         let host = self.host.clone();
         let user = endpoint.user.clone();
         let mut tried = Vec::new();
@@ -157,7 +183,8 @@ impl Session {
             }
         }
 
-        let files = if endpoint.identity_files.is_empty() { default_identity_files() } else { endpoint.identity_files.clone() };
+        let files =
+            if endpoint.identity_files.is_empty() { default_identity_files() } else { endpoint.identity_files.clone() };
         for path in files {
             let Some(key) = keys.get(&path) else { continue };
             let hash = self.rsa_hash(key.public_key()).await?;
@@ -210,7 +237,11 @@ impl Session {
     }
 
     /// Runs `argv` as root (through `sudo -n` when needed), feeding it `stdin`.
-    pub async fn exec(&self, argv: &[&str], stdin: &mut (dyn AsyncRead + Unpin + Send)) -> Result<ExecOutput, TransportError> {
+    pub async fn exec(
+        &self,
+        argv: &[&str],
+        stdin: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<ExecOutput, TransportError> {
         self.exec_streaming(argv, stdin, &mut |_| {}).await
     }
 
@@ -229,7 +260,11 @@ impl Session {
         self.run(&full, stdin, on_line).await
     }
 
-    async fn exec_as_user(&self, argv: &[&str], stdin: &mut (dyn AsyncRead + Unpin + Send)) -> Result<ExecOutput, TransportError> {
+    async fn exec_as_user(
+        &self,
+        argv: &[&str],
+        stdin: &mut (dyn AsyncRead + Unpin + Send),
+    ) -> Result<ExecOutput, TransportError> {
         self.run(argv, stdin, &mut |_| {}).await
     }
 
@@ -327,12 +362,22 @@ impl Session {
             self.exec_checked(&["mkdir", "-p", dir]).await?;
             let out = self.exec(&["dd", &format!("of={temp}"), "bs=1M", "conv=fsync", "status=none"], content).await?;
             if out.status != 0 {
-                return Err(TransportError::CommandFailed { host: self.host.clone(), command: format!("dd of={temp}"), status: out.status, stderr: out.stderr_text() });
+                return Err(TransportError::CommandFailed {
+                    host: self.host.clone(),
+                    command: format!("dd of={temp}"),
+                    status: out.status,
+                    stderr: out.stderr_text(),
+                });
             }
             let out = self.exec_checked(&["sha256sum", &temp]).await?;
             let actual = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
             if actual != expected_sha256 {
-                return Err(TransportError::ChecksumMismatch { host: self.host.clone(), path: dest.to_string(), expected: expected_sha256.to_string(), actual });
+                return Err(TransportError::ChecksumMismatch {
+                    host: self.host.clone(),
+                    path: dest.to_string(),
+                    expected: expected_sha256.to_string(),
+                    actual,
+                });
             }
             self.exec_checked(&["chmod", &format!("{mode:o}"), &temp]).await?;
             self.exec_checked(&["mv", "-f", &temp, dest]).await?;
@@ -399,7 +444,12 @@ where
     F: std::future::Future<Output = Result<Handle<HostKeyChecker>, russh::Error>>,
 {
     match tokio::time::timeout(timeout, handshake).await {
-        Err(_) => Err(TransportError::Timeout { host: host.into(), address: address.into(), stage: "in the SSH handshake", after: timeout }),
+        Err(_) => Err(TransportError::Timeout {
+            host: host.into(),
+            address: address.into(),
+            stage: "in the SSH handshake",
+            after: timeout,
+        }),
         Ok(Ok(handle)) => Ok(handle),
         Ok(Err(e)) => {
             if let Some(rejection) = verdict.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -414,7 +464,10 @@ fn classify_connect_error(host: &str, address: &str, e: std::io::Error) -> Trans
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::ConnectionRefused => TransportError::Refused { host: host.into(), address: address.into() },
-        ErrorKind::TimedOut | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable => {
+        ErrorKind::TimedOut
+        | ErrorKind::HostUnreachable
+        | ErrorKind::NetworkUnreachable
+        | ErrorKind::AddrNotAvailable => {
             TransportError::Unreachable { host: host.into(), address: address.into(), detail: e.to_string() }
         }
         _ => TransportError::Unreachable { host: host.into(), address: address.into(), detail: e.to_string() },

@@ -48,7 +48,10 @@ impl Operator {
             self.known_hosts().display()
         );
         for (h, role, extra) in hosts {
-            yaml.push_str(&format!("    - name: {}\n      address: {}\n      role: {role}\n{extra}", h.name, h.address));
+            yaml.push_str(&format!(
+                "    - name: {}\n      address: {}\n      role: {role}\n{extra}",
+                h.name, h.address
+            ));
         }
         let path = self.home.join("cluster.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -66,8 +69,9 @@ impl Operator {
     pub fn k3node_json(&self, args: &[&str]) -> (i32, serde_json::Value, String) {
         let out = self.k3node(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let json = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {stderr}", String::from_utf8_lossy(&out.stdout)));
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not JSON ({e}): {}\nstderr: {stderr}", String::from_utf8_lossy(&out.stdout))
+        });
         (out.status.code().unwrap_or(-1), json, stderr)
     }
 
@@ -83,7 +87,12 @@ impl Operator {
     }
 
     pub fn options(&self, policy: HostKeyPolicy) -> ConnectOptions {
-        ConnectOptions { known_hosts: self.known_hosts(), host_key_policy: policy, use_agent: false, ..Default::default() }
+        ConnectOptions {
+            known_hosts: self.known_hosts(),
+            host_key_policy: policy,
+            use_agent: false,
+            ..Default::default()
+        }
     }
 
     pub fn keyring(&self) -> Keyring {
@@ -110,7 +119,11 @@ impl Operator {
 
 /// Fails the trial with a message unless `cond` holds.
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Outcome {
-    if cond { Ok(()) } else { Err(msg().into()) }
+    if cond {
+        Ok(())
+    } else {
+        Err(msg().into())
+    }
 }
 
 /// The check `id` of `host` in a `preflight -o json` answer.

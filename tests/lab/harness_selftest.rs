@@ -42,11 +42,9 @@ fn hosts_are_distinct_systemd_machines(lab: &Lab) -> Result<()> {
     let mut host_keys = HashSet::new();
     let mut addresses = HashSet::new();
     for h in lab.hosts() {
-        let out = h.sh(
-            "cat /proc/1/comm; hostname; cat /etc/machine-id; systemctl is-system-running || true; \
+        let out = h.sh("cat /proc/1/comm; hostname; cat /etc/machine-id; systemctl is-system-running || true; \
              sysctl -w net.ipv4.ip_forward=0 >/dev/null && echo sysctl-writable; \
-             stat -c '%U %a' /home/ops/.ssh /home/ops/.ssh/authorized_keys /home/pw/.ssh/authorized_keys",
-        )?;
+             stat -c '%U %a' /home/ops/.ssh /home/ops/.ssh/authorized_keys /home/pw/.ssh/authorized_keys")?;
         let lines: Vec<&str> = out.lines().collect();
         ensure!(lines.len() == 8, "host {}: unexpected output {out:?}", h.name);
         ensure!(lines[0] == "systemd", "host {}: PID 1 is {:?}, not systemd", h.name, lines[0]);
@@ -60,10 +58,20 @@ fn hosts_are_distinct_systemd_machines(lab: &Lab) -> Result<()> {
         ensure!(machine_ids.insert(lines[2].to_owned()), "host {}: machine-id {} is not unique", h.name, lines[2]);
         ensure!(matches!(lines[3], "running" | "degraded"), "host {}: system state {:?}", h.name, lines[3]);
         ensure!(lines[4] == "sysctl-writable", "host {}: sysctl -w net.ipv4.ip_forward failed", h.name);
-        ensure!(lines[5..] == ["ops 700", "ops 600", "pw 600"], "host {}: ssh dir ownership/modes {:?}", h.name, &lines[5..]);
+        ensure!(
+            lines[5..] == ["ops 700", "ops 600", "pw 600"],
+            "host {}: ssh dir ownership/modes {:?}",
+            h.name,
+            &lines[5..]
+        );
         ensure!(host_keys.insert(h.public_host_key()), "host {}: host key is not unique", h.name);
         ensure!(addresses.insert(h.address), "host {}: address {} is not unique", h.name, h.address);
-        ensure!(h.public_host_key().starts_with("ssh-ed25519 AAAA"), "host {}: host key {:?}", h.name, h.public_host_key());
+        ensure!(
+            h.public_host_key().starts_with("ssh-ed25519 AAAA"),
+            "host {}: host key {:?}",
+            h.name,
+            h.public_host_key()
+        );
 
         // The users the transport tests log in as.
         let uid = h.sh_as("ops", "sudo -n id -u")?;
@@ -113,7 +121,16 @@ fn disconnect_cuts_off_and_reconnect_restores(lab: &Lab) -> Result<()> {
         let started = Instant::now();
         let out = lab
             .command_in_netns(Path::new("ssh"))
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=2", "-o", "StrictHostKeyChecking=no"])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=2",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
             .args(["-o", "UserKnownHostsFile=/dev/null", "-i"])
             .arg(lab.client_key())
             .arg(format!("root@{address}"))
@@ -156,7 +173,9 @@ fn in_netns_thread_reaches_sshd(lab: &Lab) -> Result<()> {
         ensure!(banner.starts_with("SSH-2.0-OpenSSH"), "host {}: port 22 says {banner:?}", h.name);
     }
     // A panic on the netns thread reaches the caller.
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lab.in_netns(|| panic!("expected panic: in_netns must hand this to its caller"))));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lab.in_netns(|| panic!("expected panic: in_netns must hand this to its caller"))
+    }));
     ensure!(caught.is_err(), "in_netns swallowed a panic");
     Ok(())
 }

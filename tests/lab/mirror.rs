@@ -51,7 +51,11 @@ pub fn publish(root: &Path, version: &str, binary: &[u8]) -> String {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("k3s"), binary).unwrap();
     let sha = sha256_hex(binary);
-    std::fs::write(dir.join("sha256sum-amd64.txt"), format!("{sha}  k3s\n{}  k3s-airgap-images-amd64.tar.zst\n", "0".repeat(64))).unwrap();
+    std::fs::write(
+        dir.join("sha256sum-amd64.txt"),
+        format!("{sha}  k3s\n{}  k3s-airgap-images-amd64.tar.zst\n", "0".repeat(64)),
+    )
+    .unwrap();
     sha
 }
 
@@ -76,7 +80,12 @@ impl Mirror {
                     let listener = tokio::net::TcpListener::bind(ADDRESS).await.expect("bind mirror");
                     ready_tx.send(()).unwrap();
                     let app = Router::new().route("/{*path}", axum::routing::get(serve)).with_state(serve_root);
-                    axum::serve(listener, app).with_graceful_shutdown(async { let _ = rx.await; }).await.unwrap();
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = rx.await;
+                        })
+                        .await
+                        .unwrap();
                 })
             })
         });

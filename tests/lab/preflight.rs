@@ -40,13 +40,13 @@ fn invalid_file_touches_nothing(lab: &Arc<Lab>) -> Outcome {
     let op = Operator::new(lab, "invalid");
     let h5 = lab.host("h5");
     op.trust(&[h5]);
-    crate::common::sh(&h5, "rm -f /usr/local/bin/k3node")?;
+    crate::common::sh(h5, "rm -f /usr/local/bin/k3node")?;
     let file = op.cluster_file("", &[(h5, "server", "      adress: 10.0.0.1\n")]);
     let out = op.k3node(&["preflight", "-c", file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure(out.status.code() == Some(2), || format!("exit {:?}: {stderr}", out.status.code()))?;
     ensure(stderr.contains("cluster.yaml:") && stderr.contains("adress"), || format!("stderr: {stderr}"))?;
-    let agent = crate::common::sh(&h5, "test -e /usr/local/bin/k3node && echo present || echo absent")?;
+    let agent = crate::common::sh(h5, "test -e /usr/local/bin/k3node && echo present || echo absent")?;
     ensure(agent.trim() == "absent", || "the agent was installed from an invalid cluster file".into())
 }
 
@@ -58,8 +58,8 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
     let file = file.to_str().unwrap();
 
     let listener = listen_on(h1, 6443);
-    crate::common::sh(&h1, "sysctl -qw net.ipv4.ip_forward=0 && rm -f /etc/sysctl.d/90-k3node.conf")?;
-    crate::common::sh(&h2, "hostname h3")?;
+    crate::common::sh(h1, "sysctl -qw net.ipv4.ip_forward=0 && rm -f /etc/sysctl.d/90-k3node.conf")?;
+    crate::common::sh(h2, "hostname h3")?;
     let result = (|| -> Outcome {
         let (code, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
         ensure(code == 1, || format!("exit {code} although checks fail\n{stderr}"))?;
@@ -67,10 +67,13 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
             cs.iter().find(|c| c["id"].as_str().is_some_and(|id| id.contains("6443")) && c["status"] == "fail").cloned()
         });
         ensure(port.is_some(), || format!("no failing 6443 check on h1: {}", host_entry(&json, "h1").unwrap()))?;
-        ensure(status(&json, "h1", "sysctl-net.ipv4.ip_forward") == "fail", || format!("{:?}", check(&json, "h1", "sysctl-net.ipv4.ip_forward")))?;
-        ensure(status(&json, "h2", "unique-hostname") == "fail" && status(&json, "h3", "unique-hostname") == "fail", || {
-            format!("{:?} / {:?}", check(&json, "h2", "unique-hostname"), check(&json, "h3", "unique-hostname"))
+        ensure(status(&json, "h1", "sysctl-net.ipv4.ip_forward") == "fail", || {
+            format!("{:?}", check(&json, "h1", "sysctl-net.ipv4.ip_forward"))
         })?;
+        ensure(
+            status(&json, "h2", "unique-hostname") == "fail" && status(&json, "h3", "unique-hostname") == "fail",
+            || format!("{:?} / {:?}", check(&json, "h2", "unique-hostname"), check(&json, "h3", "unique-hostname")),
+        )?;
         ensure(status(&json, "h1", "unique-hostname") == "pass", || "h1 has a unique hostname".into())?;
         ensure(status(&json, "h2", "unique-machine-id") == "pass", || "machine-ids are distinct".into())?;
 
@@ -78,22 +81,32 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
         ensure(code == 1, || format!("the busy port cannot be fixed, exit must stay 1, got {code}\n{stderr}"))?;
         let fixes = host_entry(&json, "h1").map(|h| h["report"]["fixes_applied"].to_string()).unwrap_or_default();
         ensure(fixes.contains("ip_forward"), || format!("fixes on h1: {fixes}"))?;
-        ensure(status(&json, "h1", "sysctl-net.ipv4.ip_forward") == "pass", || "ip_forward still failing after --fix".into())?;
-        ensure(crate::common::sh(&h1, "cat /proc/sys/net/ipv4/ip_forward")?.trim() == "1", || "ip_forward not set on the host".into())?;
-        let persisted = crate::common::sh(&h1, "cat /etc/sysctl.d/90-k3node.conf")?;
-        ensure(persisted.contains("net.ipv4.ip_forward = 1") || persisted.contains("net.ipv4.ip_forward=1"), || format!("persisted: {persisted}"))?;
+        ensure(status(&json, "h1", "sysctl-net.ipv4.ip_forward") == "pass", || {
+            "ip_forward still failing after --fix".into()
+        })?;
+        ensure(crate::common::sh(h1, "cat /proc/sys/net/ipv4/ip_forward")?.trim() == "1", || {
+            "ip_forward not set on the host".into()
+        })?;
+        let persisted = crate::common::sh(h1, "cat /etc/sysctl.d/90-k3node.conf")?;
+        ensure(persisted.contains("net.ipv4.ip_forward = 1") || persisted.contains("net.ipv4.ip_forward=1"), || {
+            format!("persisted: {persisted}")
+        })?;
 
         let (_, json, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--fix"]);
         for h in ["h1", "h2", "h3"] {
             let again = host_entry(&json, h).map(|e| e["report"]["fixes_applied"].clone()).unwrap_or_default();
-            ensure(again.as_array().is_some_and(|a| a.is_empty()), || format!("second --fix changed {h} again: {again}"))?;
+            ensure(again.as_array().is_some_and(|a| a.is_empty()), || {
+                format!("second --fix changed {h} again: {again}")
+            })?;
         }
         let table = op.k3node(&["preflight", "-c", file]);
         let text = String::from_utf8_lossy(&table.stdout);
-        ensure(text.contains("preflight FAILED") && text.contains("6443") && text.contains("unique-hostname"), || format!("table:\n{text}"))
+        ensure(text.contains("preflight FAILED") && text.contains("6443") && text.contains("unique-hostname"), || {
+            format!("table:\n{text}")
+        })
     })();
     drop(listener);
-    crate::common::sh(&h2, "hostname h2")?;
+    crate::common::sh(h2, "hostname h2")?;
     result
 }
 
@@ -104,7 +117,8 @@ fn host_down(lab: &Arc<Lab>) -> Outcome {
     let file = op.cluster_file("", &[(h1, "server", ""), (h2, "agent", ""), (h4, "agent", "")]);
     h4.disconnect()?;
     let started = std::time::Instant::now();
-    let (code, json, stderr) = op.k3node_json(&["preflight", "-c", file.to_str().unwrap(), "-o", "json", "--connect-timeout", "3"]);
+    let (code, json, stderr) =
+        op.k3node_json(&["preflight", "-c", file.to_str().unwrap(), "-o", "json", "--connect-timeout", "3"]);
     let took = started.elapsed();
     h4.reconnect()?;
     ensure(code == 1, || format!("exit {code}\n{stderr}"))?;
@@ -112,7 +126,9 @@ fn host_down(lab: &Arc<Lab>) -> Outcome {
     ensure(h4e["error"]["kind"] == "unreachable", || format!("h4: {h4e}"))?;
     ensure(h4e["elapsed"].as_f64().is_some_and(|s| s < 6.0), || format!("h4 took {}", h4e["elapsed"]))?;
     for h in ["h1", "h2"] {
-        ensure(host_entry(&json, h).is_some_and(|e| e.get("report").is_some()), || format!("{h} was not checked: {json}"))?;
+        ensure(host_entry(&json, h).is_some_and(|e| e.get("report").is_some()), || {
+            format!("{h} was not checked: {json}")
+        })?;
     }
     ensure(took < std::time::Duration::from_secs(30), || format!("whole run took {took:?}"))
 }
@@ -126,14 +142,19 @@ fn agent_lifecycle(lab: &Arc<Lab>) -> Outcome {
     let agent_of = |json: &serde_json::Value| host_entry(json, "h3").map(|e| e["agent"].clone()).unwrap_or_default();
     let (_, first, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
     let (_, second, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
-    ensure(second["hosts"][0]["agent"] == "up-to-date", || format!("first {} then {}", agent_of(&first), agent_of(&second)))?;
+    ensure(second["hosts"][0]["agent"] == "up-to-date", || {
+        format!("first {} then {}", agent_of(&first), agent_of(&second))
+    })?;
     // An older agent answers hello with another protocol and hash: it must be replaced.
-    crate::common::sh(&h3, r#"printf '#!/bin/sh\necho '"'"'{"type":"result","value":{"version":"0.0.1","protocol":0,"binary_sha256":"00","arch":"amd64"}}'"'"'\n' > /usr/local/bin/k3node"#)?;
+    crate::common::sh(
+        h3,
+        r#"printf '#!/bin/sh\necho '"'"'{"type":"result","value":{"version":"0.0.1","protocol":0,"binary_sha256":"00","arch":"amd64"}}'"'"'\n' > /usr/local/bin/k3node"#,
+    )?;
     let (_, third, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
     ensure(agent_of(&third) == "replaced", || format!("old agent: {}\n{stderr}", agent_of(&third)))?;
     let ours = std::process::Command::new("sha256sum").arg(K3NODE).output().unwrap();
     let ours = String::from_utf8_lossy(&ours.stdout).split_whitespace().next().unwrap_or_default().to_string();
-    let theirs = crate::common::sh(&h3, "sha256sum /usr/local/bin/k3node")?;
+    let theirs = crate::common::sh(h3, "sha256sum /usr/local/bin/k3node")?;
     ensure(theirs.starts_with(&ours), || format!("host has {theirs}, operator {ours}"))
 }
 
@@ -142,7 +163,15 @@ fn ssh_config_alias(lab: &Arc<Lab>) -> Outcome {
     let h5 = lab.host("h5");
     op.trust(&[h5]);
     let config = op.home.join("ssh_config");
-    std::fs::write(&config, format!("Host lab-five\n  HostName {}\n  User ops\n  IdentityFile {}\n", h5.address, lab.client_key().display())).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "Host lab-five\n  HostName {}\n  User ops\n  IdentityFile {}\n",
+            h5.address,
+            lab.client_key().display()
+        ),
+    )
+    .unwrap();
     let yaml = format!(
         "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  ssh:\n    knownHosts: {}\n    configFile: {}\n  hosts:\n    - name: five\n      address: lab-five\n      role: server\n",
         op.known_hosts().display(),
@@ -162,7 +191,11 @@ fn encrypted_key(lab: &Arc<Lab>) -> Outcome {
     op.trust(&[h4]);
     let key = op.home.join("locked_key");
     std::fs::copy(lab.client_key(), &key).unwrap();
-    let rekey = std::process::Command::new("ssh-keygen").args(["-q", "-p", "-N", "lab-passphrase", "-f"]).arg(&key).output().unwrap();
+    let rekey = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-p", "-N", "lab-passphrase", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
     ensure(rekey.status.success(), || format!("ssh-keygen -p: {}", String::from_utf8_lossy(&rekey.stderr)))?;
     let yaml = format!(
         "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  ssh:\n    keyPath: {}\n    knownHosts: {}\n  hosts:\n    - name: h4\n      address: {}\n      role: server\n",
@@ -174,11 +207,17 @@ fn encrypted_key(lab: &Arc<Lab>) -> Outcome {
     std::fs::write(&file, yaml).unwrap();
     let without = op.k3node(&["preflight", "-c", file.to_str().unwrap(), "-o", "json"]);
     let stderr = String::from_utf8_lossy(&without.stderr);
-    ensure(without.status.code() == Some(1) && stderr.contains("K3NODE_SSH_KEY_PASSPHRASE"), || format!("without passphrase: {stderr}"))?;
+    ensure(without.status.code() == Some(1) && stderr.contains("K3NODE_SSH_KEY_PASSPHRASE"), || {
+        format!("without passphrase: {stderr}")
+    })?;
     ensure(!stderr.contains("lab-passphrase"), || "passphrase leaked".into())?;
     let mut cmd = lab.command_in_netns(std::path::Path::new(K3NODE));
-    cmd.args(["preflight", "-c", file.to_str().unwrap(), "-o", "json"]).env("HOME", &op.home).env("K3NODE_SSH_KEY_PASSPHRASE", "lab-passphrase");
+    cmd.args(["preflight", "-c", file.to_str().unwrap(), "-o", "json"])
+        .env("HOME", &op.home)
+        .env("K3NODE_SSH_KEY_PASSPHRASE", "lab-passphrase");
     let with = cmd.output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap_or_default();
-    ensure(host_entry(&json, "h4").is_some_and(|e| e.get("report").is_some()), || format!("with passphrase: {}", String::from_utf8_lossy(&with.stderr)))
+    ensure(host_entry(&json, "h4").is_some_and(|e| e.get("report").is_some()), || {
+        format!("with passphrase: {}", String::from_utf8_lossy(&with.stderr))
+    })
 }

@@ -34,15 +34,16 @@ fn key_auth_and_exit_status(lab: &Arc<Lab>) -> Outcome {
     let op = Operator::new(lab, "key-auth");
     let h1 = lab.host("h1");
     op.trust(&[h1]);
-    let results = op.with_session(op.endpoint(h1, "root"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| {
-        let s = s.expect("connect as root with a key file");
-        let whoami = s.exec_checked(&["id", "-u"]).await.unwrap();
-        let three = s.exec(&["sh", "-c", "echo out; echo err >&2; exit 3"], &mut tokio::io::empty()).await.unwrap();
-        // A command killed by a signal gets no exit status: that must never read as success.
-        let killed = s.exec(&["sh", "-c", "kill -9 $$"], &mut tokio::io::empty()).await;
-        let echoed = s.exec(&["cat"], &mut &b"stdin reaches the command"[..]).await.unwrap();
-        (s.privilege(), whoami, three, killed.map(|o| o.status), echoed)
-    });
+    let results =
+        op.with_session(op.endpoint(h1, "root"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| {
+            let s = s.expect("connect as root with a key file");
+            let whoami = s.exec_checked(&["id", "-u"]).await.unwrap();
+            let three = s.exec(&["sh", "-c", "echo out; echo err >&2; exit 3"], &mut tokio::io::empty()).await.unwrap();
+            // A command killed by a signal gets no exit status: that must never read as success.
+            let killed = s.exec(&["sh", "-c", "kill -9 $$"], &mut tokio::io::empty()).await;
+            let echoed = s.exec(&["cat"], &mut &b"stdin reaches the command"[..]).await.unwrap();
+            (s.privilege(), whoami, three, killed.map(|o| o.status), echoed)
+        });
     let (privilege, whoami, three, killed, echoed) = results;
     ensure(privilege == Privilege::Root, || format!("privilege {privilege:?}"))?;
     ensure(String::from_utf8_lossy(&whoami.stdout).trim() == "0", || format!("id -u: {whoami:?}"))?;
@@ -56,7 +57,13 @@ fn ssh_agent_auth(lab: &Arc<Lab>) -> Outcome {
     let h2 = lab.host("h2");
     op.trust(&[h2]);
     let sock = op.home.join("agent.sock");
-    let agent = std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).stdout(std::process::Stdio::null()).spawn().expect("ssh-agent");
+    let agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
     let _kill = KillOnDrop(agent);
     for _ in 0..50 {
         if sock.exists() {
@@ -101,21 +108,34 @@ fn jump_host(lab: &Arc<Lab>) -> Outcome {
     op.trust(&[h1, h3]);
     // h3 accepts the lab key for user ops only from h1's address, so success proves the path.
     let key = std::fs::read_to_string(lab.client_key().with_extension("pub")).unwrap();
-    crate::common::sh(&h3, &format!("printf 'from=\"{}\" {}' > /home/ops/.ssh/authorized_keys", h1.address, key.trim()))?;
-    let direct = op.with_session(op.endpoint(h3, "ops"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| s.err().map(|e| e.kind()));
+    crate::common::sh(
+        h3,
+        &format!("printf 'from=\"{}\" {}' > /home/ops/.ssh/authorized_keys", h1.address, key.trim()),
+    )?;
+    let direct = op.with_session(op.endpoint(h3, "ops"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| {
+        s.err().map(|e| e.kind())
+    });
     let mut via = op.endpoint(h3, "ops");
     via.jump = Some(Box::new(op.endpoint(h1, "root")));
     let seen = op.with_session(via, op.options(HostKeyPolicy::Strict), op.keyring(), async |s| match s {
         // sudo resets the environment, so the peer of our sshd connection is read from the socket table.
-        Ok(s) => Ok((s.privilege(), String::from_utf8_lossy(&s.exec_checked(&["ss", "-Htn", "state", "established", "( sport = :22 )"]).await.unwrap().stdout).into_owned())),
+        Ok(s) => Ok((
+            s.privilege(),
+            String::from_utf8_lossy(
+                &s.exec_checked(&["ss", "-Htn", "state", "established", "( sport = :22 )"]).await.unwrap().stdout,
+            )
+            .into_owned(),
+        )),
         Err(e) => Err(e.to_string()),
     });
-    crate::common::sh(&h3, &format!("printf '%s\\n' '{}' > /home/ops/.ssh/authorized_keys", key.trim()))?;
+    crate::common::sh(h3, &format!("printf '%s\\n' '{}' > /home/ops/.ssh/authorized_keys", key.trim()))?;
     ensure(direct == Some("auth-failed"), || format!("direct login should be refused, got {direct:?}"))?;
     let (privilege, conn) = seen.map_err(|e| format!("through the jump host: {e}"))?;
     ensure(privilege == Privilege::Sudo, || format!("ops should get root by sudo, got {privilege:?}"))?;
     let from_h1 = format!("{}:", h1.address);
-    ensure(!conn.trim().is_empty() && conn.lines().all(|l| l.contains(&from_h1)), || format!("ssh peers on h3: {conn:?}, expected only {}", h1.address))
+    ensure(!conn.trim().is_empty() && conn.lines().all(|l| l.contains(&from_h1)), || {
+        format!("ssh peers on h3: {conn:?}, expected only {}", h1.address)
+    })
 }
 
 fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
@@ -133,17 +153,30 @@ fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
     let expected_fp = fingerprint_of(&h4.public_host_key());
     ensure(code == Some(1), || format!("exit {code:?}"))?;
     ensure(entry["error"]["kind"] == "host-key-unknown", || format!("{entry}"))?;
-    ensure(message.contains(&expected_fp) && message.contains("--trust-new-host-keys"), || format!("message: {message}, fingerprint {expected_fp}"))?;
-    ensure(!op.known_hosts().exists() || std::fs::read_to_string(op.known_hosts()).unwrap().is_empty(), || "strict mode wrote known_hosts".into())?;
-    ensure(crate::common::sh(&h4, "test -e /usr/local/bin/k3node && echo present || echo absent")?.trim() == "absent", || "agent installed despite refusal".into())?;
+    ensure(message.contains(&expected_fp) && message.contains("--trust-new-host-keys"), || {
+        format!("message: {message}, fingerprint {expected_fp}")
+    })?;
+    ensure(!op.known_hosts().exists() || std::fs::read_to_string(op.known_hosts()).unwrap().is_empty(), || {
+        "strict mode wrote known_hosts".into()
+    })?;
+    ensure(
+        crate::common::sh(h4, "test -e /usr/local/bin/k3node && echo present || echo absent")?.trim() == "absent",
+        || "agent installed despite refusal".into(),
+    )?;
 
     let (_, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--trust-new-host-keys"]);
-    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("report").is_some()), || format!("{json}\n{stderr}"))?;
+    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("report").is_some()), || {
+        format!("{json}\n{stderr}")
+    })?;
     let recorded = std::fs::read_to_string(op.known_hosts()).unwrap();
-    ensure(recorded.contains(h4.public_host_key().split_whitespace().nth(1).unwrap()), || format!("known_hosts: {recorded}"))?;
+    ensure(recorded.contains(h4.public_host_key().split_whitespace().nth(1).unwrap()), || {
+        format!("known_hosts: {recorded}")
+    })?;
     // Now recorded: strict mode connects.
     let (_, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
-    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("report").is_some()), || format!("{json}\n{stderr}"))
+    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("report").is_some()), || {
+        format!("{json}\n{stderr}")
+    })
 }
 
 fn fingerprint_of(public_key: &str) -> String {
@@ -158,9 +191,13 @@ fn changed_host_key(lab: &Arc<Lab>) -> Outcome {
     let new_key = h5.rotate_host_key()?;
     let new = fingerprint_of(&new_key);
     for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
-        let err = op.with_session(op.endpoint(h5, "root"), op.options(policy), op.keyring(), async |s| s.err().map(|e| e.to_string()));
+        let err = op.with_session(op.endpoint(h5, "root"), op.options(policy), op.keyring(), async |s| {
+            s.err().map(|e| e.to_string())
+        });
         let msg = err.unwrap_or_else(|| "connected".into());
-        ensure(msg.contains("HAS CHANGED") && msg.contains(&old) && msg.contains(&new), || format!("{policy:?}: {msg}"))?;
+        ensure(msg.contains("HAS CHANGED") && msg.contains(&old) && msg.contains(&new), || {
+            format!("{policy:?}: {msg}")
+        })?;
     }
     Ok(())
 }
@@ -174,7 +211,7 @@ fn passwordless_sudo(lab: &Arc<Lab>) -> Outcome {
     let entry = crate::common::host_entry(&json, "h2").cloned().unwrap_or_default();
     ensure(entry.get("report").is_some(), || format!("exit {code}: {json}\n{stderr}"))?;
     ensure(crate::common::status(&json, "h2", "privileges") == "pass", || format!("{}", entry))?;
-    let owner = crate::common::sh(&h2, "stat -c %U:%a /usr/local/bin/k3node")?;
+    let owner = crate::common::sh(h2, "stat -c %U:%a /usr/local/bin/k3node")?;
     ensure(owner.trim() == "root:755", || format!("agent file {owner}"))
 }
 
@@ -182,7 +219,8 @@ fn sudo_needs_password(lab: &Arc<Lab>) -> Outcome {
     let op = Operator::new(lab, "sudo-pw");
     let h2 = lab.host("h2");
     op.trust(&[h2]);
-    let err = op.with_session(op.endpoint(h2, "pw"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| s.err());
+    let err =
+        op.with_session(op.endpoint(h2, "pw"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| s.err());
     let err = err.ok_or("connected as pw although sudo needs a password")?;
     ensure(matches!(err, TransportError::SudoNeedsPassword { .. }), || format!("{err}"))?;
     ensure(err.to_string().contains("NOPASSWD"), || format!("{err}"))
@@ -214,16 +252,25 @@ fn upload_and_corruption(lab: &Arc<Lab>) -> Outcome {
     let h1 = lab.host("h1");
     op.trust(&[h1]);
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let result = op.with_session(op.endpoint(h1, "root"), op.options(HostKeyPolicy::Strict), op.keyring(), async move |s| {
-        let s = s.unwrap();
-        let sha = sha256_hex(&mut payload.as_slice()).await.unwrap();
-        s.upload(&mut payload.as_slice(), &sha, "/opt/k3node-test/blob", 0o640).await.unwrap();
-        let good = s.exec_checked(&["sh", "-c", "sha256sum /opt/k3node-test/blob; stat -c %a /opt/k3node-test/blob"]).await.unwrap();
-        let mut bad_stream = Corrupting { inner: payload.as_slice(), seen: 0, at: 1_500_000 };
-        let bad = s.upload(&mut bad_stream, &sha, "/opt/k3node-test/other", 0o640).await;
-        let after = s.exec_checked(&["ls", "-A", "/opt/k3node-test"]).await.unwrap();
-        (sha, String::from_utf8_lossy(&good.stdout).into_owned(), bad, String::from_utf8_lossy(&after.stdout).into_owned())
-    });
+    let result =
+        op.with_session(op.endpoint(h1, "root"), op.options(HostKeyPolicy::Strict), op.keyring(), async move |s| {
+            let s = s.unwrap();
+            let sha = sha256_hex(&mut payload.as_slice()).await.unwrap();
+            s.upload(&mut payload.as_slice(), &sha, "/opt/k3node-test/blob", 0o640).await.unwrap();
+            let good = s
+                .exec_checked(&["sh", "-c", "sha256sum /opt/k3node-test/blob; stat -c %a /opt/k3node-test/blob"])
+                .await
+                .unwrap();
+            let mut bad_stream = Corrupting { inner: payload.as_slice(), seen: 0, at: 1_500_000 };
+            let bad = s.upload(&mut bad_stream, &sha, "/opt/k3node-test/other", 0o640).await;
+            let after = s.exec_checked(&["ls", "-A", "/opt/k3node-test"]).await.unwrap();
+            (
+                sha,
+                String::from_utf8_lossy(&good.stdout).into_owned(),
+                bad,
+                String::from_utf8_lossy(&after.stdout).into_owned(),
+            )
+        });
     let (sha, good, bad, listing) = result;
     ensure(good.starts_with(&sha) && good.trim_end().ends_with("640"), || format!("uploaded file: {good}"))?;
     ensure(matches!(bad, Err(TransportError::ChecksumMismatch { .. })), || format!("corrupted upload gave {bad:?}"))?;
@@ -235,12 +282,17 @@ fn wrong_key(lab: &Arc<Lab>) -> Outcome {
     let h1 = lab.host("h1");
     op.trust(&[h1]);
     let other = op.home.join("other_key");
-    let gen = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).output().unwrap();
+    let gen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
     ensure(gen.status.success(), || "ssh-keygen".into())?;
     let mut endpoint = op.endpoint(h1, "root");
     endpoint.identity_files = vec![other.clone()];
     let keyring = Keyring::load(std::slice::from_ref(&other), &[]).unwrap();
-    let err = op.with_session(endpoint, op.options(HostKeyPolicy::Strict), keyring, async |s| s.err().map(|e| e.to_string()));
+    let err =
+        op.with_session(endpoint, op.options(HostKeyPolicy::Strict), keyring, async |s| s.err().map(|e| e.to_string()));
     let msg = err.unwrap_or_default();
     ensure(msg.contains("authentication as root failed") && msg.contains(other.to_str().unwrap()), || msg.clone())
 }
@@ -251,7 +303,9 @@ fn refused_and_unreachable(lab: &Arc<Lab>) -> Outcome {
     op.trust(&[h1]);
     let mut closed_port = op.endpoint(h1, "root");
     closed_port.port = 2;
-    let refused = op.with_session(closed_port, op.options(HostKeyPolicy::Strict), op.keyring(), async |s| s.err().map(|e| e.kind()));
+    let refused = op.with_session(closed_port, op.options(HostKeyPolicy::Strict), op.keyring(), async |s| {
+        s.err().map(|e| e.kind())
+    });
     ensure(refused == Some("refused"), || format!("closed port gave {refused:?}"))?;
     let mut nowhere = op.endpoint(h1, "root");
     nowhere.address = "172.30.77.250".into();

@@ -71,17 +71,25 @@ fn cluster_yaml(w: &World, hosts: &[(&LabHost, &str, &str)], config: &str) -> Pa
     for (h, role, extra) in hosts {
         yaml.push_str(&format!("    - name: {}\n      address: {}\n      role: {role}\n{extra}", h.name, h.address));
     }
-    yaml.push_str(&format!("  k3s:\n    version: {}\n    source:\n      mirror: {}\n    config:\n{config}", mirror::VERSION, w.mirror.url()));
+    yaml.push_str(&format!(
+        "  k3s:\n    version: {}\n    source:\n      mirror: {}\n    config:\n{config}",
+        mirror::VERSION,
+        w.mirror.url()
+    ));
     let path = w.op.home.join("cluster.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
 }
 
 fn seed_hosts(lab: &Lab) -> Vec<(&LabHost, &'static str, &'static str)> {
-    vec![(lab.host("h1"), "server", ""), (lab.host("h2"), "agent", "      labels: {tier: web}\n"), (lab.host("h3"), "agent", "")]
+    vec![
+        (lab.host("h1"), "server", ""),
+        (lab.host("h2"), "agent", "      labels: {tier: web}\n"),
+        (lab.host("h3"), "agent", ""),
+    ]
 }
 
-fn up(w: &World, file: &PathBuf, extra: &[&str]) -> (i32, serde_json::Value, String) {
+fn up(w: &World, file: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
     let mut args = vec!["up", "-c", file.to_str().unwrap(), "-o", "json", "--ready-timeout", "90"];
     let cache = w.op.home.join("cache");
     args.extend(["--cache-dir", cache.to_str().unwrap()]);
@@ -94,12 +102,18 @@ fn node<'a>(json: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
 }
 
 fn states(json: &serde_json::Value) -> BTreeMap<String, String> {
-    json["nodes"].as_array().into_iter().flatten().map(|n| (n["host"].as_str().unwrap_or("").to_string(), n["state"].as_str().unwrap_or("").to_string())).collect()
+    json["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| (n["host"].as_str().unwrap_or("").to_string(), n["state"].as_str().unwrap_or("").to_string()))
+        .collect()
 }
 
 /// Systemd's id for the current run of the host's k3s unit: it changes on every (re)start.
 fn invocation(h: &LabHost) -> String {
-    crate::common::sh(&h, "systemctl show -p InvocationID --value k3s k3s-agent 2>/dev/null | tr -d '\\n'").unwrap_or_default()
+    crate::common::sh(h, "systemctl show -p InvocationID --value k3s k3s-agent 2>/dev/null | tr -d '\\n'")
+        .unwrap_or_default()
 }
 
 fn invocations(lab: &Lab, names: &[&str]) -> BTreeMap<String, String> {
@@ -120,7 +134,11 @@ fn nodes_via_kubeconfig(w: &World) -> Result<BTreeMap<String, bool>, String> {
         .into_iter()
         .flatten()
         .map(|n| {
-            let ready = n["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
             (n["metadata"]["name"].as_str().unwrap_or("").to_string(), ready)
         })
         .collect())
@@ -142,39 +160,78 @@ fn seed_cluster(lab: &Arc<Lab>, w: &World) -> Outcome {
     let fix = w.op.k3node(&["preflight", "-c", file.to_str().unwrap(), "--fix"]);
     let fixed = String::from_utf8_lossy(&fix.stdout).into_owned();
     let (code, json, stderr) = up(w, &file, &[]);
-    ensure(code == 0, || format!("up failed ({code}): {}\n{stderr}\npreflight --fix said:\n{fixed}", serde_json::to_string_pretty(&json).unwrap()))?;
+    ensure(code == 0, || {
+        format!(
+            "up failed ({code}): {}\n{stderr}\npreflight --fix said:\n{fixed}",
+            serde_json::to_string_pretty(&json).unwrap()
+        )
+    })?;
 
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
-    let unit = crate::common::sh(&h1, "cat /etc/systemd/system/k3s.service")?;
+    let unit = crate::common::sh(h1, "cat /etc/systemd/system/k3s.service")?;
     ensure(unit == SERVER_UNIT, || format!("server unit differs from the contract:\n{unit}"))?;
-    let agent_unit = crate::common::sh(&h2, "cat /etc/systemd/system/k3s-agent.service")?;
+    let agent_unit = crate::common::sh(h2, "cat /etc/systemd/system/k3s-agent.service")?;
     ensure(
-        agent_unit == SERVER_UNIT.replace("k3s.service.env", "k3s-agent.service.env").replace("k3s server", "k3s agent"),
+        agent_unit
+            == SERVER_UNIT.replace("k3s.service.env", "k3s-agent.service.env").replace("k3s server", "k3s agent"),
         || format!("agent unit:\n{agent_unit}"),
     )?;
-    let modes = crate::common::sh(&h1, "stat -c '%n %a %U' /usr/local/bin/k3s /etc/rancher/k3s/config.yaml /var/lib/rancher/k3s/server/token")?;
-    ensure(modes.contains("/usr/local/bin/k3s 755 root") && modes.contains("config.yaml 600 root") && modes.contains("token 600 root"), || modes.clone())?;
-    let links = crate::common::sh(&h1, "readlink /usr/local/bin/kubectl /usr/local/bin/crictl")?;
+    let modes = crate::common::sh(
+        h1,
+        "stat -c '%n %a %U' /usr/local/bin/k3s /etc/rancher/k3s/config.yaml /var/lib/rancher/k3s/server/token",
+    )?;
+    ensure(
+        modes.contains("/usr/local/bin/k3s 755 root")
+            && modes.contains("config.yaml 600 root")
+            && modes.contains("token 600 root"),
+        || modes.clone(),
+    )?;
+    let links = crate::common::sh(h1, "readlink /usr/local/bin/kubectl /usr/local/bin/crictl")?;
     ensure(links.lines().all(|l| l.ends_with("k3s")) && links.lines().count() == 2, || format!("links: {links}"))?;
     // The lab's base image has containerd's own ctr: the installer leaves an existing command alone.
-    let ctr = crate::common::sh(&h1, "test -e /usr/local/bin/ctr && echo linked || echo absent; command -v ctr")?;
+    let ctr = crate::common::sh(h1, "test -e /usr/local/bin/ctr && echo linked || echo absent; command -v ctr")?;
     ensure(ctr.starts_with("absent\n/usr/bin/ctr"), || format!("ctr: {ctr}"))?;
-    let config = crate::common::sh(&h1, "cat /etc/rancher/k3s/config.yaml")?;
-    for needle in ["cluster-cidr: 10.42.0.0/16", "service-cidr: 10.43.0.0/16", "cluster-dns: 10.43.0.10", "traefik", "servicelb", "request-timeout=300s", "k3s.lab.example", "node-name: h1"] {
+    let config = crate::common::sh(h1, "cat /etc/rancher/k3s/config.yaml")?;
+    for needle in [
+        "cluster-cidr: 10.42.0.0/16",
+        "service-cidr: 10.43.0.0/16",
+        "cluster-dns: 10.43.0.10",
+        "traefik",
+        "servicelb",
+        "request-timeout=300s",
+        "k3s.lab.example",
+        "node-name: h1",
+    ] {
         ensure(config.contains(needle), || format!("config.yaml lacks {needle}:\n{config}"))?;
     }
-    let agent_env = crate::common::sh(&h2, "stat -c %a /etc/systemd/system/k3s-agent.service.env; cat /etc/systemd/system/k3s-agent.service.env")?;
-    let token = crate::common::sh(&h1, "cat /var/lib/rancher/k3s/server/token")?.trim().to_string();
-    ensure(agent_env.starts_with("600\n") && agent_env.contains(&format!("K3S_URL=https://{}:6443", h1.address)) && agent_env.contains(&token), || "agent env file".into())?;
+    let agent_env = crate::common::sh(
+        h2,
+        "stat -c %a /etc/systemd/system/k3s-agent.service.env; cat /etc/systemd/system/k3s-agent.service.env",
+    )?;
+    let token = crate::common::sh(h1, "cat /var/lib/rancher/k3s/server/token")?.trim().to_string();
+    ensure(
+        agent_env.starts_with("600\n")
+            && agent_env.contains(&format!("K3S_URL=https://{}:6443", h1.address))
+            && agent_env.contains(&token),
+        || "agent env file".into(),
+    )?;
     ensure(token.starts_with("K10") && token.contains("::server:"), || "token format".into())?;
     let printed = format!("{json}{stderr}");
-    ensure(!printed.contains(&token) && !printed.contains(token.split("::server:").nth(1).unwrap_or("-")), || "the token reached k3node's output".into())?;
-    let agent_config = crate::common::sh(&h2, "cat /etc/rancher/k3s/config.yaml")?;
-    ensure(agent_config.contains("tier=web") && !agent_config.contains("cluster-cidr"), || format!("agent config:\n{agent_config}"))?;
-    let mode = crate::common::sh(&h1, "stat -c %a /etc/rancher/k3s/k3s.yaml")?;
+    ensure(!printed.contains(&token) && !printed.contains(token.split("::server:").nth(1).unwrap_or("-")), || {
+        "the token reached k3node's output".into()
+    })?;
+    let agent_config = crate::common::sh(h2, "cat /etc/rancher/k3s/config.yaml")?;
+    ensure(agent_config.contains("tier=web") && !agent_config.contains("cluster-cidr"), || {
+        format!("agent config:\n{agent_config}")
+    })?;
+    let mode = crate::common::sh(h1, "stat -c %a /etc/rancher/k3s/k3s.yaml")?;
     ensure(mode.trim() == "644", || format!("write-kubeconfig-mode not honoured: {mode}"))?;
-    let kubeconfig = std::fs::read_to_string(w.op.home.join(".kube/config")).map_err(|e| format!("no kubeconfig: {e}"))?;
-    ensure(kubeconfig.contains("current-context: lab") && kubeconfig.contains(&format!("https://{}:6443", h1.address)), || kubeconfig.clone())?;
+    let kubeconfig =
+        std::fs::read_to_string(w.op.home.join(".kube/config")).map_err(|e| format!("no kubeconfig: {e}"))?;
+    ensure(
+        kubeconfig.contains("current-context: lab") && kubeconfig.contains(&format!("https://{}:6443", h1.address)),
+        || kubeconfig.clone(),
+    )?;
     all_ready(w, &["h1", "h2", "h3"])
 }
 
@@ -197,8 +254,12 @@ fn changed_label(lab: &Arc<Lab>, w: &World) -> Outcome {
     let after = invocations(lab, &["h1", "h2", "h3"]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
     ensure(node(&json, "h2")["state"] == "restarted", || format!("{:?}", states(&json)))?;
-    ensure(before["h1"] == after["h1"] && before["h3"] == after["h3"] && before["h2"] != after["h2"], || format!("{before:?} -> {after:?}"))?;
-    ensure(crate::common::sh(lab.host("h2"), "cat /etc/rancher/k3s/config.yaml")?.contains("tier=api"), || "label not applied".into())
+    ensure(before["h1"] == after["h1"] && before["h3"] == after["h3"] && before["h2"] != after["h2"], || {
+        format!("{before:?} -> {after:?}")
+    })?;
+    ensure(crate::common::sh(lab.host("h2"), "cat /etc/rancher/k3s/config.yaml")?.contains("tier=api"), || {
+        "label not applied".into()
+    })
 }
 
 fn dry_run(lab: &Arc<Lab>, w: &World) -> Outcome {
@@ -207,19 +268,37 @@ fn dry_run(lab: &Arc<Lab>, w: &World) -> Outcome {
     let changed = SEED_CONFIG.replace("request-timeout=300s", "request-timeout=120s");
     let file = cluster_yaml(w, &hosts, &changed);
     let before = crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")?;
-    let out = w.op.k3node(&["up", "-c", file.to_str().unwrap(), "--dry-run", "--cache-dir", w.op.home.join("cache").to_str().unwrap()]);
+    let out = w.op.k3node(&[
+        "up",
+        "-c",
+        file.to_str().unwrap(),
+        "--dry-run",
+        "--cache-dir",
+        w.op.home.join("cache").to_str().unwrap(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure(out.status.success(), || format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)))?;
-    ensure(text.contains("h1 would change") && text.contains("request-timeout=300s") && text.contains("request-timeout=120s"), || text.clone())?;
+    ensure(
+        text.contains("h1 would change")
+            && text.contains("request-timeout=300s")
+            && text.contains("request-timeout=120s"),
+        || text.clone(),
+    )?;
     let token = crate::common::sh(lab.host("h1"), "cat /var/lib/rancher/k3s/server/token")?;
     ensure(!text.contains(token.trim()), || "the dry run printed the token".into())?;
-    ensure(!text.contains("h2 would change") && !text.contains("h3 would change"), || format!("only h1 is concerned:\n{text}"))?;
-    ensure(crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")? == before, || "dry run changed the host".into())?;
+    ensure(!text.contains("h2 would change") && !text.contains("h3 would change"), || {
+        format!("only h1 is concerned:\n{text}")
+    })?;
+    ensure(crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")? == before, || {
+        "dry run changed the host".into()
+    })?;
     let before = invocations(lab, &["h1", "h2", "h3"]);
     let (code, json, stderr) = up(w, &file, &[]);
     let after = invocations(lab, &["h1", "h2", "h3"]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
-    ensure(before["h1"] != after["h1"] && before["h2"] == after["h2"] && before["h3"] == after["h3"], || format!("only h1 restarts: {before:?} -> {after:?}"))
+    ensure(before["h1"] != after["h1"] && before["h2"] == after["h2"] && before["h3"] == after["h3"], || {
+        format!("only h1 restarts: {before:?} -> {after:?}")
+    })
 }
 
 fn added_node(lab: &Arc<Lab>, w: &World) -> Outcome {
@@ -241,16 +320,18 @@ fn added_node(lab: &Arc<Lab>, w: &World) -> Outcome {
 fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
     // A token for another cluster: its CA hash cannot match this server's CA.
     let h4 = lab.host("h4");
-    crate::common::sh(&h4, &format!("sed -i 's/^K3S_TOKEN=K10[0-9a-f]*::/K3S_TOKEN=K10{}::/' /etc/systemd/system/k3s-agent.service.env && systemctl restart --no-block k3s-agent", "0".repeat(64)))?;
+    crate::common::sh(h4, &format!("sed -i 's/^K3S_TOKEN=K10[0-9a-f]*::/K3S_TOKEN=K10{}::/' /etc/systemd/system/k3s-agent.service.env && systemctl restart --no-block k3s-agent", "0".repeat(64)))?;
     let mut seen = String::new();
     for _ in 0..30 {
-        seen = crate::common::sh(&h4, "journalctl -u k3s-agent --no-pager -o cat -n 50")?;
+        seen = crate::common::sh(h4, "journalctl -u k3s-agent --no-pager -o cat -n 50")?;
         if seen.contains("token CA hash does not match the Cluster CA certificate hash") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    ensure(seen.contains("token CA hash does not match the Cluster CA certificate hash"), || format!("agent journal:\n{seen}"))?;
+    ensure(seen.contains("token CA hash does not match the Cluster CA certificate hash"), || {
+        format!("agent journal:\n{seen}")
+    })?;
     // Through k3node's own install operation the failure comes back diagnosed, the token masked.
     let bad = format!("K10{}::server:not-the-password", "0".repeat(64));
     let request = k3node::protocol::Request::InstallK3s(k3node::protocol::k3s::InstallRequest {
@@ -265,12 +346,21 @@ fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
         ready_timeout_secs: 20,
         dry_run: false,
     });
-    let answer = w.op.with_session(w.op.endpoint(h4, "root"), w.op.options(k3node::transport::HostKeyPolicy::Strict), w.op.keyring(), async move |s| {
-        let s = s.expect("connect to h4");
-        k3node::operator::agent::call::<k3node::protocol::k3s::InstallReport>(&s, &request, &mut |_| {}).await.map_err(|e| e.to_string())
-    });
+    let answer = w.op.with_session(
+        w.op.endpoint(h4, "root"),
+        w.op.options(k3node::transport::HostKeyPolicy::Strict),
+        w.op.keyring(),
+        async move |s| {
+            let s = s.expect("connect to h4");
+            k3node::operator::agent::call::<k3node::protocol::k3s::InstallReport>(&s, &request, &mut |_| {})
+                .await
+                .map_err(|e| e.to_string())
+        },
+    );
     let message = answer.err().unwrap_or_default();
-    ensure(message.contains("likely cause") && message.contains("token"), || format!("install with a wrong token: {message}"))?;
+    ensure(message.contains("likely cause") && message.contains("token"), || {
+        format!("install with a wrong token: {message}")
+    })?;
     ensure(!message.contains("not-the-password"), || "the token's password reached the error".into())?;
     // k3node puts the right token back, and the node rejoins.
     let mut hosts = seed_hosts(lab);
@@ -287,12 +377,18 @@ fn reset_then_up(lab: &Arc<Lab>, w: &World) -> Outcome {
     hosts.push((lab.host("h4"), "agent", ""));
     let file = cluster_yaml(w, &hosts, SEED_CONFIG);
     let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--yes"]);
-    ensure(out.status.success(), || format!("reset: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))?;
+    ensure(out.status.success(), || {
+        format!("reset: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })?;
     for h in ["h1", "h2", "h3", "h4"] {
         let left = lab.host(h).sh("ls /usr/local/bin/k3s /etc/systemd/system/k3s*.service 2>/dev/null; systemctl is-active k3s k3s-agent || true")?;
-        ensure(!left.contains("/usr/local/bin/k3s") && !left.contains(".service") && !left.contains("\nactive"), || format!("{h} after reset: {left}"))?;
+        ensure(
+            !left.contains("/usr/local/bin/k3s") && !left.contains(".service") && !left.contains("\nactive"),
+            || format!("{h} after reset: {left}"),
+        )?;
     }
-    let aside = crate::common::sh(lab.host("h1"), "ls -d /var/lib/rancher/k3s.k3node-reset-* /etc/rancher/k3s.k3node-reset-*")?;
+    let aside =
+        crate::common::sh(lab.host("h1"), "ls -d /var/lib/rancher/k3s.k3node-reset-* /etc/rancher/k3s.k3node-reset-*")?;
     ensure(aside.lines().count() >= 2, || format!("data was not moved aside: {aside}"))?;
     let (code, json, stderr) = up(w, &file, &[]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
@@ -300,13 +396,21 @@ fn reset_then_up(lab: &Arc<Lab>, w: &World) -> Outcome {
 }
 
 fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
-    let hosts = [(lab.host("h1"), "server", ""), (lab.host("h2"), "server", ""), (lab.host("h3"), "server", ""), (lab.host("h4"), "agent", "")];
+    let hosts = [
+        (lab.host("h1"), "server", ""),
+        (lab.host("h2"), "server", ""),
+        (lab.host("h3"), "server", ""),
+        (lab.host("h4"), "agent", ""),
+    ];
     let file = cluster_yaml(w, &hosts, SEED_CONFIG);
     let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--yes"]);
     ensure(out.status.success(), || String::from_utf8_lossy(&out.stderr).into_owned())?;
     let (code, json, stderr) = up(w, &file, &[]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
-    ensure(crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")?.contains("cluster-init: true"), || "first server without cluster-init".into())?;
+    ensure(
+        crate::common::sh(lab.host("h1"), "cat /etc/rancher/k3s/config.yaml")?.contains("cluster-init: true"),
+        || "first server without cluster-init".into(),
+    )?;
     let second = crate::common::sh(lab.host("h2"), "cat /etc/rancher/k3s/config.yaml")?;
     ensure(second.contains(&format!("server: https://{}:6443", lab.host("h1").address)), || second.clone())?;
     let token = |h: &str| lab.host(h).sh("cat /var/lib/rancher/k3s/server/token").unwrap_or_default();
@@ -316,16 +420,20 @@ fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
 
 fn local_mode(lab: &Arc<Lab>, w: &World) -> Outcome {
     let h5 = lab.host("h5");
-    std::fs::copy(crate::common::K3NODE, h5.root.join("usr/local/bin/k3node")).map_err(|e| format!("copy k3node into h5: {e}"))?;
+    std::fs::copy(crate::common::K3NODE, h5.root.join("usr/local/bin/k3node"))
+        .map_err(|e| format!("copy k3node into h5: {e}"))?;
     crate::common::sh(h5, "k3node preflight --fix >/dev/null || true")?;
-    let cmd = format!("k3node up --k3s-version {} --mirror {} --ready-timeout 60 -o json", mirror::VERSION, w.mirror.url());
+    let cmd =
+        format!("k3node up --k3s-version {} --mirror {} --ready-timeout 60 -o json", mirror::VERSION, w.mirror.url());
     let out = h5.sh(&cmd).map_err(|e| format!("local up on h5: {e:#}"))?;
     let json: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
     ensure(node(&json, "h5")["state"] == "restarted", || format!("{json}"))?;
     let nodes = crate::common::sh(h5, "k3s kubectl get nodes -o json")?;
     ensure(nodes.contains("\"h5\""), || nodes.clone())?;
     let kubeconfig = crate::common::sh(h5, "cat /root/.kube/config")?;
-    ensure(kubeconfig.contains("current-context: local") && kubeconfig.contains("https://127.0.0.1:6443"), || kubeconfig.clone())?;
+    ensure(kubeconfig.contains("current-context: local") && kubeconfig.contains("https://127.0.0.1:6443"), || {
+        kubeconfig.clone()
+    })?;
     let again = crate::common::sh(h5, &cmd)?;
     ensure(again.contains("\"state\": \"unchanged\""), || format!("second local up: {again}"))
 }
@@ -347,17 +455,30 @@ fn tampered_release(lab: &Arc<Lab>, w: &World) -> Outcome {
     std::fs::write(&file, text).unwrap();
     let before = crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")?;
     let (code, json, stderr) = up(w, &file, &[]);
-    let artifacts = json["phases"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "artifacts")).cloned().unwrap_or_default();
+    let artifacts = json["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "artifacts"))
+        .cloned()
+        .unwrap_or_default();
     ensure(code == 1 && artifacts["ok"] == false, || format!("{json}\n{stderr}"))?;
     let message = artifacts["message"].as_str().unwrap_or_default();
-    ensure(message.contains("sha256") && message.contains(&mirror::sha256_hex(&tampered)), || format!("artifacts phase: {message}"))?;
-    ensure(crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")? == before, || "the host's k3s changed".into())?;
+    ensure(message.contains("sha256") && message.contains(&mirror::sha256_hex(&tampered)), || {
+        format!("artifacts phase: {message}")
+    })?;
+    ensure(crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")? == before, || {
+        "the host's k3s changed".into()
+    })?;
     // A checksum file that lies about the binary is refused the same way.
     std::fs::write(w.mirror.root.join(version).join("k3s"), &genuine).unwrap();
-    std::fs::write(w.mirror.root.join(version).join("sha256sum-amd64.txt"), format!("{}  k3s\n", "ab".repeat(32))).unwrap();
+    std::fs::write(w.mirror.root.join(version).join("sha256sum-amd64.txt"), format!("{}  k3s\n", "ab".repeat(32)))
+        .unwrap();
     let (code, json, _) = up(w, &file, &[]);
-    ensure(code == 1 && json["phases"].to_string().contains(&"ab".repeat(32)), || format!("lying checksum file: {json}"))?;
-    ensure(crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")? == before, || "the host's k3s changed".into())
+    ensure(code == 1 && json["phases"].to_string().contains(&"ab".repeat(32)), || {
+        format!("lying checksum file: {json}")
+    })?;
+    ensure(crate::common::sh(lab.host("h1"), "sha256sum /usr/local/bin/k3s")? == before, || {
+        "the host's k3s changed".into()
+    })
 }
 
 fn interrupted_run(lab: &Arc<Lab>, w: &World) -> Outcome {
@@ -369,7 +490,15 @@ fn interrupted_run(lab: &Arc<Lab>, w: &World) -> Outcome {
     // Killed in the middle: uploads and the first server's start are under way.
     let mut child = w.op.lab.command_in_netns(std::path::Path::new(crate::common::K3NODE));
     child
-        .args(["up", "-c", file.to_str().unwrap(), "-o", "json", "--cache-dir", w.op.home.join("cache").to_str().unwrap()])
+        .args([
+            "up",
+            "-c",
+            file.to_str().unwrap(),
+            "-o",
+            "json",
+            "--cache-dir",
+            w.op.home.join("cache").to_str().unwrap(),
+        ])
         .env("HOME", &w.op.home)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

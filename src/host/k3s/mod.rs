@@ -80,14 +80,7 @@ fn links_to_k3s(target: &Path) -> bool {
     target == Path::new("k3s") || target == Path::new(K3S_BIN)
 }
 
-/// An I/O error for a message: the system's words, without "(os error N)".
-fn describe_io(err: &std::io::Error) -> String {
-    let s = err.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
+use super::describe_io;
 
 #[cfg(test)]
 mod tests {

@@ -100,14 +100,7 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// An I/O error in a reason: the system's words ("Permission denied"), without "(os error 13)".
-pub(crate) fn describe_io(err: &io::Error) -> String {
-    let s = err.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
+pub(crate) use super::describe_io;
 
 #[cfg(test)]
 mod tests {

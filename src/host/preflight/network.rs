@@ -220,7 +220,11 @@ fn started_by_k3s(host: &Host, pid: u32) -> bool {
     for _ in 0..4 {
         let Ok(stat) = host.read(&format!("/proc/{current}/stat")) else { return false };
         // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so split after the last ')'.
-        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             return false;
         };
         if ppid <= 1 {

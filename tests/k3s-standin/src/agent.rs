@@ -12,22 +12,14 @@ pub async fn run(cfg: Config) -> i32 {
 }
 
 async fn run_inner(cfg: Config) -> Result<()> {
-    info!(
-        "Starting k3s agent {} ({})",
-        crate::version::version(),
-        crate::version::commit()
-    );
-    let url = cfg
-        .str("server")
-        .ok_or_else(|| anyhow!("--server is required"))?;
+    info!("Starting k3s agent {} ({})", crate::version::version(), crate::version::commit());
+    let url = cfg.str("server").ok_or_else(|| anyhow!("--server is required"))?;
     if !url.starts_with("https://") {
         bail!("only https:// URLs are supported, invalid scheme: {url}");
     }
     let url = url.trim_end_matches('/').to_string();
-    let tok = cfg
-        .token("token", "token-file")
-        .map_err(|e| anyhow!(e))?
-        .ok_or_else(|| anyhow!("--token is required"))?;
+    let tok =
+        cfg.token("token", "token-file").map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("--token is required"))?;
     let tok = token::parse(&tok).map_err(|e| anyhow!("failed to validate token: {e}"))?;
     let data_dir = std::path::absolute(cfg.data_dir())?;
     let agent_dir = data_dir.join("agent");
@@ -86,10 +78,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         {
             Ok(r) if r.status().is_success() => break,
             Ok(r) => error!("Unable to register node {name} with {url}: {}", r.status()),
-            Err(e) => error!(
-                "Unable to register node {name} with {url}: {}",
-                clients::chain(&e)
-            ),
+            Err(e) => error!("Unable to register node {name} with {url}: {}", clients::chain(&e)),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -104,21 +93,10 @@ async fn run_inner(cfg: Config) -> Result<()> {
         let mut tick = tokio::time::interval(crate::server::heartbeat_interval());
         loop {
             tick.tick().await;
-            match hb_client
-                .put(&hb_url)
-                .basic_auth("node", Some(&password))
-                .send()
-                .await
-            {
+            match hb_client.put(&hb_url).basic_auth("node", Some(&password)).send().await {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => error!(
-                    "Error updating node status, will retry: {hb_url}: {}",
-                    r.status()
-                ),
-                Err(e) => error!(
-                    "Error updating node status, will retry: {}",
-                    clients::chain(&e)
-                ),
+                Ok(r) => error!("Error updating node status, will retry: {hb_url}: {}", r.status()),
+                Err(e) => error!("Error updating node status, will retry: {}", clients::chain(&e)),
             }
         }
     });

@@ -38,12 +38,8 @@ impl Upstream {
         body: Option<Vec<u8>>,
         ctype: Option<&str>,
     ) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
-        let m =
-            reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
-        let mut rb = self
-            .client
-            .request(m, format!("{}{}", self.url, path))
-            .basic_auth("server", Some(&self.password));
+        let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut rb = self.client.request(m, format!("{}{}", self.url, path)).basic_auth("server", Some(&self.password));
         if let Some(b) = body {
             rb = rb.body(b);
         }
@@ -51,8 +47,7 @@ impl Upstream {
             rb = rb.header("content-type", ct);
         }
         let resp = rb.send().await?;
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let bytes = resp.bytes().await?;
         Ok((status, bytes.to_vec()))
     }
@@ -90,19 +85,11 @@ enum Who {
 }
 
 fn bytes_resp(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
-    Response::builder()
-        .status(status)
-        .header("content-type", ctype)
-        .body(Full::new(body.into()))
-        .expect("response")
+    Response::builder().status(status).header("content-type", ctype).body(Full::new(body.into())).expect("response")
 }
 
 fn json_resp(status: StatusCode, v: &Value) -> Resp {
-    bytes_resp(
-        status,
-        "application/json",
-        serde_json::to_vec(v).unwrap_or_default(),
-    )
+    bytes_resp(status, "application/json", serde_json::to_vec(v).unwrap_or_default())
 }
 
 fn text(status: StatusCode, s: &str) -> Resp {
@@ -121,10 +108,7 @@ fn not_found(kind: &str, name: &str) -> Resp {
 }
 
 fn unauthorized() -> Resp {
-    json_resp(
-        StatusCode::UNAUTHORIZED,
-        &status_json(401, "Unauthorized", "Unauthorized"),
-    )
+    json_resp(StatusCode::UNAUTHORIZED, &status_json(401, "Unauthorized", "Unauthorized"))
 }
 
 fn forbidden(msg: &str) -> Resp {
@@ -162,10 +146,7 @@ fn authenticate(s: &State, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Who {
 }
 
 fn log_bad(conn: &ConnInfo) {
-    error!(
-        "Failed to authenticate request from {}: invalid username/password combination",
-        conn.peer
-    );
+    error!("Failed to authenticate request from {}: invalid username/password combination", conn.peer);
 }
 
 pub fn tls_config(
@@ -179,12 +160,9 @@ pub fn tls_config(
     for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         roots.add(c?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(serving_cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(serving_key_pem.as_bytes())?;
@@ -197,11 +175,7 @@ pub fn tls_config(
 }
 
 /// Accepts TLS connections forever.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    state: Arc<State>,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, state: Arc<State>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -215,29 +189,21 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        crate::debug!("http: TLS handshake error from {peer}: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let client_cert = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| !c.is_empty())
-                .unwrap_or(false);
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    crate::debug!("http: TLS handshake error from {peer}: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let client_cert = stream.get_ref().1.peer_certificates().map(|c| !c.is_empty()).unwrap_or(false);
             let conn = ConnInfo { peer, client_cert };
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(state, conn, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -245,11 +211,7 @@ pub async fn serve(
 async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let path_q = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| path.clone());
+    let path_q = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| path.clone());
     let headers = req.headers().clone();
     let body = match Limited::new(req.into_body(), 4 << 20).collect().await {
         Ok(b) => b.to_bytes(),
@@ -263,13 +225,9 @@ async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
     }
     let m = &method;
     match segs.as_slice() {
-        ["cacerts"] if m == Method::GET => {
-            bytes_resp(StatusCode::OK, "text/plain", s.cacerts.clone())
-        }
+        ["cacerts"] if m == Method::GET => bytes_resp(StatusCode::OK, "text/plain", s.cacerts.clone()),
         ["ping"] if m == Method::GET => text(StatusCode::OK, "pong"),
-        ["readyz"] | ["livez"] | ["healthz"] | ["v1-k3s", "readyz"] if m == Method::GET => {
-            text(StatusCode::OK, "ok")
-        }
+        ["readyz"] | ["livez"] | ["healthz"] | ["v1-k3s", "readyz"] if m == Method::GET => text(StatusCode::OK, "ok"),
         ["version"] if m == Method::GET => json_resp(StatusCode::OK, &version_json()),
         ["api"] if m == Method::GET => json_resp(
             StatusCode::OK,
@@ -281,19 +239,13 @@ async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
                 return unauthorized();
             }
             if who == Who::Node {
-                return forbidden(
-                    "node credentials may not use the Kubernetes API of the stand-in",
-                );
+                return forbidden("node credentials may not use the Kubernetes API of the stand-in");
             }
             kube_api(&s, m, &segs, &path_q, body, &headers).await
         }
         _ => json_resp(
             StatusCode::NOT_FOUND,
-            &status_json(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
+            &status_json(404, "NotFound", "the server could not find the requested resource"),
         ),
     }
 }
@@ -324,11 +276,7 @@ async fn forward(
     headers: &hyper::HeaderMap,
 ) -> Result<Resp, reqwest::Error> {
     let ctype = headers.get("content-type").and_then(|v| v.to_str().ok());
-    let body = if body.is_empty() {
-        None
-    } else {
-        Some(body.to_vec())
-    };
+    let body = if body.is_empty() { None } else { Some(body.to_vec()) };
     let (status, bytes) = up.request(m.clone(), path_q, body, ctype).await?;
     Ok(bytes_resp(status, "application/json", bytes))
 }
@@ -353,10 +301,7 @@ async fn supervisor(
         ["server-bootstrap"] if m == Method::GET => {
             if who != Who::Server {
                 if who == Who::Node {
-                    error!(
-                        "Failed to authenticate request from {}: agent token may not join servers",
-                        conn.peer
-                    );
+                    error!("Failed to authenticate request from {}: agent token may not join servers", conn.peer);
                 }
                 return unauthorized();
             }
@@ -386,22 +331,16 @@ async fn supervisor(
             }
             let reg: node::Registration = match serde_json::from_slice(&body) {
                 Ok(r) => r,
-                Err(e) => {
-                    return json_resp(
-                        StatusCode::BAD_REQUEST,
-                        &status_json(400, "BadRequest", &e.to_string()),
-                    )
-                }
+                Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
             };
             match node::register(&s.kine, &reg, &s.cluster_cidr) {
                 Ok(n) => {
                     info!("Node {} registered from {}", reg.name, conn.peer);
                     json_resp(StatusCode::OK, &n)
                 }
-                Err(e) => json_resp(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &status_json(500, "InternalError", &e.to_string()),
-                ),
+                Err(e) => {
+                    json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string()))
+                }
             }
         }
         ["nodes", name, "heartbeat"] if m == Method::PUT => {
@@ -420,39 +359,24 @@ async fn supervisor(
             match node::renew_lease(&s.kine, name) {
                 Ok(true) => json_resp(StatusCode::OK, &json!({"renewed": name})),
                 Ok(false) => not_found("nodes", name),
-                Err(e) => json_resp(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &status_json(500, "InternalError", &e.to_string()),
-                ),
+                Err(e) => {
+                    json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string()))
+                }
             }
         }
         _ => json_resp(
             StatusCode::NOT_FOUND,
-            &status_json(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
+            &status_json(404, "NotFound", "the server could not find the requested resource"),
         ),
     }
 }
 
-async fn kube_api(
-    s: &State,
-    m: &Method,
-    segs: &[&str],
-    path_q: &str,
-    body: Bytes,
-    headers: &hyper::HeaderMap,
-) -> Resp {
+async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Resp {
     if let Some(up) = &s.upstream {
         match forward(up, m, path_q, body.clone(), headers).await {
             Ok(r) => return r,
             Err(e) if forwardable_err(&e) && m == Method::GET => {
-                warn!(
-                    "Server {} unreachable, answering from the local copy: {e}",
-                    up.url
-                );
+                warn!("Server {} unreachable, answering from the local copy: {e}", up.url);
             }
             Err(e) => {
                 return json_resp(
@@ -464,23 +388,18 @@ async fn kube_api(
     }
     let kine = &s.kine;
     let internal = |e: anyhow::Error| {
-        json_resp(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &status_json(500, "InternalError", &e.to_string()),
-        )
+        json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string()))
     };
     match segs {
         ["api", "v1", "nodes"] if m == Method::GET => match node::list_view(kine, s.grace) {
             Ok(v) => json_resp(StatusCode::OK, &v),
             Err(e) => internal(e),
         },
-        ["api", "v1", "nodes", name] if m == Method::GET => {
-            match node::get_view(kine, name, s.grace) {
-                Ok(Some(v)) => json_resp(StatusCode::OK, &v),
-                Ok(None) => not_found("nodes", name),
-                Err(e) => internal(e),
-            }
-        }
+        ["api", "v1", "nodes", name] if m == Method::GET => match node::get_view(kine, name, s.grace) {
+            Ok(Some(v)) => json_resp(StatusCode::OK, &v),
+            Ok(None) => not_found("nodes", name),
+            Err(e) => internal(e),
+        },
         ["api", "v1", "nodes", name] if m == Method::DELETE => {
             let before = node::get_view(kine, name, s.grace).ok().flatten();
             match node::delete(kine, name) {
@@ -495,12 +414,7 @@ async fn kube_api(
         ["api", "v1", "nodes", name, "status"] if m == Method::PATCH => {
             let patch: Value = match serde_json::from_slice(&body) {
                 Ok(p) => p,
-                Err(e) => {
-                    return json_resp(
-                        StatusCode::BAD_REQUEST,
-                        &status_json(400, "BadRequest", &e.to_string()),
-                    )
-                }
+                Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
             };
             match node::patch_status(kine, name, &patch) {
                 Ok(true) => match node::get_view(kine, name, s.grace) {
@@ -511,9 +425,7 @@ async fn kube_api(
                 Err(e) => internal(e),
             }
         }
-        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases"]
-            if m == Method::GET =>
-        {
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases"] if m == Method::GET => {
             let items: Vec<Value> = kine
                 .list(node::LEASE_PREFIX)
                 .unwrap_or_default()
@@ -525,9 +437,7 @@ async fn kube_api(
                 &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {}, "items": items}),
             )
         }
-        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases", name]
-            if m == Method::GET =>
-        {
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases", name] if m == Method::GET => {
             match kine.get(&format!("{}{name}", node::LEASE_PREFIX)) {
                 Ok(Some(r)) => bytes_resp(StatusCode::OK, "application/json", r.value),
                 Ok(None) => not_found("leases.coordination.k8s.io", name),
@@ -536,11 +446,7 @@ async fn kube_api(
         }
         _ => json_resp(
             StatusCode::METHOD_NOT_ALLOWED,
-            &status_json(
-                405,
-                "MethodNotAllowed",
-                "the stand-in does not implement this request",
-            ),
+            &status_json(405, "MethodNotAllowed", "the stand-in does not implement this request"),
         ),
     }
 }

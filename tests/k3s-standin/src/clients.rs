@@ -27,10 +27,7 @@ fn base() -> reqwest::ClientBuilder {
 }
 
 pub fn insecure() -> reqwest::Client {
-    base()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .expect("http client")
+    base().danger_accept_invalid_certs(true).build().expect("http client")
 }
 
 /// A client that trusts only `ca_pem`, optionally presenting a client certificate (PEM cert + key).
@@ -48,16 +45,9 @@ pub fn trusting(ca_pem: &[u8], identity_pem: Option<&[u8]>) -> Result<reqwest::C
 /// GET <url>/cacerts without verifying the server (what a joining node does first).
 pub async fn fetch_cacerts(url: &str) -> Result<Vec<u8>, String> {
     let u = format!("{}/cacerts", url.trim_end_matches('/'));
-    let resp = insecure()
-        .get(&u)
-        .send()
-        .await
-        .map_err(|e| format!("Get \"{u}\": {}", chain(&e)))?;
+    let resp = insecure().get(&u).send().await.map_err(|e| format!("Get \"{u}\": {}", chain(&e)))?;
     if !resp.status().is_success() {
         return Err(format!("{u}: {}", resp.status()));
     }
-    resp.bytes()
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|e| chain(&e))
+    resp.bytes().await.map(|b| b.to_vec()).map_err(|e| chain(&e))
 }

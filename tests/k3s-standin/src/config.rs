@@ -43,33 +43,13 @@ pub struct Flag {
 }
 
 const fn f(name: &'static str, kind: Kind) -> Flag {
-    Flag {
-        name,
-        kind,
-        short: None,
-        env: &[],
-    }
+    Flag { name, kind, short: None, env: &[] }
 }
 const fn fe(name: &'static str, kind: Kind, env: &'static [&'static str]) -> Flag {
-    Flag {
-        name,
-        kind,
-        short: None,
-        env,
-    }
+    Flag { name, kind, short: None, env }
 }
-const fn fs(
-    name: &'static str,
-    kind: Kind,
-    short: &'static str,
-    env: &'static [&'static str],
-) -> Flag {
-    Flag {
-        name,
-        kind,
-        short: Some(short),
-        env,
-    }
+const fn fs(name: &'static str, kind: Kind, short: &'static str, env: &'static [&'static str]) -> Flag {
+    Flag { name, kind, short: Some(short), env }
 }
 
 use Kind::{Bool as B, List as L, Str as S};
@@ -259,15 +239,10 @@ fn yaml_to_value(flag: &Flag, v: &serde_yaml_ng::Value) -> Result<Value, String>
     use serde_yaml_ng::Value as Y;
     let list = |v: &Y| -> Result<Vec<String>, String> {
         match v {
-            Y::Sequence(items) => items
-                .iter()
-                .map(|i| yaml_scalar(i).ok_or_else(|| format!("invalid value for {}", flag.name)))
-                .collect(),
-            other => {
-                Ok(vec![yaml_scalar(other).ok_or_else(|| {
-                    format!("invalid value for {}", flag.name)
-                })?])
+            Y::Sequence(items) => {
+                items.iter().map(|i| yaml_scalar(i).ok_or_else(|| format!("invalid value for {}", flag.name))).collect()
             }
+            other => Ok(vec![yaml_scalar(other).ok_or_else(|| format!("invalid value for {}", flag.name))?]),
         }
     };
     match flag.kind {
@@ -275,9 +250,7 @@ fn yaml_to_value(flag: &Flag, v: &serde_yaml_ng::Value) -> Result<Value, String>
             Y::Bool(b) => Ok(Value::Bool(*b)),
             other => {
                 let s = yaml_scalar(other).unwrap_or_default();
-                parse_bool(&s)
-                    .map(Value::Bool)
-                    .ok_or_else(|| format!("invalid boolean value {s:?} for {}", flag.name))
+                parse_bool(&s).map(Value::Bool).ok_or_else(|| format!("invalid boolean value {s:?} for {}", flag.name))
             }
         },
         Kind::Str => Ok(Value::Str(list(v)?.join(","))),
@@ -286,54 +259,34 @@ fn yaml_to_value(flag: &Flag, v: &serde_yaml_ng::Value) -> Result<Value, String>
 }
 
 /// Reads config.yaml then its drop-ins into `values`. Missing files are fine unless `required`.
-fn read_files(
-    cmd: Cmd,
-    config: &Path,
-    required: bool,
-    cfg: &mut Config,
-) -> Result<BTreeMap<String, Value>, String> {
+fn read_files(cmd: Cmd, config: &Path, required: bool, cfg: &mut Config) -> Result<BTreeMap<String, Value>, String> {
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
     let mut files = Vec::new();
     if config.exists() {
         files.push(config.to_path_buf());
     } else if required {
-        return Err(format!(
-            "open {}: no such file or directory",
-            config.display()
-        ));
+        return Err(format!("open {}: no such file or directory", config.display()));
     }
     let dropin_dir = PathBuf::from(format!("{}.d", config.display()));
     if let Ok(rd) = std::fs::read_dir(&dropin_dir) {
         let mut names: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("yaml") | Some("yml")
-                    )
-            })
+            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml")))
             .collect();
         names.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
         files.extend(names);
     }
     for file in &files {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| format!("failed to read {}: {e}", file.display()))?;
+        let text = std::fs::read_to_string(file).map_err(|e| format!("failed to read {}: {e}", file.display()))?;
         if text.trim().is_empty() {
             continue;
         }
-        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
-            .map_err(|e| format!("failed to parse {}: {e}", file.display()))?;
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("failed to parse {}: {e}", file.display()))?;
         let map = match doc {
             serde_yaml_ng::Value::Mapping(m) => m,
             serde_yaml_ng::Value::Null => continue,
-            _ => {
-                return Err(format!(
-                    "failed to parse {}: not a map of flags",
-                    file.display()
-                ))
-            }
+            _ => return Err(format!("failed to parse {}: not a map of flags", file.display())),
         };
         for (k, v) in map {
             let Some(key) = yaml_scalar(&k) else { continue };
@@ -342,16 +295,13 @@ fn read_files(
                 None => (key.clone(), false),
             };
             let Some(flag) = lookup(cmd, &name) else {
-                cfg.warnings.push(format!(
-                    "Unknown flag --{name} found in config.yaml, skipping"
-                ));
+                cfg.warnings.push(format!("Unknown flag --{name} found in config.yaml, skipping"));
                 continue;
             };
             let value = match yaml_to_value(flag, &v) {
                 Ok(v) => v,
                 Err(e) => {
-                    cfg.warnings
-                        .push(format!("{e} in {}, skipping", file.display()));
+                    cfg.warnings.push(format!("{e} in {}, skipping", file.display()));
                     continue;
                 }
             };
@@ -360,9 +310,7 @@ fn read_files(
                     old.extend(new);
                     Value::List(old)
                 }
-                (true, Some(Value::Str(old)), Value::Str(new)) if !old.is_empty() => {
-                    Value::Str(format!("{old},{new}"))
-                }
+                (true, Some(Value::Str(old)), Value::Str(new)) if !old.is_empty() => Value::Str(format!("{old},{new}")),
                 (_, _, v) => v,
             };
             cfg.sources.insert(name.clone(), file.display().to_string());
@@ -387,11 +335,7 @@ fn parse_cli(cmd: Cmd, args: &[String]) -> Result<BTreeMap<String, Value>, Strin
             }
             break;
         }
-        let Some(stripped) = arg
-            .strip_prefix("--")
-            .or_else(|| arg.strip_prefix('-'))
-            .filter(|s| !s.is_empty())
-        else {
+        let Some(stripped) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')).filter(|s| !s.is_empty()) else {
             return Err(format!("unexpected argument {arg:?}"));
         };
         let (name, inline) = match stripped.split_once('=') {
@@ -403,20 +347,16 @@ fn parse_cli(cmd: Cmd, args: &[String]) -> Result<BTreeMap<String, Value>, Strin
             .ok_or_else(|| format!("flag provided but not defined: -{name}"))?;
         let value = match flag.kind {
             Kind::Bool => match inline {
-                Some(v) => Value::Bool(
-                    parse_bool(&v)
-                        .ok_or_else(|| format!("invalid boolean value {v:?} for -{name}"))?,
-                ),
+                Some(v) => {
+                    Value::Bool(parse_bool(&v).ok_or_else(|| format!("invalid boolean value {v:?} for -{name}"))?)
+                }
                 None => Value::Bool(true),
             },
             _ => {
                 let v = match inline {
                     Some(v) => v,
                     None => {
-                        let v = args
-                            .get(i)
-                            .cloned()
-                            .ok_or_else(|| format!("flag needs an argument: -{name}"))?;
+                        let v = args.get(i).cloned().ok_or_else(|| format!("flag needs an argument: -{name}"))?;
                         i += 1;
                         v
                     }
@@ -467,8 +407,7 @@ impl Config {
                         Kind::Str => Value::Str(v),
                         Kind::List => Value::List(vec![v]),
                     };
-                    cfg.sources
-                        .insert(flag.name.to_string(), format!("env {name}"));
+                    cfg.sources.insert(flag.name.to_string(), format!("env {name}"));
                     cfg.values.insert(flag.name.to_string(), value);
                     break;
                 }
@@ -527,8 +466,7 @@ impl Config {
             return Ok(Some(t.trim().to_string()));
         }
         if let Some(path) = self.str(file_key) {
-            let t = std::fs::read_to_string(&path)
-                .map_err(|e| format!("failed to read token file {path}: {e}"))?;
+            let t = std::fs::read_to_string(&path).map_err(|e| format!("failed to read token file {path}: {e}"))?;
             let t = t.trim().to_string();
             if !t.is_empty() {
                 return Ok(Some(t));
@@ -551,11 +489,7 @@ pub fn usage(cmd: Cmd) -> String {
             Kind::Bool => "",
             _ => " value",
         };
-        let env = if f.env.is_empty() {
-            String::new()
-        } else {
-            format!(" [${}]", f.env.join(", $"))
-        };
+        let env = if f.env.is_empty() { String::new() } else { format!(" [${}]", f.env.join(", $")) };
         s.push_str(&format!("   --{}{short}{val}{env}\n", f.name));
     }
     s
@@ -580,16 +514,9 @@ mod tests {
         .unwrap();
         let d = dir.path().join("config.yaml.d");
         std::fs::create_dir(&d).unwrap();
-        std::fs::write(
-            d.join("10-a.yaml"),
-            "cluster-cidr: 10.20.0.0/16\nnode-label+: [b=2]\ntls-san: [two]\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("20-b.yml"),
-            "cluster-cidr: 10.30.0.0/16\nnode-label+:\n  - c=3\n",
-        )
-        .unwrap();
+        std::fs::write(d.join("10-a.yaml"), "cluster-cidr: 10.20.0.0/16\nnode-label+: [b=2]\ntls-san: [two]\n")
+            .unwrap();
+        std::fs::write(d.join("20-b.yml"), "cluster-cidr: 10.30.0.0/16\nnode-label+:\n  - c=3\n").unwrap();
         std::fs::write(d.join("30-ignored.txt"), "cluster-cidr: 1.2.3.0/24\n").unwrap();
         let env = |n: &str| match n {
             "K3S_TOKEN" => Some("fromenv".to_string()),
@@ -599,53 +526,20 @@ mod tests {
         };
         let cfg = Config::resolve(
             Cmd::Server,
-            &args(&[
-                "--config",
-                cfgp.to_str().unwrap(),
-                "--node-taint",
-                "x=y:NoExecute",
-                "--cluster-init",
-            ]),
+            &args(&["--config", cfgp.to_str().unwrap(), "--node-taint", "x=y:NoExecute", "--cluster-init"]),
             &env,
             Path::new("/nonexistent"),
         )
         .unwrap();
-        assert_eq!(
-            cfg.str("cluster-cidr").as_deref(),
-            Some("10.30.0.0/16"),
-            "last drop-in wins"
-        );
-        assert_eq!(
-            cfg.list("node-label"),
-            vec!["a=1", "b=2", "c=3"],
-            "key+ appends"
-        );
-        assert_eq!(
-            cfg.list("tls-san"),
-            vec!["two"],
-            "plain key replaces a list"
-        );
-        assert_eq!(
-            cfg.list("node-taint"),
-            vec!["x=y:NoExecute"],
-            "cli beats files"
-        );
-        assert_eq!(
-            cfg.str("token").as_deref(),
-            Some("fromfile"),
-            "files beat env"
-        );
-        assert_eq!(
-            cfg.str("node-name").as_deref(),
-            Some("envnode"),
-            "env applies when nothing else sets it"
-        );
+        assert_eq!(cfg.str("cluster-cidr").as_deref(), Some("10.30.0.0/16"), "last drop-in wins");
+        assert_eq!(cfg.list("node-label"), vec!["a=1", "b=2", "c=3"], "key+ appends");
+        assert_eq!(cfg.list("tls-san"), vec!["two"], "plain key replaces a list");
+        assert_eq!(cfg.list("node-taint"), vec!["x=y:NoExecute"], "cli beats files");
+        assert_eq!(cfg.str("token").as_deref(), Some("fromfile"), "files beat env");
+        assert_eq!(cfg.str("node-name").as_deref(), Some("envnode"), "env applies when nothing else sets it");
         assert_eq!(cfg.str("write-kubeconfig-mode").as_deref(), Some("0644"));
         assert!(cfg.bool("cluster-init"));
-        assert_eq!(
-            cfg.warnings,
-            vec!["Unknown flag --foo-bar found in config.yaml, skipping".to_string()]
-        );
+        assert_eq!(cfg.warnings, vec!["Unknown flag --foo-bar found in config.yaml, skipping".to_string()]);
         assert_eq!(cfg.files.len(), 3);
     }
 
@@ -654,15 +548,7 @@ mod tests {
         let none = |_: &str| None;
         let cfg = Config::resolve(
             Cmd::Agent,
-            &args(&[
-                "-s",
-                "https://x:6443",
-                "--token=abc",
-                "--node-label",
-                "a=b",
-                "--node-label=c=d",
-                "--debug=false",
-            ]),
+            &args(&["-s", "https://x:6443", "--token=abc", "--node-label", "a=b", "--node-label=c=d", "--debug=false"]),
             &none,
             Path::new("/nonexistent"),
         )
@@ -671,21 +557,10 @@ mod tests {
         assert_eq!(cfg.str("token").as_deref(), Some("abc"));
         assert_eq!(cfg.list("node-label"), vec!["a=b", "c=d"]);
         assert!(!cfg.bool("debug"));
-        let err = Config::resolve(
-            Cmd::Agent,
-            &args(&["--cluster-init"]),
-            &none,
-            Path::new("/x"),
-        )
-        .unwrap_err();
+        let err = Config::resolve(Cmd::Agent, &args(&["--cluster-init"]), &none, Path::new("/x")).unwrap_err();
         assert_eq!(err, "flag provided but not defined: -cluster-init");
-        let err = Config::resolve(
-            Cmd::Server,
-            &args(&["--config", "/nonexistent/c.yaml"]),
-            &none,
-            Path::new("/x"),
-        )
-        .unwrap_err();
+        let err = Config::resolve(Cmd::Server, &args(&["--config", "/nonexistent/c.yaml"]), &none, Path::new("/x"))
+            .unwrap_err();
         assert!(err.contains("no such file"), "{err}");
     }
 
@@ -697,11 +572,7 @@ mod tests {
         for (text, want) in [("0644", "0644"), ("644", "644"), ("\"0600\"", "0600")] {
             std::fs::write(&cfgp, format!("write-kubeconfig-mode: {text}\n")).unwrap();
             let cfg = Config::resolve(Cmd::Server, &[], &none, &cfgp).unwrap();
-            assert_eq!(
-                cfg.str("write-kubeconfig-mode").as_deref(),
-                Some(want),
-                "{text}"
-            );
+            assert_eq!(cfg.str("write-kubeconfig-mode").as_deref(), Some(want), "{text}");
         }
     }
 
@@ -713,9 +584,6 @@ mod tests {
         let none = |_: &str| None;
         let cfg = Config::resolve(Cmd::Agent, &[], &none, &cfgp).unwrap();
         assert_eq!(cfg.list("node-ip"), vec!["10.1.1.1"]);
-        assert_eq!(
-            cfg.warnings,
-            vec!["Unknown flag --cluster-cidr found in config.yaml, skipping".to_string()]
-        );
+        assert_eq!(cfg.warnings, vec!["Unknown flag --cluster-cidr found in config.yaml, skipping".to_string()]);
     }
 }

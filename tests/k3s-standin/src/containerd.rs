@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 /// /run/k3s, or $K3S_STANDIN_RUN_DIR (test knob, so tests need not touch /run/k3s).
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("K3S_STANDIN_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/k3s"))
+    std::env::var_os("K3S_STANDIN_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/k3s"))
 }
 
 pub fn socket_path() -> PathBuf {
@@ -127,11 +125,7 @@ pub async fn start(data_dir: &Path, runtime_endpoint: Option<&str>) {
     let _ = std::fs::remove_file(&sock);
     let log_path = root.join("containerd.log");
     info!("Logging containerd to {}", log_path.display());
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-    {
+    let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
         Ok(f) => f,
         Err(e) => {
             error!("failed to open {}: {e}", log_path.display());
@@ -147,18 +141,8 @@ pub async fn start(data_dir: &Path, runtime_endpoint: Option<&str>) {
         root.display()
     );
     let mut cmd = tokio::process::Command::new(&bin);
-    cmd.arg("-c")
-        .arg(&cfg_path)
-        .arg("-a")
-        .arg(&sock)
-        .arg("--state")
-        .arg(&state)
-        .arg("--root")
-        .arg(&root);
-    cmd.env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .kill_on_drop(true);
+    cmd.arg("-c").arg(&cfg_path).arg("-a").arg(&sock).arg("--state").arg(&state).arg("--root").arg(&root);
+    cmd.env_remove("NOTIFY_SOCKET").stdin(Stdio::null()).stdout(log).kill_on_drop(true);
     if let Some(l) = log2 {
         cmd.stderr(l);
     }
@@ -197,10 +181,7 @@ pub async fn stop() {
         return;
     };
     if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
     }
     match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
         Ok(_) => {}
@@ -244,26 +225,16 @@ pub fn import_dir(dir: &Path, sock: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
+    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
     files.sort();
     let Some(ctr) = find_external("ctr") else {
         if !files.is_empty() {
-            warn!(
-                "ctr not found on PATH: cannot import images from {}",
-                dir.display()
-            );
+            warn!("ctr not found on PATH: cannot import images from {}", dir.display());
         }
         return;
     };
     for f in files {
-        let name = f
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         let Some(fmt) = format_of(&name) else {
             continue;
         };
@@ -274,11 +245,7 @@ pub fn import_dir(dir: &Path, sock: &Path) {
         info!("Importing images from {}", f.display());
         let start = Instant::now();
         match import_file(&ctr, sock, &f, fmt) {
-            Ok(()) => info!(
-                "Imported images from {} in {:?}",
-                f.display(),
-                start.elapsed()
-            ),
+            Ok(()) => info!("Imported images from {} in {:?}", f.display(), start.elapsed()),
             Err(e) => error!("Unable to import {}: {e}", f.display()),
         }
     }
@@ -289,9 +256,7 @@ fn decoder(file: std::fs::File, fmt: Format) -> Result<Box<dyn Read + Send>, Str
     Ok(match fmt {
         Format::Tar => Box::new(r),
         Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Format::Zstd => {
-            Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("zstd: {e}"))?)
-        }
+        Format::Zstd => Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("zstd: {e}"))?),
         Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),
         Format::Bzip2 => {
             let bz = find_external("bzip2").ok_or("bzip2 not found on PATH")?;
@@ -332,10 +297,7 @@ fn import_file(ctr: &Path, sock: &Path, path: &Path, fmt: Format) -> Result<(), 
         }
     }
     if !out.status.success() {
-        return Err(format!(
-            "ctr images import: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("ctr images import: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         crate::debug!("ctr: {line}");

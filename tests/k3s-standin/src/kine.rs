@@ -45,18 +45,12 @@ impl Kine {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        anyhow::ensure!(
-            mode.eq_ignore_ascii_case("wal"),
-            "could not switch {} to WAL (got {mode})",
-            path.display()
-        );
+        anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "could not switch {} to WAL (got {mode})", path.display());
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         for s in SCHEMA {
             conn.execute(s, [])?;
         }
-        Ok(Kine {
-            conn: Mutex::new(conn),
-        })
+        Ok(Kine { conn: Mutex::new(conn) })
     }
 
     /// (id, deleted, create_revision, value) of the newest row of `key`.
@@ -73,12 +67,9 @@ impl Kine {
     pub fn get(&self, key: &str) -> Result<Option<Row>> {
         let conn = self.conn.lock().unwrap();
         Ok(match Self::latest(&conn, key)? {
-            Some((id, 0, cr, value)) => Some(Row {
-                id,
-                name: key.to_string(),
-                create_revision: if cr == 0 { id } else { cr },
-                value,
-            }),
+            Some((id, 0, cr, value)) => {
+                Some(Row { id, name: key.to_string(), create_revision: if cr == 0 { id } else { cr }, value })
+            }
             _ => None,
         })
     }

@@ -18,47 +18,25 @@ struct Kubeconfig {
 
 fn load_kubeconfig(path: &str) -> Result<Kubeconfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("open {path}"))?;
-    let doc: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).with_context(|| format!("parse {path}"))?;
-    let current = doc["current-context"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parse {path}"))?;
+    let current = doc["current-context"].as_str().unwrap_or("default").to_string();
     let find = |list: &str, name: &str| -> Option<serde_yaml_ng::Value> {
-        doc[list]
-            .as_sequence()?
-            .iter()
-            .find(|e| e["name"].as_str() == Some(name))
-            .cloned()
+        doc[list].as_sequence()?.iter().find(|e| e["name"].as_str() == Some(name)).cloned()
     };
-    let ctx = find("contexts", &current)
-        .ok_or_else(|| anyhow!("context {current:?} not found in {path}"))?;
-    let cluster_name = ctx["context"]["cluster"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let user_name = ctx["context"]["user"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let cluster = find("clusters", &cluster_name)
-        .ok_or_else(|| anyhow!("cluster {cluster_name:?} not found"))?;
+    let ctx = find("contexts", &current).ok_or_else(|| anyhow!("context {current:?} not found in {path}"))?;
+    let cluster_name = ctx["context"]["cluster"].as_str().unwrap_or("default").to_string();
+    let user_name = ctx["context"]["user"].as_str().unwrap_or("default").to_string();
+    let cluster = find("clusters", &cluster_name).ok_or_else(|| anyhow!("cluster {cluster_name:?} not found"))?;
     let user = find("users", &user_name).unwrap_or(serde_yaml_ng::Value::Null);
     let b64 = |v: &serde_yaml_ng::Value| -> Option<Vec<u8>> {
-        base64::engine::general_purpose::STANDARD
-            .decode(v.as_str()?.trim())
-            .ok()
+        base64::engine::general_purpose::STANDARD.decode(v.as_str()?.trim()).ok()
     };
     let file_or_data = |v: &serde_yaml_ng::Value, data: &str, file: &str| -> Option<Vec<u8>> {
         b64(&v[data]).or_else(|| std::fs::read(v[file].as_str()?).ok())
     };
     let c = &cluster["cluster"];
-    let server = c["server"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no server in {path}"))?
-        .to_string();
-    let ca =
-        file_or_data(c, "certificate-authority-data", "certificate-authority").unwrap_or_default();
+    let server = c["server"].as_str().ok_or_else(|| anyhow!("no server in {path}"))?.to_string();
+    let ca = file_or_data(c, "certificate-authority-data", "certificate-authority").unwrap_or_default();
     let u = &user["user"];
     let identity = match (
         file_or_data(u, "client-certificate-data", "client-certificate"),
@@ -76,13 +54,7 @@ fn load_kubeconfig(path: &str) -> Result<Kubeconfig> {
         (Some(a), Some(b)) => Some((a.to_string(), b.to_string())),
         _ => None,
     };
-    Ok(Kubeconfig {
-        server: server.trim_end_matches('/').to_string(),
-        ca,
-        identity,
-        token,
-        basic,
-    })
+    Ok(Kubeconfig { server: server.trim_end_matches('/').to_string(), ca, identity, token, basic })
 }
 
 struct Opts {
@@ -93,21 +65,13 @@ struct Opts {
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts> {
-    let mut o = Opts {
-        kubeconfig: None,
-        output: None,
-        raw: None,
-        rest: vec![],
-    };
+    let mut o = Opts { kubeconfig: None, output: None, raw: None, rest: vec![] };
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
         i += 1;
         let mut take = |name: &str| -> Result<String> {
-            let v = args
-                .get(i)
-                .cloned()
-                .ok_or_else(|| anyhow!("flag needs an argument: {name}"))?;
+            let v = args.get(i).cloned().ok_or_else(|| anyhow!("flag needs an argument: {name}"))?;
             i += 1;
             Ok(v)
         };
@@ -121,9 +85,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 }
                 o.rest.push(a.clone());
             }
-            s if s.starts_with("--kubeconfig=") => {
-                o.kubeconfig = Some(s["--kubeconfig=".len()..].into())
-            }
+            s if s.starts_with("--kubeconfig=") => o.kubeconfig = Some(s["--kubeconfig=".len()..].into()),
             s if s.starts_with("--output=") => o.output = Some(s["--output=".len()..].into()),
             s if s.starts_with("-o=") => o.output = Some(s[3..].into()),
             s if s.starts_with("-o") && s.len() > 2 => o.output = Some(s[2..].into()),
@@ -165,10 +127,7 @@ async fn call(kc: &Kubeconfig, method: reqwest::Method, path: &str) -> Result<(u
 fn server_error(st: u16, body: &[u8]) -> anyhow::Error {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let reason = v["reason"].as_str().unwrap_or("InternalError");
-    let msg = v["message"]
-        .as_str()
-        .map(String::from)
-        .unwrap_or_else(|| String::from_utf8_lossy(body).to_string());
+    let msg = v["message"].as_str().map(String::from).unwrap_or_else(|| String::from_utf8_lossy(body).to_string());
     let _ = st;
     anyhow!("Error from server ({reason}): {msg}")
 }
@@ -206,11 +165,7 @@ fn status(n: &Value) -> String {
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
         .map(|c| c["status"] == "True")
         .unwrap_or(false);
-    let mut s = if ready {
-        "Ready".to_string()
-    } else {
-        "NotReady".to_string()
-    };
+    let mut s = if ready { "Ready".to_string() } else { "NotReady".to_string() };
     if n["spec"]["unschedulable"].as_bool() == Some(true) {
         s.push_str(",SchedulingDisabled");
     }
@@ -229,14 +184,8 @@ fn address(n: &Value, kind: &str) -> String {
 /// kubectl's table: columns padded to the widest cell + 3 spaces.
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map(|s| s.len()).unwrap_or(0))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map(|s| s.len()).unwrap_or(0)).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
@@ -333,9 +282,7 @@ async fn run_inner(args: &[String]) -> Result<()> {
         .kubeconfig
         .clone()
         .or_else(|| {
-            std::env::var("KUBECONFIG")
-                .ok()
-                .and_then(|k| k.split(':').find(|s| !s.is_empty()).map(String::from))
+            std::env::var("KUBECONFIG").ok().and_then(|k| k.split(':').find(|s| !s.is_empty()).map(String::from))
         })
         .unwrap_or_else(|| DEFAULT_KUBECONFIG.to_string());
     let kc = load_kubeconfig(&path)?;

@@ -44,11 +44,7 @@ GLOBAL OPTIONS:
 ";
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 /// `k3s ctr ...`: the host's ctr with k3s's socket and namespace as defaults (explicit
@@ -108,13 +104,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args
         .first()
-        .map(|a| {
-            Path::new(a)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("k3s")
-                .to_string()
-        })
+        .map(|a| Path::new(a).file_name().and_then(|n| n.to_str()).unwrap_or("k3s").to_string())
         .unwrap_or_default();
     let rest = if args.is_empty() { &[][..] } else { &args[1..] };
     let code = match argv0.as_str() {
@@ -160,8 +150,9 @@ fn dispatch(args: &[String]) -> i32 {
         "kubectl" => runtime().block_on(kubectl::run(rest)),
         "ctr" => ctr(rest),
         "crictl" => unsupported("crictl"),
-        other @ ("check-config" | "token" | "etcd-snapshot" | "secrets-encrypt" | "certificate"
-        | "completion") => unsupported(other),
+        other @ ("check-config" | "token" | "etcd-snapshot" | "secrets-encrypt" | "certificate" | "completion") => {
+            unsupported(other)
+        }
         other => {
             eprintln!("No help topic for '{other}'");
             3

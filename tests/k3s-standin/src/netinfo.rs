@@ -36,16 +36,12 @@ pub fn primary_ipv4() -> String {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return "127.0.0.1".into();
     };
-    let v4: Vec<(String, std::net::Ipv4Addr)> = addrs
-        .filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip())))
-        .collect();
+    let v4: Vec<(String, std::net::Ipv4Addr)> =
+        addrs.filter_map(|a| Some((a.interface_name.clone(), a.address?.as_sockaddr_in()?.ip()))).collect();
     if let Some(iface) = default_route_iface() {
         if let Some((_, ip)) = v4.iter().find(|(n, _)| *n == iface) {
             return ip.to_string();
         }
     }
-    v4.iter()
-        .find(|(_, ip)| !ip.is_loopback())
-        .map(|(_, ip)| ip.to_string())
-        .unwrap_or_else(|| "127.0.0.1".into())
+    v4.iter().find(|(_, ip)| !ip.is_loopback()).map(|(_, ip)| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into())
 }

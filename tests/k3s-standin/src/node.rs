@@ -22,13 +22,9 @@ pub struct Taint {
 
 /// Parses `key=value:Effect` or `key:Effect`.
 pub fn parse_taint(s: &str) -> Result<Taint, String> {
-    let (kv, effect) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("invalid taint {s:?}: missing effect"))?;
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(|| format!("invalid taint {s:?}: missing effect"))?;
     if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-        return Err(format!(
-            "invalid taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
-        ));
+        return Err(format!("invalid taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"));
     }
     let (key, value) = match kv.split_once('=') {
         Some((k, v)) => (k.to_string(), Some(v.to_string())),
@@ -37,11 +33,7 @@ pub fn parse_taint(s: &str) -> Result<Taint, String> {
     if key.is_empty() {
         return Err(format!("invalid taint {s:?}: empty key"));
     }
-    Ok(Taint {
-        key,
-        value,
-        effect: effect.to_string(),
-    })
+    Ok(Taint { key, value, effect: effect.to_string() })
 }
 
 /// What a node (agent or server) tells the server when it registers.
@@ -63,9 +55,7 @@ pub struct Registration {
 }
 
 fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 pub fn hostname() -> String {
@@ -129,10 +119,7 @@ impl Registration {
             }
             labels.insert(k.to_string(), v.to_string());
         }
-        let taints = taints
-            .iter()
-            .map(|t| parse_taint(t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let taints = taints.iter().map(|t| parse_taint(t)).collect::<Result<Vec<_>, _>>()?;
         Ok(Registration {
             name: name.to_string(),
             labels,
@@ -145,9 +132,7 @@ impl Registration {
             kernel_version: read_trim("/proc/sys/kernel/osrelease"),
             machine_id: read_trim("/etc/machine-id"),
             boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             memory_kib: memory_kib(),
         })
     }
@@ -156,14 +141,7 @@ impl Registration {
 fn random_uid() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// `10.42.0.0/16` + index -> `10.42.<index>.0/24`
@@ -181,32 +159,17 @@ fn pod_cidr(cluster_cidr: &str, index: u32) -> Option<String> {
 /// Creates or updates the Node object for a registration, and renews its lease.
 pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<Value> {
     let key = format!("{NODE_PREFIX}{}", reg.name);
-    let existing: Option<Value> = kine
-        .get(&key)?
-        .and_then(|r| serde_json::from_slice(&r.value).ok());
+    let existing: Option<Value> = kine.get(&key)?.and_then(|r| serde_json::from_slice(&r.value).ok());
     let now = timefmt::rfc3339(timefmt::now_secs());
     let (uid, created, mut labels, pod_cidr_v, conditions) = match &existing {
         Some(n) => (
-            n["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            n["metadata"]["creationTimestamp"]
-                .as_str()
-                .unwrap_or(&now)
-                .to_string(),
-            serde_json::from_value::<BTreeMap<String, String>>(n["metadata"]["labels"].clone())
-                .unwrap_or_default(),
+            n["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+            n["metadata"]["creationTimestamp"].as_str().unwrap_or(&now).to_string(),
+            serde_json::from_value::<BTreeMap<String, String>>(n["metadata"]["labels"].clone()).unwrap_or_default(),
             n["spec"]["podCIDR"].as_str().map(String::from),
             n["status"]["conditions"].clone(),
         ),
-        None => (
-            random_uid(),
-            now.clone(),
-            BTreeMap::new(),
-            None,
-            Value::Null,
-        ),
+        None => (random_uid(), now.clone(), BTreeMap::new(), None, Value::Null),
     };
     labels.extend(reg.labels.clone());
     let pod_cidr_v = pod_cidr_v.or_else(|| {
@@ -217,9 +180,7 @@ pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<V
             .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
             .filter_map(|n| n["spec"]["podCIDR"].as_str().map(String::from))
             .collect();
-        (0..256)
-            .filter_map(|i| pod_cidr(cluster_cidr, i))
-            .find(|c| !used.contains(c))
+        (0..256).filter_map(|i| pod_cidr(cluster_cidr, i)).find(|c| !used.contains(c))
     });
     let mut addresses = Vec::new();
     for ip in &reg.internal_ips {
@@ -294,10 +255,7 @@ pub fn renew_lease(kine: &Kine, name: &str) -> Result<bool> {
             "renewTime": timefmt::rfc3339_micros(timefmt::now_micros()),
         },
     });
-    kine.put(
-        &format!("{LEASE_PREFIX}{name}"),
-        &serde_json::to_vec(&lease)?,
-    )?;
+    kine.put(&format!("{LEASE_PREFIX}{name}"), &serde_json::to_vec(&lease)?)?;
     Ok(true)
 }
 
@@ -313,30 +271,16 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
         .ok()
         .flatten()
         .and_then(|l| serde_json::from_slice::<Value>(&l.value).ok())
-        .and_then(|l| {
-            l["spec"]["renewTime"]
-                .as_str()
-                .and_then(timefmt::parse_rfc3339)
-        });
-    let mut conditions: Vec<Value> = node["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+        .and_then(|l| l["spec"]["renewTime"].as_str().and_then(timefmt::parse_rfc3339));
+    let mut conditions: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
     // A mirrored node (HA) carries the Ready condition computed by the server that owns it.
     let heartbeat = lease_time.or_else(|| {
         conditions
             .iter()
             .find(|c| c["type"] == "Ready")
-            .and_then(|c| {
-                c["lastHeartbeatTime"]
-                    .as_str()
-                    .and_then(timefmt::parse_rfc3339)
-            })
+            .and_then(|c| c["lastHeartbeatTime"].as_str().and_then(timefmt::parse_rfc3339))
     });
-    let created = node["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(timefmt::parse_rfc3339)
-        .unwrap_or(now);
+    let created = node["metadata"]["creationTimestamp"].as_str().and_then(timefmt::parse_rfc3339).unwrap_or(now);
     let ready = heartbeat.map(|h| now - h <= grace).unwrap_or(false);
     let hb = timefmt::rfc3339(heartbeat.unwrap_or(created));
     let ready_cond = if ready {
@@ -351,21 +295,9 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
     };
     conditions.retain(|c| c["type"] != "Ready");
     for (t, reason, msg) in [
-        (
-            "MemoryPressure",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-        ),
-        (
-            "DiskPressure",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
-        ),
-        (
-            "PIDPressure",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
+        ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
     ] {
         if !conditions.iter().any(|c| c["type"] == t) {
             conditions.push(json!({"type": t, "status": if ready { "False" } else { "Unknown" }, "reason": reason,
@@ -375,17 +307,10 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
     conditions.push(ready_cond);
     node["status"]["conditions"] = json!(conditions);
     if !ready {
-        let mut taints = node["spec"]["taints"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let mut taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
         for effect in ["NoSchedule", "NoExecute"] {
-            let t =
-                json!({"key": "node.kubernetes.io/unreachable", "effect": effect, "timeAdded": hb});
-            if !taints
-                .iter()
-                .any(|x| x["key"] == t["key"] && x["effect"] == t["effect"])
-            {
+            let t = json!({"key": "node.kubernetes.io/unreachable", "effect": effect, "timeAdded": hb});
+            if !taints.iter().any(|x| x["key"] == t["key"] && x["effect"] == t["effect"]) {
                 taints.push(t);
             }
         }
@@ -395,11 +320,7 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
 }
 
 pub fn list_view(kine: &Kine, grace: i64) -> Result<Value> {
-    let items: Vec<Value> = kine
-        .list(NODE_PREFIX)?
-        .iter()
-        .filter_map(|r| view(kine, r, grace))
-        .collect();
+    let items: Vec<Value> = kine.list(NODE_PREFIX)?.iter().filter_map(|r| view(kine, r, grace)).collect();
     let rev = kine.row_count().unwrap_or(0);
     Ok(
         json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
@@ -407,9 +328,7 @@ pub fn list_view(kine: &Kine, grace: i64) -> Result<Value> {
 }
 
 pub fn get_view(kine: &Kine, name: &str, grace: i64) -> Result<Option<Value>> {
-    Ok(kine
-        .get(&format!("{NODE_PREFIX}{name}"))?
-        .and_then(|r| view(kine, &r, grace)))
+    Ok(kine.get(&format!("{NODE_PREFIX}{name}"))?.and_then(|r| view(kine, &r, grace)))
 }
 
 pub fn delete(kine: &Kine, name: &str) -> Result<bool> {
@@ -425,10 +344,7 @@ pub fn patch_status(kine: &Kine, name: &str, patch: &Value) -> Result<bool> {
         return Ok(false);
     };
     let mut node: Value = serde_json::from_slice(&row.value)?;
-    let mut conds: Vec<Value> = node["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let mut conds: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
     if let Some(new) = patch["status"]["conditions"].as_array() {
         for c in new {
             if c["type"] == "Ready" {
@@ -471,11 +387,7 @@ mod tests {
     fn taints() {
         assert_eq!(
             parse_taint("a=b:NoSchedule").unwrap(),
-            Taint {
-                key: "a".into(),
-                value: Some("b".into()),
-                effect: "NoSchedule".into()
-            }
+            Taint { key: "a".into(), value: Some("b".into()), effect: "NoSchedule".into() }
         );
         assert_eq!(parse_taint("a:NoExecute").unwrap().value, None);
         assert!(parse_taint("a=b").is_err());
@@ -487,10 +399,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = Kine::open(&dir.path().join("s.db")).unwrap();
         let mut labels = BTreeMap::new();
-        labels.insert(
-            "node-role.kubernetes.io/control-plane".to_string(),
-            "true".to_string(),
-        );
+        labels.insert("node-role.kubernetes.io/control-plane".to_string(), "true".to_string());
         let reg = Registration::local(
             "n1",
             labels,
@@ -502,40 +411,21 @@ mod tests {
         .unwrap();
         register(&k, &reg, "10.42.0.0/16").unwrap();
         let v = get_view(&k, "n1", 40).unwrap().unwrap();
-        let ready = v["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap()
-            .clone();
+        let ready =
+            v["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
         assert_eq!(ready["status"], "True");
         assert_eq!(v["metadata"]["labels"]["x"], "y");
         assert_eq!(v["spec"]["podCIDR"], "10.42.0.0/24");
         assert_eq!(v["spec"]["taints"][0]["key"], "t");
         let v = get_view(&k, "n1", -1).unwrap().unwrap();
-        let ready = v["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap()
-            .clone();
+        let ready =
+            v["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
         assert_eq!(ready["status"], "Unknown");
         let reg2 = Registration::local("n2", BTreeMap::new(), &[], &[], vec![], vec![]).unwrap();
         register(&k, &reg2, "10.42.0.0/16").unwrap();
-        assert_eq!(
-            get_view(&k, "n2", 40).unwrap().unwrap()["spec"]["podCIDR"],
-            "10.42.1.0/24"
-        );
+        assert_eq!(get_view(&k, "n2", 40).unwrap().unwrap()["spec"]["podCIDR"], "10.42.1.0/24");
         assert!(delete(&k, "n2").unwrap());
         assert!(!renew_lease(&k, "n2").unwrap());
-        assert_eq!(
-            list_view(&k, 40).unwrap()["items"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(list_view(&k, 40).unwrap()["items"].as_array().unwrap().len(), 1);
     }
 }

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use std::path::Path;
 use time::{Duration, OffsetDateTime};
@@ -26,12 +26,7 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     }
     let tmp = path.with_extension("tmp-standin");
     {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -44,25 +39,16 @@ impl Ca {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(
-            DnType::CommonName,
-            format!("{cn_prefix}@{}", crate::timefmt::now_secs()),
-        );
+        dn.push(DnType::CommonName, format!("{cn_prefix}@{}", crate::timefmt::now_secs()));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(3650);
         let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(Ca { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// `<dir>/<name>.crt` + `.key`; created when absent.
@@ -79,10 +65,7 @@ impl Ca {
         let crt = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         if crt.exists() && key.exists() {
-            return Ok(Some(Ca {
-                cert_pem: std::fs::read_to_string(&crt)?,
-                key_pem: std::fs::read_to_string(&key)?,
-            }));
+            return Ok(Some(Ca { cert_pem: std::fs::read_to_string(&crt)?, key_pem: std::fs::read_to_string(&key)? }));
         }
         Ok(None)
     }
@@ -107,15 +90,9 @@ impl Ca {
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(365);
         params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// Serving certificate: SANs are DNS names or IP addresses.
@@ -166,26 +143,21 @@ impl Ca {
             Some(d) => d,
             None => return false,
         };
-        let (Ok((_, ca)), Ok((_, cert))) = (
-            x509_parser::parse_x509_certificate(&subject),
-            x509_parser::parse_x509_certificate(&leaf),
-        ) else {
+        let (Ok((_, ca)), Ok((_, cert))) =
+            (x509_parser::parse_x509_certificate(&subject), x509_parser::parse_x509_certificate(&leaf))
+        else {
             return false;
         };
         if cert.validity().not_after.timestamp() < crate::timefmt::now_secs() + 86_400 {
             return false;
         }
-        ca.subject().as_raw() == cert.issuer().as_raw()
-            && cert.verify_signature(Some(ca.public_key())).is_ok()
+        ca.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(Some(ca.public_key())).is_ok()
     }
 }
 
 pub fn first_der(pem_text: &str) -> Option<Vec<u8>> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
-    CertificateDer::pem_slice_iter(pem_text.as_bytes())
-        .next()?
-        .ok()
-        .map(|c| c.to_vec())
+    CertificateDer::pem_slice_iter(pem_text.as_bytes()).next()?.ok().map(|c| c.to_vec())
 }
 
 pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -219,18 +191,11 @@ mod tests {
         let ca = Ca::load_or_create(dir.path(), "client-ca", "k3s-client-ca").unwrap();
         let again = Ca::load_or_create(dir.path(), "client-ca", "k3s-client-ca").unwrap();
         assert_eq!(ca.cert_pem, again.cert_pem);
-        let leaf = again
-            .sign_client("system:admin", Some("system:masters"))
-            .unwrap();
+        let leaf = again.sign_client("system:admin", Some("system:masters")).unwrap();
         assert!(ca.issued(&leaf.cert_pem));
         let other = Ca::generate("other").unwrap();
         assert!(!other.issued(&leaf.cert_pem));
-        let srv = ca
-            .sign_server(
-                "k3s",
-                &["127.0.0.1".into(), "localhost".into(), "localhost".into()],
-            )
-            .unwrap();
+        let srv = ca.sign_server("k3s", &["127.0.0.1".into(), "localhost".into(), "localhost".into()]).unwrap();
         assert!(ca.issued(&srv.cert_pem));
     }
 }

@@ -20,19 +20,13 @@ pub const MISMATCH: &str = "critical configuration value mismatch between server
 
 /// Seconds between heartbeats ($K3S_STANDIN_HEARTBEAT_INTERVAL, default 5).
 pub fn heartbeat_interval() -> Duration {
-    let secs = std::env::var("K3S_STANDIN_HEARTBEAT_INTERVAL")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(5.0);
+    let secs = std::env::var("K3S_STANDIN_HEARTBEAT_INTERVAL").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(5.0);
     Duration::from_secs_f64(secs.clamp(0.1, 3600.0))
 }
 
 /// Seconds without heartbeat before a node is no longer Ready ($K3S_STANDIN_NODE_GRACE, default 40).
 fn node_grace() -> i64 {
-    std::env::var("K3S_STANDIN_NODE_GRACE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40)
+    std::env::var("K3S_STANDIN_NODE_GRACE").ok().and_then(|v| v.parse().ok()).unwrap_or(40)
 }
 
 pub async fn run(cfg: Config) -> i32 {
@@ -59,36 +53,13 @@ pub async fn supervise(fut: impl std::future::Future<Output = Result<()>>) -> i3
 
 fn critical_config(cfg: &Config, agent_token: Option<&Token>) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    m.insert(
-        "cluster-cidr".into(),
-        cfg.str_or("cluster-cidr", "10.42.0.0/16"),
-    );
-    m.insert(
-        "service-cidr".into(),
-        cfg.str_or("service-cidr", "10.43.0.0/16"),
-    );
-    m.insert(
-        "cluster-dns".into(),
-        cfg.str_or("cluster-dns", "10.43.0.10"),
-    );
-    m.insert(
-        "cluster-domain".into(),
-        cfg.str_or("cluster-domain", "cluster.local"),
-    );
-    m.insert(
-        "flannel-backend".into(),
-        cfg.str_or("flannel-backend", "vxlan"),
-    );
-    m.insert(
-        "agent-token".into(),
-        agent_token
-            .map(|t| token::sha256_hex(t.password.as_bytes()))
-            .unwrap_or_default(),
-    );
-    m.insert(
-        "secrets-encryption".into(),
-        cfg.bool("secrets-encryption").to_string(),
-    );
+    m.insert("cluster-cidr".into(), cfg.str_or("cluster-cidr", "10.42.0.0/16"));
+    m.insert("service-cidr".into(), cfg.str_or("service-cidr", "10.43.0.0/16"));
+    m.insert("cluster-dns".into(), cfg.str_or("cluster-dns", "10.43.0.10"));
+    m.insert("cluster-domain".into(), cfg.str_or("cluster-domain", "cluster.local"));
+    m.insert("flannel-backend".into(), cfg.str_or("flannel-backend", "vxlan"));
+    m.insert("agent-token".into(), agent_token.map(|t| token::sha256_hex(t.password.as_bytes())).unwrap_or_default());
+    m.insert("secrets-encryption".into(), cfg.bool("secrets-encryption").to_string());
     m
 }
 
@@ -98,8 +69,7 @@ fn existing_password(server_dir: &Path) -> Option<String> {
 }
 
 fn parse_token_opt(t: Option<String>) -> Result<Option<Token>> {
-    t.map(|t| token::parse(&t).map_err(|e| anyhow!(e)))
-        .transpose()
+    t.map(|t| token::parse(&t).map_err(|e| anyhow!(e))).transpose()
 }
 
 struct Cluster {
@@ -139,30 +109,22 @@ fn init_cluster(
             .find(|r| r.name == key)
             .and_then(|r| token::open(&r.value, &password))
             .ok_or_else(|| anyhow!("starting kubernetes: preparing server: bootstrap data already found and encrypted with different token"))?;
-        for (name, crt, k) in [
-            ("server-ca", &b.server_ca_crt, &b.server_ca_key),
-            ("client-ca", &b.client_ca_crt, &b.client_ca_key),
-        ] {
+        for (name, crt, k) in
+            [("server-ca", &b.server_ca_crt, &b.server_ca_key), ("client-ca", &b.client_ca_crt, &b.client_ca_key)]
+        {
             if Ca::load(tls, name)?.is_none() {
                 info!("Reconciling bootstrap data: writing {name} from the datastore");
-                Ca {
-                    cert_pem: crt.clone(),
-                    key_pem: k.clone(),
-                }
-                .save(tls, name)?;
+                Ca { cert_pem: crt.clone(), key_pem: k.clone() }.save(tls, name)?;
             }
         }
     }
     let server_ca = Ca::load(tls, "server-ca")?.context("server CA")?;
     let client_ca = Ca::load(tls, "client-ca")?.context("client CA")?;
     if let Some(t) = configured {
-        token::check_hash(t, server_ca.cert_pem.as_bytes())
-            .map_err(|e| anyhow!("failed to validate token: {e}"))?;
+        token::check_hash(t, server_ca.cert_pem.as_bytes()).map_err(|e| anyhow!("failed to validate token: {e}"))?;
     }
     Ok(Cluster {
-        agent_password: agent_tok
-            .map(|t| t.password.clone())
-            .unwrap_or_else(|| password.clone()),
+        agent_password: agent_tok.map(|t| t.password.clone()).unwrap_or_else(|| password.clone()),
         password,
         bootstrap: Bootstrap {
             server_ca_crt: server_ca.cert_pem,
@@ -186,8 +148,7 @@ async fn join_cluster(
         bail!("only https:// URLs are supported, invalid scheme: {url}");
     }
     let url = url.trim_end_matches('/').to_string();
-    let t = configured
-        .ok_or_else(|| anyhow!("--token is required when joining a cluster (--server)"))?;
+    let t = configured.ok_or_else(|| anyhow!("--token is required when joining a cluster (--server)"))?;
     let cacerts = loop {
         match clients::fetch_cacerts(&url).await {
             Ok(b) => break b,
@@ -205,12 +166,7 @@ async fn join_cluster(
     let client = clients::trusting(&cacerts, None)?;
     let bs_url = format!("{url}/v1-k3s/server-bootstrap");
     let resp: Value = loop {
-        match client
-            .get(&bs_url)
-            .basic_auth("server", Some(&t.password))
-            .send()
-            .await
-        {
+        match client.get(&bs_url).basic_auth("server", Some(&t.password)).send().await {
             Ok(r) if r.status().is_success() => break r.json().await.context("bootstrap data")?,
             Ok(r) if r.status().as_u16() == 401 => {
                 bail!("starting kubernetes: preparing server: failed to bootstrap cluster data: {bs_url}: 401 Unauthorized")
@@ -218,19 +174,18 @@ async fn join_cluster(
             Ok(r) => {
                 let st = r.status();
                 let body: Value = r.json().await.unwrap_or(Value::Null);
-                bail!("starting kubernetes: preparing server: failed to bootstrap cluster data: {bs_url}: {st}: {}", body["message"].as_str().unwrap_or(""))
+                bail!(
+                    "starting kubernetes: preparing server: failed to bootstrap cluster data: {bs_url}: {st}: {}",
+                    body["message"].as_str().unwrap_or("")
+                )
             }
             Err(e) => {
-                error!(
-                    "failed to get bootstrap data from {bs_url}: {}",
-                    clients::chain(&e)
-                );
+                error!("failed to get bootstrap data from {bs_url}: {}", clients::chain(&e));
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
     };
-    let theirs: BTreeMap<String, String> =
-        serde_json::from_value(resp["critical"].clone()).unwrap_or_default();
+    let theirs: BTreeMap<String, String> = serde_json::from_value(resp["critical"].clone()).unwrap_or_default();
     let mut mismatch = false;
     for (k, v) in critical {
         if theirs.get(k) != Some(v) {
@@ -241,39 +196,22 @@ async fn join_cluster(
     if mismatch {
         bail!("starting kubernetes: preparing server: failed to bootstrap cluster data: failed to validate server configuration: {MISMATCH}");
     }
-    let b: Bootstrap =
-        serde_json::from_value(resp["bootstrap"].clone()).context("bootstrap data")?;
-    for (name, crt, k) in [
-        ("server-ca", &b.server_ca_crt, &b.server_ca_key),
-        ("client-ca", &b.client_ca_crt, &b.client_ca_key),
-    ] {
+    let b: Bootstrap = serde_json::from_value(resp["bootstrap"].clone()).context("bootstrap data")?;
+    for (name, crt, k) in
+        [("server-ca", &b.server_ca_crt, &b.server_ca_key), ("client-ca", &b.client_ca_crt, &b.client_ca_key)]
+    {
         let current = Ca::load(tls, name)?;
-        if current
-            .as_ref()
-            .map(|c| c.cert_pem != *crt || c.key_pem != *k)
-            .unwrap_or(true)
-        {
-            Ca {
-                cert_pem: crt.clone(),
-                key_pem: k.clone(),
-            }
-            .save(tls, name)?;
+        if current.as_ref().map(|c| c.cert_pem != *crt || c.key_pem != *k).unwrap_or(true) {
+            Ca { cert_pem: crt.clone(), key_pem: k.clone() }.save(tls, name)?;
         }
     }
     let key = token::bootstrap_key(&t.password);
     kine.put(&key, &token::seal(&b, &t.password))?;
     Ok(Cluster {
         password: t.password.clone(),
-        agent_password: resp["agentPassword"]
-            .as_str()
-            .unwrap_or(&t.password)
-            .to_string(),
+        agent_password: resp["agentPassword"].as_str().unwrap_or(&t.password).to_string(),
         bootstrap: b,
-        upstream: Some(Upstream {
-            url,
-            client,
-            password: t.password.clone(),
-        }),
+        upstream: Some(Upstream { url, client, password: t.password.clone() }),
     })
 }
 
@@ -282,15 +220,12 @@ fn symlink_to(target: &Path, link: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(target, link)
-        .with_context(|| format!("symlink {}", link.display()))?;
+    std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {}", link.display()))?;
     Ok(())
 }
 
 fn write_if_changed(path: &Path, data: &str) -> Result<()> {
-    let is_file = std::fs::symlink_metadata(path)
-        .map(|m| m.file_type().is_file())
-        .unwrap_or(false);
+    let is_file = std::fs::symlink_metadata(path).map(|m| m.file_type().is_file()).unwrap_or(false);
     if is_file && std::fs::read_to_string(path).ok().as_deref() == Some(data) {
         return pki::set_mode(path, 0o600);
     }
@@ -298,24 +233,13 @@ fn write_if_changed(path: &Path, data: &str) -> Result<()> {
     pki::write_private(path, data.as_bytes())
 }
 
-fn write_tokens(
-    server_dir: &Path,
-    cacerts: &[u8],
-    c: &Cluster,
-    agent_tok: Option<&Token>,
-) -> Result<()> {
+fn write_tokens(server_dir: &Path, cacerts: &[u8], c: &Cluster, agent_tok: Option<&Token>) -> Result<()> {
     let tok_path = server_dir.join("token");
-    write_if_changed(
-        &tok_path,
-        &format!("{}\n", token::format(cacerts, "server", &c.password)),
-    )?;
+    write_if_changed(&tok_path, &format!("{}\n", token::format(cacerts, "server", &c.password)))?;
     symlink_to(&tok_path, &server_dir.join("node-token"))?;
     let agent_path = server_dir.join("agent-token");
     if agent_tok.is_some() || c.agent_password != c.password {
-        write_if_changed(
-            &agent_path,
-            &format!("{}\n", token::format(cacerts, "node", &c.agent_password)),
-        )?;
+        write_if_changed(&agent_path, &format!("{}\n", token::format(cacerts, "node", &c.agent_password)))?;
     } else {
         symlink_to(&tok_path, &agent_path)?;
     }
@@ -330,24 +254,14 @@ fn parse_mode(s: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("invalid write-kubeconfig-mode {s:?}"))
 }
 
-fn write_kubeconfig(
-    cfg: &Config,
-    host: &str,
-    port: u16,
-    cacerts: &[u8],
-    admin: &pki::Leaf,
-) -> Result<PathBuf> {
+fn write_kubeconfig(cfg: &Config, host: &str, port: u16, cacerts: &[u8], admin: &pki::Leaf) -> Result<PathBuf> {
     let path = PathBuf::from(cfg.str_or("write-kubeconfig", DEFAULT_KUBECONFIG));
     let mode = match cfg.str("write-kubeconfig-mode") {
         Some(m) => parse_mode(&m)?,
         None => 0o600,
     };
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
     let text = format!(
         "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{host}:{port}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nkind: Config\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
         b64(cacerts),
@@ -375,9 +289,7 @@ pub fn node_ips(cfg: &Config) -> (Vec<String>, Vec<String>) {
 }
 
 pub fn node_name(cfg: &Config) -> String {
-    cfg.str("node-name")
-        .map(|n| n.to_lowercase())
-        .unwrap_or_else(node::hostname)
+    cfg.str("node-name").map(|n| n.to_lowercase()).unwrap_or_else(node::hostname)
 }
 
 async fn register_self(state: &State, reg: &Registration) {
@@ -419,27 +331,13 @@ async fn background(state: Arc<State>, own: Option<String>) {
         tick.tick().await;
         if let Some(up) = &state.upstream {
             if let Some(name) = &own {
-                match up
-                    .request(
-                        hyper::Method::PUT,
-                        &format!("/v1-k3s/nodes/{name}/heartbeat"),
-                        None,
-                        None,
-                    )
-                    .await
-                {
+                match up.request(hyper::Method::PUT, &format!("/v1-k3s/nodes/{name}/heartbeat"), None, None).await {
                     Ok((st, _)) if st.is_success() => {}
                     Ok((st, _)) => error!("Error updating node status, will retry: {name}: {st}"),
-                    Err(e) => error!(
-                        "Error updating node status, will retry: {}",
-                        clients::chain(&e)
-                    ),
+                    Err(e) => error!("Error updating node status, will retry: {}", clients::chain(&e)),
                 }
             }
-            if let Ok((st, body)) = up
-                .request(hyper::Method::GET, "/api/v1/nodes", None, None)
-                .await
-            {
+            if let Ok((st, body)) = up.request(hyper::Method::GET, "/api/v1/nodes", None, None).await {
                 if st.is_success() {
                     if let Ok(list) = serde_json::from_slice::<Value>(&body) {
                         mirror(&state.kine, &list);
@@ -472,10 +370,7 @@ fn mirror(kine: &Kine, list: &Value) {
     let Some(items) = list["items"].as_array() else {
         return;
     };
-    let names: Vec<&str> = items
-        .iter()
-        .filter_map(|n| n["metadata"]["name"].as_str())
-        .collect();
+    let names: Vec<&str> = items.iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
     for n in items {
         if let Err(e) = node::store_mirror(kine, n) {
             error!("mirror: {e:#}");
@@ -495,17 +390,13 @@ fn cluster_reset(cfg: &Config, server_dir: &Path) -> Result<()> {
     let db_dir = server_dir.join("db");
     if let Some(restore) = cfg.str("cluster-reset-restore-path") {
         let restore = PathBuf::from(restore);
-        anyhow::ensure!(
-            restore.is_file(),
-            "cluster-reset-restore-path {}: no such file",
-            restore.display()
-        );
-        let password =
-            match parse_token_opt(cfg.token("token", "token-file").map_err(|e| anyhow!(e))?)? {
-                Some(t) => t.password,
-                None => existing_password(server_dir)
-                    .ok_or_else(|| anyhow!("--token is required to restore a snapshot"))?,
-            };
+        anyhow::ensure!(restore.is_file(), "cluster-reset-restore-path {}: no such file", restore.display());
+        let password = match parse_token_opt(cfg.token("token", "token-file").map_err(|e| anyhow!(e))?)? {
+            Some(t) => t.password,
+            None => {
+                existing_password(server_dir).ok_or_else(|| anyhow!("--token is required to restore a snapshot"))?
+            }
+        };
         std::fs::create_dir_all(&db_dir)?;
         let old = db_dir.join(format!("etcd-old-{}", crate::timefmt::now_secs()));
         std::fs::create_dir_all(&old)?;
@@ -519,29 +410,17 @@ fn cluster_reset(cfg: &Config, server_dir: &Path) -> Result<()> {
         let kine = Kine::open(&db_dir.join("state.db"))?;
         let rows = kine.list("/bootstrap/")?;
         let key = token::bootstrap_key(&password);
-        if !rows.is_empty()
-            && !rows
-                .iter()
-                .any(|r| r.name == key && token::open(&r.value, &password).is_some())
-        {
+        if !rows.is_empty() && !rows.iter().any(|r| r.name == key && token::open(&r.value, &password).is_some()) {
             bail!("starting kubernetes: preparing server: bootstrap data already found and encrypted with different token");
         }
-        info!(
-            "Restored {} (previous db moved to {})",
-            restore.display(),
-            old.display()
-        );
+        info!("Restored {} (previous db moved to {})", restore.display(), old.display());
     }
     info!("Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. Backup and delete ${{datadir}}/server/db on each peer etcd server and rejoin the nodes");
     Ok(())
 }
 
 async fn run_inner(cfg: Config) -> Result<()> {
-    info!(
-        "Starting k3s {} ({})",
-        crate::version::version(),
-        crate::version::commit()
-    );
+    info!("Starting k3s {} ({})", crate::version::version(), crate::version::commit());
     let data_dir = std::path::absolute(cfg.data_dir())?;
     let server_dir = data_dir.join("server");
     let tls = server_dir.join("tls");
@@ -553,35 +432,22 @@ async fn run_inner(cfg: Config) -> Result<()> {
     if cfg.str("datastore-endpoint").is_some() {
         warn!("datastore-endpoint is not supported by the k3s stand-in: using the embedded SQLite datastore");
     }
-    let port: u16 = cfg
-        .str_or("https-listen-port", "6443")
-        .parse()
-        .context("https-listen-port")?;
+    let port: u16 = cfg.str_or("https-listen-port", "6443").parse().context("https-listen-port")?;
     let bind = cfg.str_or("bind-address", "0.0.0.0");
     let configured = parse_token_opt(cfg.token("token", "token-file").map_err(|e| anyhow!(e))?)?;
-    let agent_tok = parse_token_opt(
-        cfg.token("agent-token", "agent-token-file")
-            .map_err(|e| anyhow!(e))?,
-    )?;
+    let agent_tok = parse_token_opt(cfg.token("agent-token", "agent-token-file").map_err(|e| anyhow!(e))?)?;
     let critical = critical_config(&cfg, agent_tok.as_ref());
 
     let db_path = server_dir.join("db/state.db");
     info!("Configuring sqlite3 database connection pooling: maxIdleConns=2, maxOpenConns=0, connMaxLifetime=0s");
-    let kine =
-        Arc::new(Kine::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?);
+    let kine = Arc::new(Kine::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?);
     let join_url = cfg.str("server");
     let cluster = match &join_url {
         Some(url) => {
             info!("Joining the cluster at {url}");
             join_cluster(url, &kine, &tls, configured.as_ref(), &critical).await?
         }
-        None => init_cluster(
-            &kine,
-            &tls,
-            &server_dir,
-            configured.as_ref(),
-            agent_tok.as_ref(),
-        )?,
+        None => init_cluster(&kine, &tls, &server_dir, configured.as_ref(), agent_tok.as_ref())?,
     };
     let server_ca = Ca::load(&tls, "server-ca")?.context("server CA")?;
     let client_ca = Ca::load(&tls, "client-ca")?.context("client CA")?;
@@ -611,9 +477,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         "127.0.0.1".into(),
         "::1".into(),
     ];
-    sans.extend(first_service_ip(
-        &cfg.str_or("service-cidr", "10.43.0.0/16"),
-    ));
+    sans.extend(first_service_ip(&cfg.str_or("service-cidr", "10.43.0.0/16")));
     sans.extend(internal_ips.iter().cloned());
     sans.extend(external_ips.iter().cloned());
     sans.extend(cfg.str("advertise-address"));
@@ -666,19 +530,10 @@ async fn run_inner(cfg: Config) -> Result<()> {
         None
     } else {
         let mut labels = BTreeMap::new();
-        labels.insert(
-            "node-role.kubernetes.io/control-plane".to_string(),
-            "true".to_string(),
-        );
-        labels.insert(
-            "node-role.kubernetes.io/master".to_string(),
-            "true".to_string(),
-        );
+        labels.insert("node-role.kubernetes.io/control-plane".to_string(), "true".to_string());
+        labels.insert("node-role.kubernetes.io/master".to_string(), "true".to_string());
         if ha {
-            labels.insert(
-                "node-role.kubernetes.io/etcd".to_string(),
-                "true".to_string(),
-            );
+            labels.insert("node-role.kubernetes.io/etcd".to_string(), "true".to_string());
         }
         let reg = Registration::local(
             &name,

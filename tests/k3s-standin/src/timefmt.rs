@@ -3,17 +3,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -44,12 +38,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 pub fn rfc3339(secs: i64) -> String {
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
 /// `2024-05-01T10:11:12.123456Z` (the MicroTime of Lease.spec.renewTime)
@@ -85,11 +74,7 @@ pub fn human_duration(secs: i64) -> String {
     let m = s / 60;
     if m < 10 {
         let rs = s % 60;
-        return if rs == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{rs}s")
-        };
+        return if rs == 0 { format!("{m}m") } else { format!("{m}m{rs}s") };
     }
     if m < 60 * 3 {
         return format!("{m}m");
@@ -97,11 +82,7 @@ pub fn human_duration(secs: i64) -> String {
     let h = s / 3600;
     if h < 8 {
         let rm = m % 60;
-        return if rm == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{rm}m")
-        };
+        return if rm == 0 { format!("{h}h") } else { format!("{h}h{rm}m") };
     }
     if h < 48 {
         return format!("{h}h");
@@ -109,11 +90,7 @@ pub fn human_duration(secs: i64) -> String {
     if h < 24 * 8 {
         let rh = h % 24;
         let d = h / 24;
-        return if rh == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{rh}h")
-        };
+        return if rh == 0 { format!("{d}d") } else { format!("{d}d{rh}h") };
     }
     if h < 24 * 365 * 2 {
         return format!("{}d", h / 24);
@@ -121,11 +98,7 @@ pub fn human_duration(secs: i64) -> String {
     if h < 24 * 365 * 8 {
         let dy = h / 24 % 365;
         let y = h / 24 / 365;
-        return if dy == 0 {
-            format!("{y}y")
-        } else {
-            format!("{y}y{dy}d")
-        };
+        return if dy == 0 { format!("{y}y") } else { format!("{y}y{dy}d") };
     }
     format!("{}y", h / 24 / 365)
 }
@@ -139,14 +112,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1_700_000_000));
-        assert_eq!(
-            parse_rfc3339(&rfc3339_micros(1_700_000_000_123_456)),
-            Some(1_700_000_000)
-        );
-        assert_eq!(
-            rfc3339_micros(1_700_000_000_000_042),
-            "2023-11-14T22:13:20.000042Z"
-        );
+        assert_eq!(parse_rfc3339(&rfc3339_micros(1_700_000_000_123_456)), Some(1_700_000_000));
+        assert_eq!(rfc3339_micros(1_700_000_000_000_042), "2023-11-14T22:13:20.000042Z");
         assert_eq!(human_duration(5), "5s");
         assert_eq!(human_duration(185), "3m5s");
         assert_eq!(human_duration(3600 * 30), "30h");

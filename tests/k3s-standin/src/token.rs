@@ -18,15 +18,11 @@ pub fn parse(token: &str) -> Result<Token, String> {
         return Err("token is empty".into());
     }
     if let Some(rest) = token.strip_prefix("K10") {
-        let (hash, creds) = rest
-            .split_once("::")
-            .ok_or_else(|| "invalid token format".to_string())?;
+        let (hash, creds) = rest.split_once("::").ok_or_else(|| "invalid token format".to_string())?;
         if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err("invalid token CA hash".into());
         }
-        let (user, pass) = creds
-            .split_once(':')
-            .ok_or_else(|| "invalid token format".to_string())?;
+        let (user, pass) = creds.split_once(':').ok_or_else(|| "invalid token format".to_string())?;
         if pass.is_empty() {
             return Err("invalid token format: empty password".into());
         }
@@ -36,11 +32,7 @@ pub fn parse(token: &str) -> Result<Token, String> {
             password: pass.to_string(),
         });
     }
-    Ok(Token {
-        ca_hash: None,
-        username: None,
-        password: token.to_string(),
-    })
+    Ok(Token { ca_hash: None, username: None, password: token.to_string() })
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -61,7 +53,9 @@ pub fn check_hash(token: &Token, ca_bytes: &[u8]) -> Result<(), String> {
     if let Some(expected) = &token.ca_hash {
         let actual = sha256_hex(ca_bytes);
         if *expected != actual {
-            return Err(format!("token CA hash does not match the Cluster CA certificate hash: {expected} != {actual}"));
+            return Err(format!(
+                "token CA hash does not match the Cluster CA certificate hash: {expected} != {actual}"
+            ));
         }
     }
     Ok(())

@@ -52,10 +52,7 @@ pub fn commit() -> String {
 pub fn major_minor() -> (String, String) {
     let v = version().trim_start_matches('v');
     let mut it = v.split(['.', '+', '-']);
-    (
-        it.next().unwrap_or("1").to_string(),
-        it.next().unwrap_or("0").to_string(),
-    )
+    (it.next().unwrap_or("1").to_string(), it.next().unwrap_or("0").to_string())
 }
 
 pub fn print_version() {
@@ -69,18 +66,9 @@ mod tests {
 
     #[test]
     fn trailer() {
-        assert_eq!(
-            parse_trailer(b"\x7fELF...\nK3S_STANDIN_VERSION=v1.30.2+k3s2\n").as_deref(),
-            Some("v1.30.2+k3s2")
-        );
-        assert_eq!(
-            parse_trailer(b"\x7fELF...K3S_STANDIN_VERSION=v1.30.2+k3s2\n"),
-            None
-        );
-        assert_eq!(
-            parse_trailer(b"\x7fELF...\nK3S_STANDIN_VERSION=v1.30.2+k3s2"),
-            None
-        );
+        assert_eq!(parse_trailer(b"\x7fELF...\nK3S_STANDIN_VERSION=v1.30.2+k3s2\n").as_deref(), Some("v1.30.2+k3s2"));
+        assert_eq!(parse_trailer(b"\x7fELF...K3S_STANDIN_VERSION=v1.30.2+k3s2\n"), None);
+        assert_eq!(parse_trailer(b"\x7fELF...\nK3S_STANDIN_VERSION=v1.30.2+k3s2"), None);
         assert_eq!(parse_trailer(b"\nK3S_STANDIN_VERSION=\n"), None);
         assert_eq!(parse_trailer(b"\x00\x01\x02"), None);
     }

@@ -13,11 +13,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_k3s-standin");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A stand-in process with its stderr in a file, its own NOTIFY_SOCKET, killed on drop.
@@ -60,12 +56,7 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Proc {
-            child: cmd.spawn().unwrap(),
-            log,
-            notify,
-            exited: None,
-        }
+        Proc { child: cmd.spawn().unwrap(), log, notify, exited: None }
     }
 
     fn log(&self) -> String {
@@ -74,9 +65,7 @@ impl Proc {
 
     /// Waits for READY=1 on the notify socket.
     fn wait_ready(&mut self, secs: u64) {
-        self.notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+        self.notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut buf = [0u8; 256];
         while Instant::now() < deadline {
@@ -139,13 +128,7 @@ fn s(v: &str) -> String {
     v.to_string()
 }
 
-fn server_args(
-    dir: &Path,
-    port: u16,
-    name: &str,
-    extra: &[String],
-    containerd: bool,
-) -> Vec<String> {
+fn server_args(dir: &Path, port: u16, name: &str, extra: &[String], containerd: bool) -> Vec<String> {
     let cfg = dir.join("config.yaml");
     if !cfg.exists() {
         std::fs::create_dir_all(dir).unwrap();
@@ -169,10 +152,7 @@ fn server_args(
         s("127.0.0.1"),
     ];
     if !containerd {
-        a.extend([
-            s("--container-runtime-endpoint"),
-            s("unix:///nonexistent/containerd.sock"),
-        ]);
+        a.extend([s("--container-runtime-endpoint"), s("unix:///nonexistent/containerd.sock")]);
     }
     a.extend(extra.iter().cloned());
     a
@@ -183,11 +163,7 @@ fn start_server(dir: &Path, name: &str, extra: &[String], env: &[(&str, String)]
     let args = server_args(dir, port, name, extra, false);
     let mut proc = Proc::spawn(dir, name, BIN, &args, env);
     proc.wait_ready(30);
-    Server {
-        dir: dir.to_path_buf(),
-        port,
-        proc,
-    }
+    Server { dir: dir.to_path_buf(), port, proc }
 }
 
 impl Server {
@@ -195,10 +171,7 @@ impl Server {
         format!("https://127.0.0.1:{}", self.port)
     }
     fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("data/server/token"))
-            .unwrap()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(self.dir.join("data/server/token")).unwrap().trim().to_string()
     }
     fn kubeconfig(&self) -> PathBuf {
         self.dir.join("k3s.yaml")
@@ -226,12 +199,7 @@ fn agent_args(dir: &Path, name: &str, extra: &[&str]) -> Vec<String> {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("kubectl").args(args).env("KUBECONFIG", kubeconfig).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -250,19 +218,12 @@ fn nodes(kubeconfig: &Path) -> BTreeMap<String, (String, Value)> {
         .unwrap()
         .iter()
         .map(|n| {
-            let ready = n["status"]["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["type"] == "Ready")
-                .unwrap()["status"]
+            let ready = n["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()
+                ["status"]
                 .as_str()
                 .unwrap()
                 .to_string();
-            (
-                n["metadata"]["name"].as_str().unwrap().to_string(),
-                (ready, n.clone()),
-            )
+            (n["metadata"]["name"].as_str().unwrap().to_string(), (ready, n.clone()))
         })
         .collect()
 }
@@ -294,10 +255,7 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("standin")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("standin").tempdir().unwrap()
 }
 
 fn with_trailer(dir: &Path, version: &str) -> PathBuf {
@@ -314,14 +272,9 @@ fn with_trailer(dir: &Path, version: &str) -> PathBuf {
 fn version_trailer_and_argv0_dispatch() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "k3s version v1.31.4+k3s1 (5ac18c0e)\ngo version go1.22.9\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k3s version v1.31.4+k3s1 (5ac18c0e)\ngo version go1.22.9\n");
     let out = Command::new(BIN).arg("-v").output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("k3s version v1.31.4+k3s1 (5ac18c0e)\n")
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("k3s version v1.31.4+k3s1 (5ac18c0e)\n"));
 
     let dir = tmp();
     let copy = with_trailer(dir.path(), "v1.30.8+k3s2");
@@ -336,15 +289,9 @@ fn version_trailer_and_argv0_dispatch() {
     for n in ["kubectl", "ctr", "crictl", "k3s"] {
         std::os::unix::fs::symlink(&copy, links.join(n)).unwrap();
     }
-    let out = Command::new(links.join("kubectl"))
-        .args(["version", "--client"])
-        .output()
-        .unwrap();
+    let out = Command::new(links.join("kubectl")).args(["version", "--client"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Client Version: v1.30.8+k3s2"));
-    let out = Command::new(links.join("crictl"))
-        .arg("ps")
-        .output()
-        .unwrap();
+    let out = Command::new(links.join("crictl")).arg("ps").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported by the stand-in"));
     for sub in ["check-config", "etcd-snapshot"] {
@@ -356,11 +303,7 @@ fn version_trailer_and_argv0_dispatch() {
     // `ctr` runs the host's ctr (first on PATH that is not the stand-in) with k3s's defaults.
     let fake = dir.path().join("fakebin");
     std::fs::create_dir(&fake).unwrap();
-    std::fs::write(
-        fake.join("ctr"),
-        "#!/bin/sh\necho \"$CONTAINERD_ADDRESS|$CONTAINERD_NAMESPACE|$*\"\n",
-    )
-    .unwrap();
+    std::fs::write(fake.join("ctr"), "#!/bin/sh\necho \"$CONTAINERD_ADDRESS|$CONTAINERD_NAMESPACE|$*\"\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(fake.join("ctr"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}:/usr/bin:/bin", links.display(), fake.display());
@@ -372,10 +315,7 @@ fn version_trailer_and_argv0_dispatch() {
         .env_remove("CONTAINERD_NAMESPACE")
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "/run/k3s/containerd/containerd.sock|k8s.io|images ls\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/run/k3s/containerd/containerd.sock|k8s.io|images ls\n");
     let out = Command::new(links.join("k3s"))
         .args(["ctr", "-n", "other", "images", "ls"])
         .env("PATH", &path)
@@ -384,10 +324,7 @@ fn version_trailer_and_argv0_dispatch() {
         .env_remove("CONTAINERD_ADDRESS")
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "/run/k3s/containerd/containerd.sock|mine|-n other images ls\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/run/k3s/containerd/containerd.sock|mine|-n other images ls\n");
 }
 
 #[test]
@@ -405,120 +342,48 @@ fn server_files_token_kubeconfig_datastore_and_config_precedence() {
         "node-label+: [from-dropin=a]\nnode-taint: [t=dropin:NoSchedule]\n",
     )
     .unwrap();
-    std::fs::write(
-        d.join("config.yaml.d/20-b.yml"),
-        "node-label+:\n  - second=b\n",
-    )
-    .unwrap();
+    std::fs::write(d.join("config.yaml.d/20-b.yml"), "node-label+:\n  - second=b\n").unwrap();
     let srv = start_server(d, "srv1", &[s("--node-taint"), s("t=cli:NoExecute")], &[]);
     let log = srv.proc.log();
-    assert!(
-        log.contains(
-            "level=warning msg=\"Unknown flag --no-such-key found in config.yaml, skipping\""
-        ),
-        "{log}"
-    );
-    assert!(
-        log.contains("level=info msg=\"k3s is up and running\""),
-        "{log}"
-    );
+    assert!(log.contains("level=warning msg=\"Unknown flag --no-such-key found in config.yaml, skipping\""), "{log}");
+    assert!(log.contains("level=info msg=\"k3s is up and running\""), "{log}");
 
     let sd = d.join("data/server");
-    for f in [
-        "tls/server-ca.crt",
-        "tls/server-ca.key",
-        "tls/client-ca.crt",
-        "tls/client-ca.key",
-    ] {
+    for f in ["tls/server-ca.crt", "tls/server-ca.key", "tls/client-ca.crt", "tls/client-ca.key"] {
         assert!(sd.join(f).is_file(), "{f}");
     }
     // Token: K10<sha256 of /cacerts>::server:<password>, 0600; node-token and agent-token link to it.
     let token = srv.token();
-    let cacerts = insecure_get(&format!("{}/cacerts", srv.url()))
-        .bytes()
-        .unwrap()
-        .to_vec();
-    assert_eq!(
-        cacerts,
-        std::fs::read(sd.join("tls/server-ca.crt")).unwrap()
-    );
+    let cacerts = insecure_get(&format!("{}/cacerts", srv.url())).bytes().unwrap().to_vec();
+    assert_eq!(cacerts, std::fs::read(sd.join("tls/server-ca.crt")).unwrap());
     let hash = sha256_hex(&cacerts);
-    let rest = token
-        .strip_prefix(&format!("K10{hash}::server:"))
-        .unwrap_or_else(|| panic!("token {token} vs hash {hash}"));
+    let rest =
+        token.strip_prefix(&format!("K10{hash}::server:")).unwrap_or_else(|| panic!("token {token} vs hash {hash}"));
     assert_eq!(rest.len(), 32);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(sd.join("token"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(sd.join("token")).unwrap().permissions().mode() & 0o777, 0o600);
     for l in ["node-token", "agent-token"] {
         let meta = std::fs::symlink_metadata(sd.join(l)).unwrap();
         assert!(meta.file_type().is_symlink(), "{l}");
         assert_eq!(std::fs::read_link(sd.join(l)).unwrap(), sd.join("token"));
     }
-    assert_eq!(
-        std::fs::metadata(srv.kubeconfig())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o640
-    );
+    assert_eq!(std::fs::metadata(srv.kubeconfig()).unwrap().permissions().mode() & 0o777, 0o640);
     let kc = std::fs::read_to_string(srv.kubeconfig()).unwrap();
-    assert!(
-        kc.contains(&format!("server: https://127.0.0.1:{}", srv.port)),
-        "{kc}"
-    );
+    assert!(kc.contains(&format!("server: https://127.0.0.1:{}", srv.port)), "{kc}");
 
     // Plain endpoints.
-    assert_eq!(
-        insecure_get(&format!("{}/ping", srv.url())).text().unwrap(),
-        "pong"
-    );
-    assert_eq!(
-        insecure_get(&format!("{}/readyz", srv.url()))
-            .text()
-            .unwrap(),
-        "ok"
-    );
-    let v: Value = insecure_get(&format!("{}/version", srv.url()))
-        .json()
-        .unwrap();
+    assert_eq!(insecure_get(&format!("{}/ping", srv.url())).text().unwrap(), "pong");
+    assert_eq!(insecure_get(&format!("{}/readyz", srv.url())).text().unwrap(), "ok");
+    let v: Value = insecure_get(&format!("{}/version", srv.url())).json().unwrap();
     assert_eq!(v["gitVersion"], "v1.31.4+k3s1");
-    assert_eq!(
-        insecure_get(&format!("{}/api/v1/nodes", srv.url()))
-            .status()
-            .as_u16(),
-        401
-    );
+    assert_eq!(insecure_get(&format!("{}/api/v1/nodes", srv.url())).status().as_u16(), 401);
     // Bearer token and basic server:<password> also authenticate.
-    let client = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .no_proxy()
-        .build()
-        .unwrap();
-    let r = client
-        .get(format!("{}/api/v1/nodes", srv.url()))
-        .bearer_auth(&token)
-        .send()
-        .unwrap();
+    let client = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).no_proxy().build().unwrap();
+    let r = client.get(format!("{}/api/v1/nodes", srv.url())).bearer_auth(&token).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = client
-        .get(format!("{}/api/v1/nodes/srv1", srv.url()))
-        .basic_auth("server", Some(rest))
-        .send()
-        .unwrap();
+    let r = client.get(format!("{}/api/v1/nodes/srv1", srv.url())).basic_auth("server", Some(rest)).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = client
-        .get(format!("{}/api/v1/nodes", srv.url()))
-        .basic_auth("server", Some("wrong"))
-        .send()
-        .unwrap();
+    let r = client.get(format!("{}/api/v1/nodes", srv.url())).basic_auth("server", Some("wrong")).send().unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
     // The node: roles, labels from config.yaml + drop-ins (`key+` appends), taints from the CLI.
@@ -526,10 +391,7 @@ fn server_files_token_kubeconfig_datastore_and_config_precedence() {
     assert!(ok);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAME   STATUS   ROLES"), "{table}");
-    assert!(
-        lines[1].starts_with("srv1   Ready    control-plane,master   "),
-        "{table}"
-    );
+    assert!(lines[1].starts_with("srv1   Ready    control-plane,master   "), "{table}");
     assert!(lines[1].ends_with("v1.31.4+k3s1"), "{table}");
     let (ok, one, _) = kubectl(&srv.kubeconfig(), &["get", "node", "srv1", "-o", "json"]);
     assert!(ok);
@@ -541,39 +403,21 @@ fn server_files_token_kubeconfig_datastore_and_config_precedence() {
     assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
     assert_eq!(labels["node-role.kubernetes.io/master"], "true");
     assert_eq!(labels["kubernetes.io/hostname"], "srv1");
-    assert_eq!(
-        n["spec"]["taints"],
-        serde_json::json!([{"key": "t", "value": "cli", "effect": "NoExecute"}])
-    );
+    assert_eq!(n["spec"]["taints"], serde_json::json!([{"key": "t", "value": "cli", "effect": "NoExecute"}]));
     assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], "v1.31.4+k3s1");
-    assert_eq!(
-        n["status"]["addresses"][0],
-        serde_json::json!({"type": "InternalIP", "address": "127.0.0.1"})
-    );
+    assert_eq!(n["status"]["addresses"][0], serde_json::json!({"type": "InternalIP", "address": "127.0.0.1"}));
     let (ok, _, err) = kubectl(&srv.kubeconfig(), &["get", "node", "nope"]);
     assert!(!ok);
-    assert!(
-        err.contains("Error from server (NotFound): nodes \"nope\" not found"),
-        "{err}"
-    );
+    assert!(err.contains("Error from server (NotFound): nodes \"nope\" not found"), "{err}");
 
     // Datastore: kine table in WAL mode, written continuously (lease renewals).
     let db = sd.join("db/state.db");
     assert!(d.join("data/server/db/state.db-wal").exists());
     let count = || -> i64 {
-        let c =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .unwrap();
-        let mode: String = c
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let c = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
-        c.query_row(
-            "SELECT COUNT(*) FROM kine WHERE name LIKE '/registry/leases/%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+        c.query_row("SELECT COUNT(*) FROM kine WHERE name LIKE '/registry/leases/%'", [], |r| r.get(0)).unwrap()
     };
     let before = count();
     std::thread::sleep(Duration::from_millis(2500));
@@ -589,64 +433,36 @@ fn server_restart_keeps_identity_and_rejects_other_token() {
     let token = srv.token();
     assert!(token.ends_with("::server:short-secret"), "{token}");
     let ca = std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap();
-    assert_eq!(
-        srv.proc.term().map(|s| s.success()),
-        Some(true),
-        "SIGTERM exits 0"
-    );
+    assert_eq!(srv.proc.term().map(|s| s.success()), Some(true), "SIGTERM exits 0");
 
     // Same data dir, token from config.yaml this time (and the full K10 form): same identity.
     std::fs::write(d.join("config.yaml"), format!("token: {token}\n")).unwrap();
     let mut srv = start_server(d, "srvr", &[], &[]);
     assert_eq!(srv.token(), token);
-    assert_eq!(
-        std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap(),
-        ca
-    );
+    assert_eq!(std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap(), ca);
     srv.proc.term();
 
     // Another token cannot open the bootstrap data.
     std::fs::write(d.join("config.yaml"), "").unwrap();
-    let args = server_args(
-        d,
-        free_port(),
-        "srvr",
-        &[s("--token"), s("other-secret")],
-        false,
-    );
+    let args = server_args(d, free_port(), "srvr", &[s("--token"), s("other-secret")], false);
     let mut p = Proc::spawn(d, "srvr-bad", BIN, &args, &[]);
-    let st = p
-        .wait_exit(20)
-        .expect("server with another token must exit");
+    let st = p.wait_exit(20).expect("server with another token must exit");
     assert!(!st.success());
-    assert!(
-        p.log()
-            .contains("bootstrap data already found and encrypted with different token"),
-        "{}",
-        p.log()
-    );
+    assert!(p.log().contains("bootstrap data already found and encrypted with different token"), "{}", p.log());
 
     // A restored state.db with the CA files gone: the CA comes back from the datastore.
     std::fs::remove_dir_all(d.join("data/server/tls")).unwrap();
     std::fs::remove_file(d.join("data/server/token")).unwrap();
-    let mut srv = start_server(
-        d,
-        "srvr",
-        &[s("--token"), token.clone()],
-        &[("K3S_TOKEN", s("ignored-because-cli-wins"))],
-    );
-    assert_eq!(
-        std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap(),
-        ca
-    );
+    let mut srv =
+        start_server(d, "srvr", &[s("--token"), token.clone()], &[("K3S_TOKEN", s("ignored-because-cli-wins"))]);
+    assert_eq!(std::fs::read(d.join("data/server/tls/server-ca.crt")).unwrap(), ca);
     assert_eq!(srv.token(), token);
 
     // A consistent copy of the datastore (VACUUM INTO, as a backup would take it), then
     // --cluster-reset --cluster-reset-restore-path: old db moved aside, snapshot in place.
     let snap = d.join("snap.db");
     let c = rusqlite::Connection::open(d.join("data/server/db/state.db")).unwrap();
-    c.execute("VACUUM INTO ?1", [snap.display().to_string()])
-        .unwrap();
+    c.execute("VACUUM INTO ?1", [snap.display().to_string()]).unwrap();
     drop(c);
     srv.proc.term();
     let args = server_args(
@@ -665,9 +481,9 @@ fn server_restart_keeps_identity_and_rejects_other_token() {
     let mut p = Proc::spawn(d, "srvr-reset", BIN, &args, &[]);
     let st = p.wait_exit(20).expect("cluster-reset exits");
     assert!(st.success(), "{}", p.log());
-    assert!(p.log().contains(
-        "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now."
-    ));
+    assert!(p
+        .log()
+        .contains("Managed etcd cluster membership has been reset, restart without --cluster-reset flag now."));
     let old: Vec<_> = std::fs::read_dir(d.join("data/server/db"))
         .unwrap()
         .filter_map(|e| e.ok())
@@ -687,34 +503,20 @@ fn agent_token_and_unreachable_server() {
     let srv = start_server(
         &d.join("server"),
         "srvat",
-        &[
-            s("--token"),
-            s("server-secret"),
-            s("--agent-token"),
-            s("agent-secret"),
-        ],
+        &[s("--token"), s("server-secret"), s("--agent-token"), s("agent-secret")],
         &[],
     );
     let sd = d.join("server/data/server");
     let cacerts = std::fs::read(sd.join("tls/server-ca.crt")).unwrap();
     let agent_token = std::fs::read_to_string(sd.join("agent-token")).unwrap();
-    assert!(!std::fs::symlink_metadata(sd.join("agent-token"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
-    assert_eq!(
-        agent_token,
-        format!("K10{}::node:agent-secret\n", sha256_hex(&cacerts))
-    );
+    assert!(!std::fs::symlink_metadata(sd.join("agent-token")).unwrap().file_type().is_symlink());
+    assert_eq!(agent_token, format!("K10{}::node:agent-secret\n", sha256_hex(&cacerts)));
     let mut ag = Proc::spawn(
         &d.join("a"),
         "a",
         BIN,
         &agent_args(&d.join("a"), "at-agent", &[]),
-        &[
-            ("K3S_URL", srv.url()),
-            ("K3S_TOKEN", agent_token.trim().to_string()),
-        ],
+        &[("K3S_URL", srv.url()), ("K3S_TOKEN", agent_token.trim().to_string())],
     );
     // Nothing listens here: the agent waits and says so, and is never ready.
     let dead = format!("https://127.0.0.1:{}", free_port());
@@ -723,19 +525,12 @@ fn agent_token_and_unreachable_server() {
         "l",
         BIN,
         &agent_args(&d.join("l"), "lost-agent", &[]),
-        &[
-            ("K3S_URL", dead),
-            ("K3S_TOKEN", agent_token.trim().to_string()),
-        ],
+        &[("K3S_URL", dead), ("K3S_TOKEN", agent_token.trim().to_string())],
     );
     ag.wait_ready(20);
     assert_eq!(nodes(&srv.kubeconfig())["at-agent"].0, "True");
     // The agent token does not let a server join.
-    let client = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .no_proxy()
-        .build()
-        .unwrap();
+    let client = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).no_proxy().build().unwrap();
     let r = client
         .get(format!("{}/v1-k3s/server-bootstrap", srv.url()))
         .basic_auth("server", Some("agent-secret"))
@@ -748,9 +543,7 @@ fn agent_token_and_unreachable_server() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 400, "not an HA server");
-    wait_for(10, "retry log lines", || {
-        lost.log().matches("failed to get CA certs").count() >= 2
-    });
+    wait_for(10, "retry log lines", || lost.log().matches("failed to get CA certs").count() >= 2);
     assert!(lost.wait_exit(0).is_none());
     assert!(!lost.got_ready());
 }
@@ -759,12 +552,7 @@ fn agent_token_and_unreachable_server() {
 fn agents_join_with_good_token_only() {
     let dir = tmp();
     let d = dir.path();
-    let srv = start_server(
-        &d.join("server"),
-        "srva",
-        &[],
-        &[("K3S_STANDIN_NODE_GRACE", s("3"))],
-    );
+    let srv = start_server(&d.join("server"), "srva", &[], &[("K3S_STANDIN_NODE_GRACE", s("3"))]);
     let token = srv.token();
     let kc = srv.kubeconfig();
     let password = token.rsplit(':').next().unwrap().to_string();
@@ -777,12 +565,7 @@ fn agents_join_with_good_token_only() {
         &agent_args(
             &d.join("a1"),
             "agent-good",
-            &[
-                "--node-label",
-                "tier=edge",
-                "--node-taint",
-                "dedicated=edge:NoSchedule",
-            ],
+            &["--node-label", "tier=edge", "--node-taint", "dedicated=edge:NoSchedule"],
         ),
         &[("K3S_URL", srv.url()), ("K3S_TOKEN", token.clone())],
     );
@@ -792,11 +575,7 @@ fn agents_join_with_good_token_only() {
         &d.join("a2"),
         "a2",
         copy.to_str().unwrap(),
-        &agent_args(
-            &d.join("a2"),
-            "agent-short",
-            &["--server", &srv.url(), "--token", &password],
-        ),
+        &agent_args(&d.join("a2"), "agent-short", &["--server", &srv.url(), "--token", &password]),
         &[],
     );
     // Wrong CA hash in the token.
@@ -814,10 +593,7 @@ fn agents_join_with_good_token_only() {
         "a4",
         BIN,
         &agent_args(&d.join("a4"), "agent-http", &[]),
-        &[
-            ("K3S_URL", format!("http://127.0.0.1:{}", srv.port)),
-            ("K3S_TOKEN", token.clone()),
-        ],
+        &[("K3S_URL", format!("http://127.0.0.1:{}", srv.port)), ("K3S_TOKEN", token.clone())],
     );
     // Right CA hash, wrong password.
     let wrong_pw = format!("{}wrong", token.rsplit_once(':').unwrap().0);
@@ -828,35 +604,22 @@ fn agents_join_with_good_token_only() {
         "a5",
         BIN,
         &agent_args(&d.join("a5"), "agent-wrongpw", &[]),
-        &[
-            ("K3S_URL", srv.url()),
-            ("K3S_TOKEN_FILE", wp_file.display().to_string()),
-        ],
+        &[("K3S_URL", srv.url()), ("K3S_TOKEN_FILE", wp_file.display().to_string())],
     );
 
     good.wait_ready(20);
     short.wait_ready(20);
-    let st = badhash
-        .wait_exit(15)
-        .expect("agent with a wrong CA hash must exit");
+    let st = badhash.wait_exit(15).expect("agent with a wrong CA hash must exit");
     assert!(!st.success());
     assert!(
-        badhash
-            .log()
-            .contains("token CA hash does not match the Cluster CA certificate hash"),
+        badhash.log().contains("token CA hash does not match the Cluster CA certificate hash"),
         "{}",
         badhash.log()
     );
-    let st = http
-        .wait_exit(15)
-        .expect("agent with an http:// URL must exit");
+    let st = http.wait_exit(15).expect("agent with an http:// URL must exit");
     assert!(!st.success());
     assert!(http.log().contains("https://"), "{}", http.log());
-    assert!(
-        short.log().contains("the token does not include a CA hash"),
-        "{}",
-        short.log()
-    );
+    assert!(short.log().contains("the token does not include a CA hash"), "{}", short.log());
 
     let n = nodes(&kc);
     assert_eq!(n["agent-good"].0, "True", "{n:?}");
@@ -864,20 +627,13 @@ fn agents_join_with_good_token_only() {
     assert_eq!(n["srva"].0, "True");
     let g = &n["agent-good"].1;
     assert_eq!(g["metadata"]["labels"]["tier"], "edge");
-    assert!(g["metadata"]["labels"]
-        .get("node-role.kubernetes.io/control-plane")
-        .is_none());
+    assert!(g["metadata"]["labels"].get("node-role.kubernetes.io/control-plane").is_none());
     assert_eq!(g["spec"]["taints"][0]["key"], "dedicated");
     assert_eq!(g["status"]["nodeInfo"]["kubeletVersion"], "v1.31.4+k3s1");
-    assert_eq!(
-        n["agent-short"].1["status"]["nodeInfo"]["kubeletVersion"],
-        "v1.30.8+k3s2"
-    );
+    assert_eq!(n["agent-short"].1["status"]["nodeInfo"]["kubeletVersion"], "v1.30.8+k3s2");
     let (_, table, _) = kubectl(&kc, &["get", "nodes"]);
     assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("agent-good ") && l.contains(" Ready ") && l.contains("<none>")),
+        table.lines().any(|l| l.starts_with("agent-good ") && l.contains(" Ready ") && l.contains("<none>")),
         "{table}"
     );
 
@@ -886,25 +642,15 @@ fn agents_join_with_good_token_only() {
     assert!(!wrong.got_ready());
     assert!(!n.contains_key("agent-wrongpw"));
     assert!(wrong.log().contains("401 Unauthorized"), "{}", wrong.log());
-    assert!(srv
-        .proc
-        .log()
-        .contains("invalid username/password combination"));
+    assert!(srv.proc.log().contains("invalid username/password combination"));
 
     // An agent that stops heartbeating turns NotReady (Unknown) after the grace period.
     let _ = good.child.kill();
     let _ = good.child.wait();
     good.exited = Some(ExitStatus::default());
-    wait_for(15, "agent-good NotReady", || {
-        nodes(&kc)["agent-good"].0 == "Unknown"
-    });
+    wait_for(15, "agent-good NotReady", || nodes(&kc)["agent-good"].0 == "Unknown");
     let (_, table, _) = kubectl(&kc, &["get", "nodes"]);
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("agent-good ") && l.contains(" NotReady ")),
-        "{table}"
-    );
+    assert!(table.lines().any(|l| l.starts_with("agent-good ") && l.contains(" NotReady ")), "{table}");
     assert_eq!(nodes(&kc)["agent-short"].0, "True");
 
     let (ok, out, _) = kubectl(&kc, &["delete", "node", "agent-good"]);
@@ -917,30 +663,17 @@ fn agents_join_with_good_token_only() {
 fn ha_servers_share_ca_token_and_nodes() {
     let dir = tmp();
     let d = dir.path();
-    let a = start_server(
-        &d.join("a"),
-        "ha-a",
-        &[s("--cluster-init"), s("--cluster-cidr"), s("10.50.0.0/16")],
-        &[],
-    );
+    let a = start_server(&d.join("a"), "ha-a", &[s("--cluster-init"), s("--cluster-cidr"), s("10.50.0.0/16")], &[]);
     let token = a.token();
     std::fs::create_dir_all(d.join("b")).unwrap();
     std::fs::write(
         d.join("b/config.yaml"),
-        format!(
-            "server: {}\ntoken: {token}\ncluster-cidr: 10.50.0.0/16\n",
-            a.url()
-        ),
+        format!("server: {}\ntoken: {token}\ncluster-cidr: 10.50.0.0/16\n", a.url()),
     )
     .unwrap();
     let b = start_server(&d.join("b"), "ha-b", &[], &[]);
     assert_eq!(b.token(), token, "one token for the cluster");
-    for f in [
-        "server-ca.crt",
-        "server-ca.key",
-        "client-ca.crt",
-        "client-ca.key",
-    ] {
+    for f in ["server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key"] {
         assert_eq!(
             std::fs::read(d.join("a/data/server/tls").join(f)).unwrap(),
             std::fs::read(d.join("b/data/server/tls").join(f)).unwrap(),
@@ -959,9 +692,7 @@ fn ha_servers_share_ca_token_and_nodes() {
     for kc in [a.kubeconfig(), b.kubeconfig()] {
         wait_for(10, "all nodes on every server", || {
             let n = nodes(&kc);
-            ["ha-a", "ha-b", "ha-agent"]
-                .iter()
-                .all(|k| n.get(*k).map(|x| x.0 == "True").unwrap_or(false))
+            ["ha-a", "ha-b", "ha-agent"].iter().all(|k| n.get(*k).map(|x| x.0 == "True").unwrap_or(false))
         });
     }
     let n = nodes(&a.kubeconfig());
@@ -970,39 +701,17 @@ fn ha_servers_share_ca_token_and_nodes() {
         assert_eq!(labels["node-role.kubernetes.io/etcd"], "true", "{srv}");
         assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
     }
-    assert!(n["ha-b"].1["spec"]["podCIDR"]
-        .as_str()
-        .unwrap()
-        .starts_with("10.50."));
+    assert!(n["ha-b"].1["spec"]["podCIDR"].as_str().unwrap().starts_with("10.50."));
 
     // A server whose critical configuration differs refuses to start.
     std::fs::create_dir_all(d.join("c")).unwrap();
-    std::fs::write(
-        d.join("c/config.yaml"),
-        format!("server: {}\ntoken: {token}\n", a.url()),
-    )
-    .unwrap();
-    let args = server_args(
-        &d.join("c"),
-        free_port(),
-        "ha-c",
-        &[s("--cluster-cidr"), s("10.99.0.0/16")],
-        false,
-    );
+    std::fs::write(d.join("c/config.yaml"), format!("server: {}\ntoken: {token}\n", a.url())).unwrap();
+    let args = server_args(&d.join("c"), free_port(), "ha-c", &[s("--cluster-cidr"), s("10.99.0.0/16")], false);
     let mut c = Proc::spawn(&d.join("c"), "ha-c", BIN, &args, &[]);
     let st = c.wait_exit(20).expect("mismatching server must exit");
     assert!(!st.success());
-    assert!(
-        c.log().contains("critical configuration value mismatch"),
-        "{}",
-        c.log()
-    );
-    assert!(
-        c.log()
-            .contains("critical configuration mismatched: cluster-cidr"),
-        "{}",
-        c.log()
-    );
+    assert!(c.log().contains("critical configuration value mismatch"), "{}", c.log());
+    assert!(c.log().contains("critical configuration mismatched: cluster-cidr"), "{}", c.log());
 
     // Deleting a node through the joined server deletes it cluster-wide.
     let (ok, _, err) = kubectl(&b.kubeconfig(), &["delete", "node", "ha-agent"]);
@@ -1027,17 +736,9 @@ fn oci_image_tar(name: &str) -> Vec<u8> {
         b.append_data(&mut h, path, data).unwrap();
     }
     let mut layer = tar::Builder::new(Vec::new());
-    add(
-        &mut layer,
-        "hello.txt",
-        format!("hello from {name}\n").as_bytes(),
-    );
+    add(&mut layer, "hello.txt", format!("hello from {name}\n").as_bytes());
     let layer = layer.into_inner().unwrap();
-    let arch = if cfg!(target_arch = "aarch64") {
-        "arm64"
-    } else {
-        "amd64"
-    };
+    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
     let lh = sha256_hex(&layer);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": arch, "os": "linux", "config": {},
@@ -1070,12 +771,13 @@ fn oci_image_tar(name: &str) -> Vec<u8> {
 
 #[test]
 fn containerd_starts_and_imports_preloaded_images() {
-    let have = ["/usr/bin/containerd", "/usr/bin/ctr"]
-        .iter()
-        .all(|p| Path::new(p).exists());
+    let have = ["/usr/bin/containerd", "/usr/bin/ctr"].iter().all(|p| Path::new(p).exists());
     let can = have && nix::unistd::Uid::effective().is_root();
     // CI installs containerd and runs as root: there, a missing prerequisite is a failure.
-    assert!(can || std::env::var("CI").as_deref() != Ok("true"), "needs root and the host's containerd + ctr (apt-get install containerd)");
+    assert!(
+        can || std::env::var("CI").as_deref() != Ok("true"),
+        "needs root and the host's containerd + ctr (apt-get install containerd)"
+    );
     if !can {
         eprintln!("not run here: needs root and the host's containerd + ctr (apt-get install containerd)");
         return;
@@ -1084,11 +786,7 @@ fn containerd_starts_and_imports_preloaded_images() {
     let d = dir.path();
     let images = d.join("data/agent/images");
     std::fs::create_dir_all(&images).unwrap();
-    std::fs::write(
-        images.join("a.tar"),
-        oci_image_tar("docker.io/library/standin-a:1.0"),
-    )
-    .unwrap();
+    std::fs::write(images.join("a.tar"), oci_image_tar("docker.io/library/standin-a:1.0")).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &oci_image_tar("docker.io/library/standin-b:1.0")).unwrap();
     std::fs::write(images.join("b.tar.gz"), gz.finish().unwrap()).unwrap();
@@ -1119,28 +817,10 @@ fn containerd_starts_and_imports_preloaded_images() {
         String::from_utf8_lossy(&out.stderr),
         p.log()
     );
-    assert!(
-        list.contains("docker.io/library/standin-b:1.0"),
-        "{list}\n{}",
-        p.log()
-    );
-    assert!(
-        list.contains("docker.io/library/standin-c:1.0"),
-        "{list}\n{}",
-        p.log()
-    );
-    assert_eq!(
-        p.log()
-            .matches("level=info msg=\"Imported images from ")
-            .count(),
-        3,
-        "{}",
-        p.log()
-    );
+    assert!(list.contains("docker.io/library/standin-b:1.0"), "{list}\n{}", p.log());
+    assert!(list.contains("docker.io/library/standin-c:1.0"), "{list}\n{}", p.log());
+    assert_eq!(p.log().matches("level=info msg=\"Imported images from ").count(), 3, "{}", p.log());
     assert!(!p.log().contains("Unable to import"), "{}", p.log());
     assert_eq!(p.term().map(|s| s.success()), Some(true));
-    assert!(
-        std::os::unix::net::UnixStream::connect(&sock).is_err(),
-        "containerd stopped with the stand-in"
-    );
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_err(), "containerd stopped with the stand-in");
 }

@@ -26,10 +26,7 @@ pub(crate) fn describe(cmd: &Command) -> String {
 /// command, its exit status and its stderr.
 pub(crate) fn run(cmd: &mut Command) -> Result<String> {
     let desc = describe(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start `{desc}`"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot start `{desc}`"))?;
     check(&desc, &out)
 }
 

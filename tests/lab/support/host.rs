@@ -55,12 +55,7 @@ pub fn mount_overlay(base: &Path, dirs: &HostDirs) -> Result<()> {
     for d in [&dirs.upper, &dirs.work, &dirs.merged] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        base.display(),
-        dirs.upper.display(),
-        dirs.work.display()
-    );
+    let opts = format!("lowerdir={},upperdir={},workdir={}", base.display(), dirs.upper.display(), dirs.work.display());
     run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&dirs.merged))?;
     Ok(())
 }
@@ -131,7 +126,13 @@ pub fn key_type_and_blob(line: &str) -> String {
 
 /// Writes the host's identity and access: hostname, machine-id, /etc/hosts, /etc/resolv.conf, host
 /// key, and the lab client key in authorized_keys of root, ops and pw.
-pub fn personalize(root: &Path, scratch: &Path, name: &str, client_pub: &str, all: &[(String, Ipv4Addr)]) -> Result<()> {
+pub fn personalize(
+    root: &Path,
+    scratch: &Path,
+    name: &str,
+    client_pub: &str,
+    all: &[(String, Ipv4Addr)],
+) -> Result<()> {
     write_file(&root.join("etc/hostname"), format!("{name}\n").as_bytes(), 0o644, None)?;
     let machine_id = format!("{:032x}", rand::random::<u128>() | 1);
     write_file(&root.join("etc/machine-id"), format!("{machine_id}\n").as_bytes(), 0o444, None)?;
@@ -212,15 +213,24 @@ pub fn ssh_command(key: &Path, user: &str, address: Ipv4Addr, remote: &str, conn
         .arg("-i")
         .arg(key)
         .args([
-            "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR",
-            "-o", &format!("ConnectTimeout={connect_timeout}"),
-            "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=3",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            &format!("ConnectTimeout={connect_timeout}"),
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=3",
         ])
         .arg(format!("{user}@{address}"))
         .arg("--")
@@ -242,7 +252,14 @@ pub fn ssh_run(key: &Path, user: &str, address: Ipv4Addr, remote: &str) -> Resul
 
 /// Waits (on the calling thread, which must be in the lab netns) until the host's sshd answers and
 /// `systemctl is-system-running` says running or degraded. Fails early when nspawn exits.
-pub fn wait_ready(name: &str, address: Ipv4Addr, key: &Path, nspawn: (&mut Child, &str), boot_log: &Path, deadline: Instant) -> Result<String> {
+pub fn wait_ready(
+    name: &str,
+    address: Ipv4Addr,
+    key: &Path,
+    nspawn: (&mut Child, &str),
+    boot_log: &Path,
+    deadline: Instant,
+) -> Result<String> {
     let (child, desc) = nspawn;
     let started = Instant::now();
     let mut last;

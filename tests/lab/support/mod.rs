@@ -229,14 +229,16 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         for (h, cgs) in self.hosts.iter().zip(&host_cgroups) {
             let dirs = HostDirs::new(h.dir.clone());
-            let (child, command) = host::spawn_nspawn(&format!("{}-{}", net::NETNS_PREFIX, h.name), &h.netns, &dirs, cgs)
-                .with_context(|| format!("booting lab host {}", h.name))?;
+            let (child, command) =
+                host::spawn_nspawn(&format!("{}-{}", net::NETNS_PREFIX, h.name), &h.netns, &dirs, cgs)
+                    .with_context(|| format!("booting lab host {}", h.name))?;
             self.nspawns.push(Nspawn { host: h.name.clone(), child, command });
         }
         let mut waiters = Vec::new();
         for mut n in std::mem::take(&mut self.nspawns) {
             let h = self.host(&n.host);
-            let (name, address, key, log) = (h.name.clone(), h.address, h.key.clone(), HostDirs::new(h.dir.clone()).boot_log);
+            let (name, address, key, log) =
+                (h.name.clone(), h.address, h.key.clone(), HostDirs::new(h.dir.clone()).boot_log);
             waiters.push(std::thread::spawn(move || {
                 let r = net::enter_netns(LAB_NETNS)
                     .and_then(|()| host::wait_ready(&name, address, &key, (&mut n.child, &n.command), &log, deadline));
@@ -249,8 +251,13 @@ impl Lab {
                 Ok((n, r)) => {
                     match r {
                         Ok(state) if state == "degraded" => {
-                            let failed = self.host(&n.host).sh("systemctl --failed --no-legend --plain").unwrap_or_default();
-                            eprintln!("k3node lab: host {} is up but degraded; failed units:\n{}", n.host, failed.trim_end());
+                            let failed =
+                                self.host(&n.host).sh("systemctl --failed --no-legend --plain").unwrap_or_default();
+                            eprintln!(
+                                "k3node lab: host {} is up but degraded; failed units:\n{}",
+                                n.host,
+                                failed.trim_end()
+                            );
                         }
                         Ok(_) => {}
                         Err(e) => problems.push(format!("{e:#}")),

@@ -47,8 +47,7 @@ pub fn open_netns(name: &str) -> Result<File> {
 /// Moves the calling thread (only this thread) into netns `name`.
 pub fn enter_netns(name: &str) -> Result<()> {
     let file = open_netns(name)?;
-    setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("setns into network namespace {name}"))?;
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into network namespace {name}"))?;
     Ok(())
 }
 
@@ -111,9 +110,5 @@ pub fn wait_tcp(address: Ipv4Addr, port: u16, within: Duration) -> Result<()> {
 
 /// Names of all existing network namespaces (`ip netns list`).
 pub fn list_netns() -> Result<Vec<String>> {
-    Ok(ip(&["netns", "list"])?
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect())
+    Ok(ip(&["netns", "list"])?.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
 }
