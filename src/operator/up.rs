@@ -506,7 +506,8 @@ async fn wait_ready(run: &mut Run<'_>, first: &Target) -> Result<String, Stop> {
                 not_ready.join(", ")
             )));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Listing nodes is cheap; a coarse poll would add up to its interval to every run.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -35,7 +35,7 @@ const SCRIPT_MODE: u32 = 0o755;
 const CONFIG_DIR_MODE: u32 = 0o755;
 /// Lines of the journal quoted in a failure.
 const JOURNAL_LINES: usize = 20;
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// One `kubectl get node` never takes longer than this, whatever is left of the deadline.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -159,13 +159,13 @@ fn install_inner(
         }
     }
 
-    if unit_changed || systemd.needs_daemon_reload(service) {
-        progress("reloading systemd units");
-        systemd.run_quick(&["daemon-reload"])?;
-    }
+    // `systemctl enable` reloads the manager itself, so a new unit needs no separate daemon-reload.
     if !systemd.is_enabled(service) {
         progress(&format!("enabling {service}"));
         systemd.run_quick(&["enable", service])?;
+    } else if unit_changed || systemd.needs_daemon_reload(service) {
+        progress("reloading systemd units");
+        systemd.run_quick(&["daemon-reload"])?;
     }
 
     let mut active = was_active;
