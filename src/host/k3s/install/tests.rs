@@ -361,7 +361,7 @@ fn a_server_waits_for_its_node_to_be_ready() {
     assert!(report.active);
     let polls = sys.runs().iter().filter(|(_, a)| a.first().is_some_and(|a| a == "kubectl")).count();
     assert_eq!(polls, 2);
-    assert_eq!(sys.now_unix_ms(), NOW_MS + 1000, "one poll interval waited");
+    assert_eq!(sys.now_unix_ms(), NOW_MS + 250, "one poll interval waited");
 }
 
 #[test]
