@@ -74,7 +74,7 @@ pub struct PhaseResult {
     pub name: &'static str,
     pub ok: bool,
     pub message: String,
-    /// Time since the previous phase ended.
+    /// Time the phase's own work took; phases overlap (uploads run while the servers install).
     #[serde(serialize_with = "super::preflight::as_secs")]
     pub elapsed: Duration,
 }
@@ -102,6 +102,16 @@ impl UpRun {
 /// A phase failed: the message says which hosts and why; the run stops there.
 struct Stop(String);
 
+/// What the server chain did, recorded into the run once every chain has finished.
+#[derive(Default)]
+struct ServerChain {
+    uploads: Vec<(String, Result<bool, AgentError>)>,
+    upload_time: Duration,
+    installs: Vec<(String, Result<InstallReport, AgentError>, Duration)>,
+    token_read: bool,
+    token_error: Option<String>,
+}
+
 struct Run<'a> {
     cluster: &'a ClusterFile,
     phase_started: Instant,
@@ -120,6 +130,15 @@ impl Run<'_> {
         self.phase_started = Instant::now();
         tracing::info!(phase = name, ok, ?elapsed, "{message}");
         self.result.phases.push(PhaseResult { name, ok, message, elapsed });
+        ok
+    }
+
+    /// A phase whose work overlapped others: its own duration, not the time since the last phase.
+    fn phase_timed(&mut self, name: &'static str, outcome: Result<String, Stop>, elapsed: Duration) -> bool {
+        let ok = self.phase(name, outcome);
+        if let Some(phase) = self.result.phases.last_mut() {
+            phase.elapsed = elapsed;
+        }
         ok
     }
 
@@ -252,38 +271,106 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     run.result.version = Some(binary.version.clone());
     run.phase("artifacts", Ok(format!("k3s {} ({}), sha256 {}", binary.version, binary.arch, &binary.sha256[..16])));
 
-    let member = |name: &str| fleet.members.iter().find(|m| m.host.name == name).expect("host of the cluster file");
     let node_ip = |m: &Member| node_ips[fleet.members.iter().position(|x| x.index == m.index).unwrap_or(0)].clone();
-    let first = member(&cluster.servers().next().expect("validated").name);
-
-    // upload (only where the installed binary differs; verified on the host before the rename)
-    // and the first server: it is installed while the binary still travels to the other hosts.
+    let first = fleet
+        .members
+        .iter()
+        .find(|m| node_config::position(cluster, &m.host) == Position::FirstServer)
+        .expect("validated: at least one server");
+    let joining: Vec<&Member> =
+        fleet.members.iter().filter(|m| node_config::position(cluster, &m.host) == Position::JoiningServer).collect();
+    let agents: Vec<&Member> = fleet.members.iter().filter(|m| m.host.role == Role::Agent).collect();
     let payload = Payload::new(binary.path.clone(), binary.sha256.clone(), binary.size);
     let observer = run.observer.clone();
-    let first_chain = async {
-        let uploaded = upload_binary(target(first), &binary, &payload, options.dry_run, observer.as_ref()).await?;
-        let request = install_request(cluster, first, &binary, None, node_ip(first), options);
-        Ok::<_, AgentError>((uploaded, call_install(target(first), &first.host.name, request, observer.as_ref()).await))
+    // Agents start as soon as their own upload is done and every server is up: the token comes
+    // through this channel (None while the servers are being installed).
+    let (servers_done, servers_ready) = tokio::sync::watch::channel::<Option<Result<Secret, ()>>>(None);
+
+    // The servers, one after the other: the first initialises the cluster and hands out the
+    // token; further servers join it one at a time (etcd membership changes must not overlap).
+    let server_chain = async {
+        let mut out = ServerChain::default();
+        let started = Instant::now();
+        let chain = async {
+            out.uploads.push((
+                first.host.name.clone(),
+                upload_binary(target(first), &binary, &payload, options.dry_run, observer.as_ref()).await,
+            ));
+            out.upload_time = started.elapsed();
+            if out.uploads.last().is_some_and(|(_, r)| r.is_err()) {
+                return None;
+            }
+            let request = install_request(cluster, first, &binary, None, node_ip(first), options);
+            let (outcome, elapsed) = call_install(target(first), &first.host.name, request, observer.as_ref()).await;
+            let ok = outcome.is_ok();
+            out.installs.push((first.host.name.clone(), outcome, elapsed));
+            if !ok {
+                return None;
+            }
+            let token = match target(first).call::<TokenAnswer>(&Request::ReadToken, &mut |_| {}).await {
+                Ok(answer) => answer.token,
+                Err(_) if options.dry_run => Secret::new("<the first server's token>"),
+                Err(e) => {
+                    out.token_error = Some(format!("cannot read the join token from {}: {e}", first.host.name));
+                    return None;
+                }
+            };
+            out.token_read = true;
+            for m in &joining {
+                let uploaded = upload_binary(target(m), &binary, &payload, options.dry_run, observer.as_ref()).await;
+                let failed = uploaded.is_err();
+                out.uploads.push((m.host.name.clone(), uploaded));
+                if failed {
+                    return None;
+                }
+                let request = install_request(cluster, m, &binary, Some(&token), node_ip(m), options);
+                let (outcome, elapsed) = call_install(target(m), &m.host.name, request, observer.as_ref()).await;
+                let ok = outcome.is_ok();
+                out.installs.push((m.host.name.clone(), outcome, elapsed));
+                if !ok {
+                    return None;
+                }
+            }
+            Some(token)
+        };
+        let token = chain.await;
+        let _ = servers_done.send(Some(token.clone().ok_or(())));
+        out
     };
-    let others = stream::iter(fleet.members.iter().filter(|m| m.index != first.index).map(|m| {
+    let agent_chains = stream::iter(agents.iter().map(|m| {
         let (binary, payload, observer) = (&binary, &payload, observer.clone());
+        let mut servers_ready = servers_ready.clone();
         async move {
-            (m.host.name.clone(), upload_binary(target(m), binary, payload, options.dry_run, observer.as_ref()).await)
+            let uploaded = upload_binary(target(m), binary, payload, options.dry_run, observer.as_ref()).await;
+            if uploaded.is_err() {
+                return (m.host.name.clone(), uploaded, None);
+            }
+            observer.phase(&m.host.name, "waiting for the servers");
+            let token = match servers_ready.wait_for(Option::is_some).await.map(|t| t.clone()) {
+                Ok(Some(Ok(token))) => token,
+                _ => return (m.host.name.clone(), uploaded, None),
+            };
+            let request = install_request(cluster, m, binary, Some(&token), node_ip(m), options);
+            (
+                m.host.name.clone(),
+                uploaded,
+                Some(call_install(target(m), &m.host.name, request, observer.as_ref()).await),
+            )
         }
     }))
     .buffer_unordered(options.concurrency.max(1))
     .collect::<Vec<_>>();
-    let (first_outcome, mut uploads) = tokio::join!(first_chain, others);
-    let first_install = match first_outcome {
-        Ok((uploaded, install)) => {
-            uploads.push((first.host.name.clone(), Ok(uploaded)));
-            Some(install)
+    let (servers, agent_results) = tokio::join!(server_chain, agent_chains);
+
+    // upload
+    let mut uploads = servers.uploads;
+    let mut agent_installs = Vec::new();
+    for (host, uploaded, install) in agent_results {
+        uploads.push((host.clone(), uploaded));
+        if let Some(install) = install {
+            agent_installs.push((host, install));
         }
-        Err(e) => {
-            uploads.push((first.host.name.clone(), Err(e)));
-            None
-        }
-    };
+    }
     let mut upload_errors = Vec::new();
     for (host, outcome) in uploads {
         match outcome {
@@ -299,67 +386,58 @@ async fn phases(run: &mut Run<'_>, fleet: &Fleet, download: &dyn DownloadProgres
     let uploaded = run.result.nodes.iter().filter(|n| n.binary_uploaded).count();
     let verb = if options.dry_run { "would upload" } else { "uploaded" };
     let outcome = if upload_errors.is_empty() {
-        Ok(format!("{verb} to {uploaded} hosts"))
+        Ok(format!("{verb} to {uploaded} hosts, alongside the server installs"))
     } else {
         Err(Stop(upload_errors.join("; ")))
     };
-    if !run.phase("upload", outcome) {
-        return;
-    }
-    let Some((outcome, elapsed)) = first_install else { return };
-    let outcome = record(run, &first.host.name, outcome, elapsed).map_err(Stop);
-    if !run.phase("first server", outcome.map(|_| first.host.name.clone())) {
-        return;
-    }
+    let upload_ok = run.phase_timed("upload", outcome, servers.upload_time);
 
-    // token: read from the first server through the agent protocol, kept in memory only.
-    let token = match target(first).call::<TokenAnswer>(&Request::ReadToken, &mut |_| {}).await {
-        Ok(answer) => answer.token,
-        Err(_) if options.dry_run => Secret::new("<the first server's token>"),
-        Err(e) => {
-            run.phase("token", Err(Stop(format!("cannot read the join token from {}: {e}", first.host.name))));
-            return;
-        }
+    // first server, token, further servers
+    let mut installs = servers.installs.into_iter();
+    let Some((host, outcome, elapsed)) = installs.next() else { return };
+    let outcome = record(run, &host, outcome, elapsed).map(|_| host).map_err(Stop);
+    if !run.phase_timed("first server", outcome, elapsed) {
+        return;
+    }
+    let token_outcome = match servers.token_error {
+        Some(e) => Err(Stop(e)),
+        None => Ok(format!("read from {}", first.host.name)),
     };
-    run.phase("token", Ok(format!("read from {}", first.host.name)));
-
-    // further servers, one at a time: etcd membership changes must not overlap.
-    let joining: Vec<&Member> =
-        fleet.members.iter().filter(|m| node_config::position(cluster, &m.host) == Position::JoiningServer).collect();
+    if !run.phase_timed("token", token_outcome, Duration::ZERO) {
+        return;
+    }
     let mut failures = Vec::new();
-    for m in &joining {
-        if let Err(Stop(e)) = install(run, m, &binary, Some(&token), node_ip(m)).await {
+    let mut servers_time = Duration::ZERO;
+    for (host, outcome, elapsed) in installs {
+        servers_time += elapsed;
+        if let Err(e) = record(run, &host, outcome, elapsed) {
             failures.push(e);
-            break;
         }
     }
-    let outcome =
-        if failures.is_empty() { Ok(format!("{} joined", joining.len())) } else { Err(Stop(failures.join("; "))) };
-    if !run.phase("servers", outcome) {
+    let outcome = if failures.is_empty() && servers.token_read {
+        Ok(format!("{} joined", joining.len()))
+    } else {
+        Err(Stop(if failures.is_empty() { "a server could not be uploaded to".into() } else { failures.join("; ") }))
+    };
+    if !run.phase_timed("servers", outcome, servers_time) {
         return;
     }
 
     // agents, in parallel
-    let agents: Vec<&Member> = fleet.members.iter().filter(|m| m.host.role == Role::Agent).collect();
-    let results = stream::iter(agents.iter().map(|m| {
-        let request = install_request(cluster, m, &binary, Some(&token), node_ip(m), options);
-        let observer = run.observer.clone();
-        async move { (m.host.name.clone(), call_install(target(m), &m.host.name, request, observer.as_ref()).await) }
-    }))
-    .buffer_unordered(options.concurrency.max(1))
-    .collect::<Vec<_>>()
-    .await;
     let mut failures = Vec::new();
-    for (host, (outcome, elapsed)) in results {
+    let mut agents_time = Duration::ZERO;
+    for (host, (outcome, elapsed)) in agent_installs {
+        agents_time = agents_time.max(elapsed);
         if let Err(e) = record(run, &host, outcome, elapsed) {
             failures.push(e);
         }
     }
     let outcome =
         if failures.is_empty() { Ok(format!("{} joined", agents.len())) } else { Err(Stop(failures.join("; "))) };
-    if !run.phase("agents", outcome) || options.dry_run {
+    if !run.phase_timed("agents", outcome, agents_time) || !upload_ok || options.dry_run {
         return;
     }
+    run.phase_started = Instant::now();
 
     // every node Ready, as the first server sees them
     let outcome = wait_ready(run, target(first)).await;
@@ -418,18 +496,6 @@ fn install_request(
         ready_timeout_secs: options.ready_timeout.as_secs(),
         dry_run: options.dry_run,
     }
-}
-
-async fn install(
-    run: &mut Run<'_>,
-    m: &Member,
-    binary: &K3sBinary,
-    token: Option<&Secret>,
-    node_ip: Option<String>,
-) -> Result<(), Stop> {
-    let request = install_request(run.cluster, m, binary, token, node_ip, run.options);
-    let (outcome, elapsed) = call_install(target(m), &m.host.name, request, run.observer.as_ref()).await;
-    record(run, &m.host.name, outcome, elapsed).map_err(Stop)
 }
 
 async fn call_install(

@@ -286,7 +286,16 @@ impl Session {
         let (mut reader, writer) = channel.split();
 
         let feed = async {
-            writer.data(&mut *stdin).await?;
+            // Owned chunks go out as full-size SSH packets; russh's AsyncRead path would cut
+            // the stream into 8 KiB packets, a cost that shows on every upload.
+            loop {
+                let mut chunk = Vec::with_capacity(STDIN_CHUNK);
+                let n = (&mut *stdin).take(STDIN_CHUNK as u64).read_to_end(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                writer.data_bytes(chunk).await?;
+            }
             writer.eof().await
         };
         let collect = async {
@@ -408,6 +417,9 @@ pub async fn sha256_hex(reader: &mut (dyn AsyncRead + Unpin + Send)) -> std::io:
     }
     Ok(hex::encode(hasher.finalize()))
 }
+
+/// How much of a command's stdin is read before it is handed to the SSH channel.
+const STDIN_CHUNK: usize = 1 << 20;
 
 /// AES-GCM first: with AES-NI it moves bulk data (k3s binaries, images) several times faster
 /// than ChaCha20-Poly1305 in software; every cipher here is one OpenSSH itself offers.
