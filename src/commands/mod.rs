@@ -65,3 +65,22 @@ impl ConnectArgs {
         Ok((cluster, connector, me))
     }
 }
+
+/// Local mode (no `-c`): a one-host cluster file for this machine, validated like any other.
+pub fn local_cluster(k3s_version: Option<&str>, mirror: Option<&str>) -> anyhow::Result<ClusterFile> {
+    let hostname = nix::unistd::gethostname()?.to_string_lossy().to_lowercase();
+    let mut yaml = format!(
+        "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: local\nspec:\n  hosts:\n    - name: {hostname}\n      address: 127.0.0.1\n      role: server\n"
+    );
+    if k3s_version.is_some() || mirror.is_some() {
+        yaml.push_str("  k3s:\n");
+    }
+    if let Some(version) = k3s_version {
+        yaml.push_str(&format!("    version: {version:?}\n"));
+    }
+    if let Some(mirror) = mirror {
+        yaml.push_str(&format!("    source:\n      mirror: {mirror:?}\n"));
+    }
+    let cwd = std::env::current_dir()?;
+    Ok(cluster::parse("(command line)", &cwd, &yaml)?)
+}

@@ -1,12 +1,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use k3node::host::system::RealSystem;
 use k3node::operator::fleet::Fleet;
-use k3node::operator::preflight::{self, HostOutcome, HostPreflight, PreflightOptions, PreflightRun};
-use k3node::operator::progress::Observer;
-use k3node::protocol::preflight::{PreflightRequest, Role};
+use k3node::operator::preflight::{self, PreflightOptions};
+use k3node::operator::progress::{Observer, Silent};
 
 use super::render::{self, Output};
 
@@ -26,7 +23,7 @@ pub struct PreflightArgs {
 
 pub async fn run(args: &PreflightArgs) -> anyhow::Result<bool> {
     let Some(config) = &args.config else {
-        return Ok(run_local(args));
+        return run_local(args).await;
     };
     let (cluster, connector, me) = args.connect.prepare(config).await?;
     let observer = render::observer(args.output, cluster.hosts.iter().map(|h| h.name.as_str()));
@@ -41,30 +38,12 @@ pub async fn run(args: &PreflightArgs) -> anyhow::Result<bool> {
     Ok(result.passed())
 }
 
-fn run_local(args: &PreflightArgs) -> bool {
-    let request = PreflightRequest {
-        role: Role::Server,
-        k3s_version: None,
-        cluster_cidr: k3node::cluster::DEFAULT_CLUSTER_CIDR.into(),
-        service_cidr: k3node::cluster::DEFAULT_SERVICE_CIDR.into(),
-        fix: args.fix,
-    };
-    let report = k3node::host::preflight::run(&RealSystem, &request);
-    let hostname = report.facts.hostname.clone();
-    let result = PreflightRun {
-        cluster: "local".into(),
-        hosts: vec![HostPreflight {
-            host: hostname,
-            address: "local".into(),
-            role: Role::Server,
-            agent: None,
-            outcome: HostOutcome::Report(report),
-            elapsed: Duration::ZERO,
-        }],
-    };
-    if let Err(e) = render::preflight(args.output, &result) {
-        eprintln!("error: {e}");
-        return false;
-    }
-    result.passed()
+/// This machine, through the same host code in-process (no SSH), as a single-node server.
+async fn run_local(args: &PreflightArgs) -> anyhow::Result<bool> {
+    let cluster = super::local_cluster(None, None)?;
+    let fleet = Fleet::local(&cluster);
+    let options = PreflightOptions { fix: args.fix, concurrency: 1 };
+    let result = preflight::run(&cluster, &fleet, &options, Arc::new(Silent)).await;
+    render::preflight(args.output, &result)?;
+    Ok(result.passed())
 }

@@ -47,7 +47,7 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<bool> {
             let (cluster, connector, me) = args.connect.prepare(config).await?;
             (cluster, Some((connector, me)))
         }
-        None => (local_cluster(args)?, None),
+        None => (super::local_cluster(args.k3s_version.as_deref(), args.mirror.as_deref())?, None),
     };
     let mut artifacts = ArtifactOptions::default();
     if let Some(dir) = &args.cache_dir {
@@ -79,23 +79,4 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<bool> {
     observer.finish();
     render::up(args.output, &result)?;
     Ok(result.succeeded())
-}
-
-/// Local mode: a one-host cluster file for this machine, validated like any other.
-fn local_cluster(args: &UpArgs) -> anyhow::Result<k3node::cluster::ClusterFile> {
-    let hostname = nix::unistd::gethostname()?.to_string_lossy().to_lowercase();
-    let mut yaml = format!(
-        "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: local\nspec:\n  hosts:\n    - name: {hostname}\n      address: 127.0.0.1\n      role: server\n"
-    );
-    if args.k3s_version.is_some() || args.mirror.is_some() {
-        yaml.push_str("  k3s:\n");
-    }
-    if let Some(version) = &args.k3s_version {
-        yaml.push_str(&format!("    version: {version:?}\n"));
-    }
-    if let Some(mirror) = &args.mirror {
-        yaml.push_str(&format!("    source:\n      mirror: {mirror:?}\n"));
-    }
-    let cwd = std::env::current_dir()?;
-    Ok(k3node::cluster::parse("(command line)", &cwd, &yaml)?)
 }
