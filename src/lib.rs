@@ -12,7 +12,9 @@
 
 pub mod artifacts;
 pub mod cluster;
+pub mod digest;
 pub mod fsutil;
+pub mod home;
 pub mod host;
 pub mod operator;
 pub mod protocol;

@@ -1,6 +1,8 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod commands;
 
@@ -29,6 +31,10 @@ enum Command {
     Reset(commands::reset::ResetArgs),
     /// Merge the cluster's admin kubeconfig into ~/.kube/config under the cluster's name.
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
+    /// Print shell completions (bash, zsh, fish...).
+    Completions(commands::completions::CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
     /// Host agent operations, run by the operator side over SSH.
     #[command(hide = true)]
     Host(commands::host::HostArgs),
@@ -45,13 +51,16 @@ fn main() -> ExitCode {
         return commands::host::run(args);
     }
     init_tracing(cli.verbose);
+    let verbose = cli.verbose;
     let result = match &cli.command {
         Command::Init(args) => commands::init::run(args).map(|_| true),
         Command::Validate(args) => commands::validate::run(args).map(|_| true),
-        Command::Preflight(args) => runtime().and_then(|rt| rt.block_on(commands::preflight::run(args))),
-        Command::Up(args) => runtime().and_then(|rt| rt.block_on(commands::up::run(args))),
-        Command::Reset(args) => runtime().and_then(|rt| rt.block_on(commands::reset::run(args))),
+        Command::Preflight(args) => runtime().and_then(|rt| rt.block_on(commands::preflight::run(args, verbose))),
+        Command::Up(args) => runtime().and_then(|rt| rt.block_on(commands::up::run(args, verbose))),
+        Command::Reset(args) => runtime().and_then(|rt| rt.block_on(commands::reset::run(args, verbose))),
         Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),
+        Command::Completions(args) => commands::completions::run(args, Cli::command()).map(|_| true),
+        Command::Man => commands::completions::man(Cli::command()).map(|_| true),
         Command::Host(_) => unreachable!("handled above"),
     };
     match result {
@@ -68,14 +77,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+/// Logs on stderr: `-v` info, `-vv` debug, `-vvv` trace, the SSH library's packet traces only
+/// when asked for by target (`K3NODE_LOG=russh=trace`, or RUST_LOG); colours only on a terminal.
 fn init_tracing(verbose: u8) {
     let level = match verbose {
         0 => "warn",
         1 => "info,russh=warn",
         2 => "debug,russh=info",
-        _ => "trace",
+        _ => "trace,russh=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("K3NODE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -39,7 +39,7 @@ pub(super) async fn lookup(dir: &Path, version: &str, names: &ArchNames) -> Resu
         Err(_) => None,
     };
     let (actual, size) =
-        checksum::hash_file_async(&bin).await.map_err(ArtifactError::io("read the cached binary", &bin))?;
+        crate::digest::sha256_file_async(&bin).await.map_err(ArtifactError::io("read the cached binary", &bin))?;
     match expected {
         Some(expected) if expected == actual => {
             tracing::debug!(path = %bin.display(), sha256 = %actual, "using the cached k3s binary");

@@ -66,12 +66,6 @@ pub fn expected_sha256(text: &str, origin: &str, file_name: &str) -> Result<Stri
     })
 }
 
-/// sha256 (lowercase hex) and size of a file on disk. Blocking: call from `spawn_blocking`.
-pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
-    let (hasher, size) = hash_state(path)?;
-    Ok((hex::encode(hasher.finalize()), size))
-}
-
 /// The running hash and length of a file, for a download that continues where it stopped.
 pub(crate) fn hash_state(path: &Path) -> io::Result<(Sha256, u64)> {
     let mut file = File::open(path)?;
@@ -89,12 +83,6 @@ pub(crate) fn hash_state(path: &Path) -> io::Result<(Sha256, u64)> {
         size += n as u64;
     }
     Ok((hasher, size))
-}
-
-/// [`hash_file`] off the async runtime's threads.
-pub async fn hash_file_async(path: &Path) -> io::Result<(String, u64)> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || hash_file(&path)).await.map_err(io::Error::other)?
 }
 
 #[cfg(test)]
@@ -150,11 +138,12 @@ mod tests {
     }
 
     #[test]
-    fn hashes_files() {
+    fn the_resumable_hash_state_agrees_with_the_one_sha256_helper() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
         std::fs::write(&p, b"").unwrap();
-        let (h, n) = hash_file(&p).unwrap();
-        assert_eq!((h.as_str(), n), (B.to_ascii_lowercase().as_str(), 0));
+        let (state, n) = hash_state(&p).unwrap();
+        assert_eq!((hex::encode(state.finalize()), n), crate::digest::sha256_file(&p).unwrap());
+        assert_eq!(crate::digest::sha256_file(&p).unwrap().0, B.to_ascii_lowercase());
     }
 }

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::cluster::{ArtifactSource, K3sSpec};
 
-pub use checksum::{expected_sha256, hash_file, parse as parse_checksum_file, ChecksumEntry};
+pub use checksum::{expected_sha256, parse as parse_checksum_file, ChecksumEntry};
 pub use error::ArtifactError;
 pub use names::{arch_names, is_k3s_version, release_file_url, ArchNames};
 
@@ -83,11 +83,7 @@ pub fn default_cache_dir() -> PathBuf {
             return xdg.join("k3node");
         }
     }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir))
-        .unwrap_or_else(std::env::temp_dir);
+    let home = crate::home::home_dir().unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("k3node")
 }
 
@@ -296,7 +292,7 @@ async fn from_airgap(dir: &Path, version: &str, names: &ArchNames) -> Result<K3s
         reason: "it is not text (not UTF-8)".into(),
     })?;
     let expected = expected_sha256(&text, &shown_sums, names.binary)?;
-    let (actual, size) = checksum::hash_file_async(&bin).await.map_err(ArtifactError::io("read", &bin))?;
+    let (actual, size) = crate::digest::sha256_file_async(&bin).await.map_err(ArtifactError::io("read", &bin))?;
     if actual != expected {
         return Err(ArtifactError::ChecksumMismatch {
             url: bin.display().to_string(),

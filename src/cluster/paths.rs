@@ -4,18 +4,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-/// The operator's home: $HOME, else the password database (HOME can be unset under cron or
-/// systemd).
-pub(crate) fn home_dir() -> Option<PathBuf> {
-    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return Some(PathBuf::from(home));
-    }
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.dir)
-        .filter(|d| !d.as_os_str().is_empty())
-}
+pub(crate) use crate::home::home_dir;
 
 /// Resolves `text` against `base_dir` and `home`, or says why it cannot.
 pub(crate) fn resolve(text: &str, base_dir: &Path, home: Option<&Path>) -> Result<PathBuf, String> {

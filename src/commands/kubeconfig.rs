@@ -1,13 +1,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k3node::operator::fleet::Fleet;
+use k3node::operator::bootstrap::Placement;
+use k3node::operator::kubeconfig;
+use k3node::operator::phases::install::first_server;
+use k3node::operator::phases::kubeconfig::target;
 use k3node::operator::progress::{Observer, Silent};
-use k3node::operator::{kubeconfig, up};
-use k3node::protocol::k3s::KubeconfigAnswer;
-use k3node::protocol::Request;
-
-use super::BadInput;
+use k3node::protocol::k3s::ReadKubeconfig;
 
 #[derive(Debug, clap::Args)]
 pub struct KubeconfigArgs {
@@ -22,22 +21,19 @@ pub struct KubeconfigArgs {
 
 /// Fetches the admin kubeconfig from the first server and merges it under the cluster's name.
 pub async fn run(args: &KubeconfigArgs) -> anyhow::Result<bool> {
-    let (cluster, connector, me) = args.connect.prepare(&args.config).await?;
-    let first = cluster
-        .hosts
-        .iter()
-        .position(|h| h.role == k3node::protocol::preflight::Role::Server)
-        .ok_or_else(|| BadInput("no server".into()))?;
+    let prepared = args.connect.prepare(&args.config).await?;
+    let cluster = &prepared.cluster;
+    let first =
+        cluster.hosts.iter().position(|h| h.name == first_server(cluster).name).expect("the first server is a host");
     let observer: Arc<dyn Observer> = Arc::new(Silent);
-    let fleet = Fleet::connect(&cluster, &[first], &connector, &me, 1, &observer).await;
+    // Reading needs no installed helper: a temporary one leaves the host as it was.
+    let fleet = prepared.connect(&[first], Placement::Temporary, 1, &observer).await;
     let answer = match &fleet.members[0].link {
-        Ok(link) => {
-            link.target.call::<KubeconfigAnswer>(&Request::Kubeconfig, &mut |_| {}).await.map_err(anyhow::Error::from)
-        }
+        Ok(link) => link.call(&ReadKubeconfig {}).send().await.map_err(anyhow::Error::from),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
     fleet.close().await;
-    let (path, server) = up::kubeconfig_target(&cluster, args.kubeconfig.clone());
+    let (path, server) = target(cluster, args.kubeconfig.clone());
     kubeconfig::merge_into_file(&path, answer?.kubeconfig.expose(), &cluster.name, &server)?;
     println!("merged context {} into {} (server {server})", cluster.name, path.display());
     Ok(true)

@@ -1,6 +1,7 @@
 //! One file per command: each parses its arguments and delegates to the library. Terminal
 //! rendering lives here and nowhere else.
 
+pub mod completions;
 pub mod host;
 pub mod init;
 pub mod kubeconfig;
@@ -10,16 +11,22 @@ pub mod reset;
 pub mod up;
 pub mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k3node::cluster::{self, ClusterFile};
-use k3node::operator::agent::SelfBinary;
+use k3node::operator::bootstrap::{Placement, SelfBinary};
 use k3node::operator::connect::{ConnectOverrides, Connector};
+use k3node::operator::fleet::Fleet;
+use k3node::operator::progress::Observer;
 
 /// Exit status for bad input (invalid cluster file, bad arguments), distinct from a failed run.
 pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// The cluster file a command reads when `-c` is not given.
+pub const DEFAULT_CLUSTER_FILE: &str = "cluster.yaml";
 
 /// An error caused by what the user gave us, not by a host.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +58,17 @@ pub struct ConnectArgs {
     pub connect_timeout: u64,
 }
 
+/// A validated cluster file and what connecting to its hosts needs, prepared before any host
+/// is touched (keys loaded, passphrases asked once, this binary hashed for the helper).
+pub struct Prepared {
+    pub config: PathBuf,
+    pub cluster: Arc<ClusterFile>,
+    pub connector: Connector,
+    pub me: SelfBinary,
+}
+
 impl ConnectArgs {
-    /// Everything a run needs before it touches a host: the validated cluster file, keys loaded
-    /// (passphrases asked once), and this binary hashed for the agent handshake.
-    pub async fn prepare(&self, config: &Path) -> anyhow::Result<(ClusterFile, Connector, SelfBinary)> {
+    pub async fn prepare(&self, config: &Path) -> anyhow::Result<Prepared> {
         let cluster = load_cluster(config)?;
         let overrides = ConnectOverrides {
             trust_new_host_keys: self.trust_new_host_keys,
@@ -62,11 +76,57 @@ impl ConnectArgs {
         };
         let connector = Connector::prepare(&cluster, &overrides)?;
         let me = SelfBinary::current().await?;
-        Ok((cluster, connector, me))
+        Ok(Prepared { config: config.to_path_buf(), cluster: Arc::new(cluster), connector, me })
     }
 }
 
-/// Local mode (no `-c`): a one-host cluster file for this machine, validated like any other.
+impl Prepared {
+    /// Connects to the hosts at `indices` of the cluster file.
+    pub async fn connect(
+        &self,
+        indices: &[usize],
+        placement: Placement,
+        concurrency: u16,
+        observer: &Arc<dyn Observer>,
+    ) -> Fleet {
+        Fleet::connect(&self.cluster, indices, &self.connector, &self.me, placement, concurrency as usize, observer)
+            .await
+    }
+
+    pub fn all_hosts(&self) -> Vec<usize> {
+        (0..self.cluster.hosts.len()).collect()
+    }
+}
+
+/// The cluster file a command works on: `-c FILE`, else ./cluster.yaml. Without one, a command
+/// that can also work on this machine says how (`--local`), instead of guessing.
+pub fn cluster_file(given: Option<&Path>, local_hint: bool) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let default = PathBuf::from(DEFAULT_CLUSTER_FILE);
+    if default.exists() {
+        return Ok(default);
+    }
+    let mut message = format!(
+        "no cluster file: ./{DEFAULT_CLUSTER_FILE} does not exist; give one with -c FILE (`k3node init` writes a starter)"
+    );
+    if local_hint {
+        message.push_str(", or pass --local to work on this machine itself");
+    }
+    Err(BadInput(message).into())
+}
+
+/// `-c FILE` as the user should type it again in a hint.
+pub fn config_flag(config: &Path) -> String {
+    if config == Path::new(DEFAULT_CLUSTER_FILE) {
+        String::new()
+    } else {
+        format!(" -c {}", shlex::try_quote(&config.to_string_lossy()).map(|q| q.into_owned()).unwrap_or_default())
+    }
+}
+
+/// Local mode: a one-host cluster file for this machine, validated like any other.
 pub fn local_cluster(k3s_version: Option<&str>, mirror: Option<&str>) -> anyhow::Result<ClusterFile> {
     let hostname = nix::unistd::gethostname()?.to_string_lossy().to_lowercase();
     let mut yaml = format!(

@@ -1,19 +1,18 @@
-//! Terminal output: progress while hosts work, tables or JSON at the end.
+//! Terminal output: progress while hosts work, then the run's report as short tables or JSON.
+//! Short means: what failed or needs attention, and the final line names it; `-v` shows all.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Cell, Color, ContentArrangement, Table};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k3node::artifacts::{DownloadProgress, NoProgress};
-use k3node::operator::preflight::{HostOutcome, PreflightRun};
+use k3node::operator::engine::{ChangeAction, HostResult, HostState, PhaseState, RunReport};
 use k3node::operator::progress::Observer;
-use k3node::operator::reset::ResetRun;
-use k3node::operator::up::{NodeState, UpRun};
-use k3node::protocol::k3s::FileAction;
-use k3node::protocol::preflight::Status;
+use k3node::protocol::preflight::{Check, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -21,9 +20,27 @@ pub enum Output {
     Json,
 }
 
+/// What the report's words depend on besides the report.
+pub struct RenderOptions {
+    /// The cluster file given, for hints that name a command (None in local mode).
+    pub config: Option<PathBuf>,
+    /// `-v`: every check and change, not only what needs attention.
+    pub verbose: u8,
+}
+
+impl RenderOptions {
+    fn command(&self, command: &str) -> String {
+        match &self.config {
+            Some(path) => format!("`k3node {command}{}`", super::config_flag(path)),
+            None => format!("`k3node {command} --local`"),
+        }
+    }
+}
+
 /// Spinners per host on a terminal; one plain line per finished host otherwise.
 pub struct TerminalObserver {
-    multi: MultiProgress,
+    /// Owns the bars' drawing; dropped with the observer.
+    _multi: MultiProgress,
     bars: HashMap<String, ProgressBar>,
     interactive: bool,
 }
@@ -53,7 +70,7 @@ pub fn observer<'a>(output: Output, hosts: impl Iterator<Item = &'a str>) -> Arc
             (h.to_string(), bar)
         })
         .collect();
-    Arc::new(TerminalObserver { multi, bars, interactive })
+    Arc::new(TerminalObserver { _multi: multi, bars, interactive })
 }
 
 impl Observer for TerminalObserver {
@@ -64,86 +81,40 @@ impl Observer for TerminalObserver {
         tracing::debug!(host, phase);
     }
 
-    fn done(&self, host: &str, ok: bool, summary: &str) {
-        let mark = if ok { "ok" } else { "FAILED" };
+    fn done(&self, host: &str, _ok: bool, summary: &str) {
         match self.bars.get(host) {
-            Some(bar) if self.interactive => bar.finish_with_message(format!("{mark}: {summary}")),
-            _ => {
-                let _ = self.multi.println(format!("{host}: {mark}: {summary}"));
-                if !self.interactive {
-                    eprintln!("{host}: {mark}: {summary}");
-                }
-            }
+            Some(bar) if self.interactive => bar.finish_with_message(summary.to_string()),
+            _ if !self.interactive && self.bars.contains_key(host) => eprintln!("{host}: {summary}"),
+            _ => {}
         }
     }
 }
 
-pub fn preflight(output: Output, run: &PreflightRun) -> anyhow::Result<()> {
-    match output {
-        Output::Json => {
-            println!("{}", serde_json::to_string_pretty(run)?);
-            Ok(())
-        }
-        Output::Table => {
-            for host in &run.hosts {
-                println!("\n{} ({}, {:?})", host.host, host.address, host.role);
-                match &host.outcome {
-                    HostOutcome::Error { kind, message } => println!("  NOT CHECKED [{kind}]: {message}"),
-                    HostOutcome::Report(report) => {
-                        for fix in &report.fixes_applied {
-                            println!("  fixed: {fix}");
-                        }
-                        let mut table = Table::new();
-                        table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
-                        if table.width().is_none() {
-                            // Not a terminal: wrap at a width that reads well in CI logs and pagers.
-                            table.set_width(140);
-                        }
-                        table.set_header(["", "check", "found", "fix"]);
-                        let mut checks: Vec<_> = report.checks.iter().collect();
-                        checks.sort_by_key(|c| std::cmp::Reverse(c.status));
-                        for c in checks {
-                            table.add_row([
-                                status_cell(c.status),
-                                Cell::new(&c.id),
-                                Cell::new(&c.reason),
-                                Cell::new(c.fix.as_deref().unwrap_or("")),
-                            ]);
-                        }
-                        println!("{table}");
-                    }
-                }
-            }
-            let mut summary = Table::new();
-            summary.load_preset(UTF8_BORDERS_ONLY);
-            summary.set_header(["host", "role", "address", "result", "time"]);
-            for host in &run.hosts {
-                let result = match &host.outcome {
-                    HostOutcome::Error { kind, .. } => Cell::new(format!("unreachable ({kind})")).fg(Color::Red),
-                    HostOutcome::Report(r) => {
-                        let fails = r.checks.iter().filter(|c| c.status == Status::Fail).count();
-                        let warns = r.checks.iter().filter(|c| c.status == Status::Warn).count();
-                        let text = format!("{} pass, {warns} warn, {fails} fail", r.checks.len() - fails - warns);
-                        if fails > 0 {
-                            Cell::new(text).fg(Color::Red)
-                        } else {
-                            Cell::new(text)
-                        }
-                    }
-                };
-                summary.add_row([
-                    Cell::new(&host.host),
-                    Cell::new(format!("{:?}", host.role).to_lowercase()),
-                    Cell::new(&host.address),
-                    result,
-                    Cell::new(format!("{:.2}s", host.elapsed.as_secs_f64())),
-                ]);
-            }
-            println!("\n{summary}");
-            println!("{}", if run.passed() { "preflight passed" } else { "preflight FAILED" });
-            Ok(())
-        }
+/// Prints a run's report: JSON as is, or tables for a terminal.
+pub fn report(output: Output, report: &RunReport, options: &RenderOptions) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
     }
+    match report.command {
+        "preflight" => preflight(report, options),
+        _ => run(report, options),
+    }
+    Ok(())
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    if table.width().is_none() {
+        // Not a terminal: wrap at a width that reads well in CI logs and pagers.
+        table.set_width(140);
+    }
+    table
 }
 
 fn status_cell(status: Status) -> Cell {
@@ -154,107 +125,198 @@ fn status_cell(status: Status) -> Cell {
     }
 }
 
-pub fn up(output: Output, run: &UpRun) -> anyhow::Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(run)?);
-        return Ok(());
+fn state_cell(state: HostState) -> Cell {
+    let cell = Cell::new(state.as_str());
+    match state {
+        HostState::Failed | HostState::Skipped => cell.fg(Color::Red),
+        HostState::Restarted | HostState::Changed | HostState::Installed | HostState::WouldChange => {
+            cell.fg(Color::Yellow)
+        }
+        HostState::Unchanged => cell.fg(Color::Green),
     }
-    if let Some(pf) = &run.preflight {
-        if !pf.passed() {
-            preflight(Output::Table, pf)?;
+}
+
+/// The checks of one host worth showing: failures and warnings, or all with `-v`.
+fn shown_checks<'a>(host: &'a HostResult, options: &RenderOptions) -> Vec<&'a Check> {
+    let mut checks: Vec<&Check> =
+        host.checks.iter().filter(|c| options.verbose > 0 || c.status != Status::Pass).collect();
+    checks.sort_by_key(|c| std::cmp::Reverse(c.status));
+    checks
+}
+
+fn print_checks(host: &HostResult, options: &RenderOptions) {
+    let checks = shown_checks(host, options);
+    if checks.is_empty() {
+        return;
+    }
+    let mut t = table();
+    t.set_header(["", "check", "found", "fix"]);
+    for c in checks {
+        t.add_row([
+            status_cell(c.status),
+            Cell::new(&c.id),
+            Cell::new(&c.reason),
+            Cell::new(c.fix.as_deref().unwrap_or("")),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn preflight(report: &RunReport, options: &RenderOptions) {
+    for host in &report.hosts {
+        let shown = shown_checks(host, options);
+        if shown.is_empty() && host.notes.is_empty() && host.error.is_none() {
+            continue;
+        }
+        println!("\n{} ({}, {})", host.host, host.address, host.role);
+        for note in &host.notes {
+            println!("  {note}");
+        }
+        if host.checks.is_empty() {
+            if let Some(e) = &host.error {
+                println!("  not checked ({}): {}", e.kind, e.message);
+            }
+        }
+        print_checks(host, options);
+    }
+    let mut summary = table();
+    summary.set_header(["host", "role", "address", "result", "time"]);
+    let mut failing = Vec::new();
+    for host in &report.hosts {
+        let result = if host.checks.is_empty() {
+            let kind = host.error.as_ref().map(|e| e.kind.as_str()).unwrap_or("not checked");
+            failing.push(format!("{}: {kind}", host.host));
+            Cell::new(format!("not checked: {kind}")).fg(Color::Red)
+        } else {
+            let count = |s| host.checks.iter().filter(|c| c.status == s).count();
+            let (fails, warns, passes) = (count(Status::Fail), count(Status::Warn), count(Status::Pass));
+            for c in host.checks.iter().filter(|c| c.status == Status::Fail) {
+                failing.push(format!("{}: {} ({})", host.host, c.id, c.reason));
+            }
+            let text = format!("{passes} pass, {warns} warn, {fails} fail");
+            if fails > 0 {
+                Cell::new(text).fg(Color::Red)
+            } else {
+                Cell::new(text)
+            }
+        };
+        summary.add_row([
+            Cell::new(&host.host),
+            Cell::new(host.role.as_str()),
+            Cell::new(&host.address),
+            result,
+            Cell::new(format!("{:.2}s", host.elapsed.as_secs_f64())),
+        ]);
+    }
+    println!("\n{summary}");
+    if failing.is_empty() {
+        println!("preflight passed ({})", plural(report.hosts.len(), "host", "hosts"));
+    } else {
+        println!("preflight FAILED: {}", failing.join("; "));
+    }
+}
+
+fn run(report: &RunReport, options: &RenderOptions) {
+    // Preflight inside `up`: only what failed or warns, per host.
+    let checked = report.hosts.iter().any(|h| !h.checks.is_empty());
+    if checked && report.hosts.iter().any(|h| h.checks.iter().any(|c| c.status == Status::Fail)) {
+        for host in report.hosts.iter().filter(|h| h.checks.iter().any(|c| c.status != Status::Pass)) {
+            println!("\n{} preflight:", host.host);
+            print_checks(host, &RenderOptions { config: None, verbose: 0 });
         }
     }
     println!();
-    for phase in &run.phases {
-        println!(
-            "{} {:<13} {:>6.2}s  {}",
-            if phase.ok { "✓" } else { "✗" },
-            phase.name,
-            phase.elapsed.as_secs_f64(),
-            phase.message
-        );
+    for phase in &report.phases {
+        let mark = match phase.state {
+            PhaseState::Done => "✓",
+            PhaseState::Failed => "✗",
+            PhaseState::Planned => "·",
+            PhaseState::NotApplicable | PhaseState::NotRun => "-",
+        };
+        if phase.state == PhaseState::NotApplicable && options.verbose == 0 {
+            continue;
+        }
+        let message = match phase.state {
+            PhaseState::NotRun => "not run: an earlier phase failed",
+            PhaseState::NotApplicable => "nothing to do",
+            _ => phase.message.as_str(),
+        };
+        println!("{mark} {:<13} {:>6.2}s  {message}", phase.name, phase.elapsed.as_secs_f64());
     }
-    if run.dry_run {
-        for node in &run.nodes {
-            let changed: Vec<_> = node.changes.iter().filter(|c| c.action != FileAction::Unchanged).collect();
-            if changed.is_empty() && !node.binary_uploaded {
-                continue;
+    for host in &report.hosts {
+        let changed: Vec<_> =
+            host.changes.iter().filter(|c| options.verbose > 0 || c.action != ChangeAction::Unchanged).collect();
+        let show = report.dry_run || report.command == "reset" || options.verbose > 0;
+        if !show || (changed.is_empty() && host.notes.is_empty()) {
+            continue;
+        }
+        let heading = match (report.dry_run, report.command) {
+            (true, _) => "would change",
+            (false, "reset") => "reset",
+            _ => "changed",
+        };
+        println!("\n{} {heading}:", host.host);
+        for c in changed {
+            let action = match c.action {
+                ChangeAction::Created => "create",
+                ChangeAction::Updated => "update",
+                ChangeAction::Unchanged => "unchanged",
+                ChangeAction::Done => "",
+            };
+            if action.is_empty() {
+                println!("  {}", c.subject);
+            } else {
+                println!("  {action} {}", c.subject);
             }
-            println!("\n{} would change:", node.host);
-            if node.binary_uploaded {
-                println!("  /usr/local/bin/k3s: new binary {}", run.version.as_deref().unwrap_or(""));
-            }
-            for c in changed {
-                println!("  {}: {:?}", c.path, c.action);
-                if let Some(diff) = &c.diff {
-                    for line in diff.lines() {
-                        println!("    {line}");
-                    }
+            if let Some(detail) = &c.detail {
+                for line in detail.lines() {
+                    println!("      {line}");
                 }
             }
         }
+        for note in &host.notes {
+            println!("  {note}");
+        }
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["node", "role", "k3s", "state", "time"]);
-    for node in &run.nodes {
-        let state = format!("{:?}", node.state).to_lowercase();
-        let state = match node.state {
-            NodeState::Failed | NodeState::Skipped => Cell::new(state).fg(Color::Red),
-            NodeState::Restarted | NodeState::Changed | NodeState::WouldChange => Cell::new(state).fg(Color::Yellow),
-            NodeState::Unchanged => Cell::new(state).fg(Color::Green),
-        };
-        table.add_row([
-            Cell::new(&node.host),
-            Cell::new(format!("{:?}", node.role).to_lowercase()),
-            Cell::new(node.version.as_deref().unwrap_or("-")),
-            state,
-            Cell::new(format!("{:.1}s", node.elapsed.as_secs_f64())),
-        ]);
+    if report.command != "reset" {
+        let mut t = table();
+        t.set_header(["node", "role", "k3s", "state", "time"]);
+        for host in &report.hosts {
+            t.add_row([
+                Cell::new(&host.host),
+                Cell::new(host.role.as_str()),
+                Cell::new(host.version.as_deref().unwrap_or("-")),
+                state_cell(host.state),
+                Cell::new(format!("{:.1}s", host.elapsed.as_secs_f64())),
+            ]);
+        }
+        println!("\n{t}");
     }
-    println!("\n{table}");
-    for node in run.nodes.iter().filter(|n| n.error.is_some()) {
-        println!("{}: {}", node.host, node.error.as_deref().unwrap_or_default());
+    for host in &report.hosts {
+        if let Some(e) = &host.error {
+            println!("{} ({}): {}", host.host, e.kind, e.message);
+        }
     }
-    println!(
-        "{}",
-        if run.succeeded() {
-            if run.dry_run {
-                "dry run: nothing was changed"
-            } else {
-                "cluster is up"
+    let verdict = match (report.succeeded(), report.dry_run, report.command) {
+        (true, true, _) => "dry run: nothing was changed".to_string(),
+        (true, false, "reset") => "reset done".to_string(),
+        (true, false, _) => "cluster is up".to_string(),
+        (false, _, command) => {
+            let failed: Vec<&str> =
+                report.hosts.iter().filter(|h| h.state.is_failure()).map(|h| h.host.as_str()).collect();
+            let phase =
+                report.phases.iter().find(|p| p.state == PhaseState::Failed).map(|p| p.name).unwrap_or("a host");
+            let mut line = format!("{command} FAILED at {phase}");
+            if !failed.is_empty() {
+                line.push_str(&format!(" ({})", failed.join(", ")));
             }
-        } else {
-            "up FAILED"
+            if phase == "preflight" {
+                line.push_str(&format!("; see {}; --ignore-preflight overrides", options.command("preflight")));
+            }
+            line
         }
-    );
-    Ok(())
-}
-
-pub fn reset(output: Output, run: &ResetRun) -> anyhow::Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(run)?);
-        return Ok(());
-    }
-    for host in &run.hosts {
-        println!("\n{} ({:?})", host.host, host.role);
-        match &host.error {
-            Some(e) => println!("  FAILED: {e}"),
-            None if host.actions.is_empty() => println!("  nothing to do"),
-            None => host.actions.iter().for_each(|a| println!("  {a}")),
-        }
-    }
-    println!(
-        "{}",
-        if !run.succeeded() {
-            "reset FAILED"
-        } else if run.dry_run {
-            "dry run: nothing was changed"
-        } else {
-            "reset done"
-        }
-    );
-    Ok(())
+    };
+    println!("{verdict}");
 }
 
 /// A progress bar for downloads on a terminal; nothing otherwise.

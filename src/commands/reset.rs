@@ -2,10 +2,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k3node::operator::progress::Observer;
-use k3node::operator::reset;
+use k3node::operator::actions::reset::{self, ResetOptions};
+use k3node::operator::bootstrap::Placement;
+use k3node::operator::progress::{Observer, Silent};
+use k3node::protocol::node::Role;
 
-use super::render::{self, Output};
+use super::render::{self, Output, RenderOptions};
 use super::BadInput;
 
 #[derive(Debug, clap::Args)]
@@ -21,14 +23,21 @@ pub struct ResetArgs {
     /// Show what would be removed and moved aside; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Leave k3node's own files (its helper binary and state) on the hosts.
+    #[arg(long)]
+    pub keep_helper: bool,
+    /// The kubeconfig whose context for this cluster is removed when every host is reset.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     #[command(flatten)]
     pub connect: super::ConnectArgs,
 }
 
-pub async fn run(args: &ResetArgs) -> anyhow::Result<bool> {
-    let (cluster, connector, me) = args.connect.prepare(&args.config).await?;
+pub async fn run(args: &ResetArgs, verbose: u8) -> anyhow::Result<bool> {
+    let prepared = args.connect.prepare(&args.config).await?;
+    let cluster = &prepared.cluster;
     let mut indices = Vec::new();
     for name in &args.hosts {
         let i = cluster
@@ -39,7 +48,7 @@ pub async fn run(args: &ResetArgs) -> anyhow::Result<bool> {
         indices.push(i);
     }
     if indices.is_empty() {
-        indices = (0..cluster.hosts.len()).collect();
+        indices = prepared.all_hosts();
     }
     if !args.dry_run && !args.yes {
         let names: Vec<&str> = indices.iter().map(|&i| cluster.hosts[i].name.as_str()).collect();
@@ -61,17 +70,26 @@ pub async fn run(args: &ResetArgs) -> anyhow::Result<bool> {
     }
     let observer = render::observer(args.output, indices.iter().map(|&i| cluster.hosts[i].name.as_str()));
     let observer_dyn: Arc<dyn Observer> = observer.clone();
-    let result = reset::reset(
-        &cluster,
-        &indices,
-        &connector,
-        &me,
-        args.dry_run,
-        args.connect.concurrency as usize,
-        observer_dyn,
-    )
-    .await;
+    let placement = if args.dry_run { Placement::Temporary } else { Placement::Installed };
+    // Servers that stay: the reset hosts' Node objects are deleted through the first of them.
+    let staying = (0..cluster.hosts.len()).find(|i| !indices.contains(i) && cluster.hosts[*i].role == Role::Server);
+    let staying_link = match staying {
+        Some(i) if !args.dry_run => {
+            let silent: Arc<dyn Observer> = Arc::new(Silent);
+            let fleet = prepared.connect(&[i], Placement::Installed, 1, &silent).await;
+            fleet.members.into_iter().next().and_then(|m| m.link.ok())
+        }
+        _ => None,
+    };
+    let fleet = prepared.connect(&indices, placement, args.connect.concurrency, &observer_dyn).await;
+    let options = ResetOptions {
+        dry_run: args.dry_run,
+        concurrency: args.connect.concurrency as usize,
+        keep_helper: args.keep_helper,
+        kubeconfig: args.kubeconfig.clone(),
+    };
+    let report = reset::reset(cluster.clone(), fleet, staying_link, &options, observer_dyn).await;
     observer.finish();
-    render::reset(args.output, &result)?;
-    Ok(result.succeeded())
+    render::report(args.output, &report, &RenderOptions { config: Some(args.config.clone()), verbose })?;
+    Ok(report.succeeded())
 }

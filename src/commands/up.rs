@@ -3,29 +3,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k3node::artifacts::ArtifactOptions;
+use k3node::operator::actions::up::{self, UpOptions};
+use k3node::operator::bootstrap::Placement;
 use k3node::operator::fleet::Fleet;
 use k3node::operator::progress::Observer;
-use k3node::operator::up::{self, UpOptions};
 
-use super::render::{self, Output};
+use super::render::{self, Output, RenderOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// The cluster file; without it this machine becomes a single-node server (no SSH).
-    #[arg(short = 'c', long = "config")]
+    /// The cluster file (default: ./cluster.yaml).
+    #[arg(short = 'c', long = "config", conflicts_with = "local")]
     pub config: Option<PathBuf>,
+    /// Install on this machine itself as a single-node server, without SSH and without a cluster file.
+    #[arg(long)]
+    pub local: bool,
     /// Local mode: the k3s version to install (default: the stable channel).
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, requires = "local")]
     pub k3s_version: Option<String>,
     /// Local mode: a mirror laid out like the GitHub releases.
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, requires = "local")]
     pub mirror: Option<String>,
-    /// Show per host what would change (files with diffs, restarts); change nothing.
+    /// Show per host what would change (files with contents or diffs, links, services); change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Install although preflight found failures.
     #[arg(long)]
     pub ignore_preflight: bool,
+    /// Converge the reachable hosts when agents cannot be reached (they are reported skipped;
+    /// the exit status is still 1). Servers must all be reachable.
+    #[arg(long)]
+    pub skip_unreachable: bool,
     /// Seconds to wait for every node to be Ready.
     #[arg(long, default_value_t = 300)]
     pub ready_timeout: u64,
@@ -41,13 +49,14 @@ pub struct UpArgs {
     pub connect: super::ConnectArgs,
 }
 
-pub async fn run(args: &UpArgs) -> anyhow::Result<bool> {
-    let (cluster, fleet_source) = match &args.config {
-        Some(config) => {
-            let (cluster, connector, me) = args.connect.prepare(config).await?;
-            (cluster, Some((connector, me)))
-        }
-        None => (super::local_cluster(args.k3s_version.as_deref(), args.mirror.as_deref())?, None),
+pub async fn run(args: &UpArgs, verbose: u8) -> anyhow::Result<bool> {
+    let prepared = match args.local {
+        true => None,
+        false => Some(args.connect.prepare(&super::cluster_file(args.config.as_deref(), true)?).await?),
+    };
+    let cluster = match &prepared {
+        Some(p) => p.cluster.clone(),
+        None => Arc::new(super::local_cluster(args.k3s_version.as_deref(), args.mirror.as_deref())?),
     };
     let mut artifacts = ArtifactOptions::default();
     if let Some(dir) = &args.cache_dir {
@@ -60,23 +69,24 @@ pub async fn run(args: &UpArgs) -> anyhow::Result<bool> {
         dry_run: args.dry_run,
         concurrency: args.connect.concurrency as usize,
         ignore_preflight: args.ignore_preflight,
+        skip_unreachable: args.skip_unreachable,
         ready_timeout: Duration::from_secs(args.ready_timeout),
         kubeconfig: args.kubeconfig.clone(),
         artifacts,
     };
+    if args.local && args.output == Output::Table {
+        eprintln!("local mode: installing k3s on this machine ({}), not over SSH", cluster.hosts[0].name);
+    }
     let observer = render::observer(args.output, cluster.hosts.iter().map(|h| h.name.as_str()));
     let observer_dyn: Arc<dyn Observer> = observer.clone();
-    let download = render::download_progress(args.output);
-    let fleet = match &fleet_source {
-        Some((connector, me)) => {
-            let all: Vec<usize> = (0..cluster.hosts.len()).collect();
-            Fleet::connect(&cluster, &all, connector, me, options.concurrency, &observer_dyn).await
-        }
+    let placement = if args.dry_run { Placement::Temporary } else { Placement::Installed };
+    let fleet = match &prepared {
+        Some(p) => p.connect(&p.all_hosts(), placement, args.connect.concurrency, &observer_dyn).await,
         None => Fleet::local(&cluster),
     };
-    let result = up::up(&cluster, &fleet, &options, observer_dyn, download.as_ref()).await;
-    fleet.close().await;
+    let report = up::up(cluster, fleet, &options, observer_dyn, render::download_progress(args.output)).await;
     observer.finish();
-    render::up(args.output, &result)?;
-    Ok(result.succeeded())
+    let config = prepared.as_ref().map(|p| p.config.clone());
+    render::report(args.output, &report, &RenderOptions { config, verbose })?;
+    Ok(report.succeeded())
 }

@@ -1,18 +1,20 @@
-//! Host side: the agent that runs on each host as root, invoked as `k3node host <operation>`.
+//! Host side: the helper that runs on each host as root, invoked as `k3node host <operation>`
+//! (or called in-process in local mode and in tests), doing the work natively through
+//! [`system::HostSystem`].
+//!
+//! - [`serve`]: the protocol boundary (strict requests, the host lock, secrets removed).
+//! - [`lock`]: the host lock that keeps two runs apart.
+//! - [`files`], [`hello`]: streamed files, and who answers.
+//! - [`preflight`], [`k3s`]: checks, and installing/inspecting/removing k3s.
 
+pub mod error;
+pub mod files;
+mod hello;
 pub mod k3s;
+pub mod lock;
 pub mod preflight;
-mod receive;
 mod serve;
 pub mod system;
 
-pub use serve::serve;
-
-/// An I/O error in a message: the system's words ("Permission denied"), without "(os error 13)".
-pub(crate) fn describe_io(err: &std::io::Error) -> String {
-    let s = err.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
+pub use error::{describe_io, HostError};
+pub use serve::{serve, Context, HostOperation};

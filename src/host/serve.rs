@@ -1,128 +1,243 @@
-//! `k3node host <operation>`: reads one request line, does the work natively, answers in JSON lines.
+//! `k3node host <operation>`: reads one request line, does the work natively through the
+//! [`HostSystem`] it is given, answers in JSON lines.
+//!
+//! This is the boundary where the protocol's invariants are enforced on the host side:
+//! - the request is decoded strictly ([`crate::protocol::decode_request`]), and nothing may follow
+//!   it on stdin unless the operation declares an upload;
+//! - an operation that changes the host runs under the host lock ([`super::lock`]);
+//! - every line written back (progress, result, error) has the request's secrets removed, once,
+//!   here; download frames are the file's bytes and pass untouched.
 
 use std::io::{BufRead, Write};
 
-use serde::Serialize;
+use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
+use crate::protocol::frame::{FrameReader, FrameWriter};
+use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
+use crate::protocol::preflight::PreflightRequest;
+use crate::protocol::{decode_request, AnswerLine, Hello, HoldLock, Operation, Scrubber};
 
-use crate::protocol::{debian_arch, AgentErrorKind, AgentLine, FileReceived, Hello, Request, PROTOCOL_VERSION};
+use super::error::HostError;
+use super::system::HostSystem;
 
-use super::system::RealSystem;
+/// An operation as the host carries it out.
+pub trait HostOperation: Operation {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<Self::Answer, HostError>;
+}
 
 /// Serves one operation; returns the process exit status (0 when a result was written).
-pub fn serve(operation: &str, input: &mut dyn BufRead, output: &mut dyn Write) -> i32 {
-    let answer = match read_request(operation, input) {
-        Ok(request) => handle(request, input, output),
-        Err(message) => Err((AgentErrorKind::BadRequest, message)),
-    };
-    let (line, status) = match answer {
-        Ok(value) => (AgentLine::Result { value }, 0),
-        Err((kind, message)) => (AgentLine::Error { kind, message }, 1),
-    };
-    write_line(output, &line);
-    status
+pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, output: &mut dyn Write) -> i32 {
+    match operation {
+        Hello::NAME => run::<Hello>(sys, input, output),
+        HoldLock::NAME => run::<HoldLock>(sys, input, output),
+        PreflightRequest::NAME => run::<PreflightRequest>(sys, input, output),
+        InstallRequest::NAME => run::<InstallRequest>(sys, input, output),
+        ReadToken::NAME => run::<ReadToken>(sys, input, output),
+        ReadKubeconfig::NAME => run::<ReadKubeconfig>(sys, input, output),
+        ListNodes::NAME => run::<ListNodes>(sys, input, output),
+        DeleteNodes::NAME => run::<DeleteNodes>(sys, input, output),
+        ResetRequest::NAME => run::<ResetRequest>(sys, input, output),
+        ReceiveFile::NAME => run::<ReceiveFile>(sys, input, output),
+        SendFile::NAME => run::<SendFile>(sys, input, output),
+        FileDigest::NAME => run::<FileDigest>(sys, input, output),
+        other => {
+            let mut answers = Answers { output, scrubber: Scrubber::default() };
+            answers.line(&AnswerLine::Error(
+                HostError::bad_request(format!(
+                    "unknown operation {other:?} (this helper is k3node {})",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .into_wire(),
+            ));
+            1
+        }
+    }
 }
 
-fn read_request(operation: &str, input: &mut dyn BufRead) -> Result<Request, String> {
+fn run<O: HostOperation>(sys: &dyn HostSystem, input: &mut dyn BufRead, output: &mut dyn Write) -> i32 {
     let mut line = String::new();
-    input.read_line(&mut line).map_err(|e| format!("cannot read the request from stdin: {e}"))?;
-    let request: Request = serde_json::from_str(line.trim_end())
-        .map_err(|e| format!("request line is not a valid {operation} request: {e}"))?;
-    if request.operation() != operation {
-        return Err(format!("command line says {operation} but the request is {}", request.operation()));
+    let request = match input.read_line(&mut line) {
+        Ok(_) => decode_request::<O>(&line).map_err(HostError::bad_request),
+        Err(e) => Err(HostError::bad_request(format!("cannot read the request from stdin: {e}"))),
+    };
+    let scrubber = request.as_ref().map(|r| Scrubber::new(r.args.secrets())).unwrap_or_default();
+    let mut answers = Answers { output, scrubber };
+    let answer = match request {
+        Ok(envelope) => carry_out(envelope, sys, &mut answers, input),
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(value) => {
+            answers.line(&AnswerLine::Result { value });
+            0
+        }
+        Err(e) => {
+            answers.line(&AnswerLine::Error(e.into_wire()));
+            1
+        }
     }
-    Ok(request)
 }
 
-fn handle(
-    request: Request,
+fn carry_out<O: HostOperation>(
+    envelope: crate::protocol::Envelope<O>,
+    sys: &dyn HostSystem,
+    answers: &mut Answers<'_>,
     input: &mut dyn BufRead,
-    output: &mut dyn Write,
-) -> Result<serde_json::Value, (AgentErrorKind, String)> {
-    match request {
-        Request::Hello => to_value(&hello()?),
-        Request::Preflight(req) => {
-            if req.fix {
-                progress(output, "applying safe fixes (modules, sysctls)");
-            }
-            to_value(&super::preflight::run(&RealSystem, &req))
-        }
-        Request::InstallK3s(req) => {
-            let result = super::k3s::install(&RealSystem, &req, &mut |message| progress(output, message));
-            to_value(&result.map_err(failed)?)
-        }
-        Request::ReadToken => to_value(&super::k3s::read_token(&RealSystem).map_err(failed)?),
-        Request::Kubeconfig => to_value(&super::k3s::kubeconfig(&RealSystem).map_err(failed)?),
-        Request::Nodes => to_value(&super::k3s::nodes(&RealSystem).map_err(failed)?),
-        Request::Reset(req) => {
-            let result = super::k3s::reset(&RealSystem, &req, &mut |message| progress(output, message));
-            to_value(&result.map_err(failed)?)
-        }
-        Request::ReceiveFile(req) => {
-            to_value(&FileReceived { path: req.path.clone(), sha256: super::receive::receive(&req, input)? })
+) -> Result<serde_json::Value, HostError> {
+    if !O::UPLOAD && O::NAME != HoldLock::NAME {
+        nothing_follows(input)?;
+    }
+    let _lock = if envelope.args.mutates() { super::lock::enter(sys, envelope.lock.as_deref())? } else { None };
+    let mut ctx = Context { sys, answers, input };
+    let answer = envelope.args.run(&mut ctx)?;
+    serde_json::to_value(&answer)
+        .map_err(|e| HostError::new(crate::protocol::ErrorKind::Failed, format!("cannot encode the answer: {e}")))
+}
+
+/// A request without an upload is the whole of stdin: anything after it is refused, not ignored.
+fn nothing_follows(input: &mut dyn BufRead) -> Result<(), HostError> {
+    let mut byte = [0u8; 1];
+    match input.read(&mut byte) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(HostError::bad_request("data follows the request line, and this operation takes none")),
+        Err(e) => Err(HostError::bad_request(format!("cannot read stdin after the request: {e}"))),
+    }
+}
+
+/// Writes answer lines, each with the request's secrets removed.
+pub struct Answers<'a> {
+    output: &'a mut dyn Write,
+    scrubber: Scrubber,
+}
+
+impl Answers<'_> {
+    pub fn line(&mut self, line: &AnswerLine) {
+        // If stdout is gone the operator has gone too; there is nobody left to tell.
+        if let Ok(text) = serde_json::to_string(line) {
+            let text = if self.scrubber.is_empty() { text } else { self.scrubber.scrub(&text) };
+            let _ = writeln!(self.output, "{text}");
+            let _ = self.output.flush();
         }
     }
 }
 
-fn failed(message: String) -> (AgentErrorKind, String) {
-    (AgentErrorKind::Failed, message)
-}
-
-fn hello() -> Result<Hello, (AgentErrorKind, String)> {
-    let failed = |e: std::io::Error| (AgentErrorKind::Failed, format!("cannot hash my own executable: {e}"));
-    let mut exe = std::fs::File::open("/proc/self/exe").map_err(failed)?;
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    std::io::copy(&mut exe, &mut hasher).map_err(failed)?;
-    let machine = nix::sys::utsname::uname().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(Hello {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        protocol: PROTOCOL_VERSION,
-        binary_sha256: hex::encode(sha2::Digest::finalize(hasher)),
-        arch: debian_arch(&machine).unwrap_or(&machine).to_string(),
-    })
-}
-
-fn progress(output: &mut dyn Write, message: &str) {
-    write_line(output, &AgentLine::Progress { message: message.to_string() });
-}
-
-fn write_line(output: &mut dyn Write, line: &AgentLine) {
-    // If stdout is gone the operator has gone too; there is nobody left to tell.
-    if let Ok(text) = serde_json::to_string(line) {
-        let _ = writeln!(output, "{text}");
-        let _ = output.flush();
+/// Raw bytes (download frames) go out as they are.
+impl Write for Answers<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.output.flush()
     }
 }
 
-fn to_value<T: Serialize>(value: &T) -> Result<serde_json::Value, (AgentErrorKind, String)> {
-    serde_json::to_value(value).map_err(|e| (AgentErrorKind::Failed, format!("cannot encode the answer: {e}")))
+/// What an operation has to work with: the system, a way to report progress, and its streams.
+pub struct Context<'a, 'b> {
+    pub sys: &'a dyn HostSystem,
+    answers: &'a mut Answers<'b>,
+    input: &'a mut dyn BufRead,
+}
+
+impl<'a, 'b> Context<'a, 'b> {
+    pub fn progress(&mut self, message: &str) {
+        self.answers.line(&AnswerLine::Progress { message: message.to_string() });
+    }
+
+    /// Tells the operator a long-lived operation is in place.
+    pub fn ready(&mut self) {
+        self.answers.line(&AnswerLine::Ready);
+    }
+
+    /// The upload that follows the request (operations with [`Operation::UPLOAD`]).
+    pub fn upload(&mut self) -> FrameReader<&mut dyn BufRead> {
+        FrameReader::new(&mut *self.input)
+    }
+
+    /// The rest of stdin, raw: read to its end by long-lived operations to learn that the
+    /// operator is gone.
+    pub fn wait_for_end_of_input(&mut self) {
+        let mut sink = [0u8; 4096];
+        while matches!(self.input.read(&mut sink), Ok(n) if n > 0) {}
+    }
+
+    /// A download written among the answer lines (operations with [`Operation::DOWNLOAD`]).
+    pub fn download(&mut self) -> FrameWriter<&mut Answers<'b>> {
+        FrameWriter::new(&mut *self.answers)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::system::fake::FakeSystem;
+    use crate::protocol::{ErrorKind, HelloAnswer, WireError, PROTOCOL_VERSION};
 
-    fn lines(out: &[u8]) -> Vec<AgentLine> {
+    fn lines(out: &[u8]) -> Vec<AnswerLine> {
         String::from_utf8_lossy(out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
-    #[test]
-    fn hello_reports_protocol_and_own_hash() {
+    fn serve_text(sys: &dyn HostSystem, operation: &str, input: &str) -> (i32, Vec<AnswerLine>) {
         let mut out = Vec::new();
-        let status = serve("hello", &mut "{\"op\":\"hello\"}\n".as_bytes(), &mut out);
-        assert_eq!(status, 0);
-        let [AgentLine::Result { value }] = &lines(&out)[..] else { panic!("{:?}", lines(&out)) };
-        let hello: Hello = serde_json::from_value(value.clone()).unwrap();
-        assert_eq!(hello.protocol, PROTOCOL_VERSION);
-        assert_eq!(hello.binary_sha256.len(), 64);
+        let status = serve(operation, sys, &mut input.as_bytes(), &mut out);
+        (status, lines(&out))
     }
 
     #[test]
-    fn garbage_and_mismatched_requests_are_refused_with_one_error_line() {
-        for (op, input) in [("hello", "not json\n"), ("preflight", "{\"op\":\"hello\"}\n"), ("hello", "")] {
-            let mut out = Vec::new();
-            assert_eq!(serve(op, &mut input.as_bytes(), &mut out), 1);
-            let got = lines(&out);
-            assert!(matches!(&got[..], [AgentLine::Error { kind: AgentErrorKind::BadRequest, .. }]), "{got:?}");
+    fn hello_reports_protocol_capabilities_and_own_hash() {
+        let (status, got) = serve_text(&FakeSystem::new(), "hello", "{\"op\":\"hello\",\"args\":{}}\n");
+        assert_eq!(status, 0);
+        let [AnswerLine::Result { value }] = &got[..] else { panic!("{got:?}") };
+        let hello: HelloAnswer = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(hello.protocol, PROTOCOL_VERSION);
+        assert_eq!(hello.binary_sha256.len(), 64);
+        assert!(hello.capabilities.iter().any(|c| c == "framed-download"), "{hello:?}");
+    }
+
+    #[test]
+    fn garbage_mismatched_and_trailing_requests_are_refused_with_one_error_line() {
+        let cases = [
+            ("hello", "not json\n"),
+            ("preflight", "{\"op\":\"hello\",\"args\":{}}\n"),
+            ("hello", ""),
+            ("hello", "[\"hello\"]\n"),
+            ("hello", "{\"op\":\"hello\",\"args\":{}}\n{\"op\":\"reset\"}\n"),
+            ("no-such-op", "{}\n"),
+        ];
+        for (op, input) in cases {
+            let (status, got) = serve_text(&FakeSystem::new(), op, input);
+            assert_eq!(status, 1, "{op} {input:?}");
+            assert!(
+                matches!(
+                    &got[..],
+                    [AnswerLine::Error(WireError { kind: ErrorKind::BadRequest, retryable: false, .. })]
+                ),
+                "{op} {input:?}: {got:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_mutating_request_of_another_run_is_refused_while_the_lock_is_held() {
+        let sys = FakeSystem::new();
+        let holder = crate::protocol::LockHolder {
+            token: "run-a".into(),
+            operation: "up".into(),
+            from: "alice@laptop".into(),
+            started_at: "2026-12-01T10:00:00Z".into(),
+            pid: 0,
+        };
+        let guard = crate::host::lock::take(&sys, &holder).unwrap();
+        let reset =
+            |lock: &str| format!("{{\"op\":\"reset\",{lock}\"args\":{{\"dry_run\":false,\"keep_helper\":true}}}}\n");
+        let (status, got) = serve_text(&sys, "reset", &reset("\"lock\":\"run-b\","));
+        assert_eq!(status, 1);
+        let [AnswerLine::Error(e)] = &got[..] else { panic!("{got:?}") };
+        assert_eq!((e.kind, e.retryable), (ErrorKind::Conflict, true));
+        assert!(e.message.contains("`up` from alice@laptop, started at 2026-12-01T10:00:00Z"), "{}", e.message);
+        // The holder's own run passes; a dry run needs no lock at all.
+        let (status, got) = serve_text(&sys, "reset", &reset("\"lock\":\"run-a\","));
+        assert_eq!(status, 0, "{got:?}");
+        drop(guard);
+        let (status, got) = serve_text(&sys, "reset", &reset(""));
+        assert_eq!(status, 0, "a free lock is taken for the operation alone: {got:?}");
     }
 }

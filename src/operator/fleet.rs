@@ -1,30 +1,35 @@
-//! The first phases of every run: connect to each host (one SSH connection per host, kept for the
-//! whole run) and make sure it runs this build as its agent.
+//! The hosts of a run, each with its link: connected over SSH (one connection per host, kept for
+//! the whole run, the helper made current), this machine in-process (local mode), or in-memory
+//! hosts (tests and benchmarks).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 
-use super::agent::{self, AgentError, AgentInstall, SelfBinary};
+use super::bootstrap::{connect_helper, HelperState, Placement, SelfBinary};
 use super::connect::Connector;
+use super::link::{InProcessLink, Link, LinkError};
 use super::progress::Observer;
-use super::target::Target;
 use crate::cluster::{ClusterFile, Host};
+use crate::host::system::{HostSystem, RealSystem};
 use crate::transport::Session;
 
-/// One host of the cluster file and, once connected, its session.
+/// One host of the cluster file and, once connected, its link.
 pub struct Member {
     pub index: usize,
     pub host: Host,
-    pub link: Result<Link, AgentError>,
-    /// Time spent connecting and checking the agent.
+    pub link: Result<Link, LinkError>,
+    /// What connecting did to the host's helper (None in-process).
+    pub helper: Option<HelperState>,
+    /// Time spent connecting and checking the helper.
     pub elapsed: Duration,
 }
 
-pub struct Link {
-    pub target: Target,
-    pub agent: AgentInstall,
+impl Member {
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref().ok()
+    }
 }
 
 pub struct Fleet {
@@ -39,6 +44,7 @@ impl Fleet {
         hosts: &[usize],
         connector: &Connector,
         me: &SelfBinary,
+        placement: Placement,
         concurrency: usize,
         observer: &Arc<dyn Observer>,
     ) -> Fleet {
@@ -47,16 +53,25 @@ impl Fleet {
             let observer = observer.clone();
             async move {
                 let started = Instant::now();
-                let link = link(connector, index, me, observer.as_ref()).await;
-                Member { index, host, link, elapsed: started.elapsed() }
+                let (link, helper) = match link(connector, index, me, placement, observer.as_ref()).await {
+                    Ok((link, state)) => (Ok(link), Some(state)),
+                    Err(e) => (Err(e), None),
+                };
+                Member { index, host, link, helper, elapsed: started.elapsed() }
             }
         });
         let members = stream::iter(tasks).buffered(concurrency.max(1)).collect().await;
         Fleet { members }
     }
 
-    /// This machine as the only member (local mode): no SSH, no agent upload.
+    /// This machine as the only member (local mode): no SSH, no helper upload.
     pub fn local(cluster: &ClusterFile) -> Fleet {
+        let system: Arc<dyn HostSystem> = Arc::new(RealSystem::host());
+        Fleet::in_process(cluster, |_| system.clone())
+    }
+
+    /// Every host of the cluster file in-process, over the system `system_of(host)` gives.
+    pub fn in_process(cluster: &ClusterFile, mut system_of: impl FnMut(&Host) -> Arc<dyn HostSystem>) -> Fleet {
         let members = cluster
             .hosts
             .iter()
@@ -64,25 +79,26 @@ impl Fleet {
             .map(|(index, host)| Member {
                 index,
                 host: host.clone(),
-                link: Ok(Link { target: Target::Local(host.name.clone()), agent: AgentInstall::UpToDate }),
+                link: Ok(Link::new(Arc::new(InProcessLink::new(host.name.clone(), system_of(host))))),
+                helper: None,
                 elapsed: Duration::ZERO,
             })
             .collect();
         Fleet { members }
     }
 
-    pub fn connected(&self) -> impl Iterator<Item = (&Member, &Link)> {
-        self.members.iter().filter_map(|m| m.link.as_ref().ok().map(|l| (m, l)))
+    pub fn failures(&self) -> impl Iterator<Item = (&Member, &LinkError)> {
+        self.members.iter().filter_map(|m| m.link.as_ref().err().map(|e| (m, e)))
     }
 
-    pub fn failures(&self) -> impl Iterator<Item = (&Member, &AgentError)> {
-        self.members.iter().filter_map(|m| m.link.as_ref().err().map(|e| (m, e)))
+    pub fn member(&self, host: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.host.name == host)
     }
 
     pub async fn close(self) {
         for m in self.members {
             if let Ok(link) = m.link {
-                link.target.close().await;
+                link.close().await;
             }
         }
     }
@@ -92,17 +108,13 @@ async fn link(
     connector: &Connector,
     index: usize,
     me: &SelfBinary,
+    placement: Placement,
     observer: &dyn Observer,
-) -> Result<Link, AgentError> {
+) -> Result<(Link, HelperState), LinkError> {
     let endpoint = connector.endpoint(index);
     observer.phase(&endpoint.host, "connecting");
     let session = Session::connect(endpoint, &connector.options, &connector.keyring).await?;
-    observer.phase(&endpoint.host, "checking agent");
-    match agent::ensure_agent(&session, me).await {
-        Ok(agent) => Ok(Link { target: Target::Ssh(session), agent }),
-        Err(e) => {
-            session.close().await;
-            Err(e)
-        }
-    }
+    observer.phase(&endpoint.host, "checking the helper");
+    let (link, state) = connect_helper(session, me, placement).await?;
+    Ok((Link::new(Arc::new(link)), state))
 }

@@ -26,7 +26,7 @@ pub fn default_path() -> PathBuf {
             return first;
         }
     }
-    crate::transport::expand_tilde(Path::new("~/.kube/config"))
+    crate::home::home_or_root().join(".kube/config")
 }
 
 /// k3s.yaml names everything `default` and points at 127.0.0.1; this renames cluster, user and
@@ -105,6 +105,39 @@ pub fn merge_into_file(path: &Path, k3s_yaml: &str, name: &str, server_url: &str
         .map_err(|source| KubeconfigError::Write { path: path.to_path_buf(), source })
 }
 
+/// Removes the cluster, user and context named `name` from the kubeconfig at `path` (a reset of
+/// the whole cluster); the current context is unset when it was ours. True when anything changed.
+pub fn remove_from_file(path: &Path, name: &str) -> Result<bool, KubeconfigError> {
+    let bad = |detail: String| KubeconfigError::Existing { path: path.to_path_buf(), detail };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let mut doc: Value = serde_yaml_ng::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if !doc.is_mapping() {
+        return Err(bad("the top level is not a mapping".into()));
+    }
+    let mut changed = false;
+    for key in ["clusters", "users", "contexts"] {
+        if let Some(Value::Sequence(list)) = doc.get_mut(key) {
+            let before = list.len();
+            list.retain(|e| e.get("name").and_then(Value::as_str) != Some(name));
+            changed |= list.len() != before;
+        }
+    }
+    if doc.get("current-context").and_then(Value::as_str) == Some(name) {
+        doc["current-context"] = "".into();
+        changed = true;
+    }
+    if changed {
+        let text = serde_yaml_ng::to_string(&doc).map_err(|e| bad(e.to_string()))?;
+        crate::fsutil::write_atomic(path, text.as_bytes(), 0o600)
+            .map_err(|source| KubeconfigError::Write { path: path.to_path_buf(), source })?;
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +162,21 @@ mod tests {
         assert_eq!(doc["users"][1]["user"]["client-key-data"], "S0VZ");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn removing_a_cluster_keeps_the_other_contexts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster: {server: https://prod:6443}\nusers:\n- name: prod\n  user: {token: x}\ncontexts:\n- name: prod\n  context: {cluster: prod, user: prod}\ncurrent-context: prod\n").unwrap();
+        merge_into_file(&path, K3S_YAML, "lab", "https://172.30.77.11:6443").unwrap();
+        assert!(remove_from_file(&path, "lab").unwrap());
+        assert!(!remove_from_file(&path, "lab").unwrap(), "a second removal changes nothing");
+        let doc: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["contexts"].as_sequence().unwrap().len(), 1);
+        assert_eq!(doc["clusters"][0]["name"], "prod");
+        assert_eq!(doc["current-context"], "");
+        assert!(!remove_from_file(&dir.path().join("missing"), "lab").unwrap());
     }
 
     #[test]

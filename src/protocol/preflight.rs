@@ -3,14 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Server,
-    Agent,
-}
+use super::Operation;
+
+pub use super::node::Role;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct PreflightRequest {
     pub role: Role,
     /// The k3s version the cluster file asks for (`v1.31.4+k3s1`), to refuse a downgrade.
@@ -59,4 +57,15 @@ pub struct PreflightReport {
     pub facts: HostFacts,
     /// One line per change `--fix` made on the host (empty without --fix or when nothing needed fixing).
     pub fixes_applied: Vec<String>,
+}
+
+impl Operation for PreflightRequest {
+    const NAME: &'static str = "preflight";
+    const UPLOAD: bool = false;
+    const DOWNLOAD: bool = false;
+    type Answer = PreflightReport;
+    /// Only `--fix` changes the host (modules, sysctls and their files under /etc).
+    fn mutates(&self) -> bool {
+        self.fix
+    }
 }

@@ -64,7 +64,7 @@ impl ClientConfig {
     }
 
     pub fn default_path() -> PathBuf {
-        super::home_dir().join(".ssh/config")
+        crate::home::home_or_root().join(".ssh/config")
     }
 
     /// Precedence: what the cluster file sets for this host, then the SSH config, then the cluster
@@ -134,7 +134,7 @@ fn parse_proxy_jump(hop: &str, target: &EndpointRequest) -> EndpointRequest {
 
 pub fn expand_tilde(path: &Path) -> PathBuf {
     match path.strip_prefix("~") {
-        Ok(rest) => super::home_dir().join(rest),
+        Ok(rest) => crate::home::home_or_root().join(rest),
         Err(_) => path.to_path_buf(),
     }
 }

@@ -79,7 +79,7 @@ fn display_address(address: &str, port: u16) -> String {
 
 /// `~/.ssh/known_hosts`, the default when the cluster file names none.
 pub fn default_known_hosts() -> PathBuf {
-    super::home_dir().join(".ssh/known_hosts")
+    crate::home::home_or_root().join(".ssh/known_hosts")
 }
 
 #[cfg(test)]

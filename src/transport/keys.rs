@@ -15,7 +15,7 @@ pub const PASSPHRASE_ENV: &str = "K3NODE_SSH_KEY_PASSPHRASE";
 
 /// The keys OpenSSH tries when none is configured.
 pub fn default_identity_files() -> Vec<PathBuf> {
-    let ssh = super::home_dir().join(".ssh");
+    let ssh = crate::home::home_or_root().join(".ssh");
     ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|n| ssh.join(n)).collect()
 }
 

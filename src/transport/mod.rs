@@ -11,8 +11,4 @@ pub use endpoint::{expand_tilde, ClientConfig, Endpoint, EndpointRequest, SshCon
 pub use error::TransportError;
 pub use host_keys::HostKeyPolicy;
 pub use keys::Keyring;
-pub use session::{sha256_hex, ConnectOptions, ExecOutput, Privilege, Session};
-
-pub(crate) fn home_dir() -> std::path::PathBuf {
-    std::env::var_os("HOME").map(Into::into).unwrap_or_else(|| "/root".into())
-}
+pub use session::{ConnectOptions, ExecOutput, ExitInfo, Privilege, Session};

@@ -6,8 +6,7 @@ use std::time::Duration;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::ChannelMsg;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::host_keys::{self, HostKeyPolicy};
@@ -48,6 +47,19 @@ pub struct ExecOutput {
     pub status: u32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+}
+
+/// How a streamed command ended: its exit status and (the start of) its stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub status: u32,
+    pub stderr: Vec<u8>,
+}
+
+impl ExitInfo {
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
 }
 
 impl ExecOutput {
@@ -236,28 +248,32 @@ impl Session {
         self.privilege
     }
 
-    /// Runs `argv` as root (through `sudo -n` when needed), feeding it `stdin`.
+    /// Runs `argv` as root (through `sudo -n` when needed), feeding it `stdin`; collects its output.
     pub async fn exec(
         &self,
         argv: &[&str],
         stdin: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<ExecOutput, TransportError> {
-        self.exec_streaming(argv, stdin, &mut |_| {}).await
+        let mut stdout = Vec::new();
+        let exit = self.exec_io(argv, stdin, &mut stdout).await?;
+        Ok(ExecOutput { status: exit.status, stdout, stderr: exit.stderr })
     }
 
-    /// Like [`Session::exec`], handing every complete stdout line to `on_line` as it arrives.
-    pub async fn exec_streaming(
+    /// Runs `argv` as root, streaming `stdin` to it and its stdout into `stdout` as it arrives
+    /// (with backpressure: nothing is buffered beyond the SSH window). If `stdout` fails, the
+    /// channel is closed and that error returned.
+    pub async fn exec_io(
         &self,
         argv: &[&str],
         stdin: &mut (dyn AsyncRead + Unpin + Send),
-        on_line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<ExecOutput, TransportError> {
+        stdout: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<ExitInfo, TransportError> {
         let mut full: Vec<&str> = Vec::with_capacity(argv.len() + 2);
         if self.privilege == Privilege::Sudo {
             full.extend(["sudo", "-n"]);
         }
         full.extend_from_slice(argv);
-        self.run(&full, stdin, on_line).await
+        self.run(&full, stdin, stdout).await
     }
 
     async fn exec_as_user(
@@ -265,15 +281,17 @@ impl Session {
         argv: &[&str],
         stdin: &mut (dyn AsyncRead + Unpin + Send),
     ) -> Result<ExecOutput, TransportError> {
-        self.run(argv, stdin, &mut |_| {}).await
+        let mut stdout = Vec::new();
+        let exit = self.run(argv, stdin, &mut stdout).await?;
+        Ok(ExecOutput { status: exit.status, stdout, stderr: exit.stderr })
     }
 
     async fn run(
         &self,
         argv: &[&str],
         stdin: &mut (dyn AsyncRead + Unpin + Send),
-        on_line: &mut (dyn FnMut(&str) + Send),
-    ) -> Result<ExecOutput, TransportError> {
+        stdout: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<ExitInfo, TransportError> {
         let host = self.host.as_str();
         let command = shlex::try_join(argv.iter().copied()).map_err(|e| TransportError::Io {
             host: host.into(),
@@ -299,21 +317,23 @@ impl Session {
             writer.eof().await
         };
         let collect = async {
-            let mut stdout = Vec::new();
             let mut stderr = Vec::new();
-            let mut line_start = 0;
             let mut status = None;
             let mut signal = None;
+            let mut sink_error = None;
             while let Some(msg) = reader.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => {
-                        stdout.extend_from_slice(&data);
-                        while let Some(pos) = stdout[line_start..].iter().position(|b| *b == b'\n') {
-                            on_line(&String::from_utf8_lossy(&stdout[line_start..line_start + pos]));
-                            line_start += pos + 1;
+                        if let Err(e) = stdout.write_all(&data).await {
+                            sink_error = Some(e);
+                            break;
                         }
                     }
-                    ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        // Bounded: a chatty command must not grow the operator's memory.
+                        let room = MAX_STDERR.saturating_sub(stderr.len());
+                        stderr.extend_from_slice(&data[..data.len().min(room)]);
+                    }
                     ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                     ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(format!("{signal_name:?}")),
                     ChannelMsg::Failure => stderr.extend_from_slice(b"the host refused to run the command"),
@@ -321,17 +341,41 @@ impl Session {
                     _ => {}
                 }
             }
-            (status, signal, stdout, stderr)
+            if sink_error.is_none() {
+                if let Err(e) = stdout.flush().await {
+                    sink_error = Some(e);
+                }
+            }
+            (status, signal, stderr, sink_error)
         };
-        // The command may finish without reading all of stdin; a failed feed is then not the error to report.
-        let (fed, (status, signal, stdout, mut stderr)) = tokio::join!(feed, collect);
+        // The command may finish without reading all of stdin; a failed feed is then not the error
+        // to report. Once the output ends (the channel closed, or the sink failed) the feed stops.
+        let mut feed = Box::pin(feed);
+        let mut collect = Box::pin(collect);
+        let mut fed = None;
+        let (status, signal, mut stderr, sink_error) = loop {
+            tokio::select! {
+                result = &mut feed, if fed.is_none() => fed = Some(result),
+                collected = &mut collect => break collected,
+            }
+        };
+        drop(feed);
+        if let Some(source) = sink_error {
+            // The command learns it from the closed channel (EPIPE on its stdout).
+            let _ = writer.close().await;
+            return Err(TransportError::Io {
+                host: host.into(),
+                context: format!("receiving the output of {command}"),
+                source,
+            });
+        }
         match status {
-            Some(status) => Ok(ExecOutput { status, stdout, stderr }),
+            Some(status) => Ok(ExitInfo { status, stderr }),
             None => {
                 if let Some(signal) = signal {
                     stderr.extend_from_slice(format!(" (killed by signal {signal})").as_bytes());
                 }
-                if let Err(e) = fed {
+                if let Some(Err(e)) = fed {
                     tracing::debug!(host, "stdin feed ended with {e}");
                 }
                 Err(TransportError::NoExitStatus { host: host.into(), command })
@@ -399,27 +443,20 @@ impl Session {
         result
     }
 
+    /// Ends the connection; the session can be shared (an `Arc`) while this is called.
+    pub async fn close_ref(&self) {
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+
     pub async fn close(self) {
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     }
 }
 
-/// sha256 of everything `reader` yields, as lowercase hex.
-pub async fn sha256_hex(reader: &mut (dyn AsyncRead + Unpin + Send)) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// How much of a command's stdin is read before it is handed to the SSH channel.
 const STDIN_CHUNK: usize = 1 << 20;
+/// stderr kept from a command: enough for any diagnosis.
+const MAX_STDERR: usize = 1 << 20;
 
 /// AES-GCM first: with AES-NI it moves bulk data (k3s binaries, images) several times faster
 /// than ChaCha20-Poly1305 in software; every cipher here is one OpenSSH itself offers.

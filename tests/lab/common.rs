@@ -128,7 +128,7 @@ pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Outcome {
 
 /// The check `id` of `host` in a `preflight -o json` answer.
 pub fn check<'a>(json: &'a serde_json::Value, host: &str, id: &str) -> Option<&'a serde_json::Value> {
-    host_entry(json, host)?["report"]["checks"].as_array()?.iter().find(|c| c["id"] == id)
+    host_entry(json, host)?["checks"].as_array()?.iter().find(|c| c["id"] == id)
 }
 
 pub fn host_entry<'a>(json: &'a serde_json::Value, host: &str) -> Option<&'a serde_json::Value> {

@@ -63,7 +63,7 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
     let result = (|| -> Outcome {
         let (code, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
         ensure(code == 1, || format!("exit {code} although checks fail\n{stderr}"))?;
-        let port = host_entry(&json, "h1").and_then(|h| h["report"]["checks"].as_array()).and_then(|cs| {
+        let port = host_entry(&json, "h1").and_then(|h| h["checks"].as_array()).and_then(|cs| {
             cs.iter().find(|c| c["id"].as_str().is_some_and(|id| id.contains("6443")) && c["status"] == "fail").cloned()
         });
         ensure(port.is_some(), || format!("no failing 6443 check on h1: {}", host_entry(&json, "h1").unwrap()))?;
@@ -79,7 +79,7 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
 
         let (code, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--fix"]);
         ensure(code == 1, || format!("the busy port cannot be fixed, exit must stay 1, got {code}\n{stderr}"))?;
-        let fixes = host_entry(&json, "h1").map(|h| h["report"]["fixes_applied"].to_string()).unwrap_or_default();
+        let fixes = host_entry(&json, "h1").map(|h| h["notes"].to_string()).unwrap_or_default();
         ensure(fixes.contains("ip_forward"), || format!("fixes on h1: {fixes}"))?;
         ensure(status(&json, "h1", "sysctl-net.ipv4.ip_forward") == "pass", || {
             "ip_forward still failing after --fix".into()
@@ -94,8 +94,9 @@ fn detects_and_fixes(lab: &Arc<Lab>) -> Outcome {
 
         let (_, json, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--fix"]);
         for h in ["h1", "h2", "h3"] {
-            let again = host_entry(&json, h).map(|e| e["report"]["fixes_applied"].clone()).unwrap_or_default();
-            ensure(again.as_array().is_some_and(|a| a.is_empty()), || {
+            // Fixes applied show as notes ("fixed: ..."); none this time.
+            let again = host_entry(&json, h).map(|e| e["notes"].clone()).unwrap_or_default();
+            ensure(again.as_array().is_none_or(|a| a.is_empty()), || {
                 format!("second --fix changed {h} again: {again}")
             })?;
         }
@@ -139,19 +140,27 @@ fn agent_lifecycle(lab: &Arc<Lab>) -> Outcome {
     op.trust(&[h3]);
     let file = op.cluster_file("", &[(h3, "server", "")]);
     let file = file.to_str().unwrap();
-    let agent_of = |json: &serde_json::Value| host_entry(json, "h3").map(|e| e["agent"].clone()).unwrap_or_default();
-    let (_, first, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
+    let helper_of = |json: &serde_json::Value| host_entry(json, "h3").map(|e| e["helper"].clone()).unwrap_or_default();
+    // A check leaves nothing lasting: without an installed helper, a temporary copy runs and goes.
+    crate::common::sh(h3, "rm -f /usr/local/bin/k3node")?;
+    let (_, first, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
+    ensure(helper_of(&first) == "temporary", || format!("first: {}\n{stderr}", helper_of(&first)))?;
+    let left =
+        crate::common::sh(h3, "ls /usr/local/bin/k3node /run/k3node-helper.* /var/tmp/k3node-helper.* 2>&1 || true")?;
+    ensure(left.lines().all(|l| l.contains("No such file")), || format!("the check left: {left}"))?;
+    // Fixes change the host: the helper is installed, then found current.
+    let (_, fixed, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--fix"]);
     let (_, second, _) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
-    ensure(second["hosts"][0]["agent"] == "up-to-date", || {
-        format!("first {} then {}", agent_of(&first), agent_of(&second))
+    ensure(helper_of(&fixed) == "installed" && second["hosts"][0]["helper"] == "up-to-date", || {
+        format!("--fix {} then {}", helper_of(&fixed), helper_of(&second))
     })?;
-    // An older agent answers hello with another protocol and hash: it must be replaced.
+    // An older helper answers hello with another protocol and hash: it must be replaced.
     crate::common::sh(
         h3,
-        r#"printf '#!/bin/sh\necho '"'"'{"type":"result","value":{"version":"0.0.1","protocol":0,"binary_sha256":"00","arch":"amd64"}}'"'"'\n' > /usr/local/bin/k3node"#,
+        r#"printf '#!/bin/sh\necho '"'"'{"type":"result","value":{"version":"0.0.1","protocol":0,"binary_sha256":"00","arch":"amd64","capabilities":[]}}'"'"'\n' > /usr/local/bin/k3node"#,
     )?;
-    let (_, third, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
-    ensure(agent_of(&third) == "replaced", || format!("old agent: {}\n{stderr}", agent_of(&third)))?;
+    let (_, third, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--fix"]);
+    ensure(helper_of(&third) == "replaced", || format!("old helper: {}\n{stderr}", helper_of(&third)))?;
     let ours = std::process::Command::new("sha256sum").arg(K3NODE).output().unwrap();
     let ours = String::from_utf8_lossy(&ours.stdout).split_whitespace().next().unwrap_or_default().to_string();
     let theirs = crate::common::sh(h3, "sha256sum /usr/local/bin/k3node")?;
@@ -182,7 +191,7 @@ fn ssh_config_alias(lab: &Arc<Lab>) -> Outcome {
     let (_, json, stderr) = op.k3node_json(&["preflight", "-c", file.to_str().unwrap(), "-o", "json"]);
     let entry = host_entry(&json, "five").cloned().unwrap_or_default();
     ensure(entry.get("report").is_some(), || format!("{entry}\n{stderr}"))?;
-    ensure(entry["report"]["facts"]["hostname"] == "h5", || format!("reached {}", entry["report"]["facts"]["hostname"]))
+    ensure(entry["facts"]["hostname"] == "h5", || format!("reached {}", entry["facts"]["hostname"]))
 }
 
 fn encrypted_key(lab: &Arc<Lab>) -> Outcome {

@@ -4,7 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use k3node::transport::{sha256_hex, HostKeyPolicy, Keyring, Privilege, TransportError};
+use k3node::digest::sha256_async as sha256_hex;
+use k3node::transport::{HostKeyPolicy, Keyring, Privilege, TransportError};
 use libtest_mimic::Trial;
 use tokio::io::{AsyncRead, ReadBuf};
 

@@ -98,11 +98,11 @@ fn up(w: &World, file: &std::path::Path, extra: &[&str]) -> (i32, serde_json::Va
 }
 
 fn node<'a>(json: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
-    json["nodes"].as_array().and_then(|a| a.iter().find(|n| n["host"] == host)).unwrap_or(&serde_json::Value::Null)
+    json["hosts"].as_array().and_then(|a| a.iter().find(|n| n["host"] == host)).unwrap_or(&serde_json::Value::Null)
 }
 
 fn states(json: &serde_json::Value) -> BTreeMap<String, String> {
-    json["nodes"]
+    json["hosts"]
         .as_array()
         .into_iter()
         .flatten()
@@ -313,7 +313,8 @@ fn added_node(lab: &Arc<Lab>, w: &World) -> Outcome {
     let after = invocations(lab, &["h1", "h2", "h3"]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
     ensure(before == after, || format!("existing nodes restarted: {before:?} -> {after:?}"))?;
-    ensure(node(&json, "h4")["state"] == "restarted", || format!("{:?}", states(&json)))?;
+    // A first install is reported as one, not as a restart.
+    ensure(node(&json, "h4")["state"] == "installed", || format!("{:?}", states(&json)))?;
     all_ready(w, &["h1", "h2", "h3", "h4"])
 }
 
@@ -334,7 +335,7 @@ fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
     })?;
     // Through k3node's own install operation the failure comes back diagnosed, the token masked.
     let bad = format!("K10{}::server:not-the-password", "0".repeat(64));
-    let request = k3node::protocol::Request::InstallK3s(k3node::protocol::k3s::InstallRequest {
+    let request = k3node::protocol::k3s::InstallRequest {
         role: k3node::protocol::preflight::Role::Agent,
         node_name: "h4".into(),
         binary_sha256: mirror::sha256_hex(&mirror::release_binary(mirror::VERSION)),
@@ -345,16 +346,17 @@ fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
         ],
         ready_timeout_secs: 20,
         dry_run: false,
-    });
+    };
     let answer = w.op.with_session(
         w.op.endpoint(h4, "root"),
         w.op.options(k3node::transport::HostKeyPolicy::Strict),
         w.op.keyring(),
         async move |s| {
             let s = s.expect("connect to h4");
-            k3node::operator::agent::call::<k3node::protocol::k3s::InstallReport>(&s, &request, &mut |_| {})
-                .await
-                .map_err(|e| e.to_string())
+            // The helper the earlier `up` installed on h4.
+            let helper = k3node::operator::link::SshLink::new(s, k3node::protocol::HELPER_PATH.into(), None);
+            let link = k3node::operator::link::Link::new(std::sync::Arc::new(helper));
+            link.call(&request).send().await.map_err(|e| e.to_string())
         },
     );
     let message = answer.err().unwrap_or_default();
@@ -422,12 +424,15 @@ fn local_mode(lab: &Arc<Lab>, w: &World) -> Outcome {
     let h5 = lab.host("h5");
     std::fs::copy(crate::common::K3NODE, h5.root.join("usr/local/bin/k3node"))
         .map_err(|e| format!("copy k3node into h5: {e}"))?;
-    crate::common::sh(h5, "k3node preflight --fix >/dev/null || true")?;
-    let cmd =
-        format!("k3node up --k3s-version {} --mirror {} --ready-timeout 60 -o json", mirror::VERSION, w.mirror.url());
+    crate::common::sh(h5, "k3node preflight --local --fix >/dev/null || true")?;
+    let cmd = format!(
+        "k3node up --local --k3s-version {} --mirror {} --ready-timeout 60 -o json",
+        mirror::VERSION,
+        w.mirror.url()
+    );
     let out = h5.sh(&cmd).map_err(|e| format!("local up on h5: {e:#}"))?;
     let json: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-    ensure(node(&json, "h5")["state"] == "restarted", || format!("{json}"))?;
+    ensure(node(&json, "h5")["state"] == "installed", || format!("{json}"))?;
     let nodes = crate::common::sh(h5, "k3s kubectl get nodes -o json")?;
     ensure(nodes.contains("\"h5\""), || nodes.clone())?;
     let kubeconfig = crate::common::sh(h5, "cat /root/.kube/config")?;

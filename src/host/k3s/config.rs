@@ -13,26 +13,59 @@ pub(super) struct Settings {
     pub kubeconfig: PathBuf,
     /// `server:` (the URL a joining server or agent talks to), when set.
     pub server: Option<String>,
+    /// The drop-ins read after config.yaml, each with the keys it sets.
+    pub dropins: Vec<(PathBuf, Vec<String>)>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { data_dir: DEFAULT_DATA_DIR.into(), kubeconfig: DEFAULT_KUBECONFIG.into(), server: None }
+        Settings {
+            data_dir: DEFAULT_DATA_DIR.into(),
+            kubeconfig: DEFAULT_KUBECONFIG.into(),
+            server: None,
+            dropins: Vec::new(),
+        }
     }
 }
 
+/// A config file's error: where, and what (never its contents, which may hold a token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl crate::host::error::Failure for ConfigError {
+    fn kind(&self) -> crate::protocol::ErrorKind {
+        crate::protocol::ErrorKind::Failed
+    }
+}
+
+impl From<String> for ConfigError {
+    fn from(message: String) -> Self {
+        ConfigError(message)
+    }
+}
+
+/// config.yaml's meaning as k3s reads it (keys and values, not formatting), as a stable text:
+/// two files with the same canonical form configure k3s the same way. None when it is not YAML.
+pub(super) fn canonical(text: &str) -> Option<String> {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    let json = serde_json::to_value(&value).ok()?;
+    // serde_json's maps are sorted, so key order does not matter.
+    Some(serde_json::to_string(&json).expect("a JSON value always serializes"))
+}
+
 /// The settings of the host as it is: /etc/rancher/k3s/config.yaml (absent: defaults) and drop-ins.
-pub(super) fn on_host(sys: &dyn HostSystem) -> Result<Settings, String> {
+pub(super) fn on_host(sys: &dyn HostSystem) -> Result<Settings, ConfigError> {
     let main = match sys.read_to_string(Path::new(CONFIG_FILE)) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("cannot read {CONFIG_FILE}: {}", describe_io(&e))),
+        Err(e) => return Err(ConfigError(format!("cannot read {CONFIG_FILE}: {}", describe_io(&e)))),
     };
     with_main(sys, &main)
 }
 
 /// The settings k3s will run with once config.yaml is `main` (the host's drop-ins still apply).
-pub(super) fn with_main(sys: &dyn HostSystem, main: &str) -> Result<Settings, String> {
+pub(super) fn with_main(sys: &dyn HostSystem, main: &str) -> Result<Settings, ConfigError> {
     let mut settings = Settings::default();
     apply(&mut settings, CONFIG_FILE, main)?;
     let mut dropins: Vec<String> = match sys.read_dir_names(Path::new(CONFIG_DROPIN_DIR)) {
@@ -44,12 +77,14 @@ pub(super) fn with_main(sys: &dyn HostSystem, main: &str) -> Result<Settings, St
         let path = Path::new(CONFIG_DROPIN_DIR).join(&name);
         let text =
             sys.read_to_string(&path).map_err(|e| format!("cannot read {}: {}", path.display(), describe_io(&e)))?;
-        apply(&mut settings, &path.to_string_lossy(), &text)?;
+        let keys = apply(&mut settings, &path.to_string_lossy(), &text)?;
+        settings.dropins.push((path, keys));
     }
     Ok(settings)
 }
 
-fn apply(settings: &mut Settings, path: &str, text: &str) -> Result<(), String> {
+/// Applies one file's settings; returns the keys it sets.
+fn apply(settings: &mut Settings, path: &str, text: &str) -> Result<Vec<String>, String> {
     // The parser's message can quote the document, which may hold a token: only its position is kept.
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| match e.location() {
         Some(at) => format!("{path} is not valid YAML (line {}, column {})", at.line(), at.column()),
@@ -57,7 +92,7 @@ fn apply(settings: &mut Settings, path: &str, text: &str) -> Result<(), String> 
     })?;
     let map = match value {
         serde_yaml_ng::Value::Mapping(map) => map,
-        serde_yaml_ng::Value::Null => return Ok(()),
+        serde_yaml_ng::Value::Null => return Ok(Vec::new()),
         _ => return Err(format!("{path} is not a YAML mapping of k3s settings")),
     };
     let text_of = |key: &str| -> Result<Option<String>, String> {
@@ -76,7 +111,11 @@ fn apply(settings: &mut Settings, path: &str, text: &str) -> Result<(), String> 
     if let Some(server) = text_of("server")? {
         settings.server = Some(server);
     }
-    Ok(())
+    let mut keys: Vec<String> =
+        map.keys().filter_map(|k| k.as_str()).map(|k| k.trim_end_matches('+').to_string()).collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 fn absolute(path: &str, key: &str, value: &str) -> Result<PathBuf, String> {
@@ -108,15 +147,32 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/srv/k3s"));
         assert_eq!(s.kubeconfig, PathBuf::from("/root/b.yaml"));
         assert_eq!(s.server.as_deref(), Some("https://10.0.0.1:6443"));
+        let names: Vec<_> = s.dropins.iter().map(|(p, k)| (p.display().to_string(), k.join(","))).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("/etc/rancher/k3s/config.yaml.d/10-a.yml".to_string(), "write-kubeconfig".to_string()),
+                ("/etc/rancher/k3s/config.yaml.d/20-b.yaml".to_string(), "write-kubeconfig".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn canonical_config_ignores_formatting_and_key_order() {
+        let a = canonical("cluster-init: true\ntls-san:\n  - a\n  - b\nnode-name: n1\n").unwrap();
+        let b = canonical("# written by install.sh\nnode-name: \"n1\"\ntls-san: [a, b]\ncluster-init: true\n").unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, canonical("cluster-init: true\ntls-san: [b, a]\nnode-name: n1\n").unwrap());
+        assert_eq!(canonical("key: [\n"), None);
     }
 
     #[test]
     fn errors_never_quote_the_file() {
         let sys = FakeSystem::new().file(CONFIG_FILE, "token: K10supersecret\n  bad: [\n");
-        let err = on_host(&sys).unwrap_err();
+        let err = on_host(&sys).unwrap_err().0;
         assert!(err.contains("not valid YAML (line"), "{err}");
         assert!(!err.contains("supersecret"), "{err}");
-        let rel = with_main(&FakeSystem::new(), "data-dir: relative/dir\n").unwrap_err();
+        let rel = with_main(&FakeSystem::new(), "data-dir: relative/dir\n").unwrap_err().0;
         assert!(rel.contains("absolute"), "{rel}");
     }
 }

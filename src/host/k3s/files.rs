@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn scripts_are_valid_shell() {
         let dir = tempfile::tempdir().unwrap();
-        let sh = RealSystem.find_command("sh").expect("sh");
+        let sh = RealSystem::host().find_command("sh").expect("sh");
         let odd = Path::new("/srv/it's k3s");
         for (name, text) in [
             ("killall", killall_script(Path::new("/var/lib/rancher/k3s"))),
@@ -307,7 +307,7 @@ mod tests {
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, &text).unwrap();
-            let out = RealSystem.run(&sh, &["-n", path.to_str().unwrap()]).unwrap();
+            let out = RealSystem::host().run(&sh, &["-n", path.to_str().unwrap()]).unwrap();
             assert!(out.success(), "{name}: {}\n{text}", out.failure_summary());
         }
         assert!(killall_script(odd).contains(r"DATA_DIR='/srv/it'\''s k3s'"));

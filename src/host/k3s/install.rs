@@ -2,14 +2,23 @@
 //! when what it runs with changed.
 //!
 //! Order: refuse a host with the other role installed; verify the uploaded binary's sha256 (before
-//! anything runs it); work out every change; in a dry run stop there. Otherwise write what
-//! differs (atomically), link kubectl/crictl/ctr where the host has none, daemon-reload when the
-//! unit changed, enable, restart when needed and wait (Type=notify, then on a server the node
-//! Ready), and record what the service now runs with.
+//! anything runs it); work out every change; in a dry run stop there (a fresh host, where the
+//! binary is not uploaded yet, is planned all the same). Otherwise write what differs
+//! (atomically), link kubectl/crictl/ctr where the host has none, daemon-reload when the unit
+//! changed, enable, restart when needed and wait (Type=notify, then on a server the node Ready),
+//! and record what the service now runs with.
 //!
-//! The restart rule: restart iff the sha256 of the binary, unit, env file or config.yaml differs
-//! from the record of the last successful start (/var/lib/rancher/k3node/<service>.applied.json),
-//! there is no such record, or the service is not active.
+//! The restart rule compares *meanings*, not bytes: the binary's and unit's sha256, the env
+//! file's variables and config.yaml's keys and values (as k3s reads them, so a file rewritten only
+//! for its formatting never restarts k3s). The service is (re)started when:
+//! - it is not active; or
+//! - k3node started it (the record's InvocationID is the running one) with other settings than
+//!   the request's; or
+//! - someone else started it (another InvocationID, or no record: a host install.sh set up) and
+//!   the files on disk do not mean what the request means: it may run with those.
+//!
+//! The record (/var/lib/rancher/k3node/<service>.applied.json) is written after every start, and
+//! when k3node takes over a running service without restarting it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,17 +26,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{self, Settings};
+use super::config::{self, ConfigError, Settings};
+use super::envfile;
 use super::files::{env_text, killall_script, uninstall_script, unit_text};
-use super::mask::{mask_config, mask_env, unified_diff, Scrubber};
-use super::systemd::{journal_tail, likely_cause, RunError, Systemd};
+use super::mask::{config_secrets, env_secrets, mask_config, mask_env, masked_pair, unified_diff};
+use super::systemd::{journal_tail, likely_cause, RunError, Systemd, UnitStatus};
 use super::{
-    describe_io, env_path, links_to_k3s, record_path, service_name, uninstall_script_path, unit_path, Progress,
-    BIN_DIR, CONFIG_DIR, CONFIG_FILE, DEFAULT_KUBECONFIG, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS,
+    env_path, links_to_k3s, record_path, service_name, uninstall_script_path, unit_path, Progress, BIN_DIR, CONFIG_DIR,
+    CONFIG_FILE, DEFAULT_KUBECONFIG, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS,
 };
-use crate::host::system::{CommandOutput, HostSystem};
-use crate::protocol::k3s::{FileAction, FileChange, InstallReport, InstallRequest};
-use crate::protocol::preflight::Role;
+use crate::host::error::{describe_io, Failure, HostError};
+use crate::host::serve::{Context, HostOperation};
+use crate::host::system::{sha256_file, HostSystem};
+use crate::protocol::k3s::{FileAction, FileChange, InstallReport, InstallRequest, ServiceAction};
+use crate::protocol::node::{Readiness, Role};
+use crate::protocol::ErrorKind;
 
 const UNIT_MODE: u32 = 0o644;
 const SECRET_MODE: u32 = 0o600;
@@ -39,13 +52,96 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// One `kubectl get node` never takes longer than this, whatever is left of the deadline.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(10);
 
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{unit} is installed on this host ({other}); it cannot also become {this}: run `k3node reset` on this host first to convert it")]
+    OtherRole { unit: String, other: &'static str, this: &'static str },
+    #[error("the expected sha256 of k3s {0:?} is not 64 hex digits")]
+    BadSha256(String),
+    #[error("{K3S_BIN} is missing: the k3s binary must be uploaded before install-k3s")]
+    BinaryMissing,
+    #[error("{K3S_BIN} has sha256 {actual}, expected {expected}: refusing to install or run an unverified binary (upload it again)")]
+    BinaryMismatch { actual: String, expected: String },
+    #[error("{what} {}: {}", path.display(), describe_io(source))]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Version(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("env: {0}")]
+    Env(String),
+    #[error("systemctl is not installed: k3s runs as a systemd service, and this host has no systemd")]
+    NoSystemd,
+    #[error("{0}")]
+    Systemd(String),
+    #[error("{0}")]
+    Start(StartFailure),
+}
+
+impl Failure for InstallError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            InstallError::OtherRole { .. } => ErrorKind::Conflict,
+            InstallError::BadSha256(_) | InstallError::Env(_) => ErrorKind::BadRequest,
+            InstallError::BinaryMissing | InstallError::NoSystemd => ErrorKind::NotInstalled,
+            InstallError::BinaryMismatch { .. } => ErrorKind::ChecksumMismatch,
+            InstallError::Io { source, .. } => ErrorKind::of_io(source),
+            InstallError::Version(_) | InstallError::Config(_) | InstallError::Systemd(_) => ErrorKind::Failed,
+            InstallError::Start(f) if f.timed_out => ErrorKind::Timeout,
+            InstallError::Start(_) => ErrorKind::StartFailed,
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        // Another role installed stays so until a reset.
+        !matches!(self, InstallError::OtherRole { .. }) && self.kind().retryable_by_default()
+    }
+}
+
+/// k3s did not start or did not become Ready: what, the likely cause, and the journal.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub what: String,
+    pub timed_out: bool,
+    pub cause: Option<String>,
+    pub service: String,
+    pub journal: Vec<String>,
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)?;
+        if let Some(cause) = &self.cause {
+            write!(f, "\nlikely cause: {cause}")?;
+        }
+        if self.journal.is_empty() {
+            write!(f, "\n(no journal lines: see `journalctl -u {}` on the host)", self.service)?;
+        } else {
+            write!(f, "\nlast lines of `journalctl -u {}`:", self.service)?;
+            for line in &self.journal {
+                write!(f, "\n  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
+    move |source| InstallError::Io { what, path: path.to_path_buf(), source }
+}
+
 /// What the running service was started with: compared on every run to decide on a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     binary_sha256: String,
     unit_sha256: String,
+    /// Of the env file's variables ([`envfile::canonical`]), not its bytes.
     env_sha256: String,
+    /// Of config.yaml's meaning ([`config::canonical`]), not its bytes.
     config_sha256: String,
+    /// systemd's InvocationID of the start k3node made (or took over); empty when unknown.
+    #[serde(default)]
+    invocation_id: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +154,11 @@ enum Kind {
     Config,
 }
 
-/// One file as the request wants it, and what writing it would change.
+/// One file as the request wants it, what is on disk, and what writing it would change.
 struct FilePlan {
     path: PathBuf,
     contents: String,
+    current: Option<String>,
     mode: u32,
     action: FileAction,
     diff: Option<String>,
@@ -77,28 +174,37 @@ impl FilePlan {
     }
 }
 
-pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -> Result<InstallReport, String> {
-    let scrubber = Scrubber::for_request(&req.env, &req.config_yaml);
-    // Nothing in a message may carry a secret, whichever step produced it.
-    install_inner(sys, req, progress, &scrubber).map_err(|e| scrubber.scrub(&e))
+impl HostOperation for InstallRequest {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<InstallReport, HostError> {
+        let sys = ctx.sys;
+        Ok(install(sys, &self, &mut |m| ctx.progress(m))?)
+    }
 }
 
-fn install_inner(
-    sys: &dyn HostSystem,
-    req: &InstallRequest,
-    progress: Progress,
-    scrubber: &Scrubber,
-) -> Result<InstallReport, String> {
+pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -> Result<InstallReport, InstallError> {
     let service = service_name(req.role);
     refuse_other_role(sys, req.role)?;
 
     progress("verifying /usr/local/bin/k3s");
-    let binary_sha256 = verify_binary(sys, &req.binary_sha256)?;
-    let version = k3s_version(sys)?;
+    let expected = expected_sha256(&req.binary_sha256)?;
+    let on_disk = match sha256_file(sys, Path::new(K3S_BIN)) {
+        Ok(hash) => Some(hash),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_error("cannot read", Path::new(K3S_BIN))(e)),
+    };
+    let binary_ready = on_disk.as_deref() == Some(expected.as_str());
+    if !binary_ready && !req.dry_run {
+        return Err(match on_disk {
+            None => InstallError::BinaryMissing,
+            Some(actual) => InstallError::BinaryMismatch { actual, expected },
+        });
+    }
+    // Only a verified binary ever runs; in a dry run before the upload its version is not known here.
+    let version = if binary_ready { k3s_version(sys)? } else { String::new() };
 
     // Validates the config (and learns the data dir, which the scripts name) before any write.
     let settings = config::with_main(sys, req.config_yaml.expose())?;
-    let env = env_text(&req.env)?;
+    let env = env_text(&req.env).map_err(|e| InstallError::Env(e.trim_start_matches("env: ").to_string()))?;
     let unit = unit_text(req.role);
     let wanted = [
         (PathBuf::from(CONFIG_FILE), req.config_yaml.expose().to_string(), SECRET_MODE, Kind::Config),
@@ -109,118 +215,208 @@ fn install_inner(
     ];
     let mut plans = Vec::new();
     for (path, contents, mode, kind) in wanted {
-        plans.push(plan_file(sys, path, contents, mode, kind, scrubber)?);
+        plans.push(plan_file(sys, path, contents, mode, kind)?);
     }
     let [config_plan, env_plan, unit_plan, ..] = &plans[..] else { unreachable!("five plans") };
 
-    let record = Record {
-        binary_sha256: binary_sha256.clone(),
-        unit_sha256: sha256_hex(&unit_plan.contents),
-        env_sha256: sha256_hex(&env_plan.contents),
-        config_sha256: sha256_hex(&config_plan.contents),
-    };
+    let wanted_record = record_of(&expected, &unit_plan.contents, &env_plan.contents, &config_plan.contents);
+    // What the files on disk mean now, for a service someone else started.
+    let disk_record = record_of(
+        on_disk.as_deref().unwrap_or(""),
+        unit_plan.current.as_deref().unwrap_or(""),
+        env_plan.current.as_deref().unwrap_or(""),
+        config_plan.current.as_deref().unwrap_or(""),
+    );
     let previous = read_record(sys, service);
-    let unit_changed = unit_plan.needs_write();
     let links = plan_links(sys, progress);
-
     let systemd = Systemd::new(sys);
-    let was_active = systemd.is_active(service);
-    let restart = previous.as_ref() != Some(&record) || !was_active;
+    let unit_status = systemd.status(service);
+    let (mut service_action, mut reasons) =
+        restart_decision(&unit_status, previous.as_ref(), &wanted_record, &disk_record);
+    if service_action == ServiceAction::None && runs_a_replaced_binary(sys, &unit_status) {
+        // The upload replaced the file the running k3s was started from.
+        (service_action, reasons) = (ServiceAction::Restart, vec!["binary replaced since it started".to_string()]);
+    }
 
-    let mut changes = vec![binary_change(previous.as_ref(), &binary_sha256)];
+    let mut changes = vec![binary_change(previous.as_ref(), on_disk.as_deref(), &expected)];
     changes.extend(plans.iter().map(FilePlan::change));
     changes.extend(links.iter().map(|(link, action)| FileChange {
         path: link.display().to_string(),
         action: *action,
         diff: (*action == FileAction::Created).then(|| format!("symlink {} -> k3s", link.display())),
     }));
+    if !unit_status.enabled {
+        changes.push(FileChange {
+            path: format!("systemd: {service}.service"),
+            action: FileAction::Created,
+            diff: Some(format!("systemctl enable {service}")),
+        });
+    }
+    let foreign_dropins = describe_dropins(&settings);
+    for note in &foreign_dropins {
+        progress(&format!("warning: {note}"));
+    }
+    let report = |service_action, reasons, version, active| InstallReport {
+        service: service.into(),
+        changes: changes.clone(),
+        service_action,
+        reasons,
+        version,
+        active,
+        foreign_dropins: foreign_dropins.clone(),
+    };
 
     if req.dry_run {
-        return Ok(InstallReport { service: service.into(), changes, restarted: restart, version, active: was_active });
+        return Ok(report(service_action, reasons, version, unit_status.active));
     }
     if !systemd.available() {
-        return Err("systemctl is not installed: k3s runs as a systemd service, and this host has no systemd".into());
+        return Err(InstallError::NoSystemd);
     }
 
     // config.yaml and the env file before the unit: a new unit never meets an old env file.
     if config_plan.needs_write() {
-        create_dir(sys, Path::new(CONFIG_DIR))?;
+        sys.create_dir_all(Path::new(CONFIG_DIR), CONFIG_DIR_MODE)
+            .map_err(io_error("cannot create", Path::new(CONFIG_DIR)))?;
     }
     for plan in plans.iter().filter(|p| p.needs_write()) {
         progress(&format!("writing {}", plan.path.display()));
         sys.write_atomic(&plan.path, plan.contents.as_bytes(), plan.mode)
-            .map_err(|e| format!("cannot write {}: {}", plan.path.display(), describe_io(&e)))?;
+            .map_err(io_error("cannot write", &plan.path))?;
     }
     for (link, action) in &links {
         if *action == FileAction::Created {
             progress(&format!("linking {} to k3s", link.display()));
-            sys.symlink_atomic(Path::new("k3s"), link)
-                .map_err(|e| format!("cannot create the symlink {}: {}", link.display(), describe_io(&e)))?;
+            sys.symlink_atomic(Path::new("k3s"), link).map_err(io_error("cannot create the symlink", link))?;
         }
     }
 
     // `systemctl enable` reloads the manager itself, so a new unit needs no separate daemon-reload.
-    if !systemd.is_enabled(service) {
+    if !unit_status.enabled {
         progress(&format!("enabling {service}"));
-        systemd.run_quick(&["enable", service])?;
-    } else if unit_changed || systemd.needs_daemon_reload(service) {
+        systemd.run_quick(&["enable", service]).map_err(InstallError::Systemd)?;
+    } else if unit_plan.needs_write() || unit_status.needs_daemon_reload {
         progress("reloading systemd units");
-        systemd.run_quick(&["daemon-reload"])?;
+        systemd.run_quick(&["daemon-reload"]).map_err(InstallError::Systemd)?;
     }
 
-    let mut active = was_active;
-    if restart {
-        start_and_wait(sys, &systemd, req, &settings, scrubber, progress)?;
+    let mut active = unit_status.active;
+    let mut record = wanted_record;
+    if service_action != ServiceAction::None {
+        start_and_wait(sys, &systemd, req, &settings, progress)?;
         active = true;
-        let json = serde_json::to_string_pretty(&record).expect("a record always serializes") + "\n";
-        sys.write_atomic(&record_path(service), json.as_bytes(), SECRET_MODE).map_err(|e| {
-            format!(
-                "{service} is running, but its record {} cannot be written: {}",
-                record_path(service).display(),
-                describe_io(&e)
-            )
-        })?;
+        record.invocation_id = systemd.status(service).invocation_id;
+        write_record(sys, service, &record)?;
+    } else if previous.as_ref() != Some(&Record { invocation_id: unit_status.invocation_id.clone(), ..record.clone() })
+    {
+        // Taken over (or its files rewritten only in form): what it runs with is now known.
+        record.invocation_id = unit_status.invocation_id;
+        write_record(sys, service, &record)?;
     }
-    Ok(InstallReport { service: service.into(), changes, restarted: restart, version, active })
+    Ok(report(service_action, reasons, version, active))
+}
+
+fn record_of(binary: &str, unit: &str, env: &str, config: &str) -> Record {
+    let digest = crate::digest::sha256_hex;
+    Record {
+        binary_sha256: binary.to_string(),
+        unit_sha256: digest(unit.as_bytes()),
+        env_sha256: digest(envfile::canonical(env).as_bytes()),
+        // A config k3s cannot read means nothing the request means.
+        config_sha256: digest(config::canonical(config).unwrap_or_else(|| format!("unreadable:{config}")).as_bytes()),
+        invocation_id: String::new(),
+    }
+}
+
+/// Whether (and why) the service starts: see the module's restart rule.
+fn restart_decision(
+    unit: &UnitStatus,
+    previous: Option<&Record>,
+    wanted: &Record,
+    on_disk: &Record,
+) -> (ServiceAction, Vec<String>) {
+    let mut reasons = Vec::new();
+    let never_started = previous.is_none() && !unit.active;
+    if !unit.active {
+        reasons.push(if never_started { "first start".to_string() } else { "not running".to_string() });
+    } else {
+        let ours = previous.filter(|r| r.invocation_id == unit.invocation_id);
+        let started_with = match ours {
+            Some(record) => record,
+            None => on_disk,
+        };
+        let source = if ours.is_some() { "since k3node started it" } else { "on disk, where it was started from" };
+        for (what, was, wants) in [
+            ("binary", &started_with.binary_sha256, &wanted.binary_sha256),
+            ("unit", &started_with.unit_sha256, &wanted.unit_sha256),
+            ("env file", &started_with.env_sha256, &wanted.env_sha256),
+            ("config.yaml", &started_with.config_sha256, &wanted.config_sha256),
+        ] {
+            if was != wants {
+                reasons.push(format!("{what} changed {source}"));
+            }
+        }
+    }
+    let action = match (reasons.is_empty(), never_started) {
+        (true, _) => ServiceAction::None,
+        (false, true) => ServiceAction::Start,
+        (false, false) => ServiceAction::Restart,
+    };
+    (action, reasons)
+}
+
+/// True when the service's main process runs an executable that was since replaced on disk.
+fn runs_a_replaced_binary(sys: &dyn HostSystem, unit: &UnitStatus) -> bool {
+    unit.main_pid > 0
+        && sys
+            .read_link(&PathBuf::from(format!("/proc/{}/exe", unit.main_pid)))
+            .is_ok_and(|exe| exe.to_string_lossy().ends_with(" (deleted)"))
+}
+
+fn write_record(sys: &dyn HostSystem, service: &str, record: &Record) -> Result<(), InstallError> {
+    let json = serde_json::to_string_pretty(record).expect("a record always serializes") + "\n";
+    let path = record_path(service);
+    sys.write_atomic(&path, json.as_bytes(), SECRET_MODE).map_err(|source| InstallError::Io {
+        what: "k3s runs, but k3node cannot write its record",
+        path,
+        source,
+    })
+}
+
+/// Drop-ins k3node did not write: each with the keys it overrides.
+fn describe_dropins(settings: &Settings) -> Vec<String> {
+    settings
+        .dropins
+        .iter()
+        .map(|(path, keys)| {
+            let keys = if keys.is_empty() { "no keys".to_string() } else { keys.join(", ") };
+            format!("{} (not written by k3node) overrides config.yaml: {keys}", path.display())
+        })
+        .collect()
 }
 
 /// A host is a server or an agent, never both: converting one needs a reset first.
-fn refuse_other_role(sys: &dyn HostSystem, role: Role) -> Result<(), String> {
+fn refuse_other_role(sys: &dyn HostSystem, role: Role) -> Result<(), InstallError> {
     let (other, other_name, this_name) = match role {
         Role::Server => (Role::Agent, "an agent", "a server"),
         Role::Agent => (Role::Server, "a server", "an agent"),
     };
     let other_unit = unit_path(service_name(other));
     if sys.exists(&other_unit) {
-        return Err(format!(
-            "{} is installed on this host ({other_name}); it cannot also become {this_name}: \
-             run `k3node reset` on this host first to convert it",
-            other_unit.display()
-        ));
+        return Err(InstallError::OtherRole {
+            unit: other_unit.display().to_string(),
+            other: other_name,
+            this: this_name,
+        });
     }
     Ok(())
 }
 
-/// The binary's sha256 must be the one the operator verified; nothing runs it before this.
-fn verify_binary(sys: &dyn HostSystem, expected: &str) -> Result<String, String> {
-    let expected = expected.trim().to_ascii_lowercase();
+fn expected_sha256(given: &str) -> Result<String, InstallError> {
+    let expected = given.trim().to_ascii_lowercase();
     if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("the expected sha256 of k3s {expected:?} is not 64 hex digits"));
+        return Err(InstallError::BadSha256(expected));
     }
-    let actual = match sys.sha256_file(Path::new(K3S_BIN)) {
-        Ok(hash) => hash,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(format!("{K3S_BIN} is missing: the k3s binary must be uploaded before install-k3s"))
-        }
-        Err(e) => return Err(format!("cannot read {K3S_BIN} to verify it: {}", describe_io(&e))),
-    };
-    if actual != expected {
-        return Err(format!(
-            "{K3S_BIN} has sha256 {actual}, expected {expected}: refusing to install or run an unverified \
-             binary (upload it again)"
-        ));
-    }
-    Ok(actual)
+    Ok(expected)
 }
 
 /// `k3s version v1.31.4+k3s1 (a1b2c3d4)` -> `v1.31.4+k3s1`.
@@ -231,16 +427,18 @@ pub(super) fn parse_version(stdout: &str) -> Option<String> {
     words.next().filter(|v| v.starts_with('v')).map(str::to_string)
 }
 
-fn k3s_version(sys: &dyn HostSystem) -> Result<String, String> {
-    let out = sys
-        .run(Path::new(K3S_BIN), &["--version"])
-        .map_err(|e| format!("cannot run {K3S_BIN} --version: {e} (is it a binary for this host's architecture?)"))?;
+fn k3s_version(sys: &dyn HostSystem) -> Result<String, InstallError> {
+    let out = sys.run(Path::new(K3S_BIN), &["--version"]).map_err(|e| {
+        InstallError::Version(format!(
+            "cannot run {K3S_BIN} --version: {e} (is it a binary for this host's architecture?)"
+        ))
+    })?;
     if !out.success() {
-        return Err(format!("{K3S_BIN} --version failed: {}", out.failure_summary()));
+        return Err(InstallError::Version(format!("{K3S_BIN} --version failed: {}", out.failure_summary())));
     }
     parse_version(&out.stdout).ok_or_else(|| {
         let first = out.stdout.lines().next().unwrap_or("").chars().take(120).collect::<String>();
-        format!("{K3S_BIN} --version printed no k3s version: {first:?}")
+        InstallError::Version(format!("{K3S_BIN} --version printed no k3s version: {first:?}"))
     })
 }
 
@@ -250,16 +448,15 @@ fn plan_file(
     contents: String,
     mode: u32,
     kind: Kind,
-    scrubber: &Scrubber,
-) -> Result<FilePlan, String> {
+) -> Result<FilePlan, InstallError> {
     let current = match sys.read_to_string(&path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read {}: {}", path.display(), describe_io(&e))),
+        Err(e) => return Err(io_error("cannot read", &path)(e)),
     };
     let (action, diff) = match &current {
-        None => (FileAction::Created, Some(shown_diff(&path, "", &contents, kind, scrubber))),
-        Some(old) if *old != contents => (FileAction::Updated, Some(shown_diff(&path, old, &contents, kind, scrubber))),
+        None => (FileAction::Created, Some(shown_diff(&path, "", &contents, kind))),
+        Some(old) if *old != contents => (FileAction::Updated, Some(shown_diff(&path, old, &contents, kind))),
         Some(_) => match sys.file_mode(&path) {
             // Same text, wrong mode (a world-readable env file): rewritten, which sets the mode.
             Ok(current_mode) if current_mode != mode => {
@@ -268,29 +465,30 @@ fn plan_file(
             _ => (FileAction::Unchanged, None),
         },
     };
-    Ok(FilePlan { path, contents, mode, action, diff })
+    Ok(FilePlan { path, contents, current, mode, action, diff })
 }
 
-fn shown_diff(path: &Path, old: &str, new: &str, kind: Kind, scrubber: &Scrubber) -> String {
-    let mask = |text: &str| match kind {
-        Kind::Plain => text.to_string(),
-        Kind::Env => mask_env(text),
-        Kind::Config => mask_config(text),
+fn shown_diff(path: &Path, old: &str, new: &str, kind: Kind) -> String {
+    let (old_masked, new_masked) = match kind {
+        Kind::Plain => (old.to_string(), new.to_string()),
+        Kind::Env => masked_pair(old, new, mask_env, env_secrets),
+        Kind::Config => masked_pair(old, new, mask_config, config_secrets),
     };
-    let (old_masked, new_masked) = (mask(old), mask(new));
     if old_masked == new_masked {
         return format!("{}: secret values changed (not shown)", path.display());
     }
-    scrubber.scrub(&unified_diff(&path.to_string_lossy(), &old_masked, &new_masked))
+    unified_diff(&path.to_string_lossy(), &old_masked, &new_masked)
 }
 
-fn binary_change(previous: Option<&Record>, sha256: &str) -> FileChange {
-    let (action, diff) = match previous {
-        None => (FileAction::Created, None),
-        Some(r) if r.binary_sha256 != sha256 => {
+fn binary_change(previous: Option<&Record>, on_disk: Option<&str>, sha256: &str) -> FileChange {
+    let (action, diff) = match (on_disk, previous) {
+        (None, _) => (FileAction::Created, Some(format!("upload k3s, sha256 {sha256}"))),
+        (Some(current), _) if current != sha256 => (FileAction::Updated, Some(format!("sha256 {current} → {sha256}"))),
+        (Some(_), None) => (FileAction::Created, None),
+        (Some(_), Some(r)) if r.binary_sha256 != sha256 => {
             (FileAction::Updated, Some(format!("sha256 {} → {sha256}", r.binary_sha256)))
         }
-        Some(_) => (FileAction::Unchanged, None),
+        (Some(_), Some(_)) => (FileAction::Unchanged, None),
     };
     FileChange { path: K3S_BIN.into(), action, diff }
 }
@@ -314,19 +512,10 @@ fn plan_links(sys: &dyn HostSystem, progress: Progress) -> Vec<(PathBuf, FileAct
     links
 }
 
-fn create_dir(sys: &dyn HostSystem, dir: &Path) -> Result<(), String> {
-    sys.create_dir_all(dir, CONFIG_DIR_MODE)
-        .map_err(|e| format!("cannot create {}: {}", dir.display(), describe_io(&e)))
-}
-
 fn read_record(sys: &dyn HostSystem, service: &str) -> Option<Record> {
     let text = sys.read_to_string(&record_path(service)).ok()?;
-    // An unreadable record means "not known what it runs with": restart.
+    // An unreadable record means "not known what it runs with".
     serde_json::from_str(&text).ok()
-}
-
-fn sha256_hex(text: &str) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
 }
 
 /// Time left until a deadline on the system's clock (the fake's clock in tests).
@@ -353,28 +542,35 @@ fn start_and_wait(
     systemd: &Systemd,
     req: &InstallRequest,
     settings: &Settings,
-    scrubber: &Scrubber,
     progress: Progress,
-) -> Result<(), String> {
+) -> Result<(), InstallError> {
     let service = service_name(req.role);
     let secs = req.ready_timeout_secs.max(1);
     let deadline = Deadline { sys, at_ms: sys.now_unix_ms() + (secs as i64) * 1000, secs };
-    let server_url = req
-        .env
-        .iter()
-        .find(|(name, _)| name == "K3S_URL")
-        .map(|(_, v)| v.expose().to_string())
-        .or_else(|| settings.server.clone());
-    let fail = |what: String| failure(sys, service, &what, server_url.as_deref(), scrubber);
+    // As k3s reads it: the config files (drop-ins included) beat the environment.
+    let server_url = settings
+        .server
+        .clone()
+        .or_else(|| req.env.iter().find(|(name, _)| name == "K3S_URL").map(|(_, v)| v.expose().to_string()));
+    let fail = |what: String, timed_out: bool| {
+        let journal = journal_tail(sys, service, JOURNAL_LINES);
+        InstallError::Start(StartFailure {
+            cause: likely_cause(&journal.join("\n"), server_url.as_deref()),
+            what,
+            timed_out,
+            service: service.to_string(),
+            journal,
+        })
+    };
 
     progress(&format!("restarting {service}"));
     let timeout = deadline.remaining().max(Duration::from_secs(1));
     match systemd.run(&["restart", service], timeout) {
         Ok(_) => {}
         Err(RunError::TimedOut) => {
-            return Err(fail(format!("{service} did not report ready within {} s", deadline.secs)));
+            return Err(fail(format!("{service} did not report ready within {} s", deadline.secs), true));
         }
-        Err(RunError::Other(message)) => return Err(fail(format!("{service} did not start: {message}"))),
+        Err(RunError::Other(message)) => return Err(fail(format!("{service} did not start: {message}"), false)),
     }
     if req.role == Role::Agent {
         // An agent has no API of its own to ask; the operator watches it join from a server.
@@ -390,69 +586,23 @@ fn start_and_wait(
     args.extend(["get", "node", req.node_name.as_str(), "-o", "json"]);
     loop {
         let timeout = deadline.remaining().clamp(Duration::from_secs(1), KUBECTL_TIMEOUT);
-        let status = match sys.run_with(Path::new(K3S_BIN), &args, None, timeout) {
-            Ok(out) => node_status(&out),
-            Err(e) => NodeStatus::Unknown(format!("k3s kubectl: {e}")),
+        let why = match sys.run_with(Path::new(K3S_BIN), &args, None, timeout) {
+            Ok(out) if out.success() => match serde_json::from_str::<serde_json::Value>(&out.stdout) {
+                Ok(node) => match Readiness::of(&node) {
+                    Readiness::Ready => return Ok(()),
+                    Readiness::NotReady(why) => why,
+                    Readiness::Unreported => "the node has no Ready condition yet".to_string(),
+                },
+                Err(_) => "k3s kubectl get node printed no JSON".to_string(),
+            },
+            Ok(out) => format!("k3s kubectl get node: {}", out.failure_summary()),
+            Err(e) => format!("k3s kubectl: {e}"),
         };
-        if status == NodeStatus::Ready {
-            return Ok(());
-        }
         if deadline.passed() {
-            let why = match status {
-                NodeStatus::Ready => unreachable!("returned above"),
-                NodeStatus::NotReady(why) | NodeStatus::Unknown(why) => why,
-            };
-            return Err(fail(format!("node {} was not Ready within {} s: {why}", req.node_name, deadline.secs)));
+            return Err(fail(format!("node {} was not Ready within {} s: {why}", req.node_name, deadline.secs), true));
         }
         sys.sleep(POLL_INTERVAL.min(deadline.remaining()).max(Duration::from_millis(1)));
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum NodeStatus {
-    Ready,
-    NotReady(String),
-    Unknown(String),
-}
-
-/// The Ready condition of `kubectl get node <name> -o json`.
-fn node_status(out: &CommandOutput) -> NodeStatus {
-    if !out.success() {
-        return NodeStatus::Unknown(format!("k3s kubectl get node: {}", out.failure_summary()));
-    }
-    let Ok(node) = serde_json::from_str::<serde_json::Value>(&out.stdout) else {
-        return NodeStatus::Unknown("k3s kubectl get node printed no JSON".into());
-    };
-    let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    match conditions.iter().find(|c| c["type"] == "Ready") {
-        Some(c) if c["status"] == "True" => NodeStatus::Ready,
-        Some(c) => NodeStatus::NotReady(format!(
-            "Ready={} ({})",
-            c["status"].as_str().unwrap_or("?"),
-            c["message"].as_str().or(c["reason"].as_str()).unwrap_or("no reason given")
-        )),
-        None => NodeStatus::NotReady("the node has no Ready condition yet".into()),
-    }
-}
-
-/// A failure's message: what failed, the likely cause when the journal shows one, and the
-/// journal's last lines, all with secrets removed.
-fn failure(sys: &dyn HostSystem, service: &str, what: &str, server_url: Option<&str>, scrubber: &Scrubber) -> String {
-    let journal = journal_tail(sys, service, JOURNAL_LINES);
-    let mut message = what.to_string();
-    if let Some(cause) = likely_cause(&journal.join("\n"), server_url) {
-        message.push_str(&format!("\nlikely cause: {cause}"));
-    }
-    if journal.is_empty() {
-        message.push_str(&format!("\n(no journal lines: see `journalctl -u {service}` on the host)"));
-    } else {
-        message.push_str(&format!("\nlast lines of `journalctl -u {service}`:"));
-        for line in &journal {
-            message.push_str("\n  ");
-            message.push_str(line);
-        }
-    }
-    scrubber.scrub(&message)
 }
 
 #[cfg(test)]

@@ -1,26 +1,10 @@
-//! Secrets out of everything shown: diffs of the env file and config.yaml, journal lines, errors.
+//! Secrets out of every diff shown: the env file's and config.yaml's secret values are masked
+//! line by line, and a secret that changed says so instead of looking unchanged.
 
-use crate::protocol::Secret;
+use crate::protocol::secret::{secret_env_name, REDACTED, SECRET_CONFIG_KEYS};
 
-pub(super) const REDACTED: &str = "<redacted>";
-
-/// config.yaml keys whose values are secrets (a datastore endpoint carries its password).
-pub(super) const SECRET_CONFIG_KEYS: [&str; 7] = [
-    "token",
-    "agent-token",
-    "datastore-endpoint",
-    "etcd-s3-access-key",
-    "etcd-s3-secret-key",
-    "etcd-s3-session-token",
-    "vpn-auth",
-];
-
-/// Env variables whose values are secrets: K3S_TOKEN, K3S_AGENT_TOKEN, K3S_CLUSTER_SECRET,
-/// K3S_DATASTORE_ENDPOINT, proxies' ...PASSWORD. K3S_URL is not one.
-pub(super) fn secret_env_name(name: &str) -> bool {
-    let upper = name.trim().to_ascii_uppercase();
-    ["TOKEN", "PASSWORD", "SECRET", "DATASTORE_ENDPOINT"].iter().any(|w| upper.contains(w))
-}
+/// What a masked secret that differs from the old file's shows.
+pub(super) const CHANGED: &str = "<changed (masked)>";
 
 /// An env file's text with the values of secret variables replaced.
 pub(super) fn mask_env(text: &str) -> String {
@@ -83,48 +67,46 @@ pub(super) fn unified_diff(path: &str, old: &str, new: &str) -> String {
         .to_string()
 }
 
-/// Replaces every known secret value in free text (journal lines, command output) by `<redacted>`.
-#[derive(Debug, Default)]
-pub(super) struct Scrubber {
-    secrets: Vec<String>,
+/// The masked old and new texts of a secret-bearing file, with every secret value that differs
+/// between them shown as [`CHANGED`] on the new side.
+pub(super) fn masked_pair(
+    old: &str,
+    new: &str,
+    mask: fn(&str) -> String,
+    secrets: fn(&str) -> Vec<(String, String)>,
+) -> (String, String) {
+    let (old_values, new_values) = (secrets(old), secrets(new));
+    let changed: Vec<&String> = new_values
+        .iter()
+        .filter(|(k, v)| old_values.iter().any(|(ok, ov)| ok == k && ov != v))
+        .map(|(k, _)| k)
+        .collect();
+    let old_masked = mask(old);
+    let new_masked = map_lines(&mask(new), |line| {
+        let key = line.split(['=', ':']).next().unwrap_or("").trim().trim_matches(['"', '\'']).trim_end_matches('+');
+        changed.iter().any(|k| k.as_str() == key).then(|| line.replace(REDACTED, CHANGED))
+    });
+    (old_masked, new_masked)
 }
 
-impl Scrubber {
-    /// The secrets of an install request: secret env values and secret config.yaml values.
-    pub fn for_request(env: &[(String, Secret)], config_yaml: &Secret) -> Scrubber {
-        let mut secrets: Vec<String> =
-            env.iter().filter(|(name, _)| secret_env_name(name)).map(|(_, v)| v.expose().to_string()).collect();
-        if let Ok(serde_yaml_ng::Value::Mapping(map)) =
-            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(config_yaml.expose())
-        {
-            for key in SECRET_CONFIG_KEYS {
-                for k in [key.to_string(), format!("{key}+")] {
-                    if let Some(serde_yaml_ng::Value::String(v)) = map.get(k.as_str()) {
-                        secrets.push(v.clone());
-                    }
-                }
-            }
-        }
-        // A K10 token's password part is a secret on its own (it appears in URLs and logs alone).
-        let parts: Vec<String> =
-            secrets.iter().filter_map(|s| s.rsplit_once(':').map(|(_, pw)| pw.to_string())).collect();
-        secrets.extend(parts);
-        // Very short values would mask ordinary words; they are no secret worth the name anyway.
-        secrets.retain(|s| s.len() >= 6);
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Scrubber { secrets }
-    }
+/// The secret variables of an env file and their values.
+pub(super) fn env_secrets(text: &str) -> Vec<(String, String)> {
+    super::envfile::entries(text).into_iter().filter(|(name, _)| secret_env_name(name)).collect()
+}
 
-    pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), REDACTED);
-            }
-        }
-        out
-    }
+/// The secret keys of a config.yaml and their values (as YAML text, to compare).
+pub(super) fn config_secrets(text: &str) -> Vec<(String, String)> {
+    let Ok(serde_yaml_ng::Value::Mapping(map)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter_map(|(k, v)| {
+            let key = k.as_str()?.trim_end_matches('+');
+            SECRET_CONFIG_KEYS
+                .contains(&key)
+                .then(|| (key.to_string(), serde_yaml_ng::to_string(v).unwrap_or_default()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -157,15 +139,19 @@ mod tests {
     }
 
     #[test]
-    fn scrubber_removes_request_secrets_from_free_text() {
-        let env = vec![
-            ("K3S_URL".into(), Secret::new("https://10.0.0.1:6443")),
-            ("K3S_TOKEN".into(), Secret::new("K10abc::node:s3cretpw")),
-        ];
-        let s = Scrubber::for_request(&env, &Secret::new("agent-token: agenttoken123\nnode-name: n1\n"));
-        assert_eq!(
-            s.scrub("token K10abc::node:s3cretpw bad; pw s3cretpw; agenttoken123 at https://10.0.0.1:6443"),
-            "token <redacted> bad; pw <redacted>; <redacted> at https://10.0.0.1:6443"
+    fn a_changed_secret_is_marked_on_the_new_side_only() {
+        let (old, new) = masked_pair(
+            "K3S_URL='https://a:6443'\nK3S_TOKEN='one'\n",
+            "K3S_URL='https://b:6443'\nK3S_TOKEN='two'\n",
+            mask_env,
+            env_secrets,
         );
+        assert_eq!(old, "K3S_URL='https://a:6443'\nK3S_TOKEN=<redacted>\n");
+        assert_eq!(new, "K3S_URL='https://b:6443'\nK3S_TOKEN=<changed (masked)>\n");
+        let (_, same) =
+            masked_pair("token: x\nnode-name: a\n", "token: x\nnode-name: b\n", mask_config, config_secrets);
+        assert_eq!(same, "token: <redacted>\nnode-name: b\n");
+        let (_, changed) = masked_pair("token: x\n", "token: y\n", mask_config, config_secrets);
+        assert_eq!(changed, "token: <changed (masked)>\n");
     }
 }

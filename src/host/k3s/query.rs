@@ -1,17 +1,75 @@
-//! What a server knows: its join token, its admin kubeconfig, the cluster's nodes.
+//! What a server knows: its join token, its admin kubeconfig, the cluster's nodes; and deleting
+//! stale Node objects through it.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{config, describe_io, DEFAULT_KUBECONFIG, K3S_BIN};
+use super::config::{self, ConfigError, Settings};
+use super::{DEFAULT_KUBECONFIG, K3S_BIN};
+use crate::host::error::{describe_io, Failure, HostError};
+use crate::host::serve::{Context, HostOperation};
 use crate::host::system::HostSystem;
-use crate::protocol::k3s::{KubeconfigAnswer, NodeInfo, NodesAnswer, TokenAnswer};
-use crate::protocol::Secret;
+use crate::protocol::k3s::{
+    DeleteNodes, KubeconfigAnswer, ListNodes, NodesAnswer, NodesDeleted, ReadKubeconfig, ReadToken, TokenAnswer,
+};
+use crate::protocol::node::NodeInfo;
+use crate::protocol::{ErrorKind, Secret};
 
 const NOT_STARTED: &str = "not a server, or k3s has not started yet";
 
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{} {what}: {NOT_STARTED}", path.display())]
+    NotServer { path: PathBuf, what: &'static str },
+    #[error("cannot read {}: {}", path.display(), describe_io(source))]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The API did not answer: k3s is starting, stopped, or unreachable.
+    #[error("{0}")]
+    Api(String),
+    #[error("{0}")]
+    BadOutput(String),
+}
+
+impl Failure for QueryError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            QueryError::NotServer { .. } => ErrorKind::NotInstalled,
+            QueryError::Io { source, .. } => ErrorKind::of_io(source),
+            QueryError::Config(_) | QueryError::BadOutput(_) => ErrorKind::Failed,
+            QueryError::Api(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+impl HostOperation for ReadToken {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<TokenAnswer, HostError> {
+        Ok(read_token(ctx.sys)?)
+    }
+}
+
+impl HostOperation for ReadKubeconfig {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<KubeconfigAnswer, HostError> {
+        Ok(kubeconfig(ctx.sys)?)
+    }
+}
+
+impl HostOperation for ListNodes {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<NodesAnswer, HostError> {
+        Ok(nodes(ctx.sys)?)
+    }
+}
+
+impl HostOperation for DeleteNodes {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<NodesDeleted, HostError> {
+        let sys = ctx.sys;
+        Ok(delete_nodes(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
 /// `<data-dir>/server/token`.
-pub fn read_token(sys: &dyn HostSystem) -> Result<TokenAnswer, String> {
+pub fn read_token(sys: &dyn HostSystem) -> Result<TokenAnswer, QueryError> {
     let settings = config::on_host(sys)?;
     let path = settings.data_dir.join("server/token");
     let token = read_secret(sys, &path)?;
@@ -19,71 +77,95 @@ pub fn read_token(sys: &dyn HostSystem) -> Result<TokenAnswer, String> {
 }
 
 /// /etc/rancher/k3s/k3s.yaml, or where `write-kubeconfig` says.
-pub fn kubeconfig(sys: &dyn HostSystem) -> Result<KubeconfigAnswer, String> {
+pub fn kubeconfig(sys: &dyn HostSystem) -> Result<KubeconfigAnswer, QueryError> {
     let settings = config::on_host(sys)?;
     let text = read_secret(sys, &settings.kubeconfig)?;
     Ok(KubeconfigAnswer { kubeconfig: Secret::new(text + "\n") })
 }
 
 /// The file's text, trimmed at the end; missing or empty is the "not a server" error.
-fn read_secret(sys: &dyn HostSystem, path: &Path) -> Result<String, String> {
+fn read_secret(sys: &dyn HostSystem, path: &Path) -> Result<String, QueryError> {
     let text = match sys.read_to_string(path) {
         Ok(text) => text.trim_end().to_string(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(format!("{} does not exist: {NOT_STARTED}", path.display()))
+            return Err(QueryError::NotServer { path: path.to_path_buf(), what: "does not exist" })
         }
         // The error's words only: the contents never reach a message.
-        Err(e) => return Err(format!("cannot read {}: {}", path.display(), describe_io(&e))),
+        Err(source) => return Err(QueryError::Io { path: path.to_path_buf(), source }),
     };
     if text.is_empty() {
-        return Err(format!("{} is empty: {NOT_STARTED}", path.display()));
+        return Err(QueryError::NotServer { path: path.to_path_buf(), what: "is empty" });
     }
     Ok(text)
 }
 
-/// `k3s kubectl get nodes -o json`, as the server sees the cluster.
-pub fn nodes(sys: &dyn HostSystem) -> Result<NodesAnswer, String> {
-    if !sys.exists(Path::new(K3S_BIN)) {
-        return Err(format!("{K3S_BIN} is not installed: {NOT_STARTED}"));
-    }
-    let settings = config::on_host(sys)?;
+/// `k3s kubectl [--kubeconfig F] <args>` as the server's admin.
+fn kubectl(sys: &dyn HostSystem, settings: &Settings, args: &[&str]) -> Result<String, QueryError> {
     let kubeconfig = settings.kubeconfig.to_string_lossy().into_owned();
-    let mut args = vec!["kubectl"];
+    let mut full = vec!["kubectl"];
     if settings.kubeconfig != Path::new(DEFAULT_KUBECONFIG) {
-        args.extend(["--kubeconfig", kubeconfig.as_str()]);
+        full.extend(["--kubeconfig", kubeconfig.as_str()]);
     }
-    args.extend(["get", "nodes", "-o", "json"]);
-    let out = sys.run(Path::new(K3S_BIN), &args).map_err(|e| format!("cannot run k3s kubectl: {e}"))?;
+    full.extend_from_slice(args);
+    let out =
+        sys.run(Path::new(K3S_BIN), &full).map_err(|e| QueryError::Api(format!("cannot run k3s kubectl: {e}")))?;
     if !out.success() {
-        return Err(format!("k3s kubectl get nodes failed: {} ({NOT_STARTED}?)", out.failure_summary()));
+        return Err(QueryError::Api(format!(
+            "k3s kubectl {} failed: {} ({NOT_STARTED}?)",
+            args.first().copied().unwrap_or(""),
+            out.failure_summary()
+        )));
     }
-    parse_nodes(&out.stdout).map(|nodes| NodesAnswer { nodes })
+    Ok(out.stdout)
 }
 
-/// A Kubernetes NodeList: name, the Ready condition, roles from `node-role.kubernetes.io/<role>`
-/// labels (sorted), and the kubelet version.
-pub(super) fn parse_nodes(json: &str) -> Result<Vec<NodeInfo>, String> {
-    let list: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("k3s kubectl get nodes printed invalid JSON: {e}"))?;
-    let items = list["items"].as_array().ok_or("k3s kubectl get nodes printed no NodeList (no items)")?;
-    let mut nodes = Vec::new();
-    for item in items {
-        let name = item["metadata"]["name"].as_str().ok_or("a node in the NodeList has no name")?.to_string();
-        let ready = item["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-            .is_some_and(|c| c["status"] == "True");
-        let mut roles: Vec<String> = item["metadata"]["labels"]
-            .as_object()
-            .map(|labels| {
-                labels.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).map(str::to_string).collect()
-            })
-            .unwrap_or_default();
-        roles.sort();
-        let version = item["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or("").to_string();
-        nodes.push(NodeInfo { name, ready, roles, version });
+fn installed(sys: &dyn HostSystem) -> Result<Settings, QueryError> {
+    if !sys.exists(Path::new(K3S_BIN)) {
+        return Err(QueryError::NotServer { path: K3S_BIN.into(), what: "is not installed" });
     }
-    Ok(nodes)
+    Ok(config::on_host(sys)?)
+}
+
+/// `k3s kubectl get nodes -o json`, as the server sees the cluster.
+pub fn nodes(sys: &dyn HostSystem) -> Result<NodesAnswer, QueryError> {
+    let settings = installed(sys)?;
+    let stdout = kubectl(sys, &settings, &["get", "nodes", "-o", "json"])?;
+    parse_nodes(&stdout).map(|nodes| NodesAnswer { nodes })
+}
+
+/// Deletes the named Node objects that exist (k3s then drops their node-password secrets).
+pub fn delete_nodes(
+    sys: &dyn HostSystem,
+    req: &DeleteNodes,
+    progress: &mut dyn FnMut(&str),
+) -> Result<NodesDeleted, QueryError> {
+    let settings = installed(sys)?;
+    let existing = parse_nodes(&kubectl(sys, &settings, &["get", "nodes", "-o", "json"])?)?;
+    let deleted: Vec<String> = req.names.iter().filter(|n| existing.iter().any(|e| &e.name == *n)).cloned().collect();
+    if req.dry_run || deleted.is_empty() {
+        return Ok(NodesDeleted { deleted });
+    }
+    progress(&format!("deleting node {}", deleted.join(", ")));
+    let mut args = vec!["delete", "node"];
+    args.extend(deleted.iter().map(String::as_str));
+    args.push("--ignore-not-found");
+    kubectl(sys, &settings, &args)?;
+    Ok(NodesDeleted { deleted })
+}
+
+/// A Kubernetes NodeList, read with the one Node parser ([`NodeInfo::of`]).
+pub(super) fn parse_nodes(json: &str) -> Result<Vec<NodeInfo>, QueryError> {
+    let list: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| QueryError::BadOutput(format!("k3s kubectl get nodes printed invalid JSON: {e}")))?;
+    let items = list["items"]
+        .as_array()
+        .ok_or_else(|| QueryError::BadOutput("k3s kubectl get nodes printed no NodeList (no items)".into()))?;
+    items
+        .iter()
+        .map(|item| {
+            NodeInfo::of(item).ok_or_else(|| QueryError::BadOutput("a node in the NodeList has no name".into()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -107,13 +189,13 @@ mod tests {
 
     #[test]
     fn missing_token_says_why() {
-        let err = read_token(&FakeSystem::new()).unwrap_err();
+        let err = read_token(&FakeSystem::new()).unwrap_err().to_string();
         assert_eq!(err, "/var/lib/rancher/k3s/server/token does not exist: not a server, or k3s has not started yet");
         let empty = FakeSystem::new().file("/var/lib/rancher/k3s/server/token", "\n");
-        assert!(read_token(&empty).unwrap_err().contains("is empty: not a server"));
+        assert!(read_token(&empty).unwrap_err().to_string().contains("is empty: not a server"));
         let denied =
             FakeSystem::new().file("/var/lib/rancher/k3s/server/token", TOKEN).deny("/var/lib/rancher/k3s/server");
-        let err = read_token(&denied).unwrap_err();
+        let err = read_token(&denied).unwrap_err().to_string();
         assert!(err.contains("Permission denied") && !err.contains("K10"), "{err}");
     }
 
@@ -125,7 +207,10 @@ mod tests {
             .file(CONFIG_FILE, "write-kubeconfig: /root/k3s.yaml\n")
             .file("/root/k3s.yaml", "kind: Config");
         assert_eq!(kubeconfig(&moved).unwrap().kubeconfig.expose(), "kind: Config\n");
-        assert!(kubeconfig(&FakeSystem::new()).unwrap_err().contains("/etc/rancher/k3s/k3s.yaml does not exist"));
+        assert!(kubeconfig(&FakeSystem::new())
+            .unwrap_err()
+            .to_string()
+            .contains("/etc/rancher/k3s/k3s.yaml does not exist"));
     }
 
     pub(crate) const NODE_LIST: &str = r#"{
@@ -170,7 +255,7 @@ mod tests {
 
     #[test]
     fn nodes_failures_are_clear() {
-        assert!(nodes(&FakeSystem::new()).unwrap_err().contains("not installed"));
+        assert!(nodes(&FakeSystem::new()).unwrap_err().to_string().contains("not installed"));
         let refused = FakeSystem::new().file(K3S_BIN, "").output(
             K3S_BIN,
             &["kubectl", "get", "nodes", "-o", "json"],
@@ -178,7 +263,7 @@ mod tests {
             "",
             "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?\n",
         );
-        let err = nodes(&refused).unwrap_err();
+        let err = nodes(&refused).unwrap_err().to_string();
         assert!(err.contains("was refused") && err.contains("exit status 1"), "{err}");
         let custom = FakeSystem::new().file(K3S_BIN, "").file(CONFIG_FILE, "write-kubeconfig: /root/k.yaml\n").output(
             K3S_BIN,
@@ -188,6 +273,6 @@ mod tests {
             "",
         );
         assert_eq!(nodes(&custom).unwrap().nodes, vec![]);
-        assert!(parse_nodes("{\"kind\": \"Status\"}").unwrap_err().contains("no items"));
+        assert!(parse_nodes("{\"kind\": \"Status\"}").unwrap_err().to_string().contains("no items"));
     }
 }

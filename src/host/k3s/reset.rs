@@ -13,14 +13,49 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::config;
+use super::config::{self, ConfigError};
 use super::systemd::Systemd;
 use super::{
     describe_io, links_to_k3s, record_path, uninstall_script_path, Progress, BIN_DIR, CONFIG_DIR, K3S_BIN,
-    KILLALL_SCRIPT, KUBELET_DIR, LINKED_COMMANDS, UNIT_DIR,
+    KILLALL_SCRIPT, KUBELET_DIR, LINKED_COMMANDS, RECORD_DIR, UNIT_DIR,
 };
+use crate::host::error::{Failure, HostError};
+use crate::host::serve::{Context, HostOperation};
 use crate::host::system::HostSystem;
 use crate::protocol::k3s::{ResetReport, ResetRequest};
+use crate::protocol::{ErrorKind, HELPER_PATH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error("{0}; cannot tell where k3s's data is, so nothing was touched")]
+    Config(#[from] ConfigError),
+    #[error("{unit} is installed but systemctl is missing: cannot stop it, so nothing was touched")]
+    NoSystemctl { unit: String },
+    /// Some steps failed; the others were done (the message lists both).
+    #[error("{0}")]
+    Steps(String),
+}
+
+impl Failure for ResetError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ResetError::NoSystemctl { .. } => ErrorKind::NotInstalled,
+            ResetError::Config(_) | ResetError::Steps(_) => ErrorKind::Failed,
+        }
+    }
+
+    /// A re-run goes on from where the steps stopped.
+    fn retryable(&self) -> bool {
+        matches!(self, ResetError::Steps(_))
+    }
+}
+
+impl HostOperation for ResetRequest {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<ResetReport, HostError> {
+        let sys = ctx.sys;
+        Ok(reset(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 /// Directories whose mounts are undone (k3s's containerd state, pods' volumes, CSI plugins).
@@ -32,10 +67,9 @@ const NETWORK_LINKS: [&str; 5] = ["cni0", "flannel.1", "flannel-v6.1", "kube-ipv
 const RUNTIME_DIRS: [&str; 3] = ["/run/k3s", "/run/flannel", "/var/lib/cni"];
 const SERVICES: [&str; 2] = ["k3s", "k3s-agent"];
 
-pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Result<ResetReport, String> {
+pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Result<ResetReport, ResetError> {
     // Read first: /etc/rancher/k3s moves aside at the end, and with it the data-dir setting.
-    let settings =
-        config::on_host(sys).map_err(|e| format!("{e}; cannot tell where k3s's data is, so nothing was touched"))?;
+    let settings = config::on_host(sys)?;
     let mut run =
         Run { sys, dry_run: req.dry_run, progress, actions: Vec::new(), notes: Vec::new(), errors: Vec::new() };
     let systemd = Systemd::new(sys);
@@ -44,9 +78,7 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
     let units = k3s_units(sys);
     for unit in &units {
         if !systemd.available() {
-            return Err(format!(
-                "{unit} is installed but systemctl is missing: cannot stop it, so nothing was touched"
-            ));
+            return Err(ResetError::NoSystemctl { unit: unit.clone() });
         }
         run.step(format!("stop and disable {unit}"), || {
             systemd.run_quick(&["stop", unit])?;
@@ -54,7 +86,7 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
         });
         if !run.errors.is_empty() {
             // Moving data aside under a running k3s would only make things worse.
-            return Err(run.failed());
+            return Err(ResetError::Steps(run.failed()));
         }
     }
 
@@ -168,7 +200,14 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
         });
     }
 
-    // 10. Data: moved aside, never deleted.
+    // 10. Data: moved aside, never deleted, and self-contained once moved: a link into the data
+    //     dir by absolute path (server/node-token -> /var/lib/rancher/k3s/server/token) would
+    //     point into the next cluster's data after a reinstall, so it is made relative first.
+    for (link, relative) in absolute_links_inside(sys, &settings.data_dir.join("server"), &settings.data_dir) {
+        run.step(format!("relink {} to {} (relative)", link.display(), relative.display()), || {
+            sys.symlink_atomic(&relative, &link).map_err(|e| describe_io(&e))
+        });
+    }
     let stamp = utc_stamp(sys.now_unix_ms());
     let mut data = vec![settings.data_dir.clone(), PathBuf::from(CONFIG_DIR), PathBuf::from(KUBELET_DIR)];
     data.dedup();
@@ -188,8 +227,31 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
         });
     }
 
+    // 11. k3node's own traces: its records (already gone), its state dir when empty (snapshots
+    //     are moved aside like data, never deleted), and the helper binary itself.
+    if !req.keep_helper {
+        let state = Path::new(RECORD_DIR);
+        if present(sys, state) {
+            let empty = sys.read_dir_names(state).map(|n| n.is_empty()).unwrap_or(false);
+            if empty {
+                run.step(format!("remove {}", state.display()), || {
+                    sys.remove_dir_all(state).map_err(|e| describe_io(&e))
+                });
+            } else {
+                let to = aside_name(sys, state, &stamp);
+                run.step(format!("move {} aside to {}", state.display(), to.display()), || {
+                    sys.rename(state, &to).map_err(|e| describe_io(&e))
+                });
+            }
+        }
+        let helper = Path::new(HELPER_PATH);
+        if present(sys, helper) {
+            run.step(format!("remove {}", helper.display()), || remove_file(sys, helper));
+        }
+    }
+
     if !run.errors.is_empty() {
-        return Err(run.failed());
+        return Err(ResetError::Steps(run.failed()));
     }
     let Run { mut actions, notes, .. } = run;
     // On a clean host the report stays empty: nothing to do, nothing worth a note.
@@ -422,6 +484,37 @@ fn filter_rules(rules: &str) -> (String, usize) {
         }
     }
     (kept, removed)
+}
+
+/// Symlinks directly in `dir` whose absolute target lies inside `root`, with the relative
+/// target that names the same file from the link's directory.
+fn absolute_links_inside(sys: &dyn HostSystem, dir: &Path, root: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut names = sys.read_dir_names(dir).unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let link = dir.join(name);
+            let target = sys.read_link(&link).ok()?;
+            let inside = target.is_absolute() && target.starts_with(root);
+            let relative = pathdiff(&target, dir)?;
+            inside.then_some((link, relative))
+        })
+        .collect()
+}
+
+/// `target` relative to `base` (both absolute, without `..`).
+fn pathdiff(target: &Path, base: &Path) -> Option<PathBuf> {
+    let (t, b): (Vec<_>, Vec<_>) = (target.components().collect(), base.components().collect());
+    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
 }
 
 /// `<path>.k3node-reset-<stamp>`, with `-2`, `-3`... when a reset in the same second made one.

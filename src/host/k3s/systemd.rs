@@ -6,6 +6,24 @@ use std::time::Duration;
 
 use crate::host::system::{CommandOutput, HostSystem, COMMAND_TIMEOUT};
 
+/// The properties [`Systemd::status`] reads.
+pub(super) const STATUS_PROPERTIES: &str = "--property=ActiveState,UnitFileState,NeedDaemonReload,InvocationID,MainPID";
+
+/// A unit as systemd sees it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct UnitStatus {
+    /// `active`, and only that: `activating` (a Type=notify unit not ready yet) is not running.
+    pub active: bool,
+    pub enabled: bool,
+    /// systemd holds an older version of the unit than the file on disk (an earlier run wrote it
+    /// and was interrupted before daemon-reload).
+    pub needs_daemon_reload: bool,
+    /// Changes at every start of the unit: tells whether someone (re)started it since k3node did.
+    pub invocation_id: String,
+    /// The running main process (0 when none).
+    pub main_pid: u32,
+}
+
 pub(super) struct Systemd<'a> {
     sys: &'a dyn HostSystem,
     systemctl: Option<PathBuf>,
@@ -26,28 +44,25 @@ impl<'a> Systemd<'a> {
         })
     }
 
-    /// The first line `systemctl <args>` prints; empty when it cannot run.
-    fn query(&self, args: &[&str]) -> String {
-        let Some(systemctl) = self.systemctl.as_deref() else { return String::new() };
-        match self.sys.run(systemctl, args) {
-            Ok(out) => out.stdout.lines().next().unwrap_or("").trim().to_string(),
-            Err(_) => String::new(),
+    /// What systemd knows of `service`, in one `systemctl show`; a unit systemd cannot be asked
+    /// about reads as inactive, disabled, loaded and never started.
+    pub fn status(&self, service: &str) -> UnitStatus {
+        let mut status = UnitStatus::default();
+        let Some(systemctl) = self.systemctl.as_deref() else { return status };
+        let Ok(out) = self.sys.run(systemctl, &["show", STATUS_PROPERTIES, service]) else { return status };
+        for line in out.stdout.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            let value = value.trim();
+            match key {
+                "ActiveState" => status.active = value == "active",
+                "UnitFileState" => status.enabled = value == "enabled",
+                "NeedDaemonReload" => status.needs_daemon_reload = value == "yes",
+                "InvocationID" => status.invocation_id = value.to_string(),
+                "MainPID" => status.main_pid = value.parse().unwrap_or(0),
+                _ => {}
+            }
         }
-    }
-
-    /// `active`, and only that: `activating` (a Type=notify unit not ready yet) is not running.
-    pub fn is_active(&self, service: &str) -> bool {
-        self.query(&["is-active", service]) == "active"
-    }
-
-    pub fn is_enabled(&self, service: &str) -> bool {
-        self.query(&["is-enabled", service]) == "enabled"
-    }
-
-    /// systemd holds an older version of the unit than the file on disk (an earlier run wrote it
-    /// and was interrupted before daemon-reload).
-    pub fn needs_daemon_reload(&self, service: &str) -> bool {
-        self.query(&["show", "--property=NeedDaemonReload", "--value", service]) == "yes"
+        status
     }
 
     /// Runs `systemctl <args>`; a non-zero exit is an error naming the command.

@@ -49,11 +49,29 @@ pub fn host() -> FakeSystem {
     sys.output(K3S_BIN, &kubectl_get_node("server1"), 0, &node_json("server1", "True"), "")
 }
 
-/// systemd's answers for a service that is not installed, or installed and stopped.
+/// `systemctl show` of the unit, as [`super::systemd::Systemd::status`] asks for it.
+pub fn show_args(service: &str) -> Vec<&str> {
+    vec!["show", super::systemd::STATUS_PROPERTIES, service]
+}
+
+/// What systemd says about `service`.
+pub fn unit(sys: FakeSystem, service: &str, active: &str, enabled: &str, reload: &str, invocation: &str) -> FakeSystem {
+    let main_pid = if active == "active" { "4242" } else { "0" };
+    let text = format!(
+        "ActiveState={active}\nUnitFileState={enabled}\nNeedDaemonReload={reload}\nInvocationID={invocation}\nMainPID={main_pid}\n"
+    );
+    sys.output(SYSTEMCTL, &show_args(service), 0, &text, "")
+}
+
+/// systemd's answers for a service that is not installed, or installed and stopped: once
+/// restarted, it runs (with [`INVOCATION`]).
 pub fn stopped(sys: FakeSystem, service: &str) -> FakeSystem {
-    sys.output(SYSTEMCTL, &["is-active", service], 3, "inactive\n", "")
-        .output(SYSTEMCTL, &["is-enabled", service], 1, "disabled\n", "")
-        .output(SYSTEMCTL, &["show", "--property=NeedDaemonReload", "--value", service], 0, "no\n", "")
+    let before =
+        "ActiveState=inactive\nUnitFileState=disabled\nNeedDaemonReload=no\nInvocationID=\nMainPID=0\n".to_string();
+    let after = format!(
+        "ActiveState=active\nUnitFileState=enabled\nNeedDaemonReload=no\nInvocationID={INVOCATION}\nMainPID=4242\n"
+    );
+    sys.output_seq(SYSTEMCTL, &show_args(service), &[(0, &before, ""), (0, &after, "")])
         .output(SYSTEMCTL, &["enable", service], 0, "", "")
         .output(SYSTEMCTL, &["restart", service], 0, "", "")
         .output(SYSTEMCTL, &["stop", service], 0, "", "")
@@ -61,15 +79,12 @@ pub fn stopped(sys: FakeSystem, service: &str) -> FakeSystem {
         .output(JOURNALCTL, &["-u", service, "-n", "20", "--no-pager", "-o", "cat"], 0, "", "")
 }
 
-/// systemd's answers once the service runs and is enabled.
+/// The InvocationID systemd gives the running service in these tests.
+pub const INVOCATION: &str = "6f1e0c5a9b6d4e1c8a7b3c2d1e0f9a8b";
+
+/// systemd's answers once the service runs and is enabled (started with [`INVOCATION`]).
 pub fn running(sys: FakeSystem, service: &str) -> FakeSystem {
-    sys.output(SYSTEMCTL, &["is-active", service], 0, "active\n", "").output(
-        SYSTEMCTL,
-        &["is-enabled", service],
-        0,
-        "enabled\n",
-        "",
-    )
+    unit(sys, service, "active", "enabled", "no", INVOCATION)
 }
 
 pub fn server_request() -> InstallRequest {

@@ -18,22 +18,30 @@ mod platform;
 mod resources;
 mod software;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::io;
 use std::path::Path;
 
+use crate::host::error::HostError;
+use crate::host::serve::{Context, HostOperation};
 use crate::host::system::{HostSystem, Uname};
 use crate::protocol::preflight::{Check, PreflightReport, PreflightRequest, Status};
 
-/// Where install.sh puts the k3s binary; its presence is what "k3s is installed" means here.
-pub const K3S_BIN: &str = "/usr/local/bin/k3s";
-/// k3s's default data dir parent, whose free space the disk check measures.
-pub const RANCHER_DIR: &str = "/var/lib/rancher";
+pub use crate::host::k3s::layout::{K3S_BIN, RANCHER_DIR};
 /// Where `--fix` persists the kernel modules it loaded.
 pub const MODULES_LOAD_FILE: &str = "/etc/modules-load.d/k3node.conf";
 /// Where `--fix` persists the sysctls it set.
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-k3node.conf";
+
+impl HostOperation for PreflightRequest {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<PreflightReport, HostError> {
+        if self.fix {
+            ctx.progress("applying safe fixes (modules, sysctls)");
+        }
+        Ok(run(ctx.sys, &self))
+    }
+}
 
 /// Runs the preflight on this host: the safe fixes first when `req.fix`, then every check.
 pub fn run(sys: &dyn HostSystem, req: &PreflightRequest) -> PreflightReport {
@@ -192,8 +200,8 @@ mod tests {
     /// the machine lacks (here: no /proc/modules, cgroup v1, foreign /proc/<pid>/fd unreadable).
     #[test]
     fn runs_on_this_machine() {
-        let before = RealSystem.now_unix_ms();
-        let report = run(&RealSystem, &request(Role::Server));
+        let before = RealSystem::host().now_unix_ms();
+        let report = run(&RealSystem::host(), &request(Role::Server));
         assert!(!report.facts.hostname.is_empty());
         assert!((report.facts.clock_unix_ms - before).abs() < 60_000);
         assert!(report.fixes_applied.is_empty());

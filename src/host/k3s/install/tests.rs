@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::digest::sha256_hex;
 use crate::host::k3s::testutil::*;
 use crate::host::system::fake::{FakeSystem, Write};
+use crate::protocol::AnswerLine;
 use crate::protocol::Secret;
 
 fn install_ok(sys: &FakeSystem, req: &InstallRequest) -> (InstallReport, Vec<String>) {
@@ -12,8 +14,21 @@ fn install_ok(sys: &FakeSystem, req: &InstallRequest) -> (InstallReport, Vec<Str
     (report, lines)
 }
 
+/// The error's message as it leaves the host: through the serve boundary, secrets removed.
 fn install_err(sys: &FakeSystem, req: &InstallRequest) -> String {
-    install(sys, req, &mut |_| {}).expect_err("install should fail")
+    let line = crate::protocol::encode_request(req, None);
+    let mut out = Vec::new();
+    crate::host::serve("install-k3s", sys, &mut line.as_slice(), &mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match serde_json::from_str(text.lines().last().unwrap_or_default()) {
+        Ok(AnswerLine::Error(e)) => e.message,
+        other => panic!("install should fail: {other:?}"),
+    }
+}
+
+/// `systemctl show` of the service's status, as the runs list shows it.
+fn show(service: &str) -> String {
+    show_args(service).join(" ")
 }
 
 fn change<'a>(report: &'a InstallReport, path: &str) -> &'a FileChange {
@@ -31,8 +46,6 @@ fn state_changing_runs(sys: &FakeSystem) -> Vec<String> {
         .map(|(p, args)| format!("{} {}", p.display(), args.join(" ")))
         .filter(|run| {
             !(run.ends_with("k3s --version")
-                || run.contains("systemctl is-active")
-                || run.contains("systemctl is-enabled")
                 || run.contains("systemctl show")
                 || run.contains("kubectl get")
                 || run.contains("journalctl"))
@@ -74,7 +87,11 @@ fn fresh_server_gets_the_contracts_files_and_starts() {
     let record: Record =
         serde_json::from_str(&sys.contents("/var/lib/rancher/k3node/k3s.applied.json").unwrap()).unwrap();
     assert_eq!(record.binary_sha256, k3s_sha256());
-    assert_eq!(record.config_sha256, sha256_hex(req.config_yaml.expose()));
+    assert_eq!(
+        record.config_sha256,
+        sha256_hex(super::config::canonical(req.config_yaml.expose()).unwrap().as_bytes())
+    );
+    assert_eq!(record.invocation_id, INVOCATION, "the start k3node made is recorded");
     assert_eq!(sys.state().modes[&PathBuf::from("/var/lib/rancher/k3node/k3s.applied.json")], 0o600);
     assert!(
         matches!(writes.last(), Some(Write::Atomic { path, .. }) if path == &PathBuf::from("/var/lib/rancher/k3node/k3s.applied.json"))
@@ -83,7 +100,7 @@ fn fresh_server_gets_the_contracts_files_and_starts() {
     assert_eq!(
         systemctl_runs(&sys),
         // `enable` reloads systemd itself: no separate daemon-reload for a new unit.
-        vec!["is-active k3s", "is-enabled k3s", "enable k3s", "restart k3s"]
+        vec![show("k3s"), "enable k3s".into(), "restart k3s".into(), show("k3s")]
     );
     assert!(sys
         .runs()
@@ -91,7 +108,7 @@ fn fresh_server_gets_the_contracts_files_and_starts() {
 
     assert_eq!(report.service, "k3s");
     assert_eq!(report.version, "v1.31.4+k3s1");
-    assert!(report.restarted && report.active);
+    assert!(report.restarted() && report.active);
     assert_eq!(change(&report, K3S_BIN).action, FileAction::Created);
     assert_eq!(change(&report, "/etc/systemd/system/k3s.service").action, FileAction::Created);
     assert_eq!(change(&report, "/usr/local/bin/kubectl").action, FileAction::Created);
@@ -160,7 +177,7 @@ fn rerun_on_an_unchanged_host_writes_and_restarts_nothing() {
 
     let (report, _) = install_ok(&sys, &server_request());
     assert_eq!(sys.writes().len(), writes, "{:#?}", &sys.writes()[writes..]);
-    assert!(!report.restarted);
+    assert!(!report.restarted());
     assert!(report.active);
     assert!(
         report.changes.iter().all(|c| c.action == FileAction::Unchanged && c.diff.is_none()),
@@ -172,12 +189,7 @@ fn rerun_on_an_unchanged_host_writes_and_restarts_nothing() {
         sys.runs()[runs..].iter().map(|(p, a)| format!("{} {}", p.display(), a.join(" "))).collect();
     assert_eq!(
         new_runs,
-        vec![
-            "/usr/local/bin/k3s --version",
-            "/usr/bin/systemctl is-active k3s",
-            "/usr/bin/systemctl is-enabled k3s",
-            "/usr/bin/systemctl show --property=NeedDaemonReload --value k3s",
-        ]
+        vec!["/usr/local/bin/k3s --version".to_string(), format!("/usr/bin/systemctl {}", show("k3s"))]
     );
 }
 
@@ -192,7 +204,7 @@ fn a_changed_config_restarts_without_daemon_reload() {
     let mut req = server_request();
     req.config_yaml = Secret::new(format!("{}node-label:\n  - tier=gold\n", req.config_yaml.expose()));
     let (report, _) = install_ok(&sys, &req);
-    assert!(report.restarted);
+    assert!(report.restarted());
     let config = change(&report, CONFIG_FILE);
     assert_eq!(config.action, FileAction::Updated);
     let diff = config.diff.as_deref().unwrap();
@@ -200,10 +212,7 @@ fn a_changed_config_restarts_without_daemon_reload() {
     assert!(diff.contains("+node-label:\n+  - tier=gold\n") && diff.contains(" token: <redacted>\n"), "{diff}");
     assert!(!diff.contains(SERVER_TOKEN));
     assert_eq!(change(&report, "/etc/systemd/system/k3s.service").action, FileAction::Unchanged);
-    assert_eq!(
-        systemctl_runs(&sys)[before..],
-        ["is-active k3s", "is-enabled k3s", "show --property=NeedDaemonReload --value k3s", "restart k3s"]
-    );
+    assert_eq!(systemctl_runs(&sys)[before..], [show("k3s"), "restart k3s".into(), show("k3s")]);
     let new_writes: Vec<PathBuf> = sys.writes()[writes..]
         .iter()
         .map(|w| match w {
@@ -222,7 +231,7 @@ fn a_new_binary_restarts_and_shows_the_hashes() {
     let mut req = server_request();
     req.binary_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"k3s v1.31.5+k3s1"));
     let (report, _) = install_ok(&sys, &req);
-    assert!(report.restarted);
+    assert!(report.restarted());
     let binary = change(&report, K3S_BIN);
     assert_eq!(binary.action, FileAction::Updated);
     assert_eq!(binary.diff.as_deref(), Some(format!("sha256 {} → {}", k3s_sha256(), req.binary_sha256).as_str()));
@@ -232,10 +241,10 @@ fn a_new_binary_restarts_and_shows_the_hashes() {
 fn a_stopped_service_is_started_even_when_nothing_changed() {
     let sys = host();
     install_ok(&sys, &server_request());
-    let sys = running(sys, "k3s").output(SYSTEMCTL, &["is-active", "k3s"], 3, "failed\n", "");
+    let sys = unit(sys, "k3s", "failed", "enabled", "no", INVOCATION);
     let writes = sys.writes().len();
     let (report, _) = install_ok(&sys, &server_request());
-    assert!(report.restarted && report.active);
+    assert!(report.restarted() && report.active);
     assert!(report.changes.iter().all(|c| c.action == FileAction::Unchanged));
     assert_eq!(sys.writes().len(), writes + 1, "only the record is rewritten");
 }
@@ -244,13 +253,7 @@ fn a_stopped_service_is_started_even_when_nothing_changed() {
 fn a_unit_systemd_has_not_reloaded_gets_a_daemon_reload() {
     let sys = host();
     install_ok(&sys, &server_request());
-    let sys = running(sys, "k3s").output(
-        SYSTEMCTL,
-        &["show", "--property=NeedDaemonReload", "--value", "k3s"],
-        0,
-        "yes\n",
-        "",
-    );
+    let sys = unit(sys, "k3s", "active", "enabled", "yes", INVOCATION);
     let before = systemctl_runs(&sys).len();
     install_ok(&sys, &server_request());
     assert!(systemctl_runs(&sys)[before..].contains(&"daemon-reload".to_string()));
@@ -394,7 +397,7 @@ fn dry_run_reports_masked_diffs_and_changes_nothing() {
     let (report, _) = install_ok(&sys, &req);
     assert!(sys.writes().is_empty(), "{:#?}", sys.writes());
     assert!(state_changing_runs(&sys).is_empty(), "{:?}", state_changing_runs(&sys));
-    assert!(report.restarted, "a first install would start the service");
+    assert!(report.restarted(), "a first install would start the service");
     assert!(!report.active);
     let env = change(&report, "/etc/systemd/system/k3s-agent.service.env");
     assert_eq!(env.action, FileAction::Created);
@@ -425,13 +428,12 @@ fn dry_run_of_a_new_token_shows_that_a_secret_changed_and_the_restart() {
     req.dry_run = true;
     let (report, _) = install_ok(&sys, &req);
     assert_eq!(sys.writes().len(), writes);
-    assert!(report.restarted && report.active);
+    assert!(report.restarted() && report.active);
     let env = change(&report, "/etc/systemd/system/k3s-agent.service.env");
     assert_eq!(env.action, FileAction::Updated);
-    assert_eq!(
-        env.diff.as_deref(),
-        Some("/etc/systemd/system/k3s-agent.service.env: secret values changed (not shown)")
-    );
+    // The changed secret says so, instead of showing as an unchanged line.
+    let diff = env.diff.as_deref().unwrap();
+    assert!(diff.contains("-K3S_TOKEN=<redacted>\n+K3S_TOKEN=<changed (masked)>\n"), "{diff}");
     assert!(!serde_json::to_string(&report).unwrap().contains("newpassword"));
 }
 

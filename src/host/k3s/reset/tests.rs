@@ -96,7 +96,7 @@ fn installed_server() -> FakeSystem {
 
 fn reset_ok(sys: &FakeSystem, dry_run: bool) -> (Vec<String>, Vec<String>) {
     let mut progress = Vec::new();
-    let report = reset(sys, &ResetRequest { dry_run }, &mut |m| progress.push(m.to_string()))
+    let report = reset(sys, &ResetRequest { dry_run, keep_helper: true }, &mut |m| progress.push(m.to_string()))
         .unwrap_or_else(|e| panic!("reset failed: {e}"));
     (report.actions, progress)
 }
@@ -233,7 +233,7 @@ fn a_service_that_does_not_stop_stops_the_reset_before_anything_is_touched() {
         "",
         "Failed to stop k3s.service: Access denied\n",
     );
-    let err = reset(&sys, &ResetRequest { dry_run: false }, &mut |_| {}).unwrap_err();
+    let err = reset(&sys, &ResetRequest { dry_run: false, keep_helper: true }, &mut |_| {}).unwrap_err().to_string();
     assert!(
         err.starts_with("reset did not finish:\n  stop and disable k3s.service: systemctl stop k3s.service failed: Failed to stop k3s.service: Access denied"),
         "{err}"
@@ -246,7 +246,7 @@ fn a_service_that_does_not_stop_stops_the_reset_before_anything_is_touched() {
 fn a_runtime_dir_still_mounted_is_kept_and_the_reset_fails_after_the_rest() {
     let mountinfo = format!("{MOUNTINFO_TEXT}106 22 0:55 / /run/flannel/odd rw - tmpfs tmpfs rw\n");
     let sys = installed_server().file("/proc/self/mountinfo", &mountinfo);
-    let err = reset(&sys, &ResetRequest { dry_run: false }, &mut |_| {}).unwrap_err();
+    let err = reset(&sys, &ResetRequest { dry_run: false, keep_helper: true }, &mut |_| {}).unwrap_err().to_string();
     assert!(
         err.contains("\n  remove /run/flannel: /run/flannel/odd is still mounted, so it was left in place\n"),
         "{err}"

@@ -1,0 +1,223 @@
+//! Files streamed between the operator and the host, verified at the far end.
+//!
+//! - `receive-file`: the upload goes into a temp file beside the destination while it is hashed;
+//!   it replaces the destination only when size and sha256 match what the operator announced.
+//!   A mismatch or a cut stream leaves the destination as it was and no temp file behind.
+//! - `send-file`: the file goes out as a framed download; the operator checks the end frame.
+//! - `file-digest`: a file's sha256 and size, or that it does not exist.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::error::{describe_io, Failure, HostError};
+use super::serve::{Context, HostOperation};
+use super::system::sha256_file;
+use crate::protocol::files::{Compression, DigestAnswer, FileDigest, FileReceived, FileSent, ReceiveFile, SendFile};
+use crate::protocol::frame::FrameError;
+use crate::protocol::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: received {received} bytes with sha256 {actual}, expected {size} bytes with sha256 {sha256}; nothing was replaced")]
+    Mismatch { path: PathBuf, received: u64, actual: String, size: u64, sha256: String },
+    #[error("{}: {}; nothing was replaced", path.display(), source)]
+    Stream { path: PathBuf, source: FrameError },
+    #[error("{what} {}: {}", path.display(), describe_io(source))]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("{} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("{}: not an absolute path", .0.display())]
+    Relative(PathBuf),
+}
+
+impl Failure for FileError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            FileError::Mismatch { .. } => ErrorKind::ChecksumMismatch,
+            FileError::Stream { source: FrameError::Truncated { .. }, .. } => ErrorKind::Unavailable,
+            FileError::Stream { .. } => ErrorKind::ChecksumMismatch,
+            FileError::Io { source, .. } => ErrorKind::of_io(source),
+            FileError::Missing(_) => ErrorKind::NotInstalled,
+            FileError::Relative(_) => ErrorKind::BadRequest,
+        }
+    }
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
+    move |source| match FrameError::of(&source) {
+        Some(frame) => FileError::Stream { path: path.to_path_buf(), source: frame.clone() },
+        None => FileError::Io { what, path: path.to_path_buf(), source },
+    }
+}
+
+fn absolute(path: &str) -> Result<PathBuf, FileError> {
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(FileError::Relative(path));
+    }
+    Ok(path)
+}
+
+impl HostOperation for ReceiveFile {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<FileReceived, HostError> {
+        let sys = ctx.sys;
+        let dest = absolute(&self.path)?;
+        let mut file = sys.create_atomic(&dest, self.mode).map_err(io_error("cannot create a temp file for", &dest))?;
+        let mut upload = ctx.upload();
+        let mut reader: Box<dyn Read + '_> = match self.compression {
+            Compression::None => Box::new(&mut upload),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(&mut upload).map_err(io_error("cannot decompress", &dest))?)
+            }
+        };
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut buf = vec![0u8; 1 << 17];
+        loop {
+            let n = reader.read(&mut buf).map_err(io_error("stream broken while receiving", &dest))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(io_error("cannot write", &dest))?;
+            written += n as u64;
+        }
+        drop(reader);
+        // A zstd stream can end before the frames do; the frames' end must still be checked.
+        io::copy(&mut upload, &mut io::sink()).map_err(io_error("stream broken while receiving", &dest))?;
+        let actual = hex::encode(hasher.finalize());
+        if written != self.size || actual != self.sha256 {
+            return Err(FileError::Mismatch {
+                path: dest,
+                received: written,
+                actual,
+                size: self.size,
+                sha256: self.sha256,
+            }
+            .into());
+        }
+        file.commit().map_err(io_error("cannot put in place", &dest))?;
+        Ok(FileReceived { path: self.path, sha256: actual })
+    }
+}
+
+impl HostOperation for SendFile {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<FileSent, HostError> {
+        let sys = ctx.sys;
+        let path = absolute(&self.path)?;
+        let mut file = sys.open_read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => FileError::Missing(path.clone()),
+            _ => FileError::Io { what: "cannot open", path: path.clone(), source: e },
+        })?;
+        let mut download = ctx.download();
+        io::copy(&mut file, &mut download).map_err(io_error("cannot send", &path))?;
+        let (size, sha256) = download.finish().map_err(io_error("cannot send", &path))?;
+        Ok(FileSent { size, sha256 })
+    }
+}
+
+impl HostOperation for FileDigest {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<DigestAnswer, HostError> {
+        let path = absolute(&self.path)?;
+        match sha256_file(ctx.sys, &path) {
+            Ok(sha256) => {
+                let size = ctx.sys.file_size(&path).map_err(io_error("cannot stat", &path))?;
+                Ok(DigestAnswer { sha256: Some(sha256), size: Some(size) })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DigestAnswer { sha256: None, size: None }),
+            Err(e) => Err(FileError::Io { what: "cannot read", path, source: e }.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::host::system::fake::FakeSystem;
+    use crate::host::system::HostSystem;
+    use crate::protocol::files::{Compression, ReceiveFile, SendFile};
+    use crate::protocol::frame::{FrameReader, FrameWriter};
+    use crate::protocol::{encode_request, AnswerLine, ErrorKind};
+    use std::io::{Read, Write};
+    use std::path::Path;
+
+    fn request(path: &str, data: &[u8], compression: Compression) -> ReceiveFile {
+        ReceiveFile {
+            path: path.into(),
+            size: data.len() as u64,
+            sha256: crate::digest::sha256_hex(data),
+            mode: 0o750,
+            compression,
+        }
+    }
+
+    fn upload(sys: &FakeSystem, req: &ReceiveFile, wire: &[u8]) -> Vec<AnswerLine> {
+        let mut input = encode_request(req, None);
+        let mut w = FrameWriter::new(&mut input);
+        w.write_all(wire).unwrap();
+        w.finish().unwrap();
+        let mut out = Vec::new();
+        crate::host::serve("receive-file", sys, &mut input.as_slice(), &mut out);
+        String::from_utf8_lossy(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_compressed_upload_lands_verified_with_its_mode() {
+        let sys = FakeSystem::new();
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let packed = zstd::encode_all(&data[..], 3).unwrap();
+        let got = upload(&sys, &request("/opt/bin/k3s", &data, Compression::Zstd), &packed);
+        assert!(matches!(&got[..], [AnswerLine::Result { .. }]), "{got:?}");
+        assert_eq!(sys.bytes("/opt/bin/k3s").unwrap(), data);
+        assert_eq!(sys.file_mode(Path::new("/opt/bin/k3s")).unwrap(), 0o750);
+    }
+
+    #[test]
+    fn a_corrupted_upload_replaces_nothing() {
+        let sys = FakeSystem::new().file("/opt/k3s", "old binary");
+        let data = vec![7u8; 100_000];
+        let mut corrupt = data.clone();
+        corrupt[50_000] ^= 1;
+        let got = upload(&sys, &request("/opt/k3s", &data, Compression::None), &corrupt);
+        let [AnswerLine::Error(e)] = &got[..] else { panic!("{got:?}") };
+        assert_eq!(e.kind, ErrorKind::ChecksumMismatch);
+        assert!(e.message.contains("nothing was replaced"), "{}", e.message);
+        assert_eq!(sys.contents("/opt/k3s").unwrap(), "old binary");
+    }
+
+    #[test]
+    fn a_cut_upload_is_an_error_not_a_short_file() {
+        let sys = FakeSystem::new();
+        let data = vec![1u8; 10_000];
+        let req = request("/opt/f", &data, Compression::None);
+        let mut input = encode_request(&req, None);
+        let mut w = FrameWriter::new(&mut input);
+        w.write_all(&data).unwrap();
+        w.finish().unwrap();
+        input.truncate(input.len() - 120);
+        let mut out = Vec::new();
+        assert_eq!(crate::host::serve("receive-file", &sys, &mut input.as_slice(), &mut out), 1);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("cut off") && text.contains("\"unavailable\""), "{text}");
+        assert!(!sys.exists(Path::new("/opt/f")));
+    }
+
+    #[test]
+    fn a_sent_file_arrives_framed_between_answer_lines() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        let sys = FakeSystem::new().file_bytes("/var/lib/snap.tar.zst", &data);
+        let input = encode_request(&SendFile { path: "/var/lib/snap.tar.zst".into() }, None);
+        let mut out = Vec::new();
+        assert_eq!(crate::host::serve("send-file", &sys, &mut input.as_slice(), &mut out), 0);
+        // The frames come first, then the result line.
+        let marker = b"{\"type\":\"result\"";
+        let end = out.windows(marker.len()).rposition(|w| w == marker).unwrap();
+        let result: AnswerLine = serde_json::from_slice(out[end..].trim_ascii_end()).unwrap();
+        let AnswerLine::Result { value } = result else { panic!("{result:?}") };
+        assert_eq!(value["size"], data.len());
+        let mut back = Vec::new();
+        FrameReader::new(&out[..end]).read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+}

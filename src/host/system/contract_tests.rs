@@ -1,0 +1,140 @@
+//! The same cases against [`RealSystem`] (rooted in a temp dir) and [`fake::FakeSystem`]: where
+//! the host operations rely on a behaviour, the fake must behave as the real system does.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::fake::FakeSystem;
+use super::{sha256_file, HostSystem, RealSystem};
+
+/// Runs `case` against both systems; the temp dir lives as long as the real one is used.
+fn both(case: impl Fn(&dyn HostSystem, &str)) {
+    let dir = tempfile::tempdir().unwrap();
+    case(&RealSystem::rooted(dir.path()), "real");
+    case(&FakeSystem::new(), "fake");
+}
+
+fn p(path: &str) -> PathBuf {
+    PathBuf::from(path)
+}
+
+fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+#[test]
+fn written_files_read_back_with_their_bytes_and_mode() {
+    both(|sys, name| {
+        let bytes: Vec<u8> = (0..=255u8).chain([0xff, 0xfe, 0]).collect();
+        sys.write_atomic(&p("/etc/k3node/a.bin"), &bytes, 0o600).unwrap();
+        let mut back = Vec::new();
+        sys.open_read(&p("/etc/k3node/a.bin")).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, bytes, "{name}");
+        assert_eq!(sys.file_mode(&p("/etc/k3node/a.bin")).unwrap(), 0o600, "{name}");
+        assert_eq!(sys.file_size(&p("/etc/k3node/a.bin")).unwrap(), bytes.len() as u64, "{name}");
+        assert!(sys.read_to_string(&p("/etc/k3node/a.bin")).unwrap().contains('\u{fffd}'), "{name}: lossy text");
+        sys.write_atomic(&p("/etc/k3node/a.bin"), b"second", 0o644).unwrap();
+        assert_eq!(sys.read_to_string(&p("/etc/k3node/a.bin")).unwrap(), "second", "{name}");
+        assert_eq!(sys.file_mode(&p("/etc/k3node/a.bin")).unwrap(), 0o644, "{name}");
+        assert_eq!(sys.read_dir_names(&p("/etc/k3node")).unwrap(), vec!["a.bin"], "{name}: no temp file left");
+    });
+}
+
+#[test]
+fn missing_paths_fail_with_enoent() {
+    both(|sys, name| {
+        for result in [
+            sys.read_to_string(&p("/nope")).map(|_| ()),
+            sys.open_read(&p("/nope")).map(|_| ()),
+            sys.read_dir_names(&p("/nope")).map(|_| ()),
+            sys.read_link(&p("/nope")).map(|_| ()),
+            sys.file_mode(&p("/nope")).map(|_| ()),
+            sys.remove_file(&p("/nope")),
+            sys.rename(&p("/nope"), &p("/nope2")),
+        ] {
+            assert_eq!(errno(&result.unwrap_err()), Some(nix::libc::ENOENT), "{name}");
+        }
+        assert!(!sys.exists(&p("/nope")), "{name}");
+    });
+}
+
+#[test]
+fn a_streamed_write_replaces_the_file_only_on_commit() {
+    both(|sys, name| {
+        sys.write_atomic(&p("/var/lib/x/f"), b"old", 0o644).unwrap();
+        let mut abandoned = sys.create_atomic(&p("/var/lib/x/f"), 0o600).unwrap();
+        abandoned.write_all(b"half").unwrap();
+        drop(abandoned);
+        assert_eq!(sys.read_to_string(&p("/var/lib/x/f")).unwrap(), "old", "{name}: dropped writes change nothing");
+
+        let mut file = sys.create_atomic(&p("/var/lib/x/f"), 0o600).unwrap();
+        for _ in 0..1000 {
+            file.write_all(b"0123456789").unwrap();
+        }
+        assert_eq!(sys.read_to_string(&p("/var/lib/x/f")).unwrap(), "old", "{name}: invisible before commit");
+        file.commit().unwrap();
+        assert_eq!(sys.file_size(&p("/var/lib/x/f")).unwrap(), 10_000, "{name}");
+        assert_eq!(sys.file_mode(&p("/var/lib/x/f")).unwrap(), 0o600, "{name}");
+        assert_eq!(sys.read_dir_names(&p("/var/lib/x")).unwrap(), vec!["f"], "{name}: no temp file left");
+        let expected = crate::digest::sha256_hex(&b"0123456789".repeat(1000));
+        assert_eq!(sha256_file(sys, &p("/var/lib/x/f")).unwrap(), expected, "{name}");
+    });
+}
+
+#[test]
+fn symlinks_are_replaced_atomically_and_removed_without_their_target() {
+    both(|sys, name| {
+        sys.write_atomic(&p("/usr/local/bin/k3s"), b"bin", 0o755).unwrap();
+        sys.symlink_atomic(Path::new("k3s"), &p("/usr/local/bin/kubectl")).unwrap();
+        sys.symlink_atomic(Path::new("k3s"), &p("/usr/local/bin/kubectl")).unwrap();
+        assert_eq!(sys.read_link(&p("/usr/local/bin/kubectl")).unwrap(), p("k3s"), "{name}");
+        assert_eq!(errno(&sys.read_link(&p("/usr/local/bin/k3s")).unwrap_err()), Some(nix::libc::EINVAL), "{name}");
+        let mut names = sys.read_dir_names(&p("/usr/local/bin")).unwrap();
+        names.sort();
+        assert_eq!(names, vec!["k3s", "kubectl"], "{name}");
+        sys.remove_file(&p("/usr/local/bin/kubectl")).unwrap();
+        assert!(sys.exists(&p("/usr/local/bin/k3s")), "{name}");
+    });
+}
+
+#[test]
+fn directories_are_created_with_their_mode_renamed_and_removed_as_trees() {
+    both(|sys, name| {
+        sys.create_dir_all(&p("/var/lib/rancher/k3s/server"), 0o700).unwrap();
+        assert_eq!(sys.file_mode(&p("/var/lib/rancher/k3s/server")).unwrap(), 0o700, "{name}");
+        sys.write_atomic(&p("/var/lib/rancher/k3s/server/token"), b"t", 0o600).unwrap();
+        sys.rename(&p("/var/lib/rancher/k3s"), &p("/var/lib/rancher/k3s.aside")).unwrap();
+        assert!(!sys.exists(&p("/var/lib/rancher/k3s")), "{name}");
+        assert_eq!(sys.read_to_string(&p("/var/lib/rancher/k3s.aside/server/token")).unwrap(), "t", "{name}");
+        assert_eq!(
+            errno(&sys.remove_file(&p("/var/lib/rancher/k3s.aside")).unwrap_err()),
+            Some(nix::libc::EISDIR),
+            "{name}"
+        );
+        sys.remove_dir_all(&p("/var/lib/rancher/k3s.aside")).unwrap();
+        assert!(!sys.exists(&p("/var/lib/rancher/k3s.aside/server/token")), "{name}");
+    });
+}
+
+#[test]
+fn a_file_renamed_over_another_replaces_it() {
+    both(|sys, name| {
+        sys.write_atomic(&p("/d/a"), b"new", 0o644).unwrap();
+        sys.write_atomic(&p("/d/b"), b"old", 0o644).unwrap();
+        sys.rename(&p("/d/a"), &p("/d/b")).unwrap();
+        assert_eq!(sys.read_to_string(&p("/d/b")).unwrap(), "new", "{name}");
+        assert_eq!(sys.read_dir_names(&p("/d")).unwrap(), vec!["b"], "{name}");
+    });
+}
+
+#[test]
+fn a_lock_is_exclusive_until_its_guard_is_dropped() {
+    both(|sys, name| {
+        let lock = p("/run/k3node/lock");
+        let held = sys.try_lock(&lock).unwrap();
+        assert!(held.is_some(), "{name}: a free lock is taken");
+        assert!(sys.try_lock(&lock).unwrap().is_none(), "{name}: a held lock is refused");
+        drop(held);
+        assert!(sys.try_lock(&lock).unwrap().is_some(), "{name}: a released lock is free again");
+    });
+}
