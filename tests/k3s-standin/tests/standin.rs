@@ -38,7 +38,8 @@ impl Proc {
             .stderr(std::fs::File::create(&log).unwrap())
             .env("NOTIFY_SOCKET", &sock_path)
             .env("K3S_STANDIN_HEARTBEAT_INTERVAL", "1")
-            .env("K3S_STANDIN_RUN_DIR", dir.join("run"));
+            .env("K3S_STANDIN_RUN_DIR", dir.join("run"))
+            .env("K3S_STANDIN_NODE_CONFIG_DIR", dir.join(format!("node-{tag}")));
         for v in [
             "K3S_URL",
             "K3S_TOKEN",
@@ -65,6 +66,7 @@ impl Proc {
 
     /// Waits for READY=1 on the notify socket.
     fn wait_ready(&mut self, secs: u64) {
+        self.notify.set_nonblocking(false).unwrap();
         self.notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut buf = [0u8; 256];
@@ -823,4 +825,149 @@ fn containerd_starts_and_imports_preloaded_images() {
     assert!(!p.log().contains("Unable to import"), "{}", p.log());
     assert_eq!(p.term().map(|s| s.success()), Some(true));
     assert!(std::os::unix::net::UnixStream::connect(&sock).is_err(), "containerd stopped with the stand-in");
+}
+
+/// The real kubectl (Debian's kubernetes-client, or any kubectl on PATH that is not the
+/// stand-in): tests that need it fail when it is missing.
+fn real_kubectl() -> PathBuf {
+    let me = std::fs::canonicalize(BIN).ok();
+    let path = std::env::var("PATH").unwrap_or_default();
+    for d in path.split(':').filter(|d| !d.is_empty()).chain(["/usr/bin"]) {
+        let p = Path::new(d).join("kubectl");
+        if p.is_file() && std::fs::canonicalize(&p).ok() != me {
+            return p;
+        }
+    }
+    panic!("this test needs the real kubectl: apt-get install kubernetes-client");
+}
+
+/// Runs the real kubectl with its own discovery cache and HOME (nothing shared between tests).
+fn rk(kubeconfig: &Path, home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(real_kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let strip = |b: &[u8]| {
+        // kubectl cluster-info colours its output even into a pipe.
+        let t = String::from_utf8_lossy(b).to_string();
+        let mut out = String::new();
+        let mut it = t.chars().peekable();
+        while let Some(c) = it.next() {
+            if c == '\u{1b}' {
+                for n in it.by_ref() {
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    (out.status.success(), strip(&out.stdout), strip(&out.stderr))
+}
+
+fn rk_ok(kubeconfig: &Path, home: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = rk(kubeconfig, home, args);
+    assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+#[test]
+fn node_password_mismatch_is_refused_with_the_k3s_message_until_the_node_is_deleted() {
+    let dir = tmp();
+    let d = dir.path();
+    let srv = start_server(&d.join("server"), "srvp", &[], &[]);
+    let (kc, home) = (srv.kubeconfig(), d.join("home"));
+    // The server runs an agent too: its own password file and secret.
+    let own = std::fs::read_to_string(d.join("server/node-srvp/password")).unwrap();
+    assert!(
+        own.ends_with('\n') && own.trim().len() == 32 && own.trim().chars().all(|c| c.is_ascii_hexdigit()),
+        "{own:?}"
+    );
+    rk_ok(&kc, &home, &["get", "secret", "-n", "kube-system", "srvp.node-password.k3s"]);
+
+    let mut first = Proc::spawn(
+        &d.join("a1"),
+        "a1",
+        BIN,
+        &agent_args(&d.join("a1"), "twin", &[]),
+        &[("K3S_URL", srv.url()), ("K3S_TOKEN", srv.token())],
+    );
+    first.wait_ready(20);
+    let pw_file = d.join("a1/node-a1/password");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret: Value = serde_json::from_str(&rk_ok(
+        &kc,
+        &home,
+        &["get", "secret", "-n", "kube-system", "twin.node-password.k3s", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(secret["type"], "k3s.cattle.io/node-password");
+    assert_eq!(secret["immutable"], true);
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "twin");
+    let hash = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, secret["data"]["hash"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(hash.starts_with("$1:") && hash.contains(":15:8:1:"), "{hash}");
+    let password = std::fs::read_to_string(&pw_file).unwrap();
+    assert!(!hash.contains(password.trim()) && !srv.proc.log().contains(password.trim()), "the password leaked");
+
+    // Another node under the same name (its own, different password): refused, keeps retrying.
+    let mut second = Proc::spawn(
+        &d.join("a2"),
+        "a2",
+        BIN,
+        &agent_args(&d.join("a2"), "twin", &[]),
+        &[("K3S_URL", srv.url()), ("K3S_TOKEN", srv.token())],
+    );
+    let refusal = format!(
+        "Node password rejected, duplicate hostname or contents of '{}' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag",
+        d.join("a2/node-a2/password").display()
+    );
+    wait_for(20, "two refusals", || second.log().matches(&refusal).count() >= 2);
+    assert!(
+        second.log().contains(&format!(
+            "level=info msg=\"Waiting to retrieve agent configuration; server is not ready: {refusal}"
+        )),
+        "{}",
+        second.log()
+    );
+    assert!(!second.got_ready());
+    assert!(second.wait_exit(0).is_none());
+    assert!(
+        srv.proc.log().contains("unable to verify password for node twin: hash does not match"),
+        "{}",
+        srv.proc.log()
+    );
+
+    // Deleting the Node deletes its secret: the name is free and the second node gets in.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    first.exited = Some(ExitStatus::default());
+    assert_eq!(rk_ok(&kc, &home, &["delete", "node", "twin"]), "node \"twin\" deleted\n");
+    let (ok, _, err) = rk(&kc, &home, &["get", "secret", "-n", "kube-system", "twin.node-password.k3s"]);
+    assert!(!ok && err.contains("secrets \"twin.node-password.k3s\" not found"), "{err}");
+    second.wait_ready(20);
+    assert_eq!(nodes(&kc)["twin"].0, "True");
+    let again: Value = serde_json::from_str(&rk_ok(
+        &kc,
+        &home,
+        &["get", "secret", "-n", "kube-system", "twin.node-password.k3s", "-o", "json"],
+    ))
+    .unwrap();
+    assert_ne!(again["data"]["hash"], secret["data"]["hash"], "a new secret for the new password");
+    assert!(
+        d.join("a2/data/agent/client-kubelet.crt").is_file() && d.join("a2/data/agent/serving-kubelet.key").is_file()
+    );
 }
