@@ -971,3 +971,114 @@ fn node_password_mismatch_is_refused_with_the_k3s_message_until_the_node_is_dele
         d.join("a2/data/agent/client-kubelet.crt").is_file() && d.join("a2/data/agent/serving-kubelet.key").is_file()
     );
 }
+
+#[test]
+fn the_real_kubectl_gets_describes_creates_applies_and_deletes() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut srv = start_server(d, "kc1", &[], &[]);
+    let (kc, home) = (srv.kubeconfig(), d.join("home"));
+
+    let table = rk_ok(&kc, &home, &["get", "nodes"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME   STATUS   ROLES                  AGE   VERSION"), "{table}");
+    assert!(
+        lines[1].starts_with("kc1    Ready    control-plane,master   ") && lines[1].ends_with("v1.31.4+k3s1"),
+        "{table}"
+    );
+    let wide = rk_ok(&kc, &home, &["get", "nodes", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("INTERNAL-IP   EXTERNAL-IP   OS-IMAGE"), "{wide}");
+    assert!(wide.contains(" 127.0.0.1 ") && wide.contains("containerd://1.7.23-k3s2"), "{wide}");
+    let info = rk_ok(&kc, &home, &["cluster-info"]);
+    assert!(info.contains(&format!("Kubernetes control plane is running at {}", srv.url())), "{info}");
+    assert!(
+        info.contains(&format!(
+            "CoreDNS is running at {}/api/v1/namespaces/kube-system/services/kube-dns:dns/proxy",
+            srv.url()
+        )),
+        "{info}"
+    );
+
+    // A node-problem-detector style status patch and event: readable and described.
+    let client = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).no_proxy().build().unwrap();
+    let patch = serde_json::json!({"status": {"conditions": [{"type": "KernelDeadlock", "status": "True", "reason": "DockerHung",
+        "message": "task docker:7 blocked", "lastHeartbeatTime": "2024-05-01T10:11:12Z", "lastTransitionTime": "2024-05-01T10:11:12Z"}]}});
+    let r = client
+        .patch(format!("{}/api/v1/nodes/kc1/status", srv.url()))
+        .bearer_auth(srv.token())
+        .header("content-type", "application/strategic-merge-patch+json")
+        .body(patch.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let event = serde_json::json!({"metadata": {"name": "kc1.npd1", "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": "kc1", "uid": "kc1"}, "reason": "DockerHung", "type": "Warning",
+        "message": "task docker:7 blocked for more than 300 seconds", "source": {"component": "kernel-monitor", "host": "kc1"},
+        "firstTimestamp": "2024-05-01T10:11:12Z", "lastTimestamp": "2024-05-01T10:11:12Z", "count": 1});
+    let r = client
+        .post(format!("{}/api/v1/namespaces/default/events", srv.url()))
+        .bearer_auth(srv.token())
+        .header("content-type", "application/json")
+        .body(event.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let conds: Value =
+        serde_json::from_str(&rk_ok(&kc, &home, &["get", "node", "kc1", "-o", "jsonpath={.status.conditions}"]))
+            .unwrap();
+    let kd = conds.as_array().unwrap().iter().find(|c| c["type"] == "KernelDeadlock").expect("patched condition");
+    assert_eq!((kd["status"].as_str(), kd["reason"].as_str()), (Some("True"), Some("DockerHung")));
+    assert!(conds.as_array().unwrap().iter().any(|c| c["type"] == "Ready" && c["status"] == "True"), "{conds}");
+    let desc = rk_ok(&kc, &home, &["describe", "node", "kc1"]);
+    for want in [
+        "Name:               kc1",
+        "KernelDeadlock",
+        "DockerHung",
+        "Ready ",
+        "Lease:",
+        "Non-terminated Pods:",
+        "task docker:7 blocked for more than 300 seconds",
+    ] {
+        assert!(desc.contains(want), "{want:?} missing from:\n{desc}");
+    }
+
+    // ConfigMaps: create, get -o json, AlreadyExists, delete, NotFound, as kubectl prints them.
+    assert_eq!(rk_ok(&kc, &home, &["create", "configmap", "x", "--from-literal=a=b"]), "configmap/x created\n");
+    let cm: Value = serde_json::from_str(&rk_ok(&kc, &home, &["get", "configmap", "x", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"]["a"], "b");
+    assert_eq!(cm["metadata"]["namespace"], "default");
+    assert!(cm["metadata"]["uid"].as_str().unwrap().len() == 36 && cm["metadata"]["resourceVersion"].is_string());
+    assert!(cm["metadata"]["creationTimestamp"].is_string());
+    let (ok, _, err) = rk(&kc, &home, &["create", "configmap", "x", "--from-literal=a=c"]);
+    // kubectl 1.20 prints "Error from server (AlreadyExists): ...", newer ones "error: failed to create configmap: ...".
+    assert!(!ok && err.contains("configmaps \"x\" already exists"), "{err}");
+    let cms = rk_ok(&kc, &home, &["get", "configmaps"]);
+    assert!(cms.starts_with("NAME   DATA   AGE\nx      1      "), "{cms}");
+
+    // Namespaces: create, apply -f (create, then a change), selectors.
+    assert_eq!(rk_ok(&kc, &home, &["create", "namespace", "team"]), "namespace/team created\n");
+    let manifest = d.join("app.yaml");
+    let doc = |v: &str| {
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: app\n  labels:\n    tier: web\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: app\ndata:\n  level: \"{v}\"\n")
+    };
+    std::fs::write(&manifest, doc("1")).unwrap();
+    let out = rk_ok(&kc, &home, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(out, "namespace/app created\nconfigmap/settings created\n");
+    std::fs::write(&manifest, doc("2")).unwrap();
+    let out = rk_ok(&kc, &home, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(out, "namespace/app unchanged\nconfigmap/settings configured\n");
+    assert_eq!(rk_ok(&kc, &home, &["get", "configmap", "settings", "-n", "app", "-o", "jsonpath={.data.level}"]), "2");
+    let ns = rk_ok(&kc, &home, &["get", "namespaces", "-l", "tier=web", "-o", "name"]);
+    assert_eq!(ns, "namespace/app\n");
+    let (ok, _, err) = rk(&kc, &home, &["delete", "namespace", "kube-system"]);
+    assert!(!ok && err.contains("namespaces \"kube-system\" is forbidden: this namespace may not be deleted"), "{err}");
+
+    // Objects live in the datastore: they survive a restart.
+    srv.proc.term();
+    let srv = start_server(d, "kc1", &[], &[]);
+    assert_eq!(rk_ok(&kc, &home, &["get", "configmap", "settings", "-n", "app", "-o", "jsonpath={.data.level}"]), "2");
+    assert_eq!(rk_ok(&kc, &home, &["delete", "configmap", "x"]), "configmap \"x\" deleted\n");
+    let (ok, _, err) = rk(&kc, &home, &["get", "configmap", "x"]);
+    assert!(!ok && err.contains("Error from server (NotFound): configmaps \"x\" not found"), "{err}");
+    drop(srv);
+}
