@@ -56,6 +56,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
     }
     crate::pki::write_private(&agent_dir.join("server-ca.crt"), &cacerts)?;
 
+    crate::syssetup::configure();
     crate::containerd::start(&data_dir, cfg.str("container-runtime-endpoint").as_deref()).await;
 
     let reg = Registration::local(

@@ -20,6 +20,7 @@ mod resources;
 mod selectors;
 mod server;
 mod store;
+mod syssetup;
 mod tables;
 mod timefmt;
 mod token;

@@ -552,6 +552,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
 
     let disable_agent = cfg.bool("disable-agent");
     if !disable_agent {
+        crate::syssetup::configure();
         containerd::start(&data_dir, cfg.str("container-runtime-endpoint").as_deref()).await;
     }
     let own = if disable_agent {

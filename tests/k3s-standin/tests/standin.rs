@@ -26,6 +26,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(dir: &Path, tag: &str, bin: &str, args: &[String], env: &[(&str, String)]) -> Proc {
+        Proc::spawn_with(dir, tag, bin, args, env, &[])
+    }
+
+    /// `spawn`, with some of the default test environment removed again.
+    fn spawn_with(dir: &Path, tag: &str, bin: &str, args: &[String], env: &[(&str, String)], unset: &[&str]) -> Proc {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.join(format!("{tag}.log"));
         let sock_path = dir.join(format!("{tag}.notify"));
@@ -39,7 +44,9 @@ impl Proc {
             .env("NOTIFY_SOCKET", &sock_path)
             .env("K3S_STANDIN_HEARTBEAT_INTERVAL", "1")
             .env("K3S_STANDIN_RUN_DIR", dir.join("run"))
-            .env("K3S_STANDIN_NODE_CONFIG_DIR", dir.join(format!("node-{tag}")));
+            .env("K3S_STANDIN_NODE_CONFIG_DIR", dir.join(format!("node-{tag}")))
+            // Only the syssetup test (in namespaces of its own) lets the stand-in touch the kernel.
+            .env("K3S_STANDIN_NO_SYSSETUP", "1");
         for v in [
             "K3S_URL",
             "K3S_TOKEN",
@@ -56,6 +63,9 @@ impl Proc {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        for k in unset {
+            cmd.env_remove(k);
         }
         Proc { child: cmd.spawn().unwrap(), log, notify, exited: None }
     }
@@ -1081,4 +1091,89 @@ fn the_real_kubectl_gets_describes_creates_applies_and_deletes() {
     let (ok, _, err) = rk(&kc, &home, &["get", "configmap", "x"]);
     assert!(!ok && err.contains("Error from server (NotFound): configmaps \"x\" not found"), "{err}");
     drop(srv);
+}
+
+/// Runs `script` (sh) with `unshare` in new namespaces, then execs the stand-in server there.
+fn server_in_namespaces(dir: &Path, tag: &str, unshare: &[&str], script: &str, path_prefix: &Path) -> Proc {
+    let have = Path::new("/usr/bin/unshare").exists() && Path::new("/usr/bin/nsenter").exists();
+    assert!(have, "this test needs unshare and nsenter: apt-get install util-linux");
+    assert!(nix::unistd::Uid::effective().is_root(), "this test needs root (new network namespaces)");
+    let mut args: Vec<String> = unshare.iter().map(|s| s.to_string()).collect();
+    args.extend([s("sh"), s("-c"), format!("{script}\nexec \"$0\" \"$@\""), s(BIN)]);
+    args.extend(server_args(dir, free_port(), tag, &[], false));
+    let path = format!("{}:{}", path_prefix.display(), std::env::var("PATH").unwrap_or_default());
+    Proc::spawn_with(dir, tag, "/usr/bin/unshare", &args, &[("PATH", path)], &["K3S_STANDIN_NO_SYSSETUP"])
+}
+
+/// A `modprobe` that records its arguments and fails for iptable_filter (the test must not load
+/// modules into the machine's kernel).
+fn fake_modprobe(dir: &Path) -> PathBuf {
+    let bin = dir.join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script =
+        format!("#!/bin/sh\necho \"$@\" >> {}\n[ \"$2\" != iptable_filter ]\n", dir.join("modprobe.calls").display());
+    std::fs::write(bin.join("modprobe"), script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("modprobe"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn sysctl_in(pid: u32, entry: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["cat", &format!("/proc/sys/{entry}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn every_start_loads_modules_and_sets_forwarding_sysctls_or_says_why_not() {
+    let dir = tmp();
+    let d = dir.path();
+    let fake = fake_modprobe(d);
+
+    // A network namespace of the test's own: /proc/sys/net is writable there, forwarding starts at 0.
+    let mut p = server_in_namespaces(&d.join("rw"), "sys-rw", &["--net"], "ip link set lo up", &fake);
+    p.wait_ready(30);
+    let log = p.log();
+    // (Writing all/forwarding also turns on default/forwarding: the kernel propagates it, so
+    // k3s finds that one already set.)
+    assert!(log.contains("level=info msg=\"Set sysctl 'net/ipv4/conf/all/forwarding' to 1\""), "{log}");
+    for entry in ["net/ipv4/conf/all/forwarding", "net/ipv4/conf/default/forwarding"] {
+        assert_eq!(sysctl_in(p.child.id(), entry), "1", "{entry}\n{log}");
+    }
+    let calls = std::fs::read_to_string(d.join("modprobe.calls")).unwrap_or_default();
+    for m in ["overlay", "nf_conntrack", "br_netfilter", "iptable_nat", "iptable_filter"] {
+        let loaded = Path::new("/sys/module").join(m).exists();
+        assert!(
+            log.contains(&format!("Module {m} was already loaded")) || calls.contains(&format!("-- {m}\n")),
+            "{m}: neither loaded nor asked for\n{log}\n{calls}"
+        );
+        if !loaded && m == "iptable_filter" {
+            assert!(
+                log.contains("level=warning msg=\"Failed to load kernel module iptable_filter with modprobe\""),
+                "{log}"
+            );
+        }
+    }
+    p.term();
+
+    // /proc/sys read-only (as in a container without its own network namespace): logged, not fatal.
+    let mut p = server_in_namespaces(
+        &d.join("ro"),
+        "sys-ro",
+        &["--net", "--mount", "--propagation", "private"],
+        "ip link set lo up && mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
+        &fake,
+    );
+    p.wait_ready(30);
+    let log = p.log();
+    assert!(
+        log.contains("level=error msg=\"Failed to set sysctl: open /proc/sys/net/ipv4/conf/all/forwarding: read-only file system\""),
+        "{log}"
+    );
+    assert_eq!(sysctl_in(p.child.id(), "net/ipv4/conf/all/forwarding"), "0");
+    p.term();
 }
