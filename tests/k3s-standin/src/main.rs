@@ -6,6 +6,7 @@ mod api;
 mod clients;
 mod config;
 mod containerd;
+mod deploy;
 mod kine;
 mod kubeapi;
 mod kubectl;

@@ -577,6 +577,23 @@ async fn run_inner(cfg: Config) -> Result<()> {
         Some(name.clone())
     };
     tokio::spawn(background(state.clone(), own));
+    let manifests = data_dir.join("server/manifests");
+    if state.upstream.is_none() {
+        let mut deployer = crate::deploy::Controller::new(&data_dir, cfg.list_split("disable"));
+        let k = kine.clone();
+        deployer = tokio::task::spawn_blocking(move || {
+            deployer.scan(&k, true);
+            deployer
+        })
+        .await
+        .map_err(|e| anyhow!("deploy controller: {e}"))?;
+        tokio::spawn(crate::deploy::run(kine.clone(), deployer));
+    } else if std::fs::read_dir(&manifests).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        warn!(
+            "{} is not applied by a joined server of the k3s stand-in: put manifests on the first server",
+            manifests.display()
+        );
+    }
     info!("k3s is up and running");
     notify::ready();
     std::future::pending::<()>().await;

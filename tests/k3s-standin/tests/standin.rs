@@ -1177,3 +1177,113 @@ fn every_start_loads_modules_and_sets_forwarding_sysctls_or_says_why_not() {
     assert_eq!(sysctl_in(p.child.id(), "net/ipv4/conf/all/forwarding"), "0");
     p.term();
 }
+
+#[test]
+fn manifests_become_addons_and_their_objects_are_applied_like_k3s_does() {
+    let dir = tmp();
+    let d = dir.path();
+    let m = d.join("data/server/manifests");
+    std::fs::create_dir_all(m.join("storage")).unwrap();
+    let team = |quota: &str, with_cm: bool| {
+        let mut t = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n---\napiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: team-quota\n  namespace: team\nspec:\n  hard:\n    pods: \"{quota}\"\n---\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: team-limits\n  namespace: team\nspec:\n  limits:\n  - type: Container\n    default: {{cpu: 500m}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: default-deny\n  namespace: team\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
+        );
+        if with_cm {
+            t.push_str("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: team-settings\n  namespace: team\ndata:\n  a: b\n");
+        }
+        t
+    };
+    std::fs::write(m.join("team.yaml"), team("10", true)).unwrap();
+    std::fs::write(
+        m.join("storage/fast.yml"),
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: fast\nprovisioner: rancher.io/local-path\nreclaimPolicy: Delete\nvolumeBindingMode: WaitForFirstConsumer\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("widgets.json"),
+        r#"{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.com"},
+   "spec": {"group": "example.com", "scope": "Namespaced", "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true}]}},
+  {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1", "namespace": "default"}, "spec": {"size": 3}}]}"#,
+    )
+    .unwrap();
+    std::fs::write(m.join("skipped.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: skipped\n").unwrap();
+    std::fs::write(m.join("skipped.yaml.skip"), "").unwrap();
+    std::fs::write(m.join(".hidden.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hidden\n").unwrap();
+    std::fs::write(m.join("notes.txt"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: notes\n").unwrap();
+    std::fs::write(m.join("bad_name.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bad\n").unwrap();
+    std::fs::write(m.join("unknown.yaml"), "apiVersion: example.org/v9\nkind: Gadget\nmetadata:\n  name: g\n").unwrap();
+
+    let env = [("K3S_STANDIN_MANIFESTS_INTERVAL", s("1"))];
+    let mut srv = start_server(d, "dep1", &[], &env);
+    let (kc, home) = (srv.kubeconfig(), d.join("home"));
+    let addons = rk_ok(&kc, &home, &["get", "addons", "-n", "kube-system"]);
+    let lines: Vec<&str> = addons.lines().collect();
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("SOURCE") && lines[0].contains("CHECKSUM"), "{addons}");
+    let names: Vec<&str> = lines[1..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(names, vec!["fast", "team", "unknown", "widgets"], "{addons}");
+    let team_sum = sha256_hex(&std::fs::read(m.join("team.yaml")).unwrap());
+    let team_line = lines.iter().find(|l| l.starts_with("team ")).unwrap();
+    assert!(
+        team_line.contains(&m.join("team.yaml").display().to_string()) && team_line.ends_with(&team_sum),
+        "{addons}"
+    );
+    let log = srv.proc.log();
+    assert!(
+        log.contains("Addon.k3s.cattle.io \\\"bad_name\\\" is invalid: metadata.name: Invalid value: \\\"bad_name\\\""),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "failed to process {}: no matches for kind \\\"Gadget\\\" in version \\\"example.org/v9\\\"",
+            m.join("unknown.yaml").display()
+        )),
+        "{log}"
+    );
+
+    assert!(rk_ok(&kc, &home, &["get", "resourcequotas", "-n", "team"]).contains("team-quota"));
+    assert!(rk_ok(&kc, &home, &["get", "limitranges", "-n", "team"]).contains("team-limits"));
+    let np = rk_ok(&kc, &home, &["get", "networkpolicies", "-n", "team"]);
+    assert!(np.starts_with("NAME           POD-SELECTOR   AGE\ndefault-deny   <none>  "), "{np}");
+    let sc = rk_ok(&kc, &home, &["get", "storageclasses"]);
+    assert!(sc.contains("fast   rancher.io/local-path   Delete          WaitForFirstConsumer"), "{sc}");
+    assert!(rk_ok(&kc, &home, &["get", "widgets"]).contains("w1"));
+    let ns = rk_ok(&kc, &home, &["get", "namespaces", "-o", "name"]);
+    assert!(
+        ns.contains("namespace/team\n") && !ns.contains("skipped") && !ns.contains("hidden") && !ns.contains("notes"),
+        "{ns}"
+    );
+    let quota: Value =
+        serde_json::from_str(&rk_ok(&kc, &home, &["get", "quota", "team-quota", "-n", "team", "-o", "json"])).unwrap();
+    assert_eq!(quota["metadata"]["annotations"]["objectset.rio.cattle.io/owner-name"], "team");
+    let events = rk_ok(&kc, &home, &["get", "events", "-n", "kube-system"]);
+    assert!(events.contains("AppliedManifest") && events.contains("addon/team"), "{events}");
+
+    // A changed file is applied again; what it no longer holds is deleted.
+    std::fs::write(m.join("team.yaml"), team("20", false)).unwrap();
+    wait_for(15, "the changed manifest applied", || {
+        rk(&kc, &home, &["get", "quota", "team-quota", "-n", "team", "-o", "jsonpath={.spec.hard.pods}"]).1 == "20"
+    });
+    let (ok, _, err) = rk(&kc, &home, &["get", "configmap", "team-settings", "-n", "team"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let sum: String =
+        rk_ok(&kc, &home, &["get", "addon", "team", "-n", "kube-system", "-o", "jsonpath={.spec.checksum}"]);
+    assert_eq!(sum, sha256_hex(&std::fs::read(m.join("team.yaml")).unwrap()));
+
+    // A removed file leaves its Addon and objects (k3s deletes nothing for it).
+    std::fs::remove_file(m.join("storage/fast.yml")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    rk_ok(&kc, &home, &["get", "addon", "fast", "-n", "kube-system"]);
+    rk_ok(&kc, &home, &["get", "storageclass", "fast"]);
+
+    // `disable: [team]`: file, Addon and everything the Addon applied are removed.
+    srv.proc.term();
+    let srv = start_server(d, "dep1", &[s("--disable"), s("team")], &env);
+    assert!(!m.join("team.yaml").exists());
+    let (ok, _, err) = rk(&kc, &home, &["get", "addon", "team", "-n", "kube-system"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = rk(&kc, &home, &["get", "namespace", "team"]);
+    assert!(!ok && err.contains("namespaces \"team\" not found"), "{err}");
+    drop(srv);
+}
