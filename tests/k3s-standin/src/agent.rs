@@ -147,8 +147,8 @@ async fn agent_config(
         let pem = r.text().await.context("certificate body")?;
         let split =
             pem.find("-----BEGIN PRIVATE KEY-----").ok_or_else(|| anyhow!("{u}: no private key in the answer"))?;
-        crate::pki::write_private(&agent_dir.join(format!("{cert}.crt")), pem[..split].as_bytes())?;
-        crate::pki::write_private(&agent_dir.join(format!("{cert}.key")), pem[split..].as_bytes())?;
+        crate::pki::write_private(&agent_dir.join(format!("{cert}.crt")), &pem.as_bytes()[..split])?;
+        crate::pki::write_private(&agent_dir.join(format!("{cert}.key")), &pem.as_bytes()[split..])?;
     }
     Ok(())
 }

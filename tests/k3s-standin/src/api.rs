@@ -9,6 +9,7 @@
 use crate::kine::Kine;
 use crate::node;
 use crate::nodepass;
+use crate::store::ApiError;
 use crate::token::Bootstrap;
 use crate::{error, info, warn};
 use base64::Engine;
@@ -301,26 +302,26 @@ async fn forward(
 }
 
 /// The node's name and password from a registration or certificate request (k3s's headers).
-fn node_credentials(headers: &hyper::HeaderMap) -> Result<(String, String), Resp> {
+fn node_credentials(headers: &hyper::HeaderMap) -> Result<(String, String), ApiError> {
     let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     match (get(nodepass::NAME_HEADER), get(nodepass::PASSWORD_HEADER)) {
         (Some(n), Some(p)) => Ok((n.to_lowercase(), p.to_string())),
-        (None, _) => Err(json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", "node name not set"))),
-        (_, None) => Err(json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", "node password not set"))),
+        (None, _) => Err(ApiError::bad_request("node name not set")),
+        (_, None) => Err(ApiError::bad_request("node password not set")),
     }
 }
 
 /// Checks the node password (creating its secret at first use); on refusal logs as k3s's
 /// supervisor does and answers 403.
-fn check_node_password(s: &State, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Result<String, Resp> {
+fn check_node_password(s: &State, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Result<String, ApiError> {
     let (name, password) = node_credentials(headers)?;
-    match nodepass::ensure_secret(&s.kine, &name, &password) {
-        Ok(()) => Ok(name),
-        Err(e) => {
-            error!("Sending HTTP/1.1 {} response to {}: {}", e.code, conn.peer, e.message);
-            Err(json_resp(StatusCode::from_u16(e.code).unwrap_or(StatusCode::FORBIDDEN), &e.status()))
-        }
-    }
+    nodepass::ensure_secret(&s.kine, &name, &password).map(|()| name).inspect_err(|e| {
+        error!("Sending HTTP/1.1 {} response to {}: {}", e.code, conn.peer, e.message);
+    })
+}
+
+fn api_error(e: &ApiError) -> Resp {
+    json_resp(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.status())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -374,7 +375,7 @@ async fn supervisor(
             }
             let name = match check_node_password(s, conn, headers) {
                 Ok(n) => n,
-                Err(r) => return r,
+                Err(e) => return api_error(&e),
             };
             let b = &s.bootstrap;
             let leaf = if *cert == "serving-kubelet.crt" {
@@ -411,7 +412,7 @@ async fn supervisor(
                     let msg = format!("header node name {n} does not match the registration of {}", reg.name);
                     return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &msg));
                 }
-                Err(r) => return r,
+                Err(e) => return api_error(&e),
             }
             match node::register(&s.kine, &reg, &s.cluster_cidr) {
                 Ok(n) => {
@@ -469,7 +470,16 @@ async fn kube_api(s: &State, m: &Method, path: &str, path_q: &str, body: Bytes, 
     let (accept, ctype, host) = (h("accept"), h("content-type"), h("host"));
     // SQLite and scrypt block: keep them off the async workers.
     let answer = tokio::task::spawn_blocking(move || {
-        crate::kubeapi::handle(&kine, &method, &path, &query, &accept, &ctype, &body, &host)
+        let req = crate::kubeapi::Request {
+            method: &method,
+            path: &path,
+            query: &query,
+            accept: &accept,
+            content_type: &ctype,
+            body: &body,
+            host: &host,
+        };
+        crate::kubeapi::handle(&kine, &req)
     })
     .await;
     match answer {

@@ -143,18 +143,20 @@ fn not_found_path() -> Answer {
     })
 }
 
-/// Answers one request under /api, /apis or /openapi. `host` is the Host the client used
-/// (discovery tells clients where the apiserver is).
-pub fn handle(
-    kine: &Kine,
-    method: &str,
-    path: &str,
-    query: &str,
-    accept: &str,
-    content_type: &str,
-    body: &[u8],
-    host: &str,
-) -> Answer {
+/// One request under /api, /apis or /openapi. `host` is the Host the client used (discovery
+/// tells clients where the apiserver is).
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub accept: &'a str,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub host: &'a str,
+}
+
+pub fn handle(kine: &Kine, req: &Request) -> Answer {
+    let (method, path, accept, host) = (req.method, req.path, req.accept, req.host);
     let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     match (method, segs.as_slice()) {
         ("GET", ["api"]) => {
@@ -189,8 +191,8 @@ pub fn handle(
     if !res.namespaced && t.namespace.is_some() {
         return not_found_path();
     }
-    let q = parse_query(query);
-    match serve(kine, &res, &t, method, &q, accept, content_type, body) {
+    let q = parse_query(req.query);
+    match serve(kine, &res, &t, req, &q) {
         Ok(a) => a,
         Err(e) => error(&e),
     }
@@ -204,17 +206,8 @@ fn body_json(body: &[u8]) -> ApiResult<Value> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    kine: &Kine,
-    res: &Resource,
-    t: &Target,
-    method: &str,
-    q: &Query,
-    accept: &str,
-    content_type: &str,
-    body: &[u8],
-) -> ApiResult<Answer> {
+fn serve(kine: &Kine, res: &Resource, t: &Target, req: &Request, q: &Query) -> ApiResult<Answer> {
+    let (method, accept, content_type, body) = (req.method, req.accept, req.content_type, req.body);
     if q.watch {
         return Err(ApiError::method_not_allowed("watch is not supported by the k3s stand-in"));
     }

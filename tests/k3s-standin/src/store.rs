@@ -380,8 +380,7 @@ fn replace(
     res: &Resource,
     ns: Option<&str>,
     name: &str,
-    old: &Value,
-    rev: i64,
+    (old, rev): (&Value, i64),
     mut new: Value,
     dry_run: bool,
 ) -> ApiResult<Value> {
@@ -448,7 +447,7 @@ pub fn update(
     dry_run: bool,
 ) -> ApiResult<Value> {
     let (old, rev) = stored(kine, res, ns, name)?;
-    replace(kine, res, ns, name, &old, rev, new, dry_run)
+    replace(kine, res, ns, name, (&old, rev), new, dry_run)
 }
 
 /// PATCH of the object (or of its status: the same object here, no separate status storage).
@@ -471,7 +470,7 @@ pub fn patch(
             details: Value::Null,
         })?;
         let explicit_rv = new["metadata"]["resourceVersion"].as_str().is_some_and(|s| !s.is_empty());
-        match replace(kine, res, ns, name, &old, rev, new, dry_run) {
+        match replace(kine, res, ns, name, (&old, rev), new, dry_run) {
             // A concurrent writer moved the object on: a patch without a resourceVersion retries,
             // as the apiserver's GuaranteedUpdate does.
             Err(e) if e.reason == "Conflict" && !explicit_rv => continue,
