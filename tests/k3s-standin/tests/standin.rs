@@ -715,6 +715,20 @@ fn ha_servers_share_ca_token_and_nodes() {
     }
     assert!(n["ha-b"].1["spec"]["podCIDR"].as_str().unwrap().starts_with("10.50."));
 
+    // One cluster through either server: the first server holds the objects (node-password
+    // secrets of nodes that joined through the second one too), the second forwards.
+    let home = d.join("home");
+    for secret in ["ha-a", "ha-b", "ha-agent"] {
+        rk_ok(&a.kubeconfig(), &home, &["get", "secret", "-n", "kube-system", &format!("{secret}.node-password.k3s")]);
+    }
+    assert_eq!(
+        rk_ok(&b.kubeconfig(), &home, &["create", "configmap", "via-b", "--from-literal=x=y"]),
+        "configmap/via-b created\n"
+    );
+    assert_eq!(rk_ok(&a.kubeconfig(), &home, &["get", "configmap", "via-b", "-o", "jsonpath={.data.x}"]), "y");
+    let table = rk_ok(&b.kubeconfig(), &home, &["get", "nodes"]);
+    assert!(table.starts_with("NAME") && table.contains("ha-agent"), "{table}");
+
     // A server whose critical configuration differs refuses to start.
     std::fs::create_dir_all(d.join("c")).unwrap();
     std::fs::write(d.join("c/config.yaml"), format!("server: {}\ntoken: {token}\n", a.url())).unwrap();
@@ -1062,6 +1076,13 @@ fn the_real_kubectl_gets_describes_creates_applies_and_deletes() {
     ] {
         assert!(desc.contains(want), "{want:?} missing from:\n{desc}");
     }
+
+    // Node edits kubectl makes with patches: label, cordon (and the selector that finds them).
+    assert_eq!(rk_ok(&kc, &home, &["label", "node", "kc1", "tier=edge"]), "node/kc1 labeled\n");
+    assert_eq!(rk_ok(&kc, &home, &["get", "nodes", "-l", "tier=edge", "-o", "name"]), "node/kc1\n");
+    assert_eq!(rk_ok(&kc, &home, &["cordon", "kc1"]), "node/kc1 cordoned\n");
+    assert!(rk_ok(&kc, &home, &["get", "nodes"]).contains(" Ready,SchedulingDisabled "));
+    assert_eq!(rk_ok(&kc, &home, &["uncordon", "kc1"]), "node/kc1 uncordoned\n");
 
     // ConfigMaps: create, get -o json, AlreadyExists, delete, NotFound, as kubectl prints them.
     assert_eq!(rk_ok(&kc, &home, &["create", "configmap", "x", "--from-literal=a=b"]), "configmap/x created\n");
