@@ -8,6 +8,8 @@
 
 use crate::kine::Kine;
 use crate::node;
+use crate::nodepass;
+use crate::store::ApiError;
 use crate::token::Bootstrap;
 use crate::{error, info, warn};
 use base64::Engine;
@@ -38,6 +40,18 @@ impl Upstream {
         body: Option<Vec<u8>>,
         ctype: Option<&str>,
     ) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
+        self.request_with(method, path, body, ctype, &[]).await.map(|(st, _, b)| (st, b))
+    }
+
+    /// A request with extra headers (Accept, node password); answers status, content type, body.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        ctype: Option<&str>,
+        headers: &[(&str, String)],
+    ) -> Result<(StatusCode, String, Vec<u8>), reqwest::Error> {
         let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
         let mut rb = self.client.request(m, format!("{}{}", self.url, path)).basic_auth("server", Some(&self.password));
         if let Some(b) = body {
@@ -46,10 +60,15 @@ impl Upstream {
         if let Some(ct) = ctype {
             rb = rb.header("content-type", ct);
         }
+        for (k, v) in headers {
+            rb = rb.header(*k, v);
+        }
         let resp = rb.send().await?;
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let ct =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
         let bytes = resp.bytes().await?;
-        Ok((status, bytes.to_vec()))
+        Ok((status, ct, bytes.to_vec()))
     }
 }
 
@@ -64,7 +83,6 @@ pub struct State {
     /// cluster-init or joined: other servers may join this one.
     pub ha: bool,
     pub upstream: Option<Upstream>,
-    pub grace: i64,
     pub cluster_cidr: String,
     pub agent_config: Value,
 }
@@ -229,19 +247,15 @@ async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
         ["ping"] if m == Method::GET => text(StatusCode::OK, "pong"),
         ["readyz"] | ["livez"] | ["healthz"] | ["v1-k3s", "readyz"] if m == Method::GET => text(StatusCode::OK, "ok"),
         ["version"] if m == Method::GET => json_resp(StatusCode::OK, &version_json()),
-        ["api"] if m == Method::GET => json_resp(
-            StatusCode::OK,
-            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
-        ),
-        ["v1-k3s", rest @ ..] => supervisor(&s, &conn, who, m, rest, &path_q, body).await,
-        ["api", "v1", "nodes", ..] | ["apis", "coordination.k8s.io", ..] => {
+        ["v1-k3s", rest @ ..] => supervisor(&s, &conn, who, m, rest, &path_q, body, &headers).await,
+        ["api", ..] | ["apis", ..] | ["openapi", ..] => {
             if who == Who::Anonymous {
                 return unauthorized();
             }
             if who == Who::Node {
                 return forbidden("node credentials may not use the Kubernetes API of the stand-in");
             }
-            kube_api(&s, m, &segs, &path_q, body, &headers).await
+            kube_api(&s, m, &path, &path_q, body, &headers).await
         }
         _ => json_resp(
             StatusCode::NOT_FOUND,
@@ -268,6 +282,8 @@ fn forwardable_err(e: &reqwest::Error) -> bool {
     e.is_connect() || e.is_timeout()
 }
 
+/// Sends the request on to the server this one joined, with the headers that change the answer
+/// (Accept: Tables; the node's name and password: registrations).
 async fn forward(
     up: &Upstream,
     m: &Method,
@@ -277,10 +293,38 @@ async fn forward(
 ) -> Result<Resp, reqwest::Error> {
     let ctype = headers.get("content-type").and_then(|v| v.to_str().ok());
     let body = if body.is_empty() { None } else { Some(body.to_vec()) };
-    let (status, bytes) = up.request(m.clone(), path_q, body, ctype).await?;
-    Ok(bytes_resp(status, "application/json", bytes))
+    let pass: Vec<(&str, String)> = ["accept", nodepass::NAME_HEADER, nodepass::PASSWORD_HEADER]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).map(|v| (*h, v.to_string())))
+        .collect();
+    let (status, ct, bytes) = up.request_with(m.clone(), path_q, body, ctype, &pass).await?;
+    Ok(bytes_resp(status, &ct, bytes))
 }
 
+/// The node's name and password from a registration or certificate request (k3s's headers).
+fn node_credentials(headers: &hyper::HeaderMap) -> Result<(String, String), ApiError> {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    match (get(nodepass::NAME_HEADER), get(nodepass::PASSWORD_HEADER)) {
+        (Some(n), Some(p)) => Ok((n.to_lowercase(), p.to_string())),
+        (None, _) => Err(ApiError::bad_request("node name not set")),
+        (_, None) => Err(ApiError::bad_request("node password not set")),
+    }
+}
+
+/// Checks the node password (creating its secret at first use); on refusal logs as k3s's
+/// supervisor does and answers 403.
+fn check_node_password(s: &State, conn: &ConnInfo, headers: &hyper::HeaderMap) -> Result<String, ApiError> {
+    let (name, password) = node_credentials(headers)?;
+    nodepass::ensure_secret(&s.kine, &name, &password).map(|()| name).inspect_err(|e| {
+        error!("Sending HTTP/1.1 {} response to {}: {}", e.code, conn.peer, e.message);
+    })
+}
+
+fn api_error(e: &ApiError) -> Resp {
+    json_resp(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.status())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn supervisor(
     s: &State,
     conn: &ConnInfo,
@@ -289,8 +333,12 @@ async fn supervisor(
     rest: &[&str],
     path_q: &str,
     body: Bytes,
+    headers: &hyper::HeaderMap,
 ) -> Resp {
     let node_ok = matches!(who, Who::Node | Who::Server | Who::Admin);
+    let unavailable = |e: reqwest::Error| {
+        json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string()))
+    };
     match rest {
         ["config"] if m == Method::GET => {
             if !node_ok {
@@ -316,25 +364,59 @@ async fn supervisor(
                 &json!({"bootstrap": s.bootstrap, "critical": s.critical, "agentPassword": s.agent_password}),
             )
         }
+        // The kubelet certificates of a node: k3s checks the node password here, so a node whose
+        // password does not match never gets its configuration.
+        [cert @ ("serving-kubelet.crt" | "client-kubelet.crt")] if m == Method::GET => {
+            if !node_ok {
+                return unauthorized();
+            }
+            if let Some(up) = &s.upstream {
+                return forward(up, m, path_q, body, headers).await.unwrap_or_else(unavailable);
+            }
+            let name = match check_node_password(s, conn, headers) {
+                Ok(n) => n,
+                Err(e) => return api_error(&e),
+            };
+            let b = &s.bootstrap;
+            let leaf = if *cert == "serving-kubelet.crt" {
+                let mut sans = vec![name.clone(), "localhost".to_string()];
+                let ips = headers.get("k3s-Node-IP").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                sans.extend(ips.split(',').map(|i| i.trim().to_string()).filter(|i| !i.is_empty()));
+                crate::pki::Ca { cert_pem: b.server_ca_crt.clone(), key_pem: b.server_ca_key.clone() }
+                    .sign_server(&name, &sans)
+            } else {
+                crate::pki::Ca { cert_pem: b.client_ca_crt.clone(), key_pem: b.client_ca_key.clone() }
+                    .sign_client(&format!("system:node:{name}"), Some("system:nodes"))
+            };
+            match leaf {
+                Ok(l) => bytes_resp(StatusCode::OK, "text/plain", format!("{}{}", l.cert_pem, l.key_pem)),
+                Err(e) => {
+                    json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string()))
+                }
+            }
+        }
         ["nodes"] if m == Method::POST => {
             if !node_ok {
                 return unauthorized();
             }
             if let Some(up) = &s.upstream {
-                return match forward(up, m, path_q, body, &hyper::HeaderMap::new()).await {
-                    Ok(r) => r,
-                    Err(e) => json_resp(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &status_json(503, "ServiceUnavailable", &e.to_string()),
-                    ),
-                };
+                return forward(up, m, path_q, body, headers).await.unwrap_or_else(unavailable);
             }
             let reg: node::Registration = match serde_json::from_slice(&body) {
                 Ok(r) => r,
                 Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
             };
+            match check_node_password(s, conn, headers) {
+                Ok(n) if n == reg.name => {}
+                Ok(n) => {
+                    let msg = format!("header node name {n} does not match the registration of {}", reg.name);
+                    return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &msg));
+                }
+                Err(e) => return api_error(&e),
+            }
             match node::register(&s.kine, &reg, &s.cluster_cidr) {
                 Ok(n) => {
+                    nodepass::adopt(&s.kine, &reg.name, n["metadata"]["uid"].as_str().unwrap_or_default());
                     info!("Node {} registered from {}", reg.name, conn.peer);
                     json_resp(StatusCode::OK, &n)
                 }
@@ -348,13 +430,7 @@ async fn supervisor(
                 return unauthorized();
             }
             if let Some(up) = &s.upstream {
-                return match forward(up, m, path_q, body, &hyper::HeaderMap::new()).await {
-                    Ok(r) => r,
-                    Err(e) => json_resp(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &status_json(503, "ServiceUnavailable", &e.to_string()),
-                    ),
-                };
+                return forward(up, m, path_q, body, headers).await.unwrap_or_else(unavailable);
             }
             match node::renew_lease(&s.kine, name) {
                 Ok(true) => json_resp(StatusCode::OK, &json!({"renewed": name})),
@@ -371,7 +447,9 @@ async fn supervisor(
     }
 }
 
-async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Resp {
+/// The Kubernetes API: answered here, or by the server this one joined (HA), or, when that one
+/// is unreachable, reads answered from the local copy.
+async fn kube_api(s: &State, m: &Method, path: &str, path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Resp {
     if let Some(up) = &s.upstream {
         match forward(up, m, path_q, body.clone(), headers).await {
             Ok(r) => return r,
@@ -386,67 +464,30 @@ async fn kube_api(s: &State, m: &Method, segs: &[&str], path_q: &str, body: Byte
             }
         }
     }
-    let kine = &s.kine;
-    let internal = |e: anyhow::Error| {
-        json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string()))
-    };
-    match segs {
-        ["api", "v1", "nodes"] if m == Method::GET => match node::list_view(kine, s.grace) {
-            Ok(v) => json_resp(StatusCode::OK, &v),
-            Err(e) => internal(e),
-        },
-        ["api", "v1", "nodes", name] if m == Method::GET => match node::get_view(kine, name, s.grace) {
-            Ok(Some(v)) => json_resp(StatusCode::OK, &v),
-            Ok(None) => not_found("nodes", name),
-            Err(e) => internal(e),
-        },
-        ["api", "v1", "nodes", name] if m == Method::DELETE => {
-            let before = node::get_view(kine, name, s.grace).ok().flatten();
-            match node::delete(kine, name) {
-                Ok(true) => {
-                    info!("Node {name} deleted");
-                    json_resp(StatusCode::OK, &before.unwrap_or_else(|| json!({})))
-                }
-                Ok(false) => not_found("nodes", name),
-                Err(e) => internal(e),
-            }
-        }
-        ["api", "v1", "nodes", name, "status"] if m == Method::PATCH => {
-            let patch: Value = match serde_json::from_slice(&body) {
-                Ok(p) => p,
-                Err(e) => return json_resp(StatusCode::BAD_REQUEST, &status_json(400, "BadRequest", &e.to_string())),
-            };
-            match node::patch_status(kine, name, &patch) {
-                Ok(true) => match node::get_view(kine, name, s.grace) {
-                    Ok(Some(v)) => json_resp(StatusCode::OK, &v),
-                    _ => not_found("nodes", name),
-                },
-                Ok(false) => not_found("nodes", name),
-                Err(e) => internal(e),
-            }
-        }
-        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases"] if m == Method::GET => {
-            let items: Vec<Value> = kine
-                .list(node::LEASE_PREFIX)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|r| serde_json::from_slice(&r.value).ok())
-                .collect();
-            json_resp(
-                StatusCode::OK,
-                &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "LeaseList", "metadata": {}, "items": items}),
-            )
-        }
-        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases", name] if m == Method::GET => {
-            match kine.get(&format!("{}{name}", node::LEASE_PREFIX)) {
-                Ok(Some(r)) => bytes_resp(StatusCode::OK, "application/json", r.value),
-                Ok(None) => not_found("leases.coordination.k8s.io", name),
-                Err(e) => internal(e),
-            }
-        }
-        _ => json_resp(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &status_json(405, "MethodNotAllowed", "the stand-in does not implement this request"),
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let query = path_q.split_once('?').map(|(_, q)| q).unwrap_or_default().to_string();
+    let (kine, method, path) = (s.kine.clone(), m.as_str().to_string(), path.to_string());
+    let (accept, ctype, host) = (h("accept"), h("content-type"), h("host"));
+    // SQLite and scrypt block: keep them off the async workers.
+    let answer = tokio::task::spawn_blocking(move || {
+        let req = crate::kubeapi::Request {
+            method: &method,
+            path: &path,
+            query: &query,
+            accept: &accept,
+            content_type: &ctype,
+            body: &body,
+            host: &host,
+        };
+        crate::kubeapi::handle(&kine, &req)
+    })
+    .await;
+    match answer {
+        Ok(a) => bytes_resp(
+            StatusCode::from_u16(a.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            a.content_type,
+            a.body,
         ),
+        Err(e) => json_resp(StatusCode::INTERNAL_SERVER_ERROR, &status_json(500, "InternalError", &e.to_string())),
     }
 }

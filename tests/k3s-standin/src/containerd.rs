@@ -1,6 +1,7 @@
 //! k3s's embedded containerd, played by the host's `containerd` binary: config under
 //! <data-dir>/agent/etc/containerd/config.toml, root <data-dir>/agent/containerd, state and socket
-//! under /run/k3s/containerd; images in <data-dir>/agent/images/ are imported into `k8s.io` at start.
+//! under /run/k3s/containerd; images in <data-dir>/agent/images/ are imported into `k8s.io` at start
+//! and pinned (labels `io.cattle.k3s.pinned=pinned`, `io.cri-containerd.pinned=pinned`), as k3s does.
 
 use crate::{error, info, warn};
 use std::io::{Read, Write};
@@ -299,8 +300,40 @@ fn import_file(ctr: &Path, sock: &Path, path: &Path, fmt: Format) -> Result<(), 
     if !out.status.success() {
         return Err(format!("ctr images import: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    for line in stdout.lines() {
         crate::debug!("ctr: {line}");
+    }
+    // ctr prints `unpacking <name> (sha256:...)...done` for each image it imported.
+    let names: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("unpacking "))
+        .filter_map(|l| l.split(" (").next())
+        .collect();
+    for name in names {
+        pin(ctr, sock, name)?;
     }
     Ok(())
 }
+
+/// Labels an imported image as k3s does for the images of agent/images, so that the kubelet's
+/// image garbage collection never removes it (contract section 7).
+fn pin(ctr: &Path, sock: &Path, image: &str) -> Result<(), String> {
+    let out = std::process::Command::new(ctr)
+        .arg("--address")
+        .arg(sock)
+        .arg("--namespace")
+        .arg("k8s.io")
+        .args(["images", "label", image])
+        .args(PIN_LABELS.iter().map(|l| format!("{l}=pinned")))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("ctr images label {image}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    crate::debug!("Pinned image {image}");
+    Ok(())
+}
+
+pub const PIN_LABELS: &[&str] = &["io.cattle.k3s.pinned", "io.cri-containerd.pinned"];

@@ -114,6 +114,47 @@ impl Kine {
         Ok(conn.last_insert_rowid())
     }
 
+    /// Creates `key` only if it does not exist (live); returns the new revision, or None when it
+    /// exists. One lock for the check and the insert, so two creators cannot both win.
+    pub fn create(&self, key: &str, value: &[u8]) -> Result<Option<i64>> {
+        let conn = self.conn.lock().unwrap();
+        let prev = Self::latest(&conn, key)?;
+        if let Some((_, 0, _, _)) = prev {
+            return Ok(None);
+        }
+        let prev_rev = prev.map(|p| p.0).unwrap_or(0);
+        conn.execute(
+            "INSERT INTO kine(name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+             VALUES (?1, 1, 0, 0, ?2, 0, ?3, NULL)",
+            params![key, prev_rev, value],
+        )?;
+        Ok(Some(conn.last_insert_rowid()))
+    }
+
+    /// Updates `key` only if its live revision is `expected` (compare-and-swap, as the apiserver
+    /// does with resourceVersion). Err(Some(current)) on a mismatch, Err(None) when it is gone.
+    pub fn update(&self, key: &str, expected: i64, value: &[u8]) -> Result<Result<i64, Option<i64>>> {
+        let conn = self.conn.lock().unwrap();
+        match Self::latest(&conn, key)? {
+            Some((id, 0, cr, old)) if id == expected => {
+                conn.execute(
+                    "INSERT INTO kine(name, created, deleted, create_revision, prev_revision, lease, value, old_value)
+                     VALUES (?1, 0, 0, ?2, ?3, 0, ?4, ?5)",
+                    params![key, if cr == 0 { id } else { cr }, id, value, old],
+                )?;
+                Ok(Ok(conn.last_insert_rowid()))
+            }
+            Some((id, 0, _, _)) => Ok(Err(Some(id))),
+            _ => Ok(Err(None)),
+        }
+    }
+
+    /// The newest revision in the datastore (lists carry it as their resourceVersion).
+    pub fn current_revision(&self) -> Result<i64> {
+        let conn = self.conn.lock().unwrap();
+        Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM kine", [], |r| r.get(0))?)
+    }
+
     /// Deletes `key` (a tombstone row, as kine writes); false if it did not exist.
     pub fn delete(&self, key: &str) -> Result<bool> {
         let conn = self.conn.lock().unwrap();
@@ -144,11 +185,6 @@ impl Kine {
         )?;
         Ok(n)
     }
-
-    pub fn row_count(&self) -> Result<i64> {
-        let conn = self.conn.lock().unwrap();
-        Ok(conn.query_row("SELECT COUNT(*) FROM kine", [], |r| r.get(0))?)
-    }
 }
 
 #[cfg(test)]
@@ -172,7 +208,7 @@ mod tests {
         assert!(!k.delete("/registry/minions/b").unwrap());
         assert_eq!(k.list("/registry/minions/").unwrap().len(), 1);
         assert!(k.get("/registry/minions/b").unwrap().is_none());
-        assert_eq!(k.row_count().unwrap(), 5);
+        assert_eq!(k.current_revision().unwrap(), 5);
         k.compact(1).unwrap();
         assert_eq!(k.get("/registry/minions/a").unwrap().unwrap().value, b"2");
         assert!(dir.path().join("db/state.db-wal").exists());

@@ -12,6 +12,17 @@ pub const NODE_PREFIX: &str = "/registry/minions/";
 pub const LEASE_PREFIX: &str = "/registry/leases/kube-node-lease/";
 pub const CONTAINERD_VERSION: &str = "containerd://1.7.23-k3s2";
 
+/// Seconds without a lease renewal before a node is no longer Ready (set once at server start).
+static GRACE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(40);
+
+pub fn set_grace(secs: i64) {
+    GRACE.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn grace() -> i64 {
+    GRACE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Taint {
     pub key: String,
@@ -138,12 +149,6 @@ impl Registration {
     }
 }
 
-fn random_uid() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
 /// `10.42.0.0/16` + index -> `10.42.<index>.0/24`
 fn pod_cidr(cluster_cidr: &str, index: u32) -> Option<String> {
     let first = cluster_cidr.split(',').next()?.trim();
@@ -161,6 +166,7 @@ pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<V
     let key = format!("{NODE_PREFIX}{}", reg.name);
     let existing: Option<Value> = kine.get(&key)?.and_then(|r| serde_json::from_slice(&r.value).ok());
     let now = timefmt::rfc3339(timefmt::now_secs());
+    let unschedulable = existing.as_ref().map(|n| n["spec"]["unschedulable"].clone()).unwrap_or(Value::Null);
     let (uid, created, mut labels, pod_cidr_v, conditions) = match &existing {
         Some(n) => (
             n["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
@@ -169,7 +175,7 @@ pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<V
             n["spec"]["podCIDR"].as_str().map(String::from),
             n["status"]["conditions"].clone(),
         ),
-        None => (random_uid(), now.clone(), BTreeMap::new(), None, Value::Null),
+        None => (crate::store::random_uid(), now.clone(), BTreeMap::new(), None, Value::Null),
     };
     labels.extend(reg.labels.clone());
     let pod_cidr_v = pod_cidr_v.or_else(|| {
@@ -198,6 +204,10 @@ pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<V
     }
     if !reg.taints.is_empty() {
         spec["taints"] = serde_json::to_value(&reg.taints)?;
+    }
+    if unschedulable == true {
+        // A cordon (kubectl cordon) outlives restarts, as with a real kubelet.
+        spec["unschedulable"] = json!(true);
     }
     let node = json!({
         "apiVersion": "v1",
@@ -319,14 +329,16 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
     Some(node)
 }
 
+#[cfg(test)]
 pub fn list_view(kine: &Kine, grace: i64) -> Result<Value> {
     let items: Vec<Value> = kine.list(NODE_PREFIX)?.iter().filter_map(|r| view(kine, r, grace)).collect();
-    let rev = kine.row_count().unwrap_or(0);
+    let rev = kine.current_revision().unwrap_or(0);
     Ok(
         json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": rev.to_string()}, "items": items}),
     )
 }
 
+#[cfg(test)]
 pub fn get_view(kine: &Kine, name: &str, grace: i64) -> Result<Option<Value>> {
     Ok(kine.get(&format!("{NODE_PREFIX}{name}"))?.and_then(|r| view(kine, &r, grace)))
 }
@@ -335,28 +347,6 @@ pub fn delete(kine: &Kine, name: &str) -> Result<bool> {
     let existed = kine.delete(&format!("{NODE_PREFIX}{name}"))?;
     kine.delete(&format!("{LEASE_PREFIX}{name}"))?;
     Ok(existed)
-}
-
-/// Strategic-merge of `status.conditions` by type (what node-problem-detector sends).
-pub fn patch_status(kine: &Kine, name: &str, patch: &Value) -> Result<bool> {
-    let key = format!("{NODE_PREFIX}{name}");
-    let Some(row) = kine.get(&key)? else {
-        return Ok(false);
-    };
-    let mut node: Value = serde_json::from_slice(&row.value)?;
-    let mut conds: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    if let Some(new) = patch["status"]["conditions"].as_array() {
-        for c in new {
-            if c["type"] == "Ready" {
-                continue; // owned by the kubelet heartbeat
-            }
-            conds.retain(|o| o["type"] != c["type"]);
-            conds.push(c.clone());
-        }
-    }
-    node["status"]["conditions"] = json!(conds);
-    kine.put(&key, &serde_json::to_vec(&node)?)?;
-    Ok(true)
 }
 
 /// Stores a Node as computed by another server (HA mirror); keeps the local lease if any.

@@ -7,7 +7,7 @@ use crate::kine::Kine;
 use crate::node::{self, Registration};
 use crate::pki::{self, Ca};
 use crate::token::{self, Bootstrap, Token};
-use crate::{clients, error, info, notify, warn};
+use crate::{clients, error, info, nodepass, notify, store, warn};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -292,31 +292,55 @@ pub fn node_name(cfg: &Config) -> String {
     cfg.str("node-name").map(|n| n.to_lowercase()).unwrap_or_else(node::hostname)
 }
 
-async fn register_self(state: &State, reg: &Registration) {
+/// Registers the server's own node, with its node password as any agent does. A refused
+/// password keeps it waiting (never READY), as k3s's agent waits for its configuration.
+async fn register_self(state: &State, reg: &Registration) -> Result<()> {
+    let password = nodepass::ensure_local()?;
     loop {
-        let result: Result<()> = match &state.upstream {
-            None => node::register(&state.kine, reg, &state.cluster_cidr).map(|_| ()),
+        let result: Result<(), (bool, String)> = match &state.upstream {
+            None => {
+                let (kine, name, pw) = (state.kine.clone(), reg.name.clone(), password.clone());
+                let checked = tokio::task::spawn_blocking(move || nodepass::ensure_secret(&kine, &name, &pw)).await;
+                match checked {
+                    Ok(Ok(())) => match node::register(&state.kine, reg, &state.cluster_cidr) {
+                        Ok(n) => {
+                            nodepass::adopt(&state.kine, &reg.name, n["metadata"]["uid"].as_str().unwrap_or_default());
+                            Ok(())
+                        }
+                        Err(e) => Err((false, format!("{e:#}"))),
+                    },
+                    Ok(Err(e)) if e.code == 403 => Err((true, e.message)),
+                    Ok(Err(e)) => Err((false, e.message)),
+                    Err(e) => Err((false, e.to_string())),
+                }
+            }
             Some(up) => match up
-                .request(
+                .request_with(
                     hyper::Method::POST,
                     "/v1-k3s/nodes",
                     Some(serde_json::to_vec(reg).unwrap_or_default()),
                     Some("application/json"),
+                    &[(nodepass::NAME_HEADER, reg.name.clone()), (nodepass::PASSWORD_HEADER, password.clone())],
                 )
                 .await
             {
-                Ok((st, _)) if st.is_success() => Ok(()),
-                Ok((st, body)) => Err(anyhow!("{st}: {}", String::from_utf8_lossy(&body))),
-                Err(e) => Err(anyhow!(clients::chain(&e))),
+                Ok((st, _, _)) if st.is_success() => Ok(()),
+                Ok((st, _, _)) if st == hyper::StatusCode::FORBIDDEN => Err((true, String::new())),
+                Ok((st, _, body)) => Err((false, format!("{st}: {}", String::from_utf8_lossy(&body)))),
+                Err(e) => Err((false, clients::chain(&e))),
             },
         };
         match result {
             Ok(()) => {
                 info!("Node {} registered", reg.name);
-                return;
+                return Ok(());
             }
-            Err(e) => {
-                error!("Unable to register node {}: {e:#}", reg.name);
+            Err((true, _)) => {
+                info!("Waiting to retrieve agent configuration; server is not ready: {}", nodepass::rejected_message());
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err((false, e)) => {
+                error!("Unable to register node {}: {e}", reg.name);
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
@@ -499,6 +523,11 @@ async fn run_inner(cfg: Config) -> Result<()> {
     write_kubeconfig(&cfg, &kc_host, port, &cacerts, &admin)?;
 
     let ha = cfg.bool("cluster-init") || join_url.is_some();
+    let service_cidr = cfg.str_or("service-cidr", "10.43.0.0/16");
+    store::configure(store::Settings { service_cidr: service_cidr.clone() });
+    node::set_grace(node_grace());
+    store::seed(&kine, &service_cidr, &cfg.str_or("cluster-dns", "10.43.0.10"), &cfg.list_split("disable"))
+        .context("creating the system namespaces and services")?;
     let cluster_cidr = cfg.str_or("cluster-cidr", "10.42.0.0/16");
     let agent_config = json!({
         "clusterCIDR": cluster_cidr,
@@ -516,7 +545,6 @@ async fn run_inner(cfg: Config) -> Result<()> {
         critical,
         ha,
         upstream: cluster.upstream,
-        grace: node_grace(),
         cluster_cidr,
         agent_config,
     });
@@ -524,6 +552,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
 
     let disable_agent = cfg.bool("disable-agent");
     if !disable_agent {
+        crate::syssetup::configure();
         containerd::start(&data_dir, cfg.str("container-runtime-endpoint").as_deref()).await;
     }
     let own = if disable_agent {
@@ -544,10 +573,27 @@ async fn run_inner(cfg: Config) -> Result<()> {
             external_ips,
         )
         .map_err(|e| anyhow!(e))?;
-        register_self(&state, &reg).await;
+        register_self(&state, &reg).await?;
         Some(name.clone())
     };
     tokio::spawn(background(state.clone(), own));
+    let manifests = data_dir.join("server/manifests");
+    if state.upstream.is_none() {
+        let mut deployer = crate::deploy::Controller::new(&data_dir, cfg.list_split("disable"));
+        let k = kine.clone();
+        deployer = tokio::task::spawn_blocking(move || {
+            deployer.scan(&k, true);
+            deployer
+        })
+        .await
+        .map_err(|e| anyhow!("deploy controller: {e}"))?;
+        tokio::spawn(crate::deploy::run(kine.clone(), deployer));
+    } else if std::fs::read_dir(&manifests).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        warn!(
+            "{} is not applied by a joined server of the k3s stand-in: put manifests on the first server",
+            manifests.display()
+        );
+    }
     info!("k3s is up and running");
     notify::ready();
     std::future::pending::<()>().await;

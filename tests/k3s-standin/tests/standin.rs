@@ -26,6 +26,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(dir: &Path, tag: &str, bin: &str, args: &[String], env: &[(&str, String)]) -> Proc {
+        Proc::spawn_with(dir, tag, bin, args, env, &[])
+    }
+
+    /// `spawn`, with some of the default test environment removed again.
+    fn spawn_with(dir: &Path, tag: &str, bin: &str, args: &[String], env: &[(&str, String)], unset: &[&str]) -> Proc {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.join(format!("{tag}.log"));
         let sock_path = dir.join(format!("{tag}.notify"));
@@ -38,7 +43,10 @@ impl Proc {
             .stderr(std::fs::File::create(&log).unwrap())
             .env("NOTIFY_SOCKET", &sock_path)
             .env("K3S_STANDIN_HEARTBEAT_INTERVAL", "1")
-            .env("K3S_STANDIN_RUN_DIR", dir.join("run"));
+            .env("K3S_STANDIN_RUN_DIR", dir.join("run"))
+            .env("K3S_STANDIN_NODE_CONFIG_DIR", dir.join(format!("node-{tag}")))
+            // Only the syssetup test (in namespaces of its own) lets the stand-in touch the kernel.
+            .env("K3S_STANDIN_NO_SYSSETUP", "1");
         for v in [
             "K3S_URL",
             "K3S_TOKEN",
@@ -56,6 +64,9 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        for k in unset {
+            cmd.env_remove(k);
+        }
         Proc { child: cmd.spawn().unwrap(), log, notify, exited: None }
     }
 
@@ -65,6 +76,7 @@ impl Proc {
 
     /// Waits for READY=1 on the notify socket.
     fn wait_ready(&mut self, secs: u64) {
+        self.notify.set_nonblocking(false).unwrap();
         self.notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut buf = [0u8; 256];
@@ -703,6 +715,20 @@ fn ha_servers_share_ca_token_and_nodes() {
     }
     assert!(n["ha-b"].1["spec"]["podCIDR"].as_str().unwrap().starts_with("10.50."));
 
+    // One cluster through either server: the first server holds the objects (node-password
+    // secrets of nodes that joined through the second one too), the second forwards.
+    let home = d.join("home");
+    for secret in ["ha-a", "ha-b", "ha-agent"] {
+        rk_ok(&a.kubeconfig(), &home, &["get", "secret", "-n", "kube-system", &format!("{secret}.node-password.k3s")]);
+    }
+    assert_eq!(
+        rk_ok(&b.kubeconfig(), &home, &["create", "configmap", "via-b", "--from-literal=x=y"]),
+        "configmap/via-b created\n"
+    );
+    assert_eq!(rk_ok(&a.kubeconfig(), &home, &["get", "configmap", "via-b", "-o", "jsonpath={.data.x}"]), "y");
+    let table = rk_ok(&b.kubeconfig(), &home, &["get", "nodes"]);
+    assert!(table.starts_with("NAME") && table.contains("ha-agent"), "{table}");
+
     // A server whose critical configuration differs refuses to start.
     std::fs::create_dir_all(d.join("c")).unwrap();
     std::fs::write(d.join("c/config.yaml"), format!("server: {}\ntoken: {token}\n", a.url())).unwrap();
@@ -770,18 +796,10 @@ fn oci_image_tar(name: &str) -> Vec<u8> {
 }
 
 #[test]
-fn containerd_starts_and_imports_preloaded_images() {
+fn containerd_starts_and_imports_preloaded_images_pinned() {
     let have = ["/usr/bin/containerd", "/usr/bin/ctr"].iter().all(|p| Path::new(p).exists());
-    let can = have && nix::unistd::Uid::effective().is_root();
-    // CI installs containerd and runs as root: there, a missing prerequisite is a failure.
-    assert!(
-        can || std::env::var("CI").as_deref() != Ok("true"),
-        "needs root and the host's containerd + ctr (apt-get install containerd)"
-    );
-    if !can {
-        eprintln!("not run here: needs root and the host's containerd + ctr (apt-get install containerd)");
-        return;
-    }
+    assert!(have, "this test needs the host's containerd and ctr: apt-get install containerd");
+    assert!(nix::unistd::Uid::effective().is_root(), "this test needs root (containerd)");
     let dir = tmp();
     let d = dir.path();
     let images = d.join("data/agent/images");
@@ -819,8 +837,485 @@ fn containerd_starts_and_imports_preloaded_images() {
     );
     assert!(list.contains("docker.io/library/standin-b:1.0"), "{list}\n{}", p.log());
     assert!(list.contains("docker.io/library/standin-c:1.0"), "{list}\n{}", p.log());
+    // Pinned, as `k3s ctr images ls` shows it: both labels on every preloaded image.
+    let out = Command::new(BIN)
+        .args(["ctr", "images", "ls"])
+        .env("K3S_STANDIN_RUN_DIR", d.join("run"))
+        .env_remove("CONTAINERD_ADDRESS")
+        .env_remove("CONTAINERD_NAMESPACE")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    for image in ["standin-a", "standin-b", "standin-c"] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("docker.io/library/{image}:1.0 ")))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(
+            line.contains("io.cattle.k3s.pinned=pinned") && line.contains("io.cri-containerd.pinned=pinned"),
+            "{table}"
+        );
+    }
     assert_eq!(p.log().matches("level=info msg=\"Imported images from ").count(), 3, "{}", p.log());
     assert!(!p.log().contains("Unable to import"), "{}", p.log());
     assert_eq!(p.term().map(|s| s.success()), Some(true));
     assert!(std::os::unix::net::UnixStream::connect(&sock).is_err(), "containerd stopped with the stand-in");
+}
+
+/// The real kubectl (Debian's kubernetes-client, or any kubectl on PATH that is not the
+/// stand-in): tests that need it fail when it is missing.
+fn real_kubectl() -> PathBuf {
+    let me = std::fs::canonicalize(BIN).ok();
+    let path = std::env::var("PATH").unwrap_or_default();
+    for d in path.split(':').filter(|d| !d.is_empty()).chain(["/usr/bin"]) {
+        let p = Path::new(d).join("kubectl");
+        if p.is_file() && std::fs::canonicalize(&p).ok() != me {
+            return p;
+        }
+    }
+    panic!("this test needs the real kubectl: apt-get install kubernetes-client");
+}
+
+/// Runs the real kubectl with its own discovery cache and HOME (nothing shared between tests).
+fn rk(kubeconfig: &Path, home: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(real_kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let strip = |b: &[u8]| {
+        // kubectl cluster-info colours its output even into a pipe.
+        let t = String::from_utf8_lossy(b).to_string();
+        let mut out = String::new();
+        let mut it = t.chars().peekable();
+        while let Some(c) = it.next() {
+            if c == '\u{1b}' {
+                for n in it.by_ref() {
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    (out.status.success(), strip(&out.stdout), strip(&out.stderr))
+}
+
+fn rk_ok(kubeconfig: &Path, home: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = rk(kubeconfig, home, args);
+    assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+#[test]
+fn node_password_mismatch_is_refused_with_the_k3s_message_until_the_node_is_deleted() {
+    let dir = tmp();
+    let d = dir.path();
+    let srv = start_server(&d.join("server"), "srvp", &[], &[]);
+    let (kc, home) = (srv.kubeconfig(), d.join("home"));
+    // The server runs an agent too: its own password file and secret.
+    let own = std::fs::read_to_string(d.join("server/node-srvp/password")).unwrap();
+    assert!(
+        own.ends_with('\n') && own.trim().len() == 32 && own.trim().chars().all(|c| c.is_ascii_hexdigit()),
+        "{own:?}"
+    );
+    rk_ok(&kc, &home, &["get", "secret", "-n", "kube-system", "srvp.node-password.k3s"]);
+
+    let mut first = Proc::spawn(
+        &d.join("a1"),
+        "a1",
+        BIN,
+        &agent_args(&d.join("a1"), "twin", &[]),
+        &[("K3S_URL", srv.url()), ("K3S_TOKEN", srv.token())],
+    );
+    first.wait_ready(20);
+    let pw_file = d.join("a1/node-a1/password");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret: Value = serde_json::from_str(&rk_ok(
+        &kc,
+        &home,
+        &["get", "secret", "-n", "kube-system", "twin.node-password.k3s", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(secret["type"], "k3s.cattle.io/node-password");
+    assert_eq!(secret["immutable"], true);
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "twin");
+    let hash = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, secret["data"]["hash"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(hash.starts_with("$1:") && hash.contains(":15:8:1:"), "{hash}");
+    let password = std::fs::read_to_string(&pw_file).unwrap();
+    assert!(!hash.contains(password.trim()) && !srv.proc.log().contains(password.trim()), "the password leaked");
+
+    // Another node under the same name (its own, different password): refused, keeps retrying.
+    let mut second = Proc::spawn(
+        &d.join("a2"),
+        "a2",
+        BIN,
+        &agent_args(&d.join("a2"), "twin", &[]),
+        &[("K3S_URL", srv.url()), ("K3S_TOKEN", srv.token())],
+    );
+    let refusal = format!(
+        "Node password rejected, duplicate hostname or contents of '{}' may not match server node-passwd entry, try enabling a unique node name with the --with-node-id flag",
+        d.join("a2/node-a2/password").display()
+    );
+    wait_for(20, "two refusals", || second.log().matches(&refusal).count() >= 2);
+    assert!(
+        second.log().contains(&format!(
+            "level=info msg=\"Waiting to retrieve agent configuration; server is not ready: {refusal}"
+        )),
+        "{}",
+        second.log()
+    );
+    assert!(!second.got_ready());
+    assert!(second.wait_exit(0).is_none());
+    assert!(
+        srv.proc.log().contains("unable to verify password for node twin: hash does not match"),
+        "{}",
+        srv.proc.log()
+    );
+
+    // Deleting the Node deletes its secret: the name is free and the second node gets in.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    first.exited = Some(ExitStatus::default());
+    assert_eq!(rk_ok(&kc, &home, &["delete", "node", "twin"]), "node \"twin\" deleted\n");
+    let (ok, _, err) = rk(&kc, &home, &["get", "secret", "-n", "kube-system", "twin.node-password.k3s"]);
+    assert!(!ok && err.contains("secrets \"twin.node-password.k3s\" not found"), "{err}");
+    second.wait_ready(20);
+    assert_eq!(nodes(&kc)["twin"].0, "True");
+    let again: Value = serde_json::from_str(&rk_ok(
+        &kc,
+        &home,
+        &["get", "secret", "-n", "kube-system", "twin.node-password.k3s", "-o", "json"],
+    ))
+    .unwrap();
+    assert_ne!(again["data"]["hash"], secret["data"]["hash"], "a new secret for the new password");
+    assert!(
+        d.join("a2/data/agent/client-kubelet.crt").is_file() && d.join("a2/data/agent/serving-kubelet.key").is_file()
+    );
+}
+
+#[test]
+fn the_real_kubectl_gets_describes_creates_applies_and_deletes() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut srv = start_server(d, "kc1", &[], &[]);
+    let (kc, home) = (srv.kubeconfig(), d.join("home"));
+
+    let table = rk_ok(&kc, &home, &["get", "nodes"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME   STATUS   ROLES                  AGE   VERSION"), "{table}");
+    assert!(
+        lines[1].starts_with("kc1    Ready    control-plane,master   ") && lines[1].ends_with("v1.31.4+k3s1"),
+        "{table}"
+    );
+    let wide = rk_ok(&kc, &home, &["get", "nodes", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("INTERNAL-IP   EXTERNAL-IP   OS-IMAGE"), "{wide}");
+    assert!(wide.contains(" 127.0.0.1 ") && wide.contains("containerd://1.7.23-k3s2"), "{wide}");
+    let info = rk_ok(&kc, &home, &["cluster-info"]);
+    assert!(info.contains(&format!("Kubernetes control plane is running at {}", srv.url())), "{info}");
+    assert!(
+        info.contains(&format!(
+            "CoreDNS is running at {}/api/v1/namespaces/kube-system/services/kube-dns:dns/proxy",
+            srv.url()
+        )),
+        "{info}"
+    );
+
+    // A node-problem-detector style status patch and event: readable and described.
+    let client = reqwest::blocking::Client::builder().danger_accept_invalid_certs(true).no_proxy().build().unwrap();
+    let patch = serde_json::json!({"status": {"conditions": [{"type": "KernelDeadlock", "status": "True", "reason": "DockerHung",
+        "message": "task docker:7 blocked", "lastHeartbeatTime": "2024-05-01T10:11:12Z", "lastTransitionTime": "2024-05-01T10:11:12Z"}]}});
+    let r = client
+        .patch(format!("{}/api/v1/nodes/kc1/status", srv.url()))
+        .bearer_auth(srv.token())
+        .header("content-type", "application/strategic-merge-patch+json")
+        .body(patch.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let event = serde_json::json!({"metadata": {"name": "kc1.npd1", "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": "kc1", "uid": "kc1"}, "reason": "DockerHung", "type": "Warning",
+        "message": "task docker:7 blocked for more than 300 seconds", "source": {"component": "kernel-monitor", "host": "kc1"},
+        "firstTimestamp": "2024-05-01T10:11:12Z", "lastTimestamp": "2024-05-01T10:11:12Z", "count": 1});
+    let r = client
+        .post(format!("{}/api/v1/namespaces/default/events", srv.url()))
+        .bearer_auth(srv.token())
+        .header("content-type", "application/json")
+        .body(event.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let conds: Value =
+        serde_json::from_str(&rk_ok(&kc, &home, &["get", "node", "kc1", "-o", "jsonpath={.status.conditions}"]))
+            .unwrap();
+    let kd = conds.as_array().unwrap().iter().find(|c| c["type"] == "KernelDeadlock").expect("patched condition");
+    assert_eq!((kd["status"].as_str(), kd["reason"].as_str()), (Some("True"), Some("DockerHung")));
+    assert!(conds.as_array().unwrap().iter().any(|c| c["type"] == "Ready" && c["status"] == "True"), "{conds}");
+    let desc = rk_ok(&kc, &home, &["describe", "node", "kc1"]);
+    for want in [
+        "Name:               kc1",
+        "KernelDeadlock",
+        "DockerHung",
+        "Ready ",
+        "Lease:",
+        "Non-terminated Pods:",
+        "task docker:7 blocked for more than 300 seconds",
+    ] {
+        assert!(desc.contains(want), "{want:?} missing from:\n{desc}");
+    }
+
+    // Node edits kubectl makes with patches: label, cordon (and the selector that finds them).
+    assert_eq!(rk_ok(&kc, &home, &["label", "node", "kc1", "tier=edge"]), "node/kc1 labeled\n");
+    assert_eq!(rk_ok(&kc, &home, &["get", "nodes", "-l", "tier=edge", "-o", "name"]), "node/kc1\n");
+    assert_eq!(rk_ok(&kc, &home, &["cordon", "kc1"]), "node/kc1 cordoned\n");
+    assert!(rk_ok(&kc, &home, &["get", "nodes"]).contains(" Ready,SchedulingDisabled "));
+    assert_eq!(rk_ok(&kc, &home, &["uncordon", "kc1"]), "node/kc1 uncordoned\n");
+
+    // ConfigMaps: create, get -o json, AlreadyExists, delete, NotFound, as kubectl prints them.
+    assert_eq!(rk_ok(&kc, &home, &["create", "configmap", "x", "--from-literal=a=b"]), "configmap/x created\n");
+    let cm: Value = serde_json::from_str(&rk_ok(&kc, &home, &["get", "configmap", "x", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"]["a"], "b");
+    assert_eq!(cm["metadata"]["namespace"], "default");
+    assert!(cm["metadata"]["uid"].as_str().unwrap().len() == 36 && cm["metadata"]["resourceVersion"].is_string());
+    assert!(cm["metadata"]["creationTimestamp"].is_string());
+    let (ok, _, err) = rk(&kc, &home, &["create", "configmap", "x", "--from-literal=a=c"]);
+    // kubectl 1.20 prints "Error from server (AlreadyExists): ...", newer ones "error: failed to create configmap: ...".
+    assert!(!ok && err.contains("configmaps \"x\" already exists"), "{err}");
+    let cms = rk_ok(&kc, &home, &["get", "configmaps"]);
+    assert!(cms.starts_with("NAME   DATA   AGE\nx      1      "), "{cms}");
+
+    // Namespaces: create, apply -f (create, then a change), selectors.
+    assert_eq!(rk_ok(&kc, &home, &["create", "namespace", "team"]), "namespace/team created\n");
+    let manifest = d.join("app.yaml");
+    let doc = |v: &str| {
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: app\n  labels:\n    tier: web\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: app\ndata:\n  level: \"{v}\"\n")
+    };
+    std::fs::write(&manifest, doc("1")).unwrap();
+    let out = rk_ok(&kc, &home, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(out, "namespace/app created\nconfigmap/settings created\n");
+    std::fs::write(&manifest, doc("2")).unwrap();
+    let out = rk_ok(&kc, &home, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(out, "namespace/app unchanged\nconfigmap/settings configured\n");
+    assert_eq!(rk_ok(&kc, &home, &["get", "configmap", "settings", "-n", "app", "-o", "jsonpath={.data.level}"]), "2");
+    let ns = rk_ok(&kc, &home, &["get", "namespaces", "-l", "tier=web", "-o", "name"]);
+    assert_eq!(ns, "namespace/app\n");
+    let (ok, _, err) = rk(&kc, &home, &["delete", "namespace", "kube-system"]);
+    assert!(!ok && err.contains("namespaces \"kube-system\" is forbidden: this namespace may not be deleted"), "{err}");
+
+    // Objects live in the datastore: they survive a restart.
+    srv.proc.term();
+    let srv = start_server(d, "kc1", &[], &[]);
+    assert_eq!(rk_ok(&kc, &home, &["get", "configmap", "settings", "-n", "app", "-o", "jsonpath={.data.level}"]), "2");
+    assert_eq!(rk_ok(&kc, &home, &["delete", "configmap", "x"]), "configmap \"x\" deleted\n");
+    let (ok, _, err) = rk(&kc, &home, &["get", "configmap", "x"]);
+    assert!(!ok && err.contains("Error from server (NotFound): configmaps \"x\" not found"), "{err}");
+    drop(srv);
+}
+
+/// Runs `script` (sh) with `unshare` in new namespaces, then execs the stand-in server there.
+fn server_in_namespaces(dir: &Path, tag: &str, unshare: &[&str], script: &str, path_prefix: &Path) -> Proc {
+    let have = Path::new("/usr/bin/unshare").exists() && Path::new("/usr/bin/nsenter").exists();
+    assert!(have, "this test needs unshare and nsenter: apt-get install util-linux");
+    assert!(nix::unistd::Uid::effective().is_root(), "this test needs root (new network namespaces)");
+    let mut args: Vec<String> = unshare.iter().map(|s| s.to_string()).collect();
+    args.extend([s("sh"), s("-c"), format!("{script}\nexec \"$0\" \"$@\""), s(BIN)]);
+    args.extend(server_args(dir, free_port(), tag, &[], false));
+    let path = format!("{}:{}", path_prefix.display(), std::env::var("PATH").unwrap_or_default());
+    Proc::spawn_with(dir, tag, "/usr/bin/unshare", &args, &[("PATH", path)], &["K3S_STANDIN_NO_SYSSETUP"])
+}
+
+/// A `modprobe` that records its arguments and fails for iptable_filter (the test must not load
+/// modules into the machine's kernel).
+fn fake_modprobe(dir: &Path) -> PathBuf {
+    let bin = dir.join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script =
+        format!("#!/bin/sh\necho \"$@\" >> {}\n[ \"$2\" != iptable_filter ]\n", dir.join("modprobe.calls").display());
+    std::fs::write(bin.join("modprobe"), script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("modprobe"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+fn sysctl_in(pid: u32, entry: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["cat", &format!("/proc/sys/{entry}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn every_start_loads_modules_and_sets_forwarding_sysctls_or_says_why_not() {
+    let dir = tmp();
+    let d = dir.path();
+    let fake = fake_modprobe(d);
+
+    // A network namespace of the test's own: /proc/sys/net is writable there, forwarding starts at 0.
+    let mut p = server_in_namespaces(&d.join("rw"), "sys-rw", &["--net"], "ip link set lo up", &fake);
+    p.wait_ready(30);
+    let log = p.log();
+    // (Writing all/forwarding also turns on default/forwarding: the kernel propagates it, so
+    // k3s finds that one already set.)
+    assert!(log.contains("level=info msg=\"Set sysctl 'net/ipv4/conf/all/forwarding' to 1\""), "{log}");
+    for entry in ["net/ipv4/conf/all/forwarding", "net/ipv4/conf/default/forwarding"] {
+        assert_eq!(sysctl_in(p.child.id(), entry), "1", "{entry}\n{log}");
+    }
+    let calls = std::fs::read_to_string(d.join("modprobe.calls")).unwrap_or_default();
+    for m in ["overlay", "nf_conntrack", "br_netfilter", "iptable_nat", "iptable_filter"] {
+        let loaded = Path::new("/sys/module").join(m).exists();
+        assert!(
+            log.contains(&format!("Module {m} was already loaded")) || calls.contains(&format!("-- {m}\n")),
+            "{m}: neither loaded nor asked for\n{log}\n{calls}"
+        );
+        if !loaded && m == "iptable_filter" {
+            assert!(
+                log.contains("level=warning msg=\"Failed to load kernel module iptable_filter with modprobe\""),
+                "{log}"
+            );
+        }
+    }
+    p.term();
+
+    // /proc/sys read-only (as in a container without its own network namespace): logged, not fatal.
+    let mut p = server_in_namespaces(
+        &d.join("ro"),
+        "sys-ro",
+        &["--net", "--mount", "--propagation", "private"],
+        "ip link set lo up && mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
+        &fake,
+    );
+    p.wait_ready(30);
+    let log = p.log();
+    assert!(
+        log.contains("level=error msg=\"Failed to set sysctl: open /proc/sys/net/ipv4/conf/all/forwarding: read-only file system\""),
+        "{log}"
+    );
+    assert_eq!(sysctl_in(p.child.id(), "net/ipv4/conf/all/forwarding"), "0");
+    p.term();
+}
+
+#[test]
+fn manifests_become_addons_and_their_objects_are_applied_like_k3s_does() {
+    let dir = tmp();
+    let d = dir.path();
+    let m = d.join("data/server/manifests");
+    std::fs::create_dir_all(m.join("storage")).unwrap();
+    let team = |quota: &str, with_cm: bool| {
+        let mut t = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n---\napiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: team-quota\n  namespace: team\nspec:\n  hard:\n    pods: \"{quota}\"\n---\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: team-limits\n  namespace: team\nspec:\n  limits:\n  - type: Container\n    default: {{cpu: 500m}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: default-deny\n  namespace: team\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"
+        );
+        if with_cm {
+            t.push_str("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: team-settings\n  namespace: team\ndata:\n  a: b\n");
+        }
+        t
+    };
+    std::fs::write(m.join("team.yaml"), team("10", true)).unwrap();
+    std::fs::write(
+        m.join("storage/fast.yml"),
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: fast\nprovisioner: rancher.io/local-path\nreclaimPolicy: Delete\nvolumeBindingMode: WaitForFirstConsumer\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("widgets.json"),
+        r#"{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.com"},
+   "spec": {"group": "example.com", "scope": "Namespaced", "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true}]}},
+  {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1", "namespace": "default"}, "spec": {"size": 3}}]}"#,
+    )
+    .unwrap();
+    std::fs::write(m.join("skipped.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: skipped\n").unwrap();
+    std::fs::write(m.join("skipped.yaml.skip"), "").unwrap();
+    std::fs::write(m.join(".hidden.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: hidden\n").unwrap();
+    std::fs::write(m.join("notes.txt"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: notes\n").unwrap();
+    std::fs::write(m.join("bad_name.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bad\n").unwrap();
+    std::fs::write(m.join("unknown.yaml"), "apiVersion: example.org/v9\nkind: Gadget\nmetadata:\n  name: g\n").unwrap();
+
+    let env = [("K3S_STANDIN_MANIFESTS_INTERVAL", s("1"))];
+    let mut srv = start_server(d, "dep1", &[], &env);
+    let (kc, home) = (srv.kubeconfig(), d.join("home"));
+    let addons = rk_ok(&kc, &home, &["get", "addons", "-n", "kube-system"]);
+    let lines: Vec<&str> = addons.lines().collect();
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("SOURCE") && lines[0].contains("CHECKSUM"), "{addons}");
+    let names: Vec<&str> = lines[1..].iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(names, vec!["fast", "team", "unknown", "widgets"], "{addons}");
+    let team_sum = sha256_hex(&std::fs::read(m.join("team.yaml")).unwrap());
+    let team_line = lines.iter().find(|l| l.starts_with("team ")).unwrap();
+    assert!(
+        team_line.contains(&m.join("team.yaml").display().to_string()) && team_line.ends_with(&team_sum),
+        "{addons}"
+    );
+    let log = srv.proc.log();
+    assert!(
+        log.contains("Addon.k3s.cattle.io \\\"bad_name\\\" is invalid: metadata.name: Invalid value: \\\"bad_name\\\""),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "failed to process {}: no matches for kind \\\"Gadget\\\" in version \\\"example.org/v9\\\"",
+            m.join("unknown.yaml").display()
+        )),
+        "{log}"
+    );
+
+    assert!(rk_ok(&kc, &home, &["get", "resourcequotas", "-n", "team"]).contains("team-quota"));
+    assert!(rk_ok(&kc, &home, &["get", "limitranges", "-n", "team"]).contains("team-limits"));
+    let np = rk_ok(&kc, &home, &["get", "networkpolicies", "-n", "team"]);
+    assert!(np.starts_with("NAME           POD-SELECTOR   AGE\ndefault-deny   <none>  "), "{np}");
+    let sc = rk_ok(&kc, &home, &["get", "storageclasses"]);
+    assert!(sc.contains("fast   rancher.io/local-path   Delete          WaitForFirstConsumer"), "{sc}");
+    assert!(rk_ok(&kc, &home, &["get", "widgets"]).contains("w1"));
+    let ns = rk_ok(&kc, &home, &["get", "namespaces", "-o", "name"]);
+    assert!(
+        ns.contains("namespace/team\n") && !ns.contains("skipped") && !ns.contains("hidden") && !ns.contains("notes"),
+        "{ns}"
+    );
+    let quota: Value =
+        serde_json::from_str(&rk_ok(&kc, &home, &["get", "quota", "team-quota", "-n", "team", "-o", "json"])).unwrap();
+    assert_eq!(quota["metadata"]["annotations"]["objectset.rio.cattle.io/owner-name"], "team");
+    let events = rk_ok(&kc, &home, &["get", "events", "-n", "kube-system"]);
+    assert!(events.contains("AppliedManifest") && events.contains("addon/team"), "{events}");
+
+    // A changed file is applied again; what it no longer holds is deleted.
+    std::fs::write(m.join("team.yaml"), team("20", false)).unwrap();
+    wait_for(15, "the changed manifest applied", || {
+        rk(&kc, &home, &["get", "quota", "team-quota", "-n", "team", "-o", "jsonpath={.spec.hard.pods}"]).1 == "20"
+    });
+    let (ok, _, err) = rk(&kc, &home, &["get", "configmap", "team-settings", "-n", "team"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let sum: String =
+        rk_ok(&kc, &home, &["get", "addon", "team", "-n", "kube-system", "-o", "jsonpath={.spec.checksum}"]);
+    assert_eq!(sum, sha256_hex(&std::fs::read(m.join("team.yaml")).unwrap()));
+
+    // A removed file leaves its Addon and objects (k3s deletes nothing for it).
+    std::fs::remove_file(m.join("storage/fast.yml")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    rk_ok(&kc, &home, &["get", "addon", "fast", "-n", "kube-system"]);
+    rk_ok(&kc, &home, &["get", "storageclass", "fast"]);
+
+    // `disable: [team]`: file, Addon and everything the Addon applied are removed.
+    srv.proc.term();
+    let srv = start_server(d, "dep1", &[s("--disable"), s("team")], &env);
+    assert!(!m.join("team.yaml").exists());
+    let (ok, _, err) = rk(&kc, &home, &["get", "addon", "team", "-n", "kube-system"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = rk(&kc, &home, &["get", "namespace", "team"]);
+    assert!(!ok && err.contains("namespaces \"team\" not found"), "{err}");
+    drop(srv);
 }
