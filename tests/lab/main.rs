@@ -5,6 +5,7 @@ mod common;
 mod harness_selftest;
 mod mirror;
 mod preflight;
+mod provision;
 mod support;
 mod transport;
 mod up;
@@ -30,6 +31,7 @@ fn main() {
     trials.extend(transport::trials(&lab));
     trials.extend(preflight::trials(&lab));
     trials.extend(up::trials(&lab));
+    trials.extend(provision::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {

@@ -14,14 +14,15 @@ use crate::support::{Lab, LabHost};
 /// The seed 000 cluster: one server and two agents.
 const SEED_CONFIG: &str = "      cluster-cidr: 10.42.0.0/16\n      service-cidr: 10.43.0.0/16\n      cluster-dns: 10.43.0.10\n      disable: [traefik, servicelb]\n      write-kubeconfig-mode: \"644\"\n      kube-apiserver-arg: [request-timeout=300s]\n      tls-san: [k3s.lab.example]\n";
 
-struct World {
+pub(crate) struct World {
     op: Operator,
-    mirror: Mirror,
+    /// The one release mirror of the run (its address is fixed): other scenarios install from it too.
+    pub(crate) mirror: Mirror,
 }
 
 static WORLD: Mutex<Option<Arc<World>>> = Mutex::new(None);
 
-fn world(lab: &Arc<Lab>) -> Arc<World> {
+pub(crate) fn world(lab: &Arc<Lab>) -> Arc<World> {
     let mut guard = WORLD.lock().unwrap();
     guard
         .get_or_insert_with(|| {
