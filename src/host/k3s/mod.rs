@@ -14,7 +14,10 @@
 //! - `query`: the token, the kubeconfig and the node list of a server.
 
 mod config;
-mod files;
+/// The text of the unit, env file and scripts; public only for the lab tests, which put these
+/// files on real hosts without installing k3s.
+#[doc(hidden)]
+pub mod files;
 mod install;
 mod mask;
 mod query;
