@@ -154,7 +154,8 @@ pub trait HostSystem: Send + Sync {
         let _ = (from, to);
         Err(unsupported("rename"))
     }
-    /// Unmounts the topmost mount at `path`; a busy one is detached (lazy unmount).
+    /// Unmounts the topmost mount at `path`, forced (MNT_FORCE, as `umount -f`): a busy one
+    /// stays mounted (EBUSY), never detached lazily, so that nothing is removed through it.
     fn unmount(&self, path: &Path) -> io::Result<()> {
         let _ = path;
         Err(unsupported("unmount"))
@@ -349,18 +350,12 @@ impl HostSystem for RealSystem {
         let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains a NUL byte"))?;
         // nix's mount module is not among the enabled features; umount2 is one plain syscall.
-        let umount = |flags: nix::libc::c_int| {
-            // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
-            let rc = unsafe { nix::libc::umount2(c_path.as_ptr(), flags) };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
-        match umount(0) {
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => umount(nix::libc::MNT_DETACH),
-            other => other,
+        // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
+        let rc = unsafe { nix::libc::umount2(c_path.as_ptr(), nix::libc::MNT_FORCE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 
@@ -925,6 +920,10 @@ pub mod fake {
         /// kernel drops the topmost mount; EINVAL when nothing is mounted there.
         fn unmount(&self, path: &Path) -> io::Result<()> {
             let mut st = self.state();
+            // A mount under a `read_only` path stands for one that will not go (busy).
+            if let Some(e) = read_only(&st, path) {
+                return Err(e);
+            }
             let info = PathBuf::from("/proc/self/mountinfo");
             let text = st.files.get(&info).cloned().unwrap_or_default();
             let mut lines: Vec<&str> = text.lines().collect();
