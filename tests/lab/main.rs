@@ -5,6 +5,7 @@ mod common;
 mod harness_selftest;
 mod mirror;
 mod preflight;
+mod scripts;
 mod support;
 mod transport;
 mod up;
@@ -29,6 +30,7 @@ fn main() {
     let mut trials = harness_selftest::trials(&lab);
     trials.extend(transport::trials(&lab));
     trials.extend(preflight::trials(&lab));
+    trials.extend(scripts::trials(&lab));
     trials.extend(up::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
