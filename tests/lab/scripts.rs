@@ -1,10 +1,11 @@
-//! k3node's k3s-killall.sh and uninstall scripts, its unit and its env file, on a real host:
-//! real systemd reads the unit and the env file, the scripts meet real processes, mounts, network
-//! links and namespaces and iptables rules.
+//! k3node's k3s-killall.sh and uninstall scripts, its unit and its env file, and its native
+//! `reset`, on a real host: real systemd reads the unit and the env file, the scripts and reset
+//! meet real processes, mounts, network links and namespaces and iptables rules.
 //!
 //! The host is set up as k3s leaves one, without running k3s (the stand-in starts no shims, makes
-//! no mounts, links or rules): the text comes straight from `k3node::host::k3s::files` (what
-//! install-k3s writes; its unit tests show that install writes exactly that text), the "k3s"
+//! no mounts, links or rules): the text comes straight from `k3node::host::k3s::files` (the
+//! functions install-k3s writes the files with; writing them through `k3node up` would need the
+//! stand-in running, which would own the host), the "k3s"
 //! binary is a copy of dash, so that a `kubectl` link to it is k3s as far as the kernel can tell,
 //! and the containerd-shims are copies of dash under `<data-dir>/data/<hash>/bin/` started by the
 //! unit's main process (with a drop-in standing in for `k3s server`), so that they stay in the
@@ -17,13 +18,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use k3node::host::k3s::files::{env_text, killall_script, uninstall_script, unit_text};
-use k3node::protocol::preflight::Role;
-use k3node::protocol::Secret;
-use libtest_mimic::Trial;
-
 use k3node::protocol::k3s::{ResetReport, ResetRequest};
-use k3node::protocol::Request;
+use k3node::protocol::preflight::Role;
+use k3node::protocol::{Request, Secret};
 use k3node::transport::HostKeyPolicy;
+use libtest_mimic::Trial;
 
 use crate::common::{ensure, Operator, Outcome};
 use crate::support::{Lab, LabHost};
@@ -533,7 +532,8 @@ echo x > /var/lib/kubelet/pods/p1/file
     let before = crate::common::sh(host, &check)?;
     ensure(before.lines().all(|l| l.starts_with("present ")), || format!("setup:\n{before}"))?;
 
-    let (status, output) = run(host, "root", "/usr/local/bin/k3s-uninstall.sh")?;
+    // The data dir it was written for, given with a trailing '/': the same dir.
+    let (status, output) = run(host, "root", &format!("K3S_DATA_DIR={DATA_DIR}/ /usr/local/bin/k3s-uninstall.sh"))?;
     let said = || format!("k3s-uninstall.sh said:\n{output}");
 
     let paths = crate::common::sh(host, &check)?;
@@ -580,6 +580,14 @@ fn two_services(_: &Arc<Lab>, host: &LabHost) -> Outcome {
                  do if [ -e \"$p\" ] || [ -L \"$p\" ]; then echo \"present $p\"; else echo \"absent $p\"; fi; done";
     let before = crate::common::sh(host, check)?;
     ensure(before.lines().all(|l| l.starts_with("present ")), || format!("setup:\n{before}"))?;
+
+    // A data dir of / would be the whole host: refused before anything is done.
+    let (status, output) = run(host, "root", "K3S_DATA_DIR=/ /usr/local/bin/k3s-agent-uninstall.sh")?;
+    ensure(status == 1 && output.contains("K3S_DATA_DIR must be an absolute path other than /"), || {
+        format!("with K3S_DATA_DIR=/: exit status {status}:\n{output}")
+    })?;
+    let after = crate::common::sh(host, check)?;
+    ensure(after == before, || format!("K3S_DATA_DIR=/ changed the host:\n{after}"))?;
 
     let (status, output) = run(host, "root", "/usr/local/bin/k3s-agent-uninstall.sh")?;
     ensure(status == 0, || format!("exit status {status}:\n{output}"))?;

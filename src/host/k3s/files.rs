@@ -169,6 +169,17 @@ const KILLALL_TEMPLATE: &str = r##"#!/bin/sh
 
 DEFAULT_DATA_DIR=@DEFAULT_DATA_DIR@
 K3S_DATA_DIR=${K3S_DATA_DIR:-$DEFAULT_DATA_DIR}
+# Compared with mount points and executables' paths: without trailing '/', and never / itself.
+while [ "$K3S_DATA_DIR" != / ] && [ "${K3S_DATA_DIR%/}" != "$K3S_DATA_DIR" ]; do
+    K3S_DATA_DIR=${K3S_DATA_DIR%/}
+done
+case $K3S_DATA_DIR in
+    /?*) ;;
+    *)
+        echo "K3S_DATA_DIR must be an absolute path other than /, not '$K3S_DATA_DIR': nothing was done" >&2
+        exit 1
+        ;;
+esac
 
 # k3s's bundled tools (containerd, runc, and iptables in aux/), after the host's own.
 for bin in "$K3S_DATA_DIR"/data/*/bin; do
@@ -324,6 +335,17 @@ set -x
 SERVICE=@SERVICE@
 DEFAULT_DATA_DIR=@DEFAULT_DATA_DIR@
 K3S_DATA_DIR=${K3S_DATA_DIR:-$DEFAULT_DATA_DIR}
+# Compared with mount points and executables' paths: without trailing '/', and never / itself.
+while [ "$K3S_DATA_DIR" != / ] && [ "${K3S_DATA_DIR%/}" != "$K3S_DATA_DIR" ]; do
+    K3S_DATA_DIR=${K3S_DATA_DIR%/}
+done
+case $K3S_DATA_DIR in
+    /?*) ;;
+    *)
+        echo "K3S_DATA_DIR must be an absolute path other than /, not '$K3S_DATA_DIR': nothing was done" >&2
+        exit 1
+        ;;
+esac
 # The killall script stops what runs from the same data dir.
 export K3S_DATA_DIR
 
