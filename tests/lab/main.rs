@@ -6,6 +6,7 @@ mod harness_selftest;
 mod mirror;
 mod preflight;
 mod provision;
+mod scripts;
 mod support;
 mod transport;
 mod up;
@@ -30,6 +31,7 @@ fn main() {
     let mut trials = harness_selftest::trials(&lab);
     trials.extend(transport::trials(&lab));
     trials.extend(preflight::trials(&lab));
+    trials.extend(scripts::trials(&lab));
     trials.extend(up::trials(&lab));
     trials.extend(provision::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);

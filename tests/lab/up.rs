@@ -153,7 +153,7 @@ fn all_ready(w: &World, names: &[&str]) -> Outcome {
     Ok(())
 }
 
-const SERVER_UNIT: &str = "[Unit]\nDescription=Lightweight Kubernetes\nDocumentation=https://k3s.io\nWants=network-online.target\nAfter=network-online.target\n\n[Install]\nWantedBy=multi-user.target\n\n[Service]\nType=notify\nEnvironmentFile=-/etc/default/%N\nEnvironmentFile=-/etc/sysconfig/%N\nEnvironmentFile=-/etc/systemd/system/k3s.service.env\nKillMode=process\nDelegate=yes\nUser=root\nLimitNOFILE=1048576\nLimitNPROC=infinity\nLimitCORE=infinity\nTasksMax=infinity\nTimeoutStartSec=0\nRestart=always\nRestartSec=5s\nExecStartPre=-/sbin/modprobe br_netfilter\nExecStartPre=-/sbin/modprobe overlay\nExecStart=/usr/local/bin/k3s server\n";
+const SERVER_UNIT: &str = "[Unit]\nDescription=Lightweight Kubernetes\nDocumentation=https://k3s.io\nWants=network-online.target\nAfter=network-online.target\n\n[Install]\nWantedBy=multi-user.target\n\n[Service]\nType=notify\nEnvironmentFile=-/etc/default/%N\nEnvironmentFile=-/etc/sysconfig/%N\nEnvironmentFile=-/etc/systemd/system/k3s.service.env\nKillMode=process\nDelegate=yes\nUser=root\n# Having non-zero Limit*s causes performance problems due to accounting overhead\n# in the kernel. We recommend using cgroups to do container-local accounting.\nLimitNOFILE=1048576\nLimitNPROC=infinity\nLimitCORE=infinity\nTasksMax=infinity\nTimeoutStartSec=0\nRestart=always\nRestartSec=5s\nExecStartPre=-/sbin/modprobe br_netfilter\nExecStartPre=-/sbin/modprobe overlay\nExecStart=/usr/local/bin/k3s \\\n    server \\\n\n";
 
 fn seed_cluster(lab: &Arc<Lab>, w: &World) -> Outcome {
     let file = cluster_yaml(w, &seed_hosts(lab), SEED_CONFIG);
@@ -174,7 +174,9 @@ fn seed_cluster(lab: &Arc<Lab>, w: &World) -> Outcome {
     let agent_unit = crate::common::sh(h2, "cat /etc/systemd/system/k3s-agent.service")?;
     ensure(
         agent_unit
-            == SERVER_UNIT.replace("k3s.service.env", "k3s-agent.service.env").replace("k3s server", "k3s agent"),
+            == SERVER_UNIT
+                .replace("k3s.service.env", "k3s-agent.service.env")
+                .replace("    server \\\n", "    agent \\\n"),
         || format!("agent unit:\n{agent_unit}"),
     )?;
     let modes = crate::common::sh(
@@ -212,7 +214,7 @@ fn seed_cluster(lab: &Arc<Lab>, w: &World) -> Outcome {
     let token = crate::common::sh(h1, "cat /var/lib/rancher/k3s/server/token")?.trim().to_string();
     ensure(
         agent_env.starts_with("600\n")
-            && agent_env.contains(&format!("K3S_URL=https://{}:6443", h1.address))
+            && agent_env.contains(&format!("K3S_URL='https://{}:6443'\n", h1.address))
             && agent_env.contains(&token),
         || "agent env file".into(),
     )?;
@@ -322,7 +324,7 @@ fn added_node(lab: &Arc<Lab>, w: &World) -> Outcome {
 fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
     // A token for another cluster: its CA hash cannot match this server's CA.
     let h4 = lab.host("h4");
-    crate::common::sh(h4, &format!("sed -i 's/^K3S_TOKEN=K10[0-9a-f]*::/K3S_TOKEN=K10{}::/' /etc/systemd/system/k3s-agent.service.env && systemctl restart --no-block k3s-agent", "0".repeat(64)))?;
+    crate::common::sh(h4, &format!("sed -i \"s/^K3S_TOKEN='K10[0-9a-f]*::/K3S_TOKEN='K10{}::/\" /etc/systemd/system/k3s-agent.service.env && systemctl restart --no-block k3s-agent", "0".repeat(64)))?;
     let mut seen = String::new();
     for _ in 0..30 {
         seen = crate::common::sh(h4, "journalctl -u k3s-agent --no-pager -o cat -n 50")?;

@@ -15,7 +15,10 @@
 
 mod config;
 mod envfile;
-mod files;
+/// The text of the unit, env file and scripts; public only for the lab tests, which put these
+/// files on real hosts without installing k3s.
+#[doc(hidden)]
+pub mod files;
 mod install;
 pub mod layout;
 mod mask;

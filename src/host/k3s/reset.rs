@@ -8,6 +8,12 @@
 //! the host as it is at that moment (the processes left once the services are stopped, the
 //! mounts left once those are killed), so a re-run after a failure picks up where it stopped,
 //! and a reset on a clean host has nothing to do.
+//!
+//! What it touches is exactly what the official scripts touch (contract section 8): of the
+//! processes only the containerd-shims run from `<data-dir>/data/*/bin/` and their trees (never
+//! a user's kubectl or crictl, which are k3s too); mounts are unmounted forced (`umount -f`, never
+//! detached lazily) and their mount points removed, a busy one is left with its mount point and
+//! named; nothing is ever removed through a mount that is still there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -62,7 +68,10 @@ const MOUNTINFO: &str = "/proc/self/mountinfo";
 const MOUNT_DIRS: [&str; 3] = ["/run/k3s", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins"];
 const NETNS_DIR: &str = "/run/netns";
 const CNI_NETNS_PREFIX: &str = "cni-";
-const NETWORK_LINKS: [&str; 5] = ["cni0", "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg"];
+/// The CNI bridge; the pods' veths are its ports.
+const CNI_BRIDGE: &str = "cni0";
+const NETWORK_LINKS: [&str; 6] = ["cni0", "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg", "flannel-wg-v6"];
+const SYS_CLASS_NET: &str = "/sys/class/net";
 /// Runtime state k3s and its CNI re-create: deleted.
 const RUNTIME_DIRS: [&str; 3] = ["/run/k3s", "/run/flannel", "/var/lib/cni"];
 const SERVICES: [&str; 2] = ["k3s", "k3s-agent"];
@@ -76,6 +85,7 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
 
     // 1. Services: stopped and disabled first, so that nothing restarts what follows kills.
     let units = k3s_units(sys);
+    let k3s_installed = !units.is_empty() || present(sys, Path::new(K3S_BIN));
     for unit in &units {
         if !systemd.available() {
             return Err(ResetError::NoSystemctl { unit: unit.clone() });
@@ -90,16 +100,17 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
         }
     }
 
-    // 2. What KillMode=process leaves behind: containerd-shims (and so the containers) and any
-    //    other k3s process.
-    for victim in k3s_processes(sys, &settings.data_dir) {
+    // 2. What KillMode=process leaves running: the containerd-shims, and with them the
+    //    containers, each with its whole process tree. Nothing else.
+    for victim in shim_processes(sys, &settings.data_dir) {
         let others = victim.descendants.len();
         let action = match others {
             0 => format!("kill {} (pid {})", victim.exe.display(), victim.pid),
             n => format!("kill {} (pid {}) and the {n} processes it started", victim.exe.display(), victim.pid),
         };
         run.step(action, || {
-            for pid in victim.descendants.iter().rev().chain([&victim.pid]) {
+            // Parents first: a killed process cannot start a replacement for a killed child.
+            for pid in [&victim.pid].into_iter().chain(&victim.descendants) {
                 match sys.kill(*pid) {
                     Err(e) if e.raw_os_error() != Some(nix::libc::ESRCH) => {
                         return Err(format!("pid {pid}: {}", describe_io(&e)))
@@ -111,32 +122,65 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
         });
     }
 
-    // 3. Mounts, deepest first, then the CNI network namespaces they were.
-    for mount in mounts_to_undo(sys) {
-        run.step(format!("unmount {}", mount.display()), || match sys.unmount(&mount) {
-            Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => Err(describe_io(&e)),
-            _ => Ok(()),
+    // 3. Mounts, deepest first, each forced off and its mount point removed once nothing is
+    //    mounted there any more; then the CNI network namespaces that were not mounts.
+    let mounts = mounts_to_undo(sys);
+    for mount in &mounts {
+        let mount = mount.as_path();
+        run.step(format!("unmount and remove {}", mount.display()), || {
+            match sys.unmount(mount) {
+                // EINVAL: not a mount point (any more), as after a re-run.
+                Err(e) if e.raw_os_error() != Some(nix::libc::EINVAL) => {
+                    return Err(format!("{}: it stays mounted, with its mount point", describe_io(&e)))
+                }
+                _ => {}
+            }
+            // A mount stacked on the same path, or one below that would not go, keeps it.
+            if read_mounts(sys).iter().any(|m| m.starts_with(mount)) {
+                return Ok(());
+            }
+            remove_tree(sys, mount)
         });
     }
     for netns in cni_netns(sys) {
         let path = Path::new(NETNS_DIR).join(&netns);
+        if mounts.contains(&path) {
+            continue; // went (or in a dry run would go) with its mount
+        }
         run.step(format!("delete network namespace {netns}"), || remove_file(sys, &path));
     }
 
-    // 4. Network links k3s's flannel and kube-proxy made.
+    // 4. Network links: the pods' veths enslaved to the CNI bridge, then the links flannel and
+    //    kube-proxy made; and the routes k3s's tailscale integration advertised.
     let ip = sys.find_command("ip");
-    for link in NETWORK_LINKS {
-        if !sys.exists(&Path::new("/sys/class/net").join(link)) {
+    let mut ports: Vec<String> =
+        sys.read_dir_names(&Path::new(SYS_CLASS_NET).join(CNI_BRIDGE).join("brif")).unwrap_or_default();
+    ports.sort();
+    let ports = ports.into_iter().map(|port| (port, format!(" (a port of {CNI_BRIDGE})")));
+    let links = ports.chain(NETWORK_LINKS.iter().map(|link| (link.to_string(), String::new())));
+    for (link, what) in links {
+        if !sys.exists(&Path::new(SYS_CLASS_NET).join(&link)) {
             continue;
         }
-        run.step(format!("delete network link {link}"), || {
+        run.step(format!("delete network link {link}{what}"), || {
             let ip = ip.as_deref().ok_or("the ip command (iproute2) is not installed")?;
-            match sys.run(ip, &["link", "delete", link]) {
+            match sys.run(ip, &["link", "delete", &link]) {
                 Ok(out) if out.success() => Ok(()),
-                // Gone in the meantime (deleted with its namespace): as good as deleted.
-                Ok(_) if !sys.exists(&Path::new("/sys/class/net").join(link)) => Ok(()),
+                // Gone in the meantime (a veth goes with its peer): as good as deleted.
+                Ok(_) if !sys.exists(&Path::new(SYS_CLASS_NET).join(&link)) => Ok(()),
                 Ok(out) => Err(out.failure_summary()),
                 Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+    // As k3s-killall.sh does when tailscale is there; only when k3s was, so that a reset of a
+    // clean host still changes nothing.
+    if let Some(tailscale) = sys.find_command("tailscale").filter(|_| k3s_installed) {
+        run.step("reset tailscale's advertised routes".to_string(), || {
+            match sys.run(&tailscale, &["set", "--advertise-routes="]) {
+                Ok(out) if out.success() => Ok(()),
+                Ok(out) => Err(format!("tailscale set --advertise-routes= failed: {}", out.failure_summary())),
+                Err(e) => Err(format!("cannot run tailscale: {e}")),
             }
         });
     }
@@ -185,18 +229,23 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
         }
     }
 
-    // 9. Runtime state, never while something is still mounted below it.
+    // 9. Runtime state: everything but what is still mounted (left as it is, and named).
     for dir in RUNTIME_DIRS {
         let dir = Path::new(dir);
         if !present(sys, dir) {
             continue;
         }
         run.step(format!("remove {}", dir.display()), || {
-            let left: Vec<PathBuf> = read_mounts(sys).into_iter().filter(|m| m.starts_with(dir)).collect();
-            if let Some(first) = left.first() {
-                return Err(format!("{} is still mounted, so it was left in place", first.display()));
+            let mut kept = Vec::new();
+            remove_unmounted(sys, dir, &read_mounts(sys), &mut kept)?;
+            match &kept[..] {
+                [] => Ok(()),
+                [one] => Err(format!("{} is still mounted, so it was left in place", one.display())),
+                many => Err(format!(
+                    "{} are still mounted, so they were left in place",
+                    many.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+                )),
             }
-            sys.remove_dir_all(dir).map_err(|e| describe_io(&e))
         });
     }
 
@@ -286,7 +335,7 @@ impl Run<'_, '_> {
 
     fn failed(&self) -> String {
         let done: Vec<&String> =
-            self.actions.iter().filter(|a| !self.errors.iter().any(|e| e.starts_with(a.as_str()))).collect();
+            self.actions.iter().filter(|a| !self.errors.iter().any(|e| e.starts_with(&format!("{a}: ")))).collect();
         let mut message = format!("reset did not finish:\n  {}", self.errors.join("\n  "));
         if !done.is_empty() {
             message.push_str(&format!("\ndone: {}", done.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")));
@@ -308,6 +357,41 @@ fn remove_file(sys: &dyn HostSystem, path: &Path) -> Result<(), String> {
     }
 }
 
+/// `rm -rf`: a directory with all it holds, or a file or symlink (never what a symlink points
+/// to). Callers make sure that nothing is mounted at or below `path`.
+fn remove_tree(sys: &dyn HostSystem, path: &Path) -> Result<(), String> {
+    let is_dir = sys.read_link(path).is_err() && sys.read_dir_names(path).is_ok();
+    let removed = if is_dir { sys.remove_dir_all(path) } else { sys.remove_file(path) };
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(format!("{}: {}", path.display(), describe_io(&e))),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the tree at `path` except what is mounted at or below it (`mounts`): a mount point
+/// stays with everything it holds and is added to `kept`; nothing is removed through a mount.
+fn remove_unmounted(
+    sys: &dyn HostSystem,
+    path: &Path,
+    mounts: &[PathBuf],
+    kept: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    if !mounts.iter().any(|m| m.starts_with(path)) {
+        return remove_tree(sys, path);
+    }
+    if mounts.iter().any(|m| m == path) {
+        kept.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut names =
+        sys.read_dir_names(path).map_err(|e| format!("cannot list {}: {}", path.display(), describe_io(&e)))?;
+    names.sort();
+    for name in names {
+        remove_unmounted(sys, &path.join(name), mounts, kept)?;
+    }
+    Ok(())
+}
+
 /// k3s*.service unit files in /etc/systemd/system, sorted.
 fn k3s_units(sys: &dyn HostSystem) -> Vec<String> {
     let mut units: Vec<String> = sys
@@ -324,13 +408,14 @@ fn k3s_units(sys: &dyn HostSystem) -> Vec<String> {
 struct Victim {
     pid: i32,
     exe: PathBuf,
-    /// Every process below it, parents before children.
+    /// Every process below it, each after its parent.
     descendants: Vec<i32>,
 }
 
-/// Processes whose executable is k3s or one of its unpacked binaries (`<data-dir>/data/*/bin/*`:
-/// containerd, containerd-shim-runc-v2, runc), each with its descendants (the containers).
-fn k3s_processes(sys: &dyn HostSystem, data_dir: &Path) -> Vec<Victim> {
+/// The containerd-shims k3s started: processes whose executable is one of its unpacked
+/// `<data-dir>/data/*/bin/containerd-shim*` binaries, each with its descendants (the containers).
+/// Never a process that is k3s itself (a user's kubectl, crictl or ctr) or another bundled tool.
+fn shim_processes(sys: &dyn HostSystem, data_dir: &Path) -> Vec<Victim> {
     let own = sys.read_link(Path::new("/proc/self")).ok().and_then(|p| p.to_string_lossy().parse::<i32>().ok());
     let mut pids: Vec<i32> = sys
         .read_dir_names(Path::new("/proc"))
@@ -351,20 +436,20 @@ fn k3s_processes(sys: &dyn HostSystem, data_dir: &Path) -> Vec<Victim> {
     if let Ok(target) = sys.read_link(data_dir) {
         bin_roots.push(crate::fsutil::parent_dir(data_dir).join(target).join("data"));
     }
-    let is_k3s = |exe: &Path| {
-        exe == Path::new(K3S_BIN)
-            || bin_roots.iter().any(|root| {
-                exe.strip_prefix(root)
-                    .is_ok_and(|rest| rest.components().nth(1).is_some_and(|c| c.as_os_str() == "bin"))
-            })
+    let is_shim = |exe: &Path| {
+        bin_roots.iter().any(|root| {
+            let Ok(rest) = exe.strip_prefix(root) else { return false };
+            let parts: Vec<_> = rest.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+            matches!(&parts[..], [_, bin, name] if bin == "bin" && name.starts_with("containerd-shim"))
+        })
     };
     let mut taken = BTreeSet::new();
     let mut victims = Vec::new();
     for pid in &pids {
         let Ok(exe) = sys.read_link(&PathBuf::from(format!("/proc/{pid}/exe"))) else { continue };
         let exe = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
-        // A k3s process below another one (containerd under k3s) goes with that one.
-        if !is_k3s(&exe) || taken.contains(pid) {
+        // A shim below another one goes with that one's tree.
+        if !is_shim(&exe) || taken.contains(pid) {
             continue;
         }
         let mut descendants = Vec::new();

@@ -562,6 +562,10 @@ impl HostSystem for FakeSystem {
     /// kernel drops the topmost mount; EINVAL when nothing is mounted there.
     fn unmount(&self, path: &Path) -> io::Result<()> {
         let mut st = self.state();
+        // A mount under a `read_only` path stands for one that will not go (busy).
+        if let Some(e) = read_only(&st, path) {
+            return Err(e);
+        }
         let info = PathBuf::from("/proc/self/mountinfo");
         let text = st.files.get(&info).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
         let mut lines: Vec<&str> = text.lines().collect();

@@ -131,7 +131,8 @@ pub trait HostSystem: Send + Sync {
     /// Renames within one filesystem (atomic), then flushes the directory entry.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn disk_space(&self, path: &Path) -> io::Result<DiskSpace>;
-    /// Unmounts the topmost mount at `path`; a busy one is detached (lazy unmount).
+    /// Unmounts the topmost mount at `path`, forced (MNT_FORCE, as `umount -f`): a busy one
+    /// stays mounted (EBUSY), never detached lazily, so that nothing is removed through it.
     fn unmount(&self, path: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on `path` (created when missing) without waiting: None when
     /// someone else holds it. The lock dies with its holder.

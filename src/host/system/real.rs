@@ -182,18 +182,12 @@ impl HostSystem for RealSystem {
         let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains a NUL byte"))?;
         // nix's mount module is not among the enabled features; umount2 is one plain syscall.
-        let umount = |flags: nix::libc::c_int| {
-            // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
-            let rc = unsafe { nix::libc::umount2(c_path.as_ptr(), flags) };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
-        match umount(0) {
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => umount(nix::libc::MNT_DETACH),
-            other => other,
+        // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
+        let rc = unsafe { nix::libc::umount2(c_path.as_ptr(), nix::libc::MNT_FORCE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 

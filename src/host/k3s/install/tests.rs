@@ -68,7 +68,12 @@ fn fresh_server_gets_the_contracts_files_and_starts() {
 
     let (unit, mode) = written(&sys, "/etc/systemd/system/k3s.service").unwrap();
     assert_eq!(unit, unit_text(Role::Server));
-    assert!(unit.ends_with("EnvironmentFile=-/etc/systemd/system/k3s.service.env\nKillMode=process\nDelegate=yes\nUser=root\nLimitNOFILE=1048576\nLimitNPROC=infinity\nLimitCORE=infinity\nTasksMax=infinity\nTimeoutStartSec=0\nRestart=always\nRestartSec=5s\nExecStartPre=-/sbin/modprobe br_netfilter\nExecStartPre=-/sbin/modprobe overlay\nExecStart=/usr/local/bin/k3s server\n"));
+    assert!(unit.ends_with("EnvironmentFile=-/etc/systemd/system/k3s.service.env\nKillMode=process\nDelegate=yes\nUser=root\n\
+        # Having non-zero Limit*s causes performance problems due to accounting overhead\n\
+        # in the kernel. We recommend using cgroups to do container-local accounting.\n\
+        LimitNOFILE=1048576\nLimitNPROC=infinity\nLimitCORE=infinity\nTasksMax=infinity\nTimeoutStartSec=0\n\
+        Restart=always\nRestartSec=5s\nExecStartPre=-/sbin/modprobe br_netfilter\nExecStartPre=-/sbin/modprobe overlay\n\
+        ExecStart=/usr/local/bin/k3s \\\n    server \\\n\n"));
     assert_eq!(mode, 0o644);
     assert_eq!(written(&sys, CONFIG_FILE), Some((req.config_yaml.expose().to_string(), 0o600)));
     assert_eq!(written(&sys, "/etc/systemd/system/k3s.service.env"), Some((String::new(), 0o600)));
@@ -133,10 +138,10 @@ fn agent_gets_its_own_unit_and_env_and_does_not_wait_for_the_api() {
     let (unit, _) = written(&sys, "/etc/systemd/system/k3s-agent.service").unwrap();
     assert_eq!(unit, unit_text(Role::Agent));
     assert!(unit.contains("EnvironmentFile=-/etc/systemd/system/k3s-agent.service.env\n"));
-    assert!(unit.ends_with("ExecStart=/usr/local/bin/k3s agent\n"));
+    assert!(unit.ends_with("ExecStart=/usr/local/bin/k3s \\\n    agent \\\n\n"));
     assert_eq!(
         written(&sys, "/etc/systemd/system/k3s-agent.service.env"),
-        Some((format!("K3S_URL={SERVER_URL}\nK3S_TOKEN={NODE_TOKEN}\n"), 0o600))
+        Some((format!("K3S_TOKEN='{NODE_TOKEN}'\nK3S_URL='{SERVER_URL}'\n"), 0o600))
     );
     assert_eq!(written(&sys, CONFIG_FILE), Some(("node-name: agent1\n".into(), 0o600)));
     assert!(written(&sys, "/usr/local/bin/k3s-agent-uninstall.sh").is_some());
@@ -404,10 +409,10 @@ fn dry_run_reports_masked_diffs_and_changes_nothing() {
     assert_eq!(
         env.diff.as_deref().unwrap(),
         "--- a/etc/systemd/system/k3s-agent.service.env\n+++ b/etc/systemd/system/k3s-agent.service.env\n\
-         @@ -0,0 +1,2 @@\n+K3S_URL=https://192.168.56.10:6443\n+K3S_TOKEN=<redacted>\n"
+         @@ -0,0 +1,2 @@\n+K3S_TOKEN=<redacted>\n+K3S_URL='https://192.168.56.10:6443'\n"
     );
     let unit = change(&report, "/etc/systemd/system/k3s-agent.service").diff.clone().unwrap();
-    assert!(unit.contains("+ExecStart=/usr/local/bin/k3s agent\n"), "{unit}");
+    assert!(unit.contains("+ExecStart=/usr/local/bin/k3s \\\n+    agent \\\n+\n"), "{unit}");
     assert_eq!(
         change(&report, "/usr/local/bin/kubectl").diff.as_deref(),
         Some("symlink /usr/local/bin/kubectl -> k3s")
