@@ -4,14 +4,15 @@
 //!
 //! Authentication: the admin client certificate (signed by client-ca), or the token's
 //! credentials: basic `server:<password>` / `node:<agent password>`, or a bearer token.
-//! Joined HA servers forward node reads and writes to the server they joined (see README).
+//! HA servers (embedded etcd) also serve `/db/info` (the etcd members, for servers that join)
+//! and `/db/snapshot` (what `k3s etcd-snapshot` asks for), with the server credentials.
 
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use crate::node;
 use crate::nodepass;
 use crate::store::ApiError;
 use crate::token::Bootstrap;
-use crate::{error, info, warn};
+use crate::{error, info};
 use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -25,64 +26,17 @@ use std::time::Duration;
 
 pub type Resp = Response<Full<Bytes>>;
 
-/// The server this one joined (HA): node data lives there.
-pub struct Upstream {
-    pub url: String,
-    pub client: reqwest::Client,
-    pub password: String,
-}
-
-impl Upstream {
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        ctype: Option<&str>,
-    ) -> Result<(StatusCode, Vec<u8>), reqwest::Error> {
-        self.request_with(method, path, body, ctype, &[]).await.map(|(st, _, b)| (st, b))
-    }
-
-    /// A request with extra headers (Accept, node password); answers status, content type, body.
-    pub async fn request_with(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        ctype: Option<&str>,
-        headers: &[(&str, String)],
-    ) -> Result<(StatusCode, String, Vec<u8>), reqwest::Error> {
-        let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
-        let mut rb = self.client.request(m, format!("{}{}", self.url, path)).basic_auth("server", Some(&self.password));
-        if let Some(b) = body {
-            rb = rb.body(b);
-        }
-        if let Some(ct) = ctype {
-            rb = rb.header("content-type", ct);
-        }
-        for (k, v) in headers {
-            rb = rb.header(*k, v);
-        }
-        let resp = rb.send().await?;
-        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let ct =
-            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
-        let bytes = resp.bytes().await?;
-        Ok((status, ct, bytes.to_vec()))
-    }
-}
-
 pub struct State {
-    pub kine: Arc<Kine>,
+    pub kine: Arc<Datastore>,
     pub cacerts: Vec<u8>,
     pub server_password: String,
     pub agent_password: String,
     pub bootstrap: Bootstrap,
     /// Values that must be equal on every server (contract section 3).
     pub critical: BTreeMap<String, String>,
-    /// cluster-init or joined: other servers may join this one.
-    pub ha: bool,
-    pub upstream: Option<Upstream>,
+    /// The embedded etcd member of an HA server (cluster-init or joined): other servers may
+    /// join this one, and snapshots can be taken. None for a SQLite server.
+    pub etcd: Option<Arc<crate::etcd::Node>>,
     pub cluster_cidr: String,
     pub agent_config: Value,
 }
@@ -247,7 +201,19 @@ async fn handle(s: Arc<State>, conn: ConnInfo, req: Request<Incoming>) -> Resp {
         ["ping"] if m == Method::GET => text(StatusCode::OK, "pong"),
         ["readyz"] | ["livez"] | ["healthz"] | ["v1-k3s", "readyz"] if m == Method::GET => text(StatusCode::OK, "ok"),
         ["version"] if m == Method::GET => json_resp(StatusCode::OK, &version_json()),
-        ["v1-k3s", rest @ ..] => supervisor(&s, &conn, who, m, rest, &path_q, body, &headers).await,
+        ["v1-k3s", rest @ ..] => supervisor(&s, &conn, who, m, rest, body, &headers).await,
+        ["db", "info"] if m == Method::GET => {
+            if who != Who::Server {
+                return unauthorized();
+            }
+            db_info(&s).await
+        }
+        ["db", "snapshot"] => {
+            if who != Who::Server && who != Who::Admin {
+                return unauthorized();
+            }
+            db_snapshot(&s, &conn, m, body).await
+        }
         ["api", ..] | ["apis", ..] | ["openapi", ..] => {
             if who == Who::Anonymous {
                 return unauthorized();
@@ -278,29 +244,6 @@ pub fn version_json() -> Value {
     })
 }
 
-fn forwardable_err(e: &reqwest::Error) -> bool {
-    e.is_connect() || e.is_timeout()
-}
-
-/// Sends the request on to the server this one joined, with the headers that change the answer
-/// (Accept: Tables; the node's name and password: registrations).
-async fn forward(
-    up: &Upstream,
-    m: &Method,
-    path_q: &str,
-    body: Bytes,
-    headers: &hyper::HeaderMap,
-) -> Result<Resp, reqwest::Error> {
-    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok());
-    let body = if body.is_empty() { None } else { Some(body.to_vec()) };
-    let pass: Vec<(&str, String)> = ["accept", nodepass::NAME_HEADER, nodepass::PASSWORD_HEADER]
-        .iter()
-        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).map(|v| (*h, v.to_string())))
-        .collect();
-    let (status, ct, bytes) = up.request_with(m.clone(), path_q, body, ctype, &pass).await?;
-    Ok(bytes_resp(status, &ct, bytes))
-}
-
 /// The node's name and password from a registration or certificate request (k3s's headers).
 fn node_credentials(headers: &hyper::HeaderMap) -> Result<(String, String), ApiError> {
     let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
@@ -324,21 +267,60 @@ fn api_error(e: &ApiError) -> Resp {
     json_resp(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.status())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The etcd members (k3s's `/db/info`): what a joining server needs to add itself.
+async fn db_info(s: &State) -> Resp {
+    let Some(node) = s.etcd.clone() else {
+        return json_resp(StatusCode::NOT_FOUND, &status_json(404, "NotFound", "etcd datastore disabled"));
+    };
+    let members = tokio::task::spawn_blocking(move || match node.client.member_list() {
+        Ok(m) => m,
+        // As k3s: when the member list cannot be read, this member alone.
+        Err(_) => vec![crate::etcd::MemberInfo {
+            id: 0,
+            name: node.member.name.clone(),
+            peer_urls: vec![node.member.peer_url()],
+            client_urls: vec![node.member.client_url()],
+            is_learner: false,
+        }],
+    })
+    .await
+    .unwrap_or_default();
+    json_resp(StatusCode::OK, &json!({"members": members}))
+}
+
+/// `k3s etcd-snapshot`'s requests. Errors are logged here and answered with their message, which
+/// the CLI shows after "see server log for details".
+async fn db_snapshot(s: &State, conn: &ConnInfo, m: &Method, body: Bytes) -> Resp {
+    let fail = |code: u16, msg: String| {
+        error!("Sending HTTP/1.1 {code} response to {}: {msg}", conn.peer);
+        json_resp(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &status_json(code, "InternalError", &msg),
+        )
+    };
+    if m != Method::POST {
+        return fail(405, format!("{m} is not supported on /db/snapshot"));
+    }
+    let Some(node) = s.etcd.clone() else {
+        return fail(500, "etcd datastore disabled".into());
+    };
+    match tokio::task::spawn_blocking(move || crate::snapshot::handle(&node, &body)).await {
+        Ok(Ok(v)) => json_resp(StatusCode::OK, &v),
+        Ok(Err(e)) => fail(500, format!("{e:#}")),
+        Err(e) => fail(500, e.to_string()),
+    }
+}
+
 async fn supervisor(
     s: &State,
     conn: &ConnInfo,
     who: Who,
     m: &Method,
     rest: &[&str],
-    path_q: &str,
     body: Bytes,
     headers: &hyper::HeaderMap,
 ) -> Resp {
     let node_ok = matches!(who, Who::Node | Who::Server | Who::Admin);
-    let unavailable = |e: reqwest::Error| {
-        json_resp(StatusCode::SERVICE_UNAVAILABLE, &status_json(503, "ServiceUnavailable", &e.to_string()))
-    };
     match rest {
         ["config"] if m == Method::GET => {
             if !node_ok {
@@ -353,7 +335,7 @@ async fn supervisor(
                 }
                 return unauthorized();
             }
-            if !s.ha {
+            if s.etcd.is_none() {
                 return json_resp(
                     StatusCode::BAD_REQUEST,
                     &status_json(400, "BadRequest", "this server does not use embedded etcd: start the first server with cluster-init to join servers"),
@@ -369,9 +351,6 @@ async fn supervisor(
         [cert @ ("serving-kubelet.crt" | "client-kubelet.crt")] if m == Method::GET => {
             if !node_ok {
                 return unauthorized();
-            }
-            if let Some(up) = &s.upstream {
-                return forward(up, m, path_q, body, headers).await.unwrap_or_else(unavailable);
             }
             let name = match check_node_password(s, conn, headers) {
                 Ok(n) => n,
@@ -398,9 +377,6 @@ async fn supervisor(
         ["nodes"] if m == Method::POST => {
             if !node_ok {
                 return unauthorized();
-            }
-            if let Some(up) = &s.upstream {
-                return forward(up, m, path_q, body, headers).await.unwrap_or_else(unavailable);
             }
             let reg: node::Registration = match serde_json::from_slice(&body) {
                 Ok(r) => r,
@@ -429,9 +405,6 @@ async fn supervisor(
             if !node_ok {
                 return unauthorized();
             }
-            if let Some(up) = &s.upstream {
-                return forward(up, m, path_q, body, headers).await.unwrap_or_else(unavailable);
-            }
             match node::renew_lease(&s.kine, name) {
                 Ok(true) => json_resp(StatusCode::OK, &json!({"renewed": name})),
                 Ok(false) => not_found("nodes", name),
@@ -447,23 +420,9 @@ async fn supervisor(
     }
 }
 
-/// The Kubernetes API: answered here, or by the server this one joined (HA), or, when that one
-/// is unreachable, reads answered from the local copy.
+/// The Kubernetes API, answered from this server's datastore (its SQLite, or the etcd every HA
+/// server shares).
 async fn kube_api(s: &State, m: &Method, path: &str, path_q: &str, body: Bytes, headers: &hyper::HeaderMap) -> Resp {
-    if let Some(up) = &s.upstream {
-        match forward(up, m, path_q, body.clone(), headers).await {
-            Ok(r) => return r,
-            Err(e) if forwardable_err(&e) && m == Method::GET => {
-                warn!("Server {} unreachable, answering from the local copy: {e}", up.url);
-            }
-            Err(e) => {
-                return json_resp(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &status_json(503, "ServiceUnavailable", &e.to_string()),
-                )
-            }
-        }
-    }
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let query = path_q.split_once('?').map(|(_, q)| q).unwrap_or_default().to_string();
     let (kine, method, path) = (s.kine.clone(), m.as_str().to_string(), path.to_string());

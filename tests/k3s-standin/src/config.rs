@@ -24,6 +24,8 @@ pub enum Kind {
 pub enum Cmd {
     Server,
     Agent,
+    /// `k3s etcd-snapshot save|ls|delete|prune`: a client of a running server's `/db/snapshot`.
+    EtcdSnapshot,
 }
 
 impl Cmd {
@@ -31,6 +33,7 @@ impl Cmd {
         match self {
             Cmd::Server => "server",
             Cmd::Agent => "agent",
+            Cmd::EtcdSnapshot => "etcd-snapshot",
         }
     }
 }
@@ -181,12 +184,34 @@ static SERVER_ONLY: &[Flag] = &[
     f("secrets-encryption-provider", S),
 ];
 
+/// Flags of `k3s etcd-snapshot` and its subcommands (the `--etcd-` prefix of the server's
+/// snapshot flags may be left out there, as in k3s).
+static ETCD_SNAPSHOT: &[Flag] = &[
+    fs("config", S, "c", &["K3S_CONFIG_FILE"]),
+    fe("debug", B, &["K3S_DEBUG"]),
+    fs("log", S, "l", &[]),
+    f("alsologtostderr", B),
+    fs("data-dir", S, "d", &["K3S_DATA_DIR"]),
+    fe("node-name", S, &["K3S_NODE_NAME"]),
+    fs("etcd-token", S, "t", &[]),
+    fs("etcd-server", S, "s", &[]),
+    f("name", S),
+    f("dir", S),
+    f("etcd-snapshot-dir", S),
+    f("snapshot-compress", B),
+    f("etcd-snapshot-compress", B),
+    f("snapshot-retention", S),
+    f("o", S),
+    f("output", S),
+];
+
 pub fn flags(cmd: Cmd) -> impl Iterator<Item = &'static Flag> {
-    let extra: &'static [Flag] = match cmd {
-        Cmd::Server => SERVER_ONLY,
-        Cmd::Agent => AGENT_ONLY,
+    let (common, extra): (&'static [Flag], &'static [Flag]) = match cmd {
+        Cmd::Server => (COMMON, SERVER_ONLY),
+        Cmd::Agent => (COMMON, AGENT_ONLY),
+        Cmd::EtcdSnapshot => (ETCD_SNAPSHOT, &[]),
     };
-    COMMON.iter().chain(extra.iter())
+    common.iter().chain(extra.iter())
 }
 
 pub fn lookup(cmd: Cmd, name: &str) -> Option<&'static Flag> {

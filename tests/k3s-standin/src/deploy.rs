@@ -13,7 +13,7 @@
 //! Addon owns. A file that fails (bad YAML, unknown kind) is logged as k3s logs it and retried at
 //! the next scan. The stand-in writes none of k3s's packaged manifests (ccm, coredns, ...).
 
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use crate::resources::{self, Resource};
 use crate::store::{self, ApiError};
 use crate::{error, info};
@@ -91,7 +91,7 @@ fn owned_by(obj: &Value, addon: &str) -> bool {
 }
 
 /// Every stored object the Addon applied: (resource, namespace, name).
-fn owned_objects(kine: &Kine, addon: &str) -> Vec<(Resource, Option<String>, String)> {
+fn owned_objects(kine: &Datastore, addon: &str) -> Vec<(Resource, Option<String>, String)> {
     let mut out = vec![];
     for r in resources::all(kine) {
         for row in kine.list(&r.prefix()).unwrap_or_default() {
@@ -107,7 +107,7 @@ fn owned_objects(kine: &Kine, addon: &str) -> Vec<(Resource, Option<String>, Str
 
 /// Records an event on the Addon (kube-system), as k3s's deploy controller does, and logs it as
 /// client-go's event broadcaster does.
-fn event(kine: &Kine, addon: &Value, kind: &str, reason: &str, message: &str) {
+fn event(kine: &Datastore, addon: &Value, kind: &str, reason: &str, message: &str) {
     let name = addon["metadata"]["name"].as_str().unwrap_or_default();
     info!(
         "Event(v1.ObjectReference{{Kind:\"Addon\", Namespace:\"kube-system\", Name:\"{name}\", APIVersion:\"k3s.cattle.io/v1\"}}): type: '{kind}' reason: '{reason}' {message}"
@@ -124,7 +124,7 @@ fn event(kine: &Kine, addon: &Value, kind: &str, reason: &str, message: &str) {
     let _ = store::create(kine, &resources::builtin_kind("Event"), Some("kube-system"), ev, false);
 }
 
-fn get_or_create_addon(kine: &Kine, name: &str, path: &Path) -> Result<Value, ApiError> {
+fn get_or_create_addon(kine: &Datastore, name: &str, path: &Path) -> Result<Value, ApiError> {
     let res = resources::builtin_kind("Addon");
     match store::get(kine, &res, Some("kube-system"), name) {
         Ok(a) => Ok(a),
@@ -140,7 +140,7 @@ fn get_or_create_addon(kine: &Kine, name: &str, path: &Path) -> Result<Value, Ap
 }
 
 /// Stores one object of a manifest, owned by the Addon: created, or replaced in place.
-fn apply_object(kine: &Kine, addon: &str, mut obj: Value) -> Result<(Resource, Option<String>, String), String> {
+fn apply_object(kine: &Datastore, addon: &str, mut obj: Value) -> Result<(Resource, Option<String>, String), String> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
     if kind.is_empty() {
@@ -199,7 +199,7 @@ impl Controller {
     }
 
     /// One pass over the directory. `force` applies every file (the first pass after start).
-    pub fn scan(&mut self, kine: &Kine, force: bool) {
+    pub fn scan(&mut self, kine: &Datastore, force: bool) {
         let mut files = vec![];
         walk(&self.base, &mut files);
         files.sort();
@@ -235,7 +235,7 @@ impl Controller {
         }
     }
 
-    fn deploy(&self, kine: &Kine, path: &Path, compare_checksum: bool) -> Result<(), String> {
+    fn deploy(&self, kine: &Datastore, path: &Path, compare_checksum: bool) -> Result<(), String> {
         let name = addon_name(path);
         let res = resources::builtin_kind("Addon");
         store::validate_name(&res, &name).map_err(|e| {
@@ -311,7 +311,7 @@ impl Controller {
     }
 
     /// A disabled manifest: its Addon, every object the Addon owns, then the file.
-    fn remove(&self, kine: &Kine, path: &Path) -> Result<(), String> {
+    fn remove(&self, kine: &Datastore, path: &Path) -> Result<(), String> {
         let name = addon_name(path);
         let res = resources::builtin_kind("Addon");
         if let Ok(addon) = store::get(kine, &res, Some("kube-system"), &name) {
@@ -328,7 +328,7 @@ impl Controller {
 }
 
 /// Scans every interval, forever (the first, forced scan is the caller's, at start).
-pub async fn run(kine: std::sync::Arc<Kine>, mut c: Controller) {
+pub async fn run(kine: std::sync::Arc<Datastore>, mut c: Controller) {
     loop {
         tokio::time::sleep(interval()).await;
         let k = kine.clone();

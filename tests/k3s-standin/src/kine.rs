@@ -1,4 +1,5 @@
-//! The datastore: SQLite in WAL mode with kine's table layout (one row per revision).
+//! The SQLite datastore of a single server: WAL mode with kine's table layout (one row per
+//! revision), as k3s's kine keeps `server/db/state.db`.
 
 use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -9,13 +10,7 @@ pub struct Kine {
     conn: Mutex<Connection>,
 }
 
-pub struct Row {
-    pub id: i64,
-    pub name: String,
-    #[allow(dead_code)]
-    pub create_revision: i64,
-    pub value: Vec<u8>,
-}
+pub use crate::datastore::Row;
 
 type Latest = (i64, i64, i64, Vec<u8>);
 

@@ -7,7 +7,7 @@
 //! which then skips its client-side schema validation; JSON for JSON clients); `/openapi/v3` is
 //! 404, which kubectl treats as "use v2". Watches are not served (405).
 
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use crate::patch::PatchType;
 use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -46,7 +46,7 @@ fn resource_entry(r: &Resource) -> Value {
     v
 }
 
-fn resource_list(kine: &Kine, group: &str, version: &str) -> Option<Value> {
+fn resource_list(kine: &Datastore, group: &str, version: &str) -> Option<Value> {
     let all: Vec<Resource> =
         resources::all(kine).into_iter().filter(|r| r.group == group && r.version == version).collect();
     if all.is_empty() {
@@ -64,7 +64,7 @@ fn resource_list(kine: &Kine, group: &str, version: &str) -> Option<Value> {
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
 }
 
-fn group_entry(kine: &Kine, group: &str) -> Option<Value> {
+fn group_entry(kine: &Datastore, group: &str) -> Option<Value> {
     let mut versions: Vec<String> =
         resources::all(kine).into_iter().filter(|r| r.group == group).map(|r| r.version).collect();
     versions.dedup();
@@ -74,7 +74,7 @@ fn group_entry(kine: &Kine, group: &str) -> Option<Value> {
                 "preferredVersion": {"groupVersion": format!("{group}/{first}"), "version": first}}))
 }
 
-fn group_list(kine: &Kine) -> Value {
+fn group_list(kine: &Datastore) -> Value {
     let mut groups: Vec<String> = vec![];
     for r in resources::all(kine) {
         if !r.group.is_empty() && !groups.contains(&r.group) {
@@ -155,7 +155,7 @@ pub struct Request<'a> {
     pub host: &'a str,
 }
 
-pub fn handle(kine: &Kine, req: &Request) -> Answer {
+pub fn handle(kine: &Datastore, req: &Request) -> Answer {
     let (method, path, accept, host) = (req.method, req.path, req.accept, req.host);
     let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     match (method, segs.as_slice()) {
@@ -206,7 +206,7 @@ fn body_json(body: &[u8]) -> ApiResult<Value> {
     })
 }
 
-fn serve(kine: &Kine, res: &Resource, t: &Target, req: &Request, q: &Query) -> ApiResult<Answer> {
+fn serve(kine: &Datastore, res: &Resource, t: &Target, req: &Request, q: &Query) -> ApiResult<Answer> {
     let (method, accept, content_type, body) = (req.method, req.accept, req.content_type, req.body);
     if q.watch {
         return Err(ApiError::method_not_allowed("watch is not supported by the k3s stand-in"));

@@ -6,7 +6,9 @@ mod api;
 mod clients;
 mod config;
 mod containerd;
+mod datastore;
 mod deploy;
+mod etcd;
 mod kine;
 mod kubeapi;
 mod kubectl;
@@ -20,6 +22,7 @@ mod pki;
 mod resources;
 mod selectors;
 mod server;
+mod snapshot;
 mod store;
 mod syssetup;
 mod tables;
@@ -44,7 +47,7 @@ COMMANDS:
    ctr            Run ctr
    check-config   Run config check (not supported by the stand-in)
    token          Manage tokens (not supported by the stand-in)
-   etcd-snapshot  Manage etcd snapshots (not supported by the stand-in)
+   etcd-snapshot  Manage etcd snapshots
 
 GLOBAL OPTIONS:
    --debug        (logging) Turn on debug logs [$K3S_DEBUG]
@@ -103,10 +106,15 @@ fn server_or_agent(cmd: Cmd, args: &[String], global_debug: bool) -> i32 {
         debug!("config {k} from {src}");
     }
     let rt = runtime();
-    match cmd {
+    let code = match cmd {
         Cmd::Server => rt.block_on(server::run(cfg)),
         Cmd::Agent => rt.block_on(agent::run(cfg)),
-    }
+        Cmd::EtcdSnapshot => rt.block_on(snapshot::cli(args)),
+    };
+    // Blocking tasks may still wait on a datastore that is gone (an etcd without quorum): the
+    // process exits now, as k3s does, instead of waiting for their timeouts.
+    rt.shutdown_background();
+    code
 }
 
 fn main() {
@@ -159,9 +167,8 @@ fn dispatch(args: &[String]) -> i32 {
         "kubectl" => runtime().block_on(kubectl::run(rest)),
         "ctr" => ctr(rest),
         "crictl" => unsupported("crictl"),
-        other @ ("check-config" | "token" | "etcd-snapshot" | "secrets-encrypt" | "certificate" | "completion") => {
-            unsupported(other)
-        }
+        "etcd-snapshot" => runtime().block_on(snapshot::cli(rest)),
+        other @ ("check-config" | "token" | "secrets-encrypt" | "certificate" | "completion") => unsupported(other),
         other => {
             eprintln!("No help topic for '{other}'");
             3

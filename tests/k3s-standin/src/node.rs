@@ -1,7 +1,7 @@
-//! Node objects (Kubernetes `v1/Node` JSON) and their leases, stored in kine under k3s's keys:
+//! Node objects (Kubernetes `v1/Node` JSON) and their leases, stored in the datastore under k3s's keys:
 //! `/registry/minions/<name>` and `/registry/leases/kube-node-lease/<name>`.
 
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use crate::timefmt;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -162,7 +162,7 @@ fn pod_cidr(cluster_cidr: &str, index: u32) -> Option<String> {
 }
 
 /// Creates or updates the Node object for a registration, and renews its lease.
-pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<Value> {
+pub fn register(kine: &Datastore, reg: &Registration, cluster_cidr: &str) -> Result<Value> {
     let key = format!("{NODE_PREFIX}{}", reg.name);
     let existing: Option<Value> = kine.get(&key)?.and_then(|r| serde_json::from_slice(&r.value).ok());
     let now = timefmt::rfc3339(timefmt::now_secs());
@@ -251,7 +251,7 @@ pub fn register(kine: &Kine, reg: &Registration, cluster_cidr: &str) -> Result<V
 }
 
 /// Renews the node's Lease (kube-node-lease), as the kubelet does. False if the node is unknown.
-pub fn renew_lease(kine: &Kine, name: &str) -> Result<bool> {
+pub fn renew_lease(kine: &Datastore, name: &str) -> Result<bool> {
     if kine.get(&format!("{NODE_PREFIX}{name}"))?.is_none() {
         return Ok(false);
     }
@@ -271,7 +271,7 @@ pub fn renew_lease(kine: &Kine, name: &str) -> Result<bool> {
 
 /// The Node as the API shows it: Ready from the lease (Unknown after `grace` seconds without
 /// renewal, with the unreachable taints the node lifecycle controller adds), resourceVersion.
-pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
+pub fn view(kine: &Datastore, row: &crate::datastore::Row, grace: i64) -> Option<Value> {
     let mut node: Value = serde_json::from_slice(&row.value).ok()?;
     let name = node["metadata"]["name"].as_str()?.to_string();
     node["metadata"]["resourceVersion"] = json!(row.id.to_string());
@@ -283,13 +283,7 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
         .and_then(|l| serde_json::from_slice::<Value>(&l.value).ok())
         .and_then(|l| l["spec"]["renewTime"].as_str().and_then(timefmt::parse_rfc3339));
     let mut conditions: Vec<Value> = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    // A mirrored node (HA) carries the Ready condition computed by the server that owns it.
-    let heartbeat = lease_time.or_else(|| {
-        conditions
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .and_then(|c| c["lastHeartbeatTime"].as_str().and_then(timefmt::parse_rfc3339))
-    });
+    let heartbeat = lease_time;
     let created = node["metadata"]["creationTimestamp"].as_str().and_then(timefmt::parse_rfc3339).unwrap_or(now);
     let ready = heartbeat.map(|h| now - h <= grace).unwrap_or(false);
     let hb = timefmt::rfc3339(heartbeat.unwrap_or(created));
@@ -330,7 +324,7 @@ pub fn view(kine: &Kine, row: &crate::kine::Row, grace: i64) -> Option<Value> {
 }
 
 #[cfg(test)]
-pub fn list_view(kine: &Kine, grace: i64) -> Result<Value> {
+pub fn list_view(kine: &Datastore, grace: i64) -> Result<Value> {
     let items: Vec<Value> = kine.list(NODE_PREFIX)?.iter().filter_map(|r| view(kine, r, grace)).collect();
     let rev = kine.current_revision().unwrap_or(0);
     Ok(
@@ -339,34 +333,14 @@ pub fn list_view(kine: &Kine, grace: i64) -> Result<Value> {
 }
 
 #[cfg(test)]
-pub fn get_view(kine: &Kine, name: &str, grace: i64) -> Result<Option<Value>> {
+pub fn get_view(kine: &Datastore, name: &str, grace: i64) -> Result<Option<Value>> {
     Ok(kine.get(&format!("{NODE_PREFIX}{name}"))?.and_then(|r| view(kine, &r, grace)))
 }
 
-pub fn delete(kine: &Kine, name: &str) -> Result<bool> {
+pub fn delete(kine: &Datastore, name: &str) -> Result<bool> {
     let existed = kine.delete(&format!("{NODE_PREFIX}{name}"))?;
     kine.delete(&format!("{LEASE_PREFIX}{name}"))?;
     Ok(existed)
-}
-
-/// Stores a Node as computed by another server (HA mirror); keeps the local lease if any.
-pub fn store_mirror(kine: &Kine, node: &Value) -> Result<()> {
-    let Some(name) = node["metadata"]["name"].as_str() else {
-        return Ok(());
-    };
-    let key = format!("{NODE_PREFIX}{name}");
-    let mut n = node.clone();
-    if let Some(m) = n["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    if let Some(t) = n["spec"]["taints"].as_array_mut() {
-        t.retain(|x| x["key"] != "node.kubernetes.io/unreachable");
-    }
-    let bytes = serde_json::to_vec(&n)?;
-    if kine.get(&key)?.map(|r| r.value != bytes).unwrap_or(true) {
-        kine.put(&key, &bytes)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -387,7 +361,7 @@ mod tests {
     #[test]
     fn ready_follows_lease() {
         let dir = tempfile::tempdir().unwrap();
-        let k = Kine::open(&dir.path().join("s.db")).unwrap();
+        let k = Datastore::open_sqlite(&dir.path().join("s.db")).unwrap();
         let mut labels = BTreeMap::new();
         labels.insert("node-role.kubernetes.io/control-plane".to_string(), "true".to_string());
         let reg = Registration::local(

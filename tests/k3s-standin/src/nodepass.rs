@@ -13,7 +13,7 @@
 //! "Node password rejected" message and keeps retrying. Deleting the Node deletes the Secret
 //! (store::delete), so that the name can register again. The password never reaches a log.
 
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use crate::resources;
 use crate::store::{self, ApiError};
 use anyhow::{Context, Result};
@@ -110,7 +110,7 @@ pub fn verify(hash: &str, password: &str) -> Result<(), String> {
 
 /// Verifies the node's password against its Secret, or creates the Secret at first
 /// registration. Err(403) with k3s's reason on a mismatch.
-pub fn ensure_secret(kine: &Kine, node: &str, password: &str) -> Result<(), ApiError> {
+pub fn ensure_secret(kine: &Datastore, node: &str, password: &str) -> Result<(), ApiError> {
     let res = resources::builtin_kind("Secret");
     let name = secret_name(node);
     let forbidden = |why: String| ApiError {
@@ -153,7 +153,7 @@ pub fn ensure_secret(kine: &Kine, node: &str, password: &str) -> Result<(), ApiE
 }
 
 /// Points the Secret at its Node (ownerReferences), as k3s's controller does once the node exists.
-pub fn adopt(kine: &Kine, node: &str, node_uid: &str) {
+pub fn adopt(kine: &Datastore, node: &str, node_uid: &str) {
     let res = resources::builtin_kind("Secret");
     let patch =
         json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]}});

@@ -102,21 +102,20 @@ impl Ca {
         dn.push(DnType::CommonName, cn);
         dn.push(DnType::OrganizationName, "k3s");
         params.distinguished_name = dn;
-        let mut seen = std::collections::BTreeSet::new();
-        for s in sans {
-            if s.is_empty() || !seen.insert(s.clone()) {
-                continue;
-            }
-            let san = match s.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => match s.clone().try_into() {
-                    Ok(n) => SanType::DnsName(n),
-                    Err(_) => continue,
-                },
-            };
-            params.subject_alt_names.push(san);
-        }
+        params.subject_alt_names = san_list(sans);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// A certificate for both ends of a connection (etcd's serving and peer certificates: a
+    /// member is a server to its clients and peers, and a client of its peers).
+    pub fn sign_server_client(&self, cn: &str, sans: &[String]) -> Result<Leaf> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.subject_alt_names = san_list(sans);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }
 
@@ -153,6 +152,26 @@ impl Ca {
         }
         ca.subject().as_raw() == cert.issuer().as_raw() && cert.verify_signature(Some(ca.public_key())).is_ok()
     }
+}
+
+/// SANs from names and addresses, without duplicates; what is neither is left out.
+fn san_list(sans: &[String]) -> Vec<SanType> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = vec![];
+    for s in sans {
+        if s.is_empty() || !seen.insert(s.clone()) {
+            continue;
+        }
+        let san = match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => match s.clone().try_into() {
+                Ok(n) => SanType::DnsName(n),
+                Err(_) => continue,
+            },
+        };
+        out.push(san);
+    }
+    out
 }
 
 pub fn first_der(pem_text: &str) -> Option<Vec<u8>> {

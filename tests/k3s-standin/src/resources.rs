@@ -6,7 +6,7 @@
 //! maps to exactly one storage prefix, and every prefix ends with '/', so that listing one kind
 //! never picks up another whose name starts the same.
 
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -165,7 +165,7 @@ pub fn crd_resource() -> Resource {
 }
 
 /// The served version of each stored CustomResourceDefinition.
-fn custom(kine: &Kine) -> Vec<Resource> {
+fn custom(kine: &Datastore) -> Vec<Resource> {
     let rows = kine.list(&crd_resource().prefix()).unwrap_or_default();
     let mut out = vec![];
     for row in rows {
@@ -211,7 +211,7 @@ fn custom(kine: &Kine) -> Vec<Resource> {
 }
 
 /// Every kind served now: the built-ins, then the custom ones (a CRD cannot shadow a built-in).
-pub fn all(kine: &Kine) -> Vec<Resource> {
+pub fn all(kine: &Datastore) -> Vec<Resource> {
     let mut v: Vec<Resource> = BUILTINS.iter().map(builtin).collect();
     for c in custom(kine) {
         if !v.iter().any(|x| x.group == c.group && x.plural == c.plural && x.version == c.version) {
@@ -221,11 +221,11 @@ pub fn all(kine: &Kine) -> Vec<Resource> {
     v
 }
 
-pub fn by_plural(kine: &Kine, group: &str, version: &str, plural: &str) -> Option<Resource> {
+pub fn by_plural(kine: &Datastore, group: &str, version: &str, plural: &str) -> Option<Resource> {
     all(kine).into_iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
-pub fn by_kind(kine: &Kine, api_version: &str, kind: &str) -> Option<Resource> {
+pub fn by_kind(kine: &Datastore, api_version: &str, kind: &str) -> Option<Resource> {
     all(kine).into_iter().find(|r| r.api_version() == api_version && r.kind == kind)
 }
 
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn a_stored_crd_adds_its_kind() {
         let dir = tempfile::tempdir().unwrap();
-        let k = Kine::open(&dir.path().join("s.db")).unwrap();
+        let k = Datastore::open_sqlite(&dir.path().join("s.db")).unwrap();
         let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": "widgets.example.com"},
             "spec": {"group": "example.com", "scope": "Cluster", "names": {"kind": "Widget", "plural": "widgets", "shortNames": ["wd"]},

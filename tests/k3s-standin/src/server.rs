@@ -1,13 +1,13 @@
 //! `k3s server`.
 
-use crate::api::{self, State, Upstream};
+use crate::api::{self, State};
 use crate::config::{Config, DEFAULT_KUBECONFIG};
 use crate::containerd;
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use crate::node::{self, Registration};
 use crate::pki::{self, Ca};
 use crate::token::{self, Bootstrap, Token};
-use crate::{clients, error, info, nodepass, notify, store, warn};
+use crate::{clients, error, etcd, info, nodepass, notify, store, warn};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -45,6 +45,7 @@ pub async fn supervise(fut: impl std::future::Future<Output = Result<()>>) -> i3
         _ = int.recv() => { info!("Received SIGINT, shutting down"); Ok(()) }
     };
     containerd::stop().await;
+    etcd::stop().await;
     match result {
         Ok(()) => 0,
         Err(e) => crate::fatal!("Error: {e:#}"),
@@ -76,74 +77,108 @@ struct Cluster {
     password: String,
     agent_password: String,
     bootstrap: Bootstrap,
-    upstream: Option<Upstream>,
 }
 
-/// A first (or only) server: the cluster CA lives here and in the datastore's bootstrap data.
+/// Writes the CA files of the bootstrap data that are missing or differ (a joining server, or a
+/// restore on a host without `server/tls`).
+fn write_cas(tls: &Path, b: &Bootstrap) -> Result<()> {
+    for (name, crt, k) in
+        [("server-ca", &b.server_ca_crt, &b.server_ca_key), ("client-ca", &b.client_ca_crt, &b.client_ca_key)]
+    {
+        let current = Ca::load(tls, name)?;
+        if current.as_ref().map(|c| c.cert_pem != *crt || c.key_pem != *k).unwrap_or(true) {
+            if current.is_none() {
+                info!("Reconciling bootstrap data: writing {name} from the datastore");
+            }
+            Ca { cert_pem: crt.clone(), key_pem: k.clone() }.save(tls, name)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bootstrap data stored under the token's key, opened with the token; k3s's error when
+/// bootstrap data exists but the token does not open it. None on an empty datastore.
+fn stored_bootstrap(db: &Datastore, password: &str) -> Result<Option<Bootstrap>> {
+    let rows = db.list("/bootstrap/")?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let key = token::bootstrap_key(password);
+    rows.iter().find(|r| r.name == key).and_then(|r| token::open(&r.value, password)).map(Some).ok_or_else(|| {
+        anyhow!(
+            "starting kubernetes: preparing server: bootstrap data already found and encrypted with different token"
+        )
+    })
+}
+
+/// A server that owns the cluster data (a single server, the first HA server, or any HA server
+/// reading the shared etcd): the cluster CAs live in the datastore's bootstrap data, created
+/// here on an empty datastore, and written back to `server/tls` where files are missing.
 fn init_cluster(
-    kine: &Kine,
+    db: &Datastore,
     tls: &Path,
     server_dir: &Path,
     configured: Option<&Token>,
     agent_tok: Option<&Token>,
+    etcd_layout: Option<&etcd::Layout>,
 ) -> Result<Cluster> {
     let password = match configured {
         Some(t) => t.password.clone(),
         None => existing_password(server_dir).unwrap_or_else(token::random_password),
     };
-    let key = token::bootstrap_key(&password);
-    let rows = kine.list("/bootstrap/")?;
-    if rows.is_empty() {
-        let server_ca = Ca::load_or_create(tls, "server-ca", "k3s-server-ca")?;
-        let client_ca = Ca::load_or_create(tls, "client-ca", "k3s-client-ca")?;
-        let b = Bootstrap {
-            server_ca_crt: server_ca.cert_pem,
-            server_ca_key: server_ca.key_pem,
-            client_ca_crt: client_ca.cert_pem,
-            client_ca_key: client_ca.key_pem,
-        };
-        kine.put(&key, &token::seal(&b, &password))?;
-    } else {
-        let b = rows
-            .iter()
-            .find(|r| r.name == key)
-            .and_then(|r| token::open(&r.value, &password))
-            .ok_or_else(|| anyhow!("starting kubernetes: preparing server: bootstrap data already found and encrypted with different token"))?;
-        for (name, crt, k) in
-            [("server-ca", &b.server_ca_crt, &b.server_ca_key), ("client-ca", &b.client_ca_crt, &b.client_ca_key)]
-        {
-            if Ca::load(tls, name)?.is_none() {
-                info!("Reconciling bootstrap data: writing {name} from the datastore");
-                Ca { cert_pem: crt.clone(), key_pem: k.clone() }.save(tls, name)?;
+    let stored = match stored_bootstrap(db, &password)? {
+        Some(b) => {
+            write_cas(tls, &b)?;
+            if let Some(l) = etcd_layout {
+                etcd::ensure_cas(l, Some(&b))?;
             }
+            b
         }
-    }
+        None => {
+            let server_ca = Ca::load_or_create(tls, "server-ca", "k3s-server-ca")?;
+            let client_ca = Ca::load_or_create(tls, "client-ca", "k3s-client-ca")?;
+            let mut b = Bootstrap {
+                server_ca_crt: server_ca.cert_pem,
+                server_ca_key: server_ca.key_pem,
+                client_ca_crt: client_ca.cert_pem,
+                client_ca_key: client_ca.key_pem,
+                ..Default::default()
+            };
+            if let Some(l) = etcd_layout {
+                let (server, peer) = etcd::ensure_cas(l, None)?;
+                (b.etcd_server_ca_crt, b.etcd_server_ca_key) = (server.cert_pem, server.key_pem);
+                (b.etcd_peer_ca_crt, b.etcd_peer_ca_key) = (peer.cert_pem, peer.key_pem);
+            }
+            db.put(&token::bootstrap_key(&password), &token::seal(&b, &password))?;
+            b
+        }
+    };
     let server_ca = Ca::load(tls, "server-ca")?.context("server CA")?;
-    let client_ca = Ca::load(tls, "client-ca")?.context("client CA")?;
     if let Some(t) = configured {
         token::check_hash(t, server_ca.cert_pem.as_bytes()).map_err(|e| anyhow!("failed to validate token: {e}"))?;
     }
     Ok(Cluster {
         agent_password: agent_tok.map(|t| t.password.clone()).unwrap_or_else(|| password.clone()),
         password,
-        bootstrap: Bootstrap {
-            server_ca_crt: server_ca.cert_pem,
-            server_ca_key: server_ca.key_pem,
-            client_ca_crt: client_ca.cert_pem,
-            client_ca_key: client_ca.key_pem,
-        },
-        upstream: None,
+        bootstrap: stored,
     })
 }
 
-/// A server joining an HA cluster through `url`.
+/// The server an HA server joined: where it asks for the bootstrap data and the etcd members.
+struct JoinTarget {
+    url: String,
+    client: reqwest::Client,
+    password: String,
+}
+
+/// A server joining an HA cluster through `url`: the CA check, the bootstrap data (CAs, agent
+/// password, critical configuration compared with ours) from the supervisor.
 async fn join_cluster(
     url: &str,
-    kine: &Kine,
     tls: &Path,
     configured: Option<&Token>,
     critical: &BTreeMap<String, String>,
-) -> Result<Cluster> {
+) -> Result<(Cluster, JoinTarget)> {
     if !url.starts_with("https://") {
         bail!("only https:// URLs are supported, invalid scheme: {url}");
     }
@@ -197,22 +232,91 @@ async fn join_cluster(
         bail!("starting kubernetes: preparing server: failed to bootstrap cluster data: failed to validate server configuration: {MISMATCH}");
     }
     let b: Bootstrap = serde_json::from_value(resp["bootstrap"].clone()).context("bootstrap data")?;
-    for (name, crt, k) in
-        [("server-ca", &b.server_ca_crt, &b.server_ca_key), ("client-ca", &b.client_ca_crt, &b.client_ca_key)]
-    {
-        let current = Ca::load(tls, name)?;
-        if current.as_ref().map(|c| c.cert_pem != *crt || c.key_pem != *k).unwrap_or(true) {
-            Ca { cert_pem: crt.clone(), key_pem: k.clone() }.save(tls, name)?;
-        }
-    }
-    let key = token::bootstrap_key(&t.password);
-    kine.put(&key, &token::seal(&b, &t.password))?;
-    Ok(Cluster {
+    write_cas(tls, &b)?;
+    let cluster = Cluster {
         password: t.password.clone(),
         agent_password: resp["agentPassword"].as_str().unwrap_or(&t.password).to_string(),
         bootstrap: b,
-        upstream: Some(Upstream { url, client, password: t.password.clone() }),
-    })
+    };
+    Ok((cluster, JoinTarget { url, client, password: t.password.clone() }))
+}
+
+impl JoinTarget {
+    /// The etcd members as the joined server sees them (k3s's `/db/info`).
+    async fn members(&self) -> Result<Vec<etcd::MemberInfo>> {
+        let u = format!("{}/db/info", self.url);
+        let r = self.client.get(&u).basic_auth("server", Some(&self.password)).send().await?;
+        if !r.status().is_success() {
+            bail!("{u}: {}", r.status());
+        }
+        let v: Value = r.json().await?;
+        Ok(serde_json::from_value(v["members"].clone())?)
+    }
+}
+
+/// Adds this server to the etcd cluster of the server it joins, as k3s's join does: the member
+/// list from `/db/info`, a refusal if another member already has this node name, then
+/// MemberAddAsLearner through the members' client URLs; returns the initial cluster to start with.
+async fn join_etcd(target: &JoinTarget, member: &etcd::Member, node_name: &str) -> Result<String> {
+    let members = loop {
+        match target.members().await {
+            Ok(m) => break m,
+            Err(e) => {
+                error!("Failed to get etcd members from {}: {e:#}", target.url);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let mut cluster = vec![];
+    let mut add = true;
+    for m in &members {
+        let Some(peer) = m.peer_urls.first() else { continue };
+        let name = if m.name.is_empty() && *peer == member.peer_url() { member.name.clone() } else { m.name.clone() };
+        if name == member.name && *peer == member.peer_url() {
+            add = false;
+        }
+        let node_of = name.rsplit_once('-').map(|(n, _)| n).unwrap_or(&name);
+        if name != member.name && node_of == node_name {
+            let _ = std::fs::remove_file(member.layout.data.join("name"));
+            bail!("duplicate node name found, please use a unique name for this node");
+        }
+        cluster.push(format!("{name}={peer}"));
+    }
+    if add {
+        info!("Adding member {}={} to etcd cluster [{}]", member.name, member.peer_url(), cluster.join(" "));
+        let endpoints: Vec<String> = members.iter().flat_map(|m| m.client_urls.clone()).collect();
+        let client = etcd::Client::tls(&member.layout, endpoints)?;
+        let peer = member.peer_url();
+        etcd::wait_until("Failed to add this server to the etcd cluster", None, || client.member_add_learner(&peer))
+            .await?;
+        cluster.push(format!("{}={}", member.name, member.peer_url()));
+    }
+    info!("Starting etcd for cluster [{}]", cluster.join(" "));
+    Ok(cluster.join(","))
+}
+
+/// Promotes this member from learner to voter once it has caught up (k3s's leader does this
+/// in its learner controller; here the new member asks the others itself).
+async fn promote(target: Option<&JoinTarget>, local: &etcd::Client, member: &etcd::Member) -> Result<()> {
+    let (id, learner) =
+        etcd::wait_until("Waiting for etcd server to become available", None, || local.status()).await?;
+    if !learner {
+        return Ok(());
+    }
+    let target = target.ok_or_else(|| anyhow!("this etcd member is a learner and no server to join is configured"))?;
+    let endpoints: Vec<String> = loop {
+        match target.members().await {
+            Ok(m) => break m.iter().filter(|m| m.name != member.name).flat_map(|m| m.client_urls.clone()).collect(),
+            Err(e) => {
+                error!("Failed to get etcd members from {}: {e:#}", target.url);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let others = etcd::Client::tls(&member.layout, endpoints)?;
+    etcd::wait_until("Waiting to promote this learner to a voting member", None, || others.member_promote(id)).await?;
+    info!("Promoted etcd member {} to a voting member", member.name);
+    Ok(())
 }
 
 fn symlink_to(target: &Path, link: &Path) -> Result<()> {
@@ -297,39 +401,21 @@ pub fn node_name(cfg: &Config) -> String {
 async fn register_self(state: &State, reg: &Registration) -> Result<()> {
     let password = nodepass::ensure_local()?;
     loop {
-        let result: Result<(), (bool, String)> = match &state.upstream {
-            None => {
-                let (kine, name, pw) = (state.kine.clone(), reg.name.clone(), password.clone());
-                let checked = tokio::task::spawn_blocking(move || nodepass::ensure_secret(&kine, &name, &pw)).await;
-                match checked {
-                    Ok(Ok(())) => match node::register(&state.kine, reg, &state.cluster_cidr) {
-                        Ok(n) => {
-                            nodepass::adopt(&state.kine, &reg.name, n["metadata"]["uid"].as_str().unwrap_or_default());
-                            Ok(())
-                        }
-                        Err(e) => Err((false, format!("{e:#}"))),
-                    },
-                    Ok(Err(e)) if e.code == 403 => Err((true, e.message)),
-                    Ok(Err(e)) => Err((false, e.message)),
-                    Err(e) => Err((false, e.to_string())),
+        let (db, r, cidr, pw) = (state.kine.clone(), reg.clone(), state.cluster_cidr.clone(), password.clone());
+        // The datastore blocks (SQLite, etcd requests) and scrypt is slow: off the async workers.
+        let result = tokio::task::spawn_blocking(move || match nodepass::ensure_secret(&db, &r.name, &pw) {
+            Ok(()) => match node::register(&db, &r, &cidr) {
+                Ok(n) => {
+                    nodepass::adopt(&db, &r.name, n["metadata"]["uid"].as_str().unwrap_or_default());
+                    Ok(())
                 }
-            }
-            Some(up) => match up
-                .request_with(
-                    hyper::Method::POST,
-                    "/v1-k3s/nodes",
-                    Some(serde_json::to_vec(reg).unwrap_or_default()),
-                    Some("application/json"),
-                    &[(nodepass::NAME_HEADER, reg.name.clone()), (nodepass::PASSWORD_HEADER, password.clone())],
-                )
-                .await
-            {
-                Ok((st, _, _)) if st.is_success() => Ok(()),
-                Ok((st, _, _)) if st == hyper::StatusCode::FORBIDDEN => Err((true, String::new())),
-                Ok((st, _, body)) => Err((false, format!("{st}: {}", String::from_utf8_lossy(&body)))),
-                Err(e) => Err((false, clients::chain(&e))),
+                Err(e) => Err((false, format!("{e:#}"))),
             },
-        };
+            Err(e) if e.code == 403 => Err((true, e.message)),
+            Err(e) => Err((false, e.message)),
+        })
+        .await
+        .unwrap_or_else(|e| Err((false, e.to_string())));
         match result {
             Ok(()) => {
                 info!("Node {} registered", reg.name);
@@ -347,80 +433,150 @@ async fn register_self(state: &State, reg: &Registration) -> Result<()> {
     }
 }
 
-/// Heartbeats (lease renewals) of the server's own node, the HA mirror, and kine compaction.
+/// Heartbeats (lease renewals) of the server's own node, the datastore's compaction, and the
+/// watch on the etcd child.
 async fn background(state: Arc<State>, own: Option<String>) {
     let mut tick = tokio::time::interval(heartbeat_interval());
     let mut last_compact = std::time::Instant::now();
+    let mut etcd_down_logged = false;
     loop {
         tick.tick().await;
-        if let Some(up) = &state.upstream {
-            if let Some(name) = &own {
-                match up.request(hyper::Method::PUT, &format!("/v1-k3s/nodes/{name}/heartbeat"), None, None).await {
-                    Ok((st, _)) if st.is_success() => {}
-                    Ok((st, _)) => error!("Error updating node status, will retry: {name}: {st}"),
-                    Err(e) => error!("Error updating node status, will retry: {}", clients::chain(&e)),
+        if state.etcd.is_some() {
+            match etcd::exited() {
+                Some(st) if !etcd_down_logged => {
+                    error!("etcd exited ({st}): this server's datastore is unavailable until k3s restarts");
+                    etcd_down_logged = true;
                 }
-            }
-            if let Ok((st, body)) = up.request(hyper::Method::GET, "/api/v1/nodes", None, None).await {
-                if st.is_success() {
-                    if let Ok(list) = serde_json::from_slice::<Value>(&body) {
-                        mirror(&state.kine, &list);
-                    }
-                }
+                _ => {}
             }
         }
-        if let Some(name) = &own {
-            match node::renew_lease(&state.kine, name) {
-                Ok(true) => {}
-                Ok(false) if state.upstream.is_some() => {}
-                Ok(false) => {
-                    error!("Error updating node status, will retry: nodes \"{name}\" not found")
-                }
-                Err(e) => error!("Error updating node lease: {e:#}"),
-            }
-        }
-        if last_compact.elapsed() > Duration::from_secs(300) {
+        let st = state.clone();
+        let own = own.clone();
+        let compact = last_compact.elapsed() > Duration::from_secs(300);
+        if compact {
             last_compact = std::time::Instant::now();
-            match state.kine.compact(1000) {
-                Ok(n) if n > 0 => info!("Compacted {n} rows"),
-                Ok(_) => {}
-                Err(e) => error!("Compact failed: {e:#}"),
-            }
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(name) = &own {
+                match node::renew_lease(&st.kine, name) {
+                    Ok(true) => {}
+                    Ok(false) => error!("Error updating node status, will retry: nodes \"{name}\" not found"),
+                    Err(e) => error!("Error updating node lease: {e:#}"),
+                }
+            }
+            if compact {
+                match st.kine.compact(1000) {
+                    Ok(n) if n > 0 => info!("Compacted {n} rows"),
+                    Ok(_) => {}
+                    Err(e) => error!("Compact failed: {e:#}"),
+                }
+            }
+        })
+        .await;
     }
 }
 
-fn mirror(kine: &Kine, list: &Value) {
-    let Some(items) = list["items"].as_array() else {
-        return;
+/// SQLite magic: what a copy of state.db starts with (an etcd snapshot is a bbolt file).
+fn is_sqlite_file(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok()
+        && &head == b"SQLite format 3\0"
+}
+
+const RESET_DONE: &str = "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. Backup and delete ${datadir}/server/db on each peer etcd server and rejoin the nodes";
+
+fn reset_password(cfg: &Config, server_dir: &Path) -> Result<String> {
+    Ok(match parse_token_opt(cfg.token("token", "token-file").map_err(|e| anyhow!(e))?)? {
+        Some(t) => t.password,
+        None => existing_password(server_dir).ok_or_else(|| anyhow!("--token is required to restore a snapshot"))?,
+    })
+}
+
+/// `--cluster-reset [--cluster-reset-restore-path=<file>]`. With embedded etcd (an etcd data
+/// dir, or an etcd snapshot to restore), as k3s: a snapshot is restored with etcd's restore into
+/// a new `server/db/etcd` (the old one moves to `server/db/etcd-old-<unix time>`), otherwise the
+/// membership is forced down to this member; a temporary member then proves that the token opens
+/// the bootstrap data and writes missing CA files from it. With SQLite: a restore path is a copy
+/// of state.db, put in place of the current one (moved to `etcd-old-<unix time>` as well).
+async fn cluster_reset(cfg: &Config, server_dir: &Path) -> Result<()> {
+    let layout = etcd::Layout::new(server_dir);
+    let restore = cfg.str("cluster-reset-restore-path").map(PathBuf::from);
+    let uses_etcd = match &restore {
+        Some(p) if p.is_file() => !is_sqlite_file(p),
+        _ => layout.initialized() || cfg.bool("cluster-init"),
     };
-    let names: Vec<&str> = items.iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
-    for n in items {
-        if let Err(e) = node::store_mirror(kine, n) {
-            error!("mirror: {e:#}");
-        }
+    if !uses_etcd {
+        return sqlite_cluster_reset(cfg, server_dir, restore.as_deref());
     }
-    for r in kine.list(node::NODE_PREFIX).unwrap_or_default() {
-        let name = r.name.trim_start_matches(node::NODE_PREFIX);
-        if !names.contains(&name) {
-            let _ = node::delete(kine, name);
+    let password = reset_password(cfg, server_dir)?;
+    let node_name = node_name(cfg);
+    let (ips, _) = node_ips(cfg);
+    let db_dir = server_dir.join("db");
+    if let Some(p) = &restore {
+        if !p.exists() {
+            bail!("etcd: snapshot path does not exist: {}", p.display());
         }
+        if p.is_dir() {
+            bail!("etcd: snapshot path must be a file, not a directory: {}", p.display());
+        }
+    } else if !layout.initialized() {
+        bail!("etcd: no etcd data in {} to reset", layout.data.display());
     }
+    let name = match &restore {
+        Some(p) => {
+            if layout.data.exists() {
+                let old = db_dir.join(format!("etcd-old-{}", crate::timefmt::now_secs()));
+                std::fs::rename(&layout.data, &old)
+                    .with_context(|| format!("moving {} to {}", layout.data.display(), old.display()))?;
+                info!("Moved the old etcd data dir to {}", old.display());
+            }
+            let member = etcd::Member {
+                name: format!("{node_name}-{}", hex::encode(rand::random::<[u8; 4]>())),
+                ip: ips.first().cloned().unwrap_or_else(|| "127.0.0.1".into()),
+                ports: etcd::ports(),
+                layout: layout.clone(),
+            };
+            info!("Pre-restore etcd database moved aside; restoring snapshot {}", p.display());
+            etcd::snapshot_restore(&member, p)?;
+            std::fs::write(layout.data.join("name"), &member.name)?;
+            member.name
+        }
+        None => layout.member_name(&node_name, false)?,
+    };
+    let member = etcd::Member {
+        name,
+        ip: ips.first().cloned().unwrap_or_else(|| "127.0.0.1".into()),
+        ports: etcd::ports(),
+        layout: layout.clone(),
+    };
+    info!("Starting temporary etcd to reconcile with datastore");
+    let temp = etcd::Temporary::start(&member, restore.is_none()).await?;
+    let db = Datastore::Etcd(temp.client.clone());
+    let checked = async {
+        etcd::wait_until("Waiting for the temporary etcd", Some(Duration::from_secs(60)), || db.current_revision())
+            .await?;
+        match stored_bootstrap(&db, &password)? {
+            Some(b) => {
+                let tls = server_dir.join("tls");
+                write_cas(&tls, &b)?;
+                etcd::ensure_cas(&layout, Some(&b))?;
+            }
+            None => warn!("No bootstrap data found in the restored datastore"),
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    temp.stop().await;
+    checked?;
+    info!("{RESET_DONE}");
+    Ok(())
 }
 
-/// `--cluster-reset [--cluster-reset-restore-path=<file>]`: with a restore path (an SQLite copy of
-/// state.db), the current db files move to server/db/etcd-old-<timestamp>/ and the file becomes state.db.
-fn cluster_reset(cfg: &Config, server_dir: &Path) -> Result<()> {
+fn sqlite_cluster_reset(cfg: &Config, server_dir: &Path, restore: Option<&Path>) -> Result<()> {
     let db_dir = server_dir.join("db");
-    if let Some(restore) = cfg.str("cluster-reset-restore-path") {
-        let restore = PathBuf::from(restore);
+    if let Some(restore) = restore {
         anyhow::ensure!(restore.is_file(), "cluster-reset-restore-path {}: no such file", restore.display());
-        let password = match parse_token_opt(cfg.token("token", "token-file").map_err(|e| anyhow!(e))?)? {
-            Some(t) => t.password,
-            None => {
-                existing_password(server_dir).ok_or_else(|| anyhow!("--token is required to restore a snapshot"))?
-            }
-        };
+        let password = reset_password(cfg, server_dir)?;
         std::fs::create_dir_all(&db_dir)?;
         let old = db_dir.join(format!("etcd-old-{}", crate::timefmt::now_secs()));
         std::fs::create_dir_all(&old)?;
@@ -430,17 +586,53 @@ fn cluster_reset(cfg: &Config, server_dir: &Path) -> Result<()> {
                 std::fs::rename(&p, old.join(f))?;
             }
         }
-        std::fs::copy(&restore, db_dir.join("state.db"))?;
-        let kine = Kine::open(&db_dir.join("state.db"))?;
-        let rows = kine.list("/bootstrap/")?;
-        let key = token::bootstrap_key(&password);
-        if !rows.is_empty() && !rows.iter().any(|r| r.name == key && token::open(&r.value, &password).is_some()) {
-            bail!("starting kubernetes: preparing server: bootstrap data already found and encrypted with different token");
-        }
+        std::fs::copy(restore, db_dir.join("state.db"))?;
+        let db = Datastore::open_sqlite(&db_dir.join("state.db"))?;
+        stored_bootstrap(&db, &password)?;
         info!("Restored {} (previous db moved to {})", restore.display(), old.display());
     }
-    info!("Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. Backup and delete ${{datadir}}/server/db on each peer etcd server and rejoin the nodes");
+    info!("{RESET_DONE}");
     Ok(())
+}
+
+/// Starts (or joins) this server's etcd member and waits until it serves as a voting member;
+/// returns the member and a client of it. A member that cannot reach a quorum, or that was
+/// removed from the cluster, keeps the server waiting and logging, as k3s does.
+async fn start_etcd(
+    cfg: &Config,
+    server_dir: &Path,
+    node_name: &str,
+    ip: &str,
+    join: Option<(&JoinTarget, &Bootstrap)>,
+) -> Result<(etcd::Member, etcd::Client)> {
+    let layout = etcd::Layout::new(server_dir);
+    etcd::binary("etcd")?;
+    let (server_ca, peer_ca) = etcd::ensure_cas(&layout, join.map(|(_, b)| b))?;
+    let initialized = layout.initialized();
+    if initialized {
+        info!("Managed etcd cluster bootstrap already complete and initialized");
+    }
+    let member = etcd::Member {
+        name: layout.member_name(node_name, false)?,
+        ip: ip.to_string(),
+        ports: etcd::ports(),
+        layout: layout.clone(),
+    };
+    etcd::write_leaf_certs(&member, &server_ca, &peer_ca)?;
+    let how = match (initialized, join) {
+        (true, _) => etcd::Start::Existing(format!("{}={}", member.name, member.peer_url())),
+        (false, None) => {
+            info!("Starting etcd for new cluster, cluster-reset={}", cfg.bool("cluster-reset"));
+            etcd::Start::New
+        }
+        (false, Some((target, _))) => etcd::Start::Existing(join_etcd(target, &member, node_name).await?),
+    };
+    etcd::start(&member, how)?;
+    let client = etcd::Client::tls(&layout, vec![member.local_endpoint()])?;
+    promote(join.map(|(t, _)| t), &client, &member).await?;
+    etcd::wait_until("Failed to test data store connection", None, || client.test(&member)).await?;
+    info!("etcd data store connection OK");
+    Ok((member, client))
 }
 
 async fn run_inner(cfg: Config) -> Result<()> {
@@ -451,27 +643,48 @@ async fn run_inner(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&tls)?;
     pki::set_mode(&server_dir, 0o700)?;
     if cfg.bool("cluster-reset") {
-        return cluster_reset(&cfg, &server_dir);
+        return cluster_reset(&cfg, &server_dir).await;
     }
     if cfg.str("datastore-endpoint").is_some() {
-        warn!("datastore-endpoint is not supported by the k3s stand-in: using the embedded SQLite datastore");
+        warn!("datastore-endpoint is not supported by the k3s stand-in: using the embedded datastore");
     }
     let port: u16 = cfg.str_or("https-listen-port", "6443").parse().context("https-listen-port")?;
     let bind = cfg.str_or("bind-address", "0.0.0.0");
     let configured = parse_token_opt(cfg.token("token", "token-file").map_err(|e| anyhow!(e))?)?;
     let agent_tok = parse_token_opt(cfg.token("agent-token", "agent-token-file").map_err(|e| anyhow!(e))?)?;
     let critical = critical_config(&cfg, agent_tok.as_ref());
+    let name = node_name(&cfg);
+    let (internal_ips, external_ips) = node_ips(&cfg);
 
-    let db_path = server_dir.join("db/state.db");
-    info!("Configuring sqlite3 database connection pooling: maxIdleConns=2, maxOpenConns=0, connMaxLifetime=0s");
-    let kine = Arc::new(Kine::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?);
+    // k3s's datastore choice: embedded etcd with cluster-init, when joining a server, or when
+    // an etcd data dir exists; else kine on SQLite.
     let join_url = cfg.str("server");
-    let cluster = match &join_url {
-        Some(url) => {
-            info!("Joining the cluster at {url}");
-            join_cluster(url, &kine, &tls, configured.as_ref(), &critical).await?
-        }
-        None => init_cluster(&kine, &tls, &server_dir, configured.as_ref(), agent_tok.as_ref())?,
+    let uses_etcd = cfg.bool("cluster-init") || join_url.is_some() || etcd::Layout::new(&server_dir).initialized();
+    let (kine, cluster, etcd_node) = if uses_etcd {
+        let ip = internal_ips.first().cloned().unwrap_or_else(|| "127.0.0.1".into());
+        let joined = match &join_url {
+            Some(url) if !etcd::Layout::new(&server_dir).initialized() => {
+                info!("Joining the cluster at {url}");
+                Some(join_cluster(url, &tls, configured.as_ref(), &critical).await?)
+            }
+            _ => None,
+        };
+        let (member, client) =
+            start_etcd(&cfg, &server_dir, &name, &ip, joined.as_ref().map(|(c, t)| (t, &c.bootstrap))).await?;
+        let db = Arc::new(Datastore::Etcd(client.clone()));
+        let layout = member.layout.clone();
+        let cluster = match joined {
+            Some((c, _)) => c,
+            None => init_cluster(&db, &tls, &server_dir, configured.as_ref(), agent_tok.as_ref(), Some(&layout))?,
+        };
+        let snapshots = crate::snapshot::Settings::from_config(&cfg, &data_dir, &name);
+        (db, cluster, Some(Arc::new(etcd::Node { member, client, snapshots })))
+    } else {
+        let db_path = server_dir.join("db/state.db");
+        info!("Configuring sqlite3 database connection pooling: maxIdleConns=2, maxOpenConns=0, connMaxLifetime=0s");
+        let db = Arc::new(Datastore::open_sqlite(&db_path).with_context(|| format!("opening {}", db_path.display()))?);
+        let cluster = init_cluster(&db, &tls, &server_dir, configured.as_ref(), agent_tok.as_ref(), None)?;
+        (db, cluster, None)
     };
     let server_ca = Ca::load(&tls, "server-ca")?.context("server CA")?;
     let client_ca = Ca::load(&tls, "client-ca")?.context("client CA")?;
@@ -487,8 +700,6 @@ async fn run_inner(cfg: Config) -> Result<()> {
         }
     };
 
-    let name = node_name(&cfg);
-    let (internal_ips, external_ips) = node_ips(&cfg);
     let domain = cfg.str_or("cluster-domain", "cluster.local");
     let mut sans: Vec<String> = vec![
         "kubernetes".into(),
@@ -522,12 +733,17 @@ async fn run_inner(cfg: Config) -> Result<()> {
     };
     write_kubeconfig(&cfg, &kc_host, port, &cacerts, &admin)?;
 
-    let ha = cfg.bool("cluster-init") || join_url.is_some();
     let service_cidr = cfg.str_or("service-cidr", "10.43.0.0/16");
     store::configure(store::Settings { service_cidr: service_cidr.clone() });
     node::set_grace(node_grace());
-    store::seed(&kine, &service_cidr, &cfg.str_or("cluster-dns", "10.43.0.10"), &cfg.list_split("disable"))
-        .context("creating the system namespaces and services")?;
+    {
+        let (db, cidr, dns, disabled) =
+            (kine.clone(), service_cidr.clone(), cfg.str_or("cluster-dns", "10.43.0.10"), cfg.list_split("disable"));
+        tokio::task::spawn_blocking(move || store::seed(&db, &cidr, &dns, &disabled))
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+            .context("creating the system namespaces and services")?;
+    }
     let cluster_cidr = cfg.str_or("cluster-cidr", "10.42.0.0/16");
     let agent_config = json!({
         "clusterCIDR": cluster_cidr,
@@ -543,8 +759,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         agent_password: cluster.agent_password.clone(),
         bootstrap: cluster.bootstrap.clone(),
         critical,
-        ha,
-        upstream: cluster.upstream,
+        etcd: etcd_node.clone(),
         cluster_cidr,
         agent_config,
     });
@@ -561,7 +776,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         let mut labels = BTreeMap::new();
         labels.insert("node-role.kubernetes.io/control-plane".to_string(), "true".to_string());
         labels.insert("node-role.kubernetes.io/master".to_string(), "true".to_string());
-        if ha {
+        if etcd_node.is_some() {
             labels.insert("node-role.kubernetes.io/etcd".to_string(), "true".to_string());
         }
         let reg = Registration::local(
@@ -577,23 +792,15 @@ async fn run_inner(cfg: Config) -> Result<()> {
         Some(name.clone())
     };
     tokio::spawn(background(state.clone(), own));
-    let manifests = data_dir.join("server/manifests");
-    if state.upstream.is_none() {
-        let mut deployer = crate::deploy::Controller::new(&data_dir, cfg.list_split("disable"));
-        let k = kine.clone();
-        deployer = tokio::task::spawn_blocking(move || {
-            deployer.scan(&k, true);
-            deployer
-        })
-        .await
-        .map_err(|e| anyhow!("deploy controller: {e}"))?;
-        tokio::spawn(crate::deploy::run(kine.clone(), deployer));
-    } else if std::fs::read_dir(&manifests).map(|mut d| d.next().is_some()).unwrap_or(false) {
-        warn!(
-            "{} is not applied by a joined server of the k3s stand-in: put manifests on the first server",
-            manifests.display()
-        );
-    }
+    let mut deployer = crate::deploy::Controller::new(&data_dir, cfg.list_split("disable"));
+    let k = kine.clone();
+    deployer = tokio::task::spawn_blocking(move || {
+        deployer.scan(&k, true);
+        deployer
+    })
+    .await
+    .map_err(|e| anyhow!("deploy controller: {e}"))?;
+    tokio::spawn(crate::deploy::run(kine.clone(), deployer));
     info!("k3s is up and running");
     notify::ready();
     std::future::pending::<()>().await;

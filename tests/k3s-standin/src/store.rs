@@ -9,7 +9,7 @@
 //! Nodes are read through `node::view` (Ready comes from the lease), and deleting a Node deletes
 //! its node-password Secret too, as k3s's node controller does.
 
-use crate::kine::Kine;
+use crate::datastore::Datastore;
 use crate::node;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, Resource};
@@ -162,7 +162,7 @@ pub fn validate_name(res: &Resource, name: &str) -> ApiResult<()> {
 }
 
 /// The object as the API returns it: resourceVersion from the row; nodes through their view.
-fn finish(kine: &Kine, res: &Resource, row: &crate::kine::Row) -> Option<Value> {
+fn finish(kine: &Datastore, res: &Resource, row: &crate::datastore::Row) -> Option<Value> {
     if res.kind == "Node" {
         return node::view(kine, row, node::grace());
     }
@@ -177,14 +177,14 @@ fn finish(kine: &Kine, res: &Resource, row: &crate::kine::Row) -> Option<Value> 
     Some(v)
 }
 
-pub fn get(kine: &Kine, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+pub fn get(kine: &Datastore, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
     let row = kine.get(&res.key(ns, name))?.ok_or_else(|| ApiError::not_found(res, name))?;
     finish(kine, res, &row).ok_or_else(|| ApiError::internal(format!("stored {} {name} is not JSON", res.kind)))
 }
 
 /// Objects of `res` (in `ns`, or everywhere) that match both selectors, and the list's revision.
 pub fn list(
-    kine: &Kine,
+    kine: &Datastore,
     res: &Resource,
     ns: Option<&str>,
     labels: &LabelSelector,
@@ -200,7 +200,7 @@ pub fn list(
     Ok((items, rev))
 }
 
-fn ensure_namespace(kine: &Kine, res: &Resource, ns: Option<&str>) -> ApiResult<()> {
+fn ensure_namespace(kine: &Datastore, res: &Resource, ns: Option<&str>) -> ApiResult<()> {
     if !res.namespaced {
         return Ok(());
     }
@@ -217,7 +217,7 @@ fn b64(data: &[u8]) -> String {
 }
 
 /// Kind-specific defaults and checks the apiserver applies on every write.
-fn defaults(kine: &Kine, res: &Resource, obj: &mut Value, name: &str) -> ApiResult<()> {
+fn defaults(kine: &Datastore, res: &Resource, obj: &mut Value, name: &str) -> ApiResult<()> {
     match res.kind.as_str() {
         "Namespace" => {
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
@@ -282,7 +282,7 @@ fn defaults(kine: &Kine, res: &Resource, obj: &mut Value, name: &str) -> ApiResu
 }
 
 /// The lowest free address of service-cidr after the first (the first is `kubernetes`).
-fn allocate_service_ip(kine: &Kine) -> ApiResult<String> {
+fn allocate_service_ip(kine: &Datastore) -> ApiResult<String> {
     let cidr = service_cidr();
     let first = cidr.split(',').next().unwrap_or_default().trim().to_string();
     let (addr, bits) = first.split_once('/').ok_or_else(|| ApiError::internal(format!("bad service-cidr {cidr}")))?;
@@ -311,7 +311,7 @@ fn name_of(obj: &Value) -> Option<String> {
 
 /// POST: stores a new object. `ns` is the namespace of the URL (it wins over the body's, which
 /// must then agree, as in the apiserver).
-pub fn create(kine: &Kine, res: &Resource, ns: Option<&str>, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
+pub fn create(kine: &Datastore, res: &Resource, ns: Option<&str>, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
     if !obj.is_object() {
         return Err(ApiError::bad_request("the body of the request is not a JSON object"));
     }
@@ -376,7 +376,7 @@ pub fn create(kine: &Kine, res: &Resource, ns: Option<&str>, mut obj: Value, dry
 /// Common part of PUT and PATCH: `new` replaces the stored object whose revision is `rev`,
 /// keeping what clients cannot change (uid, creationTimestamp, name, namespace).
 fn replace(
-    kine: &Kine,
+    kine: &Datastore,
     res: &Resource,
     ns: Option<&str>,
     name: &str,
@@ -431,7 +431,7 @@ fn replace(
     }
 }
 
-fn stored(kine: &Kine, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<(Value, i64)> {
+fn stored(kine: &Datastore, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<(Value, i64)> {
     let row = kine.get(&res.key(ns, name))?.ok_or_else(|| ApiError::not_found(res, name))?;
     let v: Value = serde_json::from_slice(&row.value).map_err(ApiError::internal)?;
     Ok((v, row.id))
@@ -439,7 +439,7 @@ fn stored(kine: &Kine, res: &Resource, ns: Option<&str>, name: &str) -> ApiResul
 
 /// PUT.
 pub fn update(
-    kine: &Kine,
+    kine: &Datastore,
     res: &Resource,
     ns: Option<&str>,
     name: &str,
@@ -452,7 +452,7 @@ pub fn update(
 
 /// PATCH of the object (or of its status: the same object here, no separate status storage).
 pub fn patch(
-    kine: &Kine,
+    kine: &Datastore,
     res: &Resource,
     ns: Option<&str>,
     name: &str,
@@ -491,7 +491,7 @@ fn pt_clone(pt: &PatchType) -> PatchType {
 
 /// DELETE. Returns what the apiserver answers: the namespace (Terminating) for namespaces, a
 /// `Status` of success for everything else.
-pub fn delete(kine: &Kine, res: &Resource, ns: Option<&str>, name: &str, dry_run: bool) -> ApiResult<Value> {
+pub fn delete(kine: &Datastore, res: &Resource, ns: Option<&str>, name: &str, dry_run: bool) -> ApiResult<Value> {
     let obj = get(kine, res, ns, name)?;
     if res.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden(res, name, "this namespace may not be deleted"));
@@ -534,7 +534,7 @@ pub fn delete(kine: &Kine, res: &Resource, ns: Option<&str>, name: &str, dry_run
 /// `default/kubernetes` Service, plus the kube-dns and metrics-server Services that the packaged
 /// coredns and metrics-server add-ons would create (unless disabled), so that `kubectl
 /// cluster-info` lists what it lists on k3s. Existing objects are left alone.
-pub fn seed(kine: &Kine, service_cidr: &str, cluster_dns: &str, disabled: &[String]) -> anyhow::Result<()> {
+pub fn seed(kine: &Datastore, service_cidr: &str, cluster_dns: &str, disabled: &[String]) -> anyhow::Result<()> {
     let nsres = resources::builtin_kind("Namespace");
     for ns in SYSTEM_NAMESPACES {
         if kine.get(&nsres.key(None, ns))?.is_none() {
@@ -585,9 +585,9 @@ pub fn seed(kine: &Kine, service_cidr: &str, cluster_dns: &str, disabled: &[Stri
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Kine) {
+    fn store() -> (tempfile::TempDir, Datastore) {
         let dir = tempfile::tempdir().unwrap();
-        let k = Kine::open(&dir.path().join("s.db")).unwrap();
+        let k = Datastore::open_sqlite(&dir.path().join("s.db")).unwrap();
         seed(&k, "10.43.0.0/16", "10.43.0.10", &[]).unwrap();
         (dir, k)
     }

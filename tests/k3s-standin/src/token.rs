@@ -62,12 +62,21 @@ pub fn check_hash(token: &Token, ca_bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Cluster-wide material every server shares (k3s's "bootstrap data").
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Bootstrap {
     pub server_ca_crt: String,
     pub server_ca_key: String,
     pub client_ca_crt: String,
     pub client_ca_key: String,
+    /// The embedded etcd's CAs (HA clusters only; empty for a SQLite server).
+    #[serde(default)]
+    pub etcd_server_ca_crt: String,
+    #[serde(default)]
+    pub etcd_server_ca_key: String,
+    #[serde(default)]
+    pub etcd_peer_ca_crt: String,
+    #[serde(default)]
+    pub etcd_peer_ca_key: String,
 }
 
 /// k3s stores bootstrap data under `/bootstrap/<first 12 hex of sha256(passphrase)>`.
@@ -150,6 +159,7 @@ mod tests {
             server_ca_key: "b".into(),
             client_ca_crt: "c".into(),
             client_ca_key: "d".into(),
+            ..Default::default()
         };
         let s = seal(&b, "pw");
         assert_eq!(open(&s, "pw"), Some(b));
