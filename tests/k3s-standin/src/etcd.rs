@@ -453,7 +453,8 @@ impl Client {
         self.rt.spawn(async move {
             let mut last = anyhow!("no etcd endpoint");
             for ep in &endpoints {
-                match http.post(format!("{ep}{path}")).json(&body).send().await {
+                // k3s's datastore test gives up after 10 s too.
+                match http.post(format!("{ep}{path}")).json(&body).timeout(Duration::from_secs(10)).send().await {
                     Ok(resp) => {
                         let status = resp.status();
                         let v: Value = match resp.json().await {

@@ -297,13 +297,11 @@ async fn join_etcd(target: &JoinTarget, member: &etcd::Member, node_name: &str) 
 
 /// Promotes this member from learner to voter once it has caught up (k3s's leader does this
 /// in its learner controller; here the new member asks the others itself).
-async fn promote(target: Option<&JoinTarget>, local: &etcd::Client, member: &etcd::Member) -> Result<()> {
-    let (id, learner) =
-        etcd::wait_until("Waiting for etcd server to become available", None, || local.status()).await?;
+async fn promote(target: &JoinTarget, local: &etcd::Client, member: &etcd::Member) -> Result<()> {
+    let (id, learner) = etcd::wait_until("Failed to test data store connection", None, || local.status()).await?;
     if !learner {
         return Ok(());
     }
-    let target = target.ok_or_else(|| anyhow!("this etcd member is a learner and no server to join is configured"))?;
     let endpoints: Vec<String> = loop {
         match target.members().await {
             Ok(m) => break m.iter().filter(|m| m.name != member.name).flat_map(|m| m.client_urls.clone()).collect(),
@@ -629,7 +627,9 @@ async fn start_etcd(
     };
     etcd::start(&member, how)?;
     let client = etcd::Client::tls(&layout, vec![member.local_endpoint()])?;
-    promote(join.map(|(t, _)| t), &client, &member).await?;
+    if let Some((target, _)) = join {
+        promote(target, &client, &member).await?;
+    }
     etcd::wait_until("Failed to test data store connection", None, || client.test(&member)).await?;
     info!("etcd data store connection OK");
     Ok((member, client))

@@ -266,6 +266,64 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
+/// Fails (never skips) when Debian's etcd is missing, naming the packages.
+fn need_etcd() {
+    for (bin, package) in [("etcd", "etcd-server"), ("etcdctl", "etcd-client")] {
+        let found = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .chain(["/usr/bin"])
+            .any(|d| Path::new(d).join(bin).is_file());
+        assert!(found, "{bin} is missing: the stand-in's HA servers run Debian's etcd (apt-get install {package})");
+    }
+}
+
+/// A base for K3S_STANDIN_ETCD_PORT_BASE: base, +1, +2 (client, peer, metrics) and +20, +21
+/// (the temporary member of --cluster-reset) all free now.
+fn etcd_port_base() -> u16 {
+    loop {
+        let base = 20000 + (rand_u16() % 30000);
+        let ports = [base, base + 1, base + 2, base + 20, base + 21];
+        let held: Vec<_> = ports.iter().filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok()).collect();
+        if held.len() == ports.len() {
+            return base;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    (t.subsec_nanos() ^ std::process::id().wrapping_mul(2654435761)) as u16
+}
+
+/// `k3s etcd-snapshot <args>` against `srv` (its data dir for the token, its URL).
+fn etcd_snapshot(srv: &Server, args: &[&str]) -> (bool, String, String) {
+    let none = srv.dir.join("none.yaml");
+    std::fs::write(&none, "").unwrap();
+    let out = Command::new(BIN)
+        .arg("etcd-snapshot")
+        .args(args)
+        .arg("--data-dir")
+        .arg(srv.dir.join("data"))
+        .args(["--etcd-server", &srv.url(), "--config"])
+        .arg(&none)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Starts a server on a given port (a restart keeps its URL, which other servers were given).
+fn start_server_on(dir: &Path, port: u16, name: &str, extra: &[String], env: &[(&str, String)]) -> Server {
+    let args = server_args(dir, port, name, extra, false);
+    let mut proc = Proc::spawn(dir, name, BIN, &args, env);
+    proc.wait_ready(60);
+    Server { dir: dir.to_path_buf(), port, proc }
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("standin").tempdir().unwrap()
 }
@@ -306,7 +364,7 @@ fn version_trailer_and_argv0_dispatch() {
     let out = Command::new(links.join("crictl")).arg("ps").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported by the stand-in"));
-    for sub in ["check-config", "etcd-snapshot"] {
+    for sub in ["check-config", "token"] {
         let out = Command::new(BIN).arg(sub).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{sub}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not supported by the stand-in"));
@@ -672,10 +730,18 @@ fn agents_join_with_good_token_only() {
 }
 
 #[test]
-fn ha_servers_share_ca_token_and_nodes() {
+fn ha_servers_share_one_etcd_ca_token_and_nodes() {
+    need_etcd();
     let dir = tmp();
     let d = dir.path();
-    let a = start_server(&d.join("a"), "ha-a", &[s("--cluster-init"), s("--cluster-cidr"), s("10.50.0.0/16")], &[]);
+    let base = |b: u16| [("K3S_STANDIN_ETCD_PORT_BASE", b.to_string())];
+    let (base_a, base_b) = (etcd_port_base(), etcd_port_base());
+    let a = start_server(
+        &d.join("a"),
+        "ha-a",
+        &[s("--cluster-init"), s("--cluster-cidr"), s("10.50.0.0/16")],
+        &base(base_a),
+    );
     let token = a.token();
     std::fs::create_dir_all(d.join("b")).unwrap();
     std::fs::write(
@@ -683,14 +749,23 @@ fn ha_servers_share_ca_token_and_nodes() {
         format!("server: {}\ntoken: {token}\ncluster-cidr: 10.50.0.0/16\n", a.url()),
     )
     .unwrap();
-    let b = start_server(&d.join("b"), "ha-b", &[], &[]);
+    let b = start_server(&d.join("b"), "ha-b", &[], &base(base_b));
     assert_eq!(b.token(), token, "one token for the cluster");
-    for f in ["server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key"] {
+    for f in
+        ["server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key", "etcd/server-ca.crt", "etcd/peer-ca.key"]
+    {
         assert_eq!(
             std::fs::read(d.join("a/data/server/tls").join(f)).unwrap(),
             std::fs::read(d.join("b/data/server/tls").join(f)).unwrap(),
             "{f}"
         );
+    }
+    // k3s's layout: the member's data and name under server/db/etcd.
+    for srv in ["a", "b"] {
+        let name = std::fs::read_to_string(d.join(srv).join("data/server/db/etcd/name")).unwrap();
+        assert!(name.starts_with(&format!("ha-{srv}-")), "{name}");
+        assert!(d.join(srv).join("data/server/db/etcd/member/wal").is_dir());
+        assert!(!d.join(srv).join("data/server/db/state.db").exists(), "no SQLite on an etcd server");
     }
     // An agent joining through the second server.
     let mut ag = Proc::spawn(
@@ -715,8 +790,8 @@ fn ha_servers_share_ca_token_and_nodes() {
     }
     assert!(n["ha-b"].1["spec"]["podCIDR"].as_str().unwrap().starts_with("10.50."));
 
-    // One cluster through either server: the first server holds the objects (node-password
-    // secrets of nodes that joined through the second one too), the second forwards.
+    // One cluster through either server: both read and write the same etcd (node-password
+    // secrets of nodes that registered through the second one too).
     let home = d.join("home");
     for secret in ["ha-a", "ha-b", "ha-agent"] {
         rk_ok(&a.kubeconfig(), &home, &["get", "secret", "-n", "kube-system", &format!("{secret}.node-password.k3s")]);
@@ -729,15 +804,16 @@ fn ha_servers_share_ca_token_and_nodes() {
     let table = rk_ok(&b.kubeconfig(), &home, &["get", "nodes"]);
     assert!(table.starts_with("NAME") && table.contains("ha-agent"), "{table}");
 
-    // A server whose critical configuration differs refuses to start.
+    // A server whose critical configuration differs refuses to start (before joining etcd).
     std::fs::create_dir_all(d.join("c")).unwrap();
     std::fs::write(d.join("c/config.yaml"), format!("server: {}\ntoken: {token}\n", a.url())).unwrap();
     let args = server_args(&d.join("c"), free_port(), "ha-c", &[s("--cluster-cidr"), s("10.99.0.0/16")], false);
-    let mut c = Proc::spawn(&d.join("c"), "ha-c", BIN, &args, &[]);
+    let mut c = Proc::spawn(&d.join("c"), "ha-c", BIN, &args, &base(etcd_port_base()));
     let st = c.wait_exit(20).expect("mismatching server must exit");
     assert!(!st.success());
     assert!(c.log().contains("critical configuration value mismatch"), "{}", c.log());
     assert!(c.log().contains("critical configuration mismatched: cluster-cidr"), "{}", c.log());
+    assert!(!d.join("c/data/server/db/etcd").exists(), "no member added for a refused server");
 
     // Deleting a node through the joined server deletes it cluster-wide.
     let (ok, _, err) = kubectl(&b.kubeconfig(), &["delete", "node", "ha-agent"]);
@@ -745,12 +821,173 @@ fn ha_servers_share_ca_token_and_nodes() {
     drop(ag);
     assert!(!nodes(&a.kubeconfig()).contains_key("ha-agent"));
 
-    // With the first server gone, the joined server answers from its copy.
-    let mut a = a;
-    a.proc.term();
-    let n = nodes(&b.kubeconfig());
-    assert_eq!(n["ha-b"].0, "True", "{n:?}");
-    assert!(n.contains_key("ha-a"));
+    // Two members: with the first one gone there is no quorum. The second server, restarted,
+    // waits for its datastore and logs it as k3s does, never READY.
+    let (mut a, mut b) = (a, b);
+    assert!(a.proc.term().expect("a stops").success());
+    assert!(b.proc.term().expect("b stops").success());
+    let args = server_args(&d.join("b"), b.port, "ha-b", &[], false);
+    let b2 = Proc::spawn(&d.join("b"), "ha-b2", BIN, &args, &base(base_b));
+    wait_for(30, "the datastore test failure in the log", || {
+        b2.log().contains("Failed to test data store connection: ")
+    });
+    assert!(!b2.got_ready(), "{}", b2.log());
+}
+
+#[test]
+fn etcd_snapshot_restore_brings_back_older_objects_and_servers_rejoin() {
+    need_etcd();
+    let dir = tmp();
+    let d = dir.path();
+    let bases = [etcd_port_base(), etcd_port_base(), etcd_port_base()];
+    let env = |i: usize| [("K3S_STANDIN_ETCD_PORT_BASE", bases[i].to_string())];
+    let home = d.join("home");
+    let started = Instant::now();
+    let s1 = start_server(&d.join("1"), "etcd-1", &[s("--cluster-init")], &env(0));
+    let token = s1.token();
+    let join_cfg = format!("server: {}\ntoken: {token}\n", s1.url());
+    let mut others = vec![];
+    for i in [1, 2] {
+        std::fs::create_dir_all(d.join(format!("{}", i + 1))).unwrap();
+        std::fs::write(d.join(format!("{}/config.yaml", i + 1)), &join_cfg).unwrap();
+        others.push(start_server(&d.join(format!("{}", i + 1)), &format!("etcd-{}", i + 1), &[], &env(i)));
+    }
+    let (s2, s3) = (others.remove(0), others.remove(0));
+    eprintln!("3 servers up in {:?}", started.elapsed());
+
+    // Written through server 1, read through server 3: one etcd.
+    rk_ok(&s1.kubeconfig(), &home, &["create", "configmap", "before", "--from-literal=k=v"]);
+    let uid = rk_ok(&s3.kubeconfig(), &home, &["get", "configmap", "before", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(uid.len(), 36, "{uid}");
+
+    // save: k3s's file name and log line; ls: k3s's table.
+    let (ok, _, err) = etcd_snapshot(&s1, &["save"]);
+    assert!(ok, "{err}");
+    let snap_dir = d.join("1/data/server/db/snapshots");
+    let files: Vec<PathBuf> = std::fs::read_dir(&snap_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let snap = files[0].clone();
+    let snap_name = snap.file_name().unwrap().to_str().unwrap().to_string();
+    let ts = snap_name.strip_prefix("on-demand-etcd-1-").expect("on-demand-<node>-<unix time>");
+    assert!(ts.parse::<i64>().is_ok(), "{snap_name}");
+    assert!(err.contains(&format!("level=info msg=\"Snapshot {snap_name} saved.\"")), "{err}");
+    assert!(s1.proc.log().contains(&format!("Saving etcd snapshot to {}", snap.display())));
+    let (ok, out, err) = etcd_snapshot(&s1, &["ls"]);
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0], vec!["Name", "Location", "Size", "Created"], "{out}");
+    let size = std::fs::metadata(&snap).unwrap().len().to_string();
+    let location = format!("file://{}", snap.display());
+    assert!(lines.iter().any(|l| l[..3] == [snap_name.as_str(), location.as_str(), size.as_str()]), "{out}");
+
+    // prune keeps the newest of one name; delete removes by name.
+    for _ in 0..2 {
+        let (ok, _, err) = etcd_snapshot(&s2, &["save", "--name", "extra"]);
+        assert!(ok, "{err}");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let (ok, _, err) = etcd_snapshot(&s2, &["prune", "--name", "extra", "--snapshot-retention", "1"]);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches(" deleted.\"").count(), 1, "{err}");
+    let left: Vec<String> = std::fs::read_dir(d.join("2/data/server/db/snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("extra-etcd-2-"));
+    let (ok, _, err) = etcd_snapshot(&s2, &["delete", &left[0]]);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("Snapshot {} deleted.", left[0])), "{err}");
+    assert_eq!(std::fs::read_dir(d.join("2/data/server/db/snapshots")).unwrap().count(), 0);
+
+    // Written after the snapshot: gone after the restore.
+    rk_ok(&s2.kubeconfig(), &home, &["create", "configmap", "after", "--from-literal=k=v"]);
+
+    // Stop all; restore on server 1 (with the token, as on a new host).
+    let ports = [s1.port, s2.port, s3.port];
+    for mut srv in [s1, s2, s3] {
+        assert!(srv.proc.term().expect("server stops").success());
+    }
+    let reset_args = server_args(
+        &d.join("1"),
+        ports[0],
+        "etcd-1",
+        &[
+            s("--cluster-reset"),
+            format!("--cluster-reset-restore-path={}", snap.display()),
+            s("--token"),
+            token.clone(),
+        ],
+        false,
+    );
+    let mut reset = Proc::spawn(&d.join("1"), "reset", BIN, &reset_args, &env(0));
+    let st = reset.wait_exit(60).expect("cluster-reset exits");
+    assert!(st.success(), "{}", reset.log());
+    assert!(reset.log().contains("Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. Backup and delete ${datadir}/server/db on each peer etcd server and rejoin the nodes"), "{}", reset.log());
+    let db_entries: Vec<String> = std::fs::read_dir(d.join("1/data/server/db"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(db_entries.iter().any(|n| n.starts_with("etcd-old-")), "{db_entries:?}");
+
+    let s1 = start_server_on(&d.join("1"), ports[0], "etcd-1", &[], &env(0));
+    assert_eq!(rk_ok(&s1.kubeconfig(), &home, &["get", "configmap", "before", "-o", "jsonpath={.metadata.uid}"]), uid);
+    let (ok, _, err) = rk(&s1.kubeconfig(), &home, &["get", "configmap", "after"]);
+    assert!(!ok);
+    assert!(err.contains("configmaps \"after\" not found"), "{err}");
+
+    // The other servers, their server/db removed, rejoin as new members.
+    let mut rejoined = vec![];
+    for i in [1, 2] {
+        let dir = d.join(format!("{}", i + 1));
+        std::fs::remove_dir_all(dir.join("data/server/db")).unwrap();
+        rejoined.push(start_server_on(&dir, ports[i], &format!("etcd-{}", i + 1), &[], &env(i)));
+    }
+    assert_eq!(
+        rk_ok(&rejoined[1].kubeconfig(), &home, &["get", "configmap", "before", "-o", "jsonpath={.metadata.uid}"]),
+        uid
+    );
+    wait_for(15, "three Ready servers", || {
+        let n = nodes(&rejoined[1].kubeconfig());
+        ["etcd-1", "etcd-2", "etcd-3"].iter().all(|k| n.get(*k).map(|x| x.0 == "True").unwrap_or(false))
+    });
+    // The real etcd's view: three started voting members, server 1's under a new name.
+    let tls = d.join("1/data/server/tls/etcd");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://127.0.0.1:{}", bases[0]))
+        .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("client.crt").display()))
+        .arg(format!("--key={}", tls.join("client.key").display()))
+        .args(["member", "list"])
+        .output()
+        .unwrap();
+    let members = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(members.lines().count(), 3, "{members}");
+    assert!(members.lines().all(|l| l.contains(", started, ") && l.ends_with(", false")), "{members}");
+    let name1 = std::fs::read_to_string(d.join("1/data/server/db/etcd/name")).unwrap();
+    assert!(members.contains(&format!(", {name1}, https://127.0.0.1:{}", bases[0] + 1)), "{members}");
+
+    // One of three gone: the other two keep a quorum and serve writes.
+    let mut s1 = s1;
+    assert!(s1.proc.term().expect("server 1 stops").success());
+    assert_eq!(
+        rk_ok(&rejoined[0].kubeconfig(), &home, &["create", "configmap", "quorum", "--from-literal=k=v"]),
+        "configmap/quorum created\n"
+    );
+    eprintln!("scenario done in {:?}", started.elapsed());
+}
+
+#[test]
+fn etcd_snapshot_on_a_sqlite_server_fails_with_k3s_message() {
+    let dir = tmp();
+    let srv = start_server(&dir.path().join("lite"), "lite", &[], &[]);
+    let (ok, _, err) = etcd_snapshot(&srv, &["save"]);
+    assert!(!ok);
+    assert!(err.contains("level=fatal msg=\"Error: see server log for details: etcd datastore disabled\""), "{err}");
+    assert!(srv.proc.log().contains("etcd datastore disabled"), "{}", srv.proc.log());
+    assert!(!dir.path().join("lite/data/server/db/snapshots").exists());
 }
 
 fn oci_image_tar(name: &str) -> Vec<u8> {
