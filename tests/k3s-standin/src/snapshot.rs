@@ -344,7 +344,7 @@ async fn post(cfg: &Config, request: &Value) -> Result<Value> {
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
         bail!("see server log for details: {msg}");
     }
-    Ok(serde_json::from_slice(&body).context("snapshot answer")?)
+    serde_json::from_slice(&body).context("snapshot answer")
 }
 
 fn io_reason(e: &std::io::Error) -> String {
