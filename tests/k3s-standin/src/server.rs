@@ -536,7 +536,7 @@ async fn cluster_reset(cfg: &Config, server_dir: &Path) -> Result<()> {
             };
             info!("Pre-restore etcd database moved aside; restoring snapshot {}", p.display());
             etcd::snapshot_restore(&member, p)?;
-            std::fs::write(layout.data.join("name"), &member.name)?;
+            crate::pki::write_private(&layout.data.join("name"), member.name.as_bytes())?;
             member.name
         }
         None => layout.member_name(&node_name, false)?,
