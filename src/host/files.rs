@@ -64,6 +64,7 @@ impl HostOperation for ReceiveFile {
     fn run(self, ctx: &mut Context<'_, '_>) -> Result<FileReceived, HostError> {
         let sys = ctx.sys;
         let dest = absolute(&self.path)?;
+        sweep_stale_temps(sys, &dest);
         let mut file = sys.create_atomic(&dest, self.mode).map_err(io_error("cannot create a temp file for", &dest))?;
         let mut upload = ctx.upload();
         let mut reader: Box<dyn Read + '_> = match self.compression {
@@ -100,6 +101,18 @@ impl HostOperation for ReceiveFile {
         }
         file.commit().map_err(io_error("cannot put in place", &dest))?;
         Ok(FileReceived { path: self.path, sha256: actual })
+    }
+}
+
+/// Temp files of earlier writes of `dest` that were cut off (their writer killed): under the host
+/// lock nobody else writes `dest` now, so they are leftovers.
+fn sweep_stale_temps(sys: &dyn crate::host::system::HostSystem, dest: &Path) {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else { return };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    for entry in sys.read_dir_names(dir).unwrap_or_default() {
+        if entry.starts_with(&prefix) && entry.ends_with(".k3node-tmp") {
+            let _ = sys.remove_file(&dir.join(entry));
+        }
     }
 }
 
@@ -184,6 +197,20 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::ChecksumMismatch);
         assert!(e.message.contains("nothing was replaced"), "{}", e.message);
         assert_eq!(sys.contents("/opt/k3s").unwrap(), "old binary");
+    }
+
+    #[test]
+    fn a_receive_removes_the_temp_files_an_interrupted_one_left() {
+        let sys = FakeSystem::new()
+            .file("/opt/bin/.k3s.aB3x9Q.k3node-tmp", "half of an old upload")
+            .file("/opt/bin/.k3s-other.aB3x9Q.k3node-tmp", "someone else's")
+            .file("/opt/bin/kubectl", "x");
+        let data = b"new k3s".to_vec();
+        let got = upload(&sys, &request("/opt/bin/k3s", &data, Compression::None), &data);
+        assert!(matches!(&got[..], [AnswerLine::Result { .. }]), "{got:?}");
+        let mut names = sys.read_dir_names(Path::new("/opt/bin")).unwrap();
+        names.sort();
+        assert_eq!(names, vec![".k3s-other.aB3x9Q.k3node-tmp", "k3s", "kubectl"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::ChannelMsg;
@@ -306,13 +307,31 @@ impl Session {
         let feed = async {
             // Owned chunks go out as full-size SSH packets; russh's AsyncRead path would cut
             // the stream into 8 KiB packets, a cost that shows on every upload.
+            // A chunk is what is available now (up to STDIN_CHUNK), never a wait for more: an
+            // input that stays open (the host lock's) must still get its request line through.
             loop {
-                let mut chunk = Vec::with_capacity(STDIN_CHUNK);
-                let n = (&mut *stdin).take(STDIN_CHUNK as u64).read_to_end(&mut chunk).await?;
-                if n == 0 {
+                let mut chunk = vec![0u8; STDIN_CHUNK];
+                let mut filled = stdin.read(&mut chunk).await?;
+                if filled == 0 {
                     break;
                 }
+                let mut ended = false;
+                while filled < STDIN_CHUNK {
+                    match stdin.read(&mut chunk[filled..]).now_or_never() {
+                        Some(Ok(0)) => {
+                            ended = true;
+                            break;
+                        }
+                        Some(Ok(n)) => filled += n,
+                        Some(Err(e)) => return Err(e.into()),
+                        None => break,
+                    }
+                }
+                chunk.truncate(filled);
                 writer.data_bytes(chunk).await?;
+                if ended {
+                    break;
+                }
             }
             writer.eof().await
         };
@@ -413,6 +432,9 @@ impl Session {
         let temp = format!("{dir}/.{name}.k3node-upload-{:08x}", rand::random::<u32>());
         let result = async {
             self.exec_checked(&["mkdir", "-p", dir]).await?;
+            // An upload cut off before (the operator killed mid-transfer) left its temp file.
+            let stale = format!("{dir}/.{name}.k3node-upload-");
+            self.exec_checked(&["sh", "-c", "rm -f -- \"$1\"*", "sh", &stale]).await?;
             let out = self.exec(&["dd", &format!("of={temp}"), "bs=1M", "conv=fsync", "status=none"], content).await?;
             if out.status != 0 {
                 return Err(TransportError::CommandFailed {

@@ -4,7 +4,7 @@
 # Bump LAB_BASE_VERSION when the package list or the users below change.
 set -euo pipefail
 
-LAB_BASE_VERSION=2
+LAB_BASE_VERSION=3
 CACHE=${K3NODE_LAB_CACHE:-/var/cache/k3node-lab}
 BASE="$CACHE/base-v$LAB_BASE_VERSION"
 STAMP="$BASE/.k3node-lab-base"
@@ -26,7 +26,7 @@ work="$BASE.partial"
 rm -rf "$work"
 echo "lab base image: debootstrap bookworm from $mirror into $work (about a minute)"
 debootstrap --variant=minbase \
-  --include=openssh-server,systemd,systemd-sysv,dbus,iproute2,sudo,kmod,procps,containerd,runc \
+  --include=openssh-server,systemd,systemd-sysv,dbus,iproute2,sudo,kmod,procps,containerd,runc,etcd-server,etcd-client,prometheus-node-exporter \
   bookworm "$work" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
     echo "lab base image: debootstrap failed, last lines of $CACHE/debootstrap.log:" >&2
     tail -20 "$CACHE/debootstrap.log" >&2
@@ -57,6 +57,10 @@ CONF
 # containerd is there for the k3s stand-in, which starts its own instance at k3s's socket, as k3s
 # does; a system containerd running beside it would be what preflight calls a conflicting runtime.
 chroot "$work" systemctl disable containerd.service >/dev/null 2>&1 || true
+# etcd is there for the stand-in's HA servers, which run it as k3s embeds it (on 2379/2380): Debian's
+# own etcd service would hold those ports. node_exporter is the benchmarks' footprint anchor, started
+# by them when they need it.
+chroot "$work" systemctl disable etcd.service prometheus-node-exporter.service >/dev/null 2>&1 || true
 
 # Nothing in a lab host needs a login console or timers; fewer units make boots faster.
 for unit in console-getty.service getty@.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do

@@ -166,7 +166,7 @@ fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
     )?;
 
     let (_, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json", "--trust-new-host-keys"]);
-    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("report").is_some()), || {
+    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("checks").is_some()), || {
         format!("{json}\n{stderr}")
     })?;
     let recorded = std::fs::read_to_string(op.known_hosts()).unwrap();
@@ -175,7 +175,7 @@ fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
     })?;
     // Now recorded: strict mode connects.
     let (_, json, stderr) = op.k3node_json(&["preflight", "-c", file, "-o", "json"]);
-    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("report").is_some()), || {
+    ensure(crate::common::host_entry(&json, "h4").is_some_and(|h| h.get("checks").is_some()), || {
         format!("{json}\n{stderr}")
     })
 }
@@ -208,9 +208,10 @@ fn passwordless_sudo(lab: &Arc<Lab>) -> Outcome {
     let h2 = lab.host("h2");
     op.trust(&[h2]);
     let file = op.cluster_file("", &[(h2, "server", "      ssh:\n        user: ops\n")]);
-    let (code, json, stderr) = op.k3node_json(&["preflight", "-c", file.to_str().unwrap(), "-o", "json"]);
+    // --fix changes the host, so the helper is installed (a plain check would run a temporary one).
+    let (code, json, stderr) = op.k3node_json(&["preflight", "-c", file.to_str().unwrap(), "-o", "json", "--fix"]);
     let entry = crate::common::host_entry(&json, "h2").cloned().unwrap_or_default();
-    ensure(entry.get("report").is_some(), || format!("exit {code}: {json}\n{stderr}"))?;
+    ensure(entry.get("checks").is_some(), || format!("exit {code}: {json}\n{stderr}"))?;
     ensure(crate::common::status(&json, "h2", "privileges") == "pass", || format!("{}", entry))?;
     let owner = crate::common::sh(h2, "stat -c %U:%a /usr/local/bin/k3node")?;
     ensure(owner.trim() == "root:755", || format!("agent file {owner}"))

@@ -244,23 +244,51 @@ pub(super) fn sysctl_fix(key: &str) -> String {
     format!("sysctl -w {key}=1 and add `{key} = 1` to {SYSCTL_FILE} (k3node preflight --fix does both)")
 }
 
+/// k3s sets both forwarding sysctls (and loads br_netfilter) at every start (contract section 5),
+/// as install.sh relies on: a 0 is worth a warning, and a failure only where nobody can set it.
 fn sysctl(host: &Host, s: &Sysctl) -> Check {
     let id = format!("sysctl-{}", s.key);
+    let path = sysctl_path(s.key);
     match read_sysctl(host, s.key) {
         Ok(v) if v == "1" => pass(id, format!("{} = 1", s.key)),
-        Ok(v) => fail(id, format!("{} = {v}, must be 1: {}", s.key, s.why), sysctl_fix(s.key)),
+        Ok(v) if mounted_read_only(host, &path) => fail(
+            id,
+            format!(
+                "{} = {v}, must be 1 ({}), and /proc/sys is read-only here: neither k3s nor --fix can set it",
+                s.key, s.why
+            ),
+            format!("set {} = 1 where it can be set: on the machine that runs this container", s.key),
+        ),
+        Ok(v) => warn(id, format!("{} = {v}: k3s sets it to 1 at every start ({})", s.key, s.why), sysctl_fix(s.key)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match s.module {
-            Some(module) => fail(
+            Some(module) => warn(
                 id,
-                format!("{} does not exist because the {module} module is not loaded: {}", s.key, s.why),
+                format!(
+                    "{} does not exist until the {module} module is loaded; k3s loads it and sets the value at every start ({})",
+                    s.key, s.why
+                ),
                 format!("{}, then {}", module_fix(module), sysctl_fix(s.key)),
             ),
             None => fail(id, format!("{} does not exist: {}", s.key, s.why), sysctl_fix(s.key)),
         },
-        Err(e) => {
-            fail(id, format!("cannot read {}: {}", sysctl_path(s.key).display(), describe_io(&e)), sysctl_fix(s.key))
-        }
+        Err(e) => fail(id, format!("cannot read {}: {}", path.display(), describe_io(&e)), sysctl_fix(s.key)),
     }
+}
+
+/// Whether the mount that holds `path` (the longest mount point above it in
+/// /proc/self/mountinfo) is read-only, as /proc/sys is in most containers.
+pub(super) fn mounted_read_only(host: &Host, path: &std::path::Path) -> bool {
+    let info = host.read("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let point = fields.nth(4)?;
+            let options = fields.next()?;
+            Some((std::path::PathBuf::from(point), options.split(',').any(|o| o == "ro")))
+        })
+        .filter(|(point, _)| path.starts_with(point))
+        .max_by_key(|(point, _)| point.as_os_str().len())
+        .is_some_and(|(_, read_only)| read_only)
 }
 
 // ---- keys ----
@@ -385,23 +413,39 @@ mod tests {
         assert_eq!(br.status, Status::Fail);
         assert!(br.reason.contains("not built in"), "{br:?}");
         assert!(br.fix.as_deref().unwrap().contains("modprobe br_netfilter"));
-        // Its sysctl is missing too, and says why.
+        // Its sysctl is missing too, and says why: k3s would load the module and set it.
         let bridge = find(&checks, "sysctl-net.bridge.bridge-nf-call-iptables");
-        assert_eq!(bridge.status, Status::Fail);
-        assert!(bridge.reason.contains("br_netfilter module is not loaded"), "{bridge:?}");
+        assert_eq!(bridge.status, Status::Warn);
+        assert!(bridge.reason.contains("until the br_netfilter module is loaded; k3s loads it"), "{bridge:?}");
     }
 
     #[test]
-    fn sysctl_zero_fails_with_the_exact_fix() {
+    fn sysctl_zero_warns_that_k3s_sets_it_with_the_exact_fix() {
         let sys = healthy_host().file("/proc/sys/net/ipv4/ip_forward", "0\n");
         let checks = run(&sys);
         let c = find(&checks, "sysctl-net.ipv4.ip_forward");
-        assert_eq!(c.status, Status::Fail);
-        assert!(c.reason.starts_with("net.ipv4.ip_forward = 0, must be 1"), "{c:?}");
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.reason.starts_with("net.ipv4.ip_forward = 0: k3s sets it to 1 at every start"), "{c:?}");
         assert_eq!(
             c.fix.as_deref(),
             Some("sysctl -w net.ipv4.ip_forward=1 and add `net.ipv4.ip_forward = 1` to /etc/sysctl.d/90-k3node.conf (k3node preflight --fix does both)")
         );
+    }
+
+    #[test]
+    fn sysctl_zero_on_a_read_only_proc_sys_fails_without_recommending_fix() {
+        let mountinfo = "22 28 0:21 / /proc rw,nosuid,nodev,noexec - proc proc rw\n\
+                         40 22 0:21 /sys /proc/sys ro,nosuid,nodev,noexec - proc proc rw\n";
+        let sys = healthy_host().file("/proc/sys/net/ipv4/ip_forward", "0\n").file("/proc/self/mountinfo", mountinfo);
+        let checks = run(&sys);
+        let c = find(&checks, "sysctl-net.ipv4.ip_forward");
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.reason.contains("/proc/sys is read-only here: neither k3s nor --fix can set it"), "{c:?}");
+        assert!(!c.fix.as_deref().unwrap_or("").contains("--fix"), "{c:?}");
+        // With /proc/sys/net mounted read-write (a container with its own network), it is settable.
+        let writable = format!("{mountinfo}41 40 0:22 /sys/net /proc/sys/net rw,nosuid - proc proc rw\n");
+        let sys = healthy_host().file("/proc/sys/net/ipv4/ip_forward", "0\n").file("/proc/self/mountinfo", &writable);
+        assert_eq!(find(&run(&sys), "sysctl-net.ipv4.ip_forward").status, Status::Warn);
     }
 
     #[test]
