@@ -130,6 +130,17 @@ impl<R: BufRead> FrameReader<R> {
         self.tally.size()
     }
 
+    /// Size and sha256 of the whole stream, once its end frame was read and checked.
+    pub fn verified(&self) -> Option<(u64, String)> {
+        match self.finished {
+            true => match self.tally.end_frame() {
+                FrameHeader::End { size, sha256 } => Some((size, sha256)),
+                FrameHeader::Data { .. } => None,
+            },
+            false => None,
+        }
+    }
+
     fn next_header(&mut self) -> io::Result<()> {
         let mut line = Vec::new();
         (&mut self.inner).take(MAX_HEADER).read_until(b'\n', &mut line)?;

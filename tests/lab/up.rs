@@ -52,11 +52,14 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("seed_cluster_installed_as_the_contract_says", seed_cluster),
         t("rerun_on_converged_cluster_changes_and_restarts_nothing", rerun_noop),
         t("changed_label_restarts_only_its_host", changed_label),
+        t("two_runs_at_once_the_second_is_refused_naming_the_first_and_the_cluster_converges", two_runs_at_once),
         t("dry_run_shows_the_diff_and_changes_nothing", dry_run),
         t("added_node_joins_without_touching_the_rest", added_node),
         t("wrong_token_is_refused_with_the_k3s_reason", wrong_token),
         t("tampered_release_is_refused_and_nothing_installed", tampered_release),
         t("interrupted_run_converges_when_re_run", interrupted_run),
+        t("an_agent_that_lost_its_node_password_rejoins_under_its_name", lost_node_password),
+        t("one_host_reset_alone_rejoins_under_its_name", one_host_reset),
         t("reset_then_up_again", reset_then_up),
         t("ha_three_servers_and_an_agent", ha),
         t("local_mode_inside_a_lab_host", local_mode),
@@ -248,6 +251,52 @@ fn rerun_noop(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(before == after, || format!("units restarted: {before:?} -> {after:?}"))
 }
 
+fn two_runs_at_once(lab: &Arc<Lab>, w: &World) -> Outcome {
+    // The first run restarts h3 (a new label), so it holds the hosts' locks for a while.
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    hosts[2].2 = "      labels: {lock: held}\n";
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let cache = w.op.home.join("cache");
+    let first =
+        w.op.lab
+            .command_in_netns(std::path::Path::new(crate::common::K3NODE))
+            .args(["up", "-c", file.to_str().unwrap(), "-o", "json", "--cache-dir", cache.to_str().unwrap()])
+            .env("HOME", &w.op.home)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+    let h1 = lab.host("h1");
+    // /run is the host's own tmpfs: asked for inside the host.
+    let held = || h1.sh("test -e /run/k3node/lock.holder.json && echo held").unwrap_or_default().contains("held");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !held() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, json, stderr) = up(w, &file, &[]);
+    let first = first.wait_with_output().map_err(|e| e.to_string())?;
+    ensure(first.status.success(), || format!("the first run failed: {}", String::from_utf8_lossy(&first.stderr)))?;
+    ensure(code == 1, || format!("the second run was not refused: {json}\n{stderr}"))?;
+    let lock =
+        json["phases"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "lock")).cloned().unwrap_or_default();
+    ensure(lock["state"] == "failed" && lock["message"].as_str().is_some_and(|m| m.contains("`up` from")), || {
+        format!("lock phase of the second run: {lock}")
+    })?;
+    ensure(node(&json, "h1")["error"]["kind"] == "conflict", || format!("h1: {}", node(&json, "h1")))?;
+    ensure(
+        json["phases"].to_string().contains("\"preflight\"") && !json["hosts"].to_string().contains("restarted"),
+        || format!("the refused run changed something: {json}"),
+    )?;
+    // Back to the seed cluster: it converges, and no lock is left behind.
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    let (code, json, stderr) = up(w, &cluster_yaml(w, &hosts, SEED_CONFIG), &[]);
+    ensure(code == 0 && node(&json, "h3")["state"] == "restarted", || format!("{json}\n{stderr}"))?;
+    ensure(!held(), || "the lock's holder record stayed".into())?;
+    all_ready(w, &["h1", "h2", "h3"])
+}
+
 fn changed_label(lab: &Arc<Lab>, w: &World) -> Outcome {
     let mut hosts = seed_hosts(lab);
     hosts[1].2 = "      labels: {tier: api}\n";
@@ -377,6 +426,42 @@ fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
     all_ready(w, &["h4"])
 }
 
+/// Node passwords (contract section 6): the stand-in refuses a registration under an existing
+/// name with another password, as k3s does; k3node deletes the stale Node before the host joins.
+fn lost_node_password(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts.push((lab.host("h4"), "agent", ""));
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let h3 = lab.host("h3");
+    crate::common::sh(h3, "systemctl stop k3s-agent && rm -rf /etc/rancher/node")?;
+    let (code, json, stderr) = up(w, &file, &[]);
+    ensure(code == 0 && node(&json, "h3")["state"] == "restarted", || format!("{json}\n{stderr}"))?;
+    let password = crate::common::sh(h3, "stat -c %a /etc/rancher/node/password")?;
+    ensure(password.trim() == "600", || format!("a new node password: {password}"))?;
+    all_ready(w, &["h1", "h2", "h3", "h4"])
+}
+
+fn one_host_reset(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts.push((lab.host("h4"), "agent", ""));
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--hosts", "h4", "--yes", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    ensure(out.status.success(), || format!("reset of h4: {json}\n{}", String::from_utf8_lossy(&out.stderr)))?;
+    let forget = json["phases"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "forget nodes")).cloned();
+    ensure(forget.as_ref().is_some_and(|p| p["message"].as_str().is_some_and(|m| m.contains("h4"))), || {
+        format!("forget nodes: {forget:?}")
+    })?;
+    let nodes = crate::common::sh(lab.host("h1"), "k3s kubectl get nodes -o name")?;
+    ensure(!nodes.contains("node/h4"), || format!("h4 is still a node: {nodes}"))?;
+    // The kubeconfig keeps the cluster's context: the cluster is still there.
+    let kubeconfig = std::fs::read_to_string(w.op.home.join(".kube/config")).unwrap_or_default();
+    ensure(kubeconfig.contains("name: lab"), || "a partial reset removed the cluster's context".into())?;
+    let (code, json, stderr) = up(w, &file, &[]);
+    ensure(code == 0 && node(&json, "h4")["state"] == "installed", || format!("{json}\n{stderr}"))?;
+    all_ready(w, &["h1", "h2", "h3", "h4"])
+}
+
 fn reset_then_up(lab: &Arc<Lab>, w: &World) -> Outcome {
     let mut hosts = seed_hosts(lab);
     hosts.push((lab.host("h4"), "agent", ""));
@@ -395,6 +480,17 @@ fn reset_then_up(lab: &Arc<Lab>, w: &World) -> Outcome {
     let aside =
         crate::common::sh(lab.host("h1"), "ls -d /var/lib/rancher/k3s.k3node-reset-* /etc/rancher/k3s.k3node-reset-*")?;
     ensure(aside.lines().count() >= 2, || format!("data was not moved aside: {aside}"))?;
+    // What was set aside is self-contained: its node-token names the token beside it, not the next cluster's.
+    let link = crate::common::sh(
+        lab.host("h1"),
+        "readlink $(ls -d /var/lib/rancher/k3s.k3node-reset-* | tail -1)/server/node-token",
+    )?;
+    ensure(link.trim() == "token", || format!("the moved-aside node-token points at {link}"))?;
+    // k3node's own traces went with k3s, and the whole cluster's context left the kubeconfig.
+    let helper = crate::common::sh(lab.host("h2"), "test -e /usr/local/bin/k3node && echo present || echo absent")?;
+    ensure(helper.trim() == "absent", || "reset left the helper on h2".into())?;
+    let kubeconfig = std::fs::read_to_string(w.op.home.join(".kube/config")).unwrap_or_default();
+    ensure(!kubeconfig.contains("name: lab"), || format!("the reset cluster's context stayed:\n{kubeconfig}"))?;
     let (code, json, stderr) = up(w, &file, &[]);
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
     all_ready(w, &["h1", "h2", "h3", "h4"])

@@ -59,7 +59,48 @@ pub(super) fn checks(host: &Host, req: &PreflightRequest) -> Vec<Check> {
     let mut checks: Vec<Check> = COMMANDS.iter().map(|c| command(host, c)).collect();
     checks.push(conflicting_runtimes(host));
     checks.push(k3s_installed(host, req));
+    checks.push(config_dropins(host));
     checks
+}
+
+// ---- config drop-ins ----
+
+/// k3s reads /etc/rancher/k3s/config.yaml.d/*.yaml after config.yaml and lets them win; k3node
+/// writes none, so any there changes what k3s runs with behind the cluster file's back.
+fn config_dropins(host: &Host) -> Check {
+    let dir = crate::host::k3s::layout::CONFIG_DROPIN_DIR;
+    let mut names: Vec<String> = host
+        .sys
+        .read_dir_names(std::path::Path::new(dir))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    if names.is_empty() {
+        return pass("config-dropins", format!("no drop-ins in {dir}"));
+    }
+    names.sort();
+    let described: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let text = host.read(&format!("{dir}/{name}")).unwrap_or_default();
+            let keys: Vec<String> = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) {
+                Ok(serde_yaml_ng::Value::Mapping(map)) => {
+                    map.keys().filter_map(|k| k.as_str()).map(|k| k.trim_end_matches('+').to_string()).collect()
+                }
+                _ => vec!["(not a YAML mapping)".into()],
+            };
+            format!("{name} ({})", keys.join(", "))
+        })
+        .collect();
+    warn(
+        "config-dropins",
+        format!(
+            "{dir} holds files k3node did not write, and k3s lets them override config.yaml: {}",
+            described.join("; ")
+        ),
+        "move their settings into the cluster file (spec.k3s.config) and remove the files, or keep them knowingly",
+    )
 }
 
 // ---- commands ----

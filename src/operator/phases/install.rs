@@ -15,14 +15,14 @@ use super::artifacts::Release;
 use super::preflight::OwnAddresses;
 use crate::artifacts::K3sBinary;
 use crate::cluster::{ClusterFile, Host};
-use crate::host::k3s::layout::K3S_BIN;
+use crate::host::k3s::layout::{K3S_BIN, NODE_PASSWORD};
 use crate::operator::engine::{Change, HostError, HostState, Phase, PhaseResult, PhaseRun, PhaseState, RunContext};
 use crate::operator::link::{Link, LinkError};
 use crate::operator::node_config::{self, Position};
 use crate::operator::payload::Payload;
 use crate::operator::progress::Observer;
 use crate::protocol::files::FileDigest;
-use crate::protocol::k3s::{FileAction, InstallReport, InstallRequest, ReadToken, ServiceAction};
+use crate::protocol::k3s::{DeleteNodes, FileAction, InstallReport, InstallRequest, ReadToken, ServiceAction};
 use crate::protocol::node::Role;
 use crate::protocol::Secret;
 
@@ -134,6 +134,7 @@ impl Phase for Install {
                         out.hosts.push(HostOutcome { host: host.name.clone(), upload, install: None });
                         return;
                     }
+                    forget_stale_node(&first.1, link, &host.name, dry_run, observer.as_ref()).await;
                     let install = call_install(link, request(host, Some(&token)), observer.as_ref()).await;
                     let ok = install.0.is_ok();
                     out.hosts.push(HostOutcome { host: host.name.clone(), upload, install: Some(install) });
@@ -147,8 +148,10 @@ impl Phase for Install {
             let _ = servers_done.send(Some(out.token.clone().ok_or(())));
             out
         };
+        let first_link = first.1.clone();
         let agent_chains = stream::iter(agents.into_iter().map(|(host, link)| {
             let (binary, payload, observer, request) = (&binary, &payload, observer.clone(), &request);
+            let first_link = &first_link;
             let mut servers_ready = servers_ready.clone();
             async move {
                 let upload = upload_binary(&link, binary, payload, dry_run, observer.as_ref()).await;
@@ -160,6 +163,7 @@ impl Phase for Install {
                     Ok(Some(Ok(token))) => token,
                     _ => return HostOutcome { host: host.name.clone(), upload, install: None },
                 };
+                forget_stale_node(&first_link, &link, &host.name, dry_run, observer.as_ref()).await;
                 let install = call_install(&link, request(&host, Some(&token)), observer.as_ref()).await;
                 HostOutcome { host: host.name.clone(), upload, install: Some(install) }
             }
@@ -362,6 +366,24 @@ fn record_host(
         Err(e) => {
             result.fail(HostError::from(e));
             Err(e.to_string())
+        }
+    }
+}
+
+/// A host that lost its node password (/etc/rancher/node) while its Node object remains would be
+/// refused by the server ("Node password rejected", contract section 6): its stale Node (and with
+/// it the password secret) is deleted through the first server before it joins. Best effort: when
+/// this cannot be done, the join's own diagnosis names the cause and the fix.
+async fn forget_stale_node(first: &Link, link: &Link, name: &str, dry_run: bool, observer: &dyn Observer) {
+    let has_password = link.call(&FileDigest { path: NODE_PASSWORD.into() }).send().await;
+    if !matches!(has_password, Ok(ref d) if d.sha256.is_none()) {
+        return;
+    }
+    let request = DeleteNodes { names: vec![name.to_string()], dry_run };
+    if let Ok(answer) = first.call(&request).send().await {
+        if !answer.deleted.is_empty() {
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            observer.message(name, &format!("{verb} the stale Node {name}: its node password was lost"));
         }
     }
 }
