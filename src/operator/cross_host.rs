@@ -14,6 +14,8 @@ pub struct HostAnswer<'a> {
     pub address: &'a str,
     pub facts: &'a HostFacts,
     pub clock_offset_ms: i64,
+    /// The fingerprint of the SSH host key it presented (None in-process).
+    pub host_key: Option<&'a str>,
 }
 
 /// Returns the cross-host checks for each host, in input order.
@@ -30,6 +32,7 @@ pub fn cross_host_checks(answers: &[HostAnswer<'_>]) -> Vec<Vec<Check>> {
         all
     });
     let median = median(answers.iter().map(|a| a.clock_offset_ms).collect());
+    let host_keys = group(answers, |a| a.host_key.map(str::to_string).into_iter().collect());
 
     answers
         .iter()
@@ -61,6 +64,21 @@ pub fn cross_host_checks(answers: &[HostAnswer<'_>]) -> Vec<Vec<Check>> {
                 ),
             ];
             checks.push(clock(a.clock_offset_ms, median.unwrap_or(0)));
+            if let Some(key) = a.host_key {
+                let mut check = uniqueness(
+                    "unique-host-key",
+                    "SSH host key",
+                    &[key.to_string()],
+                    a.host,
+                    &host_keys,
+                    "cloned images share host keys: on the clones, remove /etc/ssh/ssh_host_* and run ssh-keygen -A, then update known_hosts",
+                );
+                // Not fatal to k3s, but a man in the middle of one clone can pose as the others.
+                if check.status == Status::Fail {
+                    check.status = Status::Warn;
+                }
+                checks.push(check);
+            }
             checks
         })
         .collect()
@@ -155,6 +173,7 @@ mod tests {
                 address: &f[i].addresses[0],
                 facts: &f[i],
                 clock_offset_ms: offsets[i],
+                host_key: None,
             })
             .collect();
         let result = cross_host_checks(&answers);
@@ -172,9 +191,9 @@ mod tests {
         let mut a = a;
         a.addresses.push("10.0.2.15".into());
         let answers = [
-            HostAnswer { host: "a", address: "10.0.0.1", facts: &a, clock_offset_ms: 0 },
-            HostAnswer { host: "b", address: "10.0.0.2", facts: &b, clock_offset_ms: 0 },
-            HostAnswer { host: "c", address: "10.0.0.3", facts: &c, clock_offset_ms: 0 },
+            HostAnswer { host: "a", address: "10.0.0.1", facts: &a, clock_offset_ms: 0, host_key: Some("SHA256:one") },
+            HostAnswer { host: "b", address: "10.0.0.2", facts: &b, clock_offset_ms: 0, host_key: Some("SHA256:two") },
+            HostAnswer { host: "c", address: "10.0.0.3", facts: &c, clock_offset_ms: 0, host_key: Some("SHA256:two") },
         ];
         let result = cross_host_checks(&answers);
         assert_eq!(status_of(&result[0], "unique-hostname"), Status::Fail);
@@ -182,5 +201,13 @@ mod tests {
         assert_eq!(status_of(&result[1], "unique-machine-id"), Status::Fail);
         assert_eq!(status_of(&result[2], "unique-hostname"), Status::Pass);
         assert_eq!(status_of(&result[2], "unique-address"), Status::Pass);
+        // Cloned images sharing a host key: a warning on both, naming the other.
+        assert_eq!(status_of(&result[0], "unique-host-key"), Status::Pass);
+        assert_eq!(status_of(&result[1], "unique-host-key"), Status::Warn);
+        let c_key = result[2].iter().find(|c| c.id == "unique-host-key").unwrap();
+        assert!(
+            c_key.status == Status::Warn && c_key.reason.contains("SSH host key SHA256:two is also on b"),
+            "{c_key:?}"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub struct Member {
     pub link: Result<Link, LinkError>,
     /// What connecting did to the host's helper (None in-process).
     pub helper: Option<HelperState>,
+    /// The fingerprint of the host's SSH key (None in-process).
+    pub host_key: Option<String>,
     /// Time spent connecting and checking the helper.
     pub elapsed: Duration,
 }
@@ -53,11 +55,11 @@ impl Fleet {
             let observer = observer.clone();
             async move {
                 let started = Instant::now();
-                let (link, helper) = match link(connector, index, me, placement, observer.as_ref()).await {
-                    Ok((link, state)) => (Ok(link), Some(state)),
-                    Err(e) => (Err(e), None),
+                let (link, helper, host_key) = match link(connector, index, me, placement, observer.as_ref()).await {
+                    Ok((link, state, key)) => (Ok(link), Some(state), Some(key)),
+                    Err(e) => (Err(e), None, None),
                 };
-                Member { index, host, link, helper, elapsed: started.elapsed() }
+                Member { index, host, link, helper, host_key, elapsed: started.elapsed() }
             }
         });
         let members = stream::iter(tasks).buffered(concurrency.max(1)).collect().await;
@@ -81,6 +83,7 @@ impl Fleet {
                 host: host.clone(),
                 link: Ok(Link::new(Arc::new(InProcessLink::new(host.name.clone(), system_of(host))))),
                 helper: None,
+                host_key: None,
                 elapsed: Duration::ZERO,
             })
             .collect();
@@ -110,11 +113,12 @@ async fn link(
     me: &SelfBinary,
     placement: Placement,
     observer: &dyn Observer,
-) -> Result<(Link, HelperState), LinkError> {
+) -> Result<(Link, HelperState, String), LinkError> {
     let endpoint = connector.endpoint(index);
     observer.phase(&endpoint.host, "connecting");
     let session = Session::connect(endpoint, &connector.options, &connector.keyring).await?;
+    let host_key = session.host_key().to_string();
     observer.phase(&endpoint.host, "checking the helper");
     let (link, state) = connect_helper(session, me, placement).await?;
-    Ok((Link::new(Arc::new(link)), state))
+    Ok((Link::new(Arc::new(link)), state, host_key))
 }

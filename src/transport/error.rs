@@ -16,13 +16,13 @@ pub enum TransportError {
     )]
     Timeout { host: String, address: String, stage: &'static str, after: Duration },
 
-    #[error("{host}: authentication as {user} failed; tried: {}. Add the public key to ~{user}/.ssh/authorized_keys on the host, or set spec.ssh.keyPath / spec.hosts[].ssh.keyPath", tried.join(", "))]
+    #[error("{host}: authentication as {user} failed; tried: {}. Check that {user} is the account meant (spec.ssh.user, or the host's ssh.user) and that its ~/.ssh/authorized_keys on the host holds the public key, or set spec.ssh.keyPath / spec.hosts[].ssh.keyPath", tried.join(", "))]
     AuthFailed { host: String, user: String, tried: Vec<String> },
 
-    #[error("{host}: host key of {address} is not in {} ({fingerprint}). Verify it out of band, then re-run with --trust-new-host-keys or set spec.ssh.hostKeyCheck: accept-new to record it", known_hosts.display())]
-    HostKeyUnknown { host: String, address: String, fingerprint: String, known_hosts: PathBuf },
+    #[error("{host}: host key of {address} is not in {}: it presents {key_type} {fingerprint}. Verify it out of band (on the host: `ssh-keygen -lf /etc/ssh/ssh_host_{short}_key.pub`; from here: `{keyscan} | ssh-keygen -lf -`), then re-run with --trust-new-host-keys or set spec.ssh.hostKeyCheck: accept-new to record it", known_hosts.display(), short = super::host_keys::short_type(key_type), keyscan = super::host_keys::keyscan_line(address, key_type))]
+    HostKeyUnknown { host: String, address: String, key_type: String, fingerprint: String, known_hosts: PathBuf },
 
-    #[error("{host}: HOST KEY OF {address} HAS CHANGED: {} line {line} records {expected}, the host presents {actual}. Someone may be intercepting the connection, or the host was reinstalled; if you are sure, remove that line and re-run", known_hosts.display())]
+    #[error("{host}: HOST KEY OF {address} HAS CHANGED: {} line {line} records {expected}, the host presents {actual}. Someone may be intercepting the connection, or the host was reinstalled; if you are sure, remove the old key with `ssh-keygen -R {address} -f {}` and re-run", known_hosts.display(), known_hosts.display())]
     HostKeyChanged {
         host: String,
         address: String,

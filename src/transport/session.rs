@@ -73,6 +73,8 @@ pub struct Session {
     host: String,
     user: String,
     privilege: Privilege,
+    /// SHA256 fingerprint of the host key the host presented (and known_hosts vouched for).
+    host_key: String,
     handle: Handle<HostKeyChecker>,
     // The jump connection carries ours; it must live as long as we do.
     _jump: Option<Box<Session>>,
@@ -99,7 +101,9 @@ impl Session {
         let host = endpoint.host.as_str();
         let address = format!("{}:{}", endpoint.address, endpoint.port);
         let verdict = Arc::new(Mutex::new(None));
+        let accepted = Arc::new(Mutex::new(None));
         let checker = HostKeyChecker {
+            accepted: accepted.clone(),
             host: host.to_string(),
             address: endpoint.address.clone(),
             port: endpoint.port,
@@ -143,10 +147,12 @@ impl Session {
             }
         };
 
+        let host_key = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
         let mut session = Session {
             host: host.to_string(),
             user: endpoint.user.clone(),
             privilege: Privilege::Root,
+            host_key,
             handle,
             _jump: jump,
         };
@@ -247,6 +253,11 @@ impl Session {
 
     pub fn privilege(&self) -> Privilege {
         self.privilege
+    }
+
+    /// The SHA256 fingerprint of the host's key, as verified at connection.
+    pub fn host_key(&self) -> &str {
+        &self.host_key
     }
 
     /// Runs `argv` as root (through `sudo -n` when needed), feeding it `stdin`; collects its output.
@@ -547,6 +558,8 @@ fn classify_connect_error(host: &str, address: &str, e: std::io::Error) -> Trans
 
 /// The russh handler: checks the server's host key; the reason for a rejection is kept for the error.
 pub struct HostKeyChecker {
+    /// The fingerprint of the key the host presented, once verified.
+    accepted: Arc<Mutex<Option<String>>>,
     host: String,
     address: String,
     port: u16,
@@ -568,7 +581,10 @@ impl client::Handler for HostKeyChecker {
             return Ok(false);
         };
         match host_keys::verify(&self.host, &self.address, self.port, key, &self.known_hosts, self.policy) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                *self.accepted.lock().unwrap_or_else(|p| p.into_inner()) = Some(host_keys::fingerprint(key));
+                Ok(true)
+            }
             Err(rejection) => {
                 *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(rejection);
                 Ok(false)

@@ -198,7 +198,7 @@ fn record(
             Ok(true) => uploaded += 1,
             Ok(false) => {}
             Err(e) => {
-                upload_errors.push(e.to_string());
+                upload_errors.push(format!("{}: {}", outcome.host, e.kind()));
                 run.host(&outcome.host).fail(HostError::from(e));
             }
         }
@@ -363,9 +363,11 @@ fn record_host(
             result.notes.extend(report.foreign_dropins.iter().map(|d| format!("warning: {d}")));
             Ok(result.state)
         }
+        // The phase's line names the host and the kind; the host's error (with the journal)
+        // is shown once, with the host.
         Err(e) => {
             result.fail(HostError::from(e));
-            Err(e.to_string())
+            Err(format!("{}: {}", outcome.host, e.kind()))
         }
     }
 }

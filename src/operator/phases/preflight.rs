@@ -60,23 +60,24 @@ impl Phase for Preflight {
                 let request = request_for(&cluster, m.host.role, fix);
                 let (link, name, address, observer) =
                     (link.clone(), m.host.name.clone(), m.host.address.clone(), observer.clone());
+                let host_key = m.host_key.clone();
                 async move {
                     let started = Instant::now();
                     observer.phase(&name, if fix { "fixing and checking" } else { "checking" });
                     let outcome = check_host(&link, &request, observer.as_ref()).await;
-                    (name, address, outcome, started.elapsed())
+                    (name, address, host_key, outcome, started.elapsed())
                 }
             })
             .collect();
         let answers: Vec<_> = stream::iter(tasks).buffered(run.options.concurrency.max(1)).collect().await;
 
-        let mut reports: Vec<(String, String, PreflightReport, i64)> = Vec::new();
+        let mut reports: Vec<(String, String, Option<String>, PreflightReport, i64)> = Vec::new();
         let mut unreachable = Vec::new();
-        for (name, address, outcome, elapsed) in answers {
+        for (name, address, host_key, outcome, elapsed) in answers {
             let result = run.host(&name);
             result.elapsed += elapsed;
             match outcome {
-                Ok((report, offset)) => reports.push((name, address, report, offset)),
+                Ok((report, offset)) => reports.push((name, address, host_key, report, offset)),
                 Err(e) => {
                     unreachable.push(e.to_string());
                     result.fail(HostError::from(&e));
@@ -86,18 +87,19 @@ impl Phase for Preflight {
         let cross = {
             let answers: Vec<HostAnswer> = reports
                 .iter()
-                .map(|(host, address, report, offset)| HostAnswer {
+                .map(|(host, address, host_key, report, offset)| HostAnswer {
                     host,
                     address,
                     facts: &report.facts,
                     clock_offset_ms: *offset,
+                    host_key: host_key.as_deref(),
                 })
                 .collect();
             cross_host_checks(&answers)
         };
         let mut own = OwnAddresses::default();
         let mut failing = Vec::new();
-        for ((name, address, mut report, _), checks) in reports.into_iter().zip(cross) {
+        for ((name, address, _, mut report, _), checks) in reports.into_iter().zip(cross) {
             report.checks.extend(checks);
             if report.facts.addresses.contains(&address) {
                 own.0.insert(name.clone(), address);

@@ -55,7 +55,7 @@ impl Phase for ResetHosts {
                     done += 1;
                 }
                 Err(e) => {
-                    failures.push(e.to_string());
+                    failures.push(format!("{name}: {}", e.kind()));
                     result.fail(HostError::from(&e));
                 }
             }
