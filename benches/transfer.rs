@@ -190,7 +190,7 @@ fn status_kib(path: &Path, field: &str) -> u64 {
 
 /// The operator side: connects, makes the helper current, moves the file, prints its own peak RSS.
 fn child(mode: &str) {
-    use k3node::operator::bootstrap::{connect_helper, Placement, SelfBinary};
+    use k3node::operator::bootstrap::{connect_helper, Helpers, Placement, SelfBinary};
     use k3node::operator::link::Link;
     use k3node::protocol::files::{Compression, ReceiveFile, SendFile};
     use k3node::transport::{ConnectOptions, Endpoint, HostKeyPolicy, Keyring, Session};
@@ -216,7 +216,7 @@ fn child(mode: &str) {
         let keyring = Keyring::load(&[key], &[]).unwrap();
         let session = Session::connect(&endpoint, &options, &keyring).await.unwrap();
         let (sha256, _) = k3node::digest::sha256_file(Path::new(K3NODE)).unwrap();
-        let me = SelfBinary { path: K3NODE.into(), sha256, arch: "amd64".into() };
+        let me = Helpers::only(SelfBinary { path: K3NODE.into(), sha256, arch: "amd64".into() });
         let (link, _) = connect_helper(session, &me, Placement::Installed).await.unwrap();
         let link = Link::new(Arc::new(link));
         let source = PathBuf::from(var("K3NODE_TRANSFER_SOURCE"));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k3node::cluster::{self, ClusterFile};
-use k3node::operator::bootstrap::{Placement, SelfBinary};
+use k3node::operator::bootstrap::{Helpers, Placement};
 use k3node::operator::connect::{ConnectOverrides, Connector};
 use k3node::operator::fleet::Fleet;
 use k3node::operator::progress::Observer;
@@ -64,7 +64,7 @@ pub struct Prepared {
     pub config: PathBuf,
     pub cluster: Arc<ClusterFile>,
     pub connector: Connector,
-    pub me: SelfBinary,
+    pub helpers: Helpers,
 }
 
 impl ConnectArgs {
@@ -75,8 +75,8 @@ impl ConnectArgs {
             connect_timeout: Some(Duration::from_secs(self.connect_timeout)),
         };
         let connector = Connector::prepare(&cluster, &overrides)?;
-        let me = SelfBinary::current().await?;
-        Ok(Prepared { config: config.to_path_buf(), cluster: Arc::new(cluster), connector, me })
+        let helpers = Helpers::discover().await?;
+        Ok(Prepared { config: config.to_path_buf(), cluster: Arc::new(cluster), connector, helpers })
     }
 }
 
@@ -89,8 +89,16 @@ impl Prepared {
         concurrency: u16,
         observer: &Arc<dyn Observer>,
     ) -> Fleet {
-        Fleet::connect(&self.cluster, indices, &self.connector, &self.me, placement, concurrency as usize, observer)
-            .await
+        Fleet::connect(
+            &self.cluster,
+            indices,
+            &self.connector,
+            &self.helpers,
+            placement,
+            concurrency as usize,
+            observer,
+        )
+        .await
     }
 
     pub fn all_hosts(&self) -> Vec<usize> {

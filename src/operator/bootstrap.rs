@@ -16,7 +16,7 @@ use super::link::{AnswerDecoder, LinkError, SshLink};
 use crate::protocol::{debian_arch, encode_request, Hello, HelloAnswer, Operation, HELPER_PATH, PROTOCOL_VERSION};
 use crate::transport::Session;
 
-/// The running k3node executable, hashed once per run.
+/// One build of k3node that can serve as a host's helper, hashed once per run.
 #[derive(Debug, Clone)]
 pub struct SelfBinary {
     pub path: PathBuf,
@@ -25,15 +25,66 @@ pub struct SelfBinary {
 }
 
 impl SelfBinary {
+    /// The running executable.
     pub async fn current() -> Result<SelfBinary, LinkError> {
         let path = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let arch = debian_arch(std::env::consts::ARCH).unwrap_or(std::env::consts::ARCH).to_string();
+        SelfBinary::at(path, arch).await
+    }
+
+    pub async fn at(path: PathBuf, arch: String) -> Result<SelfBinary, LinkError> {
         let (sha256, _) = crate::digest::sha256_file_async(&path)
             .await
             .map_err(|source| LinkError::SelfBinary { path: path.clone(), source })?;
-        Ok(SelfBinary {
-            path,
-            sha256,
-            arch: debian_arch(std::env::consts::ARCH).unwrap_or(std::env::consts::ARCH).to_string(),
+        Ok(SelfBinary { path, sha256, arch })
+    }
+}
+
+/// The architectures k3s ships for, by Debian's names.
+pub const ARCHITECTURES: [&str; 4] = ["amd64", "arm64", "armhf", "s390x"];
+
+/// The helper builds of a run, one per host architecture: `K3NODE_HELPER_<ARCH>` (e.g.
+/// `K3NODE_HELPER_ARM64=/path/to/k3node`), else a `k3node-<arch>` file beside the running
+/// executable, else (for its own architecture) the running executable itself.
+#[derive(Debug, Clone)]
+pub struct Helpers {
+    builds: Vec<SelfBinary>,
+    own_arch: String,
+}
+
+impl Helpers {
+    pub async fn discover() -> Result<Helpers, LinkError> {
+        let me = SelfBinary::current().await?;
+        let dir = me.path.parent().map(PathBuf::from).unwrap_or_default();
+        let mut builds = Vec::new();
+        for arch in ARCHITECTURES {
+            let from_env = std::env::var_os(format!("K3NODE_HELPER_{}", arch.to_ascii_uppercase())).map(PathBuf::from);
+            let beside = dir.join(format!("k3node-{arch}"));
+            let path = match from_env {
+                Some(path) => Some(path),
+                None if beside.is_file() => Some(beside),
+                None => None,
+            };
+            match path {
+                Some(path) => builds.push(SelfBinary::at(path, arch.to_string()).await?),
+                None if arch == me.arch => builds.push(me.clone()),
+                None => {}
+            }
+        }
+        Ok(Helpers { builds, own_arch: me.arch })
+    }
+
+    /// Only `binary`, for its architecture (tests, benchmarks).
+    pub fn only(binary: SelfBinary) -> Helpers {
+        Helpers { own_arch: binary.arch.clone(), builds: vec![binary] }
+    }
+
+    /// The build for a host of `arch`, or an error naming the build to provide.
+    pub fn for_arch(&self, host: &str, arch: &str) -> Result<&SelfBinary, LinkError> {
+        self.builds.iter().find(|b| b.arch == arch).ok_or_else(|| LinkError::ArchMismatch {
+            host: host.to_string(),
+            host_arch: arch.to_string(),
+            ours: self.own_arch.clone(),
         })
     }
 }
@@ -58,27 +109,27 @@ pub enum HelperState {
     Temporary,
 }
 
-/// Makes sure the host runs exactly this build as its helper, then links to it.
+/// Makes sure the host runs exactly the build of `helpers` for its architecture as its helper,
+/// then links to it.
 pub async fn connect_helper(
     session: Session,
-    me: &SelfBinary,
+    helpers: &Helpers,
     placement: Placement,
 ) -> Result<(SshLink, HelperState), LinkError> {
-    let state = match hello(&session, HELPER_PATH).await {
-        Ok(h) if h.protocol == PROTOCOL_VERSION && h.binary_sha256 == me.sha256 => {
-            return Ok((SshLink::new(session, HELPER_PATH.into(), None), HelperState::UpToDate));
-        }
+    let (me, state) = match hello(&session, HELPER_PATH).await {
         Ok(h) => {
+            let me = helpers.for_arch(session.host(), &h.arch)?;
+            if h.protocol == PROTOCOL_VERSION && h.binary_sha256 == me.sha256 {
+                return Ok((SshLink::new(session, HELPER_PATH.into(), None), HelperState::UpToDate));
+            }
             tracing::info!(host = session.host(), version = %h.version, "the helper is another build");
-            check_arch(&session, &h.arch, me)?;
-            HelperState::Replaced
+            (me, HelperState::Replaced)
         }
         Err(LinkError::Transport(e)) => return Err(LinkError::Transport(e)),
         Err(_) => {
             let out = session.exec_checked(&["uname", "-m"]).await?;
             let machine = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            check_arch(&session, debian_arch(&machine).unwrap_or(&machine), me)?;
-            HelperState::Installed
+            (helpers.for_arch(session.host(), debian_arch(&machine).unwrap_or(&machine))?, HelperState::Installed)
         }
     };
     match placement {
@@ -141,7 +192,18 @@ async fn upload_self(session: &Session, me: &SelfBinary, path: &str) -> Result<(
 }
 
 async fn verify(session: &Session, me: &SelfBinary, path: &str) -> Result<(), LinkError> {
-    let hello = hello(session, path).await?;
+    let hello = match hello(session, path).await {
+        Ok(hello) => hello,
+        // A build linked against a newer glibc than the host's cannot even start there.
+        Err(LinkError::Protocol { stderr, .. }) if stderr.contains("GLIBC_") || stderr.contains("ld-linux") => {
+            return Err(LinkError::HelperCannotRun {
+                host: session.host().into(),
+                path: me.path.clone(),
+                detail: stderr,
+            })
+        }
+        Err(e) => return Err(e),
+    };
     if hello.binary_sha256 != me.sha256 {
         return Err(LinkError::Protocol {
             host: session.host().into(),
@@ -158,15 +220,4 @@ async fn hello(session: &Session, helper: &str) -> Result<HelloAnswer, LinkError
     let mut decoder = AnswerDecoder::new(Box::new(|_| {}), None);
     let exit = session.exec_io(&[helper, "host", Hello::NAME], &mut line.as_slice(), &mut decoder).await?;
     decoder.finish(session.host(), exit.status, exit.stderr_text(), false)
-}
-
-fn check_arch(session: &Session, host_arch: &str, me: &SelfBinary) -> Result<(), LinkError> {
-    if host_arch != me.arch {
-        return Err(LinkError::ArchMismatch {
-            host: session.host().into(),
-            host_arch: host_arch.into(),
-            ours: me.arch.clone(),
-        });
-    }
-    Ok(())
 }

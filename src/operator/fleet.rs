@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 
-use super::bootstrap::{connect_helper, HelperState, Placement, SelfBinary};
+use super::bootstrap::{connect_helper, HelperState, Helpers, Placement};
 use super::connect::Connector;
 use super::link::{InProcessLink, Link, LinkError};
 use super::progress::Observer;
@@ -45,7 +45,7 @@ impl Fleet {
         cluster: &ClusterFile,
         hosts: &[usize],
         connector: &Connector,
-        me: &SelfBinary,
+        helpers: &Helpers,
         placement: Placement,
         concurrency: usize,
         observer: &Arc<dyn Observer>,
@@ -55,7 +55,8 @@ impl Fleet {
             let observer = observer.clone();
             async move {
                 let started = Instant::now();
-                let (link, helper, host_key) = match link(connector, index, me, placement, observer.as_ref()).await {
+                let (link, helper, host_key) = match link(connector, index, helpers, placement, observer.as_ref()).await
+                {
                     Ok((link, state, key)) => (Ok(link), Some(state), Some(key)),
                     Err(e) => (Err(e), None, None),
                 };
@@ -110,7 +111,7 @@ impl Fleet {
 async fn link(
     connector: &Connector,
     index: usize,
-    me: &SelfBinary,
+    helpers: &Helpers,
     placement: Placement,
     observer: &dyn Observer,
 ) -> Result<(Link, HelperState, String), LinkError> {
@@ -119,6 +120,6 @@ async fn link(
     let session = Session::connect(endpoint, &connector.options, &connector.keyring).await?;
     let host_key = session.host_key().to_string();
     observer.phase(&endpoint.host, "checking the helper");
-    let (link, state) = connect_helper(session, me, placement).await?;
+    let (link, state) = connect_helper(session, helpers, placement).await?;
     Ok((Link::new(Arc::new(link)), state, host_key))
 }

@@ -34,8 +34,10 @@ pub enum LinkError {
     Host { host: String, kind: ErrorKind, message: String, retryable: bool },
     #[error("{host}: the helper's answer makes no sense ({detail}); stderr: {stderr}")]
     Protocol { host: String, detail: String, stderr: String },
-    #[error("{host}: the host is {host_arch} but this k3node binary is built for {ours}; run k3node from a machine of the same architecture")]
+    #[error("{host}: the host is {host_arch} and there is no k3node build for it (this one is for {ours}); build one (`cargo build --release --target <{host_arch} target>`) and name it with K3NODE_HELPER_{} or put it beside k3node as k3node-{host_arch}", host_arch.to_ascii_uppercase())]
     ArchMismatch { host: String, host_arch: String, ours: String },
+    #[error("{host}: the helper {} cannot run there: {detail}; it is linked against a newer glibc than the host has: use a static (musl) build of k3node (see README, \"Getting k3node\"), e.g. with K3NODE_HELPER_AMD64=/path/to/static/k3node", path.display())]
+    HelperCannotRun { host: String, path: std::path::PathBuf, detail: String },
     #[error("cannot read this k3node binary ({}) to upload it: {source}", path.display())]
     SelfBinary {
         path: std::path::PathBuf,
@@ -60,6 +62,7 @@ impl LinkError {
             LinkError::Host { kind, .. } => kind.as_str(),
             LinkError::Protocol { .. } => "helper-protocol",
             LinkError::ArchMismatch { .. } => "arch-mismatch",
+            LinkError::HelperCannotRun { .. } => "helper-cannot-run",
             LinkError::SelfBinary { .. } => "self-binary",
             LinkError::Local { .. } => "local-io",
         }
