@@ -48,10 +48,11 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let lab = Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect() }).unwrap_or_else(|e| {
-        eprintln!("bench: cannot build the lab: {e:#}");
-        std::process::exit(1);
-    });
+    let lab = Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect(), bullseye: Vec::new() })
+        .unwrap_or_else(|e| {
+            eprintln!("bench: cannot build the lab: {e:#}");
+            std::process::exit(1);
+        });
     let home = lab.dir().join("bench-operator");
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
     let known_hosts = home.join(".ssh/known_hosts");

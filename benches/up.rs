@@ -172,10 +172,12 @@ fn main() {
         return;
     }
     let lab = std::sync::Arc::new(
-        Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect() }).unwrap_or_else(|e| {
-            eprintln!("bench: cannot build the lab: {e:#}");
-            std::process::exit(1);
-        }),
+        Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect(), bullseye: Vec::new() }).unwrap_or_else(
+            |e| {
+                eprintln!("bench: cannot build the lab: {e:#}");
+                std::process::exit(1);
+            },
+        ),
     );
     let home = lab.dir().join("bench-up");
     std::fs::create_dir_all(home.join(".ssh")).unwrap();

@@ -261,6 +261,7 @@ fn run(report: &RunReport, options: &RenderOptions) {
                 ChangeAction::Created => "create",
                 ChangeAction::Updated => "update",
                 ChangeAction::Unchanged => "unchanged",
+                ChangeAction::Removed => "remove",
                 ChangeAction::Done => "",
             };
             if action.is_empty() {

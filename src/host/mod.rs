@@ -12,6 +12,7 @@ pub mod files;
 mod hello;
 pub mod k3s;
 pub mod lock;
+pub mod manifests;
 pub mod preflight;
 mod serve;
 pub mod system;

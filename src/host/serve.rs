@@ -13,6 +13,7 @@ use std::io::{BufRead, Write};
 use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
 use crate::protocol::frame::{FrameReader, FrameWriter};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
+use crate::protocol::manifests::SyncManifests;
 use crate::protocol::preflight::PreflightRequest;
 use crate::protocol::{decode_request, AnswerLine, Hello, HoldLock, Operation, Scrubber};
 
@@ -39,6 +40,7 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         ReceiveFile::NAME => run::<ReceiveFile>(sys, input, output),
         SendFile::NAME => run::<SendFile>(sys, input, output),
         FileDigest::NAME => run::<FileDigest>(sys, input, output),
+        SyncManifests::NAME => run::<SyncManifests>(sys, input, output),
         other => {
             let mut answers = Answers { output, scrubber: Scrubber::default() };
             answers.line(&AnswerLine::Error(

@@ -48,6 +48,7 @@ pub enum FileAction {
     Created,
     Updated,
     Unchanged,
+    Removed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

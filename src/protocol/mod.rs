@@ -21,6 +21,7 @@
 pub mod files;
 pub mod frame;
 pub mod k3s;
+pub mod manifests;
 pub mod node;
 pub mod preflight;
 pub mod secret;

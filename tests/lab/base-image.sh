@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Builds the root filesystem every lab host boots from (see ../shared/lab.md).
+# Builds the root filesystem every lab host boots from (see ../shared/lab.md): Debian bookworm by
+# default; `base-image.sh bullseye` builds the older host some scenarios need (glibc 2.31, as on
+# Debian 11, Ubuntu 20.04, RHEL 8: the hosts a dynamically linked k3node cannot run on).
 # Idempotent: a finished image carries a stamp; a half-built one is thrown away and rebuilt.
 # Bump LAB_BASE_VERSION when the package list or the users below change.
 set -euo pipefail
 
 LAB_BASE_VERSION=3
+SUITE=${1:-bookworm}
 CACHE=${K3NODE_LAB_CACHE:-/var/cache/k3node-lab}
-BASE="$CACHE/base-v$LAB_BASE_VERSION"
+case "$SUITE" in
+  bookworm)
+    BASE="$CACHE/base-v$LAB_BASE_VERSION"
+    PACKAGES=openssh-server,systemd,systemd-sysv,dbus,iproute2,sudo,kmod,procps,containerd,runc,etcd-server,etcd-client,prometheus-node-exporter ;;
+  bullseye)
+    BASE="$CACHE/base-bullseye-v$LAB_BASE_VERSION"
+    PACKAGES=openssh-server,systemd,systemd-sysv,dbus,iproute2,sudo,kmod,procps ;;
+  *) echo "lab base image: unknown suite $SUITE (bookworm or bullseye)" >&2; exit 2 ;;
+esac
 STAMP="$BASE/.k3node-lab-base"
 
 if [ -f "$STAMP" ]; then
@@ -24,10 +35,9 @@ mirror=${mirror:-http://deb.debian.org/debian}
 mkdir -p "$CACHE"
 work="$BASE.partial"
 rm -rf "$work"
-echo "lab base image: debootstrap bookworm from $mirror into $work (about a minute)"
-debootstrap --variant=minbase \
-  --include=openssh-server,systemd,systemd-sysv,dbus,iproute2,sudo,kmod,procps,containerd,runc,etcd-server,etcd-client,prometheus-node-exporter \
-  bookworm "$work" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
+echo "lab base image: debootstrap $SUITE from $mirror into $work (about a minute)"
+debootstrap --variant=minbase --include="$PACKAGES" \
+  "$SUITE" "$work" "$mirror" >"$CACHE/debootstrap.log" 2>&1 || {
     echo "lab base image: debootstrap failed, last lines of $CACHE/debootstrap.log:" >&2
     tail -20 "$CACHE/debootstrap.log" >&2
     exit 1
@@ -46,6 +56,7 @@ echo 'ops ALL=(ALL) NOPASSWD:ALL' >"$work/etc/sudoers.d/ops"
 echo 'pw ALL=(ALL) ALL' >"$work/etc/sudoers.d/pw"
 chmod 0440 "$work/etc/sudoers.d/ops" "$work/etc/sudoers.d/pw"
 
+mkdir -p "$work/etc/ssh/sshd_config.d"
 cat >"$work/etc/ssh/sshd_config.d/lab.conf" <<'CONF'
 PasswordAuthentication no
 KbdInteractiveAuthentication no

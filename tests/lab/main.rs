@@ -4,6 +4,7 @@
 mod common;
 mod harness_selftest;
 mod mirror;
+mod portable;
 mod preflight;
 mod provision;
 mod scripts;
@@ -20,7 +21,10 @@ fn main() {
     let mut args = Arguments::from_args();
     // The hosts are shared; scenarios must not interleave.
     args.test_threads = Some(1);
-    let lab = match Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect() }) {
+    let lab = match Lab::start(LabSpec {
+        hosts: (1..=5).map(|i| format!("h{i}")).chain([portable::HOST.to_string()]).collect(),
+        bullseye: vec![portable::HOST.to_string()],
+    }) {
         Ok(lab) => Arc::new(lab),
         Err(e) => {
             // Never a silent skip: without a lab these tests have proven nothing.
@@ -34,6 +38,7 @@ fn main() {
     trials.extend(scripts::trials(&lab));
     trials.extend(up::trials(&lab));
     trials.extend(provision::trials(&lab));
+    trials.extend(portable::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {

@@ -33,6 +33,16 @@ pub use layout::*;
 pub use query::QueryError;
 pub use reset::ResetError;
 
+/// The data dir k3s on this host uses (config.yaml and its drop-ins, else the default).
+pub fn data_dir(sys: &dyn crate::host::system::HostSystem) -> Result<std::path::PathBuf, config::ConfigError> {
+    Ok(config::on_host(sys)?.data_dir)
+}
+
+/// A unified diff of a plain (secret-free) file, as install-k3s shows them.
+pub fn diff_text(path: &std::path::Path, old: &str, new: &str) -> String {
+    mask::unified_diff(&path.to_string_lossy(), old, new)
+}
+
 /// Called with one short line per step ("writing unit", "restarting k3s"...).
 pub type Progress<'a> = &'a mut dyn FnMut(&str);
 

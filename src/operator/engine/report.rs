@@ -80,6 +80,7 @@ pub enum ChangeAction {
     Created,
     Updated,
     Unchanged,
+    Removed,
     /// A step carried out (or in a dry run, that would be).
     Done,
 }
@@ -92,6 +93,7 @@ impl From<&FileChange> for Change {
                 FileAction::Created => ChangeAction::Created,
                 FileAction::Updated => ChangeAction::Updated,
                 FileAction::Unchanged => ChangeAction::Unchanged,
+                FileAction::Removed => ChangeAction::Removed,
             },
             detail: c.diff.clone(),
         }

@@ -47,11 +47,13 @@ static LIVE_LABS: AtomicUsize = AtomicUsize::new(0);
 pub struct LabSpec {
     /// Host names (1-32 chars of a-z, 0-9, inner '-'), e.g. ["h1", "h2", "h3"]; host i gets 172.30.77.(11+i).
     pub hosts: Vec<String>,
+    /// Those of `hosts` that boot Debian bullseye (glibc 2.31) instead of bookworm.
+    pub bullseye: Vec<String>,
 }
 
 impl LabSpec {
     pub fn new(hosts: &[&str]) -> LabSpec {
-        LabSpec { hosts: hosts.iter().map(|h| h.to_string()).collect() }
+        LabSpec { hosts: hosts.iter().map(|h| h.to_string()).collect(), bullseye: Vec::new() }
     }
 }
 
@@ -148,7 +150,8 @@ impl Lab {
         LIVE_LABS.fetch_add(1, Ordering::SeqCst);
         let lock = LiveLock(lock);
         cleanup::remove_all_leftovers().context("removing what an earlier lab run left behind")?;
-        let base = ensure_base_image()?;
+        let base = ensure_base_image("bookworm")?;
+        let old_base = if spec.bullseye.is_empty() { None } else { Some(ensure_base_image("bullseye")?) };
 
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let run_dir = Path::new(LAB_ROOT).join(format!("run-{stamp}-{}", std::process::id()));
@@ -166,7 +169,7 @@ impl Lab {
             _lock: lock,
         };
         // From here on an error drops `lab`, which tears down whatever was made.
-        lab.build(&spec, &base)?;
+        lab.build(&spec, &base, old_base.as_deref())?;
         eprintln!(
             "k3node lab: {} host(s) up in {:.1?} ({})",
             lab.hosts.len(),
@@ -176,7 +179,7 @@ impl Lab {
         Ok(lab)
     }
 
-    fn build(&mut self, spec: &LabSpec, base: &Path) -> Result<()> {
+    fn build(&mut self, spec: &LabSpec, base: &Path, old_base: Option<&Path>) -> Result<()> {
         for d in [&self.run_dir, &self.files_dir, self.client_key.parent().expect("has parent")] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -201,7 +204,11 @@ impl Lab {
             fs::create_dir_all(&dirs.dir).with_context(|| format!("creating {}", dirs.dir.display()))?;
             self.netns.push(netns.clone());
             net::create_host_netns(i, &netns, *address).with_context(|| format!("network of lab host {name}"))?;
-            host::mount_overlay(base, &dirs).with_context(|| format!("root filesystem of lab host {name}"))?;
+            let lower = match old_base {
+                Some(old) if spec.bullseye.contains(name) => old,
+                _ => base,
+            };
+            host::mount_overlay(lower, &dirs).with_context(|| format!("root filesystem of lab host {name}"))?;
             self.mounts.push(dirs.merged.clone());
             host::personalize(&dirs.merged, &dirs.dir, name, &client_pub, &all)
                 .with_context(|| format!("preparing lab host {name}"))?;
@@ -474,7 +481,8 @@ fn base_image_script() -> Option<PathBuf> {
 }
 
 /// The base image dir (building it with base-image.sh when its stamp is missing).
-fn ensure_base_image() -> Result<PathBuf> {
+/// The cached image of `suite` (bookworm, bullseye), built with tests/lab/base-image.sh if missing.
+fn ensure_base_image(suite: &str) -> Result<PathBuf> {
     let script = base_image_script();
     // The script owns the version; follow it so a bumped image is picked up.
     let version = script
@@ -484,7 +492,10 @@ fn ensure_base_image() -> Result<PathBuf> {
             text.lines().find_map(|l| l.trim().strip_prefix("LAB_BASE_VERSION=").map(|v| v.trim().to_owned()))
         })
         .unwrap_or_else(|| "1".to_owned());
-    let base = cache_dir().join(format!("base-v{version}"));
+    let base = match suite {
+        "bookworm" => cache_dir().join(format!("base-v{version}")),
+        other => cache_dir().join(format!("base-{other}-v{version}")),
+    };
     let stamp = base.join(".k3node-lab-base");
     if stamp.is_file() {
         return Ok(base);
@@ -495,6 +506,7 @@ fn ensure_base_image() -> Result<PathBuf> {
     eprintln!("k3node lab: building the base image {} with {} (about a minute)", base.display(), script.display());
     let out = Command::new("bash")
         .arg(&script)
+        .arg(suite)
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("cannot run {}", script.display()))?;
