@@ -14,6 +14,9 @@ use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
 use crate::protocol::frame::{FrameReader, FrameWriter};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
 use crate::protocol::preflight::PreflightRequest;
+use crate::protocol::snapshot::{
+    CreateSnapshot, ListSnapshots, PruneSnapshots, RestoreSnapshot, RollbackRestore, VerifySnapshot,
+};
 use crate::protocol::{decode_request, AnswerLine, Hello, HoldLock, Operation, Scrubber};
 
 use super::error::HostError;
@@ -39,6 +42,12 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         ReceiveFile::NAME => run::<ReceiveFile>(sys, input, output),
         SendFile::NAME => run::<SendFile>(sys, input, output),
         FileDigest::NAME => run::<FileDigest>(sys, input, output),
+        CreateSnapshot::NAME => run::<CreateSnapshot>(sys, input, output),
+        ListSnapshots::NAME => run::<ListSnapshots>(sys, input, output),
+        VerifySnapshot::NAME => run::<VerifySnapshot>(sys, input, output),
+        PruneSnapshots::NAME => run::<PruneSnapshots>(sys, input, output),
+        RestoreSnapshot::NAME => run::<RestoreSnapshot>(sys, input, output),
+        RollbackRestore::NAME => run::<RollbackRestore>(sys, input, output),
         other => {
             let mut answers = Answers { output, scrubber: Scrubber::default() };
             answers.line(&AnswerLine::Error(

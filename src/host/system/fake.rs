@@ -20,7 +20,7 @@ const DEFAULT_DIR_MODE: u32 = 0o755;
 #[derive(Debug, Clone)]
 pub struct FakeCommand {
     pub result: Result<CommandOutput, String>,
-    pub effects: Vec<(PathBuf, String)>,
+    pub effects: Vec<(PathBuf, Vec<u8>)>,
 }
 
 /// Every change the fake was asked to make, in order: a dry run must record none.
@@ -169,9 +169,29 @@ impl FakeSystem {
     ) -> Self {
         let cmd = FakeCommand {
             result: Ok(CommandOutput { status: Some(status), stdout: stdout.into(), stderr: stderr.into() }),
-            effects: effects.iter().map(|(p, c)| (PathBuf::from(p), c.to_string())).collect(),
+            effects: effects.iter().map(|(p, c)| (PathBuf::from(p), c.as_bytes().to_vec())).collect(),
         };
         // The latest declaration wins, over an earlier sequence too.
+        let mut st = self.state();
+        st.sequences.remove(&key(program, args));
+        st.outputs.insert(key(program, args), cmd);
+        drop(st);
+        self
+    }
+
+    /// A command that, when it succeeds, writes `bytes` (any bytes, not only text) to `path`.
+    pub fn output_writing(
+        self,
+        program: &str,
+        args: &[&str],
+        (status, stdout, stderr): (i32, &str, &str),
+        path: &str,
+        bytes: &[u8],
+    ) -> Self {
+        let cmd = FakeCommand {
+            result: Ok(CommandOutput { status: Some(status), stdout: stdout.into(), stderr: stderr.into() }),
+            effects: vec![(PathBuf::from(path), bytes.to_vec())],
+        };
         let mut st = self.state();
         st.sequences.remove(&key(program, args));
         st.outputs.insert(key(program, args), cmd);
@@ -323,7 +343,7 @@ impl State {
             Ok(out) => {
                 if out.success() {
                     for (path, contents) in cmd.effects {
-                        self.files.insert(path, contents.into_bytes());
+                        self.files.insert(path, contents);
                     }
                 }
                 Ok(out)
