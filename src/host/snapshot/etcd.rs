@@ -185,14 +185,7 @@ pub fn cluster_reset(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An etcd-like snapshot: `pages` pages of 512 bytes, then their sha256.
-    pub(crate) fn fake_snapshot(pages: usize, seed: u8) -> Vec<u8> {
-        let mut body: Vec<u8> = (0..pages * 512).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
-        let hash = Sha256::digest(&body);
-        body.extend_from_slice(&hash);
-        body
-    }
+    use crate::host::snapshot::testutil::fake_snapshot;
 
     fn check(bytes: &[u8], chunk: usize) -> Result<String, String> {
         let mut c = AppendedHash::new(bytes.len() as u64);

@@ -132,3 +132,61 @@ pub fn carry(from: &FakeSystem, to: &FakeSystem, archive: &str) {
     to.write_atomic(Path::new(archive), &from.bytes(archive).unwrap(), 0o600).unwrap();
     to.write_atomic(Path::new(&sidecar), &from.bytes(&sidecar).unwrap(), 0o600).unwrap();
 }
+
+/// An etcd-like snapshot: `pages` pages of 512 bytes, then their sha256 (as etcd appends it).
+pub fn fake_snapshot(pages: usize, seed: u8) -> Vec<u8> {
+    use sha2::Digest;
+    let mut body: Vec<u8> = (0..pages * 512).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let hash = sha2::Sha256::digest(&body);
+    body.extend_from_slice(&hash);
+    body
+}
+
+/// The work dir `create_request` uses at [`NOW_MS`], where `k3s etcd-snapshot save` writes.
+pub fn etcd_work_dir() -> String {
+    format!("{SNAPSHOTS}/.k3node-work-k3node-server1-{STAMP}/etcd")
+}
+
+/// The file name k3s gives an on-demand snapshot named `k3node` on server1 at [`NOW_MS`].
+pub const ETCD_FILE: &str = "k3node-server1-1735787045";
+
+/// A fake HA server: etcd data, `k3s etcd-snapshot save` answering as k3s does.
+pub fn fake_etcd_server() -> FakeSystem {
+    let sys = with_k3s(FakeSystem::new());
+    stage_server(&sys, b"");
+    sys.remove_file(Path::new(&format!("{SERVER}/db/state.db"))).unwrap();
+    sys.write_atomic(Path::new(&format!("{SERVER}/db/etcd/member/snap/db")), b"bbolt", 0o600).unwrap();
+    sys.write_atomic(Path::new(&format!("{SERVER}/tls/etcd/server-ca.crt")), b"etcd ca", 0o644).unwrap();
+    sys.write_atomic(
+        Path::new("/etc/rancher/k3s/config.yaml"),
+        b"cluster-init: true
+node-name: server1
+",
+        0o600,
+    )
+    .unwrap();
+    let dir = etcd_work_dir();
+    sys.output_writing(
+        K3S_BIN,
+        &["etcd-snapshot", "save", "--name", "k3node", "--dir", &dir],
+        (0, "", &format!("time=\"2025-01-02T03:04:05Z\" level=info msg=\"Snapshot {ETCD_FILE} saved.\"\n")),
+        &format!("{dir}/{ETCD_FILE}"),
+        &fake_snapshot(64, 9),
+    )
+}
+
+/// A server to restore onto: k3s installed and running on data of its own (another cluster's).
+pub fn fake_target() -> FakeSystem {
+    let sys = with_k3s(FakeSystem::new());
+    let w = |path: &str, text: &str| sys.write_atomic(Path::new(path), text.as_bytes(), 0o600).unwrap();
+    w(&format!("{SERVER}/token"), "K10other::server:other\n");
+    w(&format!("{SERVER}/db/state.db"), "another cluster's database");
+    w(&format!("{SERVER}/db/state.db-wal"), "another cluster's log");
+    w(&format!("{SERVER}/tls/server-ca.crt"), "another CA");
+    w("/etc/rancher/k3s/config.yaml", "node-name: server1\n");
+    w("/etc/rancher/node/password", "other password\n");
+    w("/etc/systemd/system/k3s.service.env", "K3S_TOKEN='other'\n");
+    w("/etc/systemd/system/k3s.service", "[Unit]\n");
+    w("/var/lib/rancher/k3s/agent/images/app.tar", "images stay");
+    sys
+}
