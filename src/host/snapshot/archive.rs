@@ -65,7 +65,7 @@ impl Failure for ArchiveError {
             ArchiveError::Damaged { .. } => ErrorKind::ChecksumMismatch,
             ArchiveError::Refused { .. } => ErrorKind::BadRequest,
             ArchiveError::Missing(_) => ErrorKind::NotInstalled,
-            ArchiveError::Io { source, .. } => ErrorKind::of_io(source),
+            ArchiveError::Io { source, .. } => super::io_kind(source),
         }
     }
 }
@@ -76,6 +76,16 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
+}
+
+impl std::fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EntryKind::File => "a file",
+            EntryKind::Dir => "a directory",
+            EntryKind::Symlink => "a symlink",
+        })
+    }
 }
 
 /// One file, directory or symlink of the archive, as the manifest lists it.
@@ -169,7 +179,7 @@ impl Manifest {
                 return Err(at("is listed twice".into()));
             }
             if !scope.allows(&host, entry.kind) {
-                return Err(at(format!("({:?}) is not among what a snapshot holds (k3s's server files below {}, /etc/rancher/k3s, /etc/rancher/node, the service's env file)", entry.kind, self.data_dir)));
+                return Err(at(format!("({}) is not among what a snapshot holds (k3s's server files below {}, /etc/rancher/k3s, /etc/rancher/node, the service's env file)", entry.kind, self.data_dir)));
             }
             if entry.mode & !0o777 != 0 {
                 return Err(at(format!(
@@ -670,7 +680,7 @@ fn walk_entries<R: Read>(
             header.gid().map_err(|e| damaged_by(archive, &e))?,
         );
         if kind != entry.kind {
-            return Err(at(format!("is a {kind:?} in the tar but a {:?} in the manifest", entry.kind)));
+            return Err(at(format!("is {kind} in the tar but {} in the manifest", entry.kind)));
         }
         if (mode, uid, gid) != (entry.mode, entry.uid as u64, entry.gid as u64) {
             return Err(at(format!(
@@ -732,7 +742,7 @@ fn walk_entries<R: Read>(
         let count = manifest.entries.iter().filter(|e| !seen.contains(&e.path)).count();
         return Err(refused(
             archive,
-            format!("{count} entries of the manifest are missing from the tar, the first {:?}", missing.path),
+            format!("the tar lacks {count} of the manifest's entries, the first {:?}", missing.path),
         ));
     }
     Ok((manifest, etcd_check))

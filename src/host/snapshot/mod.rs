@@ -97,7 +97,7 @@ impl Failure for SnapshotError {
             SnapshotError::NotInstalled(_) => ErrorKind::NotInstalled,
             SnapshotError::Config(_) | SnapshotError::K3s(_) | SnapshotError::Datastore(_) => ErrorKind::Failed,
             SnapshotError::Archive(e) => e.kind(),
-            SnapshotError::Io { source, .. } => ErrorKind::of_io(source),
+            SnapshotError::Io { source, .. } => io_kind(source),
             SnapshotError::NoSpace { .. } => ErrorKind::NoSpace,
             SnapshotError::VersionMismatch { .. } | SnapshotError::Conflict(_) => ErrorKind::Conflict,
             SnapshotError::Service { timed_out: true, .. } => ErrorKind::Timeout,
@@ -114,6 +114,15 @@ impl Failure for SnapshotError {
             SnapshotError::Interrupted { .. } => true,
             other => other.kind().retryable_by_default(),
         }
+    }
+}
+
+/// [`ErrorKind::of_io`], and a full disk also when a layer between (tar, zstd) rewrapped the
+/// error: its kind still says so where the errno is gone.
+fn io_kind(error: &io::Error) -> ErrorKind {
+    match error.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::NoSpace,
+        _ => ErrorKind::of_io(error),
     }
 }
 
@@ -259,6 +268,8 @@ impl Drop for WorkDir<'_> {
 }
 
 #[cfg(test)]
+mod real_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

@@ -190,3 +190,31 @@ pub fn fake_target() -> FakeSystem {
     w("/var/lib/rancher/k3s/agent/images/app.tar", "images stay");
     sys
 }
+
+/// A tmpfs of `bytes` mounted at `at` (a real directory) for the life of the value: a disk that
+/// fills up. Mounting needs root, as the tests run.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("mount (util-linux) runs");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (the tests run as root): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

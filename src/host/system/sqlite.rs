@@ -128,6 +128,19 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_onto_a_full_disk_is_enospc_and_the_source_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let writer = kine_like(&db, 4000); // about 2.5 MB
+        let full = dir.path().join("full");
+        let _tmpfs = crate::host::snapshot::testutil::Tmpfs::mount(&full, 512 << 10);
+        let err = backup(&db, &full.join("copy.db")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
+        writer.execute("INSERT INTO kine (name, value) VALUES ('/registry/after', x'00')", []).unwrap();
+        assert!(integrity_check(&db).unwrap().is_empty());
+    }
+
+    #[test]
     fn missing_and_foreign_files_are_errors_with_an_errno_or_kind() {
         let dir = tempfile::tempdir().unwrap();
         let missing = backup(&dir.path().join("nope.db"), &dir.path().join("copy.db")).unwrap_err();
