@@ -748,3 +748,124 @@ fn a_create_sweeps_what_a_killed_one_left_and_never_reuses_a_name() {
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with("k3node-server1-")), "{names:?}");
 }
+
+mod serve {
+    use super::*;
+    use crate::protocol::{encode_request, AnswerLine, ErrorKind, Operation, WireError};
+
+    fn serve_line(sys: &FakeSystem, op: &str, line: &str) -> (i32, Vec<AnswerLine>) {
+        let mut out = Vec::new();
+        let status = crate::host::serve(op, sys, &mut format!("{line}\n").as_bytes(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains(PASSWORD), "a secret left the host: {text}");
+        (status, text.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+    }
+
+    fn serve<O: Operation>(sys: &FakeSystem, request: &O) -> (i32, Vec<AnswerLine>) {
+        let line = String::from_utf8(encode_request(request, None)).unwrap();
+        serve_line(sys, O::NAME, line.trim_end())
+    }
+
+    /// The one result line, after any progress lines.
+    fn result<T: serde::de::DeserializeOwned>(status: i32, lines: &[AnswerLine]) -> T {
+        assert_eq!(status, 0, "{lines:?}");
+        let (last, before) = lines.split_last().unwrap();
+        assert!(before.iter().all(|l| matches!(l, AnswerLine::Progress { .. })), "{lines:?}");
+        let AnswerLine::Result { value } = last else { panic!("{lines:?}") };
+        serde_json::from_value(value.clone()).unwrap()
+    }
+
+    fn error(status: i32, lines: &[AnswerLine]) -> WireError {
+        assert_eq!(status, 1, "{lines:?}");
+        let Some(AnswerLine::Error(e)) = lines.last() else { panic!("{lines:?}") };
+        e.clone()
+    }
+
+    #[test]
+    fn create_answers_the_archive_after_its_progress() {
+        let sys = fake_server();
+        let (status, lines) = serve_line(
+            &sys,
+            "snapshot-create",
+            r#"{"op":"snapshot-create","args":{"cluster":"lab","node":"server1","name_prefix":"k3node"}}"#,
+        );
+        let created: SnapshotCreated = result(status, &lines);
+        assert_eq!(created.path, archive_at());
+        assert!(lines.len() > 3, "progress first: {lines:?}");
+        let (status, lines) = serve_line(
+            &sys,
+            "snapshot-create",
+            r#"{"op":"snapshot-create","args":{"cluster":"lab","node":"server1"}}"#,
+        );
+        assert_eq!(error(status, &lines).kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn list_and_verify_answer_what_they_read() {
+        let sys = fake_server();
+        create_ok(&sys);
+        let (status, lines) = serve_line(&sys, "snapshot-list", r#"{"op":"snapshot-list","args":{}}"#);
+        let list: SnapshotList = result(status, &lines);
+        assert_eq!(list.snapshots.len(), 1);
+        let verified: SnapshotVerified = {
+            let (status, lines) = serve(&sys, &VerifySnapshot { path: archive_at() });
+            result(status, &lines)
+        };
+        assert_eq!(verified.database_check, "PRAGMA integrity_check: ok");
+        let mut bytes = sys.bytes(&archive_at()).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        sys.write_atomic(Path::new(&archive_at()), &bytes, 0o600).unwrap();
+        let (status, lines) = serve(&sys, &VerifySnapshot { path: archive_at() });
+        let e = error(status, &lines);
+        assert_eq!((e.kind, e.retryable), (ErrorKind::ChecksumMismatch, false), "{}", e.message);
+    }
+
+    #[test]
+    fn prune_answers_what_it_deleted_and_a_dry_run_takes_no_lock() {
+        let (sys, names) = snapshots_over_time(3);
+        let holder = crate::protocol::LockHolder {
+            token: "other-run".into(),
+            operation: "up".into(),
+            from: "alice@laptop".into(),
+            started_at: "2025-01-02T03:04:05Z".into(),
+            pid: 0,
+        };
+        let lock = crate::host::lock::take(&sys, &holder).unwrap();
+        let (status, lines) = serve(&sys, &prune_req(Some(1), None, true));
+        let plan: SnapshotsPruned = result(status, &lines);
+        assert_eq!(plan.deleted, names[..2].to_vec());
+        let (status, lines) = serve(&sys, &prune_req(Some(1), None, false));
+        assert_eq!(error(status, &lines).kind, ErrorKind::Conflict, "a prune waits for no other run's lock");
+        drop(lock);
+        let (status, lines) = serve(&sys, &prune_req(Some(1), None, false));
+        let done: SnapshotsPruned = result(status, &lines);
+        assert_eq!(done.deleted, plan.deleted);
+    }
+
+    #[test]
+    fn restore_and_rollback_answer_their_reports() {
+        let source = fake_server();
+        let target = target_with_snapshot(&source);
+        let (status, lines) = serve(&target, &restore_request());
+        let report: RestoreReport = result(status, &lines);
+        assert_eq!(report.moved_aside.len(), 4);
+        assert!(lines.iter().any(|l| matches!(l, AnswerLine::Progress { message } if message == "stopping k3s")));
+        let (status, lines) =
+            serve(&target, &RollbackRestore { node_name: "server1".into(), ready_timeout_secs: 60, dry_run: false });
+        let back: RollbackReport = result(status, &lines);
+        assert_eq!(back.moved_back.len(), 4);
+        let missing = r#"{"op":"snapshot-restore","args":{"path":"/a.tar.zst","node_name":"server1","ready_timeout_secs":60,"dry_run":false}}"#;
+        let (status, lines) = serve_line(&target, "snapshot-restore", missing);
+        let e = error(status, &lines);
+        assert!(e.kind == ErrorKind::BadRequest && e.message.contains("allow_version_mismatch"), "{e:?}");
+    }
+
+    #[test]
+    fn hello_says_this_helper_does_snapshots() {
+        let (status, lines) = serve_line(&FakeSystem::new(), "hello", r#"{"op":"hello","args":{}}"#);
+        let hello: crate::protocol::HelloAnswer = result(status, &lines);
+        assert!(hello.capabilities.iter().any(|c| c == "snapshots"), "{hello:?}");
+        assert_eq!(hello.protocol, 5);
+    }
+}
