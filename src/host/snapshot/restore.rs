@@ -98,6 +98,19 @@ fn write_record(sys: &dyn HostSystem, record: &Record) -> Result<(), SnapshotErr
     })
 }
 
+/// `<path>.k3node-<what>-<stamp>`, with `-2`, `-3`... when one of an earlier run in the same
+/// second is there.
+fn aside_name(sys: &dyn HostSystem, from: &Path, what: &str, stamp: &str) -> String {
+    let base = format!("{}.k3node-{what}-{stamp}", from.display());
+    let mut candidate = base.clone();
+    let mut n = 2;
+    while present(sys, Path::new(&candidate)) {
+        candidate = format!("{base}-{n}");
+        n += 1;
+    }
+    candidate
+}
+
 fn shown_moves(moves: &[MovedAside]) -> String {
     if moves.is_empty() {
         return "nothing was there to move aside".to_string();
@@ -179,7 +192,7 @@ pub fn restore(
                 .into_iter()
                 .filter(|from| present(sys, from))
                 .map(|from| MovedAside {
-                    to: format!("{}.k3node-restore-{stamp}", from.display()),
+                    to: aside_name(sys, &from, "restore", &stamp),
                     from: from.display().to_string(),
                 })
                 .collect();
@@ -375,7 +388,7 @@ pub fn rollback(
         return Err(SnapshotError::NotInstalled(format!("{} is not installed", unit_path(k3s::SERVICE).display())));
     }
     let rollback_stamp = record.rollback_stamp.clone().unwrap_or_else(|| stamp(sys.now_unix_ms()));
-    let aside_of = |from: &str| format!("{from}.k3node-rollback-{rollback_stamp}");
+    let aside_of = |from: &str| aside_name(sys, Path::new(from), "rollback", &rollback_stamp);
 
     // What the restore put in place goes aside; what it moved aside comes back. A root the
     // restore found empty is moved aside too, so that the host is as it was.
@@ -390,8 +403,9 @@ pub fn rollback(
         let back = back.filter(|_| back_pending).map(|m| MovedAside { from: m.to, to: m.from });
         steps.push((aside, back));
     }
-    let anything_back =
-        steps.iter().any(|(_, back)| back.is_some()) || record.moved.iter().any(|m| present(sys, Path::new(&m.from)));
+    // k3s starts again when there was k3s data before the restore; on a host the restore found
+    // empty there is nothing to start it on.
+    let anything_back = !record.moved.is_empty();
     report.actions.push(format!("stop {}", k3s::SERVICE));
     for (aside, back) in &steps {
         if let Some(a) = aside {

@@ -869,3 +869,34 @@ mod serve {
         assert_eq!(hello.protocol, 5);
     }
 }
+
+#[test]
+fn a_second_restore_in_the_same_second_moves_the_first_ones_data_aside_under_another_name() {
+    let source = fake_server();
+    let target = target_with_snapshot(&source);
+    restore_with(&target, &restore_request()).0.unwrap();
+    let (again, _) = restore_with(&target, &restore_request());
+    let again = again.unwrap();
+    assert_eq!(again.moved_aside[0].to, format!("{SERVER}{ASIDE}-2"));
+    assert_eq!(
+        target.contents(&format!("{SERVER}{ASIDE}/token")).unwrap(),
+        "K10other::server:other\n",
+        "the first aside stays"
+    );
+    assert_eq!(target.contents(&format!("{SERVER}{ASIDE}-2/token")).unwrap(), token_text());
+}
+
+#[test]
+fn long_names_and_link_targets_survive_the_archive() {
+    let sys = fake_server();
+    let long = format!("{SERVER}/manifests/{}/{}.yaml", "team-".repeat(30), "app-".repeat(40));
+    sys.write_atomic(Path::new(&long), b"kind: ConfigMap\n", 0o600).unwrap();
+    let target = format!("{}/{}.yaml", "team-".repeat(30), "app-".repeat(40));
+    sys.symlink_atomic(Path::new(&target), Path::new(&format!("{SERVER}/manifests/current.yaml"))).unwrap();
+    create_ok(&sys);
+    let (walked, _) = verify::verify(&sys, Path::new(&archive_at())).unwrap();
+    let entry = walked.manifest.entries.iter().find(|e| Path::new("/").join(&e.path) == Path::new(&long)).unwrap();
+    assert!(entry.path.len() > 300);
+    let link = walked.manifest.entries.iter().find(|e| e.path.ends_with("manifests/current.yaml")).unwrap();
+    assert_eq!(link.target.as_deref(), Some(target.as_str()));
+}
