@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::archive::{ArchiveError, Entry, Manifest, Unpack};
+use super::archive::{ArchiveError, Entry, Manifest, Unpack, Walked};
 use super::{archive_name, archive_path, etcd, k3s, stamp, verify, SnapshotError};
 use crate::host::k3s::{
     env_path, unit_path, CONFIG_DIR, NODE_DIR, RESTORE_RECORD, SERVER_DIR, SQLITE_DB, SQLITE_SIDECARS,
@@ -123,15 +123,62 @@ pub fn restore(
     req: &RestoreSnapshot,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RestoreReport, SnapshotError> {
+    let checked = check(sys, req, progress)?;
+    let record = plan(sys, &checked, progress)?;
+    let manifest = &checked.walked.manifest;
+    let report = |restored_entries: u64, rollback: String| RestoreReport {
+        name: checked.name.clone(),
+        datastore: manifest.datastore,
+        k3s_version: manifest.k3s_version.clone(),
+        actions: actions(&checked, &record, &req.node_name),
+        moved_aside: record.moved.clone(),
+        restored_entries,
+        rollback,
+    };
+    if req.dry_run {
+        return Ok(report(manifest.entries.len() as u64, "nothing was changed (dry run)".into()));
+    }
+    write_record(sys, &record)?;
+    let restored =
+        carry_out(sys, req, &checked, &record, progress).map_err(|(step, e)| SnapshotError::Interrupted {
+            source: Box::new(e),
+            guidance: format!(
+                "the restore of {} stopped while it was to {step}. What it replaced is aside: {}. \
+             Run the same restore again to finish it, or roll it back (snapshot-rollback) to put the old data back.",
+                checked.name,
+                shown_moves(&record.moved)
+            ),
+        })?;
+    write_record(sys, &Record { state: State::Restored, ..record.clone() })?;
+    let rollback = format!(
+        "the data this restore replaced is aside ({}); to undo the restore: snapshot-rollback",
+        shown_moves(&record.moved)
+    );
+    Ok(report(restored, rollback))
+}
+
+/// What step 1 established about the archive and what k3s will run with.
+struct Checked {
+    path: PathBuf,
+    name: String,
+    walked: Walked,
+    settings: k3s::Settings,
+    data_dir: PathBuf,
+}
+
+/// Step 1: everything that can refuse the restore, before anything changes.
+fn check(
+    sys: &dyn HostSystem,
+    req: &RestoreSnapshot,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Checked, SnapshotError> {
     let path = archive_path(&req.path)?;
     if req.node_name.trim().is_empty() {
         return Err(SnapshotError::BadRequest("the node name is empty".into()));
     }
-
-    // 1. Everything that can refuse the restore, before anything changes.
     progress(&format!("verifying all of {}", path.display()));
     let (walked, checker) = verify::verify(sys, &path)?;
-    let manifest = walked.manifest.clone();
+    let manifest = &walked.manifest;
     let data_dir = PathBuf::from(&manifest.data_dir);
     let refused = |reason: String| SnapshotError::Archive(ArchiveError::Refused { archive: path.clone(), reason });
     let settings = checker.settings().map_err(|e| refused(format!("its k3s configuration: {e}")))?;
@@ -142,16 +189,18 @@ pub fn restore(
             data_dir.display()
         )));
     }
-    if manifest.datastore == Datastore::Etcd {
-        if let Some(server) = &settings.server {
-            return Err(SnapshotError::Conflict(format!(
-                "the snapshot's server joined another ({server} in its configuration), and k3s refuses --cluster-reset while `server` is set: restore the snapshot of a server that started the cluster (cluster-init), then let the others rejoin"
-            )));
-        }
+    if let (Datastore::Etcd, Some(server)) = (manifest.datastore, &settings.server) {
+        return Err(SnapshotError::Conflict(format!(
+            "the snapshot's server joined another ({server} in its configuration), and k3s refuses \
+             --cluster-reset while `server` is set: restore the snapshot of a server that started the \
+             cluster (cluster-init), then let the others rejoin"
+        )));
     }
     if present(sys, &unit_path("k3s-agent")) {
         return Err(SnapshotError::Conflict(
-            "k3s-agent is installed on this host: a server's snapshot is restored onto a server (run `k3node reset` on this host first to convert it)".into(),
+            "k3s-agent is installed on this host: a server's snapshot is restored onto a server \
+             (run `k3node reset` on this host first to convert it)"
+                .into(),
         ));
     }
     if !present(sys, &unit_path(k3s::SERVICE)) {
@@ -171,24 +220,27 @@ pub fn restore(
             manifest.k3s_version
         ));
     }
+    Ok(Checked { name: archive_name(&path), path, walked, settings, data_dir })
+}
 
-    // 2. The plan: a new one, or the one of an interrupted run of this very archive.
-    let name = archive_name(&path);
-    let record = match read_record(sys)? {
-        Some(r) if r.state == State::InProgress && r.sha256 == walked.sha256 => {
+/// Step 2: a new plan, or the one of an interrupted run of this very archive.
+fn plan(sys: &dyn HostSystem, checked: &Checked, progress: &mut dyn FnMut(&str)) -> Result<Record, SnapshotError> {
+    match read_record(sys)? {
+        Some(r) if r.state == State::InProgress && r.sha256 == checked.walked.sha256 => {
             progress(&format!("finishing the restore of {} begun at {}", r.name, r.stamp));
-            r
+            Ok(r)
         }
         Some(r) if matches!(r.state, State::InProgress | State::RollingBack) => {
             let what = if r.state == State::InProgress { "restore" } else { "rollback of the restore" };
-            return Err(SnapshotError::Conflict(format!(
-                "the {what} of {} begun at {} is not finished ({RESTORE_RECORD}): finish it first (the same request again), or roll it back",
+            Err(SnapshotError::Conflict(format!(
+                "the {what} of {} begun at {} is not finished ({RESTORE_RECORD}): finish it first \
+                 (the same request again), or roll it back",
                 r.name, r.stamp
-            )));
+            )))
         }
         _ => {
             let stamp = stamp(sys.now_unix_ms());
-            let moved = replaced_roots(&data_dir)
+            let moved = replaced_roots(&checked.data_dir)
                 .into_iter()
                 .filter(|from| present(sys, from))
                 .map(|from| MovedAside {
@@ -196,62 +248,50 @@ pub fn restore(
                     from: from.display().to_string(),
                 })
                 .collect();
-            Record {
-                archive: path.display().to_string(),
-                name: name.clone(),
-                sha256: walked.sha256.clone(),
-                data_dir: manifest.data_dir.clone(),
+            Ok(Record {
+                archive: checked.path.display().to_string(),
+                name: checked.name.clone(),
+                sha256: checked.walked.sha256.clone(),
+                data_dir: checked.walked.manifest.data_dir.clone(),
                 state: State::InProgress,
                 stamp,
                 moved,
                 rollback_stamp: None,
-            }
+            })
         }
-    };
+    }
+}
 
-    let database = Path::new("/").join(&manifest.database);
-    let reset_args = etcd::reset_args(&database, &data_dir);
+/// The steps the plan takes, as the report lists them.
+fn actions(checked: &Checked, record: &Record, node: &str) -> Vec<String> {
+    let manifest = &checked.walked.manifest;
     let mut actions = vec![format!("stop {}", k3s::SERVICE)];
     actions.extend(record.moved.iter().map(|m| format!("move {} aside to {}", m.from, m.to)));
-    actions.push(format!("restore {} entries from {}", manifest.entries.len(), path.display()));
-    match manifest.datastore {
-        Datastore::Sqlite => {
-            actions.push(format!("remove {}-wal and -shm if present", data_dir.join(SQLITE_DB).display()))
-        }
-        Datastore::Etcd => actions.push(format!("k3s {}", reset_args.join(" "))),
-    }
+    actions.push(format!("restore {} entries from {}", manifest.entries.len(), checked.path.display()));
+    actions.push(match manifest.datastore {
+        Datastore::Sqlite => format!("remove {}-wal and -shm if present", checked.data_dir.join(SQLITE_DB).display()),
+        Datastore::Etcd => format!("k3s {}", etcd::reset_args(&database_of(checked), &checked.data_dir).join(" ")),
+    });
     actions.push(format!("restart {}", k3s::SERVICE));
-    actions.push(format!("wait for node {} to be Ready", req.node_name));
-    let rollback_hint = format!(
-        "the data this restore replaced is aside ({}); to undo the restore: snapshot-rollback",
-        shown_moves(&record.moved)
-    );
-    let report = |actions: Vec<String>, restored_entries: u64, rollback: String| RestoreReport {
-        name: name.clone(),
-        datastore: manifest.datastore,
-        k3s_version: manifest.k3s_version.clone(),
-        actions,
-        moved_aside: record.moved.clone(),
-        restored_entries,
-        rollback,
-    };
-    if req.dry_run {
-        return Ok(report(actions, manifest.entries.len() as u64, "nothing was changed (dry run)".into()));
-    }
+    actions.push(format!("wait for node {node} to be Ready"));
+    actions
+}
 
-    // 3.-6. From here on the host changes: every failure says how to go on.
-    write_record(sys, &record)?;
-    let interrupted = |step: &str, e: SnapshotError| {
-        SnapshotError::Interrupted {
-        source: Box::new(e),
-        guidance: format!(
-            "the restore of {name} stopped while it was to {step}. What it replaced is aside: {}. Run the same restore again to finish it, or roll it back (snapshot-rollback) to put the old data back.",
-            shown_moves(&record.moved)
-        ),
-    }
-    };
+fn database_of(checked: &Checked) -> PathBuf {
+    Path::new("/").join(&checked.walked.manifest.database)
+}
+
+/// Steps 3 to 6; a failure comes with the step it stopped at. Returns the entries restored.
+fn carry_out(
+    sys: &dyn HostSystem,
+    req: &RestoreSnapshot,
+    checked: &Checked,
+    record: &Record,
+    progress: &mut dyn FnMut(&str),
+) -> Result<u64, (&'static str, SnapshotError)> {
+    let manifest = &checked.walked.manifest;
     progress(&format!("stopping {}", k3s::SERVICE));
-    k3s::stop(sys).map_err(|e| interrupted("stop k3s", e))?;
+    k3s::stop(sys).map_err(|e| ("stop k3s", e))?;
     for m in &record.moved {
         let (from, to) = (Path::new(&m.from), Path::new(&m.to));
         if present(sys, to) {
@@ -260,44 +300,34 @@ pub fn restore(
         if present(sys, from) {
             progress(&format!("moving {} aside to {}", m.from, m.to));
             sys.rename(from, to).map_err(|source| {
-                interrupted(
-                    "move the current data aside",
-                    SnapshotError::Io { what: "cannot move", path: from.into(), source },
-                )
+                ("move the current data aside", SnapshotError::Io { what: "cannot move", path: from.into(), source })
             })?;
         }
     }
-    progress(&format!("restoring {} entries from {}", manifest.entries.len(), path.display()));
+    progress(&format!("restoring {} entries from {}", manifest.entries.len(), checked.path.display()));
     let mut extract = Extract { sys, restored: 0 };
-    super::archive::walk(sys, &path, &mut extract).map_err(|e| interrupted("extract the archive", e.into()))?;
-    match manifest.datastore {
-        Datastore::Sqlite => {
-            for sidecar in SQLITE_SIDECARS {
-                let sidecar = data_dir.join(sidecar);
-                if present(sys, &sidecar) {
-                    progress(&format!("removing {}", sidecar.display()));
-                    sys.remove_file(&sidecar).map_err(|source| {
-                        interrupted(
-                            "remove the stale SQLite sidecars",
-                            SnapshotError::Io { what: "cannot remove", path: sidecar.clone(), source },
-                        )
-                    })?;
-                }
+    super::archive::walk(sys, &checked.path, &mut extract).map_err(|e| ("extract the archive", e.into()))?;
+    if manifest.datastore == Datastore::Sqlite {
+        for sidecar in SQLITE_SIDECARS.map(|s| checked.data_dir.join(s)) {
+            if present(sys, &sidecar) {
+                progress(&format!("removing {}", sidecar.display()));
+                sys.remove_file(&sidecar).map_err(|source| {
+                    let e = SnapshotError::Io { what: "cannot remove", path: sidecar.clone(), source };
+                    ("remove the stale SQLite sidecars", e)
+                })?;
             }
         }
-        Datastore::Etcd => {}
     }
     let deadline_ms = sys.now_unix_ms() + (req.ready_timeout_secs.max(1) as i64) * 1000;
     if manifest.datastore == Datastore::Etcd {
-        progress(&format!("k3s {}", reset_args.join(" ")));
+        let database = database_of(checked);
+        progress(&format!("k3s {}", etcd::reset_args(&database, &checked.data_dir).join(" ")));
         let remaining = Duration::from_millis((deadline_ms - sys.now_unix_ms()).max(1000) as u64);
-        etcd::cluster_reset(sys, &database, &data_dir, remaining)
-            .map_err(|e| interrupted("reset the etcd cluster", e))?;
+        etcd::cluster_reset(sys, &database, &checked.data_dir, remaining).map_err(|e| ("reset the etcd cluster", e))?;
     }
-    k3s::start_and_wait(sys, &settings, &req.node_name, deadline_ms, progress)
-        .map_err(|e| interrupted("start k3s and wait for the node", e))?;
-    write_record(sys, &Record { state: State::Restored, ..record.clone() })?;
-    Ok(report(actions, extract.restored, rollback_hint))
+    k3s::start_and_wait(sys, &checked.settings, &req.node_name, deadline_ms, progress)
+        .map_err(|e| ("start k3s and wait for the node", e))?;
+    Ok(extract.restored)
 }
 
 /// Writes every entry where it belongs, with its mode and owner.
@@ -452,7 +482,7 @@ pub fn rollback(
         }
     }
     if anything_back {
-        let settings = k3s::on_host(sys)?;
+        let settings = k3s::on_host(sys).map_err(|e| interrupted("read k3s's configuration", e))?;
         let deadline_ms = sys.now_unix_ms() + (req.ready_timeout_secs.max(1) as i64) * 1000;
         k3s::start_and_wait(sys, &settings, &req.node_name, deadline_ms, progress)
             .map_err(|e| interrupted("start k3s and wait for the node", e))?;
