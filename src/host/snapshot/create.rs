@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use super::archive::{self, Entry, EntryKind, Manifest, Scope, FORMAT};
 use super::{
     check_name_part, etcd, k3s, rfc3339, snapshot_dir, stamp, SnapshotError, WorkDir, ARCHIVE_MODE, DIR_MODE,
-    WORK_PREFIX,
+    VERIFY_LABEL, WORK_PREFIX,
 };
 use crate::host::k3s::{
     env_path, CONFIG_DIR, CONFIG_DROPIN_DIR, CONFIG_FILE, ETCD_DATA_DIR, ETCD_SNAPSHOT_DIR, K3S_PACKAGED_MANIFESTS,
@@ -216,8 +216,12 @@ fn prepare_dir(sys: &dyn HostSystem, dir: &Path, progress: &mut dyn FnMut(&str))
     let names = sys.read_dir_names(dir).map_err(io_err("cannot list", dir))?;
     for name in &names {
         let path = dir.join(name);
-        if name.starts_with(WORK_PREFIX) {
-            let _ = sys.remove_dir_all(&path);
+        if let Some(label) = name.strip_prefix(WORK_PREFIX) {
+            let verifier = label.strip_prefix(VERIFY_LABEL).and_then(|rest| rest.split('-').next());
+            let running = verifier.is_some_and(|pid| sys.exists(&Path::new("/proc").join(pid)));
+            if !running {
+                let _ = sys.remove_dir_all(&path);
+            }
         } else if name.starts_with('.') && name.ends_with(".k3node-tmp") {
             let _ = sys.remove_file(&path);
         } else if let Some(archive) = name.strip_suffix(".sha256") {

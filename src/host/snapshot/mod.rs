@@ -241,8 +241,11 @@ struct WorkDir<'a> {
 }
 
 /// Work dirs start with this; one left by a killed run is removed by the next create (under the
-/// host lock, nobody else uses them).
+/// host lock no other create runs).
 const WORK_PREFIX: &str = ".k3node-work-";
+/// A verify's work dir is `.k3node-work-verify-<pid>-<nonce>`: verifies take no lock, so a
+/// create sweeps one only once its process is gone.
+const VERIFY_LABEL: &str = "verify-";
 
 impl<'a> WorkDir<'a> {
     /// `<parent>/.k3node-work-<label>`.

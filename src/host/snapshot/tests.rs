@@ -741,12 +741,17 @@ fn a_create_sweeps_what_a_killed_one_left_and_never_reuses_a_name() {
     for path in &stale {
         sys.write_atomic(Path::new(path), b"left over", 0o600).unwrap();
     }
+    // A verify of a process that still runs keeps its dir; one of a process gone does not.
+    let running = format!("{SNAPSHOTS}/.k3node-work-verify-4242-00000000000000aa/state.db");
+    let gone = format!("{SNAPSHOTS}/.k3node-work-verify-4343-00000000000000bb/state.db");
+    let sys = sys.dir("/proc/4242").file(&running, "checking").file(&gone, "killed");
     let first = create_ok(&sys).0;
     let second = create_ok(&sys).0;
     assert_eq!(second.name, format!("{}-2", first.name), "same second, another name");
     let names = paths(&sys, SNAPSHOTS);
-    assert_eq!(names.len(), 4, "{names:?}");
-    assert!(names.iter().all(|n| n.starts_with("k3node-server1-")), "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names[0], ".k3node-work-verify-4242-00000000000000aa");
+    assert!(names[1..].iter().all(|n| n.starts_with("k3node-server1-")), "{names:?}");
 }
 
 mod serve {

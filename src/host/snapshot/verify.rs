@@ -121,8 +121,9 @@ impl Unpack for Checker<'_> {
     fn file(&mut self, manifest: &Manifest, entry: &Entry) -> Result<Option<Box<dyn AtomicFile>>, ArchiveError> {
         if manifest.datastore == Datastore::Sqlite && entry.path == manifest.database {
             let dir = self.archive.parent().unwrap_or(Path::new("/")).to_path_buf();
-            // Random: verifies take no lock, two may run at once.
-            let label = format!("verify-{:016x}", rand::random::<u64>());
+            // Verifies take no lock: two may run at once, and a create sweeping the directory
+            // meanwhile leaves the dir of a live process alone (see `super::VERIFY_LABEL`).
+            let label = format!("{}{}-{:016x}", super::VERIFY_LABEL, std::process::id(), rand::random::<u64>());
             let work = WorkDir::new(self.sys, &dir, &label).map_err(|e| match e {
                 SnapshotError::Io { what, path, source } => ArchiveError::Io { what, path, source },
                 other => self.damaged(other.to_string()),
