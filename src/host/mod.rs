@@ -6,6 +6,7 @@
 //! - [`lock`]: the host lock that keeps two runs apart.
 //! - [`files`], [`hello`]: streamed files, and who answers.
 //! - [`preflight`], [`k3s`]: checks, and installing/inspecting/removing k3s.
+//! - [`snapshot`]: snapshots of a server, their archives, and restoring them.
 
 pub mod error;
 pub mod files;
@@ -15,6 +16,7 @@ pub mod lock;
 pub mod manifests;
 pub mod preflight;
 mod serve;
+pub mod snapshot;
 pub mod system;
 
 pub use error::{describe_io, HostError};

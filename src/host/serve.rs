@@ -15,6 +15,9 @@ use crate::protocol::frame::{FrameReader, FrameWriter};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
 use crate::protocol::manifests::SyncManifests;
 use crate::protocol::preflight::PreflightRequest;
+use crate::protocol::snapshot::{
+    CreateSnapshot, ListSnapshots, PruneSnapshots, RestoreSnapshot, RollbackRestore, VerifySnapshot,
+};
 use crate::protocol::{decode_request, AnswerLine, Hello, HoldLock, Operation, Scrubber};
 
 use super::error::HostError;
@@ -41,6 +44,12 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         SendFile::NAME => run::<SendFile>(sys, input, output),
         FileDigest::NAME => run::<FileDigest>(sys, input, output),
         SyncManifests::NAME => run::<SyncManifests>(sys, input, output),
+        CreateSnapshot::NAME => run::<CreateSnapshot>(sys, input, output),
+        ListSnapshots::NAME => run::<ListSnapshots>(sys, input, output),
+        VerifySnapshot::NAME => run::<VerifySnapshot>(sys, input, output),
+        PruneSnapshots::NAME => run::<PruneSnapshots>(sys, input, output),
+        RestoreSnapshot::NAME => run::<RestoreSnapshot>(sys, input, output),
+        RollbackRestore::NAME => run::<RollbackRestore>(sys, input, output),
         other => {
             let mut answers = Answers { output, scrubber: Scrubber::default() };
             answers.line(&AnswerLine::Error(

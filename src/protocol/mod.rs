@@ -25,6 +25,7 @@ pub mod manifests;
 pub mod node;
 pub mod preflight;
 pub mod secret;
+pub mod snapshot;
 
 pub use secret::{Scrubber, Secret};
 
@@ -32,14 +33,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or answer changes shape; a mismatch makes the operator replace the helper.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Where a real run installs the helper on every host (and where the node daemon will run from).
 pub const HELPER_PATH: &str = "/usr/local/bin/k3node";
 
 /// What the helper of this build can do beyond the operations every version has; the operator
 /// checks `hello`'s list before it relies on one.
-pub const CAPABILITIES: &[&str] = &["framed-upload", "framed-download", "host-lock", "file-digest"];
+pub const CAPABILITIES: &[&str] = &["framed-upload", "framed-download", "host-lock", "file-digest", "snapshots"];
 
 /// One operation of the host helper: its arguments are `Self`, its answer `Self::Answer`.
 pub trait Operation: Serialize + DeserializeOwned + Send + Sync {
@@ -186,6 +187,10 @@ impl ErrorKind {
     pub fn of_io(error: &std::io::Error) -> ErrorKind {
         match error.raw_os_error() {
             Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) => ErrorKind::NoSpace,
+            // Layers that rewrap the error (tar, zstd) keep its kind but lose the errno.
+            _ if matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
+                ErrorKind::NoSpace
+            }
             _ if error.kind() == std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
             _ => ErrorKind::Failed,
         }

@@ -8,7 +8,7 @@ use super::{describe_io, CONFIG_DROPIN_DIR, CONFIG_FILE, DEFAULT_DATA_DIR, DEFAU
 use crate::host::system::HostSystem;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Settings {
+pub(crate) struct Settings {
     pub data_dir: PathBuf,
     pub kubeconfig: PathBuf,
     /// `server:` (the URL a joining server or agent talks to), when set.
@@ -55,7 +55,7 @@ pub(super) fn canonical(text: &str) -> Option<String> {
 }
 
 /// The settings of the host as it is: /etc/rancher/k3s/config.yaml (absent: defaults) and drop-ins.
-pub(super) fn on_host(sys: &dyn HostSystem) -> Result<Settings, ConfigError> {
+pub(crate) fn on_host(sys: &dyn HostSystem) -> Result<Settings, ConfigError> {
     let main = match sys.read_to_string(Path::new(CONFIG_FILE)) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
@@ -78,6 +78,23 @@ pub(super) fn with_main(sys: &dyn HostSystem, main: &str) -> Result<Settings, Co
         let text =
             sys.read_to_string(&path).map_err(|e| format!("cannot read {}: {}", path.display(), describe_io(&e)))?;
         let keys = apply(&mut settings, &path.to_string_lossy(), &text)?;
+        settings.dropins.push((path, keys));
+    }
+    Ok(settings)
+}
+
+/// The settings of config.yaml's text `main` and the drop-ins' (name, text) pairs, as k3s combines
+/// them (drop-ins in name order, only `.yaml`/`.yml`): for files that are not on the host yet,
+/// such as those inside a snapshot.
+pub(crate) fn from_texts(main: &str, dropins: &[(String, String)]) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    apply(&mut settings, CONFIG_FILE, main)?;
+    let mut sorted: Vec<&(String, String)> =
+        dropins.iter().filter(|(n, _)| n.ends_with(".yaml") || n.ends_with(".yml")).collect();
+    sorted.sort();
+    for (name, text) in sorted {
+        let path = Path::new(CONFIG_DROPIN_DIR).join(name);
+        let keys = apply(&mut settings, &path.to_string_lossy(), text)?;
         settings.dropins.push((path, keys));
     }
     Ok(settings)

@@ -33,13 +33,13 @@ use super::mask::{config_secrets, env_secrets, mask_config, mask_env, masked_pai
 use super::systemd::{journal_tail, likely_cause, RunError, Systemd, UnitStatus};
 use super::{
     env_path, links_to_k3s, record_path, service_name, uninstall_script_path, unit_path, Progress, BIN_DIR, CONFIG_DIR,
-    CONFIG_FILE, DEFAULT_KUBECONFIG, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS,
+    CONFIG_FILE, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS,
 };
 use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::serve::{Context, HostOperation};
 use crate::host::system::{sha256_file, HostSystem};
 use crate::protocol::k3s::{FileAction, FileChange, InstallReport, InstallRequest, ServiceAction};
-use crate::protocol::node::{Readiness, Role};
+use crate::protocol::node::Role;
 use crate::protocol::ErrorKind;
 
 const UNIT_MODE: u32 = 0o644;
@@ -48,9 +48,6 @@ const SCRIPT_MODE: u32 = 0o755;
 const CONFIG_DIR_MODE: u32 = 0o755;
 /// Lines of the journal quoted in a failure.
 const JOURNAL_LINES: usize = 20;
-const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// One `kubectl get node` never takes longer than this, whatever is left of the deadline.
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -428,18 +425,7 @@ pub(super) fn parse_version(stdout: &str) -> Option<String> {
 }
 
 fn k3s_version(sys: &dyn HostSystem) -> Result<String, InstallError> {
-    let out = sys.run(Path::new(K3S_BIN), &["--version"]).map_err(|e| {
-        InstallError::Version(format!(
-            "cannot run {K3S_BIN} --version: {e} (is it a binary for this host's architecture?)"
-        ))
-    })?;
-    if !out.success() {
-        return Err(InstallError::Version(format!("{K3S_BIN} --version failed: {}", out.failure_summary())));
-    }
-    parse_version(&out.stdout).ok_or_else(|| {
-        let first = out.stdout.lines().next().unwrap_or("").chars().take(120).collect::<String>();
-        InstallError::Version(format!("{K3S_BIN} --version printed no k3s version: {first:?}"))
-    })
+    super::installed_version(sys).map_err(InstallError::Version)
 }
 
 fn plan_file(
@@ -529,10 +515,6 @@ impl Deadline<'_> {
     fn remaining(&self) -> Duration {
         Duration::from_millis((self.at_ms - self.sys.now_unix_ms()).max(0) as u64)
     }
-
-    fn passed(&self) -> bool {
-        self.sys.now_unix_ms() >= self.at_ms
-    }
 }
 
 /// `systemctl restart` (returns once k3s said READY=1, as the unit is Type=notify), then on a
@@ -578,31 +560,8 @@ fn start_and_wait(
     }
 
     progress(&format!("waiting for node {} to be Ready", req.node_name));
-    let mut args = vec!["kubectl"];
-    let kubeconfig = settings.kubeconfig.to_string_lossy().into_owned();
-    if settings.kubeconfig != Path::new(DEFAULT_KUBECONFIG) {
-        args.extend(["--kubeconfig", kubeconfig.as_str()]);
-    }
-    args.extend(["get", "node", req.node_name.as_str(), "-o", "json"]);
-    loop {
-        let timeout = deadline.remaining().clamp(Duration::from_secs(1), KUBECTL_TIMEOUT);
-        let why = match sys.run_with(Path::new(K3S_BIN), &args, None, timeout) {
-            Ok(out) if out.success() => match serde_json::from_str::<serde_json::Value>(&out.stdout) {
-                Ok(node) => match Readiness::of(&node) {
-                    Readiness::Ready => return Ok(()),
-                    Readiness::NotReady(why) => why,
-                    Readiness::Unreported => "the node has no Ready condition yet".to_string(),
-                },
-                Err(_) => "k3s kubectl get node printed no JSON".to_string(),
-            },
-            Ok(out) => format!("k3s kubectl get node: {}", out.failure_summary()),
-            Err(e) => format!("k3s kubectl: {e}"),
-        };
-        if deadline.passed() {
-            return Err(fail(format!("node {} was not Ready within {} s: {why}", req.node_name, deadline.secs), true));
-        }
-        sys.sleep(POLL_INTERVAL.min(deadline.remaining()).max(Duration::from_millis(1)));
-    }
+    super::wait_node_ready(sys, &settings.kubeconfig, &req.node_name, deadline.at_ms)
+        .map_err(|why| fail(format!("node {} was not Ready within {} s: {why}", req.node_name, deadline.secs), true))
 }
 
 #[cfg(test)]

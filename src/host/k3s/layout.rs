@@ -24,6 +24,35 @@ pub const NODE_PASSWORD: &str = "/etc/rancher/node/password";
 /// k3node's own state on a host: records of what each service was started with.
 pub const RECORD_DIR: &str = "/var/lib/rancher/k3node";
 pub const KILLALL_SCRIPT: &str = "/usr/local/bin/k3s-killall.sh";
+/// Where snapshot archives go unless the request names another directory (0700; archives 0600).
+pub const SNAPSHOT_DIR: &str = "/var/lib/rancher/k3node/snapshots";
+/// k3node's record of the last restore on this host: what it moved aside, for re-runs and rollback.
+pub const RESTORE_RECORD: &str = "/var/lib/rancher/k3node/restore.json";
+/// Registry mirrors and credentials, beside config.yaml.
+pub const REGISTRIES_FILE: &str = "/etc/rancher/k3s/registries.yaml";
+/// The node password (contract section 6).
+pub const NODE_PASSWORD_FILE: &str = "/etc/rancher/node/password";
+/// Below the data dir: the server's part (token, tls, cred, manifests, db).
+pub const SERVER_DIR: &str = "server";
+/// Below the data dir: kine's SQLite datastore, in WAL mode (`-wal` and `-shm` beside it).
+pub const SQLITE_DB: &str = "server/db/state.db";
+pub const SQLITE_SIDECARS: [&str; 2] = ["server/db/state.db-wal", "server/db/state.db-shm"];
+/// Below the data dir: embedded etcd's data, and where `k3s etcd-snapshot` keeps snapshots.
+pub const ETCD_DATA_DIR: &str = "server/db/etcd";
+pub const ETCD_SNAPSHOT_DIR: &str = "server/db/snapshots";
+/// Below the data dir: the auto-deploy manifests dir.
+pub const MANIFESTS_DIR: &str = "server/manifests";
+/// What k3s itself writes into the manifests dir at every start (its packaged components): not
+/// the user's, so a snapshot leaves them out and k3s writes them again after a restore.
+pub const K3S_PACKAGED_MANIFESTS: [&str; 7] = [
+    "ccm.yaml",
+    "coredns.yaml",
+    "local-storage.yaml",
+    "metrics-server",
+    "rolebindings.yaml",
+    "runtimes.yaml",
+    "traefik.yaml",
+];
 /// Commands linked to k3s in [`BIN_DIR`] where the host has none of its own.
 pub const LINKED_COMMANDS: [&str; 3] = ["kubectl", "crictl", "ctr"];
 

@@ -13,7 +13,7 @@
 //! - `reset`: uninstall as k3s-uninstall.sh does, except that data is moved aside, never deleted.
 //! - `query`: the token, the kubeconfig and the node list of a server.
 
-mod config;
+pub(crate) mod config;
 mod envfile;
 /// The text of the unit, env file and scripts; public only for the lab tests, which put these
 /// files on real hosts without installing k3s.
@@ -24,7 +24,7 @@ pub mod layout;
 mod mask;
 mod query;
 mod reset;
-mod systemd;
+pub(crate) mod systemd;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -36,6 +36,61 @@ pub use reset::ResetError;
 /// The data dir k3s on this host uses (config.yaml and its drop-ins, else the default).
 pub fn data_dir(sys: &dyn crate::host::system::HostSystem) -> Result<std::path::PathBuf, config::ConfigError> {
     Ok(config::on_host(sys)?.data_dir)
+}
+
+/// `k3s --version` of the installed binary (`v1.31.4+k3s1`), or why it cannot be told.
+pub(crate) fn installed_version(sys: &dyn crate::host::system::HostSystem) -> Result<String, String> {
+    let out = sys
+        .run(std::path::Path::new(K3S_BIN), &["--version"])
+        .map_err(|e| format!("cannot run {K3S_BIN} --version: {e} (is it a binary for this host's architecture?)"))?;
+    if !out.success() {
+        return Err(format!("{K3S_BIN} --version failed: {}", out.failure_summary()));
+    }
+    install::parse_version(&out.stdout).ok_or_else(|| {
+        let first = out.stdout.lines().next().unwrap_or("").chars().take(120).collect::<String>();
+        format!("{K3S_BIN} --version printed no k3s version: {first:?}")
+    })
+}
+
+/// Polls `k3s kubectl get node <node>` (through `kubeconfig`) until the node is Ready or the
+/// system's clock passes `deadline_ms`; the error is what was last seen.
+pub(crate) fn wait_node_ready(
+    sys: &dyn crate::host::system::HostSystem,
+    kubeconfig: &std::path::Path,
+    node: &str,
+    deadline_ms: i64,
+) -> Result<(), String> {
+    use crate::protocol::node::Readiness;
+    use std::time::Duration;
+    const POLL: Duration = Duration::from_millis(250);
+    // One `kubectl get node` never takes longer than this, whatever is left of the deadline.
+    const KUBECTL_TIMEOUT: Duration = Duration::from_secs(10);
+    let remaining = || Duration::from_millis((deadline_ms - sys.now_unix_ms()).max(0) as u64);
+    let shown = kubeconfig.to_string_lossy().into_owned();
+    let mut args = vec!["kubectl"];
+    if kubeconfig != std::path::Path::new(DEFAULT_KUBECONFIG) {
+        args.extend(["--kubeconfig", shown.as_str()]);
+    }
+    args.extend(["get", "node", node, "-o", "json"]);
+    loop {
+        let timeout = remaining().clamp(Duration::from_secs(1), KUBECTL_TIMEOUT);
+        let why = match sys.run_with(std::path::Path::new(K3S_BIN), &args, None, timeout) {
+            Ok(out) if out.success() => match serde_json::from_str::<serde_json::Value>(&out.stdout) {
+                Ok(json) => match Readiness::of(&json) {
+                    Readiness::Ready => return Ok(()),
+                    Readiness::NotReady(why) => why,
+                    Readiness::Unreported => "the node has no Ready condition yet".to_string(),
+                },
+                Err(_) => "k3s kubectl get node printed no JSON".to_string(),
+            },
+            Ok(out) => format!("k3s kubectl get node: {}", out.failure_summary()),
+            Err(e) => format!("k3s kubectl: {e}"),
+        };
+        if sys.now_unix_ms() >= deadline_ms {
+            return Err(why);
+        }
+        sys.sleep(POLL.min(remaining()).max(Duration::from_millis(1)));
+    }
 }
 
 /// A unified diff of a plain (secret-free) file, as install-k3s shows them.

@@ -138,3 +138,83 @@ fn a_lock_is_exclusive_until_its_guard_is_dropped() {
         assert!(sys.try_lock(&lock).unwrap().is_some(), "{name}: a released lock is free again");
     });
 }
+
+#[test]
+fn metadata_describes_the_path_itself_and_modes_and_owners_stick() {
+    use super::FileKind;
+    both(|sys, name| {
+        sys.write_atomic(&p("/srv/tls/ca.key"), b"0123456789", 0o600).unwrap();
+        sys.create_dir_all(&p("/srv/tls/etcd"), 0o700).unwrap();
+        sys.symlink_atomic(Path::new("ca.key"), &p("/srv/tls/link")).unwrap();
+        let file = sys.metadata(&p("/srv/tls/ca.key")).unwrap();
+        assert_eq!((file.kind, file.size, file.mode), (FileKind::File, 10, 0o600), "{name}");
+        let dir = sys.metadata(&p("/srv/tls/etcd")).unwrap();
+        assert_eq!((dir.kind, dir.size, dir.mode), (FileKind::Dir, 0, 0o700), "{name}");
+        let link = sys.metadata(&p("/srv/tls/link")).unwrap();
+        assert_eq!((link.kind, link.size), (FileKind::Symlink, 0), "{name}: the link, not its target");
+        assert_eq!(errno(&sys.metadata(&p("/srv/nope")).unwrap_err()), Some(nix::libc::ENOENT), "{name}");
+
+        sys.set_mode(&p("/srv/tls/ca.key"), 0o640).unwrap();
+        sys.set_mode(&p("/srv/tls/etcd"), 0o750).unwrap();
+        assert_eq!(sys.metadata(&p("/srv/tls/ca.key")).unwrap().mode, 0o640, "{name}");
+        assert_eq!(sys.file_mode(&p("/srv/tls/etcd")).unwrap(), 0o750, "{name}");
+        let through_link = sys.set_mode(&p("/srv/tls/link"), 0o777).unwrap_err();
+        assert_eq!(errno(&through_link), Some(nix::libc::ELOOP), "{name}");
+        assert_eq!(sys.metadata(&p("/srv/tls/ca.key")).unwrap().mode, 0o640, "{name}: the target is untouched");
+
+        // (The tests run as root, as the README says: chown needs it.)
+        sys.set_owner(&p("/srv/tls/ca.key"), 1234, 5678).unwrap();
+        sys.set_owner(&p("/srv/tls/link"), 4321, 8765).unwrap();
+        let (file, link) = (sys.metadata(&p("/srv/tls/ca.key")).unwrap(), sys.metadata(&p("/srv/tls/link")).unwrap());
+        assert_eq!((file.uid, file.gid), (1234, 5678), "{name}");
+        assert_eq!((link.uid, link.gid), (4321, 8765), "{name}: the link's own owner, not its target's");
+        sys.rename(&p("/srv/tls"), &p("/srv/tls.aside")).unwrap();
+        let moved = sys.metadata(&p("/srv/tls.aside/ca.key")).unwrap();
+        assert_eq!((moved.mode, moved.uid, moved.gid), (0o640, 1234, 5678), "{name}: a rename keeps both");
+    });
+}
+
+#[test]
+fn a_fifo_is_neither_file_nor_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("srv")).unwrap();
+    nix::unistd::mkfifo(&dir.path().join("srv/pipe"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let real = RealSystem::rooted(dir.path());
+    let fake = FakeSystem::new().special("/srv/pipe");
+    for (sys, name) in [(&real as &dyn HostSystem, "real"), (&fake, "fake")] {
+        assert_eq!(sys.metadata(&p("/srv/pipe")).unwrap().kind, super::FileKind::Special, "{name}");
+        assert!(sys.exists(&p("/srv/pipe")), "{name}");
+        assert_eq!(sys.read_dir_names(&p("/srv")).unwrap(), vec!["pipe"], "{name}");
+    }
+}
+
+/// A small WAL-mode database, as bytes, built by SQLite itself.
+fn sqlite_bytes(rows: u32) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE kine (id INTEGER PRIMARY KEY, name TEXT, value BLOB)").unwrap();
+    for i in 0..rows {
+        conn.execute("INSERT INTO kine (name, value) VALUES (?1, ?2)", (format!("/registry/{i}"), vec![1u8; 100]))
+            .unwrap();
+    }
+    drop(conn);
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn sqlite_backups_are_checked_copies_and_missing_or_foreign_files_fail_alike() {
+    both(|sys, name| {
+        sys.write_atomic(&p("/var/lib/db/state.db"), &sqlite_bytes(50), 0o600).unwrap();
+        sys.create_dir_all(&p("/backup"), 0o700).unwrap();
+        sys.sqlite_backup(&p("/var/lib/db/state.db"), &p("/backup/copy.db")).unwrap();
+        assert!(sys.sqlite_check(&p("/backup/copy.db")).unwrap().is_empty(), "{name}");
+        assert_eq!(sys.read_dir_names(&p("/backup")).unwrap(), vec!["copy.db"], "{name}: one file, no sidecars");
+        let missing = sys.sqlite_backup(&p("/var/lib/db/nope.db"), &p("/backup/c2.db")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound, "{name}: {missing}");
+        assert!(!sys.exists(&p("/var/lib/db/nope.db")), "{name}: never created");
+        sys.write_atomic(&p("/var/lib/db/text"), "plain text, no database".repeat(40).as_bytes(), 0o600).unwrap();
+        let foreign = sys.sqlite_check(&p("/var/lib/db/text")).unwrap_err();
+        assert_eq!(foreign.kind(), io::ErrorKind::InvalidData, "{name}: {foreign}");
+    });
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{AtomicFile, CommandOutput, DiskSpace, HostSystem, InterfaceAddress, LockGuard, Uname};
+use super::{AtomicFile, CommandOutput, DiskSpace, FileKind, HostSystem, InterfaceAddress, LockGuard, Metadata, Uname};
 
 /// Mode of a file declared without one, as a umask of 022 leaves it.
 const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -20,7 +20,7 @@ const DEFAULT_DIR_MODE: u32 = 0o755;
 #[derive(Debug, Clone)]
 pub struct FakeCommand {
     pub result: Result<CommandOutput, String>,
-    pub effects: Vec<(PathBuf, String)>,
+    pub effects: Vec<(PathBuf, Vec<u8>)>,
 }
 
 /// Every change the fake was asked to make, in order: a dry run must record none.
@@ -35,6 +35,8 @@ pub enum Write {
     Rename { from: PathBuf, to: PathBuf },
     Unmount { path: PathBuf },
     Kill { pid: i32 },
+    Mode { path: PathBuf, mode: u32 },
+    Owner { path: PathBuf, uid: u32, gid: u32 },
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +55,10 @@ pub struct State {
     pub sequences: BTreeMap<(PathBuf, Vec<String>), std::collections::VecDeque<FakeCommand>>,
     /// Permission bits of files written (or declared with `mode`).
     pub modes: BTreeMap<PathBuf, u32>,
+    /// Owners (uid, gid) set or declared; anything else is root's.
+    pub owners: BTreeMap<PathBuf, (u32, u32)>,
+    /// Devices, fifos and sockets: they exist, and are neither files nor directories.
+    pub special: BTreeSet<PathBuf>,
     /// Standard input given to commands run with `run_with`: (program, args, input).
     pub inputs: Vec<(PathBuf, Vec<String>, String)>,
     pub disks: BTreeMap<PathBuf, DiskSpace>,
@@ -102,6 +108,8 @@ impl FakeSystem {
             st.dirs.retain(|k| !k.starts_with(&p));
             st.links.retain(|k, _| !k.starts_with(&p));
             st.modes.retain(|k, _| !k.starts_with(&p));
+            st.owners.retain(|k, _| !k.starts_with(&p));
+            st.special.retain(|k| !k.starts_with(&p));
         }
         self
     }
@@ -161,9 +169,29 @@ impl FakeSystem {
     ) -> Self {
         let cmd = FakeCommand {
             result: Ok(CommandOutput { status: Some(status), stdout: stdout.into(), stderr: stderr.into() }),
-            effects: effects.iter().map(|(p, c)| (PathBuf::from(p), c.to_string())).collect(),
+            effects: effects.iter().map(|(p, c)| (PathBuf::from(p), c.as_bytes().to_vec())).collect(),
         };
         // The latest declaration wins, over an earlier sequence too.
+        let mut st = self.state();
+        st.sequences.remove(&key(program, args));
+        st.outputs.insert(key(program, args), cmd);
+        drop(st);
+        self
+    }
+
+    /// A command that, when it succeeds, writes `bytes` (any bytes, not only text) to `path`.
+    pub fn output_writing(
+        self,
+        program: &str,
+        args: &[&str],
+        (status, stdout, stderr): (i32, &str, &str),
+        path: &str,
+        bytes: &[u8],
+    ) -> Self {
+        let cmd = FakeCommand {
+            result: Ok(CommandOutput { status: Some(status), stdout: stdout.into(), stderr: stderr.into() }),
+            effects: vec![(PathBuf::from(path), bytes.to_vec())],
+        };
         let mut st = self.state();
         st.sequences.remove(&key(program, args));
         st.outputs.insert(key(program, args), cmd);
@@ -190,6 +218,17 @@ impl FakeSystem {
 
     pub fn mode(self, path: &str, mode: u32) -> Self {
         self.state().modes.insert(PathBuf::from(path), mode);
+        self
+    }
+
+    pub fn owner(self, path: &str, uid: u32, gid: u32) -> Self {
+        self.state().owners.insert(PathBuf::from(path), (uid, gid));
+        self
+    }
+
+    /// A device, fifo or socket at `path`.
+    pub fn special(self, path: &str) -> Self {
+        self.state().special.insert(PathBuf::from(path));
         self
     }
 
@@ -277,6 +316,8 @@ impl State {
         self.dirs.retain(|k| !k.starts_with(path));
         self.links.retain(|k, _| !k.starts_with(path));
         self.modes.retain(|k, _| !k.starts_with(path));
+        self.owners.retain(|k, _| !k.starts_with(path));
+        self.special.retain(|k| !k.starts_with(path));
     }
 
     fn run(&mut self, program: &Path, args: &[&str]) -> io::Result<CommandOutput> {
@@ -302,7 +343,7 @@ impl State {
             Ok(out) => {
                 if out.success() {
                     for (path, contents) in cmd.effects {
-                        self.files.insert(path, contents.into_bytes());
+                        self.files.insert(path, contents);
                     }
                 }
                 Ok(out)
@@ -316,6 +357,30 @@ impl State {
             || self.dirs.iter().any(|d| d.starts_with(path) && d != path)
             || self.files.keys().any(|f| f.starts_with(path) && f != path)
             || self.links.keys().any(|l| l.starts_with(path) && l != path)
+            || self.special.iter().any(|l| l.starts_with(path) && l != path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
+            || self.links.contains_key(path)
+            || self.special.contains(path)
+            || self.is_dir(path)
+    }
+
+    /// A file's bytes and its WAL's, copied into a temp dir where SQLite can open them.
+    fn sqlite_files(&self, db: &Path) -> io::Result<(tempfile::TempDir, PathBuf)> {
+        if let Some(e) = denied(self, db) {
+            return Err(e);
+        }
+        let bytes = self.files.get(db).ok_or_else(|| not_found(db))?;
+        let dir = tempfile::tempdir()?;
+        let real = dir.path().join("db");
+        std::fs::write(&real, bytes)?;
+        let wal = PathBuf::from(format!("{}-wal", db.display()));
+        if let Some(wal_bytes) = self.files.get(&wal) {
+            std::fs::write(dir.path().join("db-wal"), wal_bytes)?;
+        }
+        Ok((dir, real))
     }
 }
 
@@ -389,8 +454,7 @@ impl HostSystem for FakeSystem {
     }
 
     fn exists(&self, path: &Path) -> bool {
-        let st = self.state();
-        st.files.contains_key(path) || st.links.contains_key(path) || st.is_dir(path)
+        self.state().exists(path)
     }
 
     fn read_dir_names(&self, path: &Path) -> io::Result<Vec<String>> {
@@ -406,7 +470,7 @@ impl HostSystem for FakeSystem {
             });
         }
         let mut names = BTreeSet::new();
-        let all = st.files.keys().chain(st.dirs.iter()).chain(st.links.keys());
+        let all = st.files.keys().chain(st.dirs.iter()).chain(st.links.keys()).chain(st.special.iter());
         for p in all {
             if let Ok(rest) = p.strip_prefix(path) {
                 if let Some(first) = rest.components().next() {
@@ -444,6 +508,55 @@ impl HostSystem for FakeSystem {
     fn file_size(&self, path: &Path) -> io::Result<u64> {
         let st = self.state();
         st.files.get(path).map(|b| b.len() as u64).ok_or_else(|| not_found(path))
+    }
+
+    fn metadata(&self, path: &Path) -> io::Result<Metadata> {
+        let st = self.state();
+        if let Some(e) = denied(&st, path) {
+            return Err(e);
+        }
+        let (uid, gid) = st.owners.get(path).copied().unwrap_or((0, 0));
+        let (kind, size, mode) = if st.links.contains_key(path) {
+            (FileKind::Symlink, 0, 0o777)
+        } else if st.special.contains(path) {
+            (FileKind::Special, 0, st.modes.get(path).copied().unwrap_or(DEFAULT_FILE_MODE))
+        } else if let Some(bytes) = st.files.get(path) {
+            (FileKind::File, bytes.len() as u64, st.modes.get(path).copied().unwrap_or(DEFAULT_FILE_MODE))
+        } else if st.is_dir(path) {
+            (FileKind::Dir, 0, st.modes.get(path).copied().unwrap_or(DEFAULT_DIR_MODE))
+        } else {
+            return Err(not_found(path));
+        };
+        Ok(Metadata { kind, size, mode, uid, gid })
+    }
+
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        let mut st = self.state();
+        if let Some(e) = read_only(&st, path) {
+            return Err(e);
+        }
+        if st.links.contains_key(path) {
+            return Err(io::Error::from(nix::errno::Errno::ELOOP));
+        }
+        if !st.exists(path) {
+            return Err(not_found(path));
+        }
+        st.modes.insert(path.to_path_buf(), mode & 0o7777);
+        st.writes.push(Write::Mode { path: path.to_path_buf(), mode: mode & 0o7777 });
+        Ok(())
+    }
+
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        let mut st = self.state();
+        if let Some(e) = read_only(&st, path) {
+            return Err(e);
+        }
+        if !st.exists(path) {
+            return Err(not_found(path));
+        }
+        st.owners.insert(path.to_path_buf(), (uid, gid));
+        st.writes.push(Write::Owner { path: path.to_path_buf(), uid, gid });
+        Ok(())
     }
 
     fn write_atomic(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
@@ -530,8 +643,7 @@ impl HostSystem for FakeSystem {
         if let Some(e) = read_only(&st, from).or_else(|| read_only(&st, to)) {
             return Err(e);
         }
-        let exists = st.files.contains_key(from) || st.links.contains_key(from) || st.is_dir(from);
-        if !exists {
+        if !st.exists(from) {
             return Err(not_found(from));
         }
         let moved = |p: &Path| to.join(p.strip_prefix(from).expect("filtered by prefix"));
@@ -542,6 +654,9 @@ impl HostSystem for FakeSystem {
             st.links.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), v.clone())).collect();
         let modes: Vec<_> =
             st.modes.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), *v)).collect();
+        let owners: Vec<_> =
+            st.owners.iter().filter(|(k, _)| k.starts_with(from)).map(|(k, v)| (k.clone(), *v)).collect();
+        let special: Vec<_> = st.special.iter().filter(|k| k.starts_with(from)).cloned().collect();
         // A file renamed over another replaces it, as rename(2) does.
         st.files.remove(to);
         st.links.remove(to);
@@ -550,6 +665,8 @@ impl HostSystem for FakeSystem {
         st.dirs.extend(dirs.into_iter().map(|k| moved(&k)));
         st.links.extend(links.into_iter().map(|(k, v)| (moved(&k), v)));
         st.modes.extend(modes.into_iter().map(|(k, v)| (moved(&k), v)));
+        st.owners.extend(owners.into_iter().map(|(k, v)| (moved(&k), v)));
+        st.special.extend(special.into_iter().map(|k| moved(&k)));
         st.writes.push(Write::Rename { from: from.to_path_buf(), to: to.to_path_buf() });
         Ok(())
     }
@@ -590,6 +707,27 @@ impl HostSystem for FakeSystem {
             return Ok(None);
         }
         Ok(Some(Box::new(FakeLock { state: self.state.clone(), path: path.to_path_buf() })))
+    }
+
+    /// SQLite itself, on a temp copy of the fake's bytes: the copy lands in the fake as a file.
+    fn sqlite_backup(&self, db: &Path, dest: &Path) -> io::Result<()> {
+        let (dir, real) = self.state().sqlite_files(db)?;
+        let mut st = self.state();
+        if let Some(e) = denied(&st, dest).or_else(|| read_only(&st, dest)) {
+            return Err(e);
+        }
+        drop(st);
+        let copy = dir.path().join("copy");
+        super::sqlite::backup(&real, &copy)?;
+        let bytes = std::fs::read(&copy)?;
+        st = self.state();
+        st.store(dest, bytes, DEFAULT_FILE_MODE);
+        Ok(())
+    }
+
+    fn sqlite_check(&self, db: &Path) -> io::Result<Vec<String>> {
+        let (_dir, real) = self.state().sqlite_files(db)?;
+        super::sqlite::integrity_check(&real)
     }
 
     fn effective_uid(&self) -> u32 {

@@ -14,6 +14,7 @@ mod command;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 mod real;
+mod sqlite;
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
@@ -80,6 +81,28 @@ impl CommandOutput {
     }
 }
 
+/// What a path names, the path itself (a symlink is not followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    /// A device, a fifo or a socket.
+    Special,
+}
+
+/// A path's own metadata (lstat): what it is, its size, permission bits and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    pub kind: FileKind,
+    /// Bytes of a file; 0 for anything else.
+    pub size: u64,
+    /// Permission bits (mode & 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceAddress {
     pub name: String,
@@ -114,6 +137,13 @@ pub trait HostSystem: Send + Sync {
     fn file_mode(&self, path: &Path) -> io::Result<u32>;
     /// Size in bytes of what `path` names, following symlinks.
     fn file_size(&self, path: &Path) -> io::Result<u64>;
+    /// What `path` itself is, never following a symlink (lstat).
+    fn metadata(&self, path: &Path) -> io::Result<Metadata>;
+    /// Sets the permission bits of a file or directory; a symlink is refused (ELOOP), since
+    /// chmod would change what it points to.
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Sets the owner of `path` itself (of a symlink, the link's own, as lchown does).
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Replaces a regular file atomically (temp file, fsync, rename); parents are created (0755).
     fn write_atomic(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()>;
     /// Starts a streamed atomic replacement of `path` (see [`AtomicFile`]).
@@ -137,6 +167,16 @@ pub trait HostSystem: Send + Sync {
     /// Takes an exclusive lock on `path` (created when missing) without waiting: None when
     /// someone else holds it. The lock dies with its holder.
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>>;
+
+    // SQLite databases (k3s's kine datastore).
+
+    /// Copies the SQLite database at `db` (with what its -wal holds) into the new file `dest`,
+    /// consistent as of one read transaction, through SQLite's online backup in one step: the
+    /// database's writers go on meanwhile. A full disk is ENOSPC.
+    fn sqlite_backup(&self, db: &Path, dest: &Path) -> io::Result<()>;
+    /// `PRAGMA integrity_check` of the database at `db`: empty when it is sound, else SQLite's
+    /// list of problems; a file that is not a database is InvalidData.
+    fn sqlite_check(&self, db: &Path) -> io::Result<Vec<String>>;
 
     // Processes.
 

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::command::{run_with_input, run_with_timeout};
 use super::{
-    AtomicFile, CommandOutput, DiskSpace, HostSystem, InterfaceAddress, LockGuard, Uname, COMMAND_TIMEOUT,
-    EXTRA_COMMAND_DIRS,
+    AtomicFile, CommandOutput, DiskSpace, FileKind, HostSystem, InterfaceAddress, LockGuard, Metadata, Uname,
+    COMMAND_TIMEOUT, EXTRA_COMMAND_DIRS,
 };
 
 /// The real machine. File paths are taken below `root` (`/` on a host; a temp dir in the
@@ -110,6 +110,40 @@ impl HostSystem for RealSystem {
         Ok(fs::metadata(self.at(path))?.len())
     }
 
+    fn metadata(&self, path: &Path) -> io::Result<Metadata> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(self.at(path))?;
+        let file_type = meta.file_type();
+        let kind = if file_type.is_file() {
+            FileKind::File
+        } else if file_type.is_dir() {
+            FileKind::Dir
+        } else if file_type.is_symlink() {
+            FileKind::Symlink
+        } else {
+            FileKind::Special
+        };
+        Ok(Metadata {
+            kind,
+            size: if kind == FileKind::File { meta.len() } else { 0 },
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        })
+    }
+
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        let path = self.at(path);
+        if fs::symlink_metadata(&path)?.file_type().is_symlink() {
+            return Err(io::Error::from_raw_os_error(nix::libc::ELOOP));
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+    }
+
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::lchown(self.at(path), Some(uid), Some(gid))
+    }
+
     fn write_atomic(&self, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         crate::fsutil::write_atomic(&self.at(path), contents, mode)
     }
@@ -201,6 +235,14 @@ impl HostSystem for RealSystem {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, errno)) => Err(io::Error::from(errno)),
         }
+    }
+
+    fn sqlite_backup(&self, db: &Path, dest: &Path) -> io::Result<()> {
+        super::sqlite::backup(&self.at(db), &self.at(dest))
+    }
+
+    fn sqlite_check(&self, db: &Path) -> io::Result<Vec<String>> {
+        super::sqlite::integrity_check(&self.at(db))
     }
 
     fn effective_uid(&self) -> u32 {

@@ -1,0 +1,492 @@
+//! `snapshot-restore` and `snapshot-rollback`: this host's step of a restore, and its undo.
+//!
+//! Restore, in order:
+//! 1. verify all of the archive ([`verify::verify`]) and what it will make k3s run with (its
+//!    config.yaml's data dir must be the manifest's; an etcd restore needs a server that did not
+//!    join another, since k3s refuses `--cluster-reset` while `server` is set), and this host (a
+//!    server's unit, no agent's; the archive's k3s version unless told otherwise). Nothing has
+//!    changed yet, and a dry run stops here with the plan;
+//! 2. record the plan in [`RESTORE_RECORD`] (the archive, the time stamp, what moves where);
+//! 3. stop k3s; move `<data dir>/server`, /etc/rancher/k3s, /etc/rancher/node and the service's
+//!    env file aside to `<path>.k3node-restore-<UTC time>` (never deleted);
+//! 4. extract the archive (each file checked against the manifest before it is put in place;
+//!    mode and owner as listed); remove `state.db-wal`/`-shm` beside a restored `state.db`;
+//! 5. etcd: `k3s server --cluster-reset --cluster-reset-restore-path=<snapshot>
+//!    --token-file=<data dir>/server/token`, which must end with k3s's "restart without
+//!    --cluster-reset flag now";
+//! 6. `systemctl restart k3s`, then the node Ready; the record says "restored".
+//!
+//! A failure after step 2 says what is aside and how to go on: running the same restore again
+//! finishes it (the record's plan is reused, what was moved aside stays where it went, extraction
+//! overwrites its own partial work), and `snapshot-rollback` undoes it: k3s stops, the restored
+//! data moves aside to `<path>.k3node-rollback-<UTC time>`, the data the restore moved aside
+//! comes back, and k3s starts again on it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::archive::{ArchiveError, Entry, Manifest, Unpack, Walked};
+use super::{archive_name, archive_path, etcd, k3s, stamp, verify, SnapshotError};
+use crate::host::k3s::{
+    env_path, unit_path, CONFIG_DIR, NODE_DIR, RESTORE_RECORD, SERVER_DIR, SQLITE_DB, SQLITE_SIDECARS,
+};
+use crate::host::system::{AtomicFile, FileKind, HostSystem};
+use crate::protocol::snapshot::{
+    Datastore, MovedAside, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore,
+};
+
+const RECORD_MODE: u32 = 0o600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum State {
+    /// Begun and not finished: a re-run with the same archive finishes it.
+    InProgress,
+    Restored,
+    RollingBack,
+    RolledBack,
+}
+
+/// What a restore did (or is doing), kept on the host for re-runs and rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    archive: String,
+    name: String,
+    sha256: String,
+    data_dir: String,
+    state: State,
+    /// The restore's time stamp, in every `.k3node-restore-<stamp>` name.
+    stamp: String,
+    moved: Vec<MovedAside>,
+    /// A rollback's time stamp, once one began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollback_stamp: Option<String>,
+}
+
+/// What a restore replaces: the server's part of the data dir, k3s's config, the node password,
+/// the env file. (The agent's part of the data dir, with the images, stays.)
+fn replaced_roots(data_dir: &Path) -> Vec<PathBuf> {
+    vec![data_dir.join(SERVER_DIR), PathBuf::from(CONFIG_DIR), PathBuf::from(NODE_DIR), env_path(k3s::SERVICE)]
+}
+
+/// Present in any form (a dangling symlink too).
+fn present(sys: &dyn HostSystem, path: &Path) -> bool {
+    sys.metadata(path).is_ok()
+}
+
+fn read_record(sys: &dyn HostSystem) -> Result<Option<Record>, SnapshotError> {
+    match sys.read_to_string(Path::new(RESTORE_RECORD)) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            SnapshotError::Conflict(format!(
+                "{RESTORE_RECORD} cannot be read ({e}); it records an earlier restore: look at it, move it away, then run again"
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SnapshotError::Io { what: "cannot read", path: RESTORE_RECORD.into(), source }),
+    }
+}
+
+fn write_record(sys: &dyn HostSystem, record: &Record) -> Result<(), SnapshotError> {
+    let json = serde_json::to_string_pretty(record).expect("a record always serializes") + "\n";
+    sys.write_atomic(Path::new(RESTORE_RECORD), json.as_bytes(), RECORD_MODE).map_err(|source| SnapshotError::Io {
+        what: "cannot write",
+        path: RESTORE_RECORD.into(),
+        source,
+    })
+}
+
+/// `<path>.k3node-<what>-<stamp>`, with `-2`, `-3`... when one of an earlier run in the same
+/// second is there.
+fn aside_name(sys: &dyn HostSystem, from: &Path, what: &str, stamp: &str) -> String {
+    let base = format!("{}.k3node-{what}-{stamp}", from.display());
+    let mut candidate = base.clone();
+    let mut n = 2;
+    while present(sys, Path::new(&candidate)) {
+        candidate = format!("{base}-{n}");
+        n += 1;
+    }
+    candidate
+}
+
+fn shown_moves(moves: &[MovedAside]) -> String {
+    if moves.is_empty() {
+        return "nothing was there to move aside".to_string();
+    }
+    moves.iter().map(|m| format!("{} -> {}", m.from, m.to)).collect::<Vec<_>>().join(", ")
+}
+
+pub fn restore(
+    sys: &dyn HostSystem,
+    req: &RestoreSnapshot,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RestoreReport, SnapshotError> {
+    let checked = check(sys, req, progress)?;
+    let record = plan(sys, &checked, progress)?;
+    let manifest = &checked.walked.manifest;
+    let report = |restored_entries: u64, rollback: String| RestoreReport {
+        name: checked.name.clone(),
+        datastore: manifest.datastore,
+        k3s_version: manifest.k3s_version.clone(),
+        actions: actions(&checked, &record, &req.node_name),
+        moved_aside: record.moved.clone(),
+        restored_entries,
+        rollback,
+    };
+    if req.dry_run {
+        return Ok(report(manifest.entries.len() as u64, "nothing was changed (dry run)".into()));
+    }
+    write_record(sys, &record)?;
+    let restored =
+        carry_out(sys, req, &checked, &record, progress).map_err(|(step, e)| SnapshotError::Interrupted {
+            source: Box::new(e),
+            guidance: format!(
+                "the restore of {} stopped while it was to {step}. What it replaced is aside: {}. \
+             Run the same restore again to finish it, or roll it back (snapshot-rollback) to put the old data back.",
+                checked.name,
+                shown_moves(&record.moved)
+            ),
+        })?;
+    write_record(sys, &Record { state: State::Restored, ..record.clone() })?;
+    let rollback = format!(
+        "the data this restore replaced is aside ({}); to undo the restore: snapshot-rollback",
+        shown_moves(&record.moved)
+    );
+    Ok(report(restored, rollback))
+}
+
+/// What step 1 established about the archive and what k3s will run with.
+struct Checked {
+    path: PathBuf,
+    name: String,
+    walked: Walked,
+    settings: k3s::Settings,
+    data_dir: PathBuf,
+}
+
+/// Step 1: everything that can refuse the restore, before anything changes.
+fn check(
+    sys: &dyn HostSystem,
+    req: &RestoreSnapshot,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Checked, SnapshotError> {
+    let path = archive_path(&req.path)?;
+    if req.node_name.trim().is_empty() {
+        return Err(SnapshotError::BadRequest("the node name is empty".into()));
+    }
+    progress(&format!("verifying all of {}", path.display()));
+    let (walked, checker) = verify::verify(sys, &path)?;
+    let manifest = &walked.manifest;
+    let data_dir = PathBuf::from(&manifest.data_dir);
+    let refused = |reason: String| SnapshotError::Archive(ArchiveError::Refused { archive: path.clone(), reason });
+    let settings = checker.settings().map_err(|e| refused(format!("its k3s configuration: {e}")))?;
+    if settings.data_dir != data_dir {
+        return Err(refused(format!(
+            "its configuration sets data-dir {}, but its files were taken from {}",
+            settings.data_dir.display(),
+            data_dir.display()
+        )));
+    }
+    if let (Datastore::Etcd, Some(server)) = (manifest.datastore, &settings.server) {
+        return Err(SnapshotError::Conflict(format!(
+            "the snapshot's server joined another ({server} in its configuration), and k3s refuses \
+             --cluster-reset while `server` is set: restore the snapshot of a server that started the \
+             cluster (cluster-init), then let the others rejoin"
+        )));
+    }
+    if present(sys, &unit_path("k3s-agent")) {
+        return Err(SnapshotError::Conflict(
+            "k3s-agent is installed on this host: a server's snapshot is restored onto a server \
+             (run `k3node reset` on this host first to convert it)"
+                .into(),
+        ));
+    }
+    if !present(sys, &unit_path(k3s::SERVICE)) {
+        return Err(SnapshotError::NotInstalled(format!(
+            "{} is not installed: install k3s {} on this host first, then restore",
+            unit_path(k3s::SERVICE).display(),
+            manifest.k3s_version
+        )));
+    }
+    let host_version = k3s::version(sys)?;
+    if host_version != manifest.k3s_version {
+        if !req.allow_version_mismatch {
+            return Err(SnapshotError::VersionMismatch { archive: manifest.k3s_version.clone(), host: host_version });
+        }
+        progress(&format!(
+            "warning: restoring a snapshot of k3s {} onto k3s {host_version}, as asked",
+            manifest.k3s_version
+        ));
+    }
+    Ok(Checked { name: archive_name(&path), path, walked, settings, data_dir })
+}
+
+/// Step 2: a new plan, or the one of an interrupted run of this very archive.
+fn plan(sys: &dyn HostSystem, checked: &Checked, progress: &mut dyn FnMut(&str)) -> Result<Record, SnapshotError> {
+    match read_record(sys)? {
+        Some(r) if r.state == State::InProgress && r.sha256 == checked.walked.sha256 => {
+            progress(&format!("finishing the restore of {} begun at {}", r.name, r.stamp));
+            Ok(r)
+        }
+        Some(r) if matches!(r.state, State::InProgress | State::RollingBack) => {
+            let what = if r.state == State::InProgress { "restore" } else { "rollback of the restore" };
+            Err(SnapshotError::Conflict(format!(
+                "the {what} of {} begun at {} is not finished ({RESTORE_RECORD}): finish it first \
+                 (the same request again), or roll it back",
+                r.name, r.stamp
+            )))
+        }
+        _ => {
+            let stamp = stamp(sys.now_unix_ms());
+            let moved = replaced_roots(&checked.data_dir)
+                .into_iter()
+                .filter(|from| present(sys, from))
+                .map(|from| MovedAside {
+                    to: aside_name(sys, &from, "restore", &stamp),
+                    from: from.display().to_string(),
+                })
+                .collect();
+            Ok(Record {
+                archive: checked.path.display().to_string(),
+                name: checked.name.clone(),
+                sha256: checked.walked.sha256.clone(),
+                data_dir: checked.walked.manifest.data_dir.clone(),
+                state: State::InProgress,
+                stamp,
+                moved,
+                rollback_stamp: None,
+            })
+        }
+    }
+}
+
+/// The steps the plan takes, as the report lists them.
+fn actions(checked: &Checked, record: &Record, node: &str) -> Vec<String> {
+    let manifest = &checked.walked.manifest;
+    let mut actions = vec![format!("stop {}", k3s::SERVICE)];
+    actions.extend(record.moved.iter().map(|m| format!("move {} aside to {}", m.from, m.to)));
+    actions.push(format!("restore {} entries from {}", manifest.entries.len(), checked.path.display()));
+    actions.push(match manifest.datastore {
+        Datastore::Sqlite => format!("remove {}-wal and -shm if present", checked.data_dir.join(SQLITE_DB).display()),
+        Datastore::Etcd => format!("k3s {}", etcd::reset_args(&database_of(checked), &checked.data_dir).join(" ")),
+    });
+    actions.push(format!("restart {}", k3s::SERVICE));
+    actions.push(format!("wait for node {node} to be Ready"));
+    actions
+}
+
+fn database_of(checked: &Checked) -> PathBuf {
+    Path::new("/").join(&checked.walked.manifest.database)
+}
+
+/// Steps 3 to 6; a failure comes with the step it stopped at. Returns the entries restored.
+fn carry_out(
+    sys: &dyn HostSystem,
+    req: &RestoreSnapshot,
+    checked: &Checked,
+    record: &Record,
+    progress: &mut dyn FnMut(&str),
+) -> Result<u64, (&'static str, SnapshotError)> {
+    let manifest = &checked.walked.manifest;
+    progress(&format!("stopping {}", k3s::SERVICE));
+    k3s::stop(sys).map_err(|e| ("stop k3s", e))?;
+    for m in &record.moved {
+        let (from, to) = (Path::new(&m.from), Path::new(&m.to));
+        if present(sys, to) {
+            continue; // moved by the interrupted run; what is at `from` now is its partial work
+        }
+        if present(sys, from) {
+            progress(&format!("moving {} aside to {}", m.from, m.to));
+            sys.rename(from, to).map_err(|source| {
+                ("move the current data aside", SnapshotError::Io { what: "cannot move", path: from.into(), source })
+            })?;
+        }
+    }
+    progress(&format!("restoring {} entries from {}", manifest.entries.len(), checked.path.display()));
+    let mut extract = Extract { sys, restored: 0 };
+    super::archive::walk(sys, &checked.path, &mut extract).map_err(|e| ("extract the archive", e.into()))?;
+    if manifest.datastore == Datastore::Sqlite {
+        for sidecar in SQLITE_SIDECARS.map(|s| checked.data_dir.join(s)) {
+            if present(sys, &sidecar) {
+                progress(&format!("removing {}", sidecar.display()));
+                sys.remove_file(&sidecar).map_err(|source| {
+                    let e = SnapshotError::Io { what: "cannot remove", path: sidecar.clone(), source };
+                    ("remove the stale SQLite sidecars", e)
+                })?;
+            }
+        }
+    }
+    let deadline_ms = sys.now_unix_ms() + (req.ready_timeout_secs.max(1) as i64) * 1000;
+    if manifest.datastore == Datastore::Etcd {
+        let database = database_of(checked);
+        progress(&format!("k3s {}", etcd::reset_args(&database, &checked.data_dir).join(" ")));
+        let remaining = Duration::from_millis((deadline_ms - sys.now_unix_ms()).max(1000) as u64);
+        etcd::cluster_reset(sys, &database, &checked.data_dir, remaining).map_err(|e| ("reset the etcd cluster", e))?;
+    }
+    k3s::start_and_wait(sys, &checked.settings, &req.node_name, deadline_ms, progress)
+        .map_err(|e| ("start k3s and wait for the node", e))?;
+    Ok(extract.restored)
+}
+
+/// Writes every entry where it belongs, with its mode and owner.
+pub(super) struct Extract<'a> {
+    pub sys: &'a dyn HostSystem,
+    pub restored: u64,
+}
+
+impl Extract<'_> {
+    fn io<'p>(path: &'p Path, what: &'static str) -> impl FnOnce(io::Error) -> ArchiveError + 'p {
+        move |source| ArchiveError::Io { what, path: path.to_path_buf(), source }
+    }
+
+    fn owner(&mut self, entry: &Entry, path: &Path) -> Result<(), ArchiveError> {
+        self.sys.set_owner(path, entry.uid, entry.gid).map_err(Self::io(path, "cannot set the owner of"))?;
+        self.restored += 1;
+        Ok(())
+    }
+}
+
+impl Unpack for Extract<'_> {
+    fn file(&mut self, _: &Manifest, entry: &Entry) -> Result<Option<Box<dyn AtomicFile>>, ArchiveError> {
+        let path = entry.host_path();
+        if self.sys.metadata(&path).is_ok_and(|m| m.kind == FileKind::Dir) {
+            return Err(ArchiveError::Io {
+                what: "cannot restore the file",
+                path: path.clone(),
+                source: io::Error::from_raw_os_error(nix::libc::EISDIR),
+            });
+        }
+        Ok(Some(self.sys.create_atomic(&path, entry.mode).map_err(Self::io(&path, "cannot write"))?))
+    }
+
+    fn committed(&mut self, _: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
+        self.owner(entry, &entry.host_path())
+    }
+
+    fn dir(&mut self, _: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
+        let path = entry.host_path();
+        match self.sys.metadata(&path) {
+            Ok(m) if m.kind == FileKind::Dir => {}
+            Ok(_) => {
+                return Err(ArchiveError::Io {
+                    what: "cannot restore the directory",
+                    path,
+                    source: io::Error::from_raw_os_error(nix::libc::EEXIST),
+                })
+            }
+            Err(_) => self.sys.create_dir_all(&path, entry.mode).map_err(Self::io(&path, "cannot create"))?,
+        }
+        self.sys.set_mode(&path, entry.mode).map_err(Self::io(&path, "cannot set the mode of"))?;
+        self.owner(entry, &path)
+    }
+
+    fn symlink(&mut self, _: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
+        let path = entry.host_path();
+        if self.sys.metadata(&path).is_ok_and(|m| m.kind == FileKind::Dir) {
+            return Err(ArchiveError::Io {
+                what: "cannot restore the symlink",
+                path: path.clone(),
+                source: io::Error::from_raw_os_error(nix::libc::EISDIR),
+            });
+        }
+        let target = entry.target.as_deref().unwrap_or_default();
+        self.sys.symlink_atomic(Path::new(target), &path).map_err(Self::io(&path, "cannot create the symlink"))?;
+        self.owner(entry, &path)
+    }
+}
+
+pub fn rollback(
+    sys: &dyn HostSystem,
+    req: &RollbackRestore,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RollbackReport, SnapshotError> {
+    let Some(record) = read_record(sys)? else {
+        return Err(SnapshotError::NotInstalled(format!("no restore to roll back: {RESTORE_RECORD} does not exist")));
+    };
+    let mut report = RollbackReport {
+        name: record.name.clone(),
+        actions: Vec::new(),
+        moved_aside: Vec::new(),
+        moved_back: Vec::new(),
+    };
+    if record.state == State::RolledBack {
+        return Ok(report);
+    }
+    if !present(sys, &unit_path(k3s::SERVICE)) {
+        return Err(SnapshotError::NotInstalled(format!("{} is not installed", unit_path(k3s::SERVICE).display())));
+    }
+    let rollback_stamp = record.rollback_stamp.clone().unwrap_or_else(|| stamp(sys.now_unix_ms()));
+    let aside_of = |from: &str| aside_name(sys, Path::new(from), "rollback", &rollback_stamp);
+
+    // What the restore put in place goes aside; what it moved aside comes back. A root the
+    // restore found empty is moved aside too, so that the host is as it was.
+    let data_dir = PathBuf::from(&record.data_dir);
+    let mut steps: Vec<(Option<MovedAside>, Option<MovedAside>)> = Vec::new();
+    for root in replaced_roots(&data_dir) {
+        let from = root.display().to_string();
+        let back = record.moved.iter().find(|m| m.from == from).cloned();
+        let back_pending = back.as_ref().is_some_and(|m| present(sys, Path::new(&m.to)));
+        let restored_here = present(sys, &root) && (back.is_none() || back_pending);
+        let aside = restored_here.then(|| MovedAside { from: from.clone(), to: aside_of(&from) });
+        let back = back.filter(|_| back_pending).map(|m| MovedAside { from: m.to, to: m.from });
+        steps.push((aside, back));
+    }
+    // k3s starts again when there was k3s data before the restore; on a host the restore found
+    // empty there is nothing to start it on.
+    let anything_back = !record.moved.is_empty();
+    report.actions.push(format!("stop {}", k3s::SERVICE));
+    for (aside, back) in &steps {
+        if let Some(a) = aside {
+            report.actions.push(format!("move {} (restored) aside to {}", a.from, a.to));
+            report.moved_aside.push(a.clone());
+        }
+        if let Some(b) = back {
+            report.actions.push(format!("move {} back to {}", b.from, b.to));
+            report.moved_back.push(b.clone());
+        }
+    }
+    if anything_back {
+        report.actions.push(format!("restart {}", k3s::SERVICE));
+        report.actions.push(format!("wait for node {} to be Ready", req.node_name));
+    } else {
+        report.actions.push(format!("leave {} stopped: there was no k3s data before the restore", k3s::SERVICE));
+    }
+    if req.dry_run {
+        return Ok(report);
+    }
+
+    write_record(
+        sys,
+        &Record { state: State::RollingBack, rollback_stamp: Some(rollback_stamp.clone()), ..record.clone() },
+    )?;
+    let interrupted = |step: &str, e: SnapshotError| SnapshotError::Interrupted {
+        source: Box::new(e),
+        guidance: format!(
+            "the rollback of the restore of {} stopped while it was to {step}; run the rollback again to finish it",
+            record.name
+        ),
+    };
+    progress(&format!("stopping {}", k3s::SERVICE));
+    k3s::stop(sys).map_err(|e| interrupted("stop k3s", e))?;
+    for (aside, back) in &steps {
+        for m in aside.iter().chain(back.iter()) {
+            progress(&format!("moving {} to {}", m.from, m.to));
+            sys.rename(Path::new(&m.from), Path::new(&m.to)).map_err(|source| {
+                interrupted(
+                    "move the data",
+                    SnapshotError::Io { what: "cannot move", path: m.from.clone().into(), source },
+                )
+            })?;
+        }
+    }
+    if anything_back {
+        let settings = k3s::on_host(sys).map_err(|e| interrupted("read k3s's configuration", e))?;
+        let deadline_ms = sys.now_unix_ms() + (req.ready_timeout_secs.max(1) as i64) * 1000;
+        k3s::start_and_wait(sys, &settings, &req.node_name, deadline_ms, progress)
+            .map_err(|e| interrupted("start k3s and wait for the node", e))?;
+    }
+    write_record(sys, &Record { state: State::RolledBack, rollback_stamp: Some(rollback_stamp), ..record.clone() })?;
+    Ok(report)
+}
