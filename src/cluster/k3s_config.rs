@@ -329,6 +329,15 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
             for (part, path, at) in &parts {
                 match parse_cidr(part) {
                     Ok(net) => {
+                        if net != net.trunc() {
+                            // k3s (Go's net.ParseCIDR) keeps only the network part.
+                            sink.warning(
+                                *at,
+                                path,
+                                format!("{part} has host bits set; k3s will use the network {}", net.trunc()),
+                            )
+                            .hint(format!("write {} to say what k3s does", net.trunc()));
+                        }
                         if !families.insert(matches!(net, IpNet::V4(_))) {
                             ok = false;
                             sink.error(*at, path, format!("{part:?}: at most one IPv4 and one IPv6 CIDR may be given"))
@@ -347,33 +356,64 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
             let parts = comma_items(sink, e)?;
             let mut ok = true;
             for (part, path, at) in &parts {
-                if part.parse::<IpAddr>().is_err() {
+                if let Err(m) = parse_ip(part) {
                     ok = false;
-                    sink.error(*at, path, format!("{part:?} is not a valid IP address"));
+                    sink.error(*at, path, m);
                 }
             }
             ok.then(|| Value::String(join(&parts)))
         }
         Kind::Ip => {
             let t = text(sink, e.value, &e.path)?;
-            if t.parse::<IpAddr>().is_ok() {
-                Some(Value::String(t.to_string()))
-            } else {
-                sink.error(e.value_pos(), &e.path, format!("{t:?} is not a valid IP address"));
-                None
+            match parse_ip(t) {
+                Ok(_) => Some(Value::String(t.to_string())),
+                Err(m) => {
+                    sink.error(e.value_pos(), &e.path, m);
+                    None
+                }
             }
         }
         Kind::FileMode => read_mode(sink, e),
     }
 }
 
-pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    match s.parse::<IpNet>() {
-        Ok(net) => Ok(net),
-        Err(_) if s.parse::<IpAddr>().is_ok() => {
-            Err(format!("{s:?} is an address, not a CIDR: add the prefix length, e.g. {s}/16"))
+/// An IP address as k3s (Go's net.ParseIP) reads it: IPv4 octets without leading zeros, which
+/// some tools read as octal and Go refuses.
+pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>().map_err(|_| {
+        if has_leading_zero_octet(s) {
+            format!("{s:?}: IPv4 address parts cannot have leading zeros (k3s refuses them; some tools read 042 as octal 34)")
+        } else {
+            format!("{s:?} is not a valid IP address")
         }
-        Err(_) => Err(format!("{s:?} is not a valid CIDR (e.g. 10.42.0.0/16)")),
+    })
+}
+
+fn has_leading_zero_octet(s: &str) -> bool {
+    let v4 = s.rsplit(':').next().unwrap_or(s);
+    let parts: Vec<&str> = v4.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts.iter().any(|p| p.len() > 1 && p.starts_with('0'))
+}
+
+/// A CIDR as k3s (Go's net.ParseCIDR) reads it: a strict address, then `/` and a prefix length
+/// in range, written without leading zeros. Host bits may be set (k3s drops them; the caller
+/// warns).
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let Some((addr, prefix)) = s.split_once('/') else {
+        return match s.parse::<IpAddr>() {
+            Ok(_) => Err(format!("{s:?} is an address, not a CIDR: add the prefix length, e.g. {s}/16")),
+            Err(_) => Err(format!("{s:?} is not a valid CIDR (e.g. 10.42.0.0/16)")),
+        };
+    };
+    let ip = parse_ip(addr).map_err(|m| format!("in CIDR {s:?}: {m}"))?;
+    let digits_ok = !prefix.is_empty() && prefix.len() <= 3 && prefix.bytes().all(|b| b.is_ascii_digit());
+    let len = prefix.parse::<u8>().ok().filter(|_| digits_ok && (prefix == "0" || !prefix.starts_with('0')));
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match len {
+        Some(len) if len <= max => IpNet::new(ip, len).map_err(|_| format!("{s:?} is not a valid CIDR")),
+        _ => Err(format!("{s:?} is not a valid CIDR: the prefix length must be a number from 0 to {max}")),
     }
 }
 
@@ -460,6 +500,23 @@ fn read_mode(sink: &mut Sink, e: &Entry<'_>) -> Option<Value> {
     }
     if !octal {
         sink.error(e.value_pos(), &e.path, format!("{t:?} is not an octal file mode (e.g. \"0644\" or \"0600\")"));
+        return None;
+    }
+    let mode = u32::from_str_radix(t, 8).unwrap_or(0);
+    if mode & 0o7000 != 0 {
+        // k3s passes the number to Go's os.FileMode and chmod, which drop setuid, setgid and
+        // sticky given this way: "7777" would silently become 0777.
+        sink.error(
+            e.value_pos(),
+            &e.path,
+            format!("file mode {t:?} sets setuid, setgid or sticky bits, which k3s drops"),
+        )
+        .hint("a kubeconfig mode is three permission digits, e.g. \"0600\" or \"0640\"");
+        return None;
+    }
+    if mode & 0o002 != 0 {
+        sink.error(e.value_pos(), &e.path, format!("file mode {t:?} makes the admin kubeconfig writable by every user on the server"))
+            .hint("anyone who can rewrite it can point kubectl at their own server; use \"0600\", or \"0640\" with write-kubeconfig-group");
         return None;
     }
     Some(Value::String(t.to_string()))

@@ -2,13 +2,18 @@
 //!
 //! [`load`] reads and validates the whole file before anything else happens: every problem is
 //! collected (not just the first) with file, line, column and field path, so that an invalid file
-//! never reaches a host.
+//! never reaches a host. Loading is pure: it reads the cluster file and nothing else (whether key
+//! files exist is [`check_key_files`]'s job, called before connecting). Any input, however
+//! malformed or large, ends in a [`LoadError`] with a position, never a panic or a hang (see
+//! source.rs and prescan.rs for the limits, and tests/fuzz for the proof).
 
 mod diagnostic;
 pub mod k3s_config;
 mod paths;
+mod prescan;
 mod reader;
 mod schema;
+mod source;
 mod starter;
 mod syntax;
 mod validate;
@@ -21,7 +26,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use crate::protocol::preflight::Role;
-pub use diagnostic::{Diagnostic, Diagnostics};
+pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity, MAX_KEPT_DIAGNOSTICS, MAX_SHOWN_DIAGNOSTICS};
+pub use prescan::MAX_NESTING;
+pub use source::{escape_file_name, MAX_FILE_SIZE, STDIN_NAME, STDIN_PATH};
 pub use starter::starter_file;
 
 /// The only `apiVersion` this version of k3node reads.
@@ -37,13 +44,17 @@ pub const DEFAULT_CLUSTER_DNS: &str = "10.43.0.10";
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterFile {
-    /// The file it was read from.
+    /// The file it was read from (`-` for stdin).
     pub source: PathBuf,
     /// `metadata.name`: also the kubeconfig context name.
     pub name: String,
     pub ssh: SshDefaults,
     pub hosts: Vec<Host>,
     pub k3s: K3sSpec,
+    /// What is accepted but probably not meant (a CIDR with host bits set, a key passed to k3s
+    /// unchecked). Every command prints them on stderr before it starts:
+    /// `if !f.warnings.is_empty() { eprintln!("{}", f.warnings) }`.
+    pub warnings: Diagnostics,
 }
 
 impl ClusterFile {
@@ -203,27 +214,59 @@ pub enum ArtifactSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file could not be opened or read (missing, permission denied, a symlink loop).
     // Not a #[source]: the io error is already in the message, and anyhow would print it twice.
-    #[error("cannot read cluster file {}: {cause} (`k3node init` writes a starter file)", path.display())]
+    #[error("cannot read cluster file {}: {cause} (`k3node init` writes a starter file)", escape_file_name(&path.display().to_string()))]
     Read { path: PathBuf, cause: io::Error },
+    /// Not a regular file: a directory, a FIFO, a device. Reading those could block forever or
+    /// never end.
+    #[error("{} is {kind}, not a cluster file{}", escape_file_name(&path.display().to_string()), if *kind == "a named pipe (FIFO)" { "; to read the cluster file from a pipe, pass `-c -` and feed it on stdin" } else { "" })]
+    NotAFile { path: PathBuf, kind: &'static str },
+    /// Larger than [`MAX_FILE_SIZE`].
+    #[error("{} is larger than {} KiB ({size} bytes or more); a cluster file is a few kilobytes: is this the right file?", escape_file_name(&path.display().to_string()), MAX_FILE_SIZE / 1024)]
+    TooLarge { path: PathBuf, size: u64 },
+    /// The content is not a valid cluster file; every problem, with its position.
     #[error("{0}")]
     Invalid(Diagnostics),
 }
 
 /// Reads and validates a cluster file. Relative paths in it are resolved against its directory.
+/// [`STDIN_PATH`] (`-`) reads the file from stdin; relative paths then start at the current
+/// directory. Whatever the input, the result is a value or a [`LoadError`]: all of its variants
+/// mean bad input.
 pub fn load(path: &Path) -> Result<ClusterFile, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read { path: path.to_path_buf(), cause })?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut file = parse(&path.display().to_string(), &dir, &text)?;
+    let bytes = source::read(path).map_err(|failure| match failure {
+        source::ReadFailure::Io(cause) => LoadError::Read { path: path.to_path_buf(), cause },
+        source::ReadFailure::NotRegular(kind) => LoadError::NotAFile { path: path.to_path_buf(), kind },
+        source::ReadFailure::TooLarge(size) => LoadError::TooLarge { path: path.to_path_buf(), size },
+    })?;
+    let mut file = parse_bytes(&source::display_name(path), &source::base_dir(path), &bytes)?;
     file.source = path.to_path_buf();
     Ok(file)
+}
+
+/// Validates cluster file bytes: the text must be UTF-8 (see [`parse`] for the rest). This is
+/// what [`load`] does after reading, and what the fuzz target exercises.
+pub fn parse_bytes(display_name: &str, base_dir: &Path, bytes: &[u8]) -> Result<ClusterFile, LoadError> {
+    let mut sink = diagnostic::Sink::new(display_name);
+    match source::decode(&mut sink, bytes) {
+        Some(text) => parse_text(sink, display_name, base_dir, &text),
+        None => Err(LoadError::Invalid(sink.finish())),
+    }
 }
 
 /// Validates cluster file text. `display_name` is how diagnostics name the file; `base_dir`
 /// is what relative paths in it are relative to.
 pub fn parse(display_name: &str, base_dir: &Path, text: &str) -> Result<ClusterFile, LoadError> {
-    let mut sink = diagnostic::Sink::new(display_name);
+    parse_bytes(display_name, base_dir, text.as_bytes())
+}
+
+fn parse_text(
+    mut sink: diagnostic::Sink,
+    display_name: &str,
+    base_dir: &Path,
+    text: &str,
+) -> Result<ClusterFile, LoadError> {
     let source = base_dir.join(Path::new(display_name).file_name().unwrap_or_default());
     let file = schema::load_yaml(&mut sink, text).map(|root| {
         let home = paths::home_dir();
@@ -232,7 +275,10 @@ pub fn parse(display_name: &str, base_dir: &Path, text: &str) -> Result<ClusterF
         file
     });
     match file {
-        Some(file) if sink.is_empty() => Ok(file),
+        Some(mut file) if !sink.has_errors() => {
+            file.warnings = sink.finish();
+            Ok(file)
+        }
         _ => Err(LoadError::Invalid(sink.finish())),
     }
 }

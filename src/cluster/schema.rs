@@ -9,6 +9,7 @@ use marked_yaml::{LoadError as YamlError, LoaderOptions, Node};
 
 use super::diagnostic::{Pos, Sink};
 use super::k3s_config::{self, ConfigRead};
+use super::prescan;
 use super::reader::{self, child, index, mapping, no_hook, sequence, Entry, Fields};
 use super::syntax::{self, Problem};
 use super::{
@@ -35,12 +36,11 @@ pub(crate) struct HostSpans {
 }
 
 /// Parses the YAML, reporting syntax errors (which stop everything: there is no tree to check).
+/// `text` comes from [`super::source::decode`]: UTF-8, printable, LF line breaks.
 pub(crate) fn load_yaml(sink: &mut Sink, text: &str) -> Option<MarkedMappingNode> {
     // Editors do not show a byte-order mark, and it would become part of the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if let Some(line) = second_document(text) {
-        sink.error(Pos { line, column: 1 }, "", "a second YAML document starts here; a cluster file holds exactly one")
-            .hint("remove the `---` line and what follows, or move it to its own file");
+    if !prescan::check(sink, text) {
         return None;
     }
     // Coercion off so that a quoted "0644" can be told from a plain 0644; duplicate keys are
@@ -57,35 +57,6 @@ pub(crate) fn load_yaml(sink: &mut Sink, text: &str) -> Option<MarkedMappingNode
             None
         }
     }
-}
-
-/// The line of a `---` that starts a second document. (marked-yaml reads only the first
-/// document and would silently ignore the rest.)
-fn second_document(text: &str) -> Option<usize> {
-    let mut content = false;
-    let mut ended = false;
-    for (i, line) in text.lines().enumerate() {
-        let marker = |m: &str| line.strip_prefix(m).is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
-        if marker("---") {
-            if content {
-                return Some(i + 1);
-            }
-            continue;
-        }
-        if marker("...") {
-            ended = content;
-            continue;
-        }
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') || (!content && t.starts_with('%')) {
-            continue;
-        }
-        if ended {
-            return Some(i + 1);
-        }
-        content = true;
-    }
-    None
 }
 
 fn top_not_mapping(sink: &mut Sink, at: Pos) {
@@ -165,6 +136,7 @@ pub(crate) fn read(
             channel_url: None,
             api_endpoint: None,
         },
+        warnings: Default::default(),
     };
     if root.is_empty() {
         sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
@@ -577,19 +549,4 @@ fn taints(sink: &mut Sink, e: &Entry<'_>) -> Vec<String> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detects_second_documents() {
-        assert_eq!(second_document("a: 1\n"), None);
-        assert_eq!(second_document("# c\n---\na: 1\n"), None);
-        assert_eq!(second_document("%YAML 1.2\n---\na: 1\n...\n# end\n"), None);
-        assert_eq!(second_document("a: 1\n---\nb: 2\n"), Some(2));
-        assert_eq!(second_document("a: 1\n...\nb: 2\n"), Some(3));
-        assert_eq!(second_document("a: |\n  ---x\n"), None);
-    }
 }
