@@ -605,3 +605,157 @@ fn a_cidr_with_host_bits_is_accepted_with_a_warning_naming_the_network_k3s_uses(
         stderr(&out)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Keys of the current k3s, extraConfig and env.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn keys_of_the_installed_k3s_and_the_escape_hatches_are_read_with_a_warning_per_unchecked_key() {
+    let f = parse_file(&corpus("valid").join("escape-hatches.yaml")).expect("valid");
+    let c = &f.k3s.config;
+    assert_eq!(c["supervisor-metrics"], json!(true));
+    assert_eq!(c["etcd-s3-timeout"], json!("5m0s"));
+    assert_eq!(c["service-node-port-range"], json!("30000-32000"));
+    let extra = &f.k3s.extra_config;
+    assert_eq!(extra["secrets-encryption-provider"], json!("secretbox"));
+    assert_eq!(extra["kube-apiserver-burst"], json!(400));
+    assert_eq!(extra["feature-gate-x"], json!(false));
+    assert_eq!(extra["extra-list"], json!(["a", "b", 3]));
+    let server = f.host("server-1").expect("server-1");
+    assert_eq!(server.extra_config["flannel-iface"], json!("enp0s8"));
+    assert_eq!(server.extra_config["kube-apiserver-arg"], json!(["audit-log-maxage=30"]));
+    let agent = f.host("agent-1").expect("agent-1");
+    assert_eq!(f.extra_config_for(agent)["etcd-snapshot-reconcile-interval"], json!("5m"), "the host's value wins");
+    assert_eq!(f.extra_config_for(server)["etcd-snapshot-reconcile-interval"], json!("10m"));
+
+    let unchecked: Vec<String> = f
+        .warnings
+        .iter()
+        .filter(|w| w.message.ends_with("it is passed to k3s unchecked"))
+        .map(|w| w.field.clone())
+        .collect();
+    assert_eq!(
+        unchecked,
+        [
+            "spec.hosts[1].k3s.extraConfig.etcd-snapshot-reconcile-interval",
+            "spec.k3s.extraConfig.secrets-encryption-provider",
+            "spec.k3s.extraConfig.etcd-snapshot-reconcile-interval",
+            "spec.k3s.extraConfig.etcd-s3-bucket-lookup-type",
+            "spec.k3s.extraConfig.kube-apiserver-burst",
+            "spec.k3s.extraConfig.feature-gate-x",
+            "spec.k3s.extraConfig.extra-list",
+        ]
+    );
+    let first = f.warnings.iter().find(|w| w.field == "spec.k3s.extraConfig.secrets-encryption-provider").unwrap();
+    assert_eq!(
+        first.to_string().lines().next().unwrap(),
+        "escape-hatches.yaml:29:7: warning: spec.k3s.extraConfig.secrets-encryption-provider: `secrets-encryption-provider` is not a key k3node knows (its table follows k3s v1.31/v1.32); it is passed to k3s unchecked"
+    );
+    // The env values are secrets: kept, never shown.
+    let env = &f.k3s.env;
+    assert_eq!(env["HTTP_PROXY"].expose(), "http://proxy-user:s3cr3t-pw@proxy.example:3128");
+    assert_eq!(env["K3S_ROOTLESS_MTU"].expose(), "1400");
+    assert_eq!(env["EMPTY"].expose(), "");
+    assert!(!format!("{f:?}").contains("s3cr3t"), "Debug shows no env value");
+    assert!(!serde_json::to_string(&f).expect("json").contains("s3cr3t"), "JSON shows no env value");
+    assert!(!f.warnings.to_string().contains("s3cr3t"));
+    // The agent, outside the k3s docs' private ranges and not covered by a NO_PROXY the user wrote:
+    // no warning, since the user wrote none and the default covers it.
+    let agent_env = f.env_for(agent);
+    assert!(agent_env["NO_PROXY"].expose().ends_with(",203.0.113.21"), "{}", agent_env["NO_PROXY"].expose());
+    assert!(agent_env["CONTAINERD_NO_PROXY"].expose().contains(".cluster.local"));
+}
+
+#[test]
+fn escape_hatch_values_never_appear_in_diagnostics() {
+    let err = parse_file(&corpus("invalid").join("escape-hatches.yaml")).expect_err("invalid");
+    let text = err.to_string();
+    assert!(!text.contains("s3cr3t") && !text.contains("line2"), "{text}");
+}
+
+#[test]
+fn a_no_proxy_that_leaves_a_host_to_the_proxy_gets_a_warning() {
+    let text = format!(
+        "{MINIMAL}    - name: agent-1\n      address: 203.0.113.21\n      role: agent\n  k3s:\n    env:\n      HTTPS_PROXY: http://proxy:3128\n      NO_PROXY: 192.168.0.0/16\n"
+    );
+    let f = cluster::parse("np.yaml", Path::new("/"), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        f.warnings.to_string(),
+        "np.yaml:14:5: warning: spec.k3s.env.NO_PROXY: NO_PROXY does not cover the address of spec.hosts[1] (203.0.113.21): nodes would reach it through the proxy\n  hint: add the hosts' network (e.g. 192.168.0.0/16) or their addresses to NO_PROXY"
+    );
+    assert_eq!(f.env_for(&f.hosts[0])["NO_PROXY"].expose(), "192.168.0.0/16,10.42.0.0/16,10.43.0.0/16");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key files: positions at load, existence checked apart from it.
+// ---------------------------------------------------------------------------------------------
+
+fn with_keys(dir: &Path) -> String {
+    format!(
+        "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  ssh:\n    keyPath: keys/default\n    bastion:\n      address: jump.example\n      keyPath: {}/keys/jump\n  hosts:\n    - name: server-1\n      address: 192.168.56.10\n      role: server\n      ssh:\n        keyPath: ./keys/server-1\n    - name: agent-1\n      address: 192.168.56.11\n      role: agent\n      ssh:\n        bastion:\n          address: jump2.example\n          keyPath: keys\n",
+        dir.display()
+    )
+}
+
+#[test]
+fn each_key_path_is_loaded_with_the_position_it_was_written_at() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = cluster::parse("keys.yaml", dir.path(), &with_keys(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(f.ssh.key_path_at.as_ref().map(ToString::to_string).as_deref(), Some("keys.yaml:7:14"));
+    let jump = f.ssh.bastion.as_ref().expect("bastion");
+    assert_eq!(jump.key_path_at.as_ref().map(ToString::to_string).as_deref(), Some("keys.yaml:10:16"));
+    let server = f.host("server-1").expect("server-1");
+    assert_eq!(server.key_path_at(&f.ssh).map(ToString::to_string).as_deref(), Some("keys.yaml:16:18"));
+    let agent = f.host("agent-1").expect("agent-1");
+    assert_eq!(agent.key_path_at(&f.ssh), f.ssh.key_path_at.as_ref(), "the default's position for the default's file");
+    assert_eq!(
+        agent.bastion(&f.ssh).and_then(|b| b.key_path_at.as_ref()).map(ToString::to_string).as_deref(),
+        Some("keys.yaml:23:20")
+    );
+}
+
+#[test]
+fn missing_or_unusable_key_files_are_reported_at_their_key_path_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
+    std::fs::write(dir.path().join("keys/default"), "key").expect("write");
+    let f = cluster::parse("keys.yaml", dir.path(), &with_keys(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+    let found = cluster::check_key_files(&f);
+    let keys = dir.path().join("keys");
+    assert_eq!(
+        found.iter().map(|d| d.to_string().lines().next().unwrap().to_string()).collect::<Vec<_>>(),
+        [
+            format!("keys.yaml:10:16: spec.ssh.bastion.keyPath: key file {}/jump does not exist", keys.display()),
+            format!("keys.yaml:16:18: spec.hosts[0].ssh.keyPath: key file {}/server-1 does not exist", keys.display()),
+            format!("keys.yaml:23:20: spec.hosts[1].ssh.bastion.keyPath: key file {} is a directory", keys.display()),
+        ]
+    );
+    // All present: nothing to say.
+    std::fs::write(keys.join("jump"), "key").expect("write");
+    std::fs::write(keys.join("server-1"), "key").expect("write");
+    let text = with_keys(dir.path()).replace("          keyPath: keys\n", "          keyPath: keys/default\n");
+    let f = cluster::parse("keys.yaml", dir.path(), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cluster::check_key_files(&f).is_empty());
+}
+
+#[test]
+fn validate_reports_a_missing_key_file_with_exit_status_2_and_reads_stdin_relative_to_the_current_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!("{MINIMAL}      ssh:\n        keyPath: ./id_test\n");
+    let mut cmd = k3node();
+    cmd.args(["validate", "-c", "-"]).current_dir(dir.path());
+    let out = run_within(cmd, Some(text.as_bytes()), std::time::Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let expected = format!(
+        "error: <stdin>:11:18: spec.hosts[0].ssh.keyPath: key file {}/id_test does not exist",
+        dir.path().display()
+    );
+    assert!(stderr(&out).starts_with(&expected), "{}", stderr(&out));
+
+    std::fs::write(dir.path().join("id_test"), "key").expect("write");
+    let mut cmd = k3node();
+    cmd.args(["validate", "-c", "-"]).current_dir(dir.path());
+    let out = run_within(cmd, Some(text.as_bytes()), std::time::Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

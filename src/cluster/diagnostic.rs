@@ -215,6 +215,10 @@ impl Sink {
         Sink { file, list: Vec::new(), errors: 0, omitted: 0, discarded }
     }
 
+    pub fn location(&self, at: Pos) -> Location {
+        Location { file: self.file.clone(), line: at.line, column: at.column }
+    }
+
     pub fn error(&mut self, at: Pos, field: impl Into<String>, message: impl Into<String>) -> &mut Diagnostic {
         self.errors += 1;
         self.push(Severity::Error, at, field.into(), message.into())

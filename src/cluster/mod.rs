@@ -8,6 +8,7 @@
 //! source.rs and prescan.rs for the limits, and tests/fuzz for the proof).
 
 mod diagnostic;
+mod extra;
 pub mod k3s_config;
 mod paths;
 mod prescan;
@@ -23,10 +24,12 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 pub use crate::protocol::preflight::Role;
+use crate::protocol::Secret;
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity, MAX_KEPT_DIAGNOSTICS, MAX_SHOWN_DIAGNOSTICS};
+pub use extra::{CLUSTER_WIDE_KEYS, FLAG_ENV, K3S_DOCS_NO_PROXY, MANAGED_ENV};
 pub use prescan::MAX_NESTING;
 pub use source::{escape_file_name, MAX_FILE_SIZE, STDIN_NAME, STDIN_PATH};
 pub use starter::starter_file;
@@ -78,6 +81,8 @@ pub struct SshDefaults {
     pub user: String,
     pub port: u16,
     pub key_path: Option<PathBuf>,
+    /// Where `keyPath` was written, for messages about the key file (see [`check_key_files`]).
+    pub key_path_at: Option<Location>,
     pub known_hosts: PathBuf,
     /// The OpenSSH client config to read: the given one, else ~/.ssh/config when it existed at
     /// load time, else none.
@@ -104,6 +109,8 @@ pub struct Bastion {
     pub user: Option<String>,
     pub port: u16,
     pub key_path: Option<PathBuf>,
+    /// Where `keyPath` was written.
+    pub key_path_at: Option<Location>,
 }
 
 impl Bastion {
@@ -124,6 +131,13 @@ pub struct Host {
     pub labels: BTreeMap<String, String>,
     /// `key[=value]:Effect`, validated.
     pub taints: Vec<String>,
+    /// `hosts[].k3s.extraConfig`: config.yaml keys for this host only, over
+    /// `spec.k3s.extraConfig` (see [`ClusterFile::extra_config_for`]).
+    pub extra_config: BTreeMap<String, serde_json::Value>,
+    /// `hosts[].env`: env file variables for this host only, over `spec.k3s.env` (see
+    /// [`ClusterFile::env_for`]).
+    #[serde(serialize_with = "redacted")]
+    pub env: BTreeMap<String, Secret>,
 }
 
 /// Per-host overrides of [`SshDefaults`]; `None` means "the default".
@@ -133,6 +147,8 @@ pub struct HostSsh {
     pub user: Option<String>,
     pub port: Option<u16>,
     pub key_path: Option<PathBuf>,
+    /// Where `keyPath` was written.
+    pub key_path_at: Option<Location>,
     pub bastion: Option<Bastion>,
 }
 
@@ -147,6 +163,15 @@ impl Host {
 
     pub fn key_path<'a>(&'a self, d: &'a SshDefaults) -> Option<&'a Path> {
         self.ssh.key_path.as_deref().or(d.key_path.as_deref())
+    }
+
+    /// Where the key file [`Host::key_path`] returns was named in the cluster file.
+    pub fn key_path_at<'a>(&'a self, d: &'a SshDefaults) -> Option<&'a Location> {
+        if self.ssh.key_path.is_some() {
+            self.ssh.key_path_at.as_ref()
+        } else {
+            d.key_path_at.as_ref()
+        }
     }
 
     pub fn bastion<'a>(&'a self, d: &'a SshDefaults) -> Option<&'a Bastion> {
@@ -174,6 +199,18 @@ pub struct K3sSpec {
     pub channel_url: Option<String>,
     /// The address kubeconfigs point at (a load balancer or DNS name); default the first server's address.
     pub api_endpoint: Option<String>,
+    /// `spec.k3s.extraConfig`: config.yaml keys k3node does not know, passed to every host
+    /// unchecked (values typed as YAML wrote them).
+    pub extra_config: BTreeMap<String, serde_json::Value>,
+    /// `spec.k3s.env`: variables for every host's env file, after k3node's own.
+    #[serde(serialize_with = "redacted")]
+    pub env: BTreeMap<String, Secret>,
+}
+
+/// Env values are secrets (a proxy URL may carry a password): a serialized cluster file shows
+/// the names only.
+fn redacted<S: Serializer>(env: &BTreeMap<String, Secret>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(env.keys().map(|k| (k, "<redacted>")))
 }
 
 impl K3sSpec {
@@ -259,6 +296,61 @@ pub fn parse_bytes(display_name: &str, base_dir: &Path, bytes: &[u8]) -> Result<
 /// is what relative paths in it are relative to.
 pub fn parse(display_name: &str, base_dir: &Path, text: &str) -> Result<ClusterFile, LoadError> {
     parse_bytes(display_name, base_dir, text.as_bytes())
+}
+
+/// Checks that every key file the cluster file names (`keyPath` in spec.ssh, spec.ssh.bastion,
+/// hosts[].ssh and hosts[].ssh.bastion) is a regular file k3node can read; each problem is an
+/// error at the `keyPath` setting that names the file. Not part of [`load`], which reads the
+/// cluster file and nothing else: `k3node validate` calls it, and so does every command before it
+/// connects. Empty when all is well.
+pub fn check_key_files(file: &ClusterFile) -> Diagnostics {
+    let mut settings: Vec<(String, &Option<PathBuf>, &Option<Location>)> =
+        vec![("spec.ssh.keyPath".into(), &file.ssh.key_path, &file.ssh.key_path_at)];
+    if let Some(b) = &file.ssh.bastion {
+        settings.push(("spec.ssh.bastion.keyPath".into(), &b.key_path, &b.key_path_at));
+    }
+    for (i, h) in file.hosts.iter().enumerate() {
+        settings.push((format!("spec.hosts[{i}].ssh.keyPath"), &h.ssh.key_path, &h.ssh.key_path_at));
+        if let Some(b) = &h.ssh.bastion {
+            settings.push((format!("spec.hosts[{i}].ssh.bastion.keyPath"), &b.key_path, &b.key_path_at));
+        }
+    }
+    let mut found = Vec::new();
+    for (field, path, at) in settings {
+        let Some(path) = path else { continue };
+        let Some(problem) = key_file_problem(path) else { continue };
+        let at = at.clone().unwrap_or_else(|| Location {
+            file: escape_file_name(&file.source.display().to_string()),
+            line: 1,
+            column: 1,
+        });
+        let hint =
+            "keyPath is relative to the cluster file's directory (the current directory for `-c -`); ~/ is your home"
+                .to_string();
+        found.push(at.diagnostic(Severity::Error, field, problem, Some(hint)));
+    }
+    found.sort_by_key(|d| (d.line, d.column));
+    Diagnostics(found, 0)
+}
+
+/// Why `path` cannot serve as a key file, or None when it can be opened and read.
+fn key_file_problem(path: &Path) -> Option<String> {
+    let shown = escape_file_name(&path.display().to_string());
+    // Non-blocking, like the cluster file: a FIFO named as key must not hang the check.
+    let opened = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY).open(path)
+    };
+    match opened.and_then(|f| f.metadata()) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(meta) if meta.is_dir() => Some(format!("key file {shown} is a directory")),
+        Ok(_) => Some(format!("key file {shown} is not a regular file")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(format!("key file {shown} does not exist")),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Some(format!("key file {shown} cannot be read: permission denied"))
+        }
+        Err(e) => Some(format!("cannot read key file {shown}: {e}")),
+    }
 }
 
 fn parse_text(

@@ -19,6 +19,28 @@ const CONFIG: &str = "spec.k3s.config";
 pub(crate) fn check(sink: &mut Sink, file: &ClusterFile, spans: &Spans) {
     hosts(sink, file, spans);
     networks(sink, file, spans);
+    no_proxy(sink, file, spans);
+}
+
+/// A NO_PROXY the user wrote should keep node-to-node traffic off the proxy (docs.k3s.io,
+/// "Configuring an HTTP proxy": the nodes' own addresses belong in NO_PROXY).
+fn no_proxy(sink: &mut Sink, file: &ClusterFile, spans: &Spans) {
+    let Some(at) = spans.env else { return };
+    let env = &file.k3s.env;
+    if !["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"].iter().any(|p| env.contains_key(*p)) {
+        return;
+    }
+    let Some((name, given)) = ["NO_PROXY", "no_proxy"].iter().find_map(|n| env.get(*n).map(|v| (*n, v))) else {
+        return;
+    };
+    for (i, address) in super::extra::hosts_outside_no_proxy(file, given.expose()) {
+        sink.warning(
+            at,
+            format!("spec.k3s.env.{name}"),
+            format!("{name} does not cover the address of spec.hosts[{i}] ({address}): nodes would reach it through the proxy"),
+        )
+        .hint("add the hosts' network (e.g. 192.168.0.0/16) or their addresses to NO_PROXY");
+    }
 }
 
 fn hosts(sink: &mut Sink, file: &ClusterFile, spans: &Spans) {
