@@ -759,3 +759,22 @@ fn validate_reports_a_missing_key_file_with_exit_status_2_and_reads_stdin_relati
     let out = run_within(cmd, Some(text.as_bytes()), std::time::Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn many_long_unknown_keys_are_reported_in_linear_time_with_shortened_messages() {
+    // Finding: "did you mean" compared every long key with every known key by edit distance,
+    // quadratic in the key length: 100 keys of 5000 characters took 20 s.
+    let keys: String = (0..200).map(|i| format!("      ? {}{i}\n      : 1\n", "a".repeat(5000))).collect();
+    let text = format!("{MINIMAL}  k3s:\n    config:\n{keys}");
+    assert!(text.len() as u64 <= cluster::MAX_FILE_SIZE);
+    let started = std::time::Instant::now();
+    let LoadError::Invalid(d) = cluster::parse("keys.yaml", Path::new("/"), &text).expect_err("invalid") else {
+        panic!("not a diagnostic")
+    };
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(d.len(), 200);
+    let first = &d.0[0];
+    assert_eq!((first.line, first.column), (12, 9));
+    assert!(first.field.ends_with("... (4617 more characters)"), "{}", first.field);
+    assert!(first.message.starts_with("unknown k3s config key `aaaa") && first.message.ends_with("more characters)"));
+}

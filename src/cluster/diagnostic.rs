@@ -18,6 +18,20 @@ pub const MAX_KEPT_DIAGNOSTICS: usize = 1000;
 /// How many diagnostics are printed; "... and N more" stands for the rest.
 pub const MAX_SHOWN_DIAGNOSTICS: usize = 50;
 
+/// How much of a message is kept: messages quote the offending value, which can be as long as
+/// the file.
+const MAX_MESSAGE_CHARS: usize = 400;
+
+/// `message` cut to [`MAX_MESSAGE_CHARS`], saying how much was left out.
+fn shorten(message: String) -> String {
+    let total = message.chars().count();
+    if total <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    let keep: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+    format!("{keep}... ({} more characters)", total - MAX_MESSAGE_CHARS)
+}
+
 /// Whether the file can be used as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,8 +252,8 @@ impl Sink {
             file: self.file.clone(),
             line: at.line,
             column: at.column,
-            field,
-            message,
+            field: shorten(field),
+            message: shorten(message),
             hint: None,
         });
         let last = self.list.len() - 1;
@@ -293,6 +307,15 @@ mod tests {
         let text = d.to_string();
         assert_eq!(text.lines().count(), 2 * MAX_SHOWN_DIAGNOSTICS + 1, "each with its hint");
         assert!(text.ends_with("... and 1450 more (fix the ones above and run again)"), "{text}");
+    }
+
+    #[test]
+    fn long_messages_and_fields_are_cut_saying_how_much_is_missing() {
+        let mut sink = Sink::new("f.yaml");
+        sink.error(Pos::START, "k".repeat(500), format!("{:?} is not valid", "v".repeat(1000)));
+        let d = sink.finish();
+        assert!(d.0[0].message.ends_with("... (615 more characters)"), "{}", d.0[0].message);
+        assert_eq!(d.0[0].field.chars().count(), MAX_MESSAGE_CHARS + "... (100 more characters)".len());
     }
 
     #[test]
