@@ -74,21 +74,25 @@ pub(crate) fn extra_config(
                 .hint("set each key in one place: spec.k3s.config for every host, or hosts[].k3s.extraConfig for one");
             continue;
         }
+        if matches!(scope, ExtraScope::Host(_)) && CLUSTER_WIDE_KEYS.contains(&name) {
+            let instead = match k3s_config::key_spec(name) {
+                Some(_) => "set it in spec.k3s.config",
+                None => "set it in spec.k3s.extraConfig",
+            };
+            sink.error(
+                e.key_pos(),
+                &e.path,
+                format!("`{name}` must be the same on every server, so it cannot be set per host"),
+            )
+            .hint(instead);
+            continue;
+        }
         if let Some(spec) = k3s_config::key_spec(name) {
             match scope {
                 ExtraScope::Cluster => {
                     sink.error(e.key_pos(), &e.path, format!("k3node knows `{name}`: set it in spec.k3s.config")).hint(
                         "spec.k3s.extraConfig is for keys k3node does not know yet; spec.k3s.config checks the value",
                     );
-                    continue;
-                }
-                ExtraScope::Host(_) if CLUSTER_WIDE_KEYS.contains(&name) => {
-                    sink.error(
-                        e.key_pos(),
-                        &e.path,
-                        format!("`{name}` must be the same on every server, so it cannot be set per host"),
-                    )
-                    .hint("set it in spec.k3s.config");
                     continue;
                 }
                 ExtraScope::Host(Some(role)) if !spec.scope.applies_to(role) => {
