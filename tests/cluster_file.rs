@@ -331,6 +331,9 @@ fn reference_lists_every_k3s_config_key() {
         .iter()
         .map(|k| k.name)
         .chain(cluster::k3s_config::MANAGED.iter().map(|(k, _)| *k))
+        .chain(cluster::k3s_config::DEPRECATED.iter().map(|(k, _)| *k))
+        .chain(cluster::MANAGED_ENV.iter().map(|(k, _)| *k))
+        .chain(cluster::CLUSTER_WIDE_KEYS.iter().copied())
         .filter(|k| !text.contains(&format!("`{k}`")))
         .collect();
     missing.sort();

@@ -55,8 +55,8 @@ pub struct ClusterFile {
     pub hosts: Vec<Host>,
     pub k3s: K3sSpec,
     /// What is accepted but probably not meant (a CIDR with host bits set, a key passed to k3s
-    /// unchecked). Every command prints them on stderr before it starts:
-    /// `if !f.warnings.is_empty() { eprintln!("{}", f.warnings) }`.
+    /// unchecked). Every command shows them on stderr before it starts (`load_cluster` in
+    /// src/commands does: `if !f.warnings.is_empty() { eprintln!("{}", f.warnings) }`).
     pub warnings: Diagnostics,
 }
 
