@@ -1,6 +1,7 @@
 //! The keys of k3s's /etc/rancher/k3s/config.yaml that `spec.k3s.config` accepts, with their
 //! types. k3s itself skips unknown keys with a mere warning, so a typo would silently do nothing:
-//! this table is what makes it an error instead (k3s-contract.md section 3).
+//! this table is what makes it an error instead (k3s-contract.md section 3). Keys newer than the
+//! table go through `spec.k3s.extraConfig`, unchecked (see extra.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,11 +15,24 @@ use super::diagnostic::{Pos, Sink};
 use super::reader::{did_you_mean, index, is_null, is_plain, kind_name, Entry};
 
 /// Which k3s commands take a key. Servers run an agent too, so `All` keys go to every node;
-/// `Server` keys only make sense in a server's config.yaml.
+/// `Server` keys only make sense in a server's config.yaml, `Agent` keys only in an agent's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Server,
     All,
+    /// Flags of `k3s agent` that `k3s server` does not take.
+    Agent,
+}
+
+impl Scope {
+    /// Whether a node of `role` takes the key.
+    pub fn applies_to(self, role: super::Role) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Server => role == super::Role::Server,
+            Scope::Agent => role == super::Role::Agent,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +54,10 @@ pub enum Kind {
     EnumList(&'static [&'static str]),
     /// An octal file mode as a quoted string, like "0644".
     FileMode,
+    /// A Go duration (`time.ParseDuration`): `30s`, `5m0s`, `1h30m`.
+    Duration,
+    /// `low-high`, two ports (`30000-32767`).
+    PortRange,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,16 +81,27 @@ const fn secret(name: &'static str, kind: Kind, scope: Scope) -> KeySpec {
     KeySpec { name, kind, scope, secret: true }
 }
 
-/// Every accepted key, sorted by name.
+/// Which k3s the table was taken from (also in the README's cluster.yaml reference).
+pub const KEYS_SOURCE: &str = "k3s v1.31/v1.32 release lines: pkg/cli/cmds/server.go and agent.go (urfave/cli v1 flag definitions with supervisor-metrics, kine-tls, etcd-s3-proxy and etcd-s3-config-secret), cross-checked with `k3s server --help` and `k3s agent --help` in k3s-io/docs (docs/cli/server.md at 02434960d6d5, docs/cli/agent.md at 1f023c058c5f)";
+
+/// [`KEYS_SOURCE`] in a few words, for messages.
+pub const KEYS_SOURCE_SHORT: &str = "its table follows k3s v1.31/v1.32";
+
+/// Every accepted key, sorted by name: the flags of `k3s server` and `k3s agent` (see
+/// [`KEYS_SOURCE`]), minus those k3node manages ([`MANAGED`]), the deprecated aliases
+/// ([`DEPRECATED`]) and `config` itself. Types follow the flag types: StringSlice flags are
+/// lists, BoolFlag/BoolTFlag booleans, IntFlag numbers (ports where the flag is a port),
+/// DurationFlag durations; CIDR and IP flags are checked as such. Scope: a flag of ServerFlags
+/// only is `Server`, of the agent command only `Agent`, of both `All`.
 pub const KEYS: &[KeySpec] = {
     use Kind::*;
-    use Scope::{All, Server};
+    use Scope::{Agent, All, Server};
     &[
         key("advertise-address", Ip, Server),
         key("advertise-port", Port, Server),
         key("airgap-extra-registry", List, All),
         key("alsologtostderr", Bool, All),
-        key("bind-address", Ip, Server),
+        key("bind-address", Ip, All),
         key("cluster-cidr", Cidrs, Server),
         key("cluster-dns", Ips, Server),
         key("cluster-domain", String, Server),
@@ -88,6 +117,7 @@ pub const KEYS: &[KeySpec] = {
         key("disable", EnumList(DISABLE_ITEMS), Server),
         key("disable-agent", Bool, Server),
         key("disable-apiserver", Bool, Server),
+        key("disable-apiserver-lb", Bool, Agent),
         key("disable-cloud-controller", Bool, Server),
         key("disable-controller-manager", Bool, Server),
         key("disable-default-registry-endpoint", Bool, All),
@@ -111,11 +141,12 @@ pub const KEYS: &[KeySpec] = {
         key("etcd-s3-endpoint-ca", String, Server),
         key("etcd-s3-folder", String, Server),
         key("etcd-s3-insecure", Bool, Server),
-        key("etcd-s3-proxy", String, Server),
+        // A proxy URL may carry a user and password.
+        secret("etcd-s3-proxy", String, Server),
         key("etcd-s3-region", String, Server),
         secret("etcd-s3-secret-key", String, Server),
         key("etcd-s3-skip-ssl-verify", Bool, Server),
-        key("etcd-s3-timeout", String, Server),
+        key("etcd-s3-timeout", Duration, Server),
         key("etcd-snapshot-compress", Bool, Server),
         key("etcd-snapshot-dir", String, Server),
         key("etcd-snapshot-name", String, Server),
@@ -132,6 +163,7 @@ pub const KEYS: &[KeySpec] = {
         key("image-credential-provider-bin-dir", String, All),
         key("image-credential-provider-config", String, All),
         key("image-service-endpoint", String, All),
+        key("kine-tls", Bool, Server),
         key("kube-apiserver-arg", List, Server),
         key("kube-cloud-controller-manager-arg", List, Server),
         key("kube-controller-manager-arg", List, Server),
@@ -154,9 +186,10 @@ pub const KEYS: &[KeySpec] = {
         key("secrets-encryption", Bool, Server),
         key("selinux", Bool, All),
         key("service-cidr", Cidrs, Server),
-        key("service-node-port-range", String, Server),
+        key("service-node-port-range", PortRange, Server),
         key("servicelb-namespace", String, Server),
         key("snapshotter", String, All),
+        key("supervisor-metrics", Bool, Server),
         key("system-default-registry", String, Server),
         key("tls-san", List, Server),
         key("tls-san-security", Bool, Server),
@@ -178,6 +211,7 @@ pub const MANAGED: &[(&str, &str)] = &[
     ("cluster-init", "k3node decides which server initialises the cluster; list your servers in spec.hosts with role: server"),
     ("cluster-reset", "use `k3node restore` to reset a cluster from a snapshot"),
     ("cluster-reset-restore-path", "use `k3node restore` to reset a cluster from a snapshot"),
+    ("config", "k3node writes /etc/rancher/k3s/config.yaml itself from spec.k3s.config"),
     ("node-label", "set labels per host in spec.hosts[].labels"),
     ("node-name", "the node name is spec.hosts[].name"),
     ("node-taint", "set taints per host in spec.hosts[].taints"),
@@ -186,13 +220,29 @@ pub const MANAGED: &[(&str, &str)] = &[
     ("token-file", "k3node generates the cluster token, keeps it on the first server and hands it to joining nodes; it never belongs in cluster.yaml"),
 ];
 
+/// Hidden aliases and removed flags k3s still parses, with what to write instead.
+pub const DEPRECATED: &[(&str, &str)] = &[
+    ("cluster-secret", "the cluster token is k3node's to generate; remove this key"),
+    ("disable-selinux", "SELinux support is off unless `selinux: true` is set; remove this key"),
+    ("kube-cloud-controller-arg", "write `kube-cloud-controller-manager-arg`"),
+    ("kube-controller-arg", "write `kube-controller-manager-arg`"),
+    ("no-deploy", "write `disable` with the same list"),
+    ("no-flannel", "write `flannel-backend: none`"),
+];
+
 pub fn key_spec(name: &str) -> Option<&'static KeySpec> {
     KEYS.iter().find(|k| k.name == name)
 }
 
-/// Whether the value of `name` must be kept out of output, logs and process arguments.
+/// Whether the value of `name` must be kept out of output, logs and process arguments. A key
+/// the table does not know (from extraConfig) counts as secret when its name says so.
 pub fn is_secret(name: &str) -> bool {
-    key_spec(name).is_some_and(|k| k.secret)
+    match key_spec(name) {
+        Some(k) => k.secret,
+        None => ["token", "secret", "password", "credential", "auth", "access-key", "endpoint"]
+            .iter()
+            .any(|word| name.contains(word)),
+    }
 }
 
 /// What the reader learnt from `spec.k3s.config`, with positions for the cross-field checks.
@@ -206,29 +256,50 @@ pub(crate) struct ConfigRead {
     pub invalid: BTreeSet<String>,
 }
 
+/// Reports `e` when its key is one k3node sets itself or a deprecated alias; true then.
+pub(crate) fn refused(sink: &mut Sink, e: &Entry<'_>) -> bool {
+    let name = e.key.as_str();
+    if let Some((_, hint)) = MANAGED.iter().find(|(k, _)| *k == name) {
+        sink.error(e.key_pos(), &e.path, format!("`{name}` is managed by k3node and cannot be set here")).hint(*hint);
+        return true;
+    }
+    if let Some((_, instead)) = DEPRECATED.iter().find(|(k, _)| *k == name) {
+        sink.error(e.key_pos(), &e.path, format!("`{name}` is a deprecated k3s flag")).hint(*instead);
+        return true;
+    }
+    if let Some(base) = name.strip_suffix('+') {
+        sink.error(e.key_pos(), &e.path, format!("`{name}`: the `+` (append) suffix only works in k3s drop-in files"))
+            .hint(format!("write the whole list under `{base}`"));
+        return true;
+    }
+    false
+}
+
+/// The value of a known key, checked against its type.
+pub(crate) fn read_known(sink: &mut Sink, e: &Entry<'_>, spec: &KeySpec) -> Option<Value> {
+    if is_null(e.value) {
+        // `key:` with nothing after it is almost always an unfinished edit.
+        sink.error(e.key_pos(), &e.path, format!("`{}` has no value", spec.name))
+            .hint("remove the key to use the k3s default");
+        return None;
+    }
+    read_value(sink, e, spec.kind)
+}
+
 pub(crate) fn read(sink: &mut Sink, map: &MarkedMappingNode, path: &str) -> ConfigRead {
     let mut out = ConfigRead::default();
     let names: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
     for (key, value) in map.iter() {
         let name = key.as_str();
         let e = Entry { key, value, path: super::reader::child(path, name) };
-        if let Some((_, hint)) = MANAGED.iter().find(|(k, _)| *k == name) {
-            sink.error(e.key_pos(), &e.path, format!("`{name}` is managed by k3node and cannot be set here"))
-                .hint(*hint);
+        if refused(sink, &e) {
             continue;
         }
         let Some(spec) = key_spec(name) else {
             unknown_key(sink, &e, &names);
             continue;
         };
-        if is_null(value) {
-            // `key:` with nothing after it is almost always an unfinished edit.
-            sink.error(e.key_pos(), &e.path, format!("`{name}` has no value"))
-                .hint("remove the key to use the k3s default");
-            out.invalid.insert(name.to_string());
-            continue;
-        }
-        match read_value(sink, &e, spec.kind) {
+        match read_known(sink, &e, spec) {
             Some(v) => {
                 out.pos.insert(name.to_string(), e.value_pos());
                 out.values.insert(name.to_string(), v);
@@ -243,17 +314,6 @@ pub(crate) fn read(sink: &mut Sink, map: &MarkedMappingNode, path: &str) -> Conf
 
 fn unknown_key(sink: &mut Sink, e: &Entry<'_>, names: &[&str]) {
     let name = e.key.as_str();
-    if let Some(base) = name.strip_suffix('+') {
-        if key_spec(base).is_some() {
-            sink.error(
-                e.key_pos(),
-                &e.path,
-                format!("`{name}`: the `+` (append) suffix only works in k3s drop-in files"),
-            )
-            .hint(format!("write the whole list under `{base}`"));
-            return;
-        }
-    }
     let message = match did_you_mean(name, names) {
         Some(close) => format!("unknown k3s config key `{name}`, did you mean `{close}`?"),
         None => format!("unknown k3s config key `{name}`"),
@@ -261,7 +321,7 @@ fn unknown_key(sink: &mut Sink, e: &Entry<'_>, names: &[&str]) {
     let hint = if name.starts_with('-') {
         "write k3s flags without the leading --, e.g. cluster-cidr".to_string()
     } else {
-        "k3s ignores unknown keys, so k3node refuses them; see the cluster.yaml reference for the accepted keys"
+        "k3s ignores unknown keys, so k3node refuses them here; a key of a newer k3s goes in spec.k3s.extraConfig, passed unchecked"
             .to_string()
     };
     sink.error(e.key_pos(), &e.path, message).hint(hint);
@@ -329,6 +389,15 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
             for (part, path, at) in &parts {
                 match parse_cidr(part) {
                     Ok(net) => {
+                        if net != net.trunc() {
+                            // k3s (Go's net.ParseCIDR) keeps only the network part.
+                            sink.warning(
+                                *at,
+                                path,
+                                format!("{part} has host bits set; k3s will use the network {}", net.trunc()),
+                            )
+                            .hint(format!("write {} to say what k3s does", net.trunc()));
+                        }
                         if !families.insert(matches!(net, IpNet::V4(_))) {
                             ok = false;
                             sink.error(*at, path, format!("{part:?}: at most one IPv4 and one IPv6 CIDR may be given"))
@@ -347,33 +416,115 @@ fn read_value(sink: &mut Sink, e: &Entry<'_>, kind: Kind) -> Option<Value> {
             let parts = comma_items(sink, e)?;
             let mut ok = true;
             for (part, path, at) in &parts {
-                if part.parse::<IpAddr>().is_err() {
+                if let Err(m) = parse_ip(part) {
                     ok = false;
-                    sink.error(*at, path, format!("{part:?} is not a valid IP address"));
+                    sink.error(*at, path, m);
                 }
             }
             ok.then(|| Value::String(join(&parts)))
         }
         Kind::Ip => {
             let t = text(sink, e.value, &e.path)?;
-            if t.parse::<IpAddr>().is_ok() {
-                Some(Value::String(t.to_string()))
-            } else {
-                sink.error(e.value_pos(), &e.path, format!("{t:?} is not a valid IP address"));
-                None
+            match parse_ip(t) {
+                Ok(_) => Some(Value::String(t.to_string())),
+                Err(m) => {
+                    sink.error(e.value_pos(), &e.path, m);
+                    None
+                }
             }
         }
         Kind::FileMode => read_mode(sink, e),
+        Kind::Duration => {
+            let t = text(sink, e.value, &e.path)?;
+            if go_duration(t) {
+                Some(Value::String(t.to_string()))
+            } else {
+                sink.error(e.value_pos(), &e.path, format!("{t:?} is not a duration")).hint(
+                    "write a number with a unit, as Go reads durations: 30s, 5m, 1h30m (units ns, us, ms, s, m, h)",
+                );
+                None
+            }
+        }
+        Kind::PortRange => {
+            let t = text(sink, e.value, &e.path)?;
+            let ports = t.split_once('-').map(|(a, b)| (super::reader::parse_port(a), super::reader::parse_port(b)));
+            match ports {
+                Some((Ok(low), Ok(high))) if low <= high => Some(Value::String(t.to_string())),
+                _ => {
+                    sink.error(e.value_pos(), &e.path, format!("{t:?} is not a port range"))
+                        .hint("write low-high with ports from 1 to 65535, e.g. 30000-32767");
+                    None
+                }
+            }
+        }
     }
 }
 
-pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    match s.parse::<IpNet>() {
-        Ok(net) => Ok(net),
-        Err(_) if s.parse::<IpAddr>().is_ok() => {
-            Err(format!("{s:?} is an address, not a CIDR: add the prefix length, e.g. {s}/16"))
+/// Go's `time.ParseDuration` syntax: an optional sign, then one or more decimal numbers each
+/// followed by a unit; "0" alone is allowed.
+fn go_duration(t: &str) -> bool {
+    let rest = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if rest == "0" {
+        return true;
+    }
+    let mut rest = rest;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let number = &rest[..digits];
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return false;
         }
-        Err(_) => Err(format!("{s:?} is not a valid CIDR (e.g. 10.42.0.0/16)")),
+        rest = &rest[digits..];
+        let Some(unit) =
+            ["ns", "us", "\u{b5}s", "\u{3bc}s", "ms", "s", "m", "h"].iter().find(|u| rest.starts_with(**u))
+        else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+    }
+    true
+}
+
+/// An IP address as k3s (Go's net.ParseIP) reads it: IPv4 octets without leading zeros, which
+/// some tools read as octal and Go refuses.
+pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>().map_err(|_| {
+        if has_leading_zero_octet(s) {
+            format!("{s:?}: IPv4 address parts cannot have leading zeros (k3s refuses them; some tools read 042 as octal 34)")
+        } else {
+            format!("{s:?} is not a valid IP address")
+        }
+    })
+}
+
+fn has_leading_zero_octet(s: &str) -> bool {
+    let v4 = s.rsplit(':').next().unwrap_or(s);
+    let parts: Vec<&str> = v4.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts.iter().any(|p| p.len() > 1 && p.starts_with('0'))
+}
+
+/// A CIDR as k3s (Go's net.ParseCIDR) reads it: a strict address, then `/` and a prefix length
+/// in range, written without leading zeros. Host bits may be set (k3s drops them; the caller
+/// warns).
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let Some((addr, prefix)) = s.split_once('/') else {
+        return match s.parse::<IpAddr>() {
+            Ok(_) => Err(format!("{s:?} is an address, not a CIDR: add the prefix length, e.g. {s}/16")),
+            Err(_) => Err(format!("{s:?} is not a valid CIDR (e.g. 10.42.0.0/16)")),
+        };
+    };
+    let ip = parse_ip(addr).map_err(|m| format!("in CIDR {s:?}: {m}"))?;
+    let digits_ok = !prefix.is_empty() && prefix.len() <= 3 && prefix.bytes().all(|b| b.is_ascii_digit());
+    let len = prefix.parse::<u8>().ok().filter(|_| digits_ok && (prefix == "0" || !prefix.starts_with('0')));
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match len {
+        Some(len) if len <= max => IpNet::new(ip, len).map_err(|_| format!("{s:?} is not a valid CIDR")),
+        _ => Err(format!("{s:?} is not a valid CIDR: the prefix length must be a number from 0 to {max}")),
     }
 }
 
@@ -462,6 +613,23 @@ fn read_mode(sink: &mut Sink, e: &Entry<'_>) -> Option<Value> {
         sink.error(e.value_pos(), &e.path, format!("{t:?} is not an octal file mode (e.g. \"0644\" or \"0600\")"));
         return None;
     }
+    let mode = u32::from_str_radix(t, 8).unwrap_or(0);
+    if mode & 0o7000 != 0 {
+        // k3s passes the number to Go's os.FileMode and chmod, which drop setuid, setgid and
+        // sticky given this way: "7777" would silently become 0777.
+        sink.error(
+            e.value_pos(),
+            &e.path,
+            format!("file mode {t:?} sets setuid, setgid or sticky bits, which k3s drops"),
+        )
+        .hint("a kubeconfig mode is three permission digits, e.g. \"0600\" or \"0640\"");
+        return None;
+    }
+    if mode & 0o002 != 0 {
+        sink.error(e.value_pos(), &e.path, format!("file mode {t:?} makes the admin kubeconfig writable by every user on the server"))
+            .hint("anyone who can rewrite it can point kubectl at their own server; use \"0600\", or \"0640\" with write-kubeconfig-group");
+        return None;
+    }
     Some(Value::String(t.to_string()))
 }
 
@@ -474,8 +642,8 @@ mod tests {
         for pair in KEYS.windows(2) {
             assert!(pair[0].name < pair[1].name, "{} / {}", pair[0].name, pair[1].name);
         }
-        for (m, _) in MANAGED {
-            assert!(key_spec(m).is_none(), "{m} is both managed and accepted");
+        for (m, _) in MANAGED.iter().chain(DEPRECATED) {
+            assert!(key_spec(m).is_none(), "{m} is both refused and accepted");
         }
         assert!(is_secret("datastore-endpoint") && is_secret("etcd-s3-secret-key") && !is_secret("cluster-cidr"));
     }
@@ -519,6 +687,42 @@ mod tests {
         ] {
             assert!(MANAGED.iter().any(|(m, _)| *m == k), "{k}");
         }
+    }
+
+    #[test]
+    fn durations_as_go_reads_them() {
+        for ok in ["5m0s", "30s", "1h30m", "0", "1.5h", "300ms", "-1s", "2\u{b5}s"] {
+            assert!(go_duration(ok), "{ok}");
+        }
+        for bad in ["", "5", "m", "5 m", "1.2.3s", "5min", "s5", "+"] {
+            assert!(!go_duration(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_of_the_current_k3s_are_accepted_with_their_types() {
+        let (r, errs) = read_text(
+            "supervisor-metrics: true\nkine-tls: false\netcd-s3-timeout: 5m0s\nservice-node-port-range: 30000-32767\n\
+             disable-apiserver-lb: true\nbind-address: 10.0.0.1\n",
+        );
+        assert_eq!(errs, "");
+        assert_eq!(r.values["supervisor-metrics"], serde_json::json!(true));
+        assert_eq!(r.values["etcd-s3-timeout"], serde_json::json!("5m0s"));
+        assert_eq!(key_spec("disable-apiserver-lb").map(|k| k.scope), Some(Scope::Agent));
+        assert_eq!(key_spec("bind-address").map(|k| k.scope), Some(Scope::All));
+        let (_, errs) = read_text(
+            "etcd-s3-timeout: 5\nservice-node-port-range: 32767-30000\nkube-controller-arg: [a]\nno-deploy: [traefik]\nconfig: /x\n",
+        );
+        assert!(errs.contains("config.etcd-s3-timeout: \"5\" is not a duration"), "{errs}");
+        assert!(errs.contains("\"32767-30000\" is not a port range"), "{errs}");
+        assert!(
+            errs.contains(
+                "`kube-controller-arg` is a deprecated k3s flag\n  hint: write `kube-controller-manager-arg`"
+            ),
+            "{errs}"
+        );
+        assert!(errs.contains("`no-deploy` is a deprecated k3s flag"), "{errs}");
+        assert!(errs.contains("config.config: `config` is managed by k3node"), "{errs}");
     }
 
     fn read_text(yaml: &str) -> (ConfigRead, String) {

@@ -2,13 +2,19 @@
 //!
 //! [`load`] reads and validates the whole file before anything else happens: every problem is
 //! collected (not just the first) with file, line, column and field path, so that an invalid file
-//! never reaches a host.
+//! never reaches a host. Loading is pure: it reads the cluster file and nothing else (whether key
+//! files exist is [`check_key_files`]'s job, called before connecting). Any input, however
+//! malformed or large, ends in a [`LoadError`] with a position, never a panic or a hang (see
+//! source.rs and prescan.rs for the limits, and tests/fuzz for the proof).
 
 mod diagnostic;
+mod extra;
 pub mod k3s_config;
 mod paths;
+mod prescan;
 mod reader;
 mod schema;
+mod source;
 mod starter;
 mod syntax;
 mod validate;
@@ -18,10 +24,14 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 pub use crate::protocol::preflight::Role;
-pub use diagnostic::{Diagnostic, Diagnostics};
+use crate::protocol::Secret;
+pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity, MAX_KEPT_DIAGNOSTICS, MAX_SHOWN_DIAGNOSTICS};
+pub use extra::{CLUSTER_WIDE_KEYS, FLAG_ENV, K3S_DOCS_NO_PROXY, MANAGED_ENV};
+pub use prescan::MAX_NESTING;
+pub use source::{escape_file_name, MAX_FILE_SIZE, STDIN_NAME, STDIN_PATH};
 pub use starter::starter_file;
 
 /// The only `apiVersion` this version of k3node reads.
@@ -37,13 +47,17 @@ pub const DEFAULT_CLUSTER_DNS: &str = "10.43.0.10";
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterFile {
-    /// The file it was read from.
+    /// The file it was read from (`-` for stdin).
     pub source: PathBuf,
     /// `metadata.name`: also the kubeconfig context name.
     pub name: String,
     pub ssh: SshDefaults,
     pub hosts: Vec<Host>,
     pub k3s: K3sSpec,
+    /// What is accepted but probably not meant (a CIDR with host bits set, a key passed to k3s
+    /// unchecked). Every command shows them on stderr before it starts (`load_cluster` in
+    /// src/commands does: `if !f.warnings.is_empty() { eprintln!("{}", f.warnings) }`).
+    pub warnings: Diagnostics,
 }
 
 impl ClusterFile {
@@ -67,6 +81,8 @@ pub struct SshDefaults {
     pub user: String,
     pub port: u16,
     pub key_path: Option<PathBuf>,
+    /// Where `keyPath` was written, for messages about the key file (see [`check_key_files`]).
+    pub key_path_at: Option<Location>,
     pub known_hosts: PathBuf,
     /// The OpenSSH client config to read: the given one, else ~/.ssh/config when it existed at
     /// load time, else none.
@@ -93,6 +109,8 @@ pub struct Bastion {
     pub user: Option<String>,
     pub port: u16,
     pub key_path: Option<PathBuf>,
+    /// Where `keyPath` was written.
+    pub key_path_at: Option<Location>,
 }
 
 impl Bastion {
@@ -113,6 +131,13 @@ pub struct Host {
     pub labels: BTreeMap<String, String>,
     /// `key[=value]:Effect`, validated.
     pub taints: Vec<String>,
+    /// `hosts[].k3s.extraConfig`: config.yaml keys for this host only, over
+    /// `spec.k3s.extraConfig` (see [`ClusterFile::extra_config_for`]).
+    pub extra_config: BTreeMap<String, serde_json::Value>,
+    /// `hosts[].env`: env file variables for this host only, over `spec.k3s.env` (see
+    /// [`ClusterFile::env_for`]).
+    #[serde(serialize_with = "redacted")]
+    pub env: BTreeMap<String, Secret>,
 }
 
 /// Per-host overrides of [`SshDefaults`]; `None` means "the default".
@@ -122,6 +147,8 @@ pub struct HostSsh {
     pub user: Option<String>,
     pub port: Option<u16>,
     pub key_path: Option<PathBuf>,
+    /// Where `keyPath` was written.
+    pub key_path_at: Option<Location>,
     pub bastion: Option<Bastion>,
 }
 
@@ -136,6 +163,15 @@ impl Host {
 
     pub fn key_path<'a>(&'a self, d: &'a SshDefaults) -> Option<&'a Path> {
         self.ssh.key_path.as_deref().or(d.key_path.as_deref())
+    }
+
+    /// Where the key file [`Host::key_path`] returns was named in the cluster file.
+    pub fn key_path_at<'a>(&'a self, d: &'a SshDefaults) -> Option<&'a Location> {
+        if self.ssh.key_path.is_some() {
+            self.ssh.key_path_at.as_ref()
+        } else {
+            d.key_path_at.as_ref()
+        }
     }
 
     pub fn bastion<'a>(&'a self, d: &'a SshDefaults) -> Option<&'a Bastion> {
@@ -163,6 +199,18 @@ pub struct K3sSpec {
     pub channel_url: Option<String>,
     /// The address kubeconfigs point at (a load balancer or DNS name); default the first server's address.
     pub api_endpoint: Option<String>,
+    /// `spec.k3s.extraConfig`: config.yaml keys k3node does not know, passed to every host
+    /// unchecked (values typed as YAML wrote them).
+    pub extra_config: BTreeMap<String, serde_json::Value>,
+    /// `spec.k3s.env`: variables for every host's env file, after k3node's own.
+    #[serde(serialize_with = "redacted")]
+    pub env: BTreeMap<String, Secret>,
+}
+
+/// Env values are secrets (a proxy URL may carry a password): a serialized cluster file shows
+/// the names only.
+fn redacted<S: Serializer>(env: &BTreeMap<String, Secret>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(env.keys().map(|k| (k, "<redacted>")))
 }
 
 impl K3sSpec {
@@ -203,27 +251,114 @@ pub enum ArtifactSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The file could not be opened or read (missing, permission denied, a symlink loop).
     // Not a #[source]: the io error is already in the message, and anyhow would print it twice.
-    #[error("cannot read cluster file {}: {cause} (`k3node init` writes a starter file)", path.display())]
+    #[error("cannot read cluster file {}: {cause} (`k3node init` writes a starter file)", escape_file_name(&path.display().to_string()))]
     Read { path: PathBuf, cause: io::Error },
+    /// Not a regular file: a directory, a FIFO, a device. Reading those could block forever or
+    /// never end.
+    #[error("{} is {kind}, not a cluster file{}", escape_file_name(&path.display().to_string()), if *kind == "a named pipe (FIFO)" { "; to read the cluster file from a pipe, pass `-c -` and feed it on stdin" } else { "" })]
+    NotAFile { path: PathBuf, kind: &'static str },
+    /// Larger than [`MAX_FILE_SIZE`].
+    #[error("{} is larger than {} KiB ({size} bytes or more); a cluster file is a few kilobytes: is this the right file?", escape_file_name(&path.display().to_string()), MAX_FILE_SIZE / 1024)]
+    TooLarge { path: PathBuf, size: u64 },
+    /// The content is not a valid cluster file; every problem, with its position.
     #[error("{0}")]
     Invalid(Diagnostics),
 }
 
 /// Reads and validates a cluster file. Relative paths in it are resolved against its directory.
+/// [`STDIN_PATH`] (`-`) reads the file from stdin; relative paths then start at the current
+/// directory. Whatever the input, the result is a value or a [`LoadError`]: all of its variants
+/// mean bad input.
 pub fn load(path: &Path) -> Result<ClusterFile, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|cause| LoadError::Read { path: path.to_path_buf(), cause })?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut file = parse(&path.display().to_string(), &dir, &text)?;
+    let bytes = source::read(path).map_err(|failure| match failure {
+        source::ReadFailure::Io(cause) => LoadError::Read { path: path.to_path_buf(), cause },
+        source::ReadFailure::NotRegular(kind) => LoadError::NotAFile { path: path.to_path_buf(), kind },
+        source::ReadFailure::TooLarge(size) => LoadError::TooLarge { path: path.to_path_buf(), size },
+    })?;
+    let mut file = parse_bytes(&source::display_name(path), &source::base_dir(path), &bytes)?;
     file.source = path.to_path_buf();
     Ok(file)
+}
+
+/// Validates cluster file bytes: the text must be UTF-8 (see [`parse`] for the rest). This is
+/// what [`load`] does after reading, and what the fuzz target exercises.
+pub fn parse_bytes(display_name: &str, base_dir: &Path, bytes: &[u8]) -> Result<ClusterFile, LoadError> {
+    let mut sink = diagnostic::Sink::new(display_name);
+    match source::decode(&mut sink, bytes) {
+        Some(text) => parse_text(sink, display_name, base_dir, &text),
+        None => Err(LoadError::Invalid(sink.finish())),
+    }
 }
 
 /// Validates cluster file text. `display_name` is how diagnostics name the file; `base_dir`
 /// is what relative paths in it are relative to.
 pub fn parse(display_name: &str, base_dir: &Path, text: &str) -> Result<ClusterFile, LoadError> {
-    let mut sink = diagnostic::Sink::new(display_name);
+    parse_bytes(display_name, base_dir, text.as_bytes())
+}
+
+/// Checks that every key file the cluster file names (`keyPath` in spec.ssh, spec.ssh.bastion,
+/// hosts[].ssh and hosts[].ssh.bastion) is a regular file k3node can read; each problem is an
+/// error at the `keyPath` setting that names the file. Not part of [`load`], which reads the
+/// cluster file and nothing else: `k3node validate` calls it, and so does every command before it
+/// connects. Empty when all is well.
+pub fn check_key_files(file: &ClusterFile) -> Diagnostics {
+    let mut settings: Vec<(String, &Option<PathBuf>, &Option<Location>)> =
+        vec![("spec.ssh.keyPath".into(), &file.ssh.key_path, &file.ssh.key_path_at)];
+    if let Some(b) = &file.ssh.bastion {
+        settings.push(("spec.ssh.bastion.keyPath".into(), &b.key_path, &b.key_path_at));
+    }
+    for (i, h) in file.hosts.iter().enumerate() {
+        settings.push((format!("spec.hosts[{i}].ssh.keyPath"), &h.ssh.key_path, &h.ssh.key_path_at));
+        if let Some(b) = &h.ssh.bastion {
+            settings.push((format!("spec.hosts[{i}].ssh.bastion.keyPath"), &b.key_path, &b.key_path_at));
+        }
+    }
+    let mut found = Vec::new();
+    for (field, path, at) in settings {
+        let Some(path) = path else { continue };
+        let Some(problem) = key_file_problem(path) else { continue };
+        let at = at.clone().unwrap_or_else(|| Location {
+            file: escape_file_name(&file.source.display().to_string()),
+            line: 1,
+            column: 1,
+        });
+        let hint =
+            "keyPath is relative to the cluster file's directory (the current directory for `-c -`); ~/ is your home"
+                .to_string();
+        found.push(at.diagnostic(Severity::Error, field, problem, Some(hint)));
+    }
+    found.sort_by_key(|d| (d.line, d.column));
+    Diagnostics(found, 0)
+}
+
+/// Why `path` cannot serve as a key file, or None when it can be opened and read.
+fn key_file_problem(path: &Path) -> Option<String> {
+    let shown = escape_file_name(&path.display().to_string());
+    // Non-blocking, like the cluster file: a FIFO named as key must not hang the check.
+    let opened = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY).open(path)
+    };
+    match opened.and_then(|f| f.metadata()) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(meta) if meta.is_dir() => Some(format!("key file {shown} is a directory")),
+        Ok(_) => Some(format!("key file {shown} is not a regular file")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(format!("key file {shown} does not exist")),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Some(format!("key file {shown} cannot be read: permission denied"))
+        }
+        Err(e) => Some(format!("cannot read key file {shown}: {e}")),
+    }
+}
+
+fn parse_text(
+    mut sink: diagnostic::Sink,
+    display_name: &str,
+    base_dir: &Path,
+    text: &str,
+) -> Result<ClusterFile, LoadError> {
     let source = base_dir.join(Path::new(display_name).file_name().unwrap_or_default());
     let file = schema::load_yaml(&mut sink, text).map(|root| {
         let home = paths::home_dir();
@@ -232,7 +367,10 @@ pub fn parse(display_name: &str, base_dir: &Path, text: &str) -> Result<ClusterF
         file
     });
     match file {
-        Some(file) if sink.is_empty() => Ok(file),
+        Some(mut file) if !sink.has_errors() => {
+            file.warnings = sink.finish();
+            Ok(file)
+        }
         _ => Err(LoadError::Invalid(sink.finish())),
     }
 }

@@ -82,6 +82,9 @@ impl<'n> Entry<'n> {
     }
 }
 
+/// Words longer than this get no "did you mean" (see [`did_you_mean`]).
+const MAX_SUGGESTION_INPUT: usize = 64;
+
 /// The closest of `candidates` to `word`, if close enough to be worth suggesting.
 pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     // Compare with case, `_` and `-` ignored first: `key_path`, `keypath` and `Key-Path` are
@@ -92,6 +95,11 @@ pub(crate) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a
     let w = squash(word);
     if let Some(exact) = candidates.iter().find(|c| squash(c) == w) {
         return Some(exact);
+    }
+    // Edit distance costs length × length for every candidate: a long word is no typo of a field
+    // name, and comparing it would make many long keys quadratic in the file size.
+    if w.chars().count() > MAX_SUGGESTION_INPUT {
+        return None;
     }
     // A cut-short value (`wireguard` for `wireguard-native`) scores low on edit distance.
     if w.len() >= 4 {
@@ -285,6 +293,7 @@ mod tests {
         assert_eq!(did_you_mean("zzzzzz", &known), None);
         assert_eq!(did_you_mean("key_path", &["user", "keyPath"]), Some("keyPath"));
         assert_eq!(did_you_mean("--cluster_cidr", &["cluster-cidr", "service-cidr"]), Some("cluster-cidr"));
+        assert_eq!(did_you_mean(&"address".repeat(20), &known), None, "long words are not compared");
     }
 
     #[test]

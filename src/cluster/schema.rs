@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{LoadError as YamlError, LoaderOptions, Node};
 
-use super::diagnostic::{Pos, Sink};
+use super::diagnostic::{Location, Pos, Sink};
+use super::extra::{self, ExtraScope};
 use super::k3s_config::{self, ConfigRead};
+use super::prescan;
 use super::reader::{self, child, index, mapping, no_hook, sequence, Entry, Fields};
 use super::syntax::{self, Problem};
 use super::{
@@ -24,6 +26,8 @@ pub(crate) struct Spans {
     /// One per entry of `hosts`, same order.
     pub hosts: Vec<HostSpans>,
     pub config: ConfigRead,
+    /// The `spec.k3s.env` key, when present.
+    pub env: Option<Pos>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -35,12 +39,11 @@ pub(crate) struct HostSpans {
 }
 
 /// Parses the YAML, reporting syntax errors (which stop everything: there is no tree to check).
+/// `text` comes from [`super::source::decode`]: UTF-8, printable, LF line breaks.
 pub(crate) fn load_yaml(sink: &mut Sink, text: &str) -> Option<MarkedMappingNode> {
     // Editors do not show a byte-order mark, and it would become part of the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if let Some(line) = second_document(text) {
-        sink.error(Pos { line, column: 1 }, "", "a second YAML document starts here; a cluster file holds exactly one")
-            .hint("remove the `---` line and what follows, or move it to its own file");
+    if !prescan::check(sink, text) {
         return None;
     }
     // Coercion off so that a quoted "0644" can be told from a plain 0644; duplicate keys are
@@ -57,35 +60,6 @@ pub(crate) fn load_yaml(sink: &mut Sink, text: &str) -> Option<MarkedMappingNode
             None
         }
     }
-}
-
-/// The line of a `---` that starts a second document. (marked-yaml reads only the first
-/// document and would silently ignore the rest.)
-fn second_document(text: &str) -> Option<usize> {
-    let mut content = false;
-    let mut ended = false;
-    for (i, line) in text.lines().enumerate() {
-        let marker = |m: &str| line.strip_prefix(m).is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
-        if marker("---") {
-            if content {
-                return Some(i + 1);
-            }
-            continue;
-        }
-        if marker("...") {
-            ended = content;
-            continue;
-        }
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') || (!content && t.starts_with('%')) {
-            continue;
-        }
-        if ended {
-            return Some(i + 1);
-        }
-        content = true;
-    }
-    None
 }
 
 fn top_not_mapping(sink: &mut Sink, at: Pos) {
@@ -164,7 +138,10 @@ pub(crate) fn read(
             config: BTreeMap::new(),
             channel_url: None,
             api_endpoint: None,
+            extra_config: BTreeMap::new(),
+            env: BTreeMap::new(),
         },
+        warnings: Default::default(),
     };
     if root.is_empty() {
         sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
@@ -215,6 +192,10 @@ pub(crate) fn read(
     };
     let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s"], &reserved);
     file.ssh = cx.ssh_defaults(sink, spec.get("ssh"));
+    // k3s first: a host's extraConfig may not repeat what spec.k3s.config sets.
+    if let Some(k3s) = spec.get("k3s") {
+        cx.k3s(sink, k3s, &mut file.k3s, &mut spans);
+    }
     if let Some(hosts) = spec.required(sink, "hosts", "the machines of the cluster") {
         spans.hosts_key = Some(hosts.key_pos());
         if let Some(list) = sequence(sink, hosts, "of hosts, each with name, address and role") {
@@ -223,19 +204,24 @@ pub(crate) fn read(
                     .hint("list at least one host with role: server");
             }
             for (i, item) in list.iter().enumerate() {
-                let (host, host_spans) = cx.host(sink, item, &index(&hosts.path, i));
+                let (host, host_spans) = cx.host(sink, item, &index(&hosts.path, i), &spans.config);
                 file.hosts.push(host);
                 spans.hosts.push(host_spans);
             }
         }
     }
-    if let Some(k3s) = spec.get("k3s") {
-        cx.k3s(sink, k3s, &mut file.k3s, &mut spans);
-    }
     (file, spans)
 }
 
 impl Cx<'_> {
+    /// A `keyPath` setting: the resolved path and where it was written.
+    fn key_path(&self, sink: &mut Sink, e: Option<&Entry<'_>>) -> (Option<PathBuf>, Option<Location>) {
+        match e.and_then(|e| self.path(sink, e).map(|p| (p, sink.location(e.value_pos())))) {
+            Some((path, at)) => (Some(path), Some(at)),
+            None => (None, None),
+        }
+    }
+
     fn path(&self, sink: &mut Sink, e: &Entry<'_>) -> Option<PathBuf> {
         let text = reader::string(sink, e)?;
         match paths::resolve(&text, self.base_dir, self.home) {
@@ -253,6 +239,7 @@ impl Cx<'_> {
             user: "root".to_string(),
             port: 22,
             key_path: None,
+            key_path_at: None,
             known_hosts: home_path(".ssh/known_hosts").unwrap_or_else(|| PathBuf::from(".ssh/known_hosts")),
             config_file: home_path(".ssh/config").filter(|p| p.is_file()),
             host_key_check: HostKeyCheck::Strict,
@@ -270,7 +257,7 @@ impl Cx<'_> {
         if let Some(p) = f.get("port").and_then(|e| reader::port(sink, e)) {
             d.port = p;
         }
-        d.key_path = f.get("keyPath").and_then(|e| self.path(sink, e));
+        (d.key_path, d.key_path_at) = self.key_path(sink, f.get("keyPath"));
         if let Some(p) = f.get("knownHosts").and_then(|e| self.path(sink, e)) {
             d.known_hosts = p;
         }
@@ -291,16 +278,18 @@ impl Cx<'_> {
         let f = Fields::new(sink, map, &e.path, &["address", "user", "port", "keyPath"], &no_hook);
         let address =
             f.required(sink, "address", "the jump host's IP address or DNS name").and_then(|e| address(sink, e));
+        let (key_path, key_path_at) = self.key_path(sink, f.get("keyPath"));
         let b = Bastion {
             address: address.clone().unwrap_or_default(),
             user: f.get("user").and_then(|e| user(sink, e)),
             port: f.get("port").and_then(|e| reader::port(sink, e)).unwrap_or(22),
-            key_path: f.get("keyPath").and_then(|e| self.path(sink, e)),
+            key_path,
+            key_path_at,
         };
         address.map(|_| b)
     }
 
-    fn host(&self, sink: &mut Sink, node: &Node, path: &str) -> (Host, HostSpans) {
+    fn host(&self, sink: &mut Sink, node: &Node, path: &str, config: &ConfigRead) -> (Host, HostSpans) {
         let mut host = Host {
             name: String::new(),
             address: String::new(),
@@ -308,6 +297,8 @@ impl Cx<'_> {
             ssh: HostSsh::default(),
             labels: BTreeMap::new(),
             taints: Vec::new(),
+            extra_config: BTreeMap::new(),
+            env: BTreeMap::new(),
         };
         let mut spans = HostSpans::default();
         let Node::Mapping(map) = node else {
@@ -318,7 +309,7 @@ impl Cx<'_> {
             );
             return (host, spans);
         };
-        const FIELDS: &[&str] = &["name", "address", "role", "ssh", "labels", "taints"];
+        const FIELDS: &[&str] = &["name", "address", "role", "ssh", "labels", "taints", "k3s", "env"];
         let f = Fields::new(sink, map, path, FIELDS, &no_hook);
         if let Some(e) = f.required(sink, "name", "the node name, e.g. server-1") {
             if let Some(name) = reader::string(sink, e) {
@@ -350,6 +341,22 @@ impl Cx<'_> {
         if let Some(e) = f.get("taints") {
             host.taints = taints(sink, e);
         }
+        if let Some(e) = f.get("k3s") {
+            if let Some(map) = mapping(sink, e, "with extraConfig") {
+                let k3s = Fields::new(sink, map, &e.path, &["extraConfig"], &no_hook);
+                if let Some(e) = k3s.get("extraConfig") {
+                    if let Some(map) = mapping(sink, e, "of config.yaml keys for this host") {
+                        let role = spans.role_ok.then_some(host.role);
+                        host.extra_config = extra::extra_config(sink, map, &e.path, config, ExtraScope::Host(role));
+                    }
+                }
+            }
+        }
+        if let Some(e) = f.get("env") {
+            if let Some(map) = mapping(sink, e, "of NAME: value") {
+                host.env = extra::env(sink, map, &e.path);
+            }
+        }
         (host, spans)
     }
 
@@ -366,7 +373,7 @@ impl Cx<'_> {
         let f = Fields::new(sink, map, &e.path, &["user", "port", "keyPath", "bastion"], &only_global);
         s.user = f.get("user").and_then(|e| user(sink, e));
         s.port = f.get("port").and_then(|e| reader::port(sink, e));
-        s.key_path = f.get("keyPath").and_then(|e| self.path(sink, e));
+        (s.key_path, s.key_path_at) = self.key_path(sink, f.get("keyPath"));
         s.bastion = f.get("bastion").and_then(|e| self.bastion(sink, e));
         s
     }
@@ -379,7 +386,7 @@ impl Cx<'_> {
             sink,
             map,
             &e.path,
-            &["version", "channel", "channelUrl", "apiEndpoint", "source", "config"],
+            &["version", "channel", "channelUrl", "apiEndpoint", "source", "config", "extraConfig", "env"],
             &no_hook,
         );
         if let Some(e) = f.get("channelUrl") {
@@ -427,6 +434,17 @@ impl Cx<'_> {
                 let read = k3s_config::read(sink, map, &e.path);
                 out.config = read.values.clone();
                 spans.config = read;
+            }
+        }
+        if let Some(e) = f.get("extraConfig") {
+            if let Some(map) = mapping(sink, e, "of config.yaml keys k3node does not know") {
+                out.extra_config = extra::extra_config(sink, map, &e.path, &spans.config, ExtraScope::Cluster);
+            }
+        }
+        if let Some(e) = f.get("env") {
+            if let Some(map) = mapping(sink, e, "of NAME: value") {
+                out.env = extra::env(sink, map, &e.path);
+                spans.env = Some(e.key_pos());
             }
         }
     }
@@ -577,19 +595,4 @@ fn taints(sink: &mut Sink, e: &Entry<'_>) -> Vec<String> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detects_second_documents() {
-        assert_eq!(second_document("a: 1\n"), None);
-        assert_eq!(second_document("# c\n---\na: 1\n"), None);
-        assert_eq!(second_document("%YAML 1.2\n---\na: 1\n...\n# end\n"), None);
-        assert_eq!(second_document("a: 1\n---\nb: 2\n"), Some(2));
-        assert_eq!(second_document("a: 1\n...\nb: 2\n"), Some(3));
-        assert_eq!(second_document("a: |\n  ---x\n"), None);
-    }
 }

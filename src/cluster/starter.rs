@@ -34,6 +34,8 @@ spec:
       # ssh: { user: vagrant, port: 22, keyPath: ./keys/agent-1 }   # per-host overrides
       # labels: { tier: db }
       # taints: ["dedicated=db:NoSchedule"]
+      # k3s: { extraConfig: { flannel-iface: enp0s8 } }              # config.yaml keys for this host
+      # env: { HTTPS_PROXY: http://other-proxy.example:3128 }        # env file variables for this host
   k3s:
     channel: stable               # or an exact version: `version: v1.31.4+k3s1` (not both)
     # source:                     # at most one of:
@@ -47,6 +49,10 @@ spec:
       write-kubeconfig-mode: "0600"   # quoted: unquoted YAML reads it as a number
       # disable: [traefik]
       # tls-san: [k3s.example]
+    # extraConfig:                # keys of a newer k3s than k3node knows: passed unchecked, with a warning
+    #   secrets-encryption-provider: secretbox
+    # env:                        # the k3s unit's env file (values are never printed)
+    #   HTTPS_PROXY: http://proxy.example:3128   # NO_PROXY then defaults as the k3s docs advise
 "#;
 
 #[cfg(test)]
@@ -57,5 +63,30 @@ mod tests {
         let f = f.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(f.hosts.len(), 2);
         assert_eq!(f.k3s.channel.as_deref(), Some("stable"));
+    }
+
+    #[test]
+    fn the_commented_escape_hatches_are_valid_when_uncommented() {
+        let uncommented: String = super::starter_file()
+            .lines()
+            .map(|l| {
+                let t = l.trim_start();
+                let hatch = ["# extraConfig:", "#   secrets-", "# env:", "#   HTTPS_PROXY", "# k3s: {", "# env: {"]
+                    .iter()
+                    .any(|p| t.starts_with(p));
+                if hatch {
+                    l.replacen("# ", "", 1)
+                } else {
+                    l.to_string()
+                }
+            })
+            .map(|l| l + "\n")
+            .collect();
+        assert!(uncommented.contains("\n    extraConfig: ") && uncommented.contains("\n      env: {"), "{uncommented}");
+        let f = crate::cluster::parse("cluster.yaml", std::path::Path::new("/srv/lab"), &uncommented)
+            .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(f.k3s.extra_config["secrets-encryption-provider"], serde_json::json!("secretbox"));
+        assert_eq!(f.host("agent-1").map(|h| h.extra_config.len()), Some(1));
+        assert_eq!(f.warnings.len(), 1, "{}", f.warnings);
     }
 }

@@ -34,14 +34,21 @@ pub const DEFAULT_CLUSTER_FILE: &str = "cluster.yaml";
 pub struct BadInput(pub String);
 
 pub fn exit_code_for(error: &anyhow::Error) -> ExitCode {
-    let bad_input = error.downcast_ref::<BadInput>().is_some()
-        || matches!(error.downcast_ref::<cluster::LoadError>(), Some(cluster::LoadError::Invalid(_)));
+    // Every way a cluster file can fail to load (missing, not a file, too large, invalid) is
+    // the user's input, not a host's doing.
+    let bad_input = error.downcast_ref::<BadInput>().is_some() || error.downcast_ref::<cluster::LoadError>().is_some();
     ExitCode::from(if bad_input { EXIT_BAD_INPUT } else { 1 })
 }
 
 /// Loads and validates the cluster file: every command does this before touching any host.
+/// Its warnings (accepted, but probably not meant) go to stderr here, once, for every command.
+/// `-` reads the cluster file from stdin.
 pub fn load_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
-    Ok(cluster::load(path)?)
+    let cluster = cluster::load(path)?;
+    if !cluster.warnings.is_empty() {
+        eprintln!("{}", cluster.warnings);
+    }
+    Ok(cluster)
 }
 
 /// How to reach the hosts; shared by every command that connects.

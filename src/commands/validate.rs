@@ -1,22 +1,33 @@
 use std::path::PathBuf;
 
+use k3node::cluster;
+
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// The cluster file to check.
+    /// The cluster file to check (`-` reads it from stdin).
     #[arg(short = 'c', long = "config", default_value = "cluster.yaml")]
     pub config: PathBuf,
 }
 
 pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
-    let cluster = super::load_cluster(&args.config)?;
-    let servers = cluster.servers().count();
+    let file = super::load_cluster(&args.config)?;
+    // Loading reads the cluster file only; validate also checks what it names on this machine.
+    let key_files = cluster::check_key_files(&file);
+    if !key_files.is_empty() {
+        return Err(cluster::LoadError::Invalid(key_files).into());
+    }
+    let servers = file.servers().count();
+    let name = if args.config.as_os_str() == cluster::STDIN_PATH {
+        cluster::STDIN_NAME.to_string()
+    } else {
+        cluster::escape_file_name(&args.config.display().to_string())
+    };
     println!(
-        "{}: valid: cluster {}, {} host(s): {} server(s), {} agent(s)",
-        args.config.display(),
-        cluster.name,
-        cluster.hosts.len(),
+        "{name}: valid: cluster {}, {} host(s): {} server(s), {} agent(s)",
+        file.name,
+        file.hosts.len(),
         servers,
-        cluster.hosts.len() - servers
+        file.hosts.len() - servers
     );
     Ok(())
 }

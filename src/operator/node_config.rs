@@ -1,12 +1,14 @@
 //! What each host's /etc/rancher/k3s/config.yaml and service env file say, derived from the
 //! cluster file. Deterministic, so that an unchanged cluster file renders byte-identical files
-//! and re-runs restart nothing.
+//! and re-runs restart nothing: keys and variables come out sorted, k3node's own env variables
+//! first. The cluster file's escape hatches (`extraConfig`, `env`) are merged in here; they can
+//! never override what k3node manages (the loader refuses those keys and names).
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::cluster::k3s_config::{key_spec, Scope};
+use crate::cluster::k3s_config::key_spec;
 use crate::cluster::{ClusterFile, Host};
 use crate::protocol::preflight::Role;
 use crate::protocol::Secret;
@@ -42,10 +44,14 @@ pub fn config_yaml(cluster: &ClusterFile, host: &Host, node_ip: Option<&str>) ->
     let first = cluster.servers().next().expect("validated: at least one server");
     let mut config: BTreeMap<String, Value> = BTreeMap::new();
     for (key, value) in &cluster.k3s.config {
-        let server_only = key_spec(key).is_some_and(|k| k.scope == Scope::Server);
-        if host.role == Role::Server || !server_only {
+        if key_spec(key).is_none_or(|k| k.scope.applies_to(host.role)) {
             config.insert(key.clone(), value.clone());
         }
+    }
+    // Unknown keys go to every host (k3s skips, with a warning, a key its command does not take);
+    // a host's known keys were checked against its role when the file was read.
+    for (key, value) in cluster.extra_config_for(host) {
+        config.insert(key, value);
     }
     config.insert("node-name".into(), host.name.clone().into());
     if let Some(ip) = node_ip {
@@ -84,16 +90,20 @@ pub fn config_yaml(cluster: &ClusterFile, host: &Host, node_ip: Option<&str>) ->
     )
 }
 
-/// The env file: joining hosts get the URL and token here (0600), never on a command line.
+/// The env file: joining hosts get the URL and token here (0600), never on a command line; then
+/// the cluster file's variables (`spec.k3s.env` and `hosts[].env`, NO_PROXY completed, see
+/// [`ClusterFile::env_for`]), sorted by name.
 pub fn env(cluster: &ClusterFile, host: &Host, token: Option<&Secret>) -> Vec<(String, Secret)> {
     let first = cluster.servers().next().expect("validated: at least one server");
-    match (position(cluster, host), token) {
+    let mut vars = match (position(cluster, host), token) {
         (Position::FirstServer, _) | (_, None) => Vec::new(),
         (Position::JoiningServer, Some(token)) => vec![("K3S_TOKEN".into(), token.clone())],
         (Position::Agent, Some(token)) => {
             vec![("K3S_URL".into(), Secret::new(join_url(first))), ("K3S_TOKEN".into(), token.clone())]
         }
-    }
+    };
+    vars.extend(cluster.env_for(host));
+    vars
 }
 
 #[cfg(test)]
@@ -137,5 +147,49 @@ mod tests {
         assert!(first.contains("k3s.example"), "api endpoint in tls-san: {first}");
         assert!(second.contains("server: https://10.0.0.1:6443") && !second.contains("cluster-init"), "{second}");
         assert_eq!(config_yaml(&c, c.host("s1").unwrap(), None), first, "rendering is deterministic");
+    }
+
+    #[test]
+    fn extra_config_and_env_reach_each_host_sorted_after_k3nodes_own() {
+        let text = "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  hosts:\n    - name: s1\n      address: 10.0.0.1\n      role: server\n      k3s:\n        extraConfig:\n          flannel-iface: eth1\n          kube-apiserver-burst: 800\n    - name: a1\n      address: 203.0.113.9\n      role: agent\n      env:\n        HTTPS_PROXY: http://a1-proxy:3128\n  k3s:\n    extraConfig:\n      kube-apiserver-burst: 400\n      secrets-encryption-provider: secretbox\n    env:\n      HTTPS_PROXY: http://user:pw@proxy:3128\n      A_FIRST: \"1\"\n";
+        let c = crate::cluster::parse("cluster.yaml", Path::new("/"), text).unwrap_or_else(|e| panic!("{e}"));
+        let server = config_yaml(&c, c.host("s1").unwrap(), None);
+        assert!(server.contains("flannel-iface: eth1\n"), "{server}");
+        assert!(server.contains("kube-apiserver-burst: 800\n"), "the host's value wins: {server}");
+        assert!(server.contains("secrets-encryption-provider: secretbox\n"), "{server}");
+        let agent_yaml = config_yaml(&c, c.host("a1").unwrap(), None);
+        assert!(
+            agent_yaml.contains("kube-apiserver-burst: 400\n") && !agent_yaml.contains("flannel-iface"),
+            "{agent_yaml}"
+        );
+
+        let agent = env(&c, c.host("a1").unwrap(), Some(&Secret::new("K10x::server:pw")));
+        let names: Vec<&str> = agent.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["K3S_URL", "K3S_TOKEN", "A_FIRST", "HTTPS_PROXY", "NO_PROXY"]);
+        assert_eq!(agent[3].1.expose(), "http://a1-proxy:3128", "the host's own proxy wins");
+        // No NO_PROXY given: the k3s docs' list, the pod and service networks (inside 10.0.0.0/8
+        // already), the cluster domain, and the address outside every listed range.
+        assert_eq!(
+            agent[4].1.expose(),
+            "127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,localhost,.svc,.cluster.local,203.0.113.9"
+        );
+        let server_env = env(&c, c.host("s1").unwrap(), None);
+        assert_eq!(
+            server_env.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["A_FIRST", "HTTPS_PROXY", "NO_PROXY"]
+        );
+        assert_eq!(format!("{:?}", server_env[1].1), "<redacted>");
+        assert_eq!(env(&c, c.host("s1").unwrap(), None), server_env, "rendering is deterministic");
+    }
+
+    #[test]
+    fn a_given_no_proxy_gets_the_pod_and_service_networks_appended_when_missing() {
+        let text = "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  hosts:\n    - name: s1\n      address: 192.168.56.10\n      role: server\n  k3s:\n    config:\n      cluster-cidr: 172.20.0.0/16\n      service-cidr: 10.43.0.0/16\n    env:\n      HTTP_PROXY: http://proxy:3128\n      NO_PROXY: 192.168.56.0/24, 10.0.0.0/8 ,.corp.example\n      CONTAINERD_HTTPS_PROXY: http://mirror:3128\n";
+        let c = crate::cluster::parse("cluster.yaml", Path::new("/"), text).unwrap_or_else(|e| panic!("{e}"));
+        let vars: BTreeMap<String, String> =
+            env(&c, c.host("s1").unwrap(), None).into_iter().map(|(n, v)| (n, v.expose().to_string())).collect();
+        assert_eq!(vars["NO_PROXY"], "192.168.56.0/24,10.0.0.0/8,.corp.example,172.20.0.0/16");
+        assert!(vars["CONTAINERD_NO_PROXY"].starts_with("127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,"));
+        assert!(c.warnings.is_empty(), "{}", c.warnings);
     }
 }
