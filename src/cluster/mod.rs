@@ -10,6 +10,7 @@
 mod diagnostic;
 mod extra;
 pub mod k3s_config;
+pub mod manifests;
 mod paths;
 mod prescan;
 mod reader;
@@ -58,6 +59,10 @@ pub struct ClusterFile {
     /// unchecked). Every command shows them on stderr before it starts (`load_cluster` in
     /// src/commands does: `if !f.warnings.is_empty() { eprintln!("{}", f.warnings) }`).
     pub warnings: Diagnostics,
+    /// `spec.manifests` as written: what [`read_manifests`] reads.
+    pub manifest_sources: Vec<manifests::ManifestSource>,
+    /// The add-on manifests, once [`read_manifests`] has read and checked them.
+    pub manifests: Vec<manifests::Manifest>,
 }
 
 impl ClusterFile {
@@ -296,6 +301,20 @@ pub fn parse_bytes(display_name: &str, base_dir: &Path, bytes: &[u8]) -> Result<
 /// is what relative paths in it are relative to.
 pub fn parse(display_name: &str, base_dir: &Path, text: &str) -> Result<ClusterFile, LoadError> {
     parse_bytes(display_name, base_dir, text.as_bytes())
+}
+
+/// Reads and checks the manifests `spec.manifests` names into `file.manifests` (every YAML
+/// document parses and names its apiVersion, kind and metadata.name; no object twice). Like
+/// [`check_key_files`], not part of [`load`]; commands that deliver manifests call it before they
+/// connect. Empty when all is well.
+pub fn read_manifests(file: &mut ClusterFile) -> Diagnostics {
+    match manifests::read(&file.manifest_sources) {
+        Ok(list) => {
+            file.manifests = list;
+            Diagnostics::default()
+        }
+        Err(problems) => problems,
+    }
 }
 
 /// Checks that every key file the cluster file names (`keyPath` in spec.ssh, spec.ssh.bastion,

@@ -142,6 +142,8 @@ pub(crate) fn read(
             env: BTreeMap::new(),
         },
         warnings: Default::default(),
+        manifest_sources: Vec::new(),
+        manifests: Vec::new(),
     };
     if root.is_empty() {
         sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
@@ -183,14 +185,17 @@ pub(crate) fn read(
         return (file, spans);
     };
     let reserved = |k: &str| {
-        ["images", "manifests", "backup", "agent"].contains(&k).then(|| {
+        ["images", "backup", "agent"].contains(&k).then(|| {
             (
                 format!("`spec.{k}` is not supported yet by this version of k3node"),
                 Some("remove it for now; a later version will read it".to_string()),
             )
         })
     };
-    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s"], &reserved);
+    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s", "manifests"], &reserved);
+    if let Some(e) = spec.get("manifests") {
+        file.manifest_sources = cx.manifest_sources(sink, e);
+    }
     file.ssh = cx.ssh_defaults(sink, spec.get("ssh"));
     // k3s first: a host's extraConfig may not repeat what spec.k3s.config sets.
     if let Some(k3s) = spec.get("k3s") {
@@ -214,6 +219,27 @@ pub(crate) fn read(
 }
 
 impl Cx<'_> {
+    /// `spec.manifests`: files and directories, each with where it was written (they are read
+    /// and checked by [`super::manifests::read`], before any host is touched).
+    fn manifest_sources(&self, sink: &mut Sink, e: &Entry<'_>) -> Vec<super::manifests::ManifestSource> {
+        let mut out = Vec::new();
+        let Some(list) = sequence(sink, e, "of manifest files and directories") else {
+            return out;
+        };
+        for (i, item) in list.iter().enumerate() {
+            let path = index(&e.path, i);
+            let at = Pos::of_node(item);
+            let Some(s) = reader::scalar(sink, item, &path, at) else { continue };
+            match paths::resolve(s.as_str(), self.base_dir, self.home) {
+                Ok(resolved) => out.push(super::manifests::ManifestSource { path: resolved, at: sink.location(at) }),
+                Err(m) => {
+                    sink.error(at, &path, m);
+                }
+            }
+        }
+        out
+    }
+
     /// A `keyPath` setting: the resolved path and where it was written.
     fn key_path(&self, sink: &mut Sink, e: Option<&Entry<'_>>) -> (Option<PathBuf>, Option<Location>) {
         match e.and_then(|e| self.path(sink, e).map(|p| (p, sink.location(e.value_pos())))) {

@@ -77,6 +77,14 @@ pub struct Prepared {
 impl ConnectArgs {
     pub async fn prepare(&self, config: &Path) -> anyhow::Result<Prepared> {
         let cluster = load_cluster(config)?;
+        // A key file the cluster file names must be there before any host is reached (exit 2,
+        // with the file:line of the setting).
+        let mut cluster = cluster;
+        let mut problems = cluster::check_key_files(&cluster);
+        problems.0.extend(cluster::read_manifests(&mut cluster).0);
+        if !problems.is_empty() {
+            return Err(cluster::LoadError::Invalid(problems).into());
+        }
         let overrides = ConnectOverrides {
             trust_new_host_keys: self.trust_new_host_keys,
             connect_timeout: Some(Duration::from_secs(self.connect_timeout)),

@@ -10,11 +10,13 @@ pub struct ValidateArgs {
 }
 
 pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
-    let file = super::load_cluster(&args.config)?;
-    // Loading reads the cluster file only; validate also checks what it names on this machine.
-    let key_files = cluster::check_key_files(&file);
-    if !key_files.is_empty() {
-        return Err(cluster::LoadError::Invalid(key_files).into());
+    let mut file = super::load_cluster(&args.config)?;
+    // Loading reads the cluster file only; validate also checks what it names on this machine:
+    // the key files and the add-on manifests.
+    let mut problems = cluster::check_key_files(&file);
+    problems.0.extend(cluster::read_manifests(&mut file).0);
+    if !problems.is_empty() {
+        return Err(cluster::LoadError::Invalid(problems).into());
     }
     let servers = file.servers().count();
     let name = if args.config.as_os_str() == cluster::STDIN_PATH {

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod install;
 pub mod kubeconfig;
 pub mod lock;
+pub mod manifests;
 pub mod preflight;
 pub mod ready;
 pub mod reset;
