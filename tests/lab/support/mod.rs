@@ -39,8 +39,9 @@ pub const LAB_ROOT: &str = "/var/tmp/k3node-lab";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Time hosts get to power off after SIGTERM before they are SIGKILLed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How long start() waits for another process's lab to go away.
-const LOCK_WAIT: Duration = Duration::from_secs(600);
+/// How long start() waits for another process's lab to go away (several developers' test runs
+/// can queue on one machine).
+const LOCK_WAIT: Duration = Duration::from_secs(3600);
 /// Labs of this process that hold the lab lock and are not yet torn down.
 static LIVE_LABS: AtomicUsize = AtomicUsize::new(0);
 
