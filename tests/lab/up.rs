@@ -554,9 +554,16 @@ fn seed_004(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
     ensure(json["phases"].to_string().contains("5 manifests"), || format!("{}", json["phases"]))?;
     all_ready(w, &["h1", "h2"])?;
-    let addons = kubectl(w, &["get", "addons", "-n", "kube-system", "-o", "name"])?;
-    for name in ["k3node-00-namespaces", "k3node-10-resource-quotas", "k3node-40-network-policies"] {
-        ensure(addons.contains(name), || format!("no AddOn {name}: {addons}"))?;
+    // k3s scans its manifests directory every 15 s, so the add-ons appear within two scans.
+    let wanted = ["k3node-00-namespaces", "k3node-10-resource-quotas", "k3node-40-network-policies"];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    loop {
+        let addons = kubectl(w, &["get", "addons", "-n", "kube-system", "-o", "name"])?;
+        if wanted.iter().all(|name| addons.contains(name)) {
+            break;
+        }
+        ensure(std::time::Instant::now() < deadline, || format!("after 45 s, AddOns {wanted:?} wanted: {addons}"))?;
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
     let namespaces = kubectl(w, &["get", "namespaces", "-o", "name"])?;
     ensure(namespaces.contains("namespace/crypto-lakehouse"), || format!("namespaces: {namespaces}"))?;
