@@ -239,9 +239,7 @@ pub fn key_spec(name: &str) -> Option<&'static KeySpec> {
 pub fn is_secret(name: &str) -> bool {
     match key_spec(name) {
         Some(k) => k.secret,
-        None => ["token", "secret", "password", "credential", "auth", "access-key", "endpoint"]
-            .iter()
-            .any(|word| name.contains(word)),
+        None => crate::protocol::secret::secret_config_key(name),
     }
 }
 
@@ -646,6 +644,18 @@ mod tests {
             assert!(key_spec(m).is_none(), "{m} is both refused and accepted");
         }
         assert!(is_secret("datastore-endpoint") && is_secret("etcd-s3-secret-key") && !is_secret("cluster-cidr"));
+    }
+
+    #[test]
+    fn the_helper_masks_exactly_the_keys_the_table_calls_secret() {
+        for k in KEYS {
+            let masked = crate::protocol::secret::secret_config_key(k.name);
+            assert_eq!(
+                masked, k.secret,
+                "{}: the table says secret={}, the helper's masking {masked}",
+                k.name, k.secret
+            );
+        }
     }
 
     #[test]

@@ -6,21 +6,54 @@ use serde::{Deserialize, Serialize};
 pub const REDACTED: &str = "<redacted>";
 
 /// config.yaml keys whose values are secrets (a datastore endpoint carries its password).
-pub const SECRET_CONFIG_KEYS: [&str; 7] = [
+pub const SECRET_CONFIG_KEYS: [&str; 8] = [
     "token",
     "agent-token",
     "datastore-endpoint",
     "etcd-s3-access-key",
+    "etcd-s3-proxy",
     "etcd-s3-secret-key",
     "etcd-s3-session-token",
     "vpn-auth",
 ];
 
+/// Words that make a config key a secret when k3node does not know the key (extraConfig): a
+/// value that might be a secret is masked rather than shown.
+const SECRET_WORDS: [&str; 7] = ["token", "secret", "password", "credential", "auth", "access-key", "endpoint"];
+
+/// k3s keys whose names contain one of [`SECRET_WORDS`] but whose values are not secrets (paths,
+/// sockets, switches, a Secret's name); the cluster module's key table is checked against this.
+pub const PUBLIC_CONFIG_KEYS: [&str; 13] = [
+    "agent-token-file",
+    "container-runtime-endpoint",
+    "disable-default-registry-endpoint",
+    "etcd-s3-config-secret",
+    "etcd-s3-endpoint",
+    "etcd-s3-endpoint-ca",
+    "image-credential-provider-bin-dir",
+    "image-credential-provider-config",
+    "image-service-endpoint",
+    "secrets-encryption",
+    "secrets-encryption-provider",
+    "token-file",
+    "vpn-auth-file",
+];
+
+/// Whether a config.yaml key's value is a secret: one of [`SECRET_CONFIG_KEYS`], or a key
+/// unknown to k3node whose name says it may be one (a `+` suffix appends to the same key).
+pub fn secret_config_key(key: &str) -> bool {
+    let key = key.trim_end_matches('+');
+    SECRET_CONFIG_KEYS.contains(&key)
+        || (!PUBLIC_CONFIG_KEYS.contains(&key) && SECRET_WORDS.iter().any(|word| key.contains(word)))
+}
+
 /// Env variables whose values are secrets: K3S_TOKEN, K3S_AGENT_TOKEN, K3S_CLUSTER_SECRET,
-/// K3S_DATASTORE_ENDPOINT, proxies' ...PASSWORD. K3S_URL is not one.
+/// K3S_DATASTORE_ENDPOINT, ...PASSWORD, and the proxies (a proxy URL may carry `user:password@`).
+/// K3S_URL and NO_PROXY are not.
 pub fn secret_env_name(name: &str) -> bool {
     let upper = name.trim().to_ascii_uppercase();
-    ["TOKEN", "PASSWORD", "SECRET", "DATASTORE_ENDPOINT"].iter().any(|w| upper.contains(w))
+    ["TOKEN", "PASSWORD", "SECRET", "DATASTORE_ENDPOINT", "CREDENTIAL"].iter().any(|w| upper.contains(w))
+        || (upper.ends_with("_PROXY") && !upper.ends_with("NO_PROXY"))
 }
 
 /// Serializes as the plain string (it travels inside the SSH channel, to the helper's stdin), but
@@ -78,13 +111,13 @@ impl Scrubber {
         Scrubber { secrets }
     }
 
-    /// The secret values of a k3s config.yaml text (see [`SECRET_CONFIG_KEYS`]).
+    /// The secret values of a k3s config.yaml text (see [`secret_config_key`]).
     pub fn config_values(config_yaml: &str) -> Vec<String> {
         let mut values = Vec::new();
         if let Ok(serde_yaml_ng::Value::Mapping(map)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(config_yaml) {
-            for key in SECRET_CONFIG_KEYS {
-                for k in [key.to_string(), format!("{key}+")] {
-                    if let Some(serde_yaml_ng::Value::String(v)) = map.get(k.as_str()) {
+            for (key, value) in &map {
+                if let (Some(key), serde_yaml_ng::Value::String(v)) = (key.as_str(), value) {
+                    if secret_config_key(key) {
                         values.push(v.clone());
                     }
                 }

@@ -1,7 +1,7 @@
 //! Secrets out of every diff shown: the env file's and config.yaml's secret values are masked
 //! line by line, and a secret that changed says so instead of looking unchanged.
 
-use crate::protocol::secret::{secret_env_name, REDACTED, SECRET_CONFIG_KEYS};
+use crate::protocol::secret::{secret_config_key, secret_env_name, REDACTED};
 
 /// What a masked secret that differs from the old file's shows.
 pub(super) const CHANGED: &str = "<changed (masked)>";
@@ -30,8 +30,7 @@ pub(super) fn mask_config(text: &str) -> String {
             return None;
         }
         let (key, value) = line.split_once(':')?;
-        let bare_key = key.trim().trim_matches(['"', '\'']).trim_end_matches('+');
-        if !SECRET_CONFIG_KEYS.contains(&bare_key) {
+        if !secret_config_key(key.trim().trim_matches(['"', '\''])) {
             return None;
         }
         let value = value.trim();
@@ -102,9 +101,7 @@ pub(super) fn config_secrets(text: &str) -> Vec<(String, String)> {
     map.iter()
         .filter_map(|(k, v)| {
             let key = k.as_str()?.trim_end_matches('+');
-            SECRET_CONFIG_KEYS
-                .contains(&key)
-                .then(|| (key.to_string(), serde_yaml_ng::to_string(v).unwrap_or_default()))
+            secret_config_key(key).then(|| (key.to_string(), serde_yaml_ng::to_string(v).unwrap_or_default()))
         })
         .collect()
 }
@@ -115,10 +112,10 @@ mod tests {
 
     #[test]
     fn env_masks_tokens_and_passwords_but_not_the_url() {
-        let text = "K3S_URL=https://10.0.0.1:6443\nK3S_TOKEN=K10abc::server:pw\nK3S_AGENT_TOKEN=\"x y\"\nHTTP_PROXY_PASSWORD=hunter2\nNO_PROXY=localhost\n";
+        let text = "K3S_URL=https://10.0.0.1:6443\nK3S_TOKEN=K10abc::server:pw\nK3S_AGENT_TOKEN=\"x y\"\nHTTP_PROXY_PASSWORD=hunter2\nHTTPS_PROXY='http://u:pw@proxy:3128'\nNO_PROXY=localhost\n";
         assert_eq!(
             mask_env(text),
-            "K3S_URL=https://10.0.0.1:6443\nK3S_TOKEN=<redacted>\nK3S_AGENT_TOKEN=<redacted>\nHTTP_PROXY_PASSWORD=<redacted>\nNO_PROXY=localhost\n"
+            "K3S_URL=https://10.0.0.1:6443\nK3S_TOKEN=<redacted>\nK3S_AGENT_TOKEN=<redacted>\nHTTP_PROXY_PASSWORD=<redacted>\nHTTPS_PROXY=<redacted>\nNO_PROXY=localhost\n"
         );
     }
 
