@@ -4,6 +4,8 @@
 //! collected (not just the first) with file, line, column and field path, so that an invalid file
 //! never reaches a host.
 
+mod backup;
+mod calendar;
 mod diagnostic;
 pub mod k3s_config;
 mod paths;
@@ -21,6 +23,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use crate::protocol::preflight::Role;
+pub use backup::{Backup, Retention, DEFAULT_KEEP_LAST};
+pub use calendar::{calendar as check_calendar, timespan_us};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use starter::starter_file;
 
@@ -44,6 +48,8 @@ pub struct ClusterFile {
     pub ssh: SshDefaults,
     pub hosts: Vec<Host>,
     pub k3s: K3sSpec,
+    /// `spec.backup` (its defaults when absent).
+    pub backup: Backup,
 }
 
 impl ClusterFile {

@@ -165,6 +165,7 @@ pub(crate) fn read(
             channel_url: None,
             api_endpoint: None,
         },
+        backup: super::Backup::defaults(base_dir),
     };
     if root.is_empty() {
         sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
@@ -206,14 +207,14 @@ pub(crate) fn read(
         return (file, spans);
     };
     let reserved = |k: &str| {
-        ["images", "manifests", "backup", "agent"].contains(&k).then(|| {
+        ["images", "manifests", "agent"].contains(&k).then(|| {
             (
                 format!("`spec.{k}` is not supported yet by this version of k3node"),
                 Some("remove it for now; a later version will read it".to_string()),
             )
         })
     };
-    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s"], &reserved);
+    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s", "backup"], &reserved);
     file.ssh = cx.ssh_defaults(sink, spec.get("ssh"));
     if let Some(hosts) = spec.required(sink, "hosts", "the machines of the cluster") {
         spans.hosts_key = Some(hosts.key_pos());
@@ -231,6 +232,9 @@ pub(crate) fn read(
     }
     if let Some(k3s) = spec.get("k3s") {
         cx.k3s(sink, k3s, &mut file.k3s, &mut spans);
+    }
+    if let Some(backup) = spec.get("backup") {
+        super::backup::read(sink, backup, &mut file.backup, &|sink, e| cx.path(sink, e));
     }
     (file, spans)
 }
