@@ -10,7 +10,9 @@
 //! - [`retention`]: the archives of a directory, and pruning them by count and age.
 //! - [`verify`]: reads all of an archive: its sha256, every entry against the manifest, the
 //!   datastore's own check.
-//! - [`restore`]: this host's step of a restore, and its rollback.
+//! - [`restore`]: this host's step of a restore, and its rollback; [`peer`]: the other hosts'
+//!   steps (stop before, a server's db aside after an etcd restore).
+//! - [`schedule`]: the snapshot timer (`up` installs it) and what it runs.
 //!
 //! Invariants: snapshots never stop or restart k3s; a restore verifies the whole archive before
 //! anything stops, moves what it replaces aside (never deletes it), and can be run again or
@@ -21,8 +23,10 @@ pub mod archive;
 mod create;
 mod etcd;
 mod k3s;
+mod peer;
 mod restore;
 mod retention;
+pub mod schedule;
 mod verify;
 
 use std::io;
@@ -32,7 +36,8 @@ use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::k3s::SNAPSHOT_DIR;
 use crate::host::serve::{Context, HostOperation};
 use crate::protocol::snapshot::{
-    CreateSnapshot, ListSnapshots, PruneSnapshots, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore,
+    CreateSnapshot, InstallSchedule, ListSnapshots, PeerReport, PruneSnapshots, RestorePeer, RestoreReport,
+    RestoreSnapshot, RollbackReport, RollbackRestore, ScheduleReport, ScheduledSnapshot, ScheduledSnapshotDone,
     SnapshotCreated, SnapshotList, SnapshotVerified, SnapshotsPruned, VerifySnapshot,
 };
 use crate::protocol::ErrorKind;
@@ -161,6 +166,27 @@ impl HostOperation for RollbackRestore {
     }
 }
 
+impl HostOperation for RestorePeer {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<PeerReport, HostError> {
+        let sys = ctx.sys;
+        Ok(peer::run(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
+impl HostOperation for ScheduledSnapshot {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<ScheduledSnapshotDone, HostError> {
+        let sys = ctx.sys;
+        Ok(schedule::scheduled(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
+impl HostOperation for InstallSchedule {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<ScheduleReport, HostError> {
+        let sys = ctx.sys;
+        Ok(schedule::install(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
 /// The request's directory (absolute, no `..`), or the default one.
 fn snapshot_dir(dir: Option<&str>) -> Result<PathBuf, SnapshotError> {
     let Some(dir) = dir else { return Ok(PathBuf::from(SNAPSHOT_DIR)) };
@@ -266,6 +292,8 @@ impl Drop for WorkDir<'_> {
 
 #[cfg(test)]
 mod real_tests;
+#[cfg(test)]
+mod steps_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
