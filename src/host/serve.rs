@@ -16,8 +16,8 @@ use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfi
 use crate::protocol::manifests::SyncManifests;
 use crate::protocol::preflight::PreflightRequest;
 use crate::protocol::snapshot::{
-    CreateSnapshot, InstallSchedule, ListSnapshots, PruneSnapshots, RestorePeer, RestoreSnapshot, RollbackRestore,
-    ScheduledSnapshot, VerifySnapshot,
+    CreateSnapshot, InstallSchedule, ListSnapshots, PruneSnapshots, ReceiveSnapshot, RestorePeer, RestoreSnapshot,
+    RollbackRestore, ScheduledSnapshot, VerifySnapshot,
 };
 use crate::protocol::{decode_request, AnswerLine, Hello, HoldLock, Operation, Scrubber};
 
@@ -52,6 +52,7 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         RestoreSnapshot::NAME => run::<RestoreSnapshot>(sys, input, output),
         RollbackRestore::NAME => run::<RollbackRestore>(sys, input, output),
         RestorePeer::NAME => run::<RestorePeer>(sys, input, output),
+        ReceiveSnapshot::NAME => run::<ReceiveSnapshot>(sys, input, output),
         ScheduledSnapshot::NAME => run::<ScheduledSnapshot>(sys, input, output),
         InstallSchedule::NAME => run::<InstallSchedule>(sys, input, output),
         other => {

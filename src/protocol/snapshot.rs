@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::files::Compression;
 use super::k3s::FileChange;
 use super::{Operation, Scrubber, Secret};
 
@@ -256,6 +257,37 @@ impl Operation for RestoreSnapshot {
     }
     fn secrets(&self) -> Vec<String> {
         self.config_yaml.as_ref().map(|c| Scrubber::config_values(c.expose())).unwrap_or_default()
+    }
+}
+
+/// `snapshot-receive`: an archive pushed to this host before a restore (from the operator, or
+/// from the server that took it), streamed after the request like `receive-file`: written into
+/// the snapshot directory (created 0700) as `<name>.tar.zst`, 0600, and put in place only when
+/// its size and sha256 are the ones announced; its sidecar is written beside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveSnapshot {
+    /// The archive's name, without `.tar.zst`.
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub compression: Compression,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotReceived {
+    pub path: String,
+}
+
+impl Operation for ReceiveSnapshot {
+    const NAME: &'static str = "snapshot-receive";
+    const UPLOAD: bool = true;
+    const DOWNLOAD: bool = false;
+    type Answer = SnapshotReceived;
+    fn mutates(&self) -> bool {
+        true
     }
 }
 

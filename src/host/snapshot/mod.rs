@@ -36,9 +36,10 @@ use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::k3s::SNAPSHOT_DIR;
 use crate::host::serve::{Context, HostOperation};
 use crate::protocol::snapshot::{
-    CreateSnapshot, InstallSchedule, ListSnapshots, PeerReport, PruneSnapshots, RestorePeer, RestoreReport,
-    RestoreSnapshot, RollbackReport, RollbackRestore, ScheduleReport, ScheduledSnapshot, ScheduledSnapshotDone,
-    SnapshotCreated, SnapshotList, SnapshotVerified, SnapshotsPruned, VerifySnapshot,
+    CreateSnapshot, InstallSchedule, ListSnapshots, PeerReport, PruneSnapshots, ReceiveSnapshot, RestorePeer,
+    RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore, ScheduleReport, ScheduledSnapshot,
+    ScheduledSnapshotDone, SnapshotCreated, SnapshotList, SnapshotReceived, SnapshotVerified, SnapshotsPruned,
+    VerifySnapshot,
 };
 use crate::protocol::ErrorKind;
 
@@ -163,6 +164,37 @@ impl HostOperation for RollbackRestore {
     fn run(self, ctx: &mut Context<'_, '_>) -> Result<RollbackReport, HostError> {
         let sys = ctx.sys;
         Ok(restore::rollback(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
+impl HostOperation for ReceiveSnapshot {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<SnapshotReceived, HostError> {
+        let dir = snapshot_dir(self.dir.as_deref())?;
+        check_name_part(&self.name, "the archive's name")?;
+        let sys = ctx.sys;
+        sys.create_dir_all(&dir, DIR_MODE).map_err(|source| SnapshotError::Io {
+            what: "cannot create",
+            path: dir.clone(),
+            source,
+        })?;
+        let file_name = format!("{}{}", self.name, archive::EXTENSION);
+        let path = dir.join(&file_name);
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SnapshotError::BadRequest(format!("{:?} is not a sha256", self.sha256)).into());
+        }
+        // The sidecar first: an archive never exists without one (a lone sidecar is swept).
+        let sidecar = archive::sidecar_path(&path);
+        sys.write_atomic(&sidecar, archive::sidecar_text(&self.sha256, &file_name).as_bytes(), ARCHIVE_MODE)
+            .map_err(|source| SnapshotError::Io { what: "cannot write", path: sidecar.clone(), source })?;
+        let receive = crate::protocol::files::ReceiveFile {
+            path: path.display().to_string(),
+            size: self.size,
+            sha256: self.sha256,
+            mode: ARCHIVE_MODE,
+            compression: self.compression,
+        };
+        let received = receive.run(ctx)?;
+        Ok(SnapshotReceived { path: received.path })
     }
 }
 

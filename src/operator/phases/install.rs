@@ -391,7 +391,7 @@ async fn forget_stale_node(first: &Link, link: &Link, name: &str, dry_run: bool,
 }
 
 /// Uploads the binary where the host's differs; Ok(true) when it was (or would be) uploaded.
-async fn upload_binary(
+pub(crate) async fn upload_binary(
     link: &Link,
     binary: &K3sBinary,
     payload: &Payload,
@@ -409,7 +409,7 @@ async fn upload_binary(
     Ok(true)
 }
 
-async fn call_install(
+pub(crate) async fn call_install(
     link: &Link,
     request: InstallRequest,
     observer: &dyn Observer,

@@ -9,3 +9,6 @@ pub mod lock;
 pub mod preflight;
 pub mod ready;
 pub mod reset;
+pub mod restore;
+pub mod schedule;
+pub mod snapshot;

@@ -134,6 +134,7 @@ async fn a_fresh_cluster_goes_through_every_phase_in_order_and_is_installed() {
             ("servers", Done),
             ("agents", Done),
             ("ready", Done),
+            ("backup schedule", Done),
             ("kubeconfig", Done),
         ],
         "{report:#?}"
