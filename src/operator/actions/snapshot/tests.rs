@@ -47,7 +47,9 @@ async fn create_list_verify_and_prune_run_on_the_server_and_report_each_archive(
     assert_eq!(verified.snapshots[0].check.as_deref(), Some("PRAGMA integrity_check: ok"));
     let missing = run_on(&sys, &Work::Verify(vec![("server1".into(), "nope".into())])).await;
     assert!(!missing.succeeded());
-    assert_eq!(missing.report.host("server1").unwrap().error.as_ref().unwrap().kind, "not-installed");
+    let error = missing.report.host("server1").unwrap().error.clone().unwrap();
+    assert_eq!(error.kind, "checksum-mismatch", "no sha256 file beside it: {}", error.message);
+    assert!(error.message.contains("nope.tar.zst.sha256 is missing"), "{}", error.message);
 
     let planned = Work::Prune { keep_last: Some(1), keep_newer_than_secs: None, prefix: None, dry_run: true };
     let dry = run_on(&sys, &planned).await;
@@ -68,20 +70,20 @@ async fn a_pull_lands_a_verified_archive_and_its_sidecar_and_a_damaged_one_lands
     let sys = fake_server();
     let created = run_on(&sys, &Work::Create).await;
     let name = created.snapshots[0].name.clone();
-    let to = tempfile::tempdir().unwrap();
-    let pulled =
-        run_on(&sys, &Work::Pull { wanted: vec![("server1".into(), Pick::Newest)], to: to.path().into() }).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let to = scratch.path().join("pulled");
+    let pulled = run_on(&sys, &Work::Pull { wanted: vec![("server1".into(), Pick::Newest)], to: to.clone() }).await;
     assert!(pulled.succeeded(), "{:#?}", pulled.report);
-    let local = to.path().join(format!("{name}.tar.zst"));
+    let local = to.join(format!("{name}.tar.zst"));
     assert_eq!(pulled.snapshots[0].path, local.display().to_string());
     assert_eq!(pulled.snapshots[0].check.as_deref(), Some("PRAGMA integrity_check: ok"), "verified here");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&local).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(to.path()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&to).unwrap().permissions().mode() & 0o777, 0o700, "a pull dir it makes is private");
     let sidecar = std::fs::read_to_string(format!("{}.sha256", local.display())).unwrap();
     assert!(sidecar.ends_with(&format!("  {name}.tar.zst\n")), "{sidecar}");
     let mut names: Vec<String> =
-        std::fs::read_dir(to.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        std::fs::read_dir(&to).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, vec![format!("{name}.tar.zst"), format!("{name}.tar.zst.sha256")], "no temp file is left");
     let again = verify_local(&local).await.unwrap();
