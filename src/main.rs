@@ -29,6 +29,10 @@ enum Command {
     Up(commands::up::UpArgs),
     /// Uninstall k3s from hosts (agents first); data is moved aside, not deleted.
     Reset(commands::reset::ResetArgs),
+    /// Snapshots of the servers: create, list, verify, pull, prune.
+    Snapshot(commands::snapshot::SnapshotArgs),
+    /// Restore a snapshot onto the first server (the same host, or a fresh one), or roll back.
+    Restore(commands::restore::RestoreArgs),
     /// Merge the cluster's admin kubeconfig into ~/.kube/config under the cluster's name.
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
     /// Print shell completions (bash, zsh, fish...).
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Command::Preflight(args) => runtime().and_then(|rt| rt.block_on(commands::preflight::run(args, verbose))),
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(commands::up::run(args, verbose))),
         Command::Reset(args) => runtime().and_then(|rt| rt.block_on(commands::reset::run(args, verbose))),
+        Command::Snapshot(args) => runtime().and_then(|rt| rt.block_on(commands::snapshot::run(args, verbose))),
+        Command::Restore(args) => runtime().and_then(|rt| rt.block_on(commands::restore::run(args, verbose))),
         Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),
         Command::Completions(args) => commands::completions::run(args, Cli::command()).map(|_| true),
         Command::Man => commands::completions::man(Cli::command()).map(|_| true),

@@ -138,6 +138,19 @@ fn minimal_file_gets_every_default() {
     assert_eq!(f.k3s.cluster_dns(), "10.43.0.10");
     assert_eq!(f.servers().count(), 1);
     assert_eq!(f.agents().count(), 0);
+    assert_eq!(f.backup.schedule, None, "no spec.backup: no timer");
+    assert_eq!(f.backup.retention.keep_last, Some(cluster::DEFAULT_KEEP_LAST));
+    assert_eq!(f.backup.pull_dir, corpus("valid").join("snapshots"));
+}
+
+#[test]
+fn a_backup_schedule_retention_and_pull_dir_are_read_as_systemd_and_the_file_mean_them() {
+    let dir = corpus("valid");
+    let f = parse_file(&dir.join("backup.yaml")).expect("valid");
+    assert_eq!(f.backup.schedule.as_deref(), Some("Mon..Fri *-*-* 02:30:00 UTC"));
+    assert_eq!(f.backup.randomized_delay_secs, 5400);
+    assert_eq!(f.backup.retention, cluster::Retention { keep_last: Some(7), keep_newer_than_secs: Some(14 * 86400) });
+    assert_eq!(f.backup.pull_dir, dir.join("backups"), "relative to the cluster file's directory");
 }
 
 #[test]

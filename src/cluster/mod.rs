@@ -7,6 +7,8 @@
 //! malformed or large, ends in a [`LoadError`] with a position, never a panic or a hang (see
 //! source.rs and prescan.rs for the limits, and tests/fuzz for the proof).
 
+mod backup;
+mod calendar;
 mod diagnostic;
 mod extra;
 pub mod k3s_config;
@@ -29,6 +31,8 @@ use serde::{Serialize, Serializer};
 
 pub use crate::protocol::preflight::Role;
 use crate::protocol::Secret;
+pub use backup::{Backup, Retention, DEFAULT_KEEP_LAST};
+pub use calendar::{calendar as check_calendar, timespan_us};
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity, MAX_KEPT_DIAGNOSTICS, MAX_SHOWN_DIAGNOSTICS};
 pub use extra::{CLUSTER_WIDE_KEYS, FLAG_ENV, K3S_DOCS_NO_PROXY, MANAGED_ENV};
 pub use prescan::MAX_NESTING;
@@ -63,6 +67,8 @@ pub struct ClusterFile {
     pub manifest_sources: Vec<manifests::ManifestSource>,
     /// The add-on manifests, once [`read_manifests`] has read and checked them.
     pub manifests: Vec<manifests::Manifest>,
+    /// `spec.backup` (its defaults when absent).
+    pub backup: Backup,
 }
 
 impl ClusterFile {

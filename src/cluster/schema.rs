@@ -144,6 +144,7 @@ pub(crate) fn read(
         warnings: Default::default(),
         manifest_sources: Vec::new(),
         manifests: Vec::new(),
+        backup: super::Backup::defaults(base_dir),
     };
     if root.is_empty() {
         sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
@@ -185,14 +186,14 @@ pub(crate) fn read(
         return (file, spans);
     };
     let reserved = |k: &str| {
-        ["images", "backup", "agent"].contains(&k).then(|| {
+        ["images", "agent"].contains(&k).then(|| {
             (
                 format!("`spec.{k}` is not supported yet by this version of k3node"),
                 Some("remove it for now; a later version will read it".to_string()),
             )
         })
     };
-    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s", "manifests"], &reserved);
+    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s", "manifests", "backup"], &reserved);
     if let Some(e) = spec.get("manifests") {
         file.manifest_sources = cx.manifest_sources(sink, e);
     }
@@ -214,6 +215,9 @@ pub(crate) fn read(
                 spans.hosts.push(host_spans);
             }
         }
+    }
+    if let Some(backup) = spec.get("backup") {
+        super::backup::read(sink, backup, &mut file.backup, &|sink, e| cx.path(sink, e));
     }
     (file, spans)
 }

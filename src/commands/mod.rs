@@ -8,6 +8,8 @@ pub mod kubeconfig;
 pub mod preflight;
 pub mod render;
 pub mod reset;
+pub mod restore;
+pub mod snapshot;
 pub mod up;
 pub mod validate;
 

@@ -107,7 +107,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn table() -> Table {
+pub fn table() -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
     if table.width().is_none() {
@@ -125,7 +125,7 @@ fn status_cell(status: Status) -> Cell {
     }
 }
 
-fn state_cell(state: HostState) -> Cell {
+pub fn state_cell(state: HostState) -> Cell {
     let cell = Cell::new(state.as_str());
     match state {
         HostState::Failed | HostState::Skipped => cell.fg(Color::Red),

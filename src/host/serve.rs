@@ -16,7 +16,8 @@ use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfi
 use crate::protocol::manifests::SyncManifests;
 use crate::protocol::preflight::PreflightRequest;
 use crate::protocol::snapshot::{
-    CreateSnapshot, ListSnapshots, PruneSnapshots, RestoreSnapshot, RollbackRestore, VerifySnapshot,
+    CreateSnapshot, InstallSchedule, ListSnapshots, PruneSnapshots, ReceiveSnapshot, RestorePeer, RestoreSnapshot,
+    RollbackRestore, ScheduledSnapshot, VerifySnapshot,
 };
 use crate::protocol::{decode_request, AnswerLine, Hello, HoldLock, Operation, Scrubber};
 
@@ -50,6 +51,10 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         PruneSnapshots::NAME => run::<PruneSnapshots>(sys, input, output),
         RestoreSnapshot::NAME => run::<RestoreSnapshot>(sys, input, output),
         RollbackRestore::NAME => run::<RollbackRestore>(sys, input, output),
+        RestorePeer::NAME => run::<RestorePeer>(sys, input, output),
+        ReceiveSnapshot::NAME => run::<ReceiveSnapshot>(sys, input, output),
+        ScheduledSnapshot::NAME => run::<ScheduledSnapshot>(sys, input, output),
+        InstallSchedule::NAME => run::<InstallSchedule>(sys, input, output),
         other => {
             let mut answers = Answers { output, scrubber: Scrubber::default() };
             answers.line(&AnswerLine::Error(

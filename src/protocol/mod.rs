@@ -33,14 +33,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or answer changes shape; a mismatch makes the operator replace the helper.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Where a real run installs the helper on every host (and where the node daemon will run from).
 pub const HELPER_PATH: &str = "/usr/local/bin/k3node";
 
 /// What the helper of this build can do beyond the operations every version has; the operator
 /// checks `hello`'s list before it relies on one.
-pub const CAPABILITIES: &[&str] = &["framed-upload", "framed-download", "host-lock", "file-digest", "snapshots"];
+pub const CAPABILITIES: &[&str] =
+    &["framed-upload", "framed-download", "host-lock", "file-digest", "snapshots", "snapshot-schedule"];
 
 /// One operation of the host helper: its arguments are `Self`, its answer `Self::Answer`.
 pub trait Operation: Serialize + DeserializeOwned + Send + Sync {

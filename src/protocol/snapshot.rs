@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Operation;
+use super::files::Compression;
+use super::k3s::FileChange;
+use super::{Operation, Scrubber, Secret};
 
 /// What holds the cluster's state on the server the snapshot was taken on.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -215,6 +217,12 @@ pub struct RestoreSnapshot {
     pub ready_timeout_secs: u64,
     /// Verify the archive and report what would be done; change nothing.
     pub dry_run: bool,
+    /// config.yaml for this host, written in place of the archive's after extraction: a restore
+    /// onto another host than the snapshot's (disaster recovery) runs k3s with this host's own
+    /// identity (node name, node-ip), not the lost host's. Checked like the archive's before
+    /// anything stops. Absent: the archive's config.yaml is restored as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_yaml: Option<Secret>,
 }
 
 /// A path moved out of the way, and where it went.
@@ -244,6 +252,155 @@ impl Operation for RestoreSnapshot {
     const UPLOAD: bool = false;
     const DOWNLOAD: bool = false;
     type Answer = RestoreReport;
+    fn mutates(&self) -> bool {
+        !self.dry_run
+    }
+    fn secrets(&self) -> Vec<String> {
+        self.config_yaml.as_ref().map(|c| Scrubber::config_values(c.expose())).unwrap_or_default()
+    }
+}
+
+/// `snapshot-receive`: an archive pushed to this host before a restore (from the operator, or
+/// from the server that took it), streamed after the request like `receive-file`: written into
+/// the snapshot directory (created 0700) as `<name>.tar.zst`, 0600, and put in place only when
+/// its size and sha256 are the ones announced; its sidecar is written beside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveSnapshot {
+    /// The archive's name, without `.tar.zst`.
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub compression: Compression,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotReceived {
+    pub path: String,
+}
+
+impl Operation for ReceiveSnapshot {
+    const NAME: &'static str = "snapshot-receive";
+    const UPLOAD: bool = true;
+    const DOWNLOAD: bool = false;
+    type Answer = SnapshotReceived;
+    fn mutates(&self) -> bool {
+        true
+    }
+}
+
+/// `snapshot-peer`: a step of a restore on a host of the cluster other than the one restored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestorePeer {
+    pub step: PeerStep,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerStep {
+    /// Before the datastore is replaced: stop this host's k3s or k3s-agent, so that nothing
+    /// talks to (or, for an HA server, votes on) the datastore while it changes.
+    Stop,
+    /// After an etcd restore on the first server (k3s-contract.md section 6): stop this server's
+    /// k3s and move its `server/db` aside (`<path>.k3node-restore-<UTC time>`, never deleted), so
+    /// that its next start joins the restored cluster as a new member.
+    Rejoin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerReport {
+    /// The service the step concerned (`k3s`, `k3s-agent`), None when neither is installed.
+    pub service: Option<String>,
+    /// Every step taken (in a dry run: that would be taken), in order.
+    pub actions: Vec<String>,
+    pub moved_aside: Vec<MovedAside>,
+}
+
+impl Operation for RestorePeer {
+    const NAME: &'static str = "snapshot-peer";
+    const UPLOAD: bool = false;
+    const DOWNLOAD: bool = false;
+    type Answer = PeerReport;
+    fn mutates(&self) -> bool {
+        !self.dry_run
+    }
+}
+
+/// `snapshot-scheduled`: what the snapshot timer runs on a server, without an operator: a
+/// snapshot, then the retention among the archives of the same name prefix. Its request is a
+/// file on the host (see [`InstallSchedule`]), read on the helper's stdin.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledSnapshot {
+    pub cluster: String,
+    pub node: String,
+    /// The archives the timer makes and prunes: `<name_prefix>-<node>-<UTC time>.tar.zst`.
+    pub name_prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Archives younger than this many seconds are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_newer_than_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduledSnapshotDone {
+    pub created: SnapshotCreated,
+    pub pruned: SnapshotsPruned,
+}
+
+impl Operation for ScheduledSnapshot {
+    const NAME: &'static str = "snapshot-scheduled";
+    const UPLOAD: bool = false;
+    const DOWNLOAD: bool = false;
+    type Answer = ScheduledSnapshotDone;
+    fn mutates(&self) -> bool {
+        true
+    }
+}
+
+/// `snapshot-schedule`: the snapshot timer of this server made to match the cluster file:
+/// `k3node-snapshot.service` and `.timer` (k3node's own unit files), a drop-in with the
+/// calendar and the randomized delay, and the request the service runs; enabled and started.
+/// Without a schedule, a timer installed earlier is stopped, disabled and removed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InstallSchedule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// systemd calendar event (`OnCalendar=`).
+    pub on_calendar: String,
+    pub randomized_delay_secs: u64,
+    pub snapshot: ScheduledSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduleReport {
+    pub changes: Vec<FileChange>,
+    /// What was done (or would be) to the timer: enabled and started, restarted, stopped...
+    pub actions: Vec<String>,
+    /// When the timer fires next, as systemd says it (empty when there is no timer).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next: String,
+}
+
+impl Operation for InstallSchedule {
+    const NAME: &'static str = "snapshot-schedule";
+    const UPLOAD: bool = false;
+    const DOWNLOAD: bool = false;
+    type Answer = ScheduleReport;
     fn mutates(&self) -> bool {
         !self.dry_run
     }
@@ -295,6 +452,10 @@ mod tests {
         let no_dry_run = r#"{"op":"snapshot-prune","args":{"keep_last":3}}"#;
         assert!(decode_request::<PruneSnapshots>(no_dry_run).unwrap_err().contains("missing field `dry_run`"));
         let restore = r#"{"op":"snapshot-restore","args":{"path":"/a.tar.zst","node_name":"s1","ready_timeout_secs":60,"dry_run":false}}"#;
+        let peer = r#"{"op":"snapshot-peer","args":{"step":"rejoin"}}"#;
+        assert!(decode_request::<RestorePeer>(peer).unwrap_err().contains("missing field `dry_run`"));
+        let schedule = r#"{"op":"snapshot-schedule","args":{"schedule":null,"dry_run":false}}"#;
+        assert!(decode_request::<InstallSchedule>(schedule).unwrap_err().contains("ambiguous"));
         let err = decode_request::<RestoreSnapshot>(restore).unwrap_err();
         assert!(err.contains("missing field `allow_version_mismatch`"), "{err}");
         let typo = r#"{"op":"snapshot-rollback","args":{"node_name":"s1","ready_timeout_secs":60,"dry_run":false,"dryrun":true}}"#;

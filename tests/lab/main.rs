@@ -8,6 +8,7 @@ mod portable;
 mod preflight;
 mod provision;
 mod scripts;
+mod snapshot;
 mod support;
 mod transport;
 mod up;
@@ -39,6 +40,7 @@ fn main() {
     trials.extend(up::trials(&lab));
     trials.extend(provision::trials(&lab));
     trials.extend(portable::trials(&lab));
+    trials.extend(snapshot::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {

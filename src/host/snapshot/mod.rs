@@ -10,7 +10,9 @@
 //! - [`retention`]: the archives of a directory, and pruning them by count and age.
 //! - [`verify`]: reads all of an archive: its sha256, every entry against the manifest, the
 //!   datastore's own check.
-//! - [`restore`]: this host's step of a restore, and its rollback.
+//! - [`restore`]: this host's step of a restore, and its rollback; [`peer`]: the other hosts'
+//!   steps (stop before, a server's db aside after an etcd restore).
+//! - [`schedule`]: the snapshot timer (`up` installs it) and what it runs.
 //!
 //! Invariants: snapshots never stop or restart k3s; a restore verifies the whole archive before
 //! anything stops, moves what it replaces aside (never deletes it), and can be run again or
@@ -21,8 +23,10 @@ pub mod archive;
 mod create;
 mod etcd;
 mod k3s;
+mod peer;
 mod restore;
 mod retention;
+pub mod schedule;
 mod verify;
 
 use std::io;
@@ -32,8 +36,10 @@ use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::k3s::SNAPSHOT_DIR;
 use crate::host::serve::{Context, HostOperation};
 use crate::protocol::snapshot::{
-    CreateSnapshot, ListSnapshots, PruneSnapshots, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore,
-    SnapshotCreated, SnapshotList, SnapshotVerified, SnapshotsPruned, VerifySnapshot,
+    CreateSnapshot, InstallSchedule, ListSnapshots, PeerReport, PruneSnapshots, ReceiveSnapshot, RestorePeer,
+    RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore, ScheduleReport, ScheduledSnapshot,
+    ScheduledSnapshotDone, SnapshotCreated, SnapshotList, SnapshotReceived, SnapshotVerified, SnapshotsPruned,
+    VerifySnapshot,
 };
 use crate::protocol::ErrorKind;
 
@@ -117,9 +123,6 @@ impl Failure for SnapshotError {
     }
 }
 
-/// [`ErrorKind::of_io`], and a full disk also when a layer between (tar, zstd) rewrapped the
-/// error: its kind still says so where the errno is gone.
-
 impl HostOperation for CreateSnapshot {
     fn run(self, ctx: &mut Context<'_, '_>) -> Result<SnapshotCreated, HostError> {
         let sys = ctx.sys;
@@ -158,6 +161,58 @@ impl HostOperation for RollbackRestore {
     fn run(self, ctx: &mut Context<'_, '_>) -> Result<RollbackReport, HostError> {
         let sys = ctx.sys;
         Ok(restore::rollback(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
+impl HostOperation for ReceiveSnapshot {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<SnapshotReceived, HostError> {
+        let dir = snapshot_dir(self.dir.as_deref())?;
+        check_name_part(&self.name, "the archive's name")?;
+        let sys = ctx.sys;
+        sys.create_dir_all(&dir, DIR_MODE).map_err(|source| SnapshotError::Io {
+            what: "cannot create",
+            path: dir.clone(),
+            source,
+        })?;
+        let file_name = format!("{}{}", self.name, archive::EXTENSION);
+        let path = dir.join(&file_name);
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SnapshotError::BadRequest(format!("{:?} is not a sha256", self.sha256)).into());
+        }
+        // The sidecar first: an archive never exists without one (a lone sidecar is swept).
+        let sidecar = archive::sidecar_path(&path);
+        sys.write_atomic(&sidecar, archive::sidecar_text(&self.sha256, &file_name).as_bytes(), ARCHIVE_MODE)
+            .map_err(|source| SnapshotError::Io { what: "cannot write", path: sidecar.clone(), source })?;
+        let receive = crate::protocol::files::ReceiveFile {
+            path: path.display().to_string(),
+            size: self.size,
+            sha256: self.sha256,
+            mode: ARCHIVE_MODE,
+            compression: self.compression,
+        };
+        let received = receive.run(ctx)?;
+        Ok(SnapshotReceived { path: received.path })
+    }
+}
+
+impl HostOperation for RestorePeer {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<PeerReport, HostError> {
+        let sys = ctx.sys;
+        Ok(peer::run(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
+impl HostOperation for ScheduledSnapshot {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<ScheduledSnapshotDone, HostError> {
+        let sys = ctx.sys;
+        Ok(schedule::scheduled(sys, &self, &mut |m| ctx.progress(m))?)
+    }
+}
+
+impl HostOperation for InstallSchedule {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<ScheduleReport, HostError> {
+        let sys = ctx.sys;
+        Ok(schedule::install(sys, &self, &mut |m| ctx.progress(m))?)
     }
 }
 
@@ -266,6 +321,8 @@ impl Drop for WorkDir<'_> {
 
 #[cfg(test)]
 mod real_tests;
+#[cfg(test)]
+mod steps_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -10,7 +10,9 @@
 //! 3. stop k3s; move `<data dir>/server`, /etc/rancher/k3s, /etc/rancher/node and the service's
 //!    env file aside to `<path>.k3node-restore-<UTC time>` (never deleted);
 //! 4. extract the archive (each file checked against the manifest before it is put in place;
-//!    mode and owner as listed); remove `state.db-wal`/`-shm` beside a restored `state.db`;
+//!    mode and owner as listed); write this host's own config.yaml over the archive's when the
+//!    request carries one (a restore onto another host); remove `state.db-wal`/`-shm` beside a
+//!    restored `state.db`;
 //! 5. etcd: `k3s server --cluster-reset --cluster-reset-restore-path=<snapshot>
 //!    --token-file=<data dir>/server/token`, which must end with k3s's "restart without
 //!    --cluster-reset flag now";
@@ -31,14 +33,17 @@ use serde::{Deserialize, Serialize};
 use super::archive::{ArchiveError, Entry, Manifest, Unpack, Walked};
 use super::{archive_name, archive_path, etcd, k3s, stamp, verify, SnapshotError};
 use crate::host::k3s::{
-    env_path, unit_path, CONFIG_DIR, NODE_DIR, RESTORE_RECORD, SERVER_DIR, SQLITE_DB, SQLITE_SIDECARS,
+    env_path, unit_path, CONFIG_DIR, CONFIG_FILE, NODE_DIR, RESTORE_RECORD, SERVER_DIR, SQLITE_DB, SQLITE_SIDECARS,
 };
 use crate::host::system::{AtomicFile, FileKind, HostSystem};
 use crate::protocol::snapshot::{
     Datastore, MovedAside, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore,
 };
+use crate::protocol::Secret;
 
 const RECORD_MODE: u32 = 0o600;
+/// config.yaml may hold secrets (install writes it 0600 too).
+const CONFIG_MODE: u32 = 0o600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -164,6 +169,8 @@ struct Checked {
     walked: Walked,
     settings: k3s::Settings,
     data_dir: PathBuf,
+    /// This host's own config.yaml, written in place of the archive's.
+    config: Option<Secret>,
 }
 
 /// Step 1: everything that can refuse the restore, before anything changes.
@@ -181,7 +188,13 @@ fn check(
     let manifest = &walked.manifest;
     let data_dir = PathBuf::from(&manifest.data_dir);
     let refused = |reason: String| SnapshotError::Archive(ArchiveError::Refused { archive: path.clone(), reason });
-    let settings = checker.settings().map_err(|e| refused(format!("its k3s configuration: {e}")))?;
+    let settings = match &req.config_yaml {
+        // This host's own config.yaml with the archive's drop-ins, as k3s will read them.
+        Some(config) => k3s::settings_of(config.expose(), &checker.dropins).map_err(|e| {
+            SnapshotError::BadRequest(format!("the config.yaml given for this host cannot be read: {e}"))
+        })?,
+        None => checker.settings().map_err(|e| refused(format!("its k3s configuration: {e}")))?,
+    };
     if settings.data_dir != data_dir {
         return Err(refused(format!(
             "its configuration sets data-dir {}, but its files were taken from {}",
@@ -220,7 +233,7 @@ fn check(
             manifest.k3s_version
         ));
     }
-    Ok(Checked { name: archive_name(&path), path, walked, settings, data_dir })
+    Ok(Checked { name: archive_name(&path), path, walked, settings, data_dir, config: req.config_yaml.clone() })
 }
 
 /// Step 2: a new plan, or the one of an interrupted run of this very archive.
@@ -268,6 +281,9 @@ fn actions(checked: &Checked, record: &Record, node: &str) -> Vec<String> {
     let mut actions = vec![format!("stop {}", k3s::SERVICE)];
     actions.extend(record.moved.iter().map(|m| format!("move {} aside to {}", m.from, m.to)));
     actions.push(format!("restore {} entries from {}", manifest.entries.len(), checked.path.display()));
+    if checked.config.is_some() {
+        actions.push(format!("write this host's own {CONFIG_FILE} in place of the archive's"));
+    }
     actions.push(match manifest.datastore {
         Datastore::Sqlite => format!("remove {}-wal and -shm if present", checked.data_dir.join(SQLITE_DB).display()),
         Datastore::Etcd => format!("k3s {}", etcd::reset_args(&database_of(checked), &checked.data_dir).join(" ")),
@@ -307,6 +323,15 @@ fn carry_out(
     progress(&format!("restoring {} entries from {}", manifest.entries.len(), checked.path.display()));
     let mut extract = Extract { sys, restored: 0 };
     super::archive::walk(sys, &checked.path, &mut extract).map_err(|e| ("extract the archive", e.into()))?;
+    if let Some(config) = &checked.config {
+        progress(&format!("writing this host's own {CONFIG_FILE}"));
+        let path = Path::new(CONFIG_FILE);
+        sys.create_dir_all(Path::new(CONFIG_DIR), 0o755)
+            .and_then(|()| sys.write_atomic(path, config.expose().as_bytes(), CONFIG_MODE))
+            .map_err(|source| {
+                ("write this host's config.yaml", SnapshotError::Io { what: "cannot write", path: path.into(), source })
+            })?;
+    }
     if manifest.datastore == Datastore::Sqlite {
         for sidecar in SQLITE_SIDECARS.map(|s| checked.data_dir.join(s)) {
             if present(sys, &sidecar) {

@@ -129,6 +129,7 @@ fn restore_request() -> RestoreSnapshot {
         allow_version_mismatch: false,
         ready_timeout_secs: 60,
         dry_run: false,
+        config_yaml: None,
     }
 }
 
@@ -871,7 +872,7 @@ mod serve {
         let (status, lines) = serve_line(&FakeSystem::new(), "hello", r#"{"op":"hello","args":{}}"#);
         let hello: crate::protocol::HelloAnswer = result(status, &lines);
         assert!(hello.capabilities.iter().any(|c| c == "snapshots"), "{hello:?}");
-        assert_eq!(hello.protocol, 5);
+        assert_eq!(hello.protocol, crate::protocol::PROTOCOL_VERSION);
     }
 }
 

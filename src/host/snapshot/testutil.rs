@@ -218,3 +218,8 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// Takes a snapshot on `sys` (for tests outside this module); returns the archive's path.
+pub fn create(sys: &dyn HostSystem, req: &CreateSnapshot) -> String {
+    super::create::create(sys, req, &mut |_| {}).unwrap_or_else(|e| panic!("create failed: {e}")).path
+}

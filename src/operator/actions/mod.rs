@@ -7,6 +7,8 @@
 
 pub mod preflight;
 pub mod reset;
+pub mod restore;
+pub mod snapshot;
 pub mod up;
 
 use std::sync::Arc;

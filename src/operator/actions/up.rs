@@ -1,5 +1,6 @@
 //! `k3node up`: the cluster file made real. connect, lock, preflight, artifacts, install (upload,
-//! first server, token, servers, agents), ready, manifests, kubeconfig.
+//! first server, token, servers, agents), ready, manifests, backup schedule (the servers' snapshot
+//! timer), kubeconfig.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use crate::artifacts::{ArtifactOptions, DownloadProgress};
 use crate::cluster::ClusterFile;
 use crate::operator::engine::{Phase, RunOptions, RunReport};
 use crate::operator::fleet::Fleet;
-use crate::operator::phases::{artifacts, connect, install, kubeconfig, lock, manifests, preflight, ready};
+use crate::operator::phases::{artifacts, connect, install, kubeconfig, lock, manifests, preflight, ready, schedule};
 use crate::operator::progress::Observer;
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,7 @@ pub fn phases(options: &UpOptions, download: Box<dyn DownloadProgress>) -> Vec<B
         Box::new(install::Install { ready_timeout: options.ready_timeout }),
         Box::new(ready::Ready { timeout: options.ready_timeout }),
         Box::new(manifests::Manifests),
+        Box::new(schedule::BackupSchedule),
         Box::new(kubeconfig::Kubeconfig { path: options.kubeconfig.clone() }),
     ]
 }

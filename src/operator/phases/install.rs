@@ -163,7 +163,7 @@ impl Phase for Install {
                     Ok(Some(Ok(token))) => token,
                     _ => return HostOutcome { host: host.name.clone(), upload, install: None },
                 };
-                forget_stale_node(&first_link, &link, &host.name, dry_run, observer.as_ref()).await;
+                forget_stale_node(first_link, &link, &host.name, dry_run, observer.as_ref()).await;
                 let install = call_install(&link, request(&host, Some(&token)), observer.as_ref()).await;
                 HostOutcome { host: host.name.clone(), upload, install: Some(install) }
             }
@@ -391,7 +391,7 @@ async fn forget_stale_node(first: &Link, link: &Link, name: &str, dry_run: bool,
 }
 
 /// Uploads the binary where the host's differs; Ok(true) when it was (or would be) uploaded.
-async fn upload_binary(
+pub(crate) async fn upload_binary(
     link: &Link,
     binary: &K3sBinary,
     payload: &Payload,
@@ -409,7 +409,7 @@ async fn upload_binary(
     Ok(true)
 }
 
-async fn call_install(
+pub(crate) async fn call_install(
     link: &Link,
     request: InstallRequest,
     observer: &dyn Observer,

@@ -10,3 +10,6 @@ pub mod manifests;
 pub mod preflight;
 pub mod ready;
 pub mod reset;
+pub mod restore;
+pub mod schedule;
+pub mod snapshot;

@@ -363,6 +363,7 @@ fn a_restore_of_any_bad_archive_leaves_the_host_untouched() {
             allow_version_mismatch: false,
             ready_timeout_secs: 60,
             dry_run: false,
+            config_yaml: None,
         };
         let err = crate::host::snapshot::restore::restore(&target, &req, &mut |_| {}).unwrap_err();
         assert_eq!(crate::host::error::Failure::kind(&err), c.kind, "{}: {err}", c.name);

@@ -135,6 +135,7 @@ async fn a_fresh_cluster_goes_through_every_phase_in_order_and_is_installed() {
             ("agents", Done),
             ("ready", Done),
             ("manifests", Done),
+            ("backup schedule", Done),
             ("kubeconfig", Done),
         ],
         "{report:#?}"
@@ -287,5 +288,5 @@ async fn a_host_locked_by_another_run_stops_this_one_before_any_change() {
     assert!(error.message.contains("`up` from bob@ci"), "{}", error.message);
     assert!(world.hosts["s1"].state().locks.is_empty(), "the locks this run took were released");
     assert!(world.hosts["s1"].bytes("/usr/local/bin/k3s").is_none());
-    assert!(Path::new(&world.kubeconfig).exists() == false);
+    assert!(!Path::new(&world.kubeconfig).exists());
 }
