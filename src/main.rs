@@ -29,6 +29,10 @@ enum Command {
     Up(commands::up::UpArgs),
     /// Uninstall k3s from hosts (agents first); data is moved aside, not deleted.
     Reset(commands::reset::ResetArgs),
+    /// The fleet's health as the hub on a server sees it (through SSH; works without the Kubernetes API).
+    Status(commands::status::StatusArgs),
+    /// Run the node daemon (and on a server the hub); started by systemd as k3node-agent.service.
+    Agent(commands::agent::AgentArgs),
     /// Merge the cluster's admin kubeconfig into ~/.kube/config under the cluster's name.
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
     /// Print shell completions (bash, zsh, fish...).
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Command::Preflight(args) => runtime().and_then(|rt| rt.block_on(commands::preflight::run(args, verbose))),
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(commands::up::run(args, verbose))),
         Command::Reset(args) => runtime().and_then(|rt| rt.block_on(commands::reset::run(args, verbose))),
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(commands::status::run(args))),
+        Command::Agent(args) => commands::agent::run(args),
         Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),
         Command::Completions(args) => commands::completions::run(args, Cli::command()).map(|_| true),
         Command::Man => commands::completions::man(Cli::command()).map(|_| true),

@@ -11,6 +11,7 @@
 use std::io::{BufRead, Write};
 
 use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
+use crate::protocol::health::{DaemonIdentity, HealthStatus, InstallDaemon};
 use crate::protocol::frame::{FrameReader, FrameWriter};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
 use crate::protocol::preflight::PreflightRequest;
@@ -39,6 +40,9 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         ReceiveFile::NAME => run::<ReceiveFile>(sys, input, output),
         SendFile::NAME => run::<SendFile>(sys, input, output),
         FileDigest::NAME => run::<FileDigest>(sys, input, output),
+        DaemonIdentity::NAME => run::<DaemonIdentity>(sys, input, output),
+        InstallDaemon::NAME => run::<InstallDaemon>(sys, input, output),
+        HealthStatus::NAME => run::<HealthStatus>(sys, input, output),
         other => {
             let mut answers = Answers { output, scrubber: Scrubber::default() };
             answers.line(&AnswerLine::Error(

@@ -20,6 +20,7 @@
 
 pub mod files;
 pub mod frame;
+pub mod health;
 pub mod k3s;
 pub mod node;
 pub mod preflight;
@@ -38,7 +39,7 @@ pub const HELPER_PATH: &str = "/usr/local/bin/k3node";
 
 /// What the helper of this build can do beyond the operations every version has; the operator
 /// checks `hello`'s list before it relies on one.
-pub const CAPABILITIES: &[&str] = &["framed-upload", "framed-download", "host-lock", "file-digest"];
+pub const CAPABILITIES: &[&str] = &["framed-upload", "framed-download", "host-lock", "file-digest", "node-daemon"];
 
 /// One operation of the host helper: its arguments are `Self`, its answer `Self::Answer`.
 pub trait Operation: Serialize + DeserializeOwned + Send + Sync {

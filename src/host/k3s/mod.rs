@@ -24,11 +24,12 @@ pub mod layout;
 mod mask;
 mod query;
 mod reset;
-mod systemd;
+pub(crate) mod systemd;
 #[cfg(test)]
 pub(crate) mod testutil;
 
 pub use install::InstallError;
+pub(crate) use install::runs_a_replaced_binary;
 pub use layout::*;
 pub use query::QueryError;
 pub use reset::ResetError;

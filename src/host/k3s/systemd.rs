@@ -11,7 +11,7 @@ pub(super) const STATUS_PROPERTIES: &str = "--property=ActiveState,UnitFileState
 
 /// A unit as systemd sees it now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct UnitStatus {
+pub(crate) struct UnitStatus {
     /// `active`, and only that: `activating` (a Type=notify unit not ready yet) is not running.
     pub active: bool,
     pub enabled: bool,
@@ -24,7 +24,7 @@ pub(super) struct UnitStatus {
     pub main_pid: u32,
 }
 
-pub(super) struct Systemd<'a> {
+pub(crate) struct Systemd<'a> {
     sys: &'a dyn HostSystem,
     systemctl: Option<PathBuf>,
 }
@@ -87,14 +87,14 @@ impl<'a> Systemd<'a> {
 }
 
 #[derive(Debug)]
-pub(super) enum RunError {
+pub(crate) enum RunError {
     TimedOut,
     Other(String),
 }
 
 /// The last `lines` lines of the service's journal (`journalctl -u <service> -n N --no-pager -o cat`);
 /// empty when journalctl is missing or fails.
-pub(super) fn journal_tail(sys: &dyn HostSystem, service: &str, lines: usize) -> Vec<String> {
+pub(crate) fn journal_tail(sys: &dyn HostSystem, service: &str, lines: usize) -> Vec<String> {
     let Some(journalctl) = sys.find_command("journalctl") else { return Vec::new() };
     let n = lines.to_string();
     match sys.run(&journalctl, &["-u", service, "-n", &n, "--no-pager", "-o", "cat"]) {
