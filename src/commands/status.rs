@@ -113,8 +113,12 @@ pub fn table(view: &FleetView) -> String {
             });
         }
         let age = n.last_report_age_secs.map(|s| format!("{s:.0} s ago")).unwrap_or_else(|| "never".into());
-        let problems =
-            n.problems.iter().map(|p| format!("{} {}: {}", p.state.as_str(), p.name, p.reason)).collect::<Vec<_>>().join("\n");
+        let problems = n
+            .problems
+            .iter()
+            .map(|p| format!("{} {}: {}", p.state.as_str(), p.name, p.reason))
+            .collect::<Vec<_>>()
+            .join("\n");
         t.add_row(vec![
             Cell::new(&n.node),
             Cell::new(n.role.map(|r| r.as_str()).unwrap_or("-")),

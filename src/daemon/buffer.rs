@@ -58,7 +58,12 @@ pub struct Buffer<'a> {
 impl<'a> Buffer<'a> {
     /// Opens (or creates) the buffer in `dir` for `hubs`; cursors of hubs no longer listed are
     /// forgotten, new hubs start from the oldest report kept.
-    pub fn open(sys: &'a dyn HostSystem, dir: &Path, hubs: &[String], max_reports: usize) -> Result<Buffer<'a>, BufferError> {
+    pub fn open(
+        sys: &'a dyn HostSystem,
+        dir: &Path,
+        hubs: &[String],
+        max_reports: usize,
+    ) -> Result<Buffer<'a>, BufferError> {
         fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> BufferError + 'p {
             move |source| BufferError::Io { what, path: path.to_path_buf(), source }
         }
@@ -86,7 +91,9 @@ impl<'a> Buffer<'a> {
             let path = cursor_path(dir, hub);
             let cursor = match sys.read_to_string(&path) {
                 Ok(text) => serde_json::from_str(&text).unwrap_or_default(),
-                Err(_) => Cursor { delivered_through: seqs.first().map(|s| s - 1).unwrap_or(state.next_seq - 1), dropped: 0 },
+                Err(_) => {
+                    Cursor { delivered_through: seqs.first().map(|s| s - 1).unwrap_or(state.next_seq - 1), dropped: 0 }
+                }
             };
             cursors.insert(hub.clone(), cursor);
         }
@@ -213,7 +220,8 @@ impl<'a> Buffer<'a> {
 }
 
 fn cursor_file_name(hub: &str) -> String {
-    let safe: String = hub.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    let safe: String =
+        hub.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
     format!("cursor-{safe}.json")
 }
 

@@ -14,14 +14,16 @@ use std::time::Duration;
 
 use super::pki;
 use super::settings::{
-    Settings, CA_CERT, CA_KEY, CONFIG_DIR, NODE_CERT, NODE_KEY, SETTINGS_PATH, STATE_DIR, TLS_DIR, UNIT_NAME, UNIT_PATH,
-    UNIT_TEXT,
+    Settings, CA_CERT, CA_KEY, CONFIG_DIR, NODE_CERT, NODE_KEY, SETTINGS_PATH, STATE_DIR, TLS_DIR, UNIT_NAME,
+    UNIT_PATH, UNIT_TEXT,
 };
 use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::k3s::systemd::{journal_tail, RunError, Systemd};
-use crate::host::{Context, HostOperation};
 use crate::host::system::HostSystem;
-use crate::protocol::health::{DaemonIdentity, DaemonReport, FleetView, HealthStatus, IdentityAnswer, InstallDaemon, FLEET_PATH};
+use crate::host::{Context, HostOperation};
+use crate::protocol::health::{
+    DaemonIdentity, DaemonReport, FleetView, HealthStatus, IdentityAnswer, InstallDaemon, FLEET_PATH,
+};
 use crate::protocol::k3s::{FileAction, FileChange, ServiceAction};
 use crate::protocol::node::Role;
 use crate::protocol::{ErrorKind, Secret};
@@ -92,7 +94,8 @@ pub fn identity(sys: &dyn HostSystem, dry_run: bool) -> Result<IdentityAnswer, D
         None if dry_run => None,
         None => {
             let key = pki::generate_node_key()?;
-            sys.create_dir_all(Path::new(TLS_DIR), TLS_DIR_MODE).map_err(io_error("cannot create", Path::new(TLS_DIR)))?;
+            sys.create_dir_all(Path::new(TLS_DIR), TLS_DIR_MODE)
+                .map_err(io_error("cannot create", Path::new(TLS_DIR)))?;
             sys.write_atomic(Path::new(NODE_KEY), key.expose().as_bytes(), SECRET_MODE)
                 .map_err(io_error("cannot write", Path::new(NODE_KEY)))?;
             Some(key)
@@ -122,7 +125,13 @@ struct Planned {
     diff: Option<String>,
 }
 
-fn plan(sys: &dyn HostSystem, path: &'static str, contents: String, mode: u32, secret: bool) -> Result<Planned, DaemonOpError> {
+fn plan(
+    sys: &dyn HostSystem,
+    path: &'static str,
+    contents: String,
+    mode: u32,
+    secret: bool,
+) -> Result<Planned, DaemonOpError> {
     let current = read_optional(sys, path)?;
     let (action, diff) = match &current {
         None => (FileAction::Created, Some(if secret { "(secret, not shown)".into() } else { contents.clone() })),
@@ -130,7 +139,10 @@ fn plan(sys: &dyn HostSystem, path: &'static str, contents: String, mode: u32, s
             let diff = if secret {
                 "secret value changed (not shown)".to_string()
             } else {
-                similar::TextDiff::from_lines(old.as_str(), contents.as_str()).unified_diff().header(path, path).to_string()
+                similar::TextDiff::from_lines(old.as_str(), contents.as_str())
+                    .unified_diff()
+                    .header(path, path)
+                    .to_string()
             };
             (FileAction::Updated, Some(diff))
         }
@@ -142,8 +154,13 @@ fn plan(sys: &dyn HostSystem, path: &'static str, contents: String, mode: u32, s
     Ok(Planned { path, contents, mode, action, diff })
 }
 
-pub fn install(sys: &dyn HostSystem, req: &InstallDaemon, progress: &mut dyn FnMut(&str)) -> Result<DaemonReport, DaemonOpError> {
-    let settings = Settings::parse("the requested agent.yaml", &req.settings_yaml).map_err(|e| DaemonOpError::Settings(e.to_string()))?;
+pub fn install(
+    sys: &dyn HostSystem,
+    req: &InstallDaemon,
+    progress: &mut dyn FnMut(&str),
+) -> Result<DaemonReport, DaemonOpError> {
+    let settings = Settings::parse("the requested agent.yaml", &req.settings_yaml)
+        .map_err(|e| DaemonOpError::Settings(e.to_string()))?;
     if settings.node != req.node_name || settings.role != req.role {
         return Err(DaemonOpError::Settings(format!(
             "they are for {} ({}), this request for {} ({})",
@@ -167,7 +184,11 @@ pub fn install(sys: &dyn HostSystem, req: &InstallDaemon, progress: &mut dyn FnM
     let mut reasons = Vec::new();
     let changed: Vec<&str> = files.iter().filter(|f| f.action != FileAction::Unchanged).map(|f| f.path).collect();
     if !unit.active {
-        reasons.push(if unit.invocation_id.is_empty() && !unit.enabled { "first start".into() } else { "not running".into() });
+        reasons.push(if unit.invocation_id.is_empty() && !unit.enabled {
+            "first start".into()
+        } else {
+            "not running".into()
+        });
     } else if !changed.is_empty() {
         reasons.push(format!("{} changed", changed.join(", ")));
     } else if crate::host::k3s::runs_a_replaced_binary(sys, &unit) {
@@ -199,7 +220,8 @@ pub fn install(sys: &dyn HostSystem, req: &InstallDaemon, progress: &mut dyn FnM
     files.sort_by_key(|f| f.path == UNIT_PATH);
     for f in files.iter().filter(|f| f.action != FileAction::Unchanged) {
         progress(&format!("writing {}", f.path));
-        sys.write_atomic(Path::new(f.path), f.contents.as_bytes(), f.mode).map_err(io_error("cannot write", Path::new(f.path)))?;
+        sys.write_atomic(Path::new(f.path), f.contents.as_bytes(), f.mode)
+            .map_err(io_error("cannot write", Path::new(f.path)))?;
     }
     let unit_changed = changed.contains(&UNIT_PATH);
     if !unit.enabled {
@@ -242,7 +264,8 @@ pub fn fleet_view(sys: &dyn HostSystem) -> Result<FleetView, DaemonOpError> {
     let port = settings.tuning.hub_port;
     let down = |message: String| DaemonOpError::HubDown { port, message };
     let config = tls.client_config().map_err(|e| down(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| down(e.to_string()))?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| down(e.to_string()))?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(config)

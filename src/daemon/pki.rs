@@ -84,7 +84,9 @@ fn san(name: &str) -> Result<SanType, PkiError> {
     match name.parse::<std::net::IpAddr>() {
         Ok(ip) => Ok(SanType::IpAddress(ip)),
         Err(_) => Ok(SanType::DnsName(
-            name.to_string().try_into().map_err(|e: rcgen::Error| PkiError::Bad { what: "bad name", message: e.to_string() })?,
+            name.to_string()
+                .try_into()
+                .map_err(|e: rcgen::Error| PkiError::Bad { what: "bad name", message: e.to_string() })?,
         )),
     }
 }
@@ -100,8 +102,10 @@ pub fn sign_node(
     now: OffsetDateTime,
 ) -> Result<String, PkiError> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(bad("the hub CA's key is not readable"))?;
-    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(bad("the hub CA's certificate is not readable"))?;
-    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(bad("the node's certificate request is not valid"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(bad("the hub CA's certificate is not readable"))?;
+    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(bad("the node's certificate request is not valid"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node);
@@ -213,8 +217,11 @@ impl TlsMaterial {
     fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(self.ca_cert_pem.as_bytes()) {
-            let cert = cert.map_err(|e| TlsError::Material { path: super::settings::CA_CERT, message: e.to_string() })?;
-            roots.add(cert).map_err(|e| TlsError::Material { path: super::settings::CA_CERT, message: e.to_string() })?;
+            let cert =
+                cert.map_err(|e| TlsError::Material { path: super::settings::CA_CERT, message: e.to_string() })?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Material { path: super::settings::CA_CERT, message: e.to_string() })?;
         }
         if roots.is_empty() {
             return Err(TlsError::Material { path: super::settings::CA_CERT, message: "holds no certificate".into() });
@@ -227,19 +234,24 @@ impl TlsMaterial {
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Material { path: super::settings::NODE_CERT, message: e.to_string() })?;
         if chain.is_empty() {
-            return Err(TlsError::Material { path: super::settings::NODE_CERT, message: "holds no certificate".into() });
+            return Err(TlsError::Material {
+                path: super::settings::NODE_CERT,
+                message: "holds no certificate".into(),
+            });
         }
-        let key = PrivateKeyDer::from_pem_slice(self.node_key_pem.expose().as_bytes())
-            .map_err(|_| TlsError::Material { path: super::settings::NODE_KEY, message: "holds no readable key".into() })?;
+        let key = PrivateKeyDer::from_pem_slice(self.node_key_pem.expose().as_bytes()).map_err(|_| {
+            TlsError::Material { path: super::settings::NODE_KEY, message: "holds no readable key".into() }
+        })?;
         Ok((chain, key))
     }
 
     /// The hub's side: only clients with a certificate of the cluster's CA get through.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let (chain, key) = self.chain_and_key()?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -290,9 +302,15 @@ mod tests {
         assert!(reissue_reason(&cert, &ca, &csr, "n1", &moved, now()).unwrap().starts_with("names"));
         assert_eq!(reissue_reason(&cert, &ca, &csr, "n2", &names, now()).as_deref(), Some("names another node"));
         let other_csr = certificate_request(generate_node_key().unwrap().expose()).unwrap();
-        assert_eq!(reissue_reason(&cert, &ca, &other_csr, "n1", &names, now()).as_deref(), Some("made for another key"));
+        assert_eq!(
+            reissue_reason(&cert, &ca, &other_csr, "n1", &names, now()).as_deref(),
+            Some("made for another key")
+        );
         let (other_ca, _) = generate_ca("lab", now()).unwrap();
-        assert_eq!(reissue_reason(&cert, &other_ca, &csr, "n1", &names, now()).as_deref(), Some("signed by another CA"));
+        assert_eq!(
+            reissue_reason(&cert, &other_ca, &csr, "n1", &names, now()).as_deref(),
+            Some("signed by another CA")
+        );
     }
 
     #[test]
@@ -301,7 +319,8 @@ mod tests {
         let key = generate_node_key().unwrap();
         let csr = certificate_request(key.expose()).unwrap();
         let names = node_names("n1", "127.0.0.1", Role::Server);
-        let cert = sign_node(&ca, ca_key.expose(), &csr, "n1", Role::Server, &names, OffsetDateTime::now_utc()).unwrap();
+        let cert =
+            sign_node(&ca, ca_key.expose(), &csr, "n1", Role::Server, &names, OffsetDateTime::now_utc()).unwrap();
         let material = TlsMaterial { ca_cert_pem: ca, node_cert_pem: cert, node_key_pem: key };
         material.server_config().unwrap();
         material.client_config().unwrap();

@@ -201,7 +201,9 @@ pub fn collect_local(sys: &dyn HostSystem, settings: &Settings, state: &mut Prob
                     ),
                 );
             }
-            Err(e) => out.check(check, CheckState::Fail, format!("cannot measure {path}: {}", crate::host::describe_io(&e))),
+            Err(e) => {
+                out.check(check, CheckState::Fail, format!("cannot measure {path}: {}", crate::host::describe_io(&e)))
+            }
         }
     }
 
@@ -307,7 +309,8 @@ fn cpu_sample(sys: &dyn HostSystem) -> Result<(u64, u64), String> {
 
 fn cpu_count(sys: &dyn HostSystem) -> Result<usize, String> {
     let text = read(sys, "/proc/stat")?;
-    let n = text.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count();
+    let n =
+        text.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count();
     if n == 0 {
         return Err("/proc/stat lists no CPU".into());
     }
@@ -351,10 +354,10 @@ fn k3s_unit(sys: &dyn HostSystem, settings: &Settings, state: &mut ProbeState, o
             return;
         }
     };
-    let prop = |key: &str| {
-        shown.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").trim().to_string()
-    };
-    let (load, active, sub, invocation) = (prop("LoadState"), prop("ActiveState"), prop("SubState"), prop("InvocationID"));
+    let prop =
+        |key: &str| shown.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("").trim().to_string();
+    let (load, active, sub, invocation) =
+        (prop("LoadState"), prop("ActiveState"), prop("SubState"), prop("InvocationID"));
     let restarts: u32 = prop("NRestarts").parse().unwrap_or(0);
     out.gauge("k3s_active", if active == "active" { 1.0 } else { 0.0 });
     out.gauge("k3s_restarts", restarts as f64);
@@ -363,7 +366,11 @@ fn k3s_unit(sys: &dyn HostSystem, settings: &Settings, state: &mut ProbeState, o
         return;
     }
     if active != "active" {
-        out.check("k3s", CheckState::Fail, format!("{service}.service is {active} ({sub}), restarted {restarts} times"));
+        out.check(
+            "k3s",
+            CheckState::Fail,
+            format!("{service}.service is {active} ({sub}), restarted {restarts} times"),
+        );
         state.k3s_version = None;
         return;
     }
@@ -374,7 +381,11 @@ fn k3s_unit(sys: &dyn HostSystem, settings: &Settings, state: &mut ProbeState, o
     let version = out.k3s_version.clone().unwrap_or_else(|| "unknown version".into());
     let t = settings.tuning.thresholds.k3s_restarts_warn;
     if restarts >= t {
-        out.check("k3s", CheckState::Warn, format!("{service}.service {version} runs, but systemd restarted it {restarts} times"));
+        out.check(
+            "k3s",
+            CheckState::Warn,
+            format!("{service}.service {version} runs, but systemd restarted it {restarts} times"),
+        );
     } else {
         out.check("k3s", CheckState::Ok, format!("{service}.service {version} is active ({sub})"));
     }
@@ -475,15 +486,18 @@ fn snapshot(sys: &dyn HostSystem, settings: &Settings, out: &mut Collected) {
     let t = &settings.tuning.thresholds;
     let judged = t.snapshot_age_warn_hours.is_some() || t.snapshot_age_fail_hours.is_some();
     let Some((taken, name)) = newest else {
-        let (state, note) =
-            if judged { (CheckState::Warn, "") } else { (CheckState::Ok, " (no age limit set)") };
+        let (state, note) = if judged { (CheckState::Warn, "") } else { (CheckState::Ok, " (no age limit set)") };
         out.check("snapshot", state, format!("no snapshot found{note}"));
         return;
     };
     let age_s = (sys.now_unix_ms() / 1000 - taken).max(0);
     out.gauge("snapshot_age_seconds", age_s as f64);
     let hours = age_s as f64 / 3600.0;
-    let state = above(hours, t.snapshot_age_warn_hours.unwrap_or(f64::INFINITY), t.snapshot_age_fail_hours.unwrap_or(f64::INFINITY));
+    let state = above(
+        hours,
+        t.snapshot_age_warn_hours.unwrap_or(f64::INFINITY),
+        t.snapshot_age_fail_hours.unwrap_or(f64::INFINITY),
+    );
     let note = if judged { "" } else { " (no age limit set)" };
     out.check("snapshot", state, format!("newest snapshot {name} is {hours:.1} hours old{note}"));
 }

@@ -11,8 +11,8 @@
 use std::io::{BufRead, Write};
 
 use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
-use crate::protocol::health::{DaemonIdentity, HealthStatus, InstallDaemon};
 use crate::protocol::frame::{FrameReader, FrameWriter};
+use crate::protocol::health::{DaemonIdentity, HealthStatus, InstallDaemon};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
 use crate::protocol::preflight::PreflightRequest;
 use crate::protocol::{decode_request, AnswerLine, Hello, HoldLock, Operation, Scrubber};

@@ -125,7 +125,8 @@ mod tests {
     #[test]
     fn failing_checks_are_the_problems_and_a_silent_expected_node_is_stale() {
         let rows = [row("a", 0, CheckState::Fail)];
-        let expected = [FleetMember { name: "a".into(), role: Role::Agent }, FleetMember { name: "b".into(), role: Role::Agent }];
+        let expected =
+            [FleetMember { name: "a".into(), role: Role::Agent }, FleetMember { name: "b".into(), role: Role::Agent }];
         let v = view("s1", &rows, &expected, 1000, 3);
         assert_eq!(v.nodes.len(), 2);
         assert_eq!(v.nodes[0].state, NodeState::Fail);

@@ -98,9 +98,9 @@ pub fn patch_body(desired: &Desired, transition: &str, heartbeat: &str, remove: 
 
 /// RFC 3339 in seconds, as Kubernetes writes times.
 pub fn k8s_time(unix_ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z"))
-        .unwrap_or_default()
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z")).unwrap_or_default()
 }
 
 /// What was last published on one Node.
@@ -150,7 +150,8 @@ pub async fn run(hub: Arc<Hub>) {
         let hub2 = hub.clone();
         let Ok(Ok((view, _))) = tokio::task::spawn_blocking(move || hub2.view(now_ms())).await else { continue };
         for name in &names {
-            let want = desired(view.nodes.iter().find(|n| &n.node == name).filter(|n| n.last_report_age_secs.is_some()));
+            let want =
+                desired(view.nodes.iter().find(|n| &n.node == name).filter(|n| n.last_report_age_secs.is_some()));
             if let Err(e) = publish(&api, name, want, &mut published, resync).await {
                 tracing::warn!("hub: the {CONDITION_TYPE} condition of Node {name} could not be patched: {e}");
                 published.remove(name);
@@ -161,8 +162,9 @@ pub async fn run(hub: Arc<Hub>) {
 
 async fn connect(path: &str) -> Result<kube::Client, String> {
     let kubeconfig = Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
     kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 

@@ -54,7 +54,11 @@ impl HubCounters {
 
 /// The text of one scrape: the fleet view, each node's gauges from its last report (by node
 /// name; unknown gauge names are not exported), and the hub's own counters.
-pub fn render(view: &FleetView, node_gauges: &BTreeMap<String, BTreeMap<String, f64>>, counters: &HubCounters) -> String {
+pub fn render(
+    view: &FleetView,
+    node_gauges: &BTreeMap<String, BTreeMap<String, f64>>,
+    counters: &HubCounters,
+) -> String {
     let registry = Registry::new();
     let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
         let g = GaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");

@@ -56,12 +56,8 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener, tls: Arc<rustls::Server
                 }
                 Err(_) => return,
             };
-            let Some(node) = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|cert| node_name(cert))
+            let Some(node) =
+                tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|cert| node_name(cert))
             else {
                 tracing::info!("hub: {peer}'s certificate names no node");
                 return;
@@ -141,8 +137,11 @@ async fn reports(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answ
     .await;
     match stored {
         Ok(Ok(stored)) => {
-            let answer =
-                BatchAnswer { protocol: HEALTH_PROTOCOL, accepted_through: stored.accepted_through, hub_time_ms: now_ms() };
+            let answer = BatchAnswer {
+                protocol: HEALTH_PROTOCOL,
+                accepted_through: stored.accepted_through,
+                hub_time_ms: now_ms(),
+            };
             json(StatusCode::OK, serde_json::to_vec(&answer).expect("serializes"))
         }
         Ok(Err(e)) => {

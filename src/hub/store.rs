@@ -243,7 +243,8 @@ impl Store {
 
     /// The sequence numbers in `node`'s history, oldest first (tests, diagnosis).
     pub fn history_seqs(&self, node: &str) -> Result<Vec<u64>, StoreError> {
-        let mut stmt = self.conn.prepare_cached("SELECT seq FROM history WHERE node=?1 ORDER BY seq").map_err(self.err())?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT seq FROM history WHERE node=?1 ORDER BY seq").map_err(self.err())?;
         let seqs = stmt.query_map([node], |r| r.get::<_, i64>(0)).map_err(self.err())?;
         seqs.map(|s| s.map(|v| v as u64).map_err(self.err())).collect()
     }
@@ -300,7 +301,10 @@ mod tests {
         assert_eq!(s.lost, 2);
         let rows = store.nodes().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].last_seq, rows[0].reports_total, rows[0].lost_total, rows[0].duplicates_total), (7, 5, 2, 2));
+        assert_eq!(
+            (rows[0].last_seq, rows[0].reports_total, rows[0].lost_total, rows[0].duplicates_total),
+            (7, 5, 2, 2)
+        );
         assert_eq!(rows[0].received_ms, 30);
         assert_eq!(store.history_seqs("n1").unwrap(), vec![1, 2, 3, 4, 7]);
     }

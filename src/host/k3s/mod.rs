@@ -28,8 +28,8 @@ pub(crate) mod systemd;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use install::InstallError;
 pub(crate) use install::runs_a_replaced_binary;
+pub use install::InstallError;
 pub use layout::*;
 pub use query::QueryError;
 pub use reset::ResetError;

@@ -1,5 +1,5 @@
 //! `k3node up`: the cluster file made real. connect, lock, preflight, artifacts, install (upload,
-//! first server, token, servers, agents), ready, kubeconfig.
+//! first server, token, servers, agents), ready, daemon (the node agent), kubeconfig.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use crate::artifacts::{ArtifactOptions, DownloadProgress};
 use crate::cluster::ClusterFile;
 use crate::operator::engine::{Phase, RunOptions, RunReport};
 use crate::operator::fleet::Fleet;
-use crate::operator::phases::{artifacts, connect, install, kubeconfig, lock, preflight, ready};
+use crate::operator::phases::{artifacts, connect, daemon, install, kubeconfig, lock, preflight, ready};
 use crate::operator::progress::Observer;
 
 #[derive(Debug, Clone)]
@@ -36,6 +36,7 @@ pub fn phases(options: &UpOptions, download: Box<dyn DownloadProgress>) -> Vec<B
         Box::new(artifacts::Artifacts { options: options.artifacts.clone(), progress: download }),
         Box::new(install::Install { ready_timeout: options.ready_timeout }),
         Box::new(ready::Ready { timeout: options.ready_timeout }),
+        Box::new(daemon::Daemon),
         Box::new(kubeconfig::Kubeconfig { path: options.kubeconfig.clone() }),
     ]
 }

@@ -45,7 +45,7 @@ fn fresh_host(name: &str, ip: &str, role: Role, all: &[&str]) -> FakeSystem {
         .command("systemctl", SYSTEMCTL)
         .command("journalctl", JOURNALCTL)
         .output("/usr/local/bin/k3s", &["--version"], 0, k3s::VERSION_OUTPUT, "");
-    let sys = k3s::stopped(k3s::stopped(sys, "k3s"), "k3s-agent");
+    let sys = k3s::stopped(k3s::stopped(k3s::stopped(sys, "k3s"), "k3s-agent"), "k3node-agent");
     match role {
         Role::Server => sys
             .output_with_effects(
@@ -134,6 +134,7 @@ async fn a_fresh_cluster_goes_through_every_phase_in_order_and_is_installed() {
             ("servers", Done),
             ("agents", Done),
             ("ready", Done),
+            ("daemon", Done),
             ("kubeconfig", Done),
         ],
         "{report:#?}"
