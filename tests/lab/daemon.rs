@@ -33,8 +33,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>, &Operator, &Path) -> Outcome| {
         let lab = lab.clone();
         Trial::test(format!("daemon::{name}"), move || {
-            let op = Operator::new(&lab, "daemon-op");
-            op.trust(&lab.hosts().iter().collect::<Vec<_>>());
+            let op = operator(&lab);
             let file = cluster_file(&lab, &op);
             f(&lab, &op, &file)
         })
@@ -49,6 +48,18 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("the_hubs_metrics_pass_promtool_check_metrics", metrics_promtool),
         t("reset_removes_the_daemon", reset_removes),
     ]
+}
+
+/// The scenarios' operator: one home for all of them (the kubeconfig `up` merged stays), made
+/// afresh by the first scenario that runs.
+fn operator(lab: &Arc<Lab>) -> Operator {
+    static MADE: std::sync::Once = std::sync::Once::new();
+    let home = lab.dir().join("operators").join("daemon-op");
+    MADE.call_once(|| {
+        let op = Operator::new(lab, "daemon-op");
+        op.trust(&lab.hosts().iter().collect::<Vec<_>>());
+    });
+    Operator { home, lab: lab.clone() }
 }
 
 fn cluster_file(lab: &Arc<Lab>, op: &Operator) -> PathBuf {
