@@ -20,6 +20,9 @@ use crate::protocol::health::FleetView;
 
 pub use store::{Store, StoreError};
 
+/// Each node's gauges from its last report, by node name.
+pub type NodeGauges = BTreeMap<String, BTreeMap<String, f64>>;
+
 /// What the hub's tasks share.
 pub struct Hub {
     pub settings: Settings,
@@ -33,7 +36,7 @@ impl Hub {
     }
 
     /// The fleet view now, and each node's gauges from its last report.
-    pub fn view(&self, now_ms: i64) -> Result<(FleetView, BTreeMap<String, BTreeMap<String, f64>>), StoreError> {
+    pub fn view(&self, now_ms: i64) -> Result<(FleetView, NodeGauges), StoreError> {
         let rows = self.store.lock().unwrap_or_else(|p| p.into_inner()).nodes()?;
         let view = fleet::view(
             &self.settings.node,
