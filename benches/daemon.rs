@@ -260,6 +260,11 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn fan_in() {
+    // One connection per simulated node, on both sides of loopback (the child inherits it).
+    let files = 4 * env_secs("K3NODE_BENCH_NODES", 10_000) + 1024;
+    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, files, files) {
+        eprintln!("fan-in: cannot raise the open files limit to {files}: {e}");
+    }
     let nodes = env_secs("K3NODE_BENCH_NODES", 10_000);
     let secs = env_secs("K3NODE_BENCH_FANIN_SECS", 60);
     let interval = 10u64;
@@ -302,16 +307,18 @@ fn fan_in() {
         .spawn()
         .expect("the hub process");
     let port: u16 = BufReader::new(hub.stdout.take().unwrap()).lines().next().unwrap().unwrap().trim().parse().unwrap();
-    let k3node_figures = drive(nodes, secs, interval, hub.id(), identities, move |name, seq| {
+    let metrics_client = identities[0].1.clone();
+    let k3node_figures = drive(nodes, secs, interval, hub.id(), identities, move |name, first, last| {
         let batch = ReportBatch {
             protocol: HEALTH_PROTOCOL,
             node: name.to_string(),
             stream: "bench".into(),
             dropped_total: 0,
-            reports: vec![report(seq)],
+            reports: (first..=last).map(report).collect(),
         };
         (format!("https://127.0.0.1:{port}/v1/reports"), serde_json::to_vec(&batch).unwrap(), true)
     });
+    let ingest = server_side_ingest(&metrics_client, port);
     drop(hub.stdin.take());
     let _ = hub.wait();
     let store = k3node::hub::Store::open(&dir.path().join("hub.db"), 360).unwrap();
@@ -329,9 +336,12 @@ fn fan_in() {
         .expect("prometheus-pushgateway (apt-get install prometheus-pushgateway)");
     std::thread::sleep(Duration::from_secs(2));
     let plain: Vec<(String, reqwest::Client)> = (0..nodes)
-        .map(|i| (format!("node-{i:05}"), reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap()))
+        .map(|i| {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(10)).build();
+            (format!("node-{i:05}"), client.unwrap())
+        })
         .collect();
-    let pg_figures = drive(nodes, secs, interval, pushgateway.id(), plain, move |name, _| {
+    let pg_figures = drive(nodes, secs, interval, pushgateway.id(), plain, move |name, _, _| {
         let mut text = String::new();
         for (k, v) in gauges(0) {
             text.push_str(&format!("# TYPE k3node_node_{k} gauge\nk3node_node_{k} {v}\n"));
@@ -346,11 +356,35 @@ fn fan_in() {
         nodes / interval
     );
     println!("  k3node hub (mTLS, SQLite)  {k3node_figures}");
+    println!("     hub-side ingest (arrival to answer, its histogram): {ingest}");
     println!(
         "     stored {stored} reports, {lost} lost (gaps); store {:.1} MiB; target p99 < 20 ms, none lost",
         size as f64 / 1048576.0
     );
     println!("  prometheus-pushgateway     {pg_figures}   (anchor: plain HTTP, no TLS, no history)");
+}
+
+/// p50 and p99 of the hub's `k3node_hub_ingest_duration_seconds` histogram (bucket bounds).
+fn server_side_ingest(client: &reqwest::Client, port: u16) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let text = rt.block_on(async {
+        let r = client.get(format!("https://127.0.0.1:{port}/metrics")).send().await.ok()?;
+        r.text().await.ok()
+    });
+    let Some(text) = text else { return "metrics unavailable".into() };
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("k3node_hub_ingest_duration_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once('"')?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(&(_, count)) = buckets.last() else { return "no histogram".into() };
+    let at = |p: f64| buckets.iter().find(|(_, c)| *c >= p * count).map(|(le, _)| *le * 1000.0).unwrap_or(f64::NAN);
+    format!("{count} batches, p50 <= {} ms, p99 <= {} ms", at(0.5), at(0.99))
 }
 
 /// Sends one report per node every `interval` s (nodes spread evenly) for `secs`, and returns
@@ -361,7 +395,7 @@ fn drive(
     interval: u64,
     server_pid: u32,
     clients: Vec<(String, reqwest::Client)>,
-    request: impl Fn(&str, u64) -> (String, Vec<u8>, bool) + Send + Sync + 'static,
+    request: impl Fn(&str, u64, u64) -> (String, Vec<u8>, bool) + Send + Sync + 'static,
 ) -> String {
     let load =
         Arc::new(Load { latencies_us: Mutex::new(Vec::new()), sent: AtomicU64::new(0), failed: AtomicU64::new(0) });
@@ -379,11 +413,12 @@ fn drive(
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(phase).await;
                 let mut ticker = tokio::time::interval(Duration::from_secs(interval));
-                let mut seq = 0;
+                // As the daemon's buffer does: what the hub has not confirmed goes again, with the new one.
+                let (mut seq, mut unconfirmed) = (0, 1);
                 while tokio::time::Instant::now() < deadline {
                     ticker.tick().await;
                     seq += 1;
-                    let (url, body, is_hub) = request(&name, seq);
+                    let (url, body, is_hub) = request(&name, unconfirmed, seq);
                     let t = Instant::now();
                     let builder = if is_hub { client.post(&url) } else { client.put(&url) };
                     let ok = match builder.body(body).send().await {
@@ -398,6 +433,7 @@ fn drive(
                     };
                     load.sent.fetch_add(1, Ordering::Relaxed);
                     if ok {
+                        unconfirmed = seq + 1;
                         load.latencies_us.lock().unwrap().push(t.elapsed().as_micros() as u64);
                     } else {
                         load.failed.fetch_add(1, Ordering::Relaxed);
@@ -405,8 +441,10 @@ fn drive(
                 }
             }));
         }
+        // A server that cannot keep up is not waited for beyond its requests' own timeout.
+        let give_up = deadline + Duration::from_secs(15);
         for t in tasks {
-            let _ = t.await;
+            let _ = tokio::time::timeout_at(give_up, t).await;
         }
     });
     let elapsed = started.elapsed().as_secs_f64();

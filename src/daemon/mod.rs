@@ -144,21 +144,28 @@ async fn main_loop(sys: &'static dyn HostSystem, settings: Settings, tls: pki::T
     Ok(())
 }
 
-/// One collection: the local probes off the runtime (they block), then the network ones.
+/// One collection: the local probes, then the network ones. On a server the local probes run
+/// off the runtime (they block, and the hub shares it); the agent's runtime has nothing else to
+/// do meanwhile, so it runs them in place rather than keep a thread pool for them.
 pub async fn collect(
     sys: &'static dyn HostSystem,
     endpoints: &dyn probes::Endpoints,
     settings: &Settings,
     state: &mut probes::ProbeState,
 ) -> Report {
-    let (owned_settings, mut owned_state) = (settings.clone(), state.clone());
-    let (mut collected, new_state) = tokio::task::spawn_blocking(move || {
-        let collected = probes::collect_local(sys, &owned_settings, &mut owned_state);
-        (collected, owned_state)
-    })
-    .await
-    .unwrap_or_else(|_| (probes::Collected::default(), state.clone()));
-    *state = new_state;
+    let mut collected = if settings.is_server() {
+        let (owned_settings, mut owned_state) = (settings.clone(), state.clone());
+        let (collected, new_state) = tokio::task::spawn_blocking(move || {
+            let collected = probes::collect_local(sys, &owned_settings, &mut owned_state);
+            (collected, owned_state)
+        })
+        .await
+        .unwrap_or_else(|_| (probes::Collected::default(), state.clone()));
+        *state = new_state;
+        collected
+    } else {
+        probes::collect_local(sys, settings, state)
+    };
     probes::collect_network(endpoints, settings, &mut collected).await;
     Report {
         seq: 0,

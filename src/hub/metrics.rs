@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::protocol::health::{CheckState, FleetView, NodeState};
 
@@ -29,10 +31,16 @@ pub const NODE_GAUGES: &[(&str, &str)] = &[
     ("snapshot_age_seconds", "Age of the newest snapshot on a server, in seconds."),
 ];
 
-/// Counters the hub keeps while it runs (requests by path and status code).
+/// Upper bounds of the ingest histogram's buckets, seconds.
+pub const INGEST_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// What the hub counts while it runs: requests by path and status code, and how long storing a
+/// batch takes (from the request's arrival to the answer).
 #[derive(Clone)]
 pub struct HubCounters {
     pub requests: IntCounterVec,
+    pub ingest: Histogram,
 }
 
 impl Default for HubCounters {
@@ -48,7 +56,15 @@ impl HubCounters {
             &["path", "code"],
         )
         .expect("a valid metric");
-        HubCounters { requests }
+        let ingest = Histogram::with_opts(
+            HistogramOpts::new(
+                "k3node_hub_ingest_duration_seconds",
+                "Time from a batch's arrival to the hub's answer, for stored batches.",
+            )
+            .buckets(INGEST_BUCKETS.to_vec()),
+        )
+        .expect("a valid metric");
+        HubCounters { requests, ingest }
     }
 }
 
@@ -135,6 +151,7 @@ pub fn render(
         }
     }
     registry.register(Box::new(counters.requests.clone())).expect("registered once");
+    registry.register(Box::new(counters.ingest.clone())).expect("registered once");
 
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out).expect("text encoding never fails");

@@ -103,6 +103,7 @@ fn refuse(status: StatusCode, error: &str) -> Answer {
 }
 
 async fn reports(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answer {
+    let arrived = std::time::Instant::now();
     let declared = request
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -129,10 +130,10 @@ async fn reports(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answ
             &format!("this certificate is {node}'s: a node reports only for itself, not for {:?}", batch.node),
         );
     }
-    let hub = hub.clone();
+    let store_hub = hub.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let received = now_ms();
-        hub.store.lock().unwrap_or_else(|p| p.into_inner()).ingest(&batch, received)
+        store_hub.store.lock().unwrap_or_else(|p| p.into_inner()).ingest(&batch, received)
     })
     .await;
     match stored {
@@ -142,7 +143,9 @@ async fn reports(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answ
                 accepted_through: stored.accepted_through,
                 hub_time_ms: now_ms(),
             };
-            json(StatusCode::OK, serde_json::to_vec(&answer).expect("serializes"))
+            let answer = json(StatusCode::OK, serde_json::to_vec(&answer).expect("serializes"));
+            hub.counters.ingest.observe(arrived.elapsed().as_secs_f64());
+            answer
         }
         Ok(Err(e)) => {
             tracing::error!("hub: {e}");
