@@ -170,8 +170,8 @@ fn hub_process(dir: &Path) {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let store = k3node::hub::Store::open(&dir.join("hub.db"), settings.tuning.history_per_node as u64).unwrap();
-        let hub = k3node::hub::Hub::new(settings, store);
+        let open = || k3node::hub::Store::open(&dir.join("hub.db"), settings.tuning.history_per_node as u64).unwrap();
+        let hub = k3node::hub::Hub::new(settings.clone(), open(), open());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap().port());
         std::io::stdout().flush().unwrap();

@@ -180,14 +180,15 @@ pub async fn collect(
 
 async fn start_hub(settings: &Settings, tls: &pki::TlsMaterial) -> Result<(), DaemonError> {
     let history = settings.tuning.history_per_node as u64;
-    let store = tokio::task::spawn_blocking(move || crate::hub::Store::open(Path::new(settings::HUB_DB), history))
+    let open = move || crate::hub::Store::open(Path::new(settings::HUB_DB), history);
+    let (reader, writer) = tokio::task::spawn_blocking(move || Ok::<_, crate::hub::StoreError>((open()?, open()?)))
         .await
         .map_err(|e| DaemonError::Runtime(e.to_string()))??;
     let port = settings.tuning.hub_port;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|e| DaemonError::Listen { port, message: crate::host::describe_io(&e) })?;
-    let hub = crate::hub::Hub::new(settings.clone(), store);
+    let hub = crate::hub::Hub::new(settings.clone(), reader, writer);
     tokio::spawn(crate::hub::server::serve(hub.clone(), listener, Arc::new(tls.server_config()?)));
     tokio::spawn(crate::hub::kube::run(hub));
     Ok(())

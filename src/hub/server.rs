@@ -130,14 +130,8 @@ async fn reports(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answ
             &format!("this certificate is {node}'s: a node reports only for itself, not for {:?}", batch.node),
         );
     }
-    let store_hub = hub.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        let received = now_ms();
-        store_hub.store.lock().unwrap_or_else(|p| p.into_inner()).ingest(&batch, received)
-    })
-    .await;
-    match stored {
-        Ok(Ok(stored)) => {
+    match hub.store_batch(batch, now_ms()).await {
+        Ok(stored) => {
             let answer = BatchAnswer {
                 protocol: HEALTH_PROTOCOL,
                 accepted_through: stored.accepted_through,
@@ -147,11 +141,13 @@ async fn reports(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answ
             hub.counters.ingest.observe(arrived.elapsed().as_secs_f64());
             answer
         }
-        Ok(Err(e)) => {
+        Err(super::Refused::Busy) => {
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "the hub is busy: the node keeps its reports and sends them again")
+        }
+        Err(super::Refused::Store(e)) => {
             tracing::error!("hub: {e}");
             refuse(StatusCode::SERVICE_UNAVAILABLE, "the hub cannot store reports right now")
         }
-        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the hub's store task failed"),
     }
 }
 

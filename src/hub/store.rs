@@ -106,99 +106,22 @@ impl Store {
 
     /// Stores `batch` (the node's name already checked against its certificate).
     pub fn ingest(&mut self, batch: &ReportBatch, received_ms: i64) -> Result<Stored, StoreError> {
+        Ok(self.ingest_many(&[(batch, received_ms)])?.remove(0))
+    }
+
+    /// Stores several batches in one transaction (the hub's writer groups what arrived together:
+    /// one commit for many nodes), each as [`Store::ingest`] would.
+    pub fn ingest_many(&mut self, batches: &[(&ReportBatch, i64)]) -> Result<Vec<Stored>, StoreError> {
         let path = self.path.clone();
         let err = move |e: rusqlite::Error| StoreError::Sqlite { path: path.clone(), message: e.to_string() };
+        let history = self.history_per_node;
         let tx = self.conn.transaction().map_err(&err)?;
-        let existing: Option<(String, u64, u64, u64, u64, u64)> = tx
-            .query_row(
-                "SELECT stream, last_seq, reports_total, lost_total, dropped_total, duplicates_total FROM nodes WHERE node=?1",
-                [&batch.node],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64, r.get::<_, i64>(4)? as u64, r.get::<_, i64>(5)? as u64)),
-            )
-            .optional()
-            .map_err(&err)?;
-        let (mut last_seq, mut total, mut lost, mut dups) = match &existing {
-            Some((stream, last, total, lost, _, dups)) if *stream == batch.stream => (*last, *total, *lost, *dups),
-            Some((_, _, total, lost, _, dups)) => (0, *total, *lost, *dups),
-            None => (0, 0, 0, 0),
-        };
-        let mut stored = Stored { accepted_through: last_seq, new: 0, duplicates: 0, lost: 0 };
-        let mut latest: Option<&Report> = None;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO history(node, stream, seq, at_ms, received_ms, state, report) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(&err)?;
-            for report in &batch.reports {
-                if report.seq <= last_seq {
-                    stored.duplicates += 1;
-                    continue;
-                }
-                if last_seq > 0 && report.seq > last_seq + 1 {
-                    stored.lost += report.seq - last_seq - 1;
-                }
-                let text = serde_json::to_string(report).expect("reports always serialize");
-                insert
-                    .execute(params![
-                        batch.node,
-                        batch.stream,
-                        report.seq as i64,
-                        report.at_ms,
-                        received_ms,
-                        report.state().as_str(),
-                        text
-                    ])
-                    .map_err(&err)?;
-                last_seq = report.seq;
-                stored.new += 1;
-                latest = Some(report);
-            }
-        }
-        total += stored.new;
-        lost += stored.lost;
-        dups += stored.duplicates;
-        stored.accepted_through = last_seq;
-        let dropped = existing.as_ref().map(|e| e.4).unwrap_or(0).max(batch.dropped_total);
-        match latest {
-            Some(report) => {
-                let text = serde_json::to_string(report).expect("reports always serialize");
-                tx.execute(
-                    "INSERT INTO nodes(node, role, stream, last_seq, received_ms, report, reports_total, lost_total, dropped_total, duplicates_total)
-                     VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT(node) DO UPDATE SET role=?2, stream=?3, last_seq=?4, received_ms=?5, report=?6,
-                       reports_total=?7, lost_total=?8, dropped_total=?9, duplicates_total=?10",
-                    params![
-                        batch.node,
-                        report.role.as_str(),
-                        batch.stream,
-                        last_seq as i64,
-                        received_ms,
-                        text,
-                        total as i64,
-                        lost as i64,
-                        dropped as i64,
-                        dups as i64
-                    ],
-                )
-                .map_err(&err)?;
-                tx.execute(
-                    "DELETE FROM history WHERE node=?1 AND (stream<>?2 OR seq<=?3)",
-                    params![batch.node, batch.stream, last_seq as i64 - self.history_per_node as i64],
-                )
-                .map_err(&err)?;
-            }
-            None if existing.is_some() => {
-                tx.execute(
-                    "UPDATE nodes SET duplicates_total=?2, dropped_total=?3 WHERE node=?1",
-                    params![batch.node, dups as i64, dropped as i64],
-                )
-                .map_err(&err)?;
-            }
-            None => {}
+        let mut out = Vec::with_capacity(batches.len());
+        for (batch, received_ms) in batches {
+            out.push(ingest_one(&tx, batch, *received_ms, history, &err)?);
         }
         tx.commit().map_err(&err)?;
-        Ok(stored)
+        Ok(out)
     }
 
     /// Every node's latest state, by name.
@@ -257,6 +180,105 @@ impl Store {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// One batch inside the writer's transaction.
+fn ingest_one(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &ReportBatch,
+    received_ms: i64,
+    history_per_node: u64,
+    err: &impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<Stored, StoreError> {
+    let existing: Option<(String, u64, u64, u64, u64, u64)> = tx
+        .query_row(
+            "SELECT stream, last_seq, reports_total, lost_total, dropped_total, duplicates_total FROM nodes WHERE node=?1",
+            [&batch.node],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64, r.get::<_, i64>(4)? as u64, r.get::<_, i64>(5)? as u64)),
+        )
+        .optional()
+        .map_err(err)?;
+    let (mut last_seq, mut total, mut lost, mut dups) = match &existing {
+        Some((stream, last, total, lost, _, dups)) if *stream == batch.stream => (*last, *total, *lost, *dups),
+        Some((_, _, total, lost, _, dups)) => (0, *total, *lost, *dups),
+        None => (0, 0, 0, 0),
+    };
+    let mut stored = Stored { accepted_through: last_seq, new: 0, duplicates: 0, lost: 0 };
+    let mut latest: Option<&Report> = None;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO history(node, stream, seq, at_ms, received_ms, state, report) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(err)?;
+        for report in &batch.reports {
+            if report.seq <= last_seq {
+                stored.duplicates += 1;
+                continue;
+            }
+            if last_seq > 0 && report.seq > last_seq + 1 {
+                stored.lost += report.seq - last_seq - 1;
+            }
+            let text = serde_json::to_string(report).expect("reports always serialize");
+            insert
+                .execute(params![
+                    batch.node,
+                    batch.stream,
+                    report.seq as i64,
+                    report.at_ms,
+                    received_ms,
+                    report.state().as_str(),
+                    text
+                ])
+                .map_err(err)?;
+            last_seq = report.seq;
+            stored.new += 1;
+            latest = Some(report);
+        }
+    }
+    total += stored.new;
+    lost += stored.lost;
+    dups += stored.duplicates;
+    stored.accepted_through = last_seq;
+    let dropped = existing.as_ref().map(|e| e.4).unwrap_or(0).max(batch.dropped_total);
+    match latest {
+        Some(report) => {
+            let text = serde_json::to_string(report).expect("reports always serialize");
+            tx.execute(
+                "INSERT INTO nodes(node, role, stream, last_seq, received_ms, report, reports_total, lost_total, dropped_total, duplicates_total)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT(node) DO UPDATE SET role=?2, stream=?3, last_seq=?4, received_ms=?5, report=?6,
+                   reports_total=?7, lost_total=?8, dropped_total=?9, duplicates_total=?10",
+                params![
+                    batch.node,
+                    report.role.as_str(),
+                    batch.stream,
+                    last_seq as i64,
+                    received_ms,
+                    text,
+                    total as i64,
+                    lost as i64,
+                    dropped as i64,
+                    dups as i64
+                ],
+            )
+            .map_err(err)?;
+            tx.execute(
+                "DELETE FROM history WHERE node=?1 AND (stream<>?2 OR seq<=?3)",
+                params![batch.node, batch.stream, last_seq as i64 - history_per_node as i64],
+            )
+            .map_err(err)?;
+        }
+        None if existing.is_some() => {
+            tx.execute(
+                "UPDATE nodes SET duplicates_total=?2, dropped_total=?3 WHERE node=?1",
+                params![batch.node, dups as i64, dropped as i64],
+            )
+            .map_err(err)?;
+        }
+        None => {}
+    }
+    Ok(stored)
 }
 
 #[cfg(test)]

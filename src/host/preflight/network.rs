@@ -548,7 +548,7 @@ mod tests {
             c.fix.as_deref(),
             Some("stop nginx (pid 812) or move it to another port (`ss -ltnp 'sport = :6443'` shows it)")
         );
-        assert!(find(&checks, "ports").reason.starts_with("17 of the 18 ports"));
+        assert!(find(&checks, "ports").reason.starts_with("18 of the 19 ports"));
         // An agent does not serve 6443: nothing to report.
         let agent = run(&with_nginx_on_6443(healthy_host()), Role::Agent);
         assert!(!agent.iter().any(|c| c.id == "port-6443/tcp"));

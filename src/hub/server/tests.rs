@@ -45,8 +45,8 @@ async fn start_hub(pki: &Pki, dir: &std::path::Path) -> (Arc<Hub>, String) {
         kubeconfig: None,
         tuning: Tuning::default(),
     };
-    let store = crate::hub::Store::open(&dir.join("hub.db"), 100).unwrap();
-    let hub = Hub::new(settings, store);
+    let open = || crate::hub::Store::open(&dir.join("hub.db"), 100).unwrap();
+    let hub = Hub::new(settings, open(), open());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let tls = Arc::new(pki.material("s1", Role::Server).server_config().unwrap());
