@@ -5,6 +5,7 @@
 //! - [`transport`]: operator side, SSH to hosts (russh): auth, host keys, exec, upload.
 //! - [`operator`]: operator side, phases run across hosts (agent bootstrap, preflight).
 //! - [`host`]: host side, the agent's native operations (`k3node host <operation>`).
+//! - [`daemon`]: the node daemon (`k3node agent`) on every node; [`hub`]: its part on servers.
 //! - [`protocol`]: what the operator and the host agent say to each other.
 
 // Errors carry the host, the address and what to do: they are large, and only ever on the cold path.
@@ -12,10 +13,12 @@
 
 pub mod artifacts;
 pub mod cluster;
+pub mod daemon;
 pub mod digest;
 pub mod fsutil;
 pub mod home;
 pub mod host;
+pub mod hub;
 pub mod operator;
 pub mod protocol;
 pub mod transport;

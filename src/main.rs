@@ -33,6 +33,10 @@ enum Command {
     Snapshot(commands::snapshot::SnapshotArgs),
     /// Restore a snapshot onto the first server (the same host, or a fresh one), or roll back.
     Restore(commands::restore::RestoreArgs),
+    /// The fleet's health as the hub on a server sees it (through SSH; works without the Kubernetes API).
+    Status(commands::status::StatusArgs),
+    /// Run the node daemon (and on a server the hub); started by systemd as k3node-agent.service.
+    Agent(commands::agent::AgentArgs),
     /// Merge the cluster's admin kubeconfig into ~/.kube/config under the cluster's name.
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
     /// Print shell completions (bash, zsh, fish...).
@@ -64,6 +68,8 @@ fn main() -> ExitCode {
         Command::Reset(args) => runtime().and_then(|rt| rt.block_on(commands::reset::run(args, verbose))),
         Command::Snapshot(args) => runtime().and_then(|rt| rt.block_on(commands::snapshot::run(args, verbose))),
         Command::Restore(args) => runtime().and_then(|rt| rt.block_on(commands::restore::run(args, verbose))),
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(commands::status::run(args))),
+        Command::Agent(args) => commands::agent::run(args),
         Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),
         Command::Completions(args) => commands::completions::run(args, Cli::command()).map(|_| true),
         Command::Man => commands::completions::man(Cli::command()).map(|_| true),

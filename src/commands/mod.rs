@@ -1,6 +1,7 @@
 //! One file per command: each parses its arguments and delegates to the library. Terminal
 //! rendering lives here and nowhere else.
 
+pub mod agent;
 pub mod completions;
 pub mod host;
 pub mod init;
@@ -10,6 +11,7 @@ pub mod render;
 pub mod reset;
 pub mod restore;
 pub mod snapshot;
+pub mod status;
 pub mod up;
 pub mod validate;
 

@@ -12,6 +12,7 @@ use std::io::{BufRead, Write};
 
 use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
 use crate::protocol::frame::{FrameReader, FrameWriter};
+use crate::protocol::health::{DaemonIdentity, HealthStatus, InstallDaemon};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
 use crate::protocol::manifests::SyncManifests;
 use crate::protocol::preflight::PreflightRequest;
@@ -55,6 +56,9 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         ReceiveSnapshot::NAME => run::<ReceiveSnapshot>(sys, input, output),
         ScheduledSnapshot::NAME => run::<ScheduledSnapshot>(sys, input, output),
         InstallSchedule::NAME => run::<InstallSchedule>(sys, input, output),
+        DaemonIdentity::NAME => run::<DaemonIdentity>(sys, input, output),
+        InstallDaemon::NAME => run::<InstallDaemon>(sys, input, output),
+        HealthStatus::NAME => run::<HealthStatus>(sys, input, output),
         other => {
             let mut answers = Answers { output, scrubber: Scrubber::default() };
             answers.line(&AnswerLine::Error(

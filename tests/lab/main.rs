@@ -2,6 +2,7 @@
 //! built once for the whole run, then scenarios one at a time. See ../shared/lab.md.
 
 mod common;
+mod daemon;
 mod harness_selftest;
 mod mirror;
 mod portable;
@@ -41,6 +42,7 @@ fn main() {
     trials.extend(provision::trials(&lab));
     trials.extend(portable::trials(&lab));
     trials.extend(snapshot::trials(&lab));
+    trials.extend(daemon::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {

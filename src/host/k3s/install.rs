@@ -362,7 +362,7 @@ fn restart_decision(
 }
 
 /// True when the service's main process runs an executable that was since replaced on disk.
-fn runs_a_replaced_binary(sys: &dyn HostSystem, unit: &UnitStatus) -> bool {
+pub(crate) fn runs_a_replaced_binary(sys: &dyn HostSystem, unit: &UnitStatus) -> bool {
     unit.main_pid > 0
         && sys
             .read_link(&PathBuf::from(format!("/proc/{}/exe", unit.main_pid)))

@@ -28,6 +28,7 @@ pub(crate) mod systemd;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub(crate) use install::runs_a_replaced_binary;
 pub use install::InstallError;
 pub use layout::*;
 pub use query::QueryError;

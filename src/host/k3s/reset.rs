@@ -82,6 +82,13 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
     let mut run =
         Run { sys, dry_run: req.dry_run, progress, actions: Vec::new(), notes: Vec::new(), errors: Vec::new() };
     let systemd = Systemd::new(sys);
+    let stamp = utc_stamp(sys.now_unix_ms());
+
+    // 0. The node daemon first, so that it does not report k3s going away; its state (report
+    //    buffer, hub store) is moved aside like the data below.
+    for (action, work) in crate::daemon::host_ops::removal_steps(sys, &|path| aside_name(sys, path, &stamp)) {
+        run.step(action, work);
+    }
 
     // 1. Services: stopped and disabled first, so that nothing restarts what follows kills.
     let units = k3s_units(sys);
@@ -257,7 +264,6 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
             sys.symlink_atomic(&relative, &link).map_err(|e| describe_io(&e))
         });
     }
-    let stamp = utc_stamp(sys.now_unix_ms());
     let mut data = vec![settings.data_dir.clone(), PathBuf::from(CONFIG_DIR), PathBuf::from(KUBELET_DIR)];
     data.dedup();
     for from in data {

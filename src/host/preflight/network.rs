@@ -65,6 +65,8 @@ const PORTS: &[PortSpec] = &[
     port(10257, Tcp, true, F, "kube-controller-manager, loopback"),
     port(10258, Tcp, true, F, "cloud-controller-manager, loopback"),
     port(10259, Tcp, true, F, "kube-scheduler, loopback"),
+    // Not k3s's: the hub of k3node's node agent, on every server.
+    port(crate::daemon::settings::DEFAULT_HUB_PORT, Tcp, true, F, "k3node hub (node health reports)"),
 ];
 
 /// k3s's data dir: the containerd, runc and CNI binaries it extracts run from under here.
@@ -264,6 +266,13 @@ fn ports(host: &Host, role: Role) -> Vec<Check> {
         found.dedup_by_key(|o| o.pid);
         if host.k3s_installed && !found.is_empty() && found.iter().all(|o| o.is_k3s()) {
             busy_checks.push(pass(id, format!("{label} is in use by k3s (already installed)")));
+            continue;
+        }
+        if spec.port == crate::daemon::settings::DEFAULT_HUB_PORT
+            && !found.is_empty()
+            && found.iter().all(|o| o.exe.as_deref() == Some(Path::new(crate::protocol::HELPER_PATH)))
+        {
+            busy_checks.push(pass(id, format!("{label} is in use by k3node's hub (already installed)")));
             continue;
         }
         let by = if found.is_empty() {
@@ -518,7 +527,7 @@ mod tests {
         let ports = find(&checks, "ports");
         assert_eq!(ports.status, Status::Pass);
         assert!(
-            ports.reason.starts_with("all 18 ports k3s needs on a server are free: 6443/tcp, 10250/tcp"),
+            ports.reason.starts_with("all 19 ports k3s needs on a server are free: 6443/tcp, 10250/tcp"),
             "{ports:?}"
         );
         assert!(!checks.iter().any(|c| c.id.starts_with("port-")));
@@ -539,7 +548,7 @@ mod tests {
             c.fix.as_deref(),
             Some("stop nginx (pid 812) or move it to another port (`ss -ltnp 'sport = :6443'` shows it)")
         );
-        assert!(find(&checks, "ports").reason.starts_with("17 of the 18 ports"));
+        assert!(find(&checks, "ports").reason.starts_with("18 of the 19 ports"));
         // An agent does not serve 6443: nothing to report.
         let agent = run(&with_nginx_on_6443(healthy_host()), Role::Agent);
         assert!(!agent.iter().any(|c| c.id == "port-6443/tcp"));

@@ -1,6 +1,6 @@
 //! `k3node up`: the cluster file made real. connect, lock, preflight, artifacts, install (upload,
 //! first server, token, servers, agents), ready, manifests, backup schedule (the servers' snapshot
-//! timer), kubeconfig.
+//! timer), daemon (the node agent), kubeconfig.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use crate::artifacts::{ArtifactOptions, DownloadProgress};
 use crate::cluster::ClusterFile;
 use crate::operator::engine::{Phase, RunOptions, RunReport};
 use crate::operator::fleet::Fleet;
-use crate::operator::phases::{artifacts, connect, install, kubeconfig, lock, manifests, preflight, ready, schedule};
+use crate::operator::phases::{
+    artifacts, connect, daemon, install, kubeconfig, lock, manifests, preflight, ready, schedule,
+};
 use crate::operator::progress::Observer;
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,7 @@ pub fn phases(options: &UpOptions, download: Box<dyn DownloadProgress>) -> Vec<B
         Box::new(ready::Ready { timeout: options.ready_timeout }),
         Box::new(manifests::Manifests),
         Box::new(schedule::BackupSchedule),
+        Box::new(daemon::Daemon),
         Box::new(kubeconfig::Kubeconfig { path: options.kubeconfig.clone() }),
     ]
 }

@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod connect;
+pub mod daemon;
 pub mod install;
 pub mod kubeconfig;
 pub mod lock;

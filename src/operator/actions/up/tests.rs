@@ -45,7 +45,7 @@ fn fresh_host(name: &str, ip: &str, role: Role, all: &[&str]) -> FakeSystem {
         .command("systemctl", SYSTEMCTL)
         .command("journalctl", JOURNALCTL)
         .output("/usr/local/bin/k3s", &["--version"], 0, k3s::VERSION_OUTPUT, "");
-    let sys = k3s::stopped(k3s::stopped(sys, "k3s"), "k3s-agent");
+    let sys = k3s::stopped(k3s::stopped(k3s::stopped(sys, "k3s"), "k3s-agent"), "k3node-agent");
     match role {
         Role::Server => sys
             .output_with_effects(
@@ -136,6 +136,7 @@ async fn a_fresh_cluster_goes_through_every_phase_in_order_and_is_installed() {
             ("ready", Done),
             ("manifests", Done),
             ("backup schedule", Done),
+            ("daemon", Done),
             ("kubeconfig", Done),
         ],
         "{report:#?}"

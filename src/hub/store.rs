@@ -1,0 +1,356 @@
+//! The hub's store (SQLite, WAL): the latest report of each node, a bounded history, and the
+//! counters a fleet view and the metrics need. It survives restarts of the hub.
+//!
+//! Invariants:
+//! - A batch is stored in one transaction, or not at all.
+//! - Within a node's stream, a sequence number at or below the last one stored is a duplicate
+//!   (ignored); a jump is a gap, counted in `lost_total`. A new stream (the node's buffer was
+//!   made anew) starts counting afresh.
+//! - History keeps the last `history_per_node` reports of each node.
+//! - Commits are durable against a crash of the hub (WAL, synchronous=NORMAL); a power loss may
+//!   lose the last commits, which the nodes then send again (they are confirmed only after the
+//!   commit returns, and a node keeps a report until its hub confirmed it).
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::protocol::health::{Report, ReportBatch};
+use crate::protocol::node::Role;
+
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("hub store {path}: {message}")]
+    Sqlite { path: String, message: String },
+}
+
+/// A node's row: its latest report and its counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub node: String,
+    pub role: Role,
+    pub received_ms: i64,
+    pub last_seq: u64,
+    pub report: Report,
+    pub reports_total: u64,
+    pub lost_total: u64,
+    pub dropped_total: u64,
+    pub duplicates_total: u64,
+}
+
+/// What storing a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Every report up to here is stored.
+    pub accepted_through: u64,
+    pub new: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+    history_per_node: u64,
+}
+
+impl Store {
+    pub fn open(path: &Path, history_per_node: u64) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let err = |e: rusqlite::Error| StoreError::Sqlite { path: shown.clone(), message: e.to_string() };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        // The daemon's memory target: a small page cache (pages of 4 KiB).
+        conn.pragma_update(None, "cache_size", -2048).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS nodes(
+                 node TEXT PRIMARY KEY, role TEXT NOT NULL, stream TEXT NOT NULL, last_seq INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL, report TEXT NOT NULL, reports_total INTEGER NOT NULL,
+                 lost_total INTEGER NOT NULL, dropped_total INTEGER NOT NULL, duplicates_total INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS history(
+                 node TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL, state TEXT NOT NULL, report TEXT NOT NULL,
+                 PRIMARY KEY(node, stream, seq)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS history_by_time ON history(node, received_ms);",
+        )
+        .map_err(err)?;
+        let version: Option<String> =
+            conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional().map_err(err)?;
+        match version.as_deref().map(str::parse::<i64>) {
+            None => {
+                conn.execute("INSERT INTO meta(key, value) VALUES('schema', ?1)", [SCHEMA_VERSION.to_string()])
+                    .map_err(err)?;
+            }
+            Some(Ok(v)) if v <= SCHEMA_VERSION => {}
+            Some(_) => {
+                return Err(StoreError::Sqlite {
+                    path: shown,
+                    message: format!(
+                        "written by a newer k3node (schema {}); this one reads up to {SCHEMA_VERSION}: upgrade k3node on this server",
+                        version.unwrap_or_default()
+                    ),
+                })
+            }
+        }
+        Ok(Store { conn, path: shown, history_per_node: history_per_node.max(1) })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |e| StoreError::Sqlite { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// Stores `batch` (the node's name already checked against its certificate).
+    pub fn ingest(&mut self, batch: &ReportBatch, received_ms: i64) -> Result<Stored, StoreError> {
+        Ok(self.ingest_many(&[(batch, received_ms)])?.remove(0))
+    }
+
+    /// Stores several batches in one transaction (the hub's writer groups what arrived together:
+    /// one commit for many nodes), each as [`Store::ingest`] would.
+    pub fn ingest_many(&mut self, batches: &[(&ReportBatch, i64)]) -> Result<Vec<Stored>, StoreError> {
+        let path = self.path.clone();
+        let err = move |e: rusqlite::Error| StoreError::Sqlite { path: path.clone(), message: e.to_string() };
+        let history = self.history_per_node;
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut out = Vec::with_capacity(batches.len());
+        for (batch, received_ms) in batches {
+            out.push(ingest_one(&tx, batch, *received_ms, history, &err)?);
+        }
+        tx.commit().map_err(&err)?;
+        Ok(out)
+    }
+
+    /// Every node's latest state, by name.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT node, role, received_ms, last_seq, report, reports_total, lost_total, dropped_total, duplicates_total
+                 FROM nodes ORDER BY node",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    [r.get::<_, i64>(5)?, r.get::<_, i64>(6)?, r.get::<_, i64>(7)?, r.get::<_, i64>(8)?],
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, role, received_ms, last_seq, report, [total, lost, dropped, dups]) = row.map_err(self.err())?;
+            let Ok(report) = serde_json::from_str::<Report>(&report) else { continue };
+            out.push(NodeRow {
+                node,
+                role: if role == "server" { Role::Server } else { Role::Agent },
+                received_ms,
+                last_seq: last_seq as u64,
+                report,
+                reports_total: total as u64,
+                lost_total: lost as u64,
+                dropped_total: dropped as u64,
+                duplicates_total: dups as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The sequence numbers in `node`'s history, oldest first (tests, diagnosis).
+    pub fn history_seqs(&self, node: &str) -> Result<Vec<u64>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT seq FROM history WHERE node=?1 ORDER BY seq").map_err(self.err())?;
+        let seqs = stmt.query_map([node], |r| r.get::<_, i64>(0)).map_err(self.err())?;
+        seqs.map(|s| s.map(|v| v as u64).map_err(self.err())).collect()
+    }
+
+    /// Bytes of the database and its WAL on disk.
+    pub fn size_bytes(&self) -> u64 {
+        [self.path.clone(), format!("{}-wal", self.path)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// One batch inside the writer's transaction.
+fn ingest_one(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &ReportBatch,
+    received_ms: i64,
+    history_per_node: u64,
+    err: &impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<Stored, StoreError> {
+    let existing: Option<(String, u64, u64, u64, u64, u64)> = tx
+        .query_row(
+            "SELECT stream, last_seq, reports_total, lost_total, dropped_total, duplicates_total FROM nodes WHERE node=?1",
+            [&batch.node],
+            |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64, r.get::<_, i64>(4)? as u64, r.get::<_, i64>(5)? as u64)),
+        )
+        .optional()
+        .map_err(err)?;
+    let (mut last_seq, mut total, mut lost, mut dups) = match &existing {
+        Some((stream, last, total, lost, _, dups)) if *stream == batch.stream => (*last, *total, *lost, *dups),
+        Some((_, _, total, lost, _, dups)) => (0, *total, *lost, *dups),
+        None => (0, 0, 0, 0),
+    };
+    let mut stored = Stored { accepted_through: last_seq, new: 0, duplicates: 0, lost: 0 };
+    let mut latest: Option<&Report> = None;
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO history(node, stream, seq, at_ms, received_ms, state, report) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(err)?;
+        for report in &batch.reports {
+            if report.seq <= last_seq {
+                stored.duplicates += 1;
+                continue;
+            }
+            if last_seq > 0 && report.seq > last_seq + 1 {
+                stored.lost += report.seq - last_seq - 1;
+            }
+            let text = serde_json::to_string(report).expect("reports always serialize");
+            insert
+                .execute(params![
+                    batch.node,
+                    batch.stream,
+                    report.seq as i64,
+                    report.at_ms,
+                    received_ms,
+                    report.state().as_str(),
+                    text
+                ])
+                .map_err(err)?;
+            last_seq = report.seq;
+            stored.new += 1;
+            latest = Some(report);
+        }
+    }
+    total += stored.new;
+    lost += stored.lost;
+    dups += stored.duplicates;
+    stored.accepted_through = last_seq;
+    let dropped = existing.as_ref().map(|e| e.4).unwrap_or(0).max(batch.dropped_total);
+    match latest {
+        Some(report) => {
+            let text = serde_json::to_string(report).expect("reports always serialize");
+            tx.execute(
+                "INSERT INTO nodes(node, role, stream, last_seq, received_ms, report, reports_total, lost_total, dropped_total, duplicates_total)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT(node) DO UPDATE SET role=?2, stream=?3, last_seq=?4, received_ms=?5, report=?6,
+                   reports_total=?7, lost_total=?8, dropped_total=?9, duplicates_total=?10",
+                params![
+                    batch.node,
+                    report.role.as_str(),
+                    batch.stream,
+                    last_seq as i64,
+                    received_ms,
+                    text,
+                    total as i64,
+                    lost as i64,
+                    dropped as i64,
+                    dups as i64
+                ],
+            )
+            .map_err(err)?;
+            tx.execute(
+                "DELETE FROM history WHERE node=?1 AND (stream<>?2 OR seq<=?3)",
+                params![batch.node, batch.stream, last_seq as i64 - history_per_node as i64],
+            )
+            .map_err(err)?;
+        }
+        None if existing.is_some() => {
+            tx.execute(
+                "UPDATE nodes SET duplicates_total=?2, dropped_total=?3 WHERE node=?1",
+                params![batch.node, dups as i64, dropped as i64],
+            )
+            .map_err(err)?;
+        }
+        None => {}
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::protocol::health::{CheckState, HealthCheck, HEALTH_PROTOCOL};
+
+    fn report(seq: u64, state: CheckState) -> Report {
+        Report {
+            seq,
+            at_ms: seq as i64 * 1000,
+            interval_secs: 10,
+            role: Role::Agent,
+            k3s_version: Some("v1.31.4+k3s1".into()),
+            checks: vec![HealthCheck { name: "disk-root".into(), state, reason: "r".into() }],
+            gauges: BTreeMap::new(),
+        }
+    }
+
+    fn batch(node: &str, stream: &str, seqs: &[u64]) -> ReportBatch {
+        ReportBatch {
+            protocol: HEALTH_PROTOCOL,
+            node: node.into(),
+            stream: stream.into(),
+            dropped_total: 0,
+            reports: seqs.iter().map(|s| report(*s, CheckState::Ok)).collect(),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_ignored_gaps_are_counted_and_the_latest_report_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("hub.db"), 100).unwrap();
+        let s = store.ingest(&batch("n1", "a", &[1, 2, 3]), 10).unwrap();
+        assert_eq!(s, Stored { accepted_through: 3, new: 3, duplicates: 0, lost: 0 });
+        // The answer was lost, the node sends 2..4 again: only 4 is new.
+        let s = store.ingest(&batch("n1", "a", &[2, 3, 4]), 20).unwrap();
+        assert_eq!(s, Stored { accepted_through: 4, new: 1, duplicates: 2, lost: 0 });
+        let s = store.ingest(&batch("n1", "a", &[7]), 30).unwrap();
+        assert_eq!(s.lost, 2);
+        let rows = store.nodes().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].last_seq, rows[0].reports_total, rows[0].lost_total, rows[0].duplicates_total),
+            (7, 5, 2, 2)
+        );
+        assert_eq!(rows[0].received_ms, 30);
+        assert_eq!(store.history_seqs("n1").unwrap(), vec![1, 2, 3, 4, 7]);
+    }
+
+    #[test]
+    fn a_new_stream_starts_afresh_and_history_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("hub.db"), 3).unwrap();
+        store.ingest(&batch("n1", "a", &[1, 2, 3, 4, 5]), 10).unwrap();
+        assert_eq!(store.history_seqs("n1").unwrap(), vec![3, 4, 5]);
+        let s = store.ingest(&batch("n1", "b", &[1, 2]), 20).unwrap();
+        assert_eq!(s, Stored { accepted_through: 2, new: 2, duplicates: 0, lost: 0 });
+        assert_eq!(store.history_seqs("n1").unwrap(), vec![1, 2]);
+        assert_eq!(store.nodes().unwrap()[0].reports_total, 7);
+    }
+
+    #[test]
+    fn the_store_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        Store::open(&path, 10).unwrap().ingest(&batch("n1", "a", &[1, 2]), 10).unwrap();
+        let mut again = Store::open(&path, 10).unwrap();
+        assert_eq!(again.nodes().unwrap()[0].last_seq, 2);
+        let s = again.ingest(&batch("n1", "a", &[2, 3]), 20).unwrap();
+        assert_eq!((s.new, s.duplicates), (1, 1));
+    }
+}
