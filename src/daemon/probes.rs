@@ -469,11 +469,20 @@ pub fn earliest_not_after(pem: &[u8]) -> Option<i64> {
 /// Where snapshots of a server are: k3s's etcd snapshots, and k3node's own.
 pub const SNAPSHOT_DIRS: [&str; 2] = ["/var/lib/rancher/k3s/server/db/snapshots", "/var/lib/rancher/k3node/snapshots"];
 
-/// A snapshot's time from its name, as k3s names them: `<name>-<node>-<unix seconds>` (with an
-/// optional extension such as `.zip` or `.tar.zst`).
+/// A snapshot's time from its name: k3s names them `<name>-<node>-<unix seconds>` (with an
+/// optional extension such as `.zip`), k3node `<prefix>-<node>-<YYYYMMDDTHHMMSSZ>.tar.zst`, with
+/// `-2`, `-3`... after the stamp for a second snapshot in the same second.
 fn snapshot_time(name: &str) -> Option<i64> {
     let stem = name.split('.').next()?;
-    let last = stem.rsplit('-').next()?;
+    let mut parts = stem.rsplit('-');
+    let mut last = parts.next()?;
+    if last.len() < 4 && last.chars().all(|c| c.is_ascii_digit()) {
+        last = parts.next()?;
+    }
+    let k3node_stamp = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    if let Ok(at) = time::PrimitiveDateTime::parse(last, &k3node_stamp) {
+        return Some(at.assume_utc().unix_timestamp());
+    }
     (last.len() >= 9 && last.chars().all(|c| c.is_ascii_digit())).then(|| last.parse().ok()).flatten()
 }
 

@@ -179,8 +179,11 @@ async fn containerd_and_the_kubelet_are_asked_where_k3s_serves_them() {
 }
 
 #[test]
-fn snapshot_names_carry_their_time_as_k3s_writes_it() {
+fn snapshot_names_carry_their_time_as_k3s_and_k3node_write_them() {
     assert_eq!(snapshot_time("on-demand-server1-1735787045"), Some(1_735_787_045));
     assert_eq!(snapshot_time("etcd-snapshot-s1-1735787045.zip"), Some(1_735_787_045));
     assert_eq!(snapshot_time("notes.txt"), None);
+    // k3node's own archives, and a second one taken in the same second.
+    assert_eq!(snapshot_time("manual-server-1-20250102T030405Z.tar.zst"), Some(1_735_787_045));
+    assert_eq!(snapshot_time("scheduled-server-1-20250102T030405Z-2.tar.zst.sha256"), Some(1_735_787_045));
 }
