@@ -295,7 +295,9 @@ fn run(report: &RunReport, options: &RenderOptions) {
     }
     for host in &report.hosts {
         if let Some(e) = &host.error {
-            println!("{} ({}): {}", host.host, e.kind, e.message);
+            // Transport errors already start with the host's name; it is said once.
+            let message = e.message.strip_prefix(&format!("{}: ", host.host)).unwrap_or(&e.message);
+            println!("{} ({}): {message}", host.host, e.kind);
         }
     }
     let verdict = match (report.succeeded(), report.dry_run, report.command) {

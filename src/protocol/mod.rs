@@ -27,6 +27,7 @@ pub mod node;
 pub mod preflight;
 pub mod secret;
 pub mod snapshot;
+mod unique_keys;
 
 pub use secret::{Scrubber, Secret};
 
@@ -93,6 +94,9 @@ pub fn encode_request<O: Operation>(request: &O, lock: Option<&str>) -> Vec<u8> 
 /// thing: not an object, unknown or missing fields, another operation's name, or any form that
 /// does not re-encode to the same JSON (serde's sequence form of a struct, for one).
 pub fn decode_request<O: Operation>(line: &str) -> Result<Envelope<O>, String> {
+    // A JSON value keeps the last of a key written twice, so the re-encoding below cannot see it.
+    serde_json::from_str::<unique_keys::UniqueKeys>(line.trim_end())
+        .map_err(|e| format!("the request line is not JSON with each key once: {e}"))?;
     let raw: serde_json::Value =
         serde_json::from_str(line.trim_end()).map_err(|e| format!("the request line is not JSON: {e}"))?;
     if !raw.is_object() {
@@ -326,6 +330,9 @@ mod tests {
             (r#"{"op":"reset","extra":1,"args":{"dry_run":true,"keep_helper":false}}"#, "unknown field"),
             (r#"{"op":"hello","args":{"dry_run":true,"keep_helper":false}}"#, "command line says reset"),
             (r#"{"op":"reset","lock":null,"args":{"dry_run":true,"keep_helper":false}}"#, "ambiguous"),
+            // a safety field written twice: a JSON value would keep the last one
+            (r#"{"op":"reset","args":{"dry_run":true,"keep_helper":false,"dry_run":false}}"#, "key once"),
+            (r#"{"op":"reset","op":"reset","args":{"dry_run":true,"keep_helper":false}}"#, "duplicate key \"op\""),
         ];
         for (line, expected) in cases {
             let err = decode_request::<ResetRequest>(line).unwrap_err();

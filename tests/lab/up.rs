@@ -52,6 +52,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("seed_cluster_installed_as_the_contract_says", seed_cluster),
         t("rerun_on_converged_cluster_changes_and_restarts_nothing", rerun_noop),
         t("changed_label_restarts_only_its_host", changed_label),
+        t("an_install_sh_host_is_taken_over_quietly_and_drift_is_converged_with_a_restart", take_over_and_drift),
         t("two_runs_at_once_the_second_is_refused_naming_the_first_and_the_cluster_converges", two_runs_at_once),
         t("dry_run_shows_the_diff_and_changes_nothing", dry_run),
         t("added_node_joins_without_touching_the_rest", added_node),
@@ -313,6 +314,55 @@ fn changed_label(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(crate::common::sh(lab.host("h2"), "cat /etc/rancher/k3s/config.yaml")?.contains("tier=api"), || {
         "label not applied".into()
     })
+}
+
+/// h3 (an agent) as install.sh leaves a host, then drifted by hand in three ways.
+fn take_over_and_drift(lab: &Arc<Lab>, w: &World) -> Outcome {
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    let h3 = lab.host("h3");
+    let sh = |cmd: &str| crate::common::sh(h3, cmd);
+    const ENV: &str = "/etc/systemd/system/k3s-agent.service.env";
+    const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
+    let run = |what: &str| -> Result<(String, String, String), libtest_mimic::Failed> {
+        let before = invocation(h3);
+        let (code, json, stderr) = up(w, &file, &[]);
+        ensure(code == 0, || format!("{what}: {json}\n{stderr}"))?;
+        Ok((before, invocation(h3), node(&json, "h3")["state"].as_str().unwrap_or("").to_string()))
+    };
+
+    // The files are byte for byte install.sh's (seed_cluster checks the unit against the contract);
+    // started by someone else and without k3node's record, the host is one install.sh set up.
+    sh("rm /var/lib/rancher/k3node/k3s-agent.applied.json && systemctl restart k3s-agent")?;
+    let (before, after, state) = run("take-over")?;
+    // (The binary counts as new to k3node without a record; what matters is k3s not restarting.)
+    ensure(before == after && state != "restarted", || format!("take-over: {state}, {before} -> {after}"))?;
+
+    // config.yaml rewritten by hand with the same meaning, k3s restarted: nothing to restart for.
+    sh(&format!(
+        "sed -i '1i # tidied by hand' {CONFIG} && sed -i 's/: /:  /' {CONFIG} && systemctl restart k3s-agent"
+    ))?;
+    let (before, after, state) = run("formatting")?;
+    ensure(before == after && state != "restarted", || format!("formatting only: {state}, {before} -> {after}"))?;
+
+    // A variable added to the env file and k3s restarted on it: put back, and k3s restarted.
+    sh(&format!("echo \"HTTP_PROXY='http://192.0.2.1:3128'\" >> {ENV} && systemctl restart k3s-agent"))?;
+    let (before, after, state) = run("env drift")?;
+    ensure(before != after && state == "restarted", || format!("env drift: {state}, {before} -> {after}"))?;
+    ensure(!sh(&format!("cat {ENV}"))?.contains("HTTP_PROXY"), || "the drifted variable stayed".into())?;
+
+    // A config key added and k3s restarted on it: the same.
+    sh(&format!("printf 'kubelet-arg:\\n  - max-pods=50\\n' >> {CONFIG} && systemctl restart k3s-agent"))?;
+    let (before, after, state) = run("config drift")?;
+    ensure(before != after && state == "restarted", || format!("config drift: {state}, {before} -> {after}"))?;
+    ensure(!sh(&format!("cat {CONFIG}"))?.contains("max-pods"), || "the drifted key stayed".into())?;
+
+    // A key added while k3s keeps running what k3node started: the file is put back, no restart.
+    sh(&format!("printf 'kubelet-arg:\\n  - max-pods=60\\n' >> {CONFIG}"))?;
+    let (before, after, state) = run("drift not yet applied")?;
+    ensure(before == after && state == "changed", || format!("unapplied drift: {state}, {before} -> {after}"))?;
+    ensure(!sh(&format!("cat {CONFIG}"))?.contains("max-pods"), || "the drifted key stayed".into())
 }
 
 fn dry_run(lab: &Arc<Lab>, w: &World) -> Outcome {
@@ -587,7 +637,39 @@ fn seed_004(lab: &Arc<Lab>, w: &World) -> Outcome {
     let left = crate::common::sh(lab.host("h1"), "ls /var/lib/rancher/k3s/server/manifests")?;
     ensure(left.contains("k3node-00-namespaces.yaml") && !left.contains("k3node-10-resource-quotas.yaml"), || {
         format!("server manifests: {left}")
-    })
+    })?;
+    // The seed's day-2 steps: a snapshot of the server, and the fleet's health from the hub.
+    let config = file.to_str().unwrap();
+    let (code, json, stderr) = w.op.k3node_json(&["snapshot", "create", "-c", config, "-o", "json"]);
+    let created = &json["snapshots"][0];
+    ensure(code == 0 && created["state"] == "created" && created["host"] == "h1", || format!("{json}\n{stderr}"))?;
+    let (code, json, stderr) = w.op.k3node_json(&[
+        "snapshot",
+        "verify",
+        &format!("h1:{}", created["name"].as_str().unwrap_or_default()),
+        "-c",
+        config,
+        "-o",
+        "json",
+    ]);
+    ensure(code == 0, || format!("snapshot verify: {json}\n{stderr}"))?;
+    // Every node's daemon reports within two of its 10 s intervals of starting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let (_, view, stderr) = w.op.k3node_json(&["status", "-c", config, "-o", "json"]);
+        let reported = |n: &str| {
+            view["nodes"].as_array().into_iter().flatten().any(|e| {
+                e["node"] == n && e["state"] != "stale" && !e["checks"].as_array().map_or(true, |c| c.is_empty())
+            })
+        };
+        if reported("h1") && reported("h2") {
+            return Ok(());
+        }
+        ensure(std::time::Instant::now() < deadline, || {
+            format!("after 40 s, not every node reported: {view}\n{stderr}")
+        })?;
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 fn local_mode(lab: &Arc<Lab>, w: &World) -> Outcome {

@@ -15,7 +15,7 @@ use super::artifacts::Release;
 use super::preflight::OwnAddresses;
 use crate::artifacts::K3sBinary;
 use crate::cluster::{ClusterFile, Host};
-use crate::host::k3s::layout::{K3S_BIN, NODE_PASSWORD};
+use crate::host::k3s::layout::{K3S_BIN, NODE_PASSWORD_FILE};
 use crate::operator::engine::{Change, HostError, HostState, Phase, PhaseResult, PhaseRun, PhaseState, RunContext};
 use crate::operator::link::{Link, LinkError};
 use crate::operator::node_config::{self, Position};
@@ -377,7 +377,7 @@ fn record_host(
 /// it the password secret) is deleted through the first server before it joins. Best effort: when
 /// this cannot be done, the join's own diagnosis names the cause and the fix.
 async fn forget_stale_node(first: &Link, link: &Link, name: &str, dry_run: bool, observer: &dyn Observer) {
-    let has_password = link.call(&FileDigest { path: NODE_PASSWORD.into() }).send().await;
+    let has_password = link.call(&FileDigest { path: NODE_PASSWORD_FILE.into() }).send().await;
     if !matches!(has_password, Ok(ref d) if d.sha256.is_none()) {
         return;
     }
