@@ -248,7 +248,7 @@ fn thresholds(sink: &mut Sink, e: &Entry<'_>, out: &mut BTreeMap<String, f64>) {
         // Only a pair the file touches is judged, and only when both of its values are usable.
         let (warn_at, fail_at) = (entries.get(warn), entries.get(fail));
         let Some(at) = warn_at.or(fail_at) else { continue };
-        if warn_at.is_some() && !out.contains_key(*warn) || fail_at.is_some() && !out.contains_key(*fail) {
+        if (warn_at.is_some() && !out.contains_key(*warn)) || (fail_at.is_some() && !out.contains_key(*fail)) {
             continue;
         }
         let (Some(w), Some(x)) =
@@ -265,10 +265,11 @@ fn thresholds(sink: &mut Sink, e: &Entry<'_>, out: &mut BTreeMap<String, f64>) {
             Worse::Higher => (w > x, "above", "higher", "<="),
         };
         if wrong {
-            sink.error(at.key_pos(), &at.path, format!("{} is {relation} {}", shown(warn, w), shown(fail, x)))
-                .hint(format!(
+            let message = format!("{} is {relation} {}", shown(warn, w), shown(fail, x));
+            let hint = format!(
                 "{worse} is worse for this measurement and a check warns before it fails: set {warn} {order} {fail}"
-            ));
+            );
+            sink.error(at.key_pos(), &at.path, message).hint(hint);
         }
     }
 }
