@@ -7,6 +7,7 @@
 //! malformed or large, ends in a [`LoadError`] with a position, never a panic or a hang (see
 //! source.rs and prescan.rs for the limits, and tests/fuzz for the proof).
 
+mod agent;
 mod backup;
 mod calendar;
 mod diagnostic;
@@ -31,6 +32,7 @@ use serde::{Serialize, Serializer};
 
 pub use crate::protocol::preflight::Role;
 use crate::protocol::Secret;
+pub use agent::{threshold_defaults, AgentSpec, CHECK_NAMES, K3S_PORTS};
 pub use backup::{Backup, Retention, DEFAULT_KEEP_LAST};
 pub use calendar::{calendar as check_calendar, timespan_us};
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity, MAX_KEPT_DIAGNOSTICS, MAX_SHOWN_DIAGNOSTICS};
@@ -69,6 +71,8 @@ pub struct ClusterFile {
     pub manifests: Vec<manifests::Manifest>,
     /// `spec.backup` (its defaults when absent).
     pub backup: Backup,
+    /// `spec.agent` as written (every field unset when absent): the node daemon's settings.
+    pub agent: AgentSpec,
 }
 
 impl ClusterFile {

@@ -145,6 +145,7 @@ pub(crate) fn read(
         manifest_sources: Vec::new(),
         manifests: Vec::new(),
         backup: super::Backup::defaults(base_dir),
+        agent: super::AgentSpec::default(),
     };
     if root.is_empty() {
         sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
@@ -186,14 +187,15 @@ pub(crate) fn read(
         return (file, spans);
     };
     let reserved = |k: &str| {
-        ["images", "agent"].contains(&k).then(|| {
+        ["images"].contains(&k).then(|| {
             (
                 format!("`spec.{k}` is not supported yet by this version of k3node"),
                 Some("remove it for now; a later version will read it".to_string()),
             )
         })
     };
-    let spec = Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s", "manifests", "backup"], &reserved);
+    let spec =
+        Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s", "manifests", "backup", "agent"], &reserved);
     if let Some(e) = spec.get("manifests") {
         file.manifest_sources = cx.manifest_sources(sink, e);
     }
@@ -218,6 +220,9 @@ pub(crate) fn read(
     }
     if let Some(backup) = spec.get("backup") {
         super::backup::read(sink, backup, &mut file.backup, &|sink, e| cx.path(sink, e));
+    }
+    if let Some(agent) = spec.get("agent") {
+        super::agent::read(sink, agent, &mut file.agent, &file.k3s.config);
     }
     (file, spans)
 }

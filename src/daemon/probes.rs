@@ -26,6 +26,22 @@ pub const CONTAINERD_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
 pub const KUBELET_HEALTHZ: &str = "http://127.0.0.1:10248/healthz";
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Every check the daemon runs, by the name reports carry and `spec.agent.disabledChecks`
+/// (`Tuning::disabled_checks`) uses. The cluster file refuses any other name.
+pub const CHECK_NAMES: &[&str] = &[
+    "cpu",
+    "memory",
+    "load",
+    "disk-root",
+    "disk-rancher",
+    "k3s",
+    "certificates",
+    "clock",
+    "snapshot",
+    "containerd",
+    "kubelet",
+];
+
 /// The two probes that need the network, real or fake.
 #[async_trait]
 pub trait Endpoints: Send + Sync {

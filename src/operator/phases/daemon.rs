@@ -12,12 +12,14 @@
 //!
 //! A re-run on a converged cluster changes nothing and restarts nothing.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt};
 
 use crate::cluster::{ClusterFile, Host};
 use crate::daemon::pki;
-use crate::daemon::settings::{FleetMember, Settings, Tuning};
+use crate::daemon::settings::{FleetMember, Settings, Thresholds, Tuning};
 use crate::host::k3s::layout::DEFAULT_KUBECONFIG;
 use crate::operator::engine::{Change, ChangeAction, HostError, HostState, Phase, PhaseRun, RunContext};
 use crate::operator::link::{Link, LinkError};
@@ -28,10 +30,41 @@ use crate::protocol::Secret;
 
 pub struct Daemon;
 
-/// What users tune in the daemon. Today the defaults; the cluster file's `spec.agent` will map
-/// onto [`Tuning`] here (and nowhere else).
-pub fn tuning(_cluster: &ClusterFile) -> Tuning {
-    Tuning::default()
+/// What users tune in the daemon: the cluster file's `spec.agent` mapped onto [`Tuning`] (here
+/// and nowhere else), the daemon's defaults for what it leaves unset. The cluster module has
+/// checked every value (see `cluster::AgentSpec`), so the mapping cannot fail.
+pub fn tuning(cluster: &ClusterFile) -> Tuning {
+    let spec = &cluster.agent;
+    let defaults = Tuning::default();
+    Tuning {
+        interval_secs: spec.interval_secs.unwrap_or(defaults.interval_secs),
+        hub_port: spec.hub_port.unwrap_or(defaults.hub_port),
+        stale_after_intervals: spec.stale_after_intervals.unwrap_or(defaults.stale_after_intervals),
+        disabled_checks: spec.disabled_checks.clone().unwrap_or(defaults.disabled_checks),
+        thresholds: thresholds(&spec.thresholds),
+        ..defaults
+    }
+}
+
+/// The daemon's thresholds with those the file sets. They are named as [`Thresholds`]
+/// serializes its fields, so they are applied through serde rather than a second list of names.
+fn thresholds(set: &BTreeMap<String, f64>) -> Thresholds {
+    let mut fields = match serde_json::to_value(Thresholds::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => unreachable!("Thresholds serializes as a struct"),
+    };
+    for (name, value) in set {
+        // A whole number goes in as an integer: the restart count is a u32, which serde_json does
+        // not read from a float, while the f64 fields read integers.
+        let number = if value.fract() == 0.0 && *value >= 0.0 && *value <= u64::MAX as f64 {
+            serde_json::Number::from(*value as u64)
+        } else {
+            serde_json::Number::from_f64(*value).expect("the cluster file only holds finite thresholds")
+        };
+        fields.insert(name.clone(), serde_json::Value::Number(number));
+    }
+    serde_json::from_value(serde_json::Value::Object(fields))
+        .expect("the cluster file only holds thresholds the daemon knows, with values it reads")
 }
 
 /// The settings file of `host`.
@@ -213,4 +246,119 @@ fn record(result: &mut crate::operator::engine::HostResult, report: &DaemonRepor
         }
     }
     report.service_action != ServiceAction::None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::daemon::probes::{self, Collected, Endpoints, ProbeState, CHECK_NAMES};
+    use crate::host::system::fake::FakeSystem;
+
+    fn corpus(name: &str) -> ClusterFile {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/valid");
+        crate::cluster::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    fn with_agent(agent: &str) -> ClusterFile {
+        let text = format!(
+            "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  hosts:\n    - name: s1\n      address: 10.0.0.1\n      role: server\n{agent}"
+        );
+        crate::cluster::parse("cluster.yaml", Path::new("/"), &text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn spec_agent_maps_onto_the_tuning_with_the_daemons_defaults_for_what_it_leaves_unset() {
+        let t = tuning(&corpus("agent.yaml"));
+        let d = Tuning::default();
+        assert_eq!((t.interval_secs, t.hub_port, t.stale_after_intervals), (30, 10300, 4));
+        assert_eq!(t.disabled_checks, ["kubelet", "containerd"]);
+        assert_eq!((t.thresholds.disk_free_warn_percent, t.thresholds.disk_free_fail_percent), (20.0, 12.5));
+        assert_eq!(
+            (t.thresholds.load_per_cpu_warn, t.thresholds.load_per_cpu_fail),
+            (d.thresholds.load_per_cpu_warn, 6.0)
+        );
+        assert_eq!(t.thresholds.k3s_restarts_warn, 5);
+        assert_eq!(
+            (t.thresholds.snapshot_age_warn_hours, t.thresholds.snapshot_age_fail_hours),
+            (Some(26.0), Some(50.0))
+        );
+        // What spec.agent cannot say keeps the daemon's defaults.
+        assert_eq!(
+            (t.thresholds.cpu_busy_warn_percent, t.thresholds.cert_expiry_fail_days),
+            (d.thresholds.cpu_busy_warn_percent, d.thresholds.cert_expiry_fail_days)
+        );
+        assert_eq!(
+            (t.buffer_max_reports, t.history_per_node, t.condition_resync_secs),
+            (d.buffer_max_reports, d.history_per_node, d.condition_resync_secs)
+        );
+        assert_eq!(tuning(&corpus("minimal.yaml")), d, "no spec.agent: the defaults");
+    }
+
+    #[test]
+    fn every_threshold_the_cluster_file_accepts_reaches_the_tuning() {
+        // Each threshold in turn, set to its partner's default (equal warn and fail values are
+        // allowed) or, without one, to 7: never its own default, so the mapping shows.
+        let defaults = crate::cluster::threshold_defaults();
+        for (name, own) in &defaults {
+            let partner =
+                if name.contains("Warn") { name.replace("Warn", "Fail") } else { name.replace("Fail", "Warn") };
+            let value = defaults.iter().find(|(n, _)| *n == partner).and_then(|(_, v)| *v).unwrap_or(7.0);
+            assert_ne!(Some(value), *own, "{name}");
+            let t = tuning(&with_agent(&format!("  agent:\n    thresholds:\n      {name}: {value}\n")));
+            let fields = serde_json::to_value(&t.thresholds).unwrap();
+            assert_eq!(fields[name].as_f64(), Some(value), "{name}: {fields}");
+        }
+    }
+
+    #[test]
+    fn a_change_of_spec_agent_changes_the_settings_file_and_no_change_keeps_it_byte_for_byte() {
+        let before = with_agent("  agent:\n    interval: 10s\n");
+        let host = before.host("s1").unwrap().clone();
+        let same = with_agent("");
+        assert_eq!(settings_for(&before, &host).render(), settings_for(&same, &host).render());
+        let after = with_agent("  agent:\n    interval: 20s\n    thresholds:\n      cpuBusyWarnPercent: 80\n");
+        let text = settings_for(&after, &host).render();
+        assert_ne!(text, settings_for(&before, &host).render());
+        let read = Settings::parse("agent.yaml", &text).unwrap();
+        assert_eq!((read.tuning.interval_secs, read.tuning.thresholds.cpu_busy_warn_percent), (20, 80.0));
+    }
+
+    struct Unreachable;
+
+    #[async_trait]
+    impl Endpoints for Unreachable {
+        async fn unix_connect(&self, _: &Path) -> Result<(), String> {
+            Err("Connection refused".into())
+        }
+        async fn http_get(&self, _: &str) -> Result<(u16, String), String> {
+            Err("Connection refused".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_check_names_the_cluster_file_accepts_are_exactly_those_the_probes_report() {
+        // A server whose every probe fails still reports every check (by its reason), once a hub
+        // measured its clock.
+        let settings = Settings {
+            node: "s1".into(),
+            role: Role::Server,
+            hubs: vec![],
+            fleet: vec![],
+            kubeconfig: None,
+            tuning: Tuning::default(),
+        };
+        let mut state = ProbeState::default();
+        state.clock_offset_ms = Some(5.0);
+        let mut c: Collected = probes::collect_local(&FakeSystem::new(), &settings, &mut state);
+        probes::collect_network(&Unreachable, &settings, &mut c).await;
+        let mut reported: Vec<&str> = c.checks.iter().map(|x| x.name.as_str()).collect();
+        let mut accepted = CHECK_NAMES.to_vec();
+        reported.sort();
+        accepted.sort();
+        assert_eq!(reported, accepted);
+    }
 }
