@@ -72,7 +72,11 @@ impl Bench {
 }
 
 fn phase_secs(json: &serde_json::Value, name: &str) -> f64 {
-    json["phases"].as_array().and_then(|p| p.iter().find(|p| p["name"] == name)).and_then(|p| p["elapsed"].as_f64()).unwrap_or(0.0)
+    json["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["elapsed"].as_f64())
+        .unwrap_or(0.0)
 }
 
 /// Appends about `mib` MiB of kine rows (distinct keys: compaction keeps them) to the database.
@@ -99,8 +103,13 @@ fn grow(db: &Path, mib: u64) {
             .unwrap();
         for i in 0..rows {
             let name = format!("/registry/configmaps/bench/data-{i:06}");
-            let filler = "kind ConfigMap apiVersion v1 metadata namespace bench labels app bench tier data config.yaml ";
-            let mut value = format!("{{\"metadata\":{{\"name\":\"data-{i:06}\",\"uid\":\"{}\"}},\"data\":{{\"blob\":\"{}\",\"text\":\"", random_text(32), random_text(ROW / 2));
+            let filler =
+                "kind ConfigMap apiVersion v1 metadata namespace bench labels app bench tier data config.yaml ";
+            let mut value = format!(
+                "{{\"metadata\":{{\"name\":\"data-{i:06}\",\"uid\":\"{}\"}},\"data\":{{\"blob\":\"{}\",\"text\":\"",
+                random_text(32),
+                random_text(ROW / 2)
+            );
             while value.len() < ROW - 4 {
                 value.push_str(filler);
             }
@@ -193,7 +202,10 @@ fn main() {
     grow(&db, size);
     let manifests = h1.root.join("var/lib/rancher/k3s/server/manifests");
     for i in 0..20 {
-        let text = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench-{i}\n  namespace: default\ndata:\n  k: \"{}\"\n", "v".repeat(20_000));
+        let text = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bench-{i}\n  namespace: default\ndata:\n  k: \"{}\"\n",
+            "v".repeat(20_000)
+        );
         std::fs::write(manifests.join(format!("bench-{i}.yaml")), text).unwrap();
     }
     b.sh(h1, "systemctl start k3s");
@@ -224,8 +236,10 @@ fn main() {
 
     // Restore: k3node, the seed's stop + tar xzf + start, the limit.
     drop_caches();
-    let (restore, json) =
-        b.json("restore", &["restore", "-c", config, "--from", &format!("h1:{name}"), "--yes", "-o", "json", "--ready-timeout", "300"]);
+    let (restore, json) = b.json(
+        "restore",
+        &["restore", "-c", config, "--from", &format!("h1:{name}"), "--yes", "-o", "json", "--ready-timeout", "300"],
+    );
     let restore_host = phase_secs(&json, "restore");
     let check_host = phase_secs(&json, "check");
     // What the restore moved aside is not needed by the figures: the disk is.
@@ -253,36 +267,53 @@ fn main() {
     println!("snapshot benchmark, one lab host running the k3s stand-in, same run:");
     println!("  datastore {:.0} MiB; everything a snapshot holds {:.0} MiB", mib(db_bytes), mib(files_bytes));
     println!("  create:");
-    println!("    k3node snapshot create (command)              {:>8.2} s  (on the host: {create_host:.2} s)", s(create));
-    println!("    seed: tar czf of the same files               {:>8.2} s", s(seed_create));
-    println!("    limit: read + zstd to /dev/null               {:>8.2} s  ({:.0} MiB out)", s(create_limit), mib(counted));
     println!(
-        "    speedup over the seed                         {:>8.2}x  (target >= 3x)",
-        s(seed_create) / s(create)
+        "    k3node snapshot create (command)              {:>8.2} s  (on the host: {create_host:.2} s)",
+        s(create)
     );
+    println!("    seed: tar czf of the same files               {:>8.2} s", s(seed_create));
+    println!(
+        "    limit: read + zstd to /dev/null               {:>8.2} s  ({:.0} MiB out)",
+        s(create_limit),
+        mib(counted)
+    );
+    println!("    speedup over the seed                         {:>8.2}x  (target >= 3x)", s(seed_create) / s(create));
     println!(
         "    size: archive {:.0} MiB, seed tgz {:.0} MiB         {:>8.2}   (target <= 1)",
         mib(archive_bytes),
         mib(tgz_bytes),
         archive_bytes as f64 / tgz_bytes.max(1) as f64
     );
-    println!("    command / limit                               {:>8.2}x  (target <= 1.5x)", s(create) / s(create_limit));
+    println!(
+        "    command / limit                               {:>8.2}x  (target <= 1.5x)",
+        s(create) / s(create_limit)
+    );
     println!("  restore:");
     println!(
         "    k3node restore (command)                      {:>8.2} s  (on the host: check {check_host:.2} s, restore {restore_host:.2} s)",
         s(restore)
     );
     println!("    seed: stop k3s, tar xzf, start k3s            {:>8.2} s", s(seed_restore));
-    println!("    limit: read + zstd -d to /dev/null            {:>8.2} s  ({:.0} MiB out)", s(restore_limit), mib(out));
-    println!("    speedup over the seed                         {:>8.2}x  (target >= 3x)", s(seed_restore) / s(restore));
-    println!("    command / limit                               {:>8.2}x  (target <= 1.5x)", s(restore) / s(restore_limit));
+    println!(
+        "    limit: read + zstd -d to /dev/null            {:>8.2} s  ({:.0} MiB out)",
+        s(restore_limit),
+        mib(out)
+    );
+    println!(
+        "    speedup over the seed                         {:>8.2}x  (target >= 3x)",
+        s(seed_restore) / s(restore)
+    );
+    println!(
+        "    command / limit                               {:>8.2}x  (target <= 1.5x)",
+        s(restore) / s(restore_limit)
+    );
 }
 
 fn walk_size(path: &Path) -> u64 {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(path)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| walk_size(&e.path())).sum())
-            .unwrap_or(0),
+        Ok(m) if m.is_dir() => {
+            std::fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| walk_size(&e.path())).sum()).unwrap_or(0)
+        }
         Ok(m) if m.is_file() => m.len(),
         _ => 0,
     }

@@ -659,7 +659,7 @@ fn seed_004(lab: &Arc<Lab>, w: &World) -> Outcome {
         let (_, view, stderr) = w.op.k3node_json(&["status", "-c", config, "-o", "json"]);
         let reported = |n: &str| {
             view["nodes"].as_array().into_iter().flatten().any(|e| {
-                e["node"] == n && e["state"] != "stale" && !e["checks"].as_array().map_or(true, |c| c.is_empty())
+                e["node"] == n && e["state"] != "stale" && e["checks"].as_array().is_some_and(|c| !c.is_empty())
             })
         };
         if reported("h1") && reported("h2") {

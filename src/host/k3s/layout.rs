@@ -18,6 +18,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/rancher/k3s";
 pub const RANCHER_DIR: &str = "/var/lib/rancher";
 pub const DEFAULT_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 pub const KUBELET_DIR: &str = "/var/lib/kubelet";
+/// Where every node keeps its password (contract section 6).
+pub const NODE_DIR: &str = "/etc/rancher/node";
 /// k3node's own state on a host: records of what each service was started with.
 pub const RECORD_DIR: &str = "/var/lib/rancher/k3node";
 pub const KILLALL_SCRIPT: &str = "/usr/local/bin/k3s-killall.sh";
