@@ -17,6 +17,8 @@ pub struct PreflightRequest {
     pub service_cidr: String,
     /// Apply the safe fixes (modules, sysctls) before checking.
     pub fix: bool,
+    /// The port of k3node's hub on servers (`spec.agent.hubPort`), checked like k3s's own.
+    pub hub_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -65,15 +65,18 @@ const PORTS: &[PortSpec] = &[
     port(10257, Tcp, true, F, "kube-controller-manager, loopback"),
     port(10258, Tcp, true, F, "cloud-controller-manager, loopback"),
     port(10259, Tcp, true, F, "kube-scheduler, loopback"),
-    // Not k3s's: the hub of k3node's node agent, on every server.
-    port(crate::daemon::settings::DEFAULT_HUB_PORT, Tcp, true, F, "k3node hub (node health reports)"),
 ];
+
+/// Not k3s's: the hub of k3node's node agent, on every server, at the cluster file's port.
+const fn hub(hub_port: u16) -> PortSpec {
+    port(hub_port, Tcp, true, F, "k3node hub (node health reports)")
+}
 
 /// k3s's data dir: the containerd, runc and CNI binaries it extracts run from under here.
 const K3S_DATA_DIR: &str = "/var/lib/rancher/k3s/";
 
 pub(super) fn checks(host: &Host, req: &PreflightRequest) -> Vec<Check> {
-    let mut checks = ports(host, req.role);
+    let mut checks = ports(host, req.role, req.hub_port);
     checks.push(routes(host, req));
     checks
 }
@@ -240,8 +243,10 @@ fn started_by_k3s(host: &Host, pid: u32) -> bool {
     false
 }
 
-fn ports(host: &Host, role: Role) -> Vec<Check> {
-    let specs: Vec<&PortSpec> = PORTS.iter().filter(|p| role == Role::Server || !p.servers_only).collect();
+fn ports(host: &Host, role: Role, hub_port: u16) -> Vec<Check> {
+    let hub = hub(hub_port);
+    let specs: Vec<&PortSpec> =
+        PORTS.iter().chain([&hub]).filter(|p| role == Role::Server || !p.servers_only).collect();
     let (sockets, errors) = read_sockets(host);
 
     let busy_inodes: BTreeSet<u64> = sockets
@@ -268,9 +273,14 @@ fn ports(host: &Host, role: Role) -> Vec<Check> {
             busy_checks.push(pass(id, format!("{label} is in use by k3s (already installed)")));
             continue;
         }
-        if spec.port == crate::daemon::settings::DEFAULT_HUB_PORT
-            && !found.is_empty()
-            && found.iter().all(|o| o.exe.as_deref() == Some(Path::new(crate::protocol::HELPER_PATH)))
+        // After an upgrade the running hub's executable reads "<path> (deleted)" until it restarts.
+        let is_helper = |o: &&Owner| {
+            o.exe.as_deref().is_some_and(|exe| {
+                let exe = exe.to_string_lossy();
+                exe.strip_suffix(" (deleted)").unwrap_or(&exe) == crate::protocol::HELPER_PATH
+            })
+        };
+        if spec.port == hub_port && !found.is_empty() && found.iter().all(is_helper)
         {
             busy_checks.push(pass(id, format!("{label} is in use by k3node's hub (already installed)")));
             continue;
@@ -536,6 +546,37 @@ mod tests {
             find(&agent, "ports").reason.starts_with("all 10 ports k3s needs on an agent are free: 10250/tcp"),
             "{agent:?}"
         );
+    }
+
+    /// pid 812 listening on 0.0.0.0:`port`, running `exe`.
+    fn listening(sys: FakeSystem, port: u16, comm: &str, exe: &str) -> FakeSystem {
+        sys.file(
+            "/proc/net/tcp",
+            &format!(
+                "{TCP_HEADER}{SSHD_TCP}   2: 00000000:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0\n"
+            ),
+        )
+        .file("/proc/812/comm", &format!("{comm}\n"))
+        .link("/proc/812/exe", exe)
+        .link("/proc/812/fd/6", "socket:[31337]")
+    }
+
+    #[test]
+    fn the_hub_port_is_the_cluster_files_and_a_hub_running_a_replaced_binary_is_still_ours() {
+        let mut req = request(Role::Server);
+        req.hub_port = 10300;
+        let helper = crate::protocol::HELPER_PATH;
+        let upgraded = listening(healthy_host(), 10300, "k3node", &format!("{helper} (deleted)"));
+        let checks = checks(&host(&upgraded), &req);
+        let c = find(&checks, "port-10300/tcp");
+        assert_eq!(c.status, Status::Pass, "{c:?}");
+        assert!(c.reason.contains("k3node's hub"), "{c:?}");
+        let other = listening(healthy_host(), 10300, "nginx", "/usr/sbin/nginx");
+        let checks = super::checks(&host(&other), &req);
+        assert_eq!(find(&checks, "port-10300/tcp").status, Status::Fail);
+        // The default port is then no concern of k3node's.
+        let default = listening(healthy_host(), 10270, "nginx", "/usr/sbin/nginx");
+        assert!(!super::checks(&host(&default), &req).iter().any(|c| c.id == "port-10270/tcp"));
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub fn request(role: Role) -> PreflightRequest {
         cluster_cidr: "10.42.0.0/16".into(),
         service_cidr: "10.43.0.0/16".into(),
         fix: false,
+        hub_port: crate::daemon::settings::DEFAULT_HUB_PORT,
     }
 }
 

@@ -33,6 +33,7 @@ pub fn request_for(cluster: &ClusterFile, role: Role, fix: bool) -> PreflightReq
         cluster_cidr: cluster.k3s.cluster_cidr(),
         service_cidr: cluster.k3s.service_cidr(),
         fix,
+        hub_port: cluster.agent.hub_port.unwrap_or(crate::daemon::settings::DEFAULT_HUB_PORT),
     }
 }
 
