@@ -5,6 +5,7 @@
 //! - [`transport`]: operator side, SSH to hosts (russh): auth, host keys, exec, upload.
 //! - [`operator`]: operator side, phases run across hosts (agent bootstrap, preflight).
 //! - [`host`]: host side, the agent's native operations (`k3node host <operation>`).
+//! - [`images`]: operator side, container image archives read and checked before they are sent.
 //! - [`protocol`]: what the operator and the host agent say to each other.
 
 // Errors carry the host, the address and what to do: they are large, and only ever on the cold path.
@@ -16,6 +17,7 @@ pub mod digest;
 pub mod fsutil;
 pub mod home;
 pub mod host;
+pub mod images;
 pub mod operator;
 pub mod protocol;
 pub mod transport;

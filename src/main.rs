@@ -29,6 +29,8 @@ enum Command {
     Up(commands::up::UpArgs),
     /// Uninstall k3s from hosts (agents first); data is moved aside, not deleted.
     Reset(commands::reset::ResetArgs),
+    /// Container images onto the nodes: import into k3s's containerd, or stage for import at start.
+    Images(commands::images::ImagesArgs),
     /// Merge the cluster's admin kubeconfig into ~/.kube/config under the cluster's name.
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
     /// Print shell completions (bash, zsh, fish...).
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Preflight(args) => runtime().and_then(|rt| rt.block_on(commands::preflight::run(args, verbose))),
         Command::Up(args) => runtime().and_then(|rt| rt.block_on(commands::up::run(args, verbose))),
         Command::Reset(args) => runtime().and_then(|rt| rt.block_on(commands::reset::run(args, verbose))),
+        Command::Images(args) => runtime().and_then(|rt| rt.block_on(commands::images::run(args, verbose))),
         Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),
         Command::Completions(args) => commands::completions::run(args, Cli::command()).map(|_| true),
         Command::Man => commands::completions::man(Cli::command()).map(|_| true),

@@ -63,6 +63,16 @@ pub struct ClusterFile {
     pub manifest_sources: Vec<manifests::ManifestSource>,
     /// The add-on manifests, once [`read_manifests`] has read and checked them.
     pub manifests: Vec<manifests::Manifest>,
+    /// `spec.images`: image archives staged on every node before k3s starts (`up`), read and
+    /// checked by the phase that stages them, before anything is sent.
+    pub images: Vec<ImageArchive>,
+}
+
+/// A `spec.images` entry: an image archive file and where the cluster file names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageArchive {
+    pub path: PathBuf,
+    pub at: Location,
 }
 
 impl ClusterFile {

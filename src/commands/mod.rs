@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod host;
+pub mod images;
 pub mod init;
 pub mod kubeconfig;
 pub mod preflight;

@@ -20,6 +20,7 @@
 
 pub mod files;
 pub mod frame;
+pub mod images;
 pub mod k3s;
 pub mod manifests;
 pub mod node;
@@ -40,7 +41,8 @@ pub const HELPER_PATH: &str = "/usr/local/bin/k3node";
 
 /// What the helper of this build can do beyond the operations every version has; the operator
 /// checks `hello`'s list before it relies on one.
-pub const CAPABILITIES: &[&str] = &["framed-upload", "framed-download", "host-lock", "file-digest", "snapshots"];
+pub const CAPABILITIES: &[&str] =
+    &["framed-upload", "framed-download", "host-lock", "file-digest", "snapshots", "images"];
 
 /// One operation of the host helper: its arguments are `Self`, its answer `Self::Answer`.
 pub trait Operation: Serialize + DeserializeOwned + Send + Sync {

@@ -3,6 +3,7 @@
 
 mod common;
 mod harness_selftest;
+mod images;
 mod mirror;
 mod portable;
 mod preflight;
@@ -39,6 +40,7 @@ fn main() {
     trials.extend(up::trials(&lab));
     trials.extend(provision::trials(&lab));
     trials.extend(portable::trials(&lab));
+    trials.extend(images::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {

@@ -1,4 +1,5 @@
-//! `k3node up`: the cluster file made real. connect, lock, preflight, artifacts, install (upload,
+//! `k3node up`: the cluster file made real. connect, lock, preflight, artifacts, preload images
+//! (`spec.images`, staged before k3s starts), install (upload,
 //! first server, token, servers, agents), ready, manifests, kubeconfig.
 
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use crate::artifacts::{ArtifactOptions, DownloadProgress};
 use crate::cluster::ClusterFile;
 use crate::operator::engine::{Phase, RunOptions, RunReport};
 use crate::operator::fleet::Fleet;
-use crate::operator::phases::{artifacts, connect, install, kubeconfig, lock, manifests, preflight, ready};
+use crate::operator::phases::{artifacts, connect, images, install, kubeconfig, lock, manifests, preflight, ready};
 use crate::operator::progress::Observer;
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub fn phases(options: &UpOptions, download: Box<dyn DownloadProgress>) -> Vec<B
         Box::new(lock::Lock { mutating: true }),
         Box::new(preflight::Preflight { fix: false, ignore_failures: options.ignore_preflight }),
         Box::new(artifacts::Artifacts { options: options.artifacts.clone(), progress: download }),
+        Box::new(images::Preload),
         Box::new(install::Install { ready_timeout: options.ready_timeout }),
         Box::new(ready::Ready { timeout: options.ready_timeout }),
         Box::new(manifests::Manifests),

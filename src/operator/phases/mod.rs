@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod connect;
+pub mod images;
 pub mod install;
 pub mod kubeconfig;
 pub mod lock;
