@@ -152,6 +152,15 @@ fn scenario(lab: &Arc<Lab>) -> Outcome {
     run(Command::new("tar").arg("-C").arg(&multi_dir).arg("-cf").arg(&multi).arg("."))?;
     let app_digest = digest_of(&format!("oci-archive:{}", oci.display()), &work)?;
     let preload_digest = digest_of(&format!("oci-archive:{}", preload.display()), &work)?;
+    umoci_image(&layout, "spec", &[("spec.txt", b"from spec.images".to_vec())])?;
+    let spec_archive = work.join("spec-images.tar.gz");
+    let spec_tar = work.join("spec-images.tar");
+    skopeo(
+        &format!("oci:{}:spec", layout.display()),
+        &format!("oci-archive:{}:registry.lab/spec:1", spec_tar.display()),
+    )?;
+    run(Command::new("sh").arg("-c").arg(format!("gzip -c {} > {}", spec_tar.display(), spec_archive.display())))?;
+    let spec_digest = digest_of(&format!("oci-archive:{}", spec_tar.display()), &work)?;
 
     // Staged before k3s is installed: the stand-in imports it at its start, pinned.
     let (code, json, stderr) = k3node_stdin(
@@ -163,12 +172,27 @@ fn scenario(lab: &Arc<Lab>) -> Outcome {
     let staged =
         sh(lab.host("h3"), "ls /var/lib/rancher/k3s/agent/images/ /var/lib/rancher/k3s/agent/.k3node-staging/")?;
     ensure(staged.contains("k3node-preload.tar.zst"), || format!("h3 images dir: {staged}"))?;
+    // And spec.images: `up` stages it on every node before k3s starts there.
+    yaml.push_str(&format!("  images:\n    - {}\n", spec_archive.display()));
+    std::fs::write(&file, &yaml).unwrap();
     let out = op.k3node(&["up", "-c", c, "-o", "json", "--ready-timeout", "120"]);
     ensure(out.status.success(), || format!("up: {}", String::from_utf8_lossy(&out.stderr)))?;
     for n in NODES {
         let listing = images_on(lab.host(n))?;
         ensure(holds(&listing, "registry.lab/preload:1", &preload_digest), || format!("{n} after start: {listing}"))?;
+        ensure(holds(&listing, "registry.lab/spec:1", &spec_digest), || format!("{n} spec.images: {listing}"))?;
     }
+    // A second `up` finds the spec.images archive staged with the same bytes: nothing is sent.
+    let (code, json, stderr) = op.k3node_json(&["up", "-c", c, "-o", "json"]);
+    let preload_phase =
+        json["phases"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "preload images")).cloned();
+    ensure(
+        code == 0
+            && preload_phase
+                .as_ref()
+                .is_some_and(|p| p["message"].as_str().is_some_and(|m| m.contains("0 images staged"))),
+        || format!("second up: {preload_phase:?}\n{stderr}"),
+    )?;
     let (_, again, _) = k3node_stdin(
         &op,
         &["images", "stage", "-c", c, "-o", "json", preload.to_str().unwrap()],
