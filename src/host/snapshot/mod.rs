@@ -117,9 +117,6 @@ impl Failure for SnapshotError {
     }
 }
 
-/// [`ErrorKind::of_io`], and a full disk also when a layer between (tar, zstd) rewrapped the
-/// error: its kind still says so where the errno is gone.
-
 impl HostOperation for CreateSnapshot {
     fn run(self, ctx: &mut Context<'_, '_>) -> Result<SnapshotCreated, HostError> {
         let sys = ctx.sys;

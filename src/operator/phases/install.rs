@@ -163,7 +163,7 @@ impl Phase for Install {
                     Ok(Some(Ok(token))) => token,
                     _ => return HostOutcome { host: host.name.clone(), upload, install: None },
                 };
-                forget_stale_node(&first_link, &link, &host.name, dry_run, observer.as_ref()).await;
+                forget_stale_node(first_link, &link, &host.name, dry_run, observer.as_ref()).await;
                 let install = call_install(&link, request(&host, Some(&token)), observer.as_ref()).await;
                 HostOutcome { host: host.name.clone(), upload, install: Some(install) }
             }

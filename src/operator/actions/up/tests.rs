@@ -297,5 +297,5 @@ async fn a_host_locked_by_another_run_stops_this_one_before_any_change() {
     assert!(error.message.contains("`up` from bob@ci"), "{}", error.message);
     assert!(world.hosts["s1"].state().locks.is_empty(), "the locks this run took were released");
     assert!(world.hosts["s1"].bytes("/usr/local/bin/k3s").is_none());
-    assert!(Path::new(&world.kubeconfig).exists() == false);
+    assert!(!Path::new(&world.kubeconfig).exists());
 }
