@@ -37,6 +37,8 @@ enum Command {
     Status(commands::status::StatusArgs),
     /// Run the node daemon (and on a server the hub); started by systemd as k3node-agent.service.
     Agent(commands::agent::AgentArgs),
+    /// Container images onto the nodes: import into k3s's containerd, or stage for import at start.
+    Images(commands::images::ImagesArgs),
     /// Merge the cluster's admin kubeconfig into ~/.kube/config under the cluster's name.
     Kubeconfig(commands::kubeconfig::KubeconfigArgs),
     /// Print shell completions (bash, zsh, fish...).
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Restore(args) => runtime().and_then(|rt| rt.block_on(commands::restore::run(args, verbose))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(commands::status::run(args))),
         Command::Agent(args) => commands::agent::run(args),
+        Command::Images(args) => runtime().and_then(|rt| rt.block_on(commands::images::run(args, verbose))),
         Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),
         Command::Completions(args) => commands::completions::run(args, Cli::command()).map(|_| true),
         Command::Man => commands::completions::man(Cli::command()).map(|_| true),

@@ -777,6 +777,33 @@ fn validate_reports_a_missing_key_file_with_exit_status_2_and_reads_stdin_relati
 }
 
 #[test]
+fn validate_reports_a_missing_or_directory_spec_images_archive_at_its_entry_with_exit_status_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("images")).expect("mkdir");
+    let text = format!("{MINIMAL}  images:\n    - ./app.tar\n    - ./images\n");
+    let validate = || {
+        let mut cmd = k3node();
+        cmd.args(["validate", "-c", "-"]).current_dir(dir.path());
+        run_within(cmd, Some(text.as_bytes()), std::time::Duration::from_secs(20))
+    };
+    let out = validate();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let root = dir.path().display();
+    let text_out = stderr(&out);
+    assert!(
+        text_out.contains(&format!("<stdin>:11:7: spec.images[0]: image archive {root}/app.tar does not exist"))
+            && text_out.contains(&format!("<stdin>:12:7: spec.images[1]: image archive {root}/images is a directory")),
+        "{text_out}"
+    );
+
+    std::fs::write(dir.path().join("app.tar"), "an archive").expect("write");
+    std::fs::remove_dir(dir.path().join("images")).expect("rmdir");
+    std::fs::write(dir.path().join("images"), "another").expect("write");
+    let out = validate();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
 fn many_long_unknown_keys_are_reported_in_linear_time_with_shortened_messages() {
     // Finding: "did you mean" compared every long key with every known key by edit distance,
     // quadratic in the key length: 100 keys of 5000 characters took 20 s.

@@ -73,6 +73,16 @@ pub struct ClusterFile {
     pub backup: Backup,
     /// `spec.agent` as written (every field unset when absent): the node daemon's settings.
     pub agent: AgentSpec,
+    /// `spec.images`: image archives staged on every node before k3s starts (`up`), read and
+    /// checked by the phase that stages them, before anything is sent.
+    pub images: Vec<ImageArchive>,
+}
+
+/// A `spec.images` entry: an image archive file and where the cluster file names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageArchive {
+    pub path: PathBuf,
+    pub at: Location,
 }
 
 impl ClusterFile {
@@ -359,6 +369,33 @@ pub fn check_key_files(file: &ClusterFile) -> Diagnostics {
         found.push(at.diagnostic(Severity::Error, field, problem, Some(hint)));
     }
     found.sort_by_key(|d| (d.line, d.column));
+    Diagnostics(found, 0)
+}
+
+/// Checks that every `spec.images` archive is a regular file k3node can read, each problem an
+/// error at the list entry that names it. Their contents are read and checked by the phase that
+/// stages them; this only keeps a misspelt path from being found after hosts were reached.
+pub fn check_image_archives(file: &ClusterFile) -> Diagnostics {
+    let mut found = Vec::new();
+    for (i, archive) in file.images.iter().enumerate() {
+        let shown = escape_file_name(&archive.path.display().to_string());
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+                .open(&archive.path)
+        };
+        let problem = match opened.and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_file() => continue,
+            Ok(meta) if meta.is_dir() => format!("image archive {shown} is a directory, not a tarball"),
+            Ok(_) => format!("image archive {shown} is not a regular file"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => format!("image archive {shown} does not exist"),
+            Err(e) => format!("cannot read image archive {shown}: {e}"),
+        };
+        let hint = "paths are relative to the cluster file's directory; an archive is the output of `docker save`, `podman save` or `skopeo copy ... oci-archive:FILE:NAME`".to_string();
+        found.push(archive.at.diagnostic(Severity::Error, format!("spec.images[{i}]"), problem, Some(hint)));
+    }
     Diagnostics(found, 0)
 }
 

@@ -146,6 +146,7 @@ pub(crate) fn read(
         manifests: Vec::new(),
         backup: super::Backup::defaults(base_dir),
         agent: super::AgentSpec::default(),
+        images: Vec::new(),
     };
     if root.is_empty() {
         sink.error(Pos::START, "", "the cluster file is empty").hint("`k3node init` writes a commented starter file");
@@ -186,18 +187,22 @@ pub(crate) fn read(
     let Some(spec_map) = mapping(sink, spec, "with ssh, hosts and k3s") else {
         return (file, spans);
     };
-    let reserved = |k: &str| {
-        ["images"].contains(&k).then(|| {
-            (
-                format!("`spec.{k}` is not supported yet by this version of k3node"),
-                Some("remove it for now; a later version will read it".to_string()),
-            )
-        })
-    };
-    let spec =
-        Fields::new(sink, spec_map, &spec.path, &["ssh", "hosts", "k3s", "manifests", "backup", "agent"], &reserved);
+    let spec = Fields::new(
+        sink,
+        spec_map,
+        &spec.path,
+        &["ssh", "hosts", "k3s", "manifests", "images", "backup", "agent"],
+        &no_hook,
+    );
     if let Some(e) = spec.get("manifests") {
-        file.manifest_sources = cx.manifest_sources(sink, e);
+        file.manifest_sources = cx.manifest_sources(sink, e, "of manifest files and directories");
+    }
+    if let Some(e) = spec.get("images") {
+        file.images = cx
+            .manifest_sources(sink, e, "of image archive files")
+            .into_iter()
+            .map(|m| super::ImageArchive { path: m.path, at: m.at })
+            .collect();
     }
     file.ssh = cx.ssh_defaults(sink, spec.get("ssh"));
     // k3s first: a host's extraConfig may not repeat what spec.k3s.config sets.
@@ -230,9 +235,9 @@ pub(crate) fn read(
 impl Cx<'_> {
     /// `spec.manifests`: files and directories, each with where it was written (they are read
     /// and checked by [`super::manifests::read`], before any host is touched).
-    fn manifest_sources(&self, sink: &mut Sink, e: &Entry<'_>) -> Vec<super::manifests::ManifestSource> {
+    fn manifest_sources(&self, sink: &mut Sink, e: &Entry<'_>, what: &str) -> Vec<super::manifests::ManifestSource> {
         let mut out = Vec::new();
-        let Some(list) = sequence(sink, e, "of manifest files and directories") else {
+        let Some(list) = sequence(sink, e, what) else {
             return out;
         };
         for (i, item) in list.iter().enumerate() {

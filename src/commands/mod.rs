@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod completions;
 pub mod host;
+pub mod images;
 pub mod init;
 pub mod kubeconfig;
 pub mod preflight;
@@ -86,6 +87,7 @@ impl ConnectArgs {
         let mut cluster = cluster;
         let mut problems = cluster::check_key_files(&cluster);
         problems.0.extend(cluster::read_manifests(&mut cluster).0);
+        problems.0.extend(cluster::check_image_archives(&cluster).0);
         if !problems.is_empty() {
             return Err(cluster::LoadError::Invalid(problems).into());
         }

@@ -12,9 +12,10 @@ pub struct ValidateArgs {
 pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
     let mut file = super::load_cluster(&args.config)?;
     // Loading reads the cluster file only; validate also checks what it names on this machine:
-    // the key files and the add-on manifests.
+    // the key files, the add-on manifests and the spec.images archives.
     let mut problems = cluster::check_key_files(&file);
     problems.0.extend(cluster::read_manifests(&mut file).0);
+    problems.0.extend(cluster::check_image_archives(&file).0);
     if !problems.is_empty() {
         return Err(cluster::LoadError::Invalid(problems).into());
     }

@@ -6,11 +6,13 @@
 //! - [`lock`]: the host lock that keeps two runs apart.
 //! - [`files`], [`hello`]: streamed files, and who answers.
 //! - [`preflight`], [`k3s`]: checks, and installing/inspecting/removing k3s.
+//! - [`images`]: container images in k3s's containerd, and archives staged for k3s to import.
 //! - [`snapshot`]: snapshots of a server, their archives, and restoring them.
 
 pub mod error;
 pub mod files;
 mod hello;
+pub mod images;
 pub mod k3s;
 pub mod lock;
 pub mod manifests;

@@ -13,6 +13,7 @@ use std::io::{BufRead, Write};
 use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
 use crate::protocol::frame::{FrameReader, FrameWriter};
 use crate::protocol::health::{DaemonIdentity, HealthStatus, InstallDaemon};
+use crate::protocol::images::{ImageInventory, ImportImages, PinImages, StageImages, StagedDigest};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
 use crate::protocol::manifests::SyncManifests;
 use crate::protocol::preflight::PreflightRequest;
@@ -46,6 +47,11 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         SendFile::NAME => run::<SendFile>(sys, input, output),
         FileDigest::NAME => run::<FileDigest>(sys, input, output),
         SyncManifests::NAME => run::<SyncManifests>(sys, input, output),
+        ImageInventory::NAME => run::<ImageInventory>(sys, input, output),
+        ImportImages::NAME => run::<ImportImages>(sys, input, output),
+        PinImages::NAME => run::<PinImages>(sys, input, output),
+        StageImages::NAME => run::<StageImages>(sys, input, output),
+        StagedDigest::NAME => run::<StagedDigest>(sys, input, output),
         CreateSnapshot::NAME => run::<CreateSnapshot>(sys, input, output),
         ListSnapshots::NAME => run::<ListSnapshots>(sys, input, output),
         VerifySnapshot::NAME => run::<VerifySnapshot>(sys, input, output),

@@ -21,6 +21,7 @@
 pub mod files;
 pub mod frame;
 pub mod health;
+pub mod images;
 pub mod k3s;
 pub mod manifests;
 pub mod node;
@@ -42,8 +43,16 @@ pub const HELPER_PATH: &str = "/usr/local/bin/k3node";
 
 /// What the helper of this build can do beyond the operations every version has; the operator
 /// checks `hello`'s list before it relies on one.
-pub const CAPABILITIES: &[&str] =
-    &["framed-upload", "framed-download", "host-lock", "file-digest", "snapshots", "snapshot-schedule", "node-daemon"];
+pub const CAPABILITIES: &[&str] = &[
+    "framed-upload",
+    "framed-download",
+    "host-lock",
+    "file-digest",
+    "snapshots",
+    "snapshot-schedule",
+    "node-daemon",
+    "images",
+];
 
 /// One operation of the host helper: its arguments are `Self`, its answer `Self::Answer`.
 pub trait Operation: Serialize + DeserializeOwned + Send + Sync {

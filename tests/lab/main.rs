@@ -4,6 +4,7 @@
 mod common;
 mod daemon;
 mod harness_selftest;
+mod images;
 mod mirror;
 mod portable;
 mod preflight;
@@ -43,6 +44,7 @@ fn main() {
     trials.extend(portable::trials(&lab));
     trials.extend(snapshot::trials(&lab));
     trials.extend(daemon::trials(&lab));
+    trials.extend(images::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {

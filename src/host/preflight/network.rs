@@ -280,8 +280,7 @@ fn ports(host: &Host, role: Role, hub_port: u16) -> Vec<Check> {
                 exe.strip_suffix(" (deleted)").unwrap_or(&exe) == crate::protocol::HELPER_PATH
             })
         };
-        if spec.port == hub_port && !found.is_empty() && found.iter().all(is_helper)
-        {
+        if spec.port == hub_port && !found.is_empty() && found.iter().all(is_helper) {
             busy_checks.push(pass(id, format!("{label} is in use by k3node's hub (already installed)")));
             continue;
         }

@@ -61,6 +61,8 @@ pub struct State {
     pub special: BTreeSet<PathBuf>,
     /// Standard input given to commands run with `run_with`: (program, args, input).
     pub inputs: Vec<(PathBuf, Vec<String>, String)>,
+    /// Standard input streamed to commands run with `run_streaming`: (program, args, bytes).
+    pub streamed: Vec<(PathBuf, Vec<String>, Vec<u8>)>,
     pub disks: BTreeMap<PathBuf, DiskSpace>,
     pub uname: Uname,
     pub euid: u32,
@@ -754,6 +756,24 @@ impl HostSystem for FakeSystem {
             let args = args.iter().map(|a| a.to_string()).collect();
             st.inputs.push((program.to_path_buf(), args, String::from_utf8_lossy(input).into_owned()));
         }
+        st.run(program, args)
+    }
+
+    /// Reads the whole input first (a read error is returned, and the command is recorded as
+    /// killed: it never answers), then answers as declared.
+    fn run_streaming(
+        &self,
+        program: &Path,
+        args: &[&str],
+        stdin: &mut dyn Read,
+        _timeout: Duration,
+    ) -> io::Result<CommandOutput> {
+        let mut input = Vec::new();
+        let read = stdin.read_to_end(&mut input);
+        let mut st = self.state();
+        let key_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        st.streamed.push((program.to_path_buf(), key_args, input));
+        read?;
         st.run(program, args)
     }
 

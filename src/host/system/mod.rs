@@ -195,6 +195,17 @@ pub trait HostSystem: Send + Sync {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> io::Result<CommandOutput>;
+    /// Like [`HostSystem::run_with`], but the program's standard input is streamed from `stdin`
+    /// as it is read (an image archive is too large to hold). When reading `stdin` fails, the
+    /// program is killed before its input ends, so that it never takes a cut stream for a whole
+    /// one, and the read error is returned. A program that stops reading early ends the stream.
+    fn run_streaming(
+        &self,
+        program: &Path,
+        args: &[&str],
+        stdin: &mut dyn Read,
+        timeout: Duration,
+    ) -> io::Result<CommandOutput>;
     /// Sends SIGKILL to a process.
     fn kill(&self, pid: i32) -> io::Result<()>;
 

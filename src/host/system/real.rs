@@ -282,6 +282,16 @@ impl HostSystem for RealSystem {
         run_with_input(program, args, stdin, timeout)
     }
 
+    fn run_streaming(
+        &self,
+        program: &Path,
+        args: &[&str],
+        stdin: &mut dyn Read,
+        timeout: Duration,
+    ) -> io::Result<CommandOutput> {
+        super::command::run_streaming(program, args, stdin, timeout)
+    }
+
     fn kill(&self, pid: i32) -> io::Result<()> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
             .map_err(io::Error::from)

@@ -116,3 +116,39 @@ fn fake_lists_implied_directories() {
     assert!(!sys.exists(Path::new("/proc/2")));
     assert_eq!(sys.read_dir_names(Path::new("/proc/2")).unwrap_err().kind(), io::ErrorKind::NotFound);
 }
+
+#[test]
+fn real_run_streaming_feeds_stdin_as_it_is_read_and_kills_the_program_when_the_input_breaks() {
+    let sys = RealSystem::host();
+    let sh = sys.find_command("sh").expect("sh");
+    // The whole stream arrives: 8 MiB through `wc -c`, never held in memory at once.
+    let mut big = std::io::Read::take(std::io::repeat(b'x'), 8 << 20);
+    let out = sys.run_streaming(&sh, &["-c", "wc -c"], &mut big, Duration::from_secs(20)).unwrap();
+    assert_eq!(out.stdout.trim(), (8u64 << 20).to_string());
+    // A broken input: the program is killed before it could see the end of its stdin and act
+    // on a cut stream (here: write a marker once stdin ends).
+    let marker = tempfile::tempdir().unwrap();
+    let done = marker.path().join("saw-the-end");
+    let script = format!("cat >/dev/null; touch {}", done.display());
+    struct Broken(usize);
+    impl std::io::Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "cut off"));
+            }
+            self.0 -= 1;
+            buf[0] = b'y';
+            Ok(1)
+        }
+    }
+    let err = sys.run_streaming(&sh, &["-c", &script], &mut Broken(1000), Duration::from_secs(20)).unwrap_err();
+    assert_eq!(err.to_string(), "cut off");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!done.exists(), "the program went on after its input broke");
+    // A program that stops reading early ends the copy; its status tells.
+    let mut endless = std::io::repeat(b'z');
+    let out = sys
+        .run_streaming(&sh, &["-c", "head -c 10 >/dev/null; exit 3"], &mut endless, Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(out.status, Some(3));
+}

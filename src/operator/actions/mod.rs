@@ -5,6 +5,7 @@
 //! it needs from earlier phases it takes from `run.slots` by type, what later ones need it puts
 //! there), then insert it into the list of the actions that need it. No other phase changes.
 
+pub mod images;
 pub mod preflight;
 pub mod reset;
 pub mod restore;

@@ -1,6 +1,7 @@
-//! `k3node up`: the cluster file made real. connect, lock, preflight, artifacts, install (upload,
-//! first server, token, servers, agents), ready, manifests, backup schedule (the servers' snapshot
-//! timer), daemon (the node agent), kubeconfig.
+//! `k3node up`: the cluster file made real. connect, lock, preflight, artifacts, preload images
+//! (`spec.images`, staged before k3s starts), install (upload, first server, token, servers,
+//! agents), ready, manifests, backup schedule (the servers' snapshot timer), daemon (the node
+//! agent), kubeconfig.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use crate::cluster::ClusterFile;
 use crate::operator::engine::{Phase, RunOptions, RunReport};
 use crate::operator::fleet::Fleet;
 use crate::operator::phases::{
-    artifacts, connect, daemon, install, kubeconfig, lock, manifests, preflight, ready, schedule,
+    artifacts, connect, daemon, images, install, kubeconfig, lock, manifests, preflight, ready, schedule,
 };
 use crate::operator::progress::Observer;
 
@@ -37,6 +38,7 @@ pub fn phases(options: &UpOptions, download: Box<dyn DownloadProgress>) -> Vec<B
         Box::new(lock::Lock { mutating: true }),
         Box::new(preflight::Preflight { fix: false, ignore_failures: options.ignore_preflight }),
         Box::new(artifacts::Artifacts { options: options.artifacts.clone(), progress: download }),
+        Box::new(images::Preload),
         Box::new(install::Install { ready_timeout: options.ready_timeout }),
         Box::new(ready::Ready { timeout: options.ready_timeout }),
         Box::new(manifests::Manifests),

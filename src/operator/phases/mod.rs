@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod connect;
 pub mod daemon;
+pub mod images;
 pub mod install;
 pub mod kubeconfig;
 pub mod lock;

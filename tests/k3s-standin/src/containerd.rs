@@ -257,7 +257,7 @@ fn decoder(file: std::fs::File, fmt: Format) -> Result<Box<dyn Read + Send>, Str
     Ok(match fmt {
         Format::Tar => Box::new(r),
         Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Format::Zstd => Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("zstd: {e}"))?),
+        Format::Zstd => Box::new(ZstdFrames::new(r).map_err(|e| format!("zstd: {e}"))?),
         Format::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),
         Format::Bzip2 => {
             let bz = find_external("bzip2").ok_or("bzip2 not found on PATH")?;
@@ -271,6 +271,36 @@ fn decoder(file: std::fs::File, fmt: Format) -> Result<Box<dyn Read + Send>, Str
         }
         Format::List => unreachable!(),
     })
+}
+
+/// A zstd stream of one or more frames, decoded one after the other: RFC 8878 (section 3.1)
+/// lets a compressed stream hold several frames, and k3s's decoder reads them all.
+struct ZstdFrames<R: std::io::BufRead> {
+    frame: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: std::io::BufRead> ZstdFrames<R> {
+    fn new(source: R) -> Result<Self, ruzstd::decoding::errors::FrameDecoderError> {
+        Ok(ZstdFrames { frame: Some(ruzstd::decoding::StreamingDecoder::new(source)?) })
+    }
+}
+
+impl<R: std::io::BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(frame) = self.frame.as_mut() else { return Ok(0) };
+            let n = frame.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This frame is done: another may follow.
+            let mut source = self.frame.take().expect("a frame is being read").into_inner();
+            if source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.frame = Some(ruzstd::decoding::StreamingDecoder::new(source).map_err(std::io::Error::other)?);
+        }
+    }
 }
 
 fn import_file(ctr: &Path, sock: &Path, path: &Path, fmt: Format) -> Result<(), String> {
@@ -337,3 +367,18 @@ fn pin(ctr: &Path, sock: &Path, image: &str) -> Result<(), String> {
 }
 
 pub const PIN_LABELS: &[&str] = &["io.cattle.k3s.pinned", "io.cri-containerd.pinned"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zstd_archive_of_several_frames_is_decoded_whole() {
+        let level = ruzstd::encoding::CompressionLevel::Fastest;
+        let mut stream = ruzstd::encoding::compress_to_vec(&b"first frame, "[..], level);
+        stream.extend(ruzstd::encoding::compress_to_vec(&b"second frame"[..], level));
+        let mut out = String::new();
+        ZstdFrames::new(std::io::BufReader::new(&stream[..])).unwrap().read_to_string(&mut out).unwrap();
+        assert_eq!(out, "first frame, second frame");
+    }
+}
