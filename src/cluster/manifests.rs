@@ -100,6 +100,11 @@ pub fn read(sources: &[ManifestSource]) -> Result<Vec<Manifest>, Diagnostics> {
             continue;
         }
         let text = match std::fs::metadata(&path) {
+            // A FIFO or a device named like a manifest would block or never end.
+            Ok(meta) if !meta.is_file() => {
+                error(&at, &field, format!("{shown} is not a regular file"), None);
+                continue;
+            }
             Ok(meta) if meta.len() > MAX_MANIFEST_SIZE => {
                 error(&at, &field, format!("{shown} is larger than {} KiB", MAX_MANIFEST_SIZE / 1024), None);
                 continue;
@@ -261,5 +266,14 @@ mod tests {
     fn a_missing_path_is_an_error_at_the_setting() {
         let err = read(&[ManifestSource { path: PathBuf::from("/no/such/dir"), at: at() }]).unwrap_err().to_string();
         assert!(err.starts_with("cluster.yaml:20:5: spec.manifests[0]: cannot read /no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_named_like_a_manifest_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "00-ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: apps\n");
+        nix::unistd::mkfifo(&dir.path().join("10-pipe.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read(&[ManifestSource { path: dir.path().to_path_buf(), at: at() }]).unwrap_err().to_string();
+        assert!(err.contains("10-pipe.yaml is not a regular file"), "{err}");
     }
 }
