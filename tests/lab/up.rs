@@ -604,6 +604,22 @@ fn seed_004(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(code == 0, || format!("{json}\n{stderr}"))?;
     ensure(json["phases"].to_string().contains("5 manifests"), || format!("{}", json["phases"]))?;
     all_ready(w, &["h1", "h2"])?;
+    // The user's first commands after `up`, with Debian's kubectl through the merged kubeconfig.
+    let ready = kubectl(
+        w,
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
+        ],
+    )?;
+    ensure(ready.contains("h1=True") && ready.contains("h2=True"), || format!("kubectl get nodes: {ready}"))?;
+    let described = kubectl(w, &["describe", "node", "h2"])?;
+    ensure(described.contains("Name:") && described.contains("h2"), || {
+        format!("kubectl describe node h2: {described}")
+    })?;
+    kubectl(w, &["cluster-info"])?;
     // k3s scans its manifests directory every 15 s, so the add-ons appear within two scans.
     let wanted = ["k3node-00-namespaces", "k3node-10-resource-quotas", "k3node-40-network-policies"];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
