@@ -20,41 +20,6 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Copies `source` to `dest` through a temp file beside it, and renames it into place only if
-/// the copy's sha256 is `expected_sha256`: a corrupt copy never replaces a working binary.
-pub fn install_verified(source: &Path, expected_sha256: &str, dest: &Path, mode: u32) -> io::Result<()> {
-    use sha2::Digest;
-    let dir = parent_dir(dest);
-    fs::create_dir_all(dir)?;
-    let mut tmp =
-        tempfile::Builder::new().prefix(&format!(".{}.", file_name(dest))).suffix(".k3node-tmp").tempfile_in(dir)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut input = File::open(source)?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = io::Read::read(&mut input, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n])?;
-    }
-    let actual = hex::encode(hasher.finalize());
-    if actual != expected_sha256 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "copy of {} has sha256 {actual}, expected {expected_sha256}; nothing was replaced",
-                source.display()
-            ),
-        ));
-    }
-    tmp.as_file().set_permissions(Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
 /// Flushes a directory entry (a rename or a new file) to disk.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
