@@ -151,6 +151,10 @@ fn vagrant_validate_accepts_the_vagrantfile() {
     let vagrant = tool("vagrant", "vagrant");
     let scratch = tempfile::tempdir().unwrap();
     // No provider can run here (no VirtualBox): --ignore-provider validates everything else.
+    // K3NODE_UP=1 makes the after-up trigger run k3node: that variant must load as well.
+    let chained =
+        run(vagrant_command(scratch.path(), &vagrant).env("K3NODE_UP", "1").args(["validate", "--ignore-provider"]));
+    assert!(chained.status.success(), "with K3NODE_UP=1: {}\n{}", text(&chained.stdout), text(&chained.stderr));
     let out = run(vagrant_command(scratch.path(), &vagrant).args(["validate", "--ignore-provider"]));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "vagrant validate failed ({}):\n{stdout}\n{}", out.status, text(&out.stderr));
