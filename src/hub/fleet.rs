@@ -1,6 +1,8 @@
 //! The fleet view: each node's state from its latest report, or `stale` when it has not reported
 //! for `stale_after_intervals` of its own intervals (or never has). A stale node's last checks
 //! are kept for diagnosis, but its state is never taken from them: an old "ok" is not health.
+//! The fleet is the hub's list of expected nodes (the cluster file's hosts, from its settings):
+//! a node removed from the cluster file leaves the view instead of staying stale forever.
 
 use crate::daemon::settings::FleetMember;
 use crate::protocol::health::{CheckState, FleetView, HealthCheck, NodeHealth, NodeState, HEALTH_PROTOCOL};
@@ -11,7 +13,10 @@ use super::store::NodeRow;
 pub const REPORT_CHECK: &str = "report";
 
 pub fn view(hub: &str, rows: &[NodeRow], expected: &[FleetMember], now_ms: i64, stale_after: u32) -> FleetView {
-    let mut nodes: Vec<NodeHealth> = rows.iter().map(|row| node_health(row, now_ms, stale_after)).collect();
+    // A node that left the cluster file is no longer expected: its old rows are not the fleet's.
+    let member = |row: &&NodeRow| expected.is_empty() || expected.iter().any(|m| m.name == row.node);
+    let mut nodes: Vec<NodeHealth> =
+        rows.iter().filter(member).map(|row| node_health(row, now_ms, stale_after)).collect();
     for member in expected {
         if !nodes.iter().any(|n| n.node == member.name) {
             nodes.push(NodeHealth {
@@ -133,5 +138,13 @@ mod tests {
         assert_eq!(v.nodes[0].problems.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["disk-rancher"]);
         assert_eq!(v.nodes[1].state, NodeState::Stale);
         assert_eq!(v.nodes[1].problems[0].reason, "never reported to this hub");
+    }
+
+    #[test]
+    fn a_node_removed_from_the_cluster_file_leaves_the_view() {
+        let rows = [row("a", 0, CheckState::Ok), row("gone", 0, CheckState::Ok)];
+        let expected = [FleetMember { name: "a".into(), role: Role::Agent }];
+        let v = view("s1", &rows, &expected, 1_000_000, 3);
+        assert_eq!(v.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>(), ["a"]);
     }
 }
