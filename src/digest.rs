@@ -1,7 +1,7 @@
 //! sha256, the one way k3node hashes anything: bytes, a reader, an async reader, a file.
 //! Hex, lowercase, as sha256sum and k3s's checksum files write it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -20,8 +20,14 @@ pub fn sha256_reader(reader: &mut dyn Read) -> io::Result<String> {
 
 /// sha256 and byte count of everything `reader` yields.
 pub fn sha256_and_size(reader: &mut dyn Read) -> io::Result<(String, u64)> {
+    copy_hashed(reader, &mut io::sink(), BUFFER)
+}
+
+/// Copies everything `reader` yields into `writer`, returning its sha256 and byte count: one
+/// pass where a copy must also be verified or recorded.
+pub fn copy_hashed(reader: &mut dyn Read, writer: &mut dyn Write, buffer: usize) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BUFFER];
+    let mut buf = vec![0u8; buffer];
     let mut size = 0u64;
     loop {
         let n = match reader.read(&mut buf) {
@@ -31,6 +37,7 @@ pub fn sha256_and_size(reader: &mut dyn Read) -> io::Result<(String, u64)> {
             Err(e) => return Err(e),
         };
         hasher.update(&buf[..n]);
+        writer.write_all(&buf[..n])?;
         size += n as u64;
     }
     Ok((hex::encode(hasher.finalize()), size))

@@ -13,8 +13,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 /// zstd level for everything k3node compresses for the wire: level 1 keeps up with a network
 /// and the hashing beside it; higher levels buy a few percent for several times the CPU.
 pub const WIRE_LEVEL: i32 = 1;
@@ -102,24 +100,11 @@ impl SpoolWriter {
         let mut encoder = zstd::stream::write::Encoder::new(&mut counter, WIRE_LEVEL)?;
         // Sizes are known to the tar header; without them in the frame the host's decoder is as fast.
         encoder.include_checksum(false)?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 1 << 17];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.update(&buf[..n]);
-            encoder.write_all(&buf[..n])?;
-            size += n as u64;
-        }
+        let (sha256, size) = crate::digest::copy_hashed(reader, &mut encoder, 1 << 17)?;
         encoder.finish()?;
         let len = counter.count;
         self.position += len;
-        Ok(SpoolEntry { offset, len, size, sha256: hex::encode(hasher.finalize()) })
+        Ok(SpoolEntry { offset, len, size, sha256 })
     }
 
     pub fn finish(self) -> io::Result<Arc<Spool>> {
