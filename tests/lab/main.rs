@@ -42,9 +42,10 @@ fn main() {
     trials.extend(up::trials(&lab));
     trials.extend(provision::trials(&lab));
     trials.extend(portable::trials(&lab));
-    trials.extend(snapshot::trials(&lab));
     trials.extend(daemon::trials(&lab));
     trials.extend(images::trials(&lab));
+    // Last: its disaster recovery powers h1 off for good (the lab cannot boot a host again).
+    trials.extend(snapshot::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {
