@@ -143,7 +143,13 @@ fn shorten(h: &LabHost) -> Outcome {
 
 fn install_and_report(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
     // Hosts as earlier scenarios left them (HA servers, local mode): reset first.
-    let roles: Vec<_> = lab.hosts().iter().map(|h| (h, if h.name == "h1" { "server" } else { "agent" }, "")).collect();
+    // Not the old-glibc host: only the static helper runs there (portable.rs).
+    let roles: Vec<_> = lab
+        .hosts()
+        .iter()
+        .filter(|h| h.name != crate::portable::HOST)
+        .map(|h| (h, if h.name == "h1" { "server" } else { "agent" }, ""))
+        .collect();
     let everyone = op.cluster_file("", &roles);
     let (code, out, err) = k3node(op, &["reset", "-c", everyone.to_str().unwrap(), "--yes"]);
     ensure(code == 0, || format!("reset before the scenario failed: {out}\n{err}"))?;
