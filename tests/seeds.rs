@@ -303,9 +303,19 @@ fn cluster_file_carries_the_seeds_k3s_settings() {
 
 #[test]
 fn k3node_validate_accepts_the_vagrant_cluster_file() {
-    let out = run(Command::new(env!("CARGO_BIN_EXE_k3node"))
-        .args(["validate", "-c"])
-        .arg(vagrant_dir().join("cluster.yaml")));
+    // validate checks that key files exist; Vagrant writes them at `vagrant up`, so the file is
+    // checked in a copy of vagrant/ whose keys ssh-keygen made where Vagrant puts them.
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("cluster.yaml");
+    let yaml = std::fs::read_to_string(vagrant_dir().join("cluster.yaml")).unwrap();
+    std::fs::write(&file, &yaml).unwrap();
+    for key in yaml.lines().filter_map(|l| l.trim().strip_prefix("keyPath: ")) {
+        let path = scratch.path().join(key.trim());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let made = run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&path));
+        assert!(made.status.success(), "ssh-keygen: {}", text(&made.stderr));
+    }
+    let out = run(Command::new(env!("CARGO_BIN_EXE_k3node")).args(["validate", "-c"]).arg(&file));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("valid") && stdout.contains("1 server(s), 2 agent(s)"), "{stdout}");
