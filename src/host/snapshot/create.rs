@@ -292,17 +292,23 @@ fn sqlite_copy(
             shown.join("; ")
         )));
     }
-    let entry = Entry {
-        path: rel(&live),
+    let entry = file_entry(&live, &meta, 0, None);
+    Ok((live, (entry, copy)))
+}
+
+/// A file's manifest entry at its host path, with the owner and permission bits it has there; the
+/// datastore's size and sha256 are filled in once its copy is hashed.
+fn file_entry(at: &Path, meta: &Metadata, size: u64, sha256: Option<String>) -> Entry {
+    Entry {
+        path: rel(at),
         kind: EntryKind::File,
-        size: 0,
+        size,
         mode: meta.mode & 0o777,
         uid: meta.uid,
         gid: meta.gid,
-        sha256: None,
+        sha256,
         target: None,
-    };
-    Ok((live, (entry, copy)))
+    }
 }
 
 fn describe(e: &io::Error) -> String {
@@ -327,16 +333,7 @@ fn etcd_copy(
     let meta = sys.metadata(&file).map_err(io_err("cannot read", &file))?;
     let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let at = data_dir.join(ETCD_SNAPSHOT_DIR).join(file_name);
-    let entry = Entry {
-        path: rel(&at),
-        kind: EntryKind::File,
-        size: 0,
-        mode: meta.mode & 0o777,
-        uid: meta.uid,
-        gid: meta.gid,
-        sha256: None,
-        target: None,
-    };
+    let entry = file_entry(&at, &meta, 0, None);
     Ok((at, (entry, file)))
 }
 
@@ -475,16 +472,7 @@ impl Collector<'_> {
             size += n as u64;
         }
         to.commit().map_err(io_err("cannot write", &copy))?;
-        self.entries.push(Entry {
-            path: rel(path),
-            kind: EntryKind::File,
-            size,
-            mode: meta.mode & 0o777,
-            uid: meta.uid,
-            gid: meta.gid,
-            sha256: Some(hex::encode(hasher.finalize())),
-            target: None,
-        });
+        self.entries.push(file_entry(path, meta, size, Some(hex::encode(hasher.finalize()))));
         self.sources.insert(rel(path), copy);
         Ok(())
     }
