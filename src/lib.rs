@@ -24,3 +24,4 @@ pub mod images;
 pub mod operator;
 pub mod protocol;
 pub mod transport;
+pub mod words;

@@ -103,10 +103,6 @@ pub fn report(output: Output, report: &RunReport, options: &RenderOptions) -> an
     Ok(())
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 pub fn table() -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
@@ -210,7 +206,7 @@ fn preflight(report: &RunReport, options: &RenderOptions) {
     }
     println!("\n{summary}");
     if failing.is_empty() {
-        println!("preflight passed ({})", plural(report.hosts.len(), "host", "hosts"));
+        println!("preflight passed ({})", k3node::words::count(report.hosts.len(), "host"));
     } else {
         println!("preflight FAILED: {}", failing.join("; "));
     }

@@ -130,8 +130,8 @@ pub fn table(view: &FleetView) -> String {
     }
     let count = |s: NodeState| view.nodes.iter().filter(|n| n.state == s).count();
     format!(
-        "{t}\n{} nodes: {} ok, {} warn, {} fail, {} stale (hub on {})\n",
-        view.nodes.len(),
+        "{t}\n{}: {} ok, {} warn, {} fail, {} stale (hub on {})\n",
+        k3node::words::count(view.nodes.len(), "node"),
         count(NodeState::Ok),
         count(NodeState::Warn),
         count(NodeState::Fail),

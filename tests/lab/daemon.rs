@@ -356,7 +356,10 @@ fn agent_cut_off(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
     });
     h3.reconnect().map_err(|e| format!("{e:#}"))?;
     let stale = stale?;
-    ensure(cut.elapsed() >= Duration::from_secs(3 * INTERVAL), || "stale too early".into())?;
+    // Stale is three intervals after the last report, which came at most one interval before the cut.
+    ensure(cut.elapsed() >= Duration::from_secs(2 * INTERVAL), || {
+        format!("stale too early: {:?} after the cut", cut.elapsed())
+    })?;
     ensure(stale["problems"][0]["reason"].as_str().unwrap_or("").starts_with("no report for"), || format!("{stale}"))?;
     let c = unknown.expect("computed when stale")?;
     ensure(c["reason"] == "ReportStale", || format!("{c}"))?;
@@ -370,8 +373,16 @@ fn agent_cut_off(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
         } else {
             Err(format!("h3: {entry}"))
         }
-    })?;
+    })
+    .map_err(|e| format!("{e}\n{}", daemon_journal(h3)))?;
     Ok(())
+}
+
+/// The last lines of the node daemon's journal on `h`, for a failure's message.
+fn daemon_journal(h: &LabHost) -> String {
+    let journal =
+        sh(h, "journalctl -u k3node-agent -n 40 --no-pager -o short-precise").unwrap_or_else(|e| format!("{e:?}"));
+    format!("journal of k3node-agent on {}:\n{journal}", h.name)
 }
 
 fn hub_away(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
@@ -397,7 +408,8 @@ fn hub_away(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
             }
         }
         Ok(())
-    })?;
+    })
+    .map_err(|e| format!("{e}\n{}", AGENTS.map(|n| daemon_journal(lab.host(n))).join("\n")))?;
     Ok(())
 }
 

@@ -46,6 +46,8 @@ const UNIT_MODE: u32 = 0o644;
 const SECRET_MODE: u32 = 0o600;
 const SCRIPT_MODE: u32 = 0o755;
 const CONFIG_DIR_MODE: u32 = 0o755;
+/// systemd's `Result` of a unit refused for being started too often.
+const START_LIMIT_HIT: &str = "start-limit-hit";
 /// Lines of the journal quoted in a failure.
 const JOURNAL_LINES: usize = 20;
 
@@ -546,8 +548,17 @@ fn start_and_wait(
     };
 
     progress(&format!("restarting {service}"));
-    let timeout = deadline.remaining().max(Duration::from_secs(1));
-    match systemd.run(&["restart", service], timeout) {
+    let restart = || systemd.run(&["restart", service], deadline.remaining().max(Duration::from_secs(1)));
+    let mut outcome = restart();
+    if matches!(outcome, Err(RunError::Other(_))) && systemd.result(service) == START_LIMIT_HIT {
+        // Restarted by hand several times in a few seconds, the unit is refused by systemd's start
+        // limit (StartLimitBurst, which install.sh's unit leaves at systemd's default), not by k3s.
+        // This restart is wanted: lift the limit once and try again.
+        progress(&format!("{service} hit systemd's start limit (started too often in a short time): resetting it"));
+        systemd.run_quick(&["reset-failed", service]).map_err(InstallError::Systemd)?;
+        outcome = restart();
+    }
+    match outcome {
         Ok(_) => {}
         Err(RunError::TimedOut) => {
             return Err(fail(format!("{service} did not report ready within {} s", deadline.secs), true));

@@ -65,6 +65,16 @@ impl<'a> Systemd<'a> {
         status
     }
 
+    /// Why the unit last stopped or failed to start, as systemd words it (`Result`: `success`,
+    /// `exit-code`, `start-limit-hit`...); empty when systemd cannot be asked.
+    pub fn result(&self, service: &str) -> String {
+        let Some(systemctl) = self.systemctl.as_deref() else { return String::new() };
+        match self.sys.run(systemctl, &["show", "--property=Result", "--value", service]) {
+            Ok(out) if out.success() => out.stdout.trim().to_string(),
+            _ => String::new(),
+        }
+    }
+
     /// Runs `systemctl <args>`; a non-zero exit is an error naming the command.
     pub fn run(&self, args: &[&str], timeout: Duration) -> Result<CommandOutput, RunError> {
         let systemctl = self.systemctl().map_err(RunError::Other)?;

@@ -9,6 +9,9 @@
 //!   new phase never touches another phase's file.
 //! - In a dry run a phase either plans (it runs and changes nothing: `RunOptions::dry_run`) or
 //!   says what it would do ([`Phase::dry_run`]) and is not run at all.
+//! - A dry run goes on past a phase whose failure only reports on the hosts (preflight's failed
+//!   checks: [`Phase::failure_stops_a_dry_run`]), so the user sees the whole plan; the run still
+//!   fails at the end.
 //! - Work that must overlap for speed (uploads while the first server installs) is one composite
 //!   phase that reports its parts ([`PhaseRun::Parts`]), not a serialised list.
 
@@ -107,9 +110,15 @@ pub trait Phase: Send + Sync {
     /// would do, recorded instead of running it.
     fn dry_run(&self, run: &RunContext) -> Option<String>;
     async fn run(&self, run: &mut RunContext) -> PhaseRun;
+    /// Whether this phase's failure ends a dry run. False for a phase whose failure says
+    /// something about the hosts without leaving them unplannable (failed preflight checks).
+    fn failure_stops_a_dry_run(&self) -> bool {
+        true
+    }
 }
 
-/// Runs `phases` in order over `run`; stops at the first failure.
+/// Runs `phases` in order over `run`; stops at the first failure (in a dry run, at the first
+/// that [stops one](Phase::failure_stops_a_dry_run)).
 pub async fn run_phases(run: &mut RunContext, phases: &[Box<dyn Phase>]) {
     let mut failed = false;
     for phase in phases {
@@ -146,7 +155,8 @@ pub async fn run_phases(run: &mut RunContext, phases: &[Box<dyn Phase>]) {
         for result in &results {
             tracing::info!(phase = result.name, state = ?result.state, elapsed = ?result.elapsed, "{}", result.message);
         }
-        failed = results.iter().any(|r| r.state == PhaseState::Failed);
+        let stops = !run.options.dry_run || phase.failure_stops_a_dry_run();
+        failed = stops && results.iter().any(|r| r.state == PhaseState::Failed);
         run.report.phases.extend(results);
     }
     // Hosts no phase got to are skipped; the observer learns how each host ended.

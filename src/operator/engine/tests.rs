@@ -26,6 +26,7 @@ struct Step {
     fails: bool,
     applies: bool,
     plans: bool,
+    stops_a_dry_run: bool,
 }
 
 #[async_trait]
@@ -38,6 +39,9 @@ impl Phase for Step {
     }
     fn dry_run(&self, _: &RunContext) -> Option<String> {
         (!self.plans).then(|| format!("{} would happen", self.name))
+    }
+    fn failure_stops_a_dry_run(&self) -> bool {
+        self.stops_a_dry_run
     }
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
         self.log.lock().unwrap().push(self.name);
@@ -55,7 +59,7 @@ impl Phase for Step {
 fn steps(log: &Arc<Mutex<Vec<&'static str>>>, spec: &[(&'static str, bool, bool, bool)]) -> Vec<Box<dyn Phase>> {
     spec.iter()
         .map(|&(name, fails, applies, plans)| {
-            Box::new(Step { name, log: log.clone(), fails, applies, plans }) as Box<dyn Phase>
+            Box::new(Step { name, log: log.clone(), fails, applies, plans, stops_a_dry_run: true }) as Box<dyn Phase>
         })
         .collect()
 }
@@ -96,6 +100,40 @@ async fn a_dry_run_runs_planning_phases_and_describes_the_others() {
         phases,
         vec![("plan", PhaseState::Planned, "plan done"), ("ready", PhaseState::Planned, "ready would happen")]
     );
+}
+
+#[tokio::test]
+async fn a_dry_run_goes_on_past_a_failure_that_does_not_stop_one_and_still_fails() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let step = |name, fails, stops_a_dry_run| {
+        Box::new(Step { name, log: log.clone(), fails, applies: true, plans: true, stops_a_dry_run }) as Box<dyn Phase>
+    };
+    let phases = vec![
+        step("checks", true, false),
+        step("plan", false, true),
+        step("install", true, true),
+        step("after", false, true),
+    ];
+    let mut run = context(true);
+    run_phases(&mut run, &phases).await;
+    assert_eq!(*log.lock().unwrap(), vec!["checks", "plan", "install"], "the plan went on past the checks only");
+    let states: Vec<_> = run.report.phases.iter().map(|p| (p.name, p.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            ("checks", PhaseState::Failed),
+            ("plan", PhaseState::Planned),
+            ("install", PhaseState::Failed),
+            ("after", PhaseState::NotRun)
+        ]
+    );
+    assert!(!run.report.succeeded());
+
+    // Outside a dry run the same failure stops the run where it happened.
+    log.lock().unwrap().clear();
+    let mut run = context(false);
+    run_phases(&mut run, &phases).await;
+    assert_eq!(*log.lock().unwrap(), vec!["checks"]);
 }
 
 #[tokio::test]

@@ -74,7 +74,7 @@ impl Phase for Connect {
         if !failed.is_empty() {
             return PhaseRun::Failed(failed.join("; "));
         }
-        let mut message = format!("{reached} hosts connected, helpers ready");
+        let mut message = format!("{} connected, helpers ready", crate::words::count(reached, "host"));
         if !left_out.is_empty() {
             message.push_str(&format!("; not reached, left out: {}", left_out.join(", ")));
         }

@@ -181,7 +181,7 @@ impl Phase for Daemon {
         }
         let verb = if dry_run { "would (re)start" } else { "(re)started" };
         let ca = if ca_new { "a new hub CA" } else { "the cluster's hub CA" };
-        PhaseRun::Done(format!("{verb} on {restarted} hosts, unchanged on {unchanged}; {ca}"))
+        PhaseRun::Done(format!("{verb} on {}, unchanged on {unchanged}; {ca}", crate::words::count(restarted, "host")))
     }
 }
 

@@ -210,7 +210,12 @@ fn summarize(sink: &Outcomes, mut nodes: Vec<NodeImages>, verb: &str, dry_run: b
         return PhaseRun::Failed(format!("failed on {}", failed.join(", ")));
     }
     let verb = if dry_run { "would be sent" } else { verb };
-    PhaseRun::Done(format!("{count} nodes: {done} images {verb}, {} sent", human_bytes(sent)))
+    PhaseRun::Done(format!(
+        "{}: {} {verb}, {} sent",
+        crate::words::count(count, "node"),
+        crate::words::count(done, "image"),
+        human_bytes(sent)
+    ))
 }
 
 /// The rows of `images` on a node, all in one state.

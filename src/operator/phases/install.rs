@@ -208,7 +208,7 @@ fn record(
         "upload",
         dry_run,
         if upload_errors.is_empty() {
-            Ok(format!("{verb} k3s to {uploaded} hosts, alongside the server installs"))
+            Ok(format!("{verb} k3s to {}, alongside the server installs", crate::words::count(uploaded, "host")))
         } else {
             Err(upload_errors.join("; "))
         },
@@ -292,7 +292,7 @@ fn record(
 
 /// "2 converged", "2 converged, 1 joined", or in a dry run "2 planned".
 fn joined_message(total: usize, joined: usize, dry_run: bool) -> String {
-    let hosts = |n: usize| if n == 1 { "1 host".to_string() } else { format!("{n} hosts") };
+    let hosts = |n: usize| crate::words::count(n, "host");
     match (dry_run, joined) {
         (true, _) => format!("{} planned", hosts(total)),
         (false, 0) => format!("{} converged", hosts(total)),

@@ -60,7 +60,7 @@ impl Phase for Lock {
         let count = held.len();
         run.slots.put(HeldLocks(held));
         if refused.is_empty() {
-            PhaseRun::Done(format!("{count} hosts locked for this run"))
+            PhaseRun::Done(format!("{} locked for this run", crate::words::count(count, "host")))
         } else {
             PhaseRun::Failed(refused.join("; "))
         }

@@ -1,6 +1,7 @@
 //! `preflight`: every host checked by its helper, in parallel, then across hosts (unique
-//! identities, clock skew). In `up` a failed check stops the run unless overridden; the
-//! `preflight` command reports them all.
+//! identities, clock skew). In `up` a failed check stops the run unless overridden; in a dry run
+//! it fails the run but the plan goes on, so the user sees both; the `preflight` command reports
+//! them all.
 
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -98,6 +99,7 @@ impl Phase for Preflight {
                 .collect();
             cross_host_checks(&answers)
         };
+        let dry_run = run.options.dry_run;
         let mut own = OwnAddresses::default();
         let mut failing = Vec::new();
         for ((name, address, _, mut report, _), checks) in reports.into_iter().zip(cross) {
@@ -120,7 +122,8 @@ impl Phase for Preflight {
             result.facts = Some(report.facts);
             if !failed.is_empty() {
                 failing.push(format!("{name}: {}", failed.join(", ")));
-                if !self.ignore_failures {
+                // A dry run still plans a host that failed its checks.
+                if !self.ignore_failures && !dry_run {
                     result.fail(HostError {
                         kind: "preflight".into(),
                         message: format!("preflight failed: {}", failed.join("; ")),

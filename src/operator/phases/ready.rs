@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use super::install::first_server;
 use crate::operator::engine::{HostError, HostState, Phase, PhaseRun, RunContext};
 use crate::protocol::k3s::ListNodes;
+use crate::words::count;
 
 pub struct Ready {
     pub timeout: Duration,
@@ -27,7 +28,7 @@ impl Phase for Ready {
     }
 
     fn dry_run(&self, run: &RunContext) -> Option<String> {
-        Some(format!("would wait up to {:?} for {} nodes to be Ready", self.timeout, run.active().count()))
+        Some(format!("would wait up to {:?} for {} to be Ready", self.timeout, count(run.active().count(), "node")))
     }
 
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
@@ -44,7 +45,7 @@ impl Phase for Ready {
                 Err(_) => wanted.clone(),
             };
             if not_ready.is_empty() {
-                return PhaseRun::Done(format!("{} nodes Ready", wanted.len()));
+                return PhaseRun::Done(format!("{} Ready", count(wanted.len(), "node")));
             }
             if Instant::now() >= deadline {
                 for host in &not_ready {

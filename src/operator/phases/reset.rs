@@ -63,7 +63,7 @@ impl Phase for ResetHosts {
         if !failures.is_empty() {
             return PhaseRun::Failed(failures.join("; "));
         }
-        PhaseRun::Done(format!("{done} hosts {}", if dry_run { "planned" } else { "reset" }))
+        PhaseRun::Done(format!("{} {}", crate::words::count(done, "host"), if dry_run { "planned" } else { "reset" }))
     }
 }
 

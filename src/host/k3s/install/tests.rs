@@ -341,6 +341,42 @@ fn a_failed_restart_shows_the_journal_and_the_likely_cause() {
 }
 
 #[test]
+fn a_unit_refused_by_systemds_start_limit_is_reset_once_and_restarted() {
+    let sys = host()
+        .output_seq(
+            SYSTEMCTL,
+            &["restart", "k3s-agent"],
+            &[(1, "", "Job for k3s-agent.service failed.\n"), (0, "", "")],
+        )
+        .output(SYSTEMCTL, &["show", "--property=Result", "--value", "k3s-agent"], 0, "start-limit-hit\n", "");
+    let (report, lines) = install_ok(&sys, &agent_request());
+    assert!(report.restarted());
+    let runs = systemctl_runs(&sys);
+    let restarts: Vec<usize> =
+        runs.iter().enumerate().filter(|(_, r)| r.as_str() == "restart k3s-agent").map(|(i, _)| i).collect();
+    assert_eq!(restarts.len(), 2, "{runs:?}");
+    assert!(runs[restarts[0]..restarts[1]].contains(&"reset-failed k3s-agent".to_string()), "{runs:?}");
+    assert!(lines.iter().any(|l| l.contains("hit systemd's start limit")), "{lines:?}");
+    assert!(sys.contents("/var/lib/rancher/k3node/k3s-agent.applied.json").is_some());
+}
+
+#[test]
+fn a_failed_restart_for_another_reason_is_not_retried() {
+    let sys = host().output(SYSTEMCTL, &["restart", "k3s-agent"], 1, "", "Job for k3s-agent.service failed.\n").output(
+        SYSTEMCTL,
+        &["show", "--property=Result", "--value", "k3s-agent"],
+        0,
+        "exit-code\n",
+        "",
+    );
+    let err = install_err(&sys, &agent_request());
+    assert!(err.starts_with("k3s-agent did not start"), "{err}");
+    let runs = systemctl_runs(&sys);
+    assert_eq!(runs.iter().filter(|r| r.as_str() == "restart k3s-agent").count(), 1, "{runs:?}");
+    assert!(!runs.iter().any(|r| r.starts_with("reset-failed")), "{runs:?}");
+}
+
+#[test]
 fn a_wrong_token_is_named_as_such() {
     let sys = host().output(SYSTEMCTL, &["restart", "k3s-agent"], 1, "", "Job failed\n").output(
         JOURNALCTL,

@@ -264,6 +264,28 @@ async fn a_preflight_failure_stops_the_run_before_anything_is_installed() {
 }
 
 #[tokio::test]
+async fn a_dry_run_with_a_failed_preflight_shows_the_whole_plan_and_still_fails() {
+    let mut world = three();
+    let a1 =
+        world.hosts.remove("a1").unwrap().file("/proc/meminfo", "MemTotal:  262144 kB\nMemAvailable:  131072 kB\n");
+    world.hosts.insert("a1".into(), a1);
+    let report = run(&world, &options(&world, true)).await;
+    assert!(!report.succeeded(), "the failed checks fail the dry run");
+    let by_name: BTreeMap<_, _> = phases(&report).into_iter().collect();
+    assert_eq!(by_name["preflight"], PhaseState::Failed);
+    assert!(report.phases.iter().find(|p| p.name == "preflight").unwrap().message.contains("a1: memory"));
+    for phase in ["install", "ready", "kubeconfig"] {
+        assert_eq!(by_name[phase], PhaseState::Planned, "{phase}: {:?}", phases(&report));
+    }
+    // The host that failed its checks is planned like the others, and nothing was written.
+    assert_eq!(report.host("a1").unwrap().state, HostState::WouldChange);
+    assert!(report.host("a1").unwrap().changes.iter().any(|c| c.subject == "/etc/rancher/k3s/config.yaml"));
+    for (name, host) in &world.hosts {
+        assert!(host.writes().is_empty(), "{name}: {:?}", host.writes());
+    }
+}
+
+#[tokio::test]
 async fn a_changed_label_restarts_only_its_host() {
     let world = three();
     assert!(run(&world, &options(&world, false)).await.succeeded());
