@@ -52,6 +52,10 @@ impl Phase for Preflight {
         None
     }
 
+    fn failure_stops_a_dry_run(&self) -> bool {
+        false
+    }
+
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
         let cluster = run.cluster.clone();
         let observer = run.observer.clone();

@@ -348,7 +348,8 @@ fn a_unit_refused_by_systemds_start_limit_is_reset_once_and_restarted() {
             &["restart", "k3s-agent"],
             &[(1, "", "Job for k3s-agent.service failed.\n"), (0, "", "")],
         )
-        .output(SYSTEMCTL, &["show", "--property=Result", "--value", "k3s-agent"], 0, "start-limit-hit\n", "");
+        .output(SYSTEMCTL, &["show", "--property=Result", "--value", "k3s-agent"], 0, "start-limit-hit\n", "")
+        .output(SYSTEMCTL, &["reset-failed", "k3s-agent"], 0, "", "");
     let (report, lines) = install_ok(&sys, &agent_request());
     assert!(report.restarted());
     let runs = systemctl_runs(&sys);

@@ -274,7 +274,7 @@ async fn a_dry_run_with_a_failed_preflight_shows_the_whole_plan_and_still_fails(
     let by_name: BTreeMap<_, _> = phases(&report).into_iter().collect();
     assert_eq!(by_name["preflight"], PhaseState::Failed);
     assert!(report.phases.iter().find(|p| p.name == "preflight").unwrap().message.contains("a1: memory"));
-    for phase in ["install", "ready", "kubeconfig"] {
+    for phase in ["servers", "agents", "ready", "kubeconfig"] {
         assert_eq!(by_name[phase], PhaseState::Planned, "{phase}: {:?}", phases(&report));
     }
     // The host that failed its checks is planned like the others, and nothing was written.
