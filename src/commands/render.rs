@@ -312,6 +312,9 @@ fn run(report: &RunReport, options: &RenderOptions) {
             if phase == "preflight" {
                 line.push_str(&format!("; see {}; --ignore-preflight overrides", options.command("preflight")));
             }
+            if report.dry_run {
+                line.push_str("; dry run: nothing was changed");
+            }
             line
         }
     };
