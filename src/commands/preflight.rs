@@ -29,6 +29,9 @@ pub async fn run(args: &PreflightArgs, verbose: u8) -> anyhow::Result<bool> {
     let options = PreflightOptions { fix: args.fix, concurrency: args.connect.concurrency as usize };
     if args.local {
         let cluster = Arc::new(super::local_cluster(None, None)?);
+        if args.output == Output::Table {
+            eprintln!("local mode: checking this machine ({}) as a k3s server, not over SSH", cluster.hosts[0].name);
+        }
         let fleet = Fleet::local(&cluster);
         let report = preflight::preflight(cluster, fleet, &options, Arc::new(Silent)).await;
         render::report(args.output, &report, &RenderOptions { config: None, verbose })?;
