@@ -2,8 +2,9 @@
 //!
 //! [`load`] reads and validates the whole file before anything else happens: every problem is
 //! collected (not just the first) with file, line, column and field path, so that an invalid file
-//! never reaches a host. Loading is pure: it reads the cluster file and nothing else (whether key
-//! files exist is [`check_key_files`]'s job, called before connecting). Any input, however
+//! never reaches a host. Loading reads the cluster file and nothing else (whether key files exist
+//! is [`check_key_files`]'s job, called before connecting), but for the environment variables a
+//! registry credential names (`{fromEnv: NAME}`). Any input, however
 //! malformed or large, ends in a [`LoadError`] with a position, never a panic or a hang (see
 //! source.rs and prescan.rs for the limits, and tests/fuzz for the proof).
 
@@ -17,6 +18,7 @@ pub mod manifests;
 mod paths;
 mod prescan;
 mod reader;
+pub mod registries;
 mod schema;
 mod source;
 mod starter;
@@ -230,6 +232,8 @@ pub struct K3sSpec {
     /// `spec.k3s.env`: variables for every host's env file, after k3node's own.
     #[serde(serialize_with = "redacted")]
     pub env: BTreeMap<String, Secret>,
+    /// `spec.k3s.registries`: every node's registries.yaml; None leaves that file alone.
+    pub registries: Option<registries::Registries>,
 }
 
 /// Env values are secrets (a proxy URL may carry a password): a serialized cluster file shows

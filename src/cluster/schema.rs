@@ -140,6 +140,7 @@ pub(crate) fn read(
             api_endpoint: None,
             extra_config: BTreeMap::new(),
             env: BTreeMap::new(),
+            registries: None,
         },
         warnings: Default::default(),
         manifest_sources: Vec::new(),
@@ -426,7 +427,17 @@ impl Cx<'_> {
             sink,
             map,
             &e.path,
-            &["version", "channel", "channelUrl", "apiEndpoint", "source", "config", "extraConfig", "env"],
+            &[
+                "version",
+                "channel",
+                "channelUrl",
+                "apiEndpoint",
+                "source",
+                "config",
+                "extraConfig",
+                "env",
+                "registries",
+            ],
             &no_hook,
         );
         if let Some(e) = f.get("channelUrl") {
@@ -486,6 +497,9 @@ impl Cx<'_> {
                 out.env = extra::env(sink, map, &e.path);
                 spans.env = Some(e.key_pos());
             }
+        }
+        if let Some(e) = f.get("registries") {
+            out.registries = super::registries::read(sink, e, &|name| std::env::var(name).ok());
         }
     }
 

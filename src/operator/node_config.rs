@@ -90,6 +90,12 @@ pub fn config_yaml(cluster: &ClusterFile, host: &Host, node_ip: Option<&str>) ->
     )
 }
 
+/// registries.yaml, the same on every node; None when the cluster file has no
+/// `spec.k3s.registries` (k3node then leaves that file alone).
+pub fn registries_yaml(cluster: &ClusterFile) -> Option<Secret> {
+    cluster.k3s.registries.as_ref().map(|r| Secret::new(r.render(&cluster.name)))
+}
+
 /// The env file: joining hosts get the URL and token here (0600), never on a command line; then
 /// the cluster file's variables (`spec.k3s.env` and `hosts[].env`, NO_PROXY completed, see
 /// [`ClusterFile::env_for`]), sorted by name.

@@ -20,6 +20,10 @@ pub struct InstallRequest {
     /// `NAME=value` lines of /etc/systemd/system/<service>.service.env (written 0600): K3S_URL,
     /// K3S_TOKEN for joining hosts, proxies. Holds the join token.
     pub env: Vec<(String, Secret)>,
+    /// Full text of /etc/rancher/k3s/registries.yaml (written 0600; holds registry credentials).
+    /// None: k3node does not manage that file, and leaves it as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registries_yaml: Option<Secret>,
     /// Seconds to wait for the unit to be active (Type=notify) and, on servers, the node Ready.
     pub ready_timeout_secs: u64,
     /// Report what would change (with diffs, secrets masked) and change nothing.
@@ -38,6 +42,9 @@ impl Operation for InstallRequest {
         let mut values: Vec<String> =
             self.env.iter().filter(|(name, _)| secret_env_name(name)).map(|(_, v)| v.expose().to_string()).collect();
         values.extend(Scrubber::config_values(self.config_yaml.expose()));
+        if let Some(registries) = &self.registries_yaml {
+            values.extend(super::secret::registries_secrets(registries.expose()).into_iter().map(|(_, v)| v));
+        }
         values
     }
 }

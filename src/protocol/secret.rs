@@ -56,6 +56,31 @@ pub fn secret_env_name(name: &str) -> bool {
         || (upper.ends_with("_PROXY") && !upper.ends_with("NO_PROXY"))
 }
 
+/// The keys of registries.yaml whose (string) values are credentials, at any depth.
+pub const REGISTRY_SECRET_KEYS: &[&str] = &["password", "auth", "identity_token"];
+
+/// The credentials of a registries.yaml text, each with its key path
+/// (`configs/registry.example:5000/auth/password`), in the file's order.
+pub fn registries_secrets(text: &str) -> Vec<(String, String)> {
+    fn walk(value: &serde_yaml_ng::Value, path: &str, out: &mut Vec<(String, String)>) {
+        let serde_yaml_ng::Value::Mapping(map) = value else { return };
+        for (key, value) in map {
+            let Some(key) = key.as_str() else { continue };
+            let here = if path.is_empty() { key.to_string() } else { format!("{path}/{key}") };
+            match value {
+                serde_yaml_ng::Value::String(v) if REGISTRY_SECRET_KEYS.contains(&key) => out.push((here, v.clone())),
+                serde_yaml_ng::Value::Mapping(_) => walk(value, &here, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) {
+        walk(&value, "", &mut out);
+    }
+    out
+}
+
 /// Serializes as the plain string (it travels inside the SSH channel, to the helper's stdin), but
 /// formats as `<redacted>` with `{}` and `{:?}` so that no log line or error can carry it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -447,6 +447,7 @@ fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
             ("K3S_URL".into(), k3node::protocol::Secret::new(format!("https://{}:6443", lab.host("h1").address))),
             ("K3S_TOKEN".into(), k3node::protocol::Secret::new(bad.clone())),
         ],
+        registries_yaml: None,
         ready_timeout_secs: 20,
         dry_run: false,
     };

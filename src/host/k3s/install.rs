@@ -9,7 +9,7 @@
 //! and record what the service now runs with.
 //!
 //! The restart rule compares *meanings*, not bytes: the binary's and unit's sha256, the env
-//! file's variables and config.yaml's keys and values (as k3s reads them, so a file rewritten only
+//! file's variables, registries.yaml's tree (when the request manages it) and config.yaml's keys and values (as k3s reads them, so a file rewritten only
 //! for its formatting never restarts k3s). The service is (re)started when:
 //! - it is not active; or
 //! - k3node started it (the record's InvocationID is the running one) with other settings than
@@ -29,11 +29,14 @@ use serde::{Deserialize, Serialize};
 use super::config::{self, ConfigError, Settings};
 use super::envfile;
 use super::files::{env_text, killall_script, uninstall_script, unit_text};
-use super::mask::{config_secrets, env_secrets, mask_config, mask_env, masked_pair, unified_diff};
+use super::mask::{
+    config_secrets, env_secrets, mask_config, mask_env, mask_registries, masked_pair, registries_secret_groups,
+    unified_diff,
+};
 use super::systemd::{journal_tail, likely_cause, RunError, Systemd, UnitStatus};
 use super::{
     env_path, links_to_k3s, record_path, service_name, uninstall_script_path, unit_path, Progress, BIN_DIR, CONFIG_DIR,
-    CONFIG_FILE, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS,
+    CONFIG_FILE, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS, REGISTRIES_FILE,
 };
 use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::serve::{Context, HostOperation};
@@ -138,6 +141,9 @@ struct Record {
     env_sha256: String,
     /// Of config.yaml's meaning ([`config::canonical`]), not its bytes.
     config_sha256: String,
+    /// Of registries.yaml's meaning, when k3node manages that file (None: it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registries_sha256: Option<String>,
     /// systemd's InvocationID of the start k3node made (or took over); empty when unknown.
     #[serde(default)]
     invocation_id: String,
@@ -151,6 +157,8 @@ enum Kind {
     Env,
     /// Masked as config.yaml.
     Config,
+    /// Masked as registries.yaml.
+    Registries,
 }
 
 /// One file as the request wants it, what is on disk, and what writing it would change.
@@ -216,16 +224,25 @@ pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -
     for (path, contents, mode, kind) in wanted {
         plans.push(plan_file(sys, path, contents, mode, kind)?);
     }
+    if let Some(registries) = &req.registries_yaml {
+        let path = PathBuf::from(REGISTRIES_FILE);
+        plans.push(plan_file(sys, path, registries.expose().to_string(), SECRET_MODE, Kind::Registries)?);
+    }
     let [config_plan, env_plan, unit_plan, ..] = &plans[..] else { unreachable!("five plans") };
+    let registries_plan = plans.get(5);
 
-    let wanted_record = record_of(&expected, &unit_plan.contents, &env_plan.contents, &config_plan.contents);
+    let mut wanted_record = record_of(&expected, &unit_plan.contents, &env_plan.contents, &config_plan.contents);
     // What the files on disk mean now, for a service someone else started.
-    let disk_record = record_of(
+    let mut disk_record = record_of(
         on_disk.as_deref().unwrap_or(""),
         unit_plan.current.as_deref().unwrap_or(""),
         env_plan.current.as_deref().unwrap_or(""),
         config_plan.current.as_deref().unwrap_or(""),
     );
+    if let Some(plan) = registries_plan {
+        wanted_record.registries_sha256 = Some(registries_digest(&plan.contents));
+        disk_record.registries_sha256 = plan.current.as_deref().map(registries_digest);
+    }
     let previous = read_record(sys, service);
     let links = plan_links(sys, progress);
     let systemd = Systemd::new(sys);
@@ -273,7 +290,7 @@ pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -
     }
 
     // config.yaml and the env file before the unit: a new unit never meets an old env file.
-    if config_plan.needs_write() {
+    if plans.iter().any(|p| p.needs_write() && p.path.starts_with(CONFIG_DIR)) {
         sys.create_dir_all(Path::new(CONFIG_DIR), CONFIG_DIR_MODE)
             .map_err(io_error("cannot create", Path::new(CONFIG_DIR)))?;
     }
@@ -314,6 +331,14 @@ pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -
     Ok(report(service_action, reasons, version, active))
 }
 
+/// registries.yaml's meaning: its tree with keys sorted, whatever the formatting.
+fn registries_digest(text: &str) -> String {
+    let meaning = serde_yaml_ng::from_str::<serde_json::Value>(text)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| format!("unreadable:{text}"));
+    crate::digest::sha256_hex(meaning.as_bytes())
+}
+
 fn record_of(binary: &str, unit: &str, env: &str, config: &str) -> Record {
     let digest = crate::digest::sha256_hex;
     Record {
@@ -322,6 +347,7 @@ fn record_of(binary: &str, unit: &str, env: &str, config: &str) -> Record {
         env_sha256: digest(envfile::canonical(env).as_bytes()),
         // A config k3s cannot read means nothing the request means.
         config_sha256: digest(config::canonical(config).unwrap_or_else(|| format!("unreadable:{config}")).as_bytes()),
+        registries_sha256: None,
         invocation_id: String::new(),
     }
 }
@@ -353,6 +379,10 @@ fn restart_decision(
             if was != wants {
                 reasons.push(format!("{what} changed {source}"));
             }
+        }
+        // Compared only when k3node manages the file; a file it leaves alone is not its to restart for.
+        if wanted.registries_sha256.is_some() && started_with.registries_sha256 != wanted.registries_sha256 {
+            reasons.push(format!("registries.yaml changed {source}"));
         }
     }
     let action = match (reasons.is_empty(), never_started) {
@@ -461,6 +491,7 @@ fn shown_diff(path: &Path, old: &str, new: &str, kind: Kind) -> String {
         Kind::Plain => (old.to_string(), new.to_string()),
         Kind::Env => masked_pair(old, new, mask_env, env_secrets),
         Kind::Config => masked_pair(old, new, mask_config, config_secrets),
+        Kind::Registries => masked_pair(old, new, mask_registries, registries_secret_groups),
     };
     if old_masked == new_masked {
         return format!("{}: secret values changed (not shown)", path.display());

@@ -1,7 +1,7 @@
-//! Secrets out of every diff shown: the env file's and config.yaml's secret values are masked
-//! line by line, and a secret that changed says so instead of looking unchanged.
+//! Secrets out of every diff shown: the env file's, config.yaml's and registries.yaml's secret
+//! values are masked line by line, and a secret that changed says so instead of looking unchanged.
 
-use crate::protocol::secret::{secret_config_key, secret_env_name, REDACTED};
+use crate::protocol::secret::{registries_secrets, secret_config_key, secret_env_name, REDACTED, REGISTRY_SECRET_KEYS};
 
 /// What a masked secret that differs from the old file's shows.
 pub(super) const CHANGED: &str = "<changed (masked)>";
@@ -39,6 +39,53 @@ pub(super) fn mask_config(text: &str) -> String {
         }
         Some(format!("{key}: {REDACTED}"))
     })
+}
+
+/// registries.yaml's text with its credentials (`password`, `auth`, `identity_token` at any
+/// depth) replaced; a block scalar's lines are masked too. An `auth:` that opens a mapping is a
+/// section, not a credential, and stays.
+pub(super) fn mask_registries(text: &str) -> String {
+    let mut block_indent: Option<usize> = None;
+    map_lines(text, |line| {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(level) = block_indent {
+            if line.trim().is_empty() || indent > level {
+                return (!line.trim().is_empty()).then(|| format!("{}{REDACTED}", &line[..indent]));
+            }
+            block_indent = None;
+        }
+        let (key, value) = line.trim_start().trim_start_matches("- ").split_once(':')?;
+        if !REGISTRY_SECRET_KEYS.contains(&key.trim().trim_matches(['"', '\''])) {
+            return None;
+        }
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        if value.starts_with(['|', '>']) {
+            block_indent = Some(indent);
+        }
+        Some(format!("{}{key}: {REDACTED}", &line[..indent]))
+    })
+}
+
+/// The credentials of a registries.yaml, one entry per key name with every value of that name
+/// (a changed password marks each `password:` line of the new file as changed).
+pub(super) fn registries_secret_groups(text: &str) -> Vec<(String, String)> {
+    let mut groups: Vec<(String, String)> = Vec::new();
+    for (path, value) in registries_secrets(text) {
+        let key = path.rsplit('/').next().unwrap_or("").to_string();
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, all)) => {
+                all.push('\n');
+                all.push_str(&path);
+                all.push('=');
+                all.push_str(&value);
+            }
+            None => groups.push((key, format!("{path}={value}"))),
+        }
+    }
+    groups
 }
 
 fn map_lines(text: &str, mut f: impl FnMut(&str) -> Option<String>) -> String {
@@ -126,6 +173,20 @@ mod tests {
             mask_config(text),
             "cluster-init: true\ntoken: <redacted>\n\"agent-token\": <redacted>\nvpn-auth: <redacted>\n  <redacted>\n  <redacted>\ntls-san:\n  - k3s.example.com\ndatastore-endpoint: <redacted>\n# token: in a comment\ntoken-file: /etc/token\n"
         );
+    }
+
+    #[test]
+    fn registries_mask_every_credential_and_keep_the_rest() {
+        let text = "mirrors:\n  docker.io:\n    endpoint:\n    - https://mirror.example:5000\nconfigs:\n  mirror.example:5000:\n    auth:\n      username: ci\n      password: hunter2-secret\n    tls:\n      ca_file: /etc/ssl/mirror.pem\n  other.example:\n    auth:\n      identity_token: |\n        line-one\n        line-two\n      auth: dXNlcjpwdw==\n";
+        let masked = mask_registries(text);
+        assert_eq!(
+            masked,
+            "mirrors:\n  docker.io:\n    endpoint:\n    - https://mirror.example:5000\nconfigs:\n  mirror.example:5000:\n    auth:\n      username: ci\n      password: <redacted>\n    tls:\n      ca_file: /etc/ssl/mirror.pem\n  other.example:\n    auth:\n      identity_token: <redacted>\n        <redacted>\n        <redacted>\n      auth: <redacted>\n"
+        );
+        let changed = text.replace("hunter2-secret", "hunter3-secret");
+        let (old, new) = masked_pair(text, &changed, mask_registries, registries_secret_groups);
+        assert!(old.contains("password: <redacted>") && new.contains("password: <changed (masked)>"), "{new}");
+        assert!(new.contains("auth: <redacted>") && !new.contains("hunter"), "{new}");
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub fn server_request() -> InstallRequest {
             "cluster-init: true\nnode-name: server1\ntoken: {SERVER_TOKEN}\ntls-san:\n  - 192.168.56.10\n"
         )),
         env: vec![],
+        registries_yaml: None,
         ready_timeout_secs: 60,
         dry_run: false,
     }
@@ -108,6 +109,7 @@ pub fn agent_request() -> InstallRequest {
         binary_sha256: k3s_sha256(),
         config_yaml: Secret::new("node-name: agent1\n"),
         env: vec![("K3S_URL".into(), Secret::new(SERVER_URL)), ("K3S_TOKEN".into(), Secret::new(NODE_TOKEN))],
+        registries_yaml: None,
         ready_timeout_secs: 60,
         dry_run: false,
     }

@@ -83,6 +83,7 @@ impl Phase for Install {
                 own.0.get(&host.name).map(String::as_str),
             )),
             env: node_config::env(&cluster, host, token),
+            registries_yaml: node_config::registries_yaml(&cluster),
             ready_timeout_secs: self.ready_timeout.as_secs(),
             dry_run,
         };

@@ -318,6 +318,7 @@ impl Phase for PrepareTarget {
             binary_sha256: binary.sha256.clone(),
             config_yaml: Secret::new(node_config::config_yaml(&run.cluster, &host, own.as_deref())),
             env: Vec::new(),
+            registries_yaml: node_config::registries_yaml(&run.cluster),
             ready_timeout_secs: self.settings.ready_timeout.as_secs(),
             dry_run: false,
         };

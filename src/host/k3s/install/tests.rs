@@ -228,6 +228,53 @@ fn a_changed_config_restarts_without_daemon_reload() {
     assert_eq!(new_writes, vec![PathBuf::from(CONFIG_FILE), PathBuf::from("/var/lib/rancher/k3node/k3s.applied.json")]);
 }
 
+const REGISTRIES: &str = "# Written by k3node\nconfigs:\n  mirror.example:5000:\n    auth:\n      password: reg1stry-pass\n      username: ci\nmirrors:\n  docker.io:\n    endpoint:\n    - https://mirror.example:5000\n";
+
+#[test]
+fn registries_yaml_is_written_0600_joins_the_restart_rule_and_its_credentials_stay_masked() {
+    let sys = host();
+    install_ok(&sys, &server_request());
+    let sys = running(sys, "k3s");
+
+    // Added: written 0600, and k3s restarts to read it.
+    let mut req = server_request();
+    req.registries_yaml = Some(Secret::new(REGISTRIES));
+    let (report, _) = install_ok(&sys, &req);
+    assert!(report.restarted());
+    assert!(
+        report.reasons.iter().any(|r| r == "registries.yaml changed since k3node started it"),
+        "{:?}",
+        report.reasons
+    );
+    assert_eq!(written(&sys, "/etc/rancher/k3s/registries.yaml"), Some((REGISTRIES.to_string(), 0o600)));
+    let diff = change(&report, "/etc/rancher/k3s/registries.yaml").diff.clone().unwrap();
+    assert!(diff.contains("+      password: <redacted>") && !diff.contains("reg1stry-pass"), "{diff}");
+
+    // The same again: nothing written, no restart.
+    let sys = running(sys, "k3s");
+    let writes = sys.writes().len();
+    let (report, _) = install_ok(&sys, &req);
+    assert!(!report.restarted() && sys.writes().len() == writes, "{:?}", report.reasons);
+
+    // A changed password: the diff says so without showing either value, and k3s restarts.
+    req.registries_yaml = Some(Secret::new(REGISTRIES.replace("reg1stry-pass", "n3w-registry-pass")));
+    req.dry_run = true;
+    let (report, _) = install_ok(&sys, &req);
+    let diff = change(&report, "/etc/rancher/k3s/registries.yaml").diff.clone().unwrap();
+    assert!(report.restarted(), "a dry run says k3s would restart");
+    assert!(
+        diff.contains("password: <changed (masked)>") && !diff.contains("reg1stry") && !diff.contains("n3w-"),
+        "{diff}"
+    );
+    assert_eq!(sys.writes().len(), writes, "a dry run writes nothing");
+
+    // The cluster file dropping registries: the file is left alone, and that is no restart.
+    let (report, _) = install_ok(&sys, &server_request());
+    assert!(!report.restarted(), "{:?}", report.reasons);
+    assert!(report.changes.iter().all(|c| c.path != "/etc/rancher/k3s/registries.yaml"));
+    assert_eq!(sys.contents("/etc/rancher/k3s/registries.yaml").as_deref(), Some(REGISTRIES));
+}
+
 #[test]
 fn a_new_binary_restarts_and_shows_the_hashes() {
     let sys = host();
