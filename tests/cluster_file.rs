@@ -676,6 +676,14 @@ fn keys_of_the_installed_k3s_and_the_escape_hatches_are_read_with_a_warning_per_
     assert!(!format!("{f:?}").contains("s3cr3t"), "Debug shows no env value");
     assert!(!serde_json::to_string(&f).expect("json").contains("s3cr3t"), "JSON shows no env value");
     assert!(!f.warnings.to_string().contains("s3cr3t"));
+    // registries.yaml: k3s's keys as pasted; its password kept as a secret, never shown.
+    let registries = f.k3s.registries.as_ref().expect("spec.k3s.registries");
+    assert_eq!(registries.mirrors["docker.io"].endpoint, ["https://mirror.example:5000"]);
+    assert_eq!(registries.mirrors["docker.io"].rewrite["^library/(.*)"], "mirrored/$1");
+    assert!(registries.mirrors.contains_key("*"));
+    assert_eq!(registries.secret_values(), ["r3gistry-pw"]);
+    assert!(registries.render(&f.name).contains("      password: r3gistry-pw\n"));
+    assert!(!format!("{f:?}").contains("r3gistry") && !serde_json::to_string(&f).expect("json").contains("r3gistry"));
     // The agent, outside the k3s docs' private ranges and not covered by a NO_PROXY the user wrote:
     // no warning, since the user wrote none and the default covers it.
     let agent_env = f.env_for(agent);

@@ -56,6 +56,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("two_runs_at_once_the_second_is_refused_naming_the_first_and_the_cluster_converges", two_runs_at_once),
         t("dry_run_shows_the_diff_and_changes_nothing", dry_run),
         t("added_node_joins_without_touching_the_rest", added_node),
+        t("registries_yaml_reaches_every_node_restarts_them_once_and_its_password_is_never_shown", registries),
         t("wrong_token_is_refused_with_the_k3s_reason", wrong_token),
         t("tampered_release_is_refused_and_nothing_installed", tampered_release),
         t("interrupted_run_converges_when_re_run", interrupted_run),
@@ -419,6 +420,75 @@ fn added_node(lab: &Arc<Lab>, w: &World) -> Outcome {
     // A first install is reported as one, not as a restart.
     ensure(node(&json, "h4")["state"] == "installed", || format!("{:?}", states(&json)))?;
     all_ready(w, &["h1", "h2", "h3", "h4"])
+}
+
+/// `spec.k3s.registries` on 1 server + 3 agents, its password from the operator's environment.
+fn registries(lab: &Arc<Lab>, w: &World) -> Outcome {
+    const ENV: &str = "K3NODE_LAB_REGISTRY_PASSWORD";
+    const FILE: &str = "/etc/rancher/k3s/registries.yaml";
+    let (first, second) = ("lab-registry-pw-one", "lab-registry-pw-two");
+    let mut hosts = seed_hosts(lab);
+    hosts[1].2 = "      labels: {tier: api}\n";
+    hosts.push((lab.host("h4"), "agent", ""));
+    let names = ["h1", "h2", "h3", "h4"];
+    let config = SEED_CONFIG.replace("request-timeout=300s", "request-timeout=120s")
+        + "    registries:\n      mirrors:\n        docker.io:\n          endpoint: [\"https://mirror.lab.example:5000\"]\n      configs:\n        mirror.lab.example:5000:\n          auth:\n            username: lab-robot\n            password: {fromEnv: K3NODE_LAB_REGISTRY_PASSWORD}\n";
+    let file = cluster_yaml(w, &hosts, &config);
+    let cache = w.op.home.join("cache");
+    // (exit code, stdout, stdout and stderr)
+    let run = |password: &str, extra: &[&str]| -> Result<(i32, String, String), libtest_mimic::Failed> {
+        let out = w
+            .op
+            .lab
+            .command_in_netns(std::path::Path::new(crate::common::K3NODE))
+            .args(["up", "-c", file.to_str().unwrap(), "--ready-timeout", "90", "--cache-dir", cache.to_str().unwrap()])
+            .args(extra)
+            .env("HOME", &w.op.home)
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("K3NODE_LOG")
+            .env(ENV, password)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure(!text.contains(first) && !text.contains(second), || format!("a registry password was shown:\n{text}"))?;
+        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), text))
+    };
+    let json = |stdout: &str| -> serde_json::Value { serde_json::from_str(stdout).unwrap_or_default() };
+    let files_hold = |password: &str| -> Outcome {
+        for n in names {
+            let h = lab.host(n);
+            let mode = crate::common::sh(h, &format!("stat -c %a {FILE}"))?;
+            let text = crate::common::sh(h, &format!("cat {FILE}"))?;
+            ensure(mode.trim() == "600", || format!("{n}: {FILE} has mode {mode}"))?;
+            ensure(text.contains("mirror.lab.example:5000") && text.contains(password), || format!("{n}: {text}"))?;
+        }
+        Ok(())
+    };
+
+    // Added: written on every node, and each k3s restarts once to read it.
+    let before = invocations(lab, &names);
+    let (code, _, text) = run(first, &["-o", "json"])?;
+    let after = invocations(lab, &names);
+    ensure(code == 0, || text.clone())?;
+    ensure(names.iter().all(|n| before[*n] != after[*n]), || {
+        format!("not every node restarted: {before:?} -> {after:?}")
+    })?;
+    files_hold(first)?;
+
+    // Again: nothing to do.
+    let (code, stdout, text) = run(first, &["-o", "json"])?;
+    ensure(code == 0 && states(&json(&stdout)).values().all(|s| s == "unchanged"), || text.clone())?;
+    ensure(invocations(lab, &names) == after, || "a re-run restarted k3s".into())?;
+
+    // A new password: the dry run says it changed without showing it, and changes nothing.
+    let (code, _, text) = run(second, &["--dry-run"])?;
+    ensure(code == 0 && text.contains("registries.yaml") && text.contains("password: <changed (masked)>"), || {
+        text.clone()
+    })?;
+    files_hold(first)?;
+    let (code, stdout, text) = run(second, &["-o", "json"])?;
+    ensure(code == 0 && states(&json(&stdout)).values().all(|s| s == "restarted"), || text.clone())?;
+    files_hold(second)
 }
 
 fn wrong_token(lab: &Arc<Lab>, w: &World) -> Outcome {
