@@ -247,12 +247,18 @@ async fn a_failing_agent_stops_the_run_at_agents_and_leaves_the_server_installed
     assert!(!everything.contains("5eCr3tPassw0rd"), "{everything}");
 }
 
-#[tokio::test]
-async fn a_preflight_failure_stops_the_run_before_anything_is_installed() {
+/// [`three`], with a1 below k3s's memory minimum: its preflight fails.
+fn three_with_a1_short_of_memory() -> World {
     let mut world = three();
     let a1 =
         world.hosts.remove("a1").unwrap().file("/proc/meminfo", "MemTotal:  262144 kB\nMemAvailable:  131072 kB\n");
     world.hosts.insert("a1".into(), a1);
+    world
+}
+
+#[tokio::test]
+async fn a_preflight_failure_stops_the_run_before_anything_is_installed() {
+    let world = three_with_a1_short_of_memory();
     let report = run(&world, &options(&world, false)).await;
     let by_name: BTreeMap<_, _> = phases(&report).into_iter().collect();
     assert_eq!(by_name["preflight"], PhaseState::Failed);
@@ -265,10 +271,7 @@ async fn a_preflight_failure_stops_the_run_before_anything_is_installed() {
 
 #[tokio::test]
 async fn a_dry_run_with_a_failed_preflight_shows_the_whole_plan_and_still_fails() {
-    let mut world = three();
-    let a1 =
-        world.hosts.remove("a1").unwrap().file("/proc/meminfo", "MemTotal:  262144 kB\nMemAvailable:  131072 kB\n");
-    world.hosts.insert("a1".into(), a1);
+    let world = three_with_a1_short_of_memory();
     let report = run(&world, &options(&world, true)).await;
     assert!(!report.succeeded(), "the failed checks fail the dry run");
     let by_name: BTreeMap<_, _> = phases(&report).into_iter().collect();
