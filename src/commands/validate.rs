@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use k3node::cluster;
+use k3node::words::count;
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -26,11 +27,11 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<()> {
         cluster::escape_file_name(&args.config.display().to_string())
     };
     println!(
-        "{name}: valid: cluster {}, {} host(s): {} server(s), {} agent(s)",
+        "{name}: valid: cluster {}, {}: {}, {}",
         file.name,
-        file.hosts.len(),
-        servers,
-        file.hosts.len() - servers
+        count(file.hosts.len(), "host"),
+        count(servers, "server"),
+        count(file.hosts.len() - servers, "agent")
     );
     Ok(())
 }

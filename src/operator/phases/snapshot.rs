@@ -222,7 +222,7 @@ impl Phase for Create {
             }
         }
         made.sort();
-        outcome(failures, format!("{} snapshot(s) taken: {}", made.len(), made.join(", ")))
+        outcome(failures, format!("{} taken: {}", crate::words::count(made.len(), "snapshot"), made.join(", ")))
     }
 }
 
@@ -264,7 +264,7 @@ impl Phase for List {
                 Err(e) => failures.push(fail_host(run, &host, &e)),
             }
         }
-        outcome(failures, format!("{count} snapshot(s)"))
+        outcome(failures, crate::words::count(count, "snapshot"))
     }
 }
 
@@ -322,7 +322,7 @@ impl Phase for Verify {
                 }
             }
         }
-        outcome(failures, format!("{verified} archive(s) read in full and verified"))
+        outcome(failures, format!("{} read in full and verified", crate::words::count(verified, "archive")))
     }
 }
 
@@ -389,7 +389,12 @@ impl Phase for Pull {
         }
         outcome(
             failures,
-            format!("{} archive(s) pulled into {}: {}", pulled.len(), self.to.display(), pulled.join(", ")),
+            format!(
+                "{} pulled into {}: {}",
+                crate::words::count(pulled.len(), "archive"),
+                self.to.display(),
+                pulled.join(", ")
+            ),
         )
     }
 }
@@ -594,7 +599,7 @@ impl Phase for Prune {
             }
         }
         let verb = if dry_run { "would delete" } else { "deleted" };
-        outcome(failures, format!("{verb} {deleted} archive(s)"))
+        outcome(failures, format!("{verb} {}", crate::words::count(deleted, "archive")))
     }
 }
 
