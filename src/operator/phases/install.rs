@@ -22,7 +22,9 @@ use crate::operator::node_config::{self, Position};
 use crate::operator::payload::Payload;
 use crate::operator::progress::Observer;
 use crate::protocol::files::FileDigest;
-use crate::protocol::k3s::{DeleteNodes, FileAction, InstallReport, InstallRequest, ReadToken, ServiceAction};
+use crate::protocol::k3s::{
+    DeleteNodes, FileAction, InstallReport, InstallRequest, ListNodes, ReadToken, ServiceAction,
+};
 use crate::protocol::node::Role;
 use crate::protocol::Secret;
 
@@ -150,9 +152,12 @@ impl Phase for Install {
             out
         };
         let first_link = first.1.clone();
+        // The Nodes the first server knows, asked once for all agents: a fresh cluster then costs
+        // one listing, not a deletion attempt per joining agent.
+        let known_nodes: tokio::sync::OnceCell<Option<Vec<String>>> = tokio::sync::OnceCell::new();
         let agent_chains = stream::iter(agents.into_iter().map(|(host, link)| {
             let (binary, payload, observer, request) = (&binary, &payload, observer.clone(), &request);
-            let first_link = &first_link;
+            let (first_link, known_nodes) = (&first_link, &known_nodes);
             let mut servers_ready = servers_ready.clone();
             async move {
                 let upload = upload_binary(&link, binary, payload, dry_run, observer.as_ref()).await;
@@ -164,7 +169,16 @@ impl Phase for Install {
                     Ok(Some(Ok(token))) => token,
                     _ => return HostOutcome { host: host.name.clone(), upload, install: None },
                 };
-                forget_stale_node(first_link, &link, &host.name, dry_run, observer.as_ref()).await;
+                let known = known_nodes
+                    .get_or_init(|| async {
+                        let answer = first_link.call(&ListNodes {}).send().await;
+                        answer.ok().map(|a| a.nodes.into_iter().map(|n| n.name).collect())
+                    })
+                    .await;
+                // Unknown to the server (and the listing worked): there is no stale Node to forget.
+                if known.as_ref().is_none_or(|names| names.contains(&host.name)) {
+                    forget_stale_node(first_link, &link, &host.name, dry_run, observer.as_ref()).await;
+                }
                 let install = call_install(&link, request(&host, Some(&token)), observer.as_ref()).await;
                 HostOutcome { host: host.name.clone(), upload, install: Some(install) }
             }
