@@ -229,19 +229,14 @@ impl<'a> Http<'a> {
             }
         };
         let shown = redact_url(&location);
-        let version = version_from_location(&location).ok_or_else(|| ArtifactError::BadVersion {
-            version: location.clone(),
-            origin: format!("the redirect of channel {channel:?} at {}", redact_url(url)),
-            hint: "the channel URL does not look like a k3s channel server".into(),
-        })?;
-        if !super::names::is_k3s_version(&version) {
-            return Err(Failure::Fatal(ArtifactError::BadVersion {
-                version,
+        match version_from_location(&location) {
+            Some(version) => Ok(version),
+            None => Err(Failure::Fatal(ArtifactError::BadVersion {
+                version: super::names::last_segment(&location).unwrap_or_else(|| shown.clone()),
                 origin: format!("the redirect of channel {channel:?} at {} to {shown}", redact_url(url)),
                 hint: "the channel URL does not look like a k3s channel server: check it, or pin k3s.version".into(),
-            }));
+            })),
         }
-        Ok(version)
     }
 
     /// A small file (a checksum file) in memory, at most `limit` bytes.

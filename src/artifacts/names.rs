@@ -98,8 +98,14 @@ pub fn is_k3s_version(s: &str) -> bool {
 }
 
 /// The version a channel's redirect points at: the last non-empty path segment of `location`
-/// (absolute URL or path; query and fragment ignored), percent-decoded.
+/// (absolute URL or path; query and fragment ignored), percent-decoded, when it is a k3s version
+/// ([`is_k3s_version`]); None otherwise.
 pub fn version_from_location(location: &str) -> Option<String> {
+    last_segment(location).filter(|v| is_k3s_version(v))
+}
+
+/// The last non-empty path segment of `location`, percent-decoded: what a redirect names.
+pub fn last_segment(location: &str) -> Option<String> {
     let no_fragment = location.split('#').next().unwrap_or("");
     let no_query = no_fragment.split('?').next().unwrap_or("");
     let path = match no_query.split_once("://") {
@@ -201,6 +207,10 @@ mod tests {
         assert_eq!(v("https://github.com/k3s-io/k3s/releases/tag/v1.31.4+k3s1").as_deref(), Some("v1.31.4+k3s1"));
         assert_eq!(v("https://x/tag/v1.31.4%2Bk3s1/?a=b#c").as_deref(), Some("v1.31.4+k3s1"));
         assert_eq!(v("https://example.com"), None);
+        // Found by the `version` fuzz target: a last segment that is no version is none.
+        assert_eq!(v("https://github.com/k3s-io/k3s/31.4%2Bk3s1"), None);
+        assert_eq!(v("https://x/tag/latest"), None);
+        assert_eq!(v("v4+k3s1"), None);
         assert_eq!(v(""), None);
     }
 
