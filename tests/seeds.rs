@@ -318,7 +318,7 @@ fn k3node_validate_accepts_the_vagrant_cluster_file() {
     let out = run(Command::new(env!("CARGO_BIN_EXE_k3node")).args(["validate", "-c"]).arg(&file));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("valid") && stdout.contains("1 server(s), 2 agent(s)"), "{stdout}");
+    assert!(stdout.contains("valid") && stdout.contains("3 hosts: 1 server, 2 agents"), "{stdout}");
 }
 
 #[test]
