@@ -120,17 +120,6 @@ impl Registries {
         let body = serde_yaml_ng::to_string(&Value::Object(top)).expect("JSON values always render");
         format!("# Written by k3node from the cluster file of cluster {cluster}; edit that file, not this one.\n{body}")
     }
-
-    /// The credential values, for scrubbing them from anything shown.
-    pub fn secret_values(&self) -> Vec<String> {
-        self.configs
-            .values()
-            .filter_map(|c| c.auth.as_ref())
-            .flat_map(|a| [&a.password, &a.auth, &a.identity_token])
-            .flatten()
-            .map(|s| s.expose().to_string())
-            .collect()
-    }
 }
 
 /// Reads `spec.k3s.registries`; `env` looks a variable up (the process environment, or a map in tests).

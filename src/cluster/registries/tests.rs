@@ -11,6 +11,11 @@ fn file(registries: &str) -> String {
     )
 }
 
+/// The credentials of a rendered registries.yaml, as the helper finds them to scrub them.
+fn credentials(text: &str) -> Vec<String> {
+    crate::protocol::secret::registries_secrets(text).into_iter().map(|(_, v)| v).collect()
+}
+
 fn load(registries: &str) -> Result<ClusterFile, String> {
     parse("cluster.yaml", Path::new("/"), &file(registries)).map_err(|e| e.to_string())
 }
@@ -28,7 +33,7 @@ fn a_pasted_registries_yaml_renders_sorted_with_its_credentials_and_serializes_w
         "# Written by k3node from the cluster file of cluster lab; edit that file, not this one.\n\
 configs:\n  mirror.example:5000:\n    auth:\n      password: s3cret-pass\n      username: ci\n    tls:\n      ca_file: /etc/ssl/mirror.pem\nmirrors:\n  '*':\n    endpoint: []\n  docker.io:\n    endpoint:\n    - https://mirror.example:5000\n    - http://10.0.0.9:5000\n    rewrite:\n      ^library/(.*): mirror/$1\n"
     );
-    assert_eq!(r.secret_values(), ["s3cret-pass"]);
+    assert_eq!(credentials(&text), ["s3cret-pass"]);
     let shown = serde_json::to_string(&c).unwrap();
     assert!(!shown.contains("s3cret-pass") && shown.contains("<redacted>"), "{shown}");
     assert_eq!(format!("{:?}", r).matches("s3cret").count(), 0);
@@ -43,7 +48,7 @@ fn a_credential_from_the_environment_is_read_and_a_missing_one_is_named_at_its_l
     // Names unique to this test: the process environment is shared by every test.
     std::env::set_var("K3NODE_TEST_REGISTRY_PW_A", "from-the-env-pw");
     let c = load("      configs:\n        registry.example:\n          auth:\n            username: robot\n            password: {fromEnv: K3NODE_TEST_REGISTRY_PW_A}\n").unwrap();
-    assert_eq!(c.k3s.registries.unwrap().secret_values(), ["from-the-env-pw"]);
+    assert_eq!(credentials(&c.k3s.registries.unwrap().render("lab")), ["from-the-env-pw"]);
 
     let err = load("      configs:\n        registry.example:\n          auth:\n            username: robot\n            password: {fromEnv: K3NODE_TEST_REGISTRY_PW_UNSET}\n").unwrap_err();
     assert!(err.contains("cluster.yaml:16:"), "{err}");
