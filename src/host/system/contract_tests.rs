@@ -218,3 +218,55 @@ fn sqlite_backups_are_checked_copies_and_missing_or_foreign_files_fail_alike() {
         assert_eq!(foreign.kind(), io::ErrorKind::InvalidData, "{name}: {foreign}");
     });
 }
+
+#[test]
+fn the_clock_moves_forward_by_at_least_what_was_slept() {
+    both(|sys, name| {
+        let before = sys.now_unix_ms();
+        sys.sleep(std::time::Duration::from_millis(30));
+        let after = sys.now_unix_ms();
+        assert!(after - before >= 30, "{name}: {before} then {after} after sleeping 30 ms");
+        // Unix milliseconds: after 2020 and before 2100, not seconds or nanoseconds.
+        let unix_ms_2020_to_2100 = 1_577_836_800_000..4_102_444_800_000;
+        assert!(name == "fake" || unix_ms_2020_to_2100.contains(&after), "{name}: {after} is not a Unix time in ms");
+    });
+}
+
+#[test]
+fn killing_a_process_that_does_not_exist_fails_with_esrch() {
+    both(|sys, name| {
+        // Above any pid_max (2^22 at most): no such process on any machine.
+        let e = sys.kill(i32::MAX).unwrap_err();
+        assert_eq!(errno(&e), Some(nix::libc::ESRCH), "{name}: {e}");
+    });
+}
+
+#[test]
+fn the_disk_space_of_a_missing_path_fails_with_enoent() {
+    both(|sys, name| {
+        let e = sys.disk_space(&p("/var/lib/not-there")).unwrap_err();
+        assert_eq!(errno(&e), Some(nix::libc::ENOENT), "{name}: {e}");
+    });
+}
+
+#[test]
+fn unmounting_a_directory_where_nothing_is_mounted_fails_and_keeps_it() {
+    both(|sys, name| {
+        sys.create_dir_all(&p("/var/lib/kubelet/pods"), 0o755).unwrap();
+        let e = sys.unmount(&p("/var/lib/kubelet/pods")).unwrap_err();
+        // Not a mount point: EINVAL. Without CAP_SYS_ADMIN the kernel says EPERM first.
+        let expected =
+            if name == "real" && !nix::unistd::geteuid().is_root() { nix::libc::EPERM } else { nix::libc::EINVAL };
+        assert_eq!(errno(&e), Some(expected), "{name}: {e}");
+        assert!(sys.exists(&p("/var/lib/kubelet/pods")), "{name}: the directory stays");
+    });
+}
+
+#[test]
+fn running_a_program_that_does_not_exist_fails_with_not_found() {
+    both(|sys, name| {
+        let e = sys.run(&p("/nonexistent/bin/k3s"), &["--version"]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{name}: {e}");
+        assert_eq!(sys.find_command("k3node-no-such-command"), None, "{name}");
+    });
+}
