@@ -4,7 +4,7 @@
 //! size and however many hosts receive it.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tokio::sync::OnceCell;
 
@@ -15,7 +15,15 @@ pub struct Payload {
     pub path: PathBuf,
     pub sha256: String,
     pub size: u64,
-    compressed: OnceCell<tempfile::TempPath>,
+    compressed: OnceCell<Compressed>,
+}
+
+/// The zstd copy of a payload, with its own size and sha256 (hashed once here, so that no upload
+/// of it hashes it again).
+struct Compressed {
+    path: tempfile::TempPath,
+    size: u64,
+    sha256: String,
 }
 
 impl Payload {
@@ -23,37 +31,38 @@ impl Payload {
         Payload { path, sha256, size, compressed: OnceCell::new() }
     }
 
-    async fn compressed(&self) -> io::Result<&Path> {
-        let temp = self
-            .compressed
+    async fn compressed(&self) -> io::Result<&Compressed> {
+        self.compressed
             .get_or_try_init(|| async {
                 let source = self.path.clone();
-                tokio::task::spawn_blocking(move || -> io::Result<tempfile::TempPath> {
+                tokio::task::spawn_blocking(move || -> io::Result<Compressed> {
                     // In the temp dir: the source's own dir may be a read-only airgap bundle.
                     let mut out = tempfile::Builder::new().prefix("k3node-upload.").suffix(".zst").tempfile()?;
                     // Level 1: every host waits for this, and level 3 would buy only a tenth less data.
                     zstd::stream::copy_encode(std::fs::File::open(&source)?, out.as_file_mut(), 1)?;
-                    Ok(out.into_temp_path())
+                    let path = out.into_temp_path();
+                    let (sha256, size) = crate::digest::sha256_file(&path)?;
+                    Ok(Compressed { path, size, sha256 })
                 })
                 .await
                 .map_err(io::Error::other)?
             })
-            .await?;
-        Ok(temp)
+            .await
     }
 
     /// Puts the payload at `dest` on the host, verified there against its size and sha256
     /// before it replaces anything.
     pub async fn install(&self, link: &Link, dest: &str, mode: u32) -> Result<FileReceived, LinkError> {
         let local = |what: &str, source| LinkError::Local { host: link.host().into(), what: what.into(), source };
-        let (source, compression) = if link.compresses_uploads() {
-            (self.compressed().await.map_err(|e| local("compressing the upload", e))?.to_path_buf(), Compression::Zstd)
+        let (source, stream_size, stream_sha256, compression) = if link.compresses_uploads() {
+            let c = self.compressed().await.map_err(|e| local("compressing the upload", e))?;
+            (c.path.to_path_buf(), c.size, c.sha256.as_str(), Compression::Zstd)
         } else {
-            (self.path.clone(), Compression::None)
+            (self.path.clone(), self.size, self.sha256.as_str(), Compression::None)
         };
         let mut file = tokio::fs::File::open(&source).await.map_err(|e| local("opening the upload", e))?;
         let request =
             ReceiveFile { path: dest.to_string(), size: self.size, sha256: self.sha256.clone(), mode, compression };
-        link.call(&request).upload(&mut file).send().await
+        link.call(&request).upload_verified(&mut file, stream_size, stream_sha256).send().await
     }
 }

@@ -250,6 +250,9 @@ pub struct FrameEncoder<R> {
     offset: usize,
     chunk: Vec<u8>,
     tally: Tally,
+    /// The end frame of a source whose size and sha256 were verified before: its bytes are only
+    /// counted, not hashed again (the receiver hashes what arrives and checks it against this).
+    known: Option<FrameHeader>,
     done: bool,
 }
 
@@ -261,8 +264,16 @@ impl<R: AsyncRead + Unpin> FrameEncoder<R> {
             offset: 0,
             chunk: vec![0; CHUNK],
             tally: Tally::default(),
+            known: None,
             done: false,
         }
+    }
+
+    /// Frames a source already known to be `size` bytes with `sha256`. Hashing is the costliest
+    /// step of a bulk upload, and the far end does it anyway: a source that is not what it is
+    /// said to be (changed since it was verified) is refused there.
+    pub fn verified(inner: R, size: u64, sha256: &str) -> Self {
+        FrameEncoder { known: Some(FrameHeader::End { size, sha256: sha256.to_string() }), ..FrameEncoder::new(inner) }
     }
 
     /// The size and sha256 of what was framed (final once the encoder returned end of file).
@@ -293,10 +304,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameEncoder<R> {
                 Poll::Ready(Ok(())) => {
                     let filled = buf.filled();
                     if filled.is_empty() {
-                        this.pending.extend_from_slice(&this.tally.end_frame().line());
+                        let end = this.known.clone().unwrap_or_else(|| this.tally.end_frame());
+                        this.pending.extend_from_slice(&end.line());
                         this.done = true;
                     } else {
-                        this.tally.update(filled);
+                        if this.known.is_none() {
+                            this.tally.update(filled);
+                        }
                         this.pending.extend_from_slice(&FrameHeader::Data { len: filled.len() as u64 }.line());
                         this.pending.extend_from_slice(filled);
                     }
@@ -361,6 +375,27 @@ mod tests {
         let big = format!("{{\"type\":\"data\",\"len\":{}}}\n", MAX_CHUNK + 1);
         assert!(read_all(big.as_bytes()).unwrap_err().to_string().contains("data frame of"));
         assert!(read_all(b"hello\n").unwrap_err().to_string().contains("expected a data or end frame"));
+    }
+
+    #[tokio::test]
+    async fn a_verified_source_that_changed_since_is_refused_by_the_receiver() {
+        let data: Vec<u8> = (0..CHUNK + 7).map(|i| (i % 11) as u8).collect();
+        let sha = crate::digest::sha256_hex(&data);
+        let mut stream = Vec::new();
+        FrameEncoder::verified(&data[..], data.len() as u64, &sha).read_to_end(&mut stream).await.unwrap();
+        assert_eq!(read_all(&stream).unwrap(), data, "as verified: accepted");
+
+        let mut changed = data.clone();
+        changed[5] ^= 1;
+        let mut stream = Vec::new();
+        FrameEncoder::verified(&changed[..], data.len() as u64, &sha).read_to_end(&mut stream).await.unwrap();
+        let err = read_all(&stream).unwrap_err();
+        assert!(matches!(FrameError::of(&err), Some(FrameError::Mismatch { .. })), "{err}");
+
+        let mut stream = Vec::new();
+        FrameEncoder::verified(&data[..10], data.len() as u64, &sha).read_to_end(&mut stream).await.unwrap();
+        let err = read_all(&stream).unwrap_err();
+        assert!(matches!(FrameError::of(&err), Some(FrameError::Mismatch { received: 10, .. })), "{err}");
     }
 
     #[tokio::test]

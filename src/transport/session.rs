@@ -506,6 +506,9 @@ fn client_config() -> client::Config {
         preferred: russh::Preferred { cipher: std::borrow::Cow::Borrowed(CIPHERS), ..Default::default() },
         // A larger window keeps uploads streaming instead of waiting on window adjustments.
         window_size: 16 * 1024 * 1024,
+        // Downloads come in packets of at most this: twice russh's default, half the messages to
+        // decrypt and hand over per byte (russh refuses more than 65535).
+        maximum_packet_size: 65535,
         // Long operations (image imports, waits) must not be cut by idleness; dead peers are found by keepalives.
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(15)),

@@ -134,7 +134,7 @@ impl Link {
 
     /// A call of `request`, sent with [`Call::send`] after choosing its streams.
     pub fn call<'a, O: Operation>(&'a self, request: &'a O) -> Call<'a, O> {
-        Call { link: self, request, progress: None, upload: None, download: None }
+        Call { link: self, request, progress: None, upload: None, upload_digest: None, download: None }
     }
 
     /// Takes the host's lock for this run; the run's own mutating calls pass it. Fails with a
@@ -231,6 +231,9 @@ impl Drop for HeldLock {
     }
 }
 
+/// How much of a download is gathered before it is written to its sink.
+const DOWNLOAD_BUFFER: usize = 1 << 20;
+
 type Progress<'a> = Box<dyn FnMut(&str) + Send + 'a>;
 
 /// One call being prepared: progress callback, upload, download.
@@ -239,6 +242,8 @@ pub struct Call<'a, O: Operation> {
     request: &'a O,
     progress: Option<Progress<'a>>,
     upload: Option<&'a mut (dyn AsyncRead + Unpin + Send)>,
+    /// Size and sha256 of the upload, when the caller verified them before.
+    upload_digest: Option<(u64, String)>,
     download: Option<&'a mut (dyn AsyncWrite + Unpin + Send)>,
 }
 
@@ -252,6 +257,15 @@ impl<'a, O: Operation> Call<'a, O> {
     /// The bytes streamed after the request (operations that declare an upload).
     pub fn upload(mut self, source: &'a mut (dyn AsyncRead + Unpin + Send)) -> Self {
         self.upload = Some(source);
+        self
+    }
+
+    /// As [`Call::upload`], for a source already verified to be `size` bytes with `sha256` (a
+    /// cached release, a checked archive): the host checks what arrives against them, and this
+    /// side does not hash it again.
+    pub fn upload_verified(mut self, source: &'a mut (dyn AsyncRead + Unpin + Send), size: u64, sha256: &str) -> Self {
+        self.upload = Some(source);
+        self.upload_digest = Some((size, sha256.to_string()));
         self
     }
 
@@ -274,17 +288,24 @@ impl<'a, O: Operation> Call<'a, O> {
         let token = self.link.lock_token.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let line = encode_request(self.request, token.as_deref());
         let mut progress = self.progress.unwrap_or_else(|| Box::new(|_| {}));
+        // SSH delivers a download in packets of 32 KiB; written one by one, each would be a
+        // round trip to the blocking pool for a file sink. The exchange flushes it at the end.
+        let mut download = self.download.map(|sink| tokio::io::BufWriter::with_capacity(DOWNLOAD_BUFFER, sink));
         let mut decoder = AnswerDecoder::new(
             Box::new(move |event| {
                 if let Event::Progress(message) = event {
                     progress(message)
                 }
             }),
-            self.download,
+            download.as_mut().map(|b| b as &mut (dyn AsyncWrite + Unpin + Send)),
         );
         let exit = match self.upload {
             Some(upload) => {
-                let mut input = tokio::io::AsyncReadExt::chain(line.as_slice(), FrameEncoder::new(upload));
+                let encoder = match self.upload_digest {
+                    Some((size, sha256)) => FrameEncoder::verified(upload, size, &sha256),
+                    None => FrameEncoder::new(upload),
+                };
+                let mut input = tokio::io::AsyncReadExt::chain(line.as_slice(), encoder);
                 self.link.inner.exchange(O::NAME, &mut input, &mut decoder).await
             }
             None => self.link.inner.exchange(O::NAME, &mut line.as_slice(), &mut decoder).await,

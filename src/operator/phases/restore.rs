@@ -402,7 +402,12 @@ impl Phase for Push {
         run.observer.phase(target, &format!("receiving {}", archive.name));
         let pushed = match &self.settings.source {
             Source::Local(path) => match tokio::fs::File::open(path).await {
-                Ok(mut file) => link.call(&request).upload(&mut file).send().await.map(|_| ()),
+                Ok(mut file) => link
+                    .call(&request)
+                    .upload_verified(&mut file, archive.size, &archive.sha256)
+                    .send()
+                    .await
+                    .map(|_| ()),
                 Err(e) => {
                     return PhaseRun::Failed(format!("cannot read {}: {e}", path.display()));
                 }
