@@ -189,7 +189,30 @@ impl Phase for Install {
         if let Some(token) = &servers.token {
             run.slots.put(JoinToken(token.clone()));
         }
-        record(run, servers, agent_outcomes, server_count, agent_count, binary.version.clone())
+        let attempted: Vec<String> = servers
+            .hosts
+            .iter()
+            .chain(&agent_outcomes)
+            .filter(|o| o.install.is_some())
+            .map(|o| o.host.clone())
+            .collect();
+        let uploaded: Vec<String> =
+            agent_outcomes.iter().filter(|o| matches!(o.upload, Ok(true))).map(|o| o.host.clone()).collect();
+        let outcome = record(run, servers, agent_outcomes, server_count, agent_count, binary.version.clone());
+        // Hosts the install never got to (a server before them failed) were not converged: they
+        // are left out, saying why, not reported as unchanged.
+        for (host, _) in &jobs {
+            let result = run.host(&host.name);
+            if result.in_play() && !attempted.contains(&host.name) {
+                let upload = if uploaded.contains(&host.name) { " (k3s was uploaded)" } else { "" };
+                result.leave_out(HostError {
+                    kind: "not-reached".into(),
+                    message: format!("not installed: the servers did not come up{upload}"),
+                    retryable: true,
+                });
+            }
+        }
+        outcome
     }
 }
 

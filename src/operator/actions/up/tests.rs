@@ -326,3 +326,32 @@ async fn a_host_locked_by_another_run_stops_this_one_before_any_change() {
     assert!(world.hosts["s1"].bytes("/usr/local/bin/k3s").is_none());
     assert!(!Path::new(&world.kubeconfig).exists());
 }
+
+#[tokio::test]
+async fn a_first_server_that_does_not_start_leaves_the_agents_skipped_and_without_k3s_services() {
+    let mut world = three();
+    let s1 = world.hosts.remove("s1").unwrap();
+    let s1 = s1.output(SYSTEMCTL, &["restart", "k3s"], 1, "", "Job for k3s.service failed.\n").output(
+        JOURNALCTL,
+        &["-u", "k3s", "-n", "20", "--no-pager", "-o", "cat"],
+        0,
+        "level=fatal msg=\"starting kubernetes: preparing server: bootstrap data already found and encrypted with different token\"\n",
+        "",
+    );
+    world.hosts.insert("s1".into(), s1);
+    let report = run(&world, &options(&world, false)).await;
+    assert!(!report.succeeded());
+    let by_name: BTreeMap<_, _> = phases(&report).into_iter().collect();
+    assert_eq!(by_name["first server"], PhaseState::Failed, "{:?}", phases(&report));
+    assert_eq!(
+        states(&report),
+        vec![("s1", HostState::Failed), ("a1", HostState::Skipped), ("a2", HostState::Skipped)]
+    );
+    for agent in ["a1", "a2"] {
+        let host = &world.hosts[agent];
+        assert!(host.bytes("/etc/systemd/system/k3s-agent.service").is_none(), "{agent}: no service written");
+        let error = report.host(agent).unwrap().error.clone().unwrap();
+        assert_eq!(error.kind, "not-reached", "{agent}");
+        assert!(error.message.contains("the servers did not come up"), "{agent}: {}", error.message);
+    }
+}
