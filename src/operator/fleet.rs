@@ -36,6 +36,8 @@ impl Member {
 
 pub struct Fleet {
     pub members: Vec<Member>,
+    /// This machine, worked on in-process (local mode), not hosts over SSH.
+    pub local: bool,
 }
 
 impl Fleet {
@@ -64,13 +66,13 @@ impl Fleet {
             }
         });
         let members = stream::iter(tasks).buffered(concurrency.max(1)).collect().await;
-        Fleet { members }
+        Fleet { members, local: false }
     }
 
     /// This machine as the only member (local mode): no SSH, no helper upload.
     pub fn local(cluster: &ClusterFile) -> Fleet {
         let system: Arc<dyn HostSystem> = Arc::new(RealSystem::host());
-        Fleet::in_process(cluster, |_| system.clone())
+        Fleet { local: true, ..Fleet::in_process(cluster, |_| system.clone()) }
     }
 
     /// Every host of the cluster file in-process, over the system `system_of(host)` gives.
@@ -88,7 +90,7 @@ impl Fleet {
                 elapsed: Duration::ZERO,
             })
             .collect();
-        Fleet { members }
+        Fleet { members, local: false }
     }
 
     pub fn failures(&self) -> impl Iterator<Item = (&Member, &LinkError)> {

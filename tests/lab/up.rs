@@ -774,6 +774,8 @@ fn local_mode(lab: &Arc<Lab>, w: &World) -> Outcome {
     let out = h5.sh(&cmd).map_err(|e| format!("local up on h5: {e:#}"))?;
     let json: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
     ensure(node(&json, "h5")["state"] == "installed", || format!("{json}"))?;
+    // JSON says it too, for scripts.
+    ensure(json["local"] == true, || format!("no local marker: {json}"))?;
     let nodes = crate::common::sh(h5, "k3s kubectl get nodes -o json")?;
     ensure(nodes.contains("\"h5\""), || nodes.clone())?;
     let kubeconfig = crate::common::sh(h5, "cat /root/.kube/config")?;

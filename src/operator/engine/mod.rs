@@ -63,6 +63,7 @@ impl RunContext {
             command: options.command,
             cluster: cluster.name.clone(),
             dry_run: options.dry_run,
+            local: fleet.local,
             version: None,
             phases: Vec::new(),
             hosts,

@@ -208,6 +208,9 @@ pub struct RunReport {
     pub command: &'static str,
     pub cluster: String,
     pub dry_run: bool,
+    /// Local mode: the one host is this machine, not reached over SSH.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
     /// The k3s version the run installed or would install.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
