@@ -68,3 +68,29 @@ fn errors_off_a_terminal_are_plain_text_with_the_place_and_exit_2() {
     assert!(stderr.contains("bad.yaml:4:9: metadata.name: \"Bad\" is not a valid cluster name"), "{stderr}");
     assert!(stderr.contains("hint: use a DNS-1123 label"), "{stderr}");
 }
+
+#[test]
+fn log_levels_follow_v_flags_and_k3node_log_on_stderr_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // preflight --local checks this machine without changing it: a run that logs at every level.
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_k3node"));
+        cmd.args(["preflight", "--local", "-o", "json"]).args(args).current_dir(dir.path());
+        cmd.env_remove("K3NODE_LOG").env_remove("RUST_LOG");
+        if let Some(filter) = env {
+            cmd.env("K3NODE_LOG", filter);
+        }
+        let out = cmd.output().expect("k3node runs");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is the JSON report alone ({e}): {}", text(&out.stdout)));
+        assert_eq!(json["command"], "preflight", "{args:?}");
+        text(&out.stderr)
+    };
+    let levels = |stderr: &str| (stderr.contains(" INFO "), stderr.contains(" DEBUG "));
+    assert_eq!(levels(&run(&[], None)), (false, false), "quiet by default");
+    assert_eq!(levels(&run(&["-v"], None)), (true, false), "-v: info");
+    let debug = run(&["-vv"], None);
+    assert_eq!(levels(&debug), (true, true), "-vv: debug");
+    assert!(debug.contains("k3node::operator::engine"), "the engine's phases are logged: {debug}");
+    assert_eq!(levels(&run(&[], Some("k3node=debug"))), (true, true), "K3NODE_LOG without -v");
+}
