@@ -217,18 +217,25 @@ async fn a_dry_run_plans_every_host_and_writes_nothing() {
     assert!(!world.kubeconfig.exists());
 }
 
+/// `host`'s `unit` fails to start, and its journal says `journal`.
+fn fail_start(world: &mut World, host: &str, unit: &str, journal: &str) {
+    let system = world.hosts.remove(host).unwrap();
+    let failed = format!("Job for {unit}.service failed.\n");
+    let system = system.output(SYSTEMCTL, &["restart", unit], 1, "", &failed).output(
+        JOURNALCTL,
+        &["-u", unit, "-n", "20", "--no-pager", "-o", "cat"],
+        0,
+        journal,
+        "",
+    );
+    world.hosts.insert(host.into(), system);
+}
+
 #[tokio::test]
 async fn a_failing_agent_stops_the_run_at_agents_and_leaves_the_server_installed() {
     let mut world = three();
-    let a2 = world.hosts.remove("a2").unwrap();
-    let a2 = a2.output(SYSTEMCTL, &["restart", "k3s-agent"], 1, "", "Job for k3s-agent.service failed.\n").output(
-        JOURNALCTL,
-        &["-u", "k3s-agent", "-n", "20", "--no-pager", "-o", "cat"],
-        0,
-        &format!("level=info msg=\"Using token {TOKEN}\"\nlevel=fatal msg=\"token CA hash does not match the Cluster CA certificate hash\"\n"),
-        "",
-    );
-    world.hosts.insert("a2".into(), a2);
+    let journal = format!("level=info msg=\"Using token {TOKEN}\"\nlevel=fatal msg=\"token CA hash does not match the Cluster CA certificate hash\"\n");
+    fail_start(&mut world, "a2", "k3s-agent", &journal);
     let report = run(&world, &options(&world, false)).await;
     assert!(!report.succeeded());
     let by_name: BTreeMap<_, _> = phases(&report).into_iter().collect();
@@ -330,15 +337,8 @@ async fn a_host_locked_by_another_run_stops_this_one_before_any_change() {
 #[tokio::test]
 async fn a_first_server_that_does_not_start_leaves_the_agents_skipped_and_without_k3s_services() {
     let mut world = three();
-    let s1 = world.hosts.remove("s1").unwrap();
-    let s1 = s1.output(SYSTEMCTL, &["restart", "k3s"], 1, "", "Job for k3s.service failed.\n").output(
-        JOURNALCTL,
-        &["-u", "k3s", "-n", "20", "--no-pager", "-o", "cat"],
-        0,
-        "level=fatal msg=\"starting kubernetes: preparing server: bootstrap data already found and encrypted with different token\"\n",
-        "",
-    );
-    world.hosts.insert("s1".into(), s1);
+    let journal = "level=fatal msg=\"starting kubernetes: preparing server: bootstrap data already found and encrypted with different token\"\n";
+    fail_start(&mut world, "s1", "k3s", journal);
     let report = run(&world, &options(&world, false)).await;
     assert!(!report.succeeded());
     let by_name: BTreeMap<_, _> = phases(&report).into_iter().collect();
