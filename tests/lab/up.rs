@@ -567,9 +567,13 @@ fn one_host_reset(lab: &Arc<Lab>, w: &World) -> Outcome {
     let mut hosts = seed_hosts(lab);
     hosts.push((lab.host("h4"), "agent", ""));
     let file = cluster_yaml(w, &hosts, SEED_CONFIG);
-    let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--hosts", "h4", "--yes", "-o", "json"]);
+    let out =
+        w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--hosts", "h4", "--yes", "--keep-helper", "-o", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     ensure(out.status.success(), || format!("reset of h4: {json}\n{}", String::from_utf8_lossy(&out.stderr)))?;
+    // --keep-helper: k3s is gone, the helper stays (reset_then_up checks that it goes without it).
+    let left = crate::common::sh(lab.host("h4"), "ls /usr/local/bin/k3s /usr/local/bin/k3node 2>/dev/null || true")?;
+    ensure(left.trim() == "/usr/local/bin/k3node", || format!("h4 after reset --keep-helper: {left}"))?;
     let forget = json["phases"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "forget nodes")).cloned();
     ensure(forget.as_ref().is_some_and(|p| p["message"].as_str().is_some_and(|m| m.contains("h4"))), || {
         format!("forget nodes: {forget:?}")
@@ -581,6 +585,7 @@ fn one_host_reset(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(kubeconfig.contains("name: lab"), || "a partial reset removed the cluster's context".into())?;
     let (code, json, stderr) = up(w, &file, &[]);
     ensure(code == 0 && node(&json, "h4")["state"] == "installed", || format!("{json}\n{stderr}"))?;
+    ensure(node(&json, "h4")["helper"] == "up-to-date", || format!("the kept helper was replaced: {json}"))?;
     all_ready(w, &["h1", "h2", "h3", "h4"])
 }
 
