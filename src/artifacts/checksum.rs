@@ -2,10 +2,10 @@
 //! (`<64 hex>  <file name>` per line, or `<64 hex> *<file name>` in binary mode).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+use crate::digest::Running;
 
 use super::ArtifactError;
 
@@ -66,23 +66,9 @@ pub fn expected_sha256(text: &str, origin: &str, file_name: &str) -> Result<Stri
     })
 }
 
-/// The running hash and length of a file, for a download that continues where it stopped.
-pub(crate) fn hash_state(path: &Path) -> io::Result<(Sha256, u64)> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hasher, size))
+/// The running hash of a file, for a download that continues where it stopped.
+pub(crate) fn hash_state(path: &Path) -> io::Result<Running> {
+    crate::digest::running_of(&mut File::open(path)?, 1 << 20)
 }
 
 #[cfg(test)]
@@ -142,8 +128,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
         std::fs::write(&p, b"").unwrap();
-        let (state, n) = hash_state(&p).unwrap();
-        assert_eq!((hex::encode(state.finalize()), n), crate::digest::sha256_file(&p).unwrap());
+        assert_eq!(hash_state(&p).unwrap().finish(), crate::digest::sha256_file(&p).unwrap());
         assert_eq!(crate::digest::sha256_file(&p).unwrap().0, B.to_ascii_lowercase());
     }
 }

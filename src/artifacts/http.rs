@@ -7,9 +7,9 @@ use std::io::{self, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::digest::Running;
 use reqwest::header::{CONTENT_RANGE, LOCATION, RANGE};
 use reqwest::{redirect, Client, Response, StatusCode};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -285,27 +285,27 @@ impl<'a> Http<'a> {
         progress: &dyn DownloadProgress,
     ) -> Result<Downloaded, ArtifactError> {
         let mut file = PartialFile::open(partial, resume).await?;
-        if file.len > 0 && hex::encode(file.hasher.clone().finalize()) == expected {
+        if file.len() > 0 && file.written.hex() == expected {
             tracing::info!(url = %redact_url(url), "an earlier run already downloaded it completely");
             return file.finish().await;
         }
-        if file.len > 0 {
+        if file.len() > 0 {
             tracing::info!(
                 url = %redact_url(url),
-                bytes = file.len,
+                bytes = file.len(),
                 "continuing an interrupted download"
             );
         }
         let mut backoff = Backoff::new(self.opts);
         let mut started = false;
         let result = loop {
-            let before = file.len;
+            let before = file.len();
             let failure = match self.download_once(url, &mut file, what, progress, &mut started).await {
                 Ok(()) => break Ok(()),
                 Err(Failure::Fatal(e)) => break Err(backoff.final_error(e)),
                 Err(Failure::Transient { status, cause }) => (status, cause),
             };
-            let counts = file.len < before + PROGRESS_RESETS_RETRIES;
+            let counts = file.len() < before + PROGRESS_RESETS_RETRIES;
             if let Err(e) = backoff.after(url, failure.0, failure.1, counts).await {
                 break Err(e);
             }
@@ -326,7 +326,7 @@ impl<'a> Http<'a> {
         started: &mut bool,
     ) -> Result<(), Failure> {
         let (mut resp, total) = loop {
-            let offset = file.len;
+            let offset = file.len();
             let mut req = self.client.get(url);
             if offset > 0 {
                 req = req.header(RANGE, format!("bytes={offset}-"));
@@ -375,18 +375,18 @@ impl<'a> Http<'a> {
         };
         progress.started(what, total);
         *started = true;
-        if file.len > 0 {
-            progress.advanced(file.len);
+        if file.len() > 0 {
+            progress.advanced(file.len());
         }
-        while let Some(chunk) = self.chunk(&mut resp, (file.len, total)).await? {
+        while let Some(chunk) = self.chunk(&mut resp, (file.len(), total)).await? {
             file.append(&chunk).await?;
             progress.advanced(chunk.len() as u64);
         }
         match total {
-            Some(total) if file.len < total => {
-                Err(transient(format!("the connection closed after {} of {total} bytes", file.len)))
+            Some(total) if file.len() < total => {
+                Err(transient(format!("the connection closed after {} of {total} bytes", file.len())))
             }
-            Some(total) if file.len > total => {
+            Some(total) if file.len() > total => {
                 file.reset().await?;
                 Err(transient(format!("the server sent more than the {total} bytes it announced; restarting")))
             }
@@ -449,8 +449,8 @@ pub(super) struct Downloaded {
 struct PartialFile {
     path: PathBuf,
     file: tokio::fs::File,
-    hasher: Sha256,
-    len: u64,
+    /// The running sha256 and size of what the file holds.
+    written: Running,
     resumed: bool,
 }
 
@@ -465,7 +465,7 @@ impl PartialFile {
                 .and_then(|r| r)
                 .map_err(io_err("read the partial download"))?
         } else {
-            (Sha256::new(), 0)
+            Running::default()
         };
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
@@ -474,15 +474,19 @@ impl PartialFile {
             .open(path)
             .await
             .map_err(io_err("create the download file"))?;
-        file.set_len(existing.1).await.map_err(io_err("write the download file"))?;
-        file.seek(SeekFrom::Start(existing.1)).await.map_err(io_err("write the download file"))?;
-        Ok(PartialFile { path: path.to_path_buf(), file, hasher: existing.0, len: existing.1, resumed: existing.1 > 0 })
+        let len = existing.size();
+        file.set_len(len).await.map_err(io_err("write the download file"))?;
+        file.seek(SeekFrom::Start(len)).await.map_err(io_err("write the download file"))?;
+        Ok(PartialFile { path: path.to_path_buf(), file, written: existing, resumed: len > 0 })
+    }
+
+    fn len(&self) -> u64 {
+        self.written.size()
     }
 
     async fn append(&mut self, bytes: &[u8]) -> Result<(), ArtifactError> {
         self.file.write_all(bytes).await.map_err(ArtifactError::io("write the download file", &self.path))?;
-        self.hasher.update(bytes);
-        self.len += bytes.len() as u64;
+        self.written.update(bytes);
         Ok(())
     }
 
@@ -496,8 +500,7 @@ impl PartialFile {
         }
         .await;
         r.map_err(err)?;
-        self.hasher = Sha256::new();
-        self.len = 0;
+        self.written = Running::default();
         self.resumed = false;
         Ok(())
     }
@@ -510,7 +513,8 @@ impl PartialFile {
         }
         .await;
         r.map_err(err)?;
-        Ok(Downloaded { sha256: hex::encode(self.hasher.finalize()), size: self.len, resumed: self.resumed })
+        let (sha256, size) = self.written.finish();
+        Ok(Downloaded { sha256, size, resumed: self.resumed })
     }
 }
 

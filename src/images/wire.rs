@@ -11,7 +11,6 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::oci::{IMAGE_NAME, REF_NAME};
 use super::spool::{compress, Spool};
@@ -180,9 +179,7 @@ impl Wire {
 
     /// sha256 of the stream as it goes on the wire (a staged file's digest).
     pub fn sha256(self: &Arc<Self>) -> io::Result<String> {
-        let mut hasher = Sha256::new();
-        io::copy(&mut self.reader(), &mut HashWriter(&mut hasher))?;
-        Ok(hex::encode(hasher.finalize()))
+        crate::digest::sha256_reader(&mut self.reader())
     }
 
     /// The stream as an async reader: a blocking task reads the spool (a file) and feeds a pipe,
@@ -197,18 +194,6 @@ impl Wire {
             let _ = std::io::Write::flush(&mut sink);
         });
         reader
-    }
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -20,7 +20,7 @@ pub const SERVER_URL: &str = "https://192.168.56.10:6443";
 pub const NOW_MS: i64 = 1_735_787_045_000; // 2025-01-02T03:04:05Z
 
 pub fn k3s_sha256() -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(K3S_CONTENT.as_bytes()))
+    crate::digest::sha256_hex(K3S_CONTENT.as_bytes())
 }
 
 pub fn node_json(name: &str, ready: &str) -> String {

@@ -25,8 +25,8 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::digest::{copy_seeing, CopyError, HashingReader, HashingWriter, Running};
 use crate::host::error::{describe_io, Failure};
 use crate::host::k3s::{
     env_path, CONFIG_DIR, CONFIG_DROPIN_DIR, CONFIG_FILE, ETCD_SNAPSHOT_DIR, MANIFESTS_DIR, NODE_DIR,
@@ -344,49 +344,6 @@ pub fn resolve_link(link: &Path, target: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-/// sha256 and byte count of everything written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), size: 0 }
-    }
-
-    pub fn finish(self) -> (W, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.size)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// sha256 of everything read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// What [`write`] produced: the archive's size and sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
@@ -580,7 +537,7 @@ pub struct Walked {
 /// Reads all of the archive, checks it as the module says, and hands every entry to `unpack`.
 pub fn walk(sys: &dyn HostSystem, archive: &Path, unpack: &mut dyn Unpack) -> Result<Walked, ArchiveError> {
     let expected = read_sidecar(sys, archive)?;
-    let raw = HashingReader { inner: open(sys, archive)?, hasher: Sha256::new() };
+    let raw = HashingReader::new(open(sys, archive)?);
     let decoder = zstd::stream::read::Decoder::new(raw).map_err(|e| ArchiveError::Io {
         what: "cannot decompress",
         path: archive.to_path_buf(),
@@ -593,7 +550,7 @@ pub fn walk(sys: &dyn HostSystem, archive: &Path, unpack: &mut dyn Unpack) -> Re
     let trailing = if outcome.is_ok() { trailing_data(archive, &mut decoder) } else { Ok(()) };
     let mut raw = decoder.finish().into_inner();
     let drained = io::copy(&mut raw, &mut io::sink());
-    let actual = hex::encode(raw.hasher.finalize());
+    let (actual, _) = raw.finish();
     if let Err(e) = drained {
         return Err(ArchiveError::Io { what: "cannot read", path: archive.to_path_buf(), source: e });
     }
@@ -748,12 +705,6 @@ fn walk_entries<R: Read>(
     Ok((manifest, etcd_check))
 }
 
-/// Why copying an entry failed: reading the archive, or writing the copy.
-enum CopyError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
 /// For an etcd snapshot: what its appended sha256 says (Ok: a description, Err: the problem).
 type EtcdCheck = Option<Result<String, String>>;
 
@@ -761,31 +712,25 @@ type EtcdCheck = Option<Result<String, String>>;
 /// checks the sha256 etcd appends to it (see [`super::etcd::AppendedHash`]).
 fn copy_checked(
     from: &mut dyn Read,
-    mut out: Option<&mut Box<dyn AtomicFile>>,
+    out: Option<&mut Box<dyn AtomicFile>>,
     etcd: bool,
     listed_size: u64,
 ) -> Result<(String, u64, EtcdCheck), CopyError> {
-    let mut hasher = Sha256::new();
+    let mut running = Running::default();
     let mut etcd_hash = etcd.then(|| super::etcd::AppendedHash::new(listed_size));
-    let mut buf = vec![0u8; BUFFER];
-    let mut size = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Read(e)),
-        };
-        hasher.update(&buf[..n]);
+    let mut sink = io::sink();
+    let to: &mut dyn Write = match out {
+        Some(out) => out,
+        None => &mut sink,
+    };
+    copy_seeing(from, to, BUFFER, &mut |bytes| {
+        running.update(bytes);
         if let Some(check) = etcd_hash.as_mut() {
-            check.update(&buf[..n]);
+            check.update(bytes);
         }
-        if let Some(out) = out.as_mut() {
-            out.write_all(&buf[..n]).map_err(CopyError::Write)?;
-        }
-        size += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), size, etcd_hash.map(|c| c.finish())))
+    })?;
+    let (sha256, size) = running.finish();
+    Ok((sha256, size, etcd_hash.map(|c| c.finish())))
 }
 
 mod octal {

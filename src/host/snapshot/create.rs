@@ -16,17 +16,16 @@
 //! fifos and sockets are refused.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use sha2::{Digest, Sha256};
 
 use super::archive::{self, Entry, EntryKind, Manifest, Scope, FORMAT};
 use super::{
     check_name_part, etcd, k3s, rfc3339, snapshot_dir, stamp, SnapshotError, WorkDir, ARCHIVE_MODE, DIR_MODE,
     VERIFY_LABEL, WORK_PREFIX,
 };
+use crate::digest::CopyError;
 use crate::host::k3s::{
     env_path, CONFIG_DIR, CONFIG_DROPIN_DIR, CONFIG_FILE, ETCD_DATA_DIR, ETCD_SNAPSHOT_DIR, K3S_PACKAGED_MANIFESTS,
     MANIFESTS_DIR, NODE_DIR, NODE_PASSWORD_FILE, REGISTRIES_FILE, SERVER_DIR, SQLITE_DB, SQLITE_SIDECARS,
@@ -457,22 +456,12 @@ impl Collector<'_> {
         let copy = self.work.join(format!("{:06}", self.entries.len()));
         let mut from = self.sys.open_read(path).map_err(io_err("cannot read", path))?;
         let mut to = self.sys.create_atomic(&copy, ARCHIVE_MODE).map_err(io_err("cannot create", &copy))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 1 << 17];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err("cannot read", path)(e)),
-            };
-            hasher.update(&buf[..n]);
-            to.write_all(&buf[..n]).map_err(io_err("cannot write", &copy))?;
-            size += n as u64;
-        }
+        let (sha256, size) = crate::digest::copy_hashed(&mut from, &mut to, 1 << 17).map_err(|e| match e {
+            CopyError::Read(e) => io_err("cannot read", path)(e),
+            CopyError::Write(e) => io_err("cannot write", &copy)(e),
+        })?;
         to.commit().map_err(io_err("cannot write", &copy))?;
-        self.entries.push(file_entry(path, meta, size, Some(hex::encode(hasher.finalize()))));
+        self.entries.push(file_entry(path, meta, size, Some(sha256)));
         self.sources.insert(rel(path), copy);
         Ok(())
     }

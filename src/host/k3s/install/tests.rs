@@ -281,7 +281,7 @@ fn a_new_binary_restarts_and_shows_the_hashes() {
     install_ok(&sys, &server_request());
     let sys = running(sys, "k3s").file(K3S_BIN, "k3s v1.31.5+k3s1");
     let mut req = server_request();
-    req.binary_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"k3s v1.31.5+k3s1"));
+    req.binary_sha256 = crate::digest::sha256_hex(b"k3s v1.31.5+k3s1");
     let (report, _) = install_ok(&sys, &req);
     assert!(report.restarted());
     let binary = change(&report, K3S_BIN);
