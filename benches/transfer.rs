@@ -1,6 +1,7 @@
 //! Benchmark: a 2 GiB file through the helper, each way, over SSH to one lab host.
 //! - upload (`receive-file`, framed, verified on the host) and download (`send-file`, framed,
-//!   verified here), next to `cat file | ssh host 'cat > f'` and `ssh host 'cat f' > file`
+//!   verified here; sent as a snapshot is, with its sha256 known so that only this side hashes
+//!   it, and, on an extra line, hashed by the host as well), next to `cat file | ssh host 'cat > f'` and `ssh host 'cat f' > file`
 //!   measured in the same run, each the median of 3 starting from a synced page cache (target: at
 //!   least 0.8x of their throughput);
 //! - peak RSS of the operator process and of the host's helper process (target: under 64 MiB each).
@@ -10,7 +11,7 @@
 //! helper's peak is read from /proc while it runs (the lab hosts' processes are visible from here).
 //!
 //! Run: `cargo bench --bench transfer` as root (it builds a one-host lab of tests/lab).
-//! `K3NODE_TRANSFER_MIB` sets the size (default 2048).
+//! `K3NODE_TRANSFER_MIB` sets the size (default 2048), `K3NODE_TRANSFER_RUNS` the runs (default 3).
 
 #[path = "../tests/lab/support/mod.rs"]
 mod support;
@@ -27,7 +28,8 @@ use support::{Lab, LabSpec};
 const K3NODE: &str = env!("CARGO_BIN_EXE_k3node");
 const CHILD: &str = "K3NODE_TRANSFER_CHILD";
 const REMOTE: &str = "/var/tmp/k3node-transfer.bin";
-/// Each transfer is measured this many times, alternating with its baseline; medians are printed.
+/// Each transfer is measured this many times (`K3NODE_TRANSFER_RUNS` for more), alternating with
+/// its baseline; medians are printed.
 const RUNS: usize = 3;
 
 fn main() {
@@ -116,10 +118,14 @@ fn main() {
     let mib_s = |d: Duration| size as f64 / (1 << 20) as f64 / d.as_secs_f64();
     // Every transfer starts from the same state: no destination file, and no dirty pages left by
     // the one before (the lab hosts share this kernel), whose writeback would slow the next one.
+    // A download starts with the host's file in its page cache (read once): the lab hosts share
+    // this machine's memory, and whether an earlier run's pages are still cached otherwise decides
+    // between disk and memory speed, not what is measured.
     let settle = |remove_remote: bool| {
-        if remove_remote {
-            let _ = ssh(&format!("rm -f {REMOTE}"), None, None);
-        }
+        match remove_remote {
+            true => ssh(&format!("rm -f {REMOTE}"), None, None),
+            false => ssh(&format!("cat {REMOTE} > /dev/null"), None, None),
+        };
         let _ = std::fs::remove_file(&back);
         assert!(std::process::Command::new("sync").status().unwrap().success());
     };
@@ -128,27 +134,44 @@ fn main() {
         runs[runs.len() / 2]
     };
     let (mut ssh_ups, mut k_ups, mut ssh_downs, mut k_downs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut hashed_downs = Vec::new();
     let mut synced_ups = Vec::new();
     let (mut op_up, mut op_down, mut helper_up, mut helper_down) = (0, 0, 0, 0);
-    for _ in 0..RUNS {
-        settle(true);
-        ssh_ups.push(ssh(&format!("cat > {REMOTE}"), Some(&source), None));
-        settle(true);
-        // What the helper guarantees (on disk before it is in place) costs a flush the plain copy skips.
-        synced_ups.push(ssh(&format!("cat > {REMOTE} && sync {REMOTE}"), Some(&source), None));
-        settle(true);
-        let (took, op) = run_child("upload", &helper_peak);
-        k_ups.push(took);
-        op_up = op_up.max(op);
-        helper_up = helper_up.max(helper_peak.load(Ordering::Relaxed));
-        settle(false);
-        ssh_downs.push(ssh(&format!("cat {REMOTE}"), None, Some(&back)));
-        settle(false);
-        let (took, op) = run_child("download", &helper_peak);
-        k_downs.push(took);
-        op_down = op_down.max(op);
-        helper_down = helper_down.max(helper_peak.load(Ordering::Relaxed));
+    let runs: usize = std::env::var("K3NODE_TRANSFER_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(RUNS);
+    // Each run takes the transfers of a direction in another order, so that whatever a transfer
+    // leaves behind for the next (writeback, reclaimed page cache) does not favour one of them.
+    for run in 0..runs {
+        for turn in 0..3 {
+            settle(true);
+            match (run + turn) % 3 {
+                0 => ssh_ups.push(ssh(&format!("cat > {REMOTE}"), Some(&source), None)),
+                // What the helper guarantees (on disk before it is in place) costs a flush the plain copy skips.
+                1 => synced_ups.push(ssh(&format!("cat > {REMOTE} && sync {REMOTE}"), Some(&source), None)),
+                _ => {
+                    let (took, op) = run_child("upload", &helper_peak);
+                    k_ups.push(took);
+                    op_up = op_up.max(op);
+                    helper_up = helper_up.max(helper_peak.load(Ordering::Relaxed));
+                }
+            }
+        }
+        for turn in 0..3 {
+            settle(false);
+            let (downs, mode) = match (run + turn) % 3 {
+                0 => {
+                    ssh_downs.push(ssh(&format!("cat {REMOTE}"), None, Some(&back)));
+                    continue;
+                }
+                1 => (&mut k_downs, "download"),
+                _ => (&mut hashed_downs, "download-hashed"),
+            };
+            let (took, op) = run_child(mode, &helper_peak);
+            downs.push(took);
+            op_down = op_down.max(op);
+            helper_down = helper_down.max(helper_peak.load(Ordering::Relaxed));
+        }
     }
+    let hashed_down = median(hashed_downs);
     let (ssh_up, k_up, ssh_down, k_down) = (median(ssh_ups), median(k_ups), median(ssh_downs), median(k_downs));
     let synced_up = median(synced_ups);
     let same = std::fs::metadata(&back).map(|m| m.len()).unwrap_or(0) == size;
@@ -156,7 +179,7 @@ fn main() {
     let _ = std::fs::remove_file(&source);
     let _ = std::fs::remove_file(&back);
 
-    println!("transfer of {mib} MiB over SSH to one lab host, median of {RUNS} (same run, same machine)");
+    println!("transfer of {mib} MiB over SSH to one lab host, median of {runs} (same run, same machine)");
     println!(
         "| direction | cat + ssh | k3node helper | ratio (>= 0.8) | operator peak RSS | helper peak RSS (< 64 MiB) |"
     );
@@ -176,6 +199,11 @@ fn main() {
         mib_s(k_down) / mib_s(ssh_down),
         op_down as f64 / 1024.0,
         helper_down as f64 / 1024.0
+    );
+    println!(
+        "download of a file without a recorded sha256 (hashed by the host as well): {:.1} MiB/s, ratio {:.2}",
+        mib_s(hashed_down),
+        mib_s(hashed_down) / mib_s(ssh_down)
     );
     println!(
         "upload next to `cat > f && sync f` (the same durability as the helper's): {:.1} MiB/s, ratio {:.2}",
@@ -277,10 +305,17 @@ fn child(mode: &str) {
                 link.call(&request).upload_verified(&mut file, size, &sha256).send().await.unwrap();
                 took = started.elapsed();
             }
-            "download" => {
+            "download" | "download-hashed" => {
+                // As a snapshot pull sends an archive: its sha256 (recorded beside it) is known, the
+                // host does not hash it again, this side hashes what arrives and checks it.
+                // `download-hashed`: a file without a recorded sha256, hashed on both sides.
+                let sha256 = match mode {
+                    "download" => Some(k3node::digest::sha256_file_async(&source).await.unwrap().0),
+                    _ => None,
+                };
                 let mut out = tokio::fs::File::create(var("K3NODE_TRANSFER_BACK")).await.unwrap();
                 let started = Instant::now();
-                link.call(&SendFile { path: REMOTE.into() }).download(&mut out).send().await.unwrap();
+                link.call(&SendFile { path: REMOTE.into(), sha256 }).download(&mut out).send().await.unwrap();
                 tokio::io::AsyncWriteExt::flush(&mut out).await.unwrap();
                 took = started.elapsed();
             }

@@ -6,14 +6,13 @@
 //! - `send-file`: the file goes out as a framed download; the operator checks the end frame.
 //! - `file-digest`: a file's sha256 and size, or that it does not exist.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::error::{describe_io, Failure, HostError};
 use super::serve::{Context, HostOperation};
 use super::system::sha256_file;
+use crate::digest::{copy_seeing, CopyError, Running};
 use crate::protocol::files::{Compression, DigestAnswer, FileDigest, FileReceived, FileSent, ReceiveFile, SendFile};
 use crate::protocol::frame::FrameError;
 use crate::protocol::ErrorKind;
@@ -30,6 +29,8 @@ pub enum FileError {
     Missing(PathBuf),
     #[error("{}: not an absolute path", .0.display())]
     Relative(PathBuf),
+    #[error("{0:?} is not a sha256 (64 hexadecimal digits)")]
+    NotSha256(String),
 }
 
 impl Failure for FileError {
@@ -40,7 +41,7 @@ impl Failure for FileError {
             FileError::Stream { .. } => ErrorKind::ChecksumMismatch,
             FileError::Io { source, .. } => ErrorKind::of_io(source),
             FileError::Missing(_) => ErrorKind::NotInstalled,
-            FileError::Relative(_) => ErrorKind::BadRequest,
+            FileError::Relative(_) | FileError::NotSha256(_) => ErrorKind::BadRequest,
         }
     }
 }
@@ -75,25 +76,21 @@ impl HostOperation for ReceiveFile {
         };
         // Uncompressed, the stream is the file: the frames' own sha256 (checked against their end
         // frame) is the file's, and hashing every byte a second time would only cost CPU.
-        let mut hasher = (self.compression != Compression::None).then(Sha256::new);
-        let mut written = 0u64;
-        let mut buf = vec![0u8; 1 << 17];
-        loop {
-            let n = reader.read(&mut buf).map_err(io_error("stream broken while receiving", &dest))?;
-            if n == 0 {
-                break;
+        let mut running = (self.compression != Compression::None).then(Running::default);
+        let written = copy_seeing(&mut reader, &mut file, 1 << 17, &mut |bytes| {
+            if let Some(r) = running.as_mut() {
+                r.update(bytes)
             }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf[..n]);
-            }
-            file.write_all(&buf[..n]).map_err(io_error("cannot write", &dest))?;
-            written += n as u64;
-        }
+        })
+        .map_err(|e| match e {
+            CopyError::Read(e) => io_error("stream broken while receiving", &dest)(e),
+            CopyError::Write(e) => io_error("cannot write", &dest)(e),
+        })?;
         drop(reader);
         // A zstd stream can end before the frames do; the frames' end must still be checked.
         io::copy(&mut upload, &mut io::sink()).map_err(io_error("stream broken while receiving", &dest))?;
-        let actual = match hasher {
-            Some(h) => hex::encode(h.finalize()),
+        let actual = match running {
+            Some(r) => r.finish().0,
             None => upload.verified().map(|(_, sha)| sha).unwrap_or_default(),
         };
         if written != self.size || actual != self.sha256 {
@@ -131,7 +128,13 @@ impl HostOperation for SendFile {
             io::ErrorKind::NotFound => FileError::Missing(path.clone()),
             _ => FileError::Io { what: "cannot open", path: path.clone(), source: e },
         })?;
-        let mut download = ctx.download();
+        let mut download = match &self.sha256 {
+            Some(sha256) if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                ctx.download_verified(sha256)
+            }
+            Some(other) => return Err(FileError::NotSha256(other.chars().take(80).collect()).into()),
+            None => ctx.download(),
+        };
         // Read a frame's worth at a time: io::copy's own buffer is 8 KiB, a syscall per 8 KiB.
         let mut file = io::BufReader::with_capacity(crate::protocol::frame::CHUNK, file);
         io::copy(&mut file, &mut download).map_err(io_error("cannot send", &path))?;
@@ -159,7 +162,7 @@ mod tests {
     use crate::host::system::fake::FakeSystem;
     use crate::host::system::HostSystem;
     use crate::protocol::files::{Compression, ReceiveFile, SendFile};
-    use crate::protocol::frame::{FrameReader, FrameWriter};
+    use crate::protocol::frame::{FrameError, FrameReader, FrameWriter};
     use crate::protocol::{encode_request, AnswerLine, ErrorKind};
     use std::io::{Read, Write};
     use std::path::Path;
@@ -243,7 +246,7 @@ mod tests {
     fn a_sent_file_arrives_framed_between_answer_lines() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
         let sys = FakeSystem::new().file_bytes("/var/lib/snap.tar.zst", &data);
-        let input = encode_request(&SendFile { path: "/var/lib/snap.tar.zst".into() }, None);
+        let input = encode_request(&SendFile { path: "/var/lib/snap.tar.zst".into(), sha256: None }, None);
         let mut out = Vec::new();
         assert_eq!(crate::host::serve("send-file", &sys, &mut input.as_slice(), &mut out), 0);
         // The frames come first, then the result line.
@@ -255,5 +258,38 @@ mod tests {
         let mut back = Vec::new();
         FrameReader::new(&out[..end]).read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn a_file_sent_with_its_known_sha256_is_checked_by_the_receiver_and_a_malformed_one_is_refused() {
+        let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 239) as u8).collect();
+        let sys = FakeSystem::new().file_bytes("/var/lib/snap.tar.zst", &data);
+        let send = |sha256: &str| {
+            let request = SendFile { path: "/var/lib/snap.tar.zst".into(), sha256: Some(sha256.into()) };
+            let mut out = Vec::new();
+            let status =
+                crate::host::serve("send-file", &sys, &mut encode_request(&request, None).as_slice(), &mut out);
+            (status, out)
+        };
+        let read_back = |out: &[u8]| {
+            let marker = b"{\"type\":\"result\"";
+            let end = out.windows(marker.len()).rposition(|w| w == marker).unwrap();
+            let mut back = Vec::new();
+            FrameReader::new(&out[..end]).read_to_end(&mut back).map(|_| back)
+        };
+        let (status, out) = send(&crate::digest::sha256_hex(&data));
+        assert_eq!(status, 0);
+        assert_eq!(read_back(&out).unwrap(), data);
+
+        // A file that changed since its sha256 was recorded: the receiver refuses it.
+        let (status, out) = send(&"0".repeat(64));
+        assert_eq!(status, 0, "the host does not hash it");
+        let err = read_back(&out).unwrap_err();
+        assert!(matches!(FrameError::of(&err), Some(FrameError::Mismatch { .. })), "{err}");
+
+        let (status, out) = send("abc\n{\"op\":\"reset\"}");
+        assert_eq!(status, 1);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("not a sha256") && text.contains("bad-request"), "{text}");
     }
 }

@@ -189,6 +189,12 @@ impl<'a, 'b> Context<'a, 'b> {
     pub fn download(&mut self) -> FrameWriter<&mut Answers<'b>> {
         FrameWriter::new(&mut *self.answers)
     }
+
+    /// As [`Context::download`], for a source known to have `sha256`: not hashed here, checked
+    /// by the operator.
+    pub fn download_verified(&mut self, sha256: &str) -> FrameWriter<&mut Answers<'b>> {
+        FrameWriter::verified(&mut *self.answers, sha256)
+    }
 }
 
 #[cfg(test)]

@@ -40,11 +40,16 @@ impl Operation for ReceiveFile {
     }
 }
 
-/// A file of the host streamed to the operator (snapshots, later).
+/// A file of the host streamed to the operator (a snapshot pull, a restore relay).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SendFile {
     pub path: String,
+    /// The sha256 the file is known to have (a snapshot's sha256 file): the host sends it as the
+    /// end frame's without hashing the file again, and the operator, which hashes every download,
+    /// refuses a file that is not that. `None`: the host hashes what it sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

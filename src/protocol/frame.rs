@@ -12,8 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::digest::Running;
 
 /// The largest chunk a sender writes and a receiver accepts.
 pub const MAX_CHUNK: u64 = 4 << 20;
@@ -67,29 +68,27 @@ impl FrameError {
 /// Counts and hashes a stream's bytes, and checks them against an end frame.
 #[derive(Default, Clone)]
 pub struct Tally {
-    size: u64,
-    hasher: Sha256,
+    running: Running,
 }
 
 impl Tally {
     pub fn update(&mut self, bytes: &[u8]) {
-        self.size += bytes.len() as u64;
-        self.hasher.update(bytes);
+        self.running.update(bytes);
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.running.size()
     }
 
     pub fn end_frame(&self) -> FrameHeader {
-        FrameHeader::End { size: self.size, sha256: hex::encode(self.hasher.clone().finalize()) }
+        FrameHeader::End { size: self.size(), sha256: self.running.hex() }
     }
 
     /// The end frame's claims against what arrived.
     pub fn check(&self, size: u64, sha256: &str) -> Result<(), FrameError> {
-        let actual = hex::encode(self.hasher.clone().finalize());
-        if size != self.size || !sha256.eq_ignore_ascii_case(&actual) {
-            return Err(FrameError::Mismatch { size, sha256: sha256.to_string(), received: self.size, actual });
+        let actual = self.running.hex();
+        if size != self.size() || !sha256.eq_ignore_ascii_case(&actual) {
+            return Err(FrameError::Mismatch { size, sha256: sha256.to_string(), received: self.size(), actual });
         }
         Ok(())
     }
@@ -194,11 +193,35 @@ pub struct FrameWriter<W: Write> {
     inner: W,
     buffer: Vec<u8>,
     tally: Tally,
+    /// The sha256 of a source verified before (a snapshot beside its sha256 file): its bytes are
+    /// counted, not hashed again; the receiver hashes what arrives and checks it against this.
+    known_sha256: Option<String>,
+    counted: u64,
 }
 
 impl<W: Write> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, buffer: Vec::with_capacity(CHUNK), tally: Tally::default() }
+        FrameWriter {
+            inner,
+            buffer: Vec::with_capacity(CHUNK),
+            tally: Tally::default(),
+            known_sha256: None,
+            counted: 0,
+        }
+    }
+
+    /// Frames a source known to have `sha256`, without hashing it here (the download twin of
+    /// [`FrameEncoder::verified`]): a source that is not what it is said to be is refused by the
+    /// receiver, whose check of the end frame fails.
+    pub fn verified(inner: W, sha256: &str) -> Self {
+        FrameWriter { known_sha256: Some(sha256.to_string()), ..FrameWriter::new(inner) }
+    }
+
+    fn end_frame(&self) -> FrameHeader {
+        match &self.known_sha256 {
+            Some(sha256) => FrameHeader::End { size: self.counted, sha256: sha256.clone() },
+            None => self.tally.end_frame(),
+        }
     }
 
     fn emit(&mut self) -> io::Result<()> {
@@ -214,7 +237,7 @@ impl<W: Write> FrameWriter<W> {
     /// Flushes what is buffered and writes the end frame; returns the stream's size and sha256.
     pub fn finish(mut self) -> io::Result<(u64, String)> {
         self.emit()?;
-        let end = self.tally.end_frame();
+        let end = self.end_frame();
         self.inner.write_all(&end.line())?;
         self.inner.flush()?;
         match end {
@@ -229,7 +252,10 @@ impl<W: Write> Write for FrameWriter<W> {
         let room = CHUNK - self.buffer.len();
         let n = buf.len().min(room);
         self.buffer.extend_from_slice(&buf[..n]);
-        self.tally.update(&buf[..n]);
+        match self.known_sha256 {
+            Some(_) => self.counted += n as u64,
+            None => self.tally.update(&buf[..n]),
+        }
         if self.buffer.len() == CHUNK {
             self.emit()?;
         }
@@ -397,6 +423,25 @@ mod tests {
         FrameEncoder::verified(&data[..10], data.len() as u64, &sha).read_to_end(&mut stream).await.unwrap();
         let err = read_all(&stream).unwrap_err();
         assert!(matches!(FrameError::of(&err), Some(FrameError::Mismatch { received: 10, .. })), "{err}");
+    }
+
+    #[test]
+    fn a_download_sent_as_verified_is_refused_when_its_source_is_not_what_was_said() {
+        let data: Vec<u8> = (0..CHUNK + 9).map(|i| (i % 7) as u8).collect();
+        let sha = crate::digest::sha256_hex(&data);
+        let send = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            let mut w = FrameWriter::verified(&mut out, &sha);
+            w.write_all(bytes).unwrap();
+            assert_eq!(w.finish().unwrap(), (bytes.len() as u64, sha.clone()), "the end frame claims the known sha256");
+            out
+        };
+        assert_eq!(read_all(&send(&data)).unwrap(), data);
+
+        let mut changed = data.clone();
+        changed[CHUNK] ^= 1;
+        let err = read_all(&send(&changed)).unwrap_err();
+        assert!(matches!(FrameError::of(&err), Some(FrameError::Mismatch { .. })), "{err}");
     }
 
     #[tokio::test]

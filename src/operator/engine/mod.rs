@@ -23,11 +23,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::stream::{self, StreamExt};
+use std::future::Future;
 
 use super::fleet::{Fleet, Member};
 use super::link::Link;
 use super::progress::Observer;
-use crate::cluster::ClusterFile;
+use crate::cluster::{ClusterFile, Host};
 pub use report::{Change, ChangeAction, HostError, HostResult, HostState, PhaseResult, PhaseState, RunReport};
 
 /// What every run knows: the cluster, the hosts and their links, the options, the results so far.
@@ -84,6 +86,24 @@ impl RunContext {
             let result = self.report.hosts.iter().find(|h| h.host == m.host.name)?;
             result.in_play().then_some((m, link))
         })
+    }
+
+    /// Runs `job` on every active member, at most `options.concurrency` at once, and gives the
+    /// answers in the fleet's order (each with its host's name). The one way a phase fans out.
+    pub async fn on_each_host<T, F, Fut>(&self, job: F) -> Vec<(String, T)>
+    where
+        F: Fn(Host, Link) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let jobs: Vec<(Host, Link)> = self.active().map(|(m, link)| (m.host.clone(), link.clone())).collect();
+        stream::iter(jobs.into_iter().map(|(host, link)| {
+            let name = host.name.clone();
+            let answer = job(host, link);
+            async move { (name, answer.await) }
+        }))
+        .buffered(self.options.concurrency.max(1))
+        .collect()
+        .await
     }
 
     /// Time since the current phase started.

@@ -42,6 +42,8 @@ pub struct AnswerDecoder<'a> {
     garbage: Option<String>,
     /// A frame that broke the protocol: the exchange is over.
     broken: Option<String>,
+    /// The download's end frame did not match what arrived (`broken` says how).
+    mismatch: bool,
 }
 
 impl<'a> AnswerDecoder<'a> {
@@ -59,6 +61,7 @@ impl<'a> AnswerDecoder<'a> {
             answer: None,
             garbage: None,
             broken: None,
+            mismatch: false,
         }
     }
 
@@ -88,8 +91,8 @@ impl<'a> AnswerDecoder<'a> {
                     return Err(self.protocol("an end frame from an operation that sends none".into()));
                 }
                 self.tally.check(size, &sha256).map_err(|e| {
-                    let detail = e.to_string();
-                    self.protocol(detail)
+                    self.mismatch = true;
+                    self.protocol(e.to_string())
                 })?;
                 self.download_complete = true;
             }
@@ -104,9 +107,13 @@ impl<'a> AnswerDecoder<'a> {
         Ok(())
     }
 
-    /// Why the stream broke the protocol, if it did.
-    pub fn broken(&self) -> Option<String> {
-        self.broken.clone()
+    /// The error of a stream that broke the protocol, if it did.
+    pub fn broken_error(&self, host: &str, stderr: String) -> Option<LinkError> {
+        let detail = self.broken.clone()?;
+        Some(match self.mismatch {
+            true => LinkError::DownloadMismatch { host: host.to_string(), detail },
+            false => LinkError::Protocol { host: host.to_string(), detail, stderr },
+        })
     }
 
     /// The operation's answer, once its exchange is over (`status`: the helper's exit status).
@@ -117,10 +124,10 @@ impl<'a> AnswerDecoder<'a> {
         stderr: String,
         expects_download: bool,
     ) -> Result<T, LinkError> {
-        let host = host.to_string();
-        if let Some(detail) = self.broken {
-            return Err(LinkError::Protocol { host, detail, stderr });
+        if let Some(error) = self.broken_error(host, stderr.clone()) {
+            return Err(error);
         }
+        let host = host.to_string();
         match self.answer {
             Some(Ok(_)) if expects_download && !self.download_complete => Err(LinkError::Protocol {
                 host,

@@ -34,6 +34,10 @@ pub enum LinkError {
     Host { host: String, kind: ErrorKind, message: String, retryable: bool },
     #[error("{host}: the helper's answer makes no sense ({detail}); stderr: {stderr}")]
     Protocol { host: String, detail: String, stderr: String },
+    /// A download arrived whole but is not what its end frame says: the source on the host is
+    /// not what it was said to be (changed or damaged since its sha256 was recorded).
+    #[error("{host}: the download is not what the host announced: {detail}")]
+    DownloadMismatch { host: String, detail: String },
     #[error("{host}: the host is {host_arch} and there is no k3node build for it (this one is for {ours}); build one (`cargo build --release --target <{host_arch} target>`) and name it with K3NODE_HELPER_{} or put it beside k3node as k3node-{host_arch}", host_arch.to_ascii_uppercase())]
     ArchMismatch { host: String, host_arch: String, ours: String },
     #[error("{host}: the helper {} cannot run there: {detail}; it is linked against a newer glibc than the host has: use a static (musl) build of k3node (see README, \"Getting k3node\"), e.g. with K3NODE_HELPER_AMD64=/path/to/static/k3node", path.display())]
@@ -61,6 +65,7 @@ impl LinkError {
             LinkError::Transport(e) => e.kind(),
             LinkError::Host { kind, .. } => kind.as_str(),
             LinkError::Protocol { .. } => "helper-protocol",
+            LinkError::DownloadMismatch { .. } => ErrorKind::ChecksumMismatch.as_str(),
             LinkError::ArchMismatch { .. } => "arch-mismatch",
             LinkError::HelperCannotRun { .. } => "helper-cannot-run",
             LinkError::SelfBinary { .. } => "self-binary",
@@ -313,12 +318,7 @@ impl<'a, O: Operation> Call<'a, O> {
         let exit = match exit {
             Ok(exit) => exit,
             // The decoder's own verdict (a broken frame) explains a failed exchange best.
-            Err(e) => {
-                return Err(match decoder.broken() {
-                    Some(detail) => LinkError::Protocol { host, detail, stderr: String::new() },
-                    None => e,
-                })
-            }
+            Err(e) => return Err(decoder.broken_error(&host, String::new()).unwrap_or(e)),
         };
         decoder.finish::<O::Answer>(&host, exit.status, exit.stderr, O::DOWNLOAD)
     }

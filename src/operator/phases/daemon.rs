@@ -102,18 +102,18 @@ impl Phase for Daemon {
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
         let dry_run = run.options.dry_run;
         let cluster = run.cluster.clone();
-        let jobs: Vec<(Host, Link)> = run.active().map(|(m, link)| (m.host.clone(), link.clone())).collect();
         let concurrency = run.options.concurrency.max(1);
 
         // 1. Identities.
-        let identities: Vec<(Host, Link, Result<IdentityAnswer, LinkError>)> =
-            stream::iter(jobs.into_iter().map(|(host, link)| async move {
+        let identities: Vec<(Host, Link, Result<IdentityAnswer, LinkError>)> = run
+            .on_each_host(|host, link| async move {
                 let answer = link.call(&DaemonIdentity { dry_run }).send().await;
                 (host, link, answer)
-            }))
-            .buffered(concurrency)
-            .collect()
-            .await;
+            })
+            .await
+            .into_iter()
+            .map(|(_, identity)| identity)
+            .collect();
 
         // 2. The CA: the first server's that keeps one, else a new one.
         let now = time::OffsetDateTime::now_utc();

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::stream::{self, StreamExt};
+
 use serde::Serialize;
 
 use crate::images::wire::{self, Wire};
@@ -125,32 +125,30 @@ impl Phase for Import {
 
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
         let dry_run = run.options.dry_run;
-        let jobs: Vec<(String, Link)> = run.active().map(|(m, l)| (m.host.name.clone(), l.clone())).collect();
         let observer = run.observer.clone();
         let archives = self.archives.clone();
-        let outcomes: Vec<NodeImages> = stream::iter(jobs.into_iter().map(|(host, link)| {
-            let archives = archives.clone();
-            let observer = observer.clone();
-            async move {
-                let started = Instant::now();
-                observer.phase(&host, "listing images");
-                let outcome = import_node(&link, &archives, dry_run, observer.as_ref()).await;
-                let elapsed = started.elapsed();
-                match outcome {
-                    Ok(mut node) => {
-                        node.elapsed = elapsed;
-                        (node, None)
+        let answers = run
+            .on_each_host(|host, link| {
+                let archives = archives.clone();
+                let observer = observer.clone();
+                async move {
+                    let host = host.name;
+                    let started = Instant::now();
+                    observer.phase(&host, "listing images");
+                    let outcome = import_node(&link, &archives, dry_run, observer.as_ref()).await;
+                    let elapsed = started.elapsed();
+                    match outcome {
+                        Ok(mut node) => {
+                            node.elapsed = elapsed;
+                            (node, None)
+                        }
+                        Err((node, e)) => (NodeImages { elapsed, ..node }, Some(e)),
                     }
-                    Err((node, e)) => (NodeImages { elapsed, ..node }, Some(e)),
                 }
-            }
-        }))
-        .buffer_unordered(run.options.concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(|(node, error)| record(run, node, error))
-        .collect();
+            })
+            .await;
+        let outcomes: Vec<NodeImages> =
+            answers.into_iter().map(|(_, (node, error))| record(run, node, error)).collect();
         summarize(&self.outcomes, outcomes, "imported", dry_run)
     }
 }
@@ -357,59 +355,57 @@ impl Phase for Stage {
 
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
         let dry_run = run.options.dry_run;
-        let jobs: Vec<(String, Link)> = run.active().map(|(m, l)| (m.host.name.clone(), l.clone())).collect();
         let staged = self.staged.clone();
         let observer = run.observer.clone();
-        let outcomes: Vec<NodeImages> = stream::iter(jobs.into_iter().map(|(host, link)| {
-            let staged = staged.clone();
-            let observer = observer.clone();
-            async move {
-                let started = Instant::now();
-                let mut node = NodeImages {
-                    host: host.clone(),
-                    images: Vec::new(),
-                    sent_bytes: 0,
-                    image_bytes: 0,
-                    elapsed: Duration::ZERO,
-                    error: None,
-                };
-                let mut error = None;
-                for archive in staged.iter() {
-                    let row_state = match stage_one(&link, archive, dry_run, observer.as_ref()).await {
-                        Ok(Some(sent)) => {
-                            node.sent_bytes += sent;
-                            node.image_bytes += archive.wire.image_bytes;
-                            if dry_run {
-                                ImageState::WouldSend
-                            } else {
-                                ImageState::Staged
-                            }
-                        }
-                        Ok(None) => ImageState::AlreadyStaged,
-                        Err(e) => {
-                            error.get_or_insert(e);
-                            ImageState::Failed
-                        }
+        let answers = run
+            .on_each_host(|host, link| {
+                let staged = staged.clone();
+                let observer = observer.clone();
+                async move {
+                    let host = host.name;
+                    let started = Instant::now();
+                    let mut node = NodeImages {
+                        host: host.clone(),
+                        images: Vec::new(),
+                        sent_bytes: 0,
+                        image_bytes: 0,
+                        elapsed: Duration::ZERO,
+                        error: None,
                     };
-                    for (name, digest) in &archive.images {
-                        node.images.push(ImageRow {
-                            name: name.clone(),
-                            digest: digest.clone(),
-                            state: row_state,
-                            pinned_now: false,
-                        });
+                    let mut error = None;
+                    for archive in staged.iter() {
+                        let row_state = match stage_one(&link, archive, dry_run, observer.as_ref()).await {
+                            Ok(Some(sent)) => {
+                                node.sent_bytes += sent;
+                                node.image_bytes += archive.wire.image_bytes;
+                                if dry_run {
+                                    ImageState::WouldSend
+                                } else {
+                                    ImageState::Staged
+                                }
+                            }
+                            Ok(None) => ImageState::AlreadyStaged,
+                            Err(e) => {
+                                error.get_or_insert(e);
+                                ImageState::Failed
+                            }
+                        };
+                        for (name, digest) in &archive.images {
+                            node.images.push(ImageRow {
+                                name: name.clone(),
+                                digest: digest.clone(),
+                                state: row_state,
+                                pinned_now: false,
+                            });
+                        }
                     }
+                    node.elapsed = started.elapsed();
+                    (node, error)
                 }
-                node.elapsed = started.elapsed();
-                (node, error)
-            }
-        }))
-        .buffer_unordered(run.options.concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .map(|(node, error)| record(run, node, error))
-        .collect();
+            })
+            .await;
+        let outcomes: Vec<NodeImages> =
+            answers.into_iter().map(|(_, (node, error))| record(run, node, error)).collect();
         summarize(&self.outcomes, outcomes, "staged", dry_run)
     }
 }

@@ -416,7 +416,7 @@ impl Phase for Push {
                 let Some(from) = link_of(run, host) else {
                     return PhaseRun::Failed(format!("{host} is not connected"));
                 };
-                relay(&from, &host_path(name), &link, &request).await
+                relay(&from, &host_path(name), &archive.sha256, &link, &request).await
             }
         };
         match pushed {
@@ -433,14 +433,20 @@ impl Phase for Push {
 }
 
 /// Streams a file from one host to another through this machine, in memory-bounded frames.
-async fn relay(from: &Link, path: &str, to: &Link, request: &ReceiveSnapshot) -> Result<(), LinkError> {
+/// Neither host hashes it on the way out and this side hashes it once: the download is checked
+/// here against `sha256`, the upload by the target.
+async fn relay(from: &Link, path: &str, sha256: &str, to: &Link, request: &ReceiveSnapshot) -> Result<(), LinkError> {
     let (mut writer, mut reader) = tokio::io::duplex(1 << 20);
     let download = async {
-        let sent = from.call(&SendFile { path: path.to_string() }).download(&mut writer).send().await;
+        let sent = from
+            .call(&SendFile { path: path.to_string(), sha256: Some(sha256.to_string()) })
+            .download(&mut writer)
+            .send()
+            .await;
         drop(writer);
         sent
     };
-    let upload = to.call(request).upload(&mut reader).send();
+    let upload = to.call(request).upload_verified(&mut reader, request.size, sha256).send();
     let (sent, received) = tokio::join!(download, upload);
     // The sender's failure explains a cut upload best.
     sent?;

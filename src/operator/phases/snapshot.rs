@@ -163,21 +163,21 @@ impl Phase for Create {
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
         let cluster = run.cluster.name.clone();
         let observer = run.observer.clone();
-        let calls = members(run).into_iter().map(|(host, link)| {
-            let request = CreateSnapshot {
-                cluster: cluster.clone(),
-                node: host.clone(),
-                name_prefix: self.prefix.clone(),
-                dir: None,
-            };
-            let observer = observer.clone();
-            async move {
-                observer.phase(&host, "taking a snapshot");
-                let answer = link.call(&request).progress(|m| observer.message(&host, m)).send().await;
-                (host, answer)
-            }
-        });
-        let answers: Vec<_> = stream::iter(calls).buffer_unordered(run.options.concurrency.max(1)).collect().await;
+        let answers = run
+            .on_each_host(|host, link| {
+                let request = CreateSnapshot {
+                    cluster: cluster.clone(),
+                    node: host.name.clone(),
+                    name_prefix: self.prefix.clone(),
+                    dir: None,
+                };
+                let observer = observer.clone();
+                async move {
+                    observer.phase(&host.name, "taking a snapshot");
+                    link.call(&request).progress(|m| observer.message(&host.name, m)).send().await
+                }
+            })
+            .await;
         let (mut failures, mut made) = (Vec::new(), Vec::new());
         for (host, answer) in answers {
             match answer {
@@ -246,11 +246,8 @@ impl Phase for List {
     }
 
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
-        let calls = members(run).into_iter().map(|(host, link)| async move {
-            let answer = link.call(&ListSnapshots { dir: None }).send().await;
-            (host, answer)
-        });
-        let mut answers: Vec<_> = stream::iter(calls).buffered(run.options.concurrency.max(1)).collect().await;
+        let mut answers =
+            run.on_each_host(|_, link| async move { link.call(&ListSnapshots { dir: None }).send().await }).await;
         answers.sort_by(|a, b| a.0.cmp(&b.0));
         let (mut failures, mut count) = (Vec::new(), 0);
         for (host, answer) in answers {
@@ -456,7 +453,16 @@ async fn pull_one(
     let result = async {
         progress(&format!("downloading {} ({} bytes)", chosen.name, chosen.size));
         let mut file = open_private(&temp).await.map_err(|e| local(&format!("cannot create {}", temp.display()), e))?;
-        let sent = link.call(&SendFile { path: chosen.path.clone() }).download(&mut file).send().await?;
+        // Sent as its sha256 file says, not hashed again there: this side hashes what arrives.
+        let request = SendFile { path: chosen.path.clone(), sha256: Some(expected.clone()) };
+        let sent = match link.call(&request).download(&mut file).send().await {
+            Err(LinkError::DownloadMismatch { detail, .. }) => return Err(PullError::Local(format!(
+                "{}: {} is not what its sha256 file on the host says ({detail}): the archive on the host is damaged",
+                link.host(),
+                chosen.name,
+            ))),
+            other => other?,
+        };
         file.sync_all().await.map_err(|e| local(&format!("cannot write {}", temp.display()), e))?;
         drop(file);
         if sent.sha256 != expected {
@@ -557,14 +563,12 @@ impl Phase for Prune {
             dry_run,
         };
         let observer = run.observer.clone();
-        let calls = members(run).into_iter().map(|(host, link)| {
-            let (request, observer) = (request.clone(), observer.clone());
-            async move {
-                let answer = link.call(&request).progress(|m| observer.message(&host, m)).send().await;
-                (host, answer)
-            }
-        });
-        let mut answers: Vec<_> = stream::iter(calls).buffered(run.options.concurrency.max(1)).collect().await;
+        let mut answers = run
+            .on_each_host(|host, link| {
+                let (request, observer) = (request.clone(), observer.clone());
+                async move { link.call(&request).progress(|m| observer.message(&host.name, m)).send().await }
+            })
+            .await;
         answers.sort_by(|a, b| a.0.cmp(&b.0));
         let (mut failures, mut deleted) = (Vec::new(), 0);
         for (host, answer) in answers {
