@@ -26,7 +26,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("passwordless_sudo_user_runs_as_root", passwordless_sudo),
         t("sudo_asking_for_password_is_a_clear_error", sudo_needs_password),
         t("upload_verified_and_corruption_detected", upload_and_corruption),
-        t("wrong_key_reports_methods_tried", wrong_key),
+        t("a_wrong_key_or_user_reports_the_methods_tried_and_the_setting_to_check", wrong_key),
         t("connection_refused_and_unreachable_are_told_apart", refused_and_unreachable),
     ]
 }
@@ -296,7 +296,15 @@ fn wrong_key(lab: &Arc<Lab>) -> Outcome {
     let err =
         op.with_session(endpoint, op.options(HostKeyPolicy::Strict), keyring, async |s| s.err().map(|e| e.to_string()));
     let msg = err.unwrap_or_default();
-    ensure(msg.contains("authentication as root failed") && msg.contains(other.to_str().unwrap()), || msg.clone())
+    ensure(msg.contains("authentication as root failed") && msg.contains(other.to_str().unwrap()), || msg.clone())?;
+    // The right key for an account that does not exist there: the hint names the setting to check.
+    let wrong_user =
+        op.with_session(op.endpoint(h1, "deploy"), op.options(HostKeyPolicy::Strict), op.keyring(), async |s| {
+            s.err().map(|e| (e.kind(), e.to_string()))
+        });
+    let (kind, msg) = wrong_user.unwrap_or_default();
+    ensure(kind == "auth-failed", || format!("a wrong user: {kind} {msg}"))?;
+    ensure(msg.contains("authentication as deploy failed") && msg.contains("spec.ssh.user"), || msg.clone())
 }
 
 fn refused_and_unreachable(lab: &Arc<Lab>) -> Outcome {

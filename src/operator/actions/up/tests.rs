@@ -12,6 +12,7 @@ use crate::artifacts::NoProgress;
 use crate::host::k3s::testutil::{self as k3s, JOURNALCTL, SYSTEMCTL};
 use crate::host::preflight::testutil::healthy_host;
 use crate::host::system::fake::FakeSystem;
+use crate::host::system::HostSystem;
 use crate::operator::engine::{HostState, PhaseState};
 use crate::operator::progress::Silent;
 use crate::protocol::node::Role;
@@ -354,4 +355,60 @@ async fn a_first_server_that_does_not_start_leaves_the_agents_skipped_and_withou
         assert_eq!(error.kind, "not-reached", "{agent}");
         assert!(error.message.contains("the servers did not come up"), "{agent}: {}", error.message);
     }
+}
+
+/// `run` with some hosts unreachable (their connection failed before the run, as over SSH).
+async fn run_unreachable(world: &World, options: &UpOptions, unreachable: &[&str]) -> RunReport {
+    let hosts = world.hosts.clone();
+    let mut fleet = Fleet::in_process(&world.cluster, |h| Arc::new(hosts[&h.name].clone()));
+    for member in fleet.members.iter_mut().filter(|m| unreachable.contains(&m.host.name.as_str())) {
+        member.link = Err(crate::transport::TransportError::Unreachable {
+            host: member.host.name.clone(),
+            address: member.host.address.clone(),
+            detail: "no route to host".into(),
+        }
+        .into());
+    }
+    up(world.cluster.clone(), fleet, options, Arc::new(Silent), Box::new(NoProgress)).await
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_stops_the_run_at_connect_unless_skip_unreachable_lets_the_others_converge() {
+    let world = three();
+    let report = run_unreachable(&world, &options(&world, false), &["a2"]).await;
+    assert!(!report.succeeded());
+    assert_eq!(report.phases[0].name, "connect");
+    assert_eq!(report.phases[0].state, PhaseState::Failed);
+    assert!(report.phases[1..].iter().all(|p| p.state != PhaseState::Done), "{:?}", phases(&report));
+    for name in ["s1", "a1"] {
+        assert!(!world.hosts[name].exists(Path::new("/usr/local/bin/k3s")), "{name} was touched");
+    }
+
+    let skipping = UpOptions { skip_unreachable: true, ..options(&world, false) };
+    let report = run_unreachable(&world, &skipping, &["a2"]).await;
+    assert!(!report.succeeded(), "a left-out host still makes the run fail (exit status non-zero)");
+    assert!(report.phases.iter().all(|p| p.state != PhaseState::Failed), "{:?}", phases(&report));
+    let connect = &report.phases[0];
+    assert!(connect.message.contains("left out: a2 (unreachable)"), "{}", connect.message);
+    let a2 = report.host("a2").unwrap();
+    assert_eq!(a2.state, HostState::Skipped);
+    let error = a2.error.as_ref().unwrap();
+    assert_eq!(error.kind, "unreachable");
+    assert!(error.message.contains("no route to host"), "{}", error.message);
+    for name in ["s1", "a1"] {
+        assert_eq!(report.host(name).unwrap().state, HostState::Installed, "{name} converged");
+        assert!(world.hosts[name].exists(Path::new("/usr/local/bin/k3s")), "{name} got k3s");
+    }
+    assert!(!world.hosts["a2"].exists(Path::new("/usr/local/bin/k3s")));
+}
+
+#[tokio::test]
+async fn skip_unreachable_never_leaves_out_a_server() {
+    let world = three();
+    let skipping = UpOptions { skip_unreachable: true, ..options(&world, false) };
+    let report = run_unreachable(&world, &skipping, &["s1"]).await;
+    assert!(!report.succeeded());
+    assert_eq!(report.phases[0].state, PhaseState::Failed, "{:?}", phases(&report));
+    assert_eq!(report.host("s1").unwrap().state, HostState::Failed);
+    assert!(!world.hosts["a1"].exists(Path::new("/usr/local/bin/k3s")), "no agent installed without its server");
 }
