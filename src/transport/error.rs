@@ -19,8 +19,16 @@ pub enum TransportError {
     #[error("{host}: authentication as {user} failed; tried: {}. Check that {user} is the account meant (spec.ssh.user, or the host's ssh.user) and that its ~/.ssh/authorized_keys on the host holds the public key, or set spec.ssh.keyPath / spec.hosts[].ssh.keyPath", tried.join(", "))]
     AuthFailed { host: String, user: String, tried: Vec<String> },
 
-    #[error("{host}: host key of {address} is not in {}: it presents {key_type} {fingerprint}. Verify it out of band (on the host: `ssh-keygen -lf /etc/ssh/ssh_host_{short}_key.pub`; from here: `{keyscan} | ssh-keygen -lf -`), then re-run with --trust-new-host-keys or set spec.ssh.hostKeyCheck: accept-new to record it", known_hosts.display(), short = super::host_keys::short_type(key_type), keyscan = super::host_keys::keyscan_line(address, key_type))]
-    HostKeyUnknown { host: String, address: String, key_type: String, fingerprint: String, known_hosts: PathBuf },
+    #[error("{host}: host key of {address} is not in {}: it presents {key_type} {fingerprint}{}. Verify it out of band (on the host: `ssh-keygen -lf /etc/ssh/ssh_host_{short}_key.pub`; from here: `{keyscan} | ssh-keygen -lf -`), then re-run with --trust-new-host-keys or set spec.ssh.hostKeyCheck: accept-new to record it", known_hosts.display(), super::host_keys::also_offered(address, others), short = super::host_keys::short_type(key_type), keyscan = super::host_keys::keyscan_line(address, key_type))]
+    HostKeyUnknown {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        /// The host's keys of other types, (type, fingerprint), when they could be asked for.
+        others: Vec<(String, String)>,
+    },
 
     #[error("{host}: HOST KEY OF {address} HAS CHANGED: {} line {line} records {expected}, the host presents {actual}. Someone may be intercepting the connection, or the host was reinstalled; if you are sure, remove the old key with `ssh-keygen -R {address} -f {}` and re-run", known_hosts.display(), known_hosts.display())]
     HostKeyChanged {

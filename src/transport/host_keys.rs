@@ -42,6 +42,7 @@ pub fn verify(
                 key_type: key.algorithm().as_str().to_string(),
                 fingerprint: fingerprint(key),
                 known_hosts: known_hosts.to_path_buf(),
+                others: Vec::new(),
             }),
             HostKeyPolicy::AcceptNew => {
                 let _guard = LEARN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -112,6 +113,21 @@ pub fn keyscan_line(address: &str, key_type: &str) -> String {
     }
 }
 
+/// "; it also offers TYPE FINGERPRINT (check: `ssh-keyscan -t T ADDRESS | ssh-keygen -lf -`), ..."
+/// for a host's keys of other types than the one it presented; empty when there are none.
+pub fn also_offered(address: &str, others: &[(String, String)]) -> String {
+    let each: Vec<String> = others
+        .iter()
+        .map(|(key_type, fingerprint)| {
+            format!("{key_type} {fingerprint} (`{} | ssh-keygen -lf -`)", keyscan_line(address, key_type))
+        })
+        .collect();
+    match each.is_empty() {
+        true => String::new(),
+        false => format!("; it also offers {}", each.join(", ")),
+    }
+}
+
 fn display_address(address: &str, port: u16) -> String {
     if port == 22 {
         address.to_string()
@@ -159,6 +175,26 @@ mod tests {
         assert!(text.contains(&format!("it presents ssh-ed25519 {}", fingerprint(&k))), "{text}");
         assert!(text.contains("`ssh-keyscan -t ed25519 -p 2222 10.0.0.1 | ssh-keygen -lf -`"), "{text}");
         assert!(text.contains("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub"), "{text}");
+        assert!(!text.contains("also offers"), "no other keys known: {text}");
+
+        let others = vec![
+            ("ecdsa-sha2-nistp256".to_string(), "SHA256:ecdsaprint".to_string()),
+            ("ssh-rsa".to_string(), "SHA256:rsaprint".to_string()),
+        ];
+        let TransportError::HostKeyUnknown { host, address, key_type, fingerprint, known_hosts, .. } =
+            verify("h1", "10.0.0.1", 2222, &k, &kh, HostKeyPolicy::Strict).unwrap_err()
+        else {
+            panic!("not an unknown key")
+        };
+        let text =
+            TransportError::HostKeyUnknown { host, address, key_type, fingerprint, known_hosts, others }.to_string();
+        assert!(
+            text.contains(
+                "; it also offers ecdsa-sha2-nistp256 SHA256:ecdsaprint (`ssh-keyscan -t ecdsa -p 2222 10.0.0.1 | ssh-keygen -lf -`), \
+                 ssh-rsa SHA256:rsaprint (`ssh-keyscan -t rsa -p 2222 10.0.0.1 | ssh-keygen -lf -`)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -129,7 +129,28 @@ impl Session {
                 };
                 let _ = stream.set_nodelay(true);
                 let handshake = client::connect_stream(config, stream, checker);
-                (finish_handshake(host, &address, timeout, handshake, &verdict).await?, None)
+                match finish_handshake(host, &address, timeout, handshake, &verdict).await {
+                    Ok(handle) => (handle, None),
+                    Err(TransportError::HostKeyUnknown {
+                        host,
+                        address: shown,
+                        key_type,
+                        fingerprint,
+                        known_hosts,
+                        ..
+                    }) => {
+                        let others = other_host_keys(&address, &key_type, timeout).await;
+                        return Err(TransportError::HostKeyUnknown {
+                            host,
+                            address: shown,
+                            key_type,
+                            fingerprint,
+                            known_hosts,
+                            others,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Some(jump_endpoint) => {
                 let jump = Box::pin(Self::connect_unprivileged(jump_endpoint, options, keys)).await?;
@@ -542,6 +563,51 @@ where
             }
             Err(TransportError::ssh(host, e))
         }
+    }
+}
+
+/// The host keys `address` offers besides the one of type `presented`, as (type, fingerprint):
+/// one handshake per other key type, ended once the key is seen. Only an unknown host key costs
+/// them, so that its error can name every key to check out of band, not just the negotiated one.
+async fn other_host_keys(address: &str, presented: &str, timeout: Duration) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    for algorithm in russh::Preferred::DEFAULT.key.iter() {
+        let short = host_keys::short_type(algorithm.as_str());
+        if short == host_keys::short_type(presented) || found.iter().any(|(t, _)| host_keys::short_type(t) == short) {
+            continue;
+        }
+        let seen = Arc::new(Mutex::new(None));
+        let config = client::Config {
+            preferred: russh::Preferred {
+                key: std::borrow::Cow::Owned(vec![algorithm.clone()]),
+                ..client_config().preferred
+            },
+            ..client_config()
+        };
+        let Ok(Ok(stream)) = tokio::time::timeout(timeout, TcpStream::connect(address)).await else { break };
+        let handshake = client::connect_stream(Arc::new(config), stream, KeyCollector { seen: seen.clone() });
+        // Refused by design once the key is seen (or no such key there): the error is expected.
+        let _ = tokio::time::timeout(timeout, handshake).await;
+        let key = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
+        found.extend(key);
+    }
+    found
+}
+
+/// Records the host key presented and refuses it.
+struct KeyCollector {
+    seen: Arc<Mutex<Option<(String, String)>>>,
+}
+
+impl client::Handler for KeyCollector {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        if let PublicKeyOrCertificate::PublicKey { key, .. } = key {
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((key.algorithm().as_str().to_string(), host_keys::fingerprint(key)));
+        }
+        Ok(false)
     }
 }
 

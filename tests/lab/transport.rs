@@ -144,7 +144,19 @@ fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
     let h4 = lab.host("h4");
     let file = op.cluster_file("", &[(h4, "server", "")]);
     let file = file.to_str().unwrap();
+    // A second host key type: the refusal names it too, with the line that checks it.
+    crate::common::sh(
+        h4,
+        "ssh-keygen -q -t ecdsa -N '' -f /etc/ssh/ssh_host_ecdsa_key \
+         && echo 'HostKey /etc/ssh/ssh_host_ecdsa_key' > /etc/ssh/sshd_config.d/zz-ecdsa.conf \
+         && systemctl reload ssh && sleep 0.5",
+    )?;
+    let ecdsa_public = crate::common::sh(h4, "cat /etc/ssh/ssh_host_ecdsa_key.pub")?;
     let refused = op.k3node(&["preflight", "-c", file, "-o", "json"]);
+    crate::common::sh(
+        h4,
+        "rm -f /etc/ssh/sshd_config.d/zz-ecdsa.conf /etc/ssh/ssh_host_ecdsa_key* && systemctl reload ssh",
+    )?;
     let (code, json, _) = {
         let stdout: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap_or_default();
         (refused.status.code(), stdout, ())
@@ -157,6 +169,12 @@ fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
     ensure(message.contains(&expected_fp) && message.contains("--trust-new-host-keys"), || {
         format!("message: {message}, fingerprint {expected_fp}")
     })?;
+    let ecdsa_fp = fingerprint_of(&ecdsa_public);
+    ensure(
+        message.contains(&format!("it also offers ecdsa-sha2-nistp256 {ecdsa_fp}"))
+            && message.contains(&format!("ssh-keyscan -t ecdsa {}", h4.address)),
+        || format!("the other key type is not named: {message} (ecdsa {ecdsa_fp})"),
+    )?;
     ensure(!op.known_hosts().exists() || std::fs::read_to_string(op.known_hosts()).unwrap().is_empty(), || {
         "strict mode wrote known_hosts".into()
     })?;

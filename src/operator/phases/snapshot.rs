@@ -456,11 +456,13 @@ async fn pull_one(
         // Sent as its sha256 file says, not hashed again there: this side hashes what arrives.
         let request = SendFile { path: chosen.path.clone(), sha256: Some(expected.clone()) };
         let sent = match link.call(&request).download(&mut file).send().await {
-            Err(LinkError::DownloadMismatch { detail, .. }) => return Err(PullError::Local(format!(
+            Err(LinkError::DownloadMismatch { detail, .. }) => {
+                return Err(PullError::Local(format!(
                 "{}: {} is not what its sha256 file on the host says ({detail}): the archive on the host is damaged",
                 link.host(),
                 chosen.name,
-            ))),
+            )))
+            }
             other => other?,
         };
         file.sync_all().await.map_err(|e| local(&format!("cannot write {}", temp.display()), e))?;
