@@ -484,6 +484,27 @@ mod tests {
     }
 
     #[test]
+    fn config_drop_ins_k3node_did_not_write_are_a_warning_naming_each_file_and_its_keys() {
+        assert_eq!(find(&run(&healthy_host(), Role::Agent, None), "config-dropins").status, Status::Pass);
+        let sys = healthy_host()
+            .file(
+                "/etc/rancher/k3s/config.yaml.d/90-stray.yaml",
+                "server: https://10.0.0.99:6443\nnode-label+:\n  - x=y\n",
+            )
+            .file("/etc/rancher/k3s/config.yaml.d/10-odd.yml", "- not a mapping\n")
+            .file("/etc/rancher/k3s/config.yaml.d/notes.txt", "data-dir: /ignored\n");
+        let checks = run(&sys, Role::Agent, None);
+        let c = find(&checks, "config-dropins");
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.reason.ends_with("k3s lets them override config.yaml: 10-odd.yml ((not a YAML mapping)); 90-stray.yaml (server, node-label)"),
+            "{c:?}"
+        );
+        assert!(!c.reason.contains("notes.txt"), "{c:?}");
+        assert!(c.fix.as_deref().unwrap().contains("spec.k3s.config"), "{c:?}");
+    }
+
+    #[test]
     fn other_kubernetes_fails() {
         let kubeadm = healthy_host().command("kubelet", "/usr/bin/kubelet");
         let c = run(&kubeadm, Role::Agent, None);

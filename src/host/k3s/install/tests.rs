@@ -388,6 +388,33 @@ fn a_failed_restart_shows_the_journal_and_the_likely_cause() {
 }
 
 #[test]
+fn a_stray_drop_in_is_warned_about_with_its_keys_and_its_server_is_the_one_the_diagnosis_names() {
+    // Someone's drop-in points the agent at another server; k3s lets it win over config.yaml and K3S_URL.
+    let journal = "Starting k3s agent v1.31.4+k3s1 (a1b2c3d4)\n\
+        failed to get CA certs: Get \"https://10.0.0.99:6443/cacerts\": dial tcp 10.0.0.99:6443: connect: connection refused\n";
+    let sys = host()
+        .file("/etc/rancher/k3s/config.yaml.d/90-stray.yaml", "server: https://10.0.0.99:6443\nnode-label+:\n  - x=y\n")
+        .file("/etc/rancher/k3s/config.yaml.d/README.txt", "not read by k3s\n")
+        .output(SYSTEMCTL, &["restart", "k3s-agent"], 1, "", "Job for k3s-agent.service failed.\n")
+        .output(JOURNALCTL, &["-u", "k3s-agent", "-n", "20", "--no-pager", "-o", "cat"], 0, journal, "");
+    let mut lines = Vec::new();
+    let err = install(&sys, &agent_request(), &mut |m| lines.push(m.to_string())).unwrap_err().to_string();
+    assert!(
+        lines.contains(&"warning: /etc/rancher/k3s/config.yaml.d/90-stray.yaml (not written by k3node) overrides config.yaml: node-label, server".to_string()),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("README.txt")), "only .yaml/.yml files are drop-ins: {lines:?}");
+    assert!(err.contains("likely cause: cannot reach the server at https://10.0.0.99:6443"), "{err}");
+    assert!(!err.contains("at https://192.168.56.10:6443"), "the cluster file's server is not the one k3s used: {err}");
+
+    // A dry run lists the drop-in in its report too (`up` shows it as a warning on the host).
+    let dry = InstallRequest { dry_run: true, ..agent_request() };
+    let (report, _) = install_ok(&sys, &dry);
+    assert_eq!(report.foreign_dropins.len(), 1, "{:?}", report.foreign_dropins);
+    assert!(report.foreign_dropins[0].contains("90-stray.yaml"), "{:?}", report.foreign_dropins);
+}
+
+#[test]
 fn a_unit_refused_by_systemds_start_limit_is_reset_once_and_restarted() {
     let sys = host()
         .output_seq(
