@@ -13,7 +13,8 @@
 //! for its formatting never restarts k3s). The service is (re)started when:
 //! - it is not active; or
 //! - k3node started it (the record's InvocationID is the running one) with other settings than
-//!   the request's; or
+//!   the request's, or with other config.yaml.d drop-ins than there are now (not k3node's files,
+//!   but k3s runs with them); or
 //! - someone else started it (another InvocationID, or no record: a host install.sh set up) and
 //!   the files on disk do not mean what the request means: it may run with those.
 //!
@@ -36,7 +37,7 @@ use super::mask::{
 use super::systemd::{journal_tail, likely_cause, RunError, Systemd, UnitStatus};
 use super::{
     env_path, links_to_k3s, record_path, service_name, uninstall_script_path, unit_path, Progress, BIN_DIR, CONFIG_DIR,
-    CONFIG_FILE, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS, REGISTRIES_FILE,
+    CONFIG_DROPIN_DIR, CONFIG_FILE, K3S_BIN, KILLALL_SCRIPT, LINKED_COMMANDS, REGISTRIES_FILE,
 };
 use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::serve::{Context, HostOperation};
@@ -147,6 +148,10 @@ struct Record {
     /// systemd's InvocationID of the start k3node made (or took over); empty when unknown.
     #[serde(default)]
     invocation_id: String,
+    /// Of the config.yaml.d drop-ins' names and meanings (none: the digest of nothing). They are
+    /// not k3node's, but k3s runs with them; None in records written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dropins_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,12 +229,18 @@ pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -
     for (path, contents, mode, kind) in wanted {
         plans.push(plan_file(sys, path, contents, mode, kind)?);
     }
-    if let Some(registries) = &req.registries_yaml {
-        let path = PathBuf::from(REGISTRIES_FILE);
-        plans.push(plan_file(sys, path, registries.expose().to_string(), SECRET_MODE, Kind::Registries)?);
-    }
+    let registries_plan = match &req.registries_yaml {
+        Some(registries) => {
+            let path = PathBuf::from(REGISTRIES_FILE);
+            Some(plan_file(sys, path, registries.expose().to_string(), SECRET_MODE, Kind::Registries)?)
+        }
+        None => None,
+    };
+    // (wanted, on disk) meanings of registries.yaml, when k3node manages it.
+    let registries_digests =
+        registries_plan.as_ref().map(|p| (registries_digest(&p.contents), p.current.as_deref().map(registries_digest)));
+    plans.extend(registries_plan);
     let [config_plan, env_plan, unit_plan, ..] = &plans[..] else { unreachable!("five plans") };
-    let registries_plan = plans.get(5);
 
     let mut wanted_record = record_of(&expected, &unit_plan.contents, &env_plan.contents, &config_plan.contents);
     // What the files on disk mean now, for a service someone else started.
@@ -239,10 +250,13 @@ pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -
         env_plan.current.as_deref().unwrap_or(""),
         config_plan.current.as_deref().unwrap_or(""),
     );
-    if let Some(plan) = registries_plan {
-        wanted_record.registries_sha256 = Some(registries_digest(&plan.contents));
-        disk_record.registries_sha256 = plan.current.as_deref().map(registries_digest);
+    if let Some((wanted, on_disk)) = registries_digests {
+        wanted_record.registries_sha256 = Some(wanted);
+        disk_record.registries_sha256 = on_disk;
     }
+    // k3node writes no drop-ins: the ones there now are what a (re)start runs with.
+    wanted_record.dropins_sha256 = Some(dropins_digest(sys, &settings));
+    disk_record.dropins_sha256 = wanted_record.dropins_sha256.clone();
     let previous = read_record(sys, service);
     let links = plan_links(sys, progress);
     let systemd = Systemd::new(sys);
@@ -349,7 +363,19 @@ fn record_of(binary: &str, unit: &str, env: &str, config: &str) -> Record {
         config_sha256: digest(config::canonical(config).unwrap_or_else(|| format!("unreadable:{config}")).as_bytes()),
         registries_sha256: None,
         invocation_id: String::new(),
+        dropins_sha256: None,
     }
+}
+
+/// The drop-ins' names and meanings, in the order k3s reads them.
+fn dropins_digest(sys: &dyn HostSystem, settings: &Settings) -> String {
+    let mut meaning = String::new();
+    for (path, _) in &settings.dropins {
+        let text = sys.read_to_string(path).unwrap_or_default();
+        let canonical = config::canonical(&text).unwrap_or_else(|| format!("unreadable:{text}"));
+        meaning.push_str(&format!("{}\n{canonical}\n", path.display()));
+    }
+    crate::digest::sha256_hex(meaning.as_bytes())
 }
 
 /// Whether (and why) the service starts: see the module's restart rule.
@@ -383,6 +409,13 @@ fn restart_decision(
         // Compared only when k3node manages the file; a file it leaves alone is not its to restart for.
         if wanted.registries_sha256.is_some() && started_with.registries_sha256 != wanted.registries_sha256 {
             reasons.push(format!("registries.yaml changed {source}"));
+        }
+        // Someone else's drop-ins are theirs, but a k3s that k3node started must not keep running
+        // on drop-ins that changed since: `up` would say converged while k3s runs other settings.
+        if let (Some(was), Some(now)) = (&started_with.dropins_sha256, &wanted.dropins_sha256) {
+            if was != now {
+                reasons.push(format!("drop-ins in {CONFIG_DROPIN_DIR} changed {source}"));
+            }
         }
     }
     let action = match (reasons.is_empty(), never_started) {

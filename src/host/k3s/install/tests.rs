@@ -199,6 +199,34 @@ fn rerun_on_an_unchanged_host_writes_and_restarts_nothing() {
 }
 
 #[test]
+fn a_drop_in_added_or_changed_since_k3node_started_k3s_restarts_it_once() {
+    let sys = host();
+    install_ok(&sys, &server_request());
+    let sys = running(sys, "k3s");
+    let (report, _) = install_ok(&sys, &server_request());
+    assert!(!report.restarted(), "nothing changed: {:?}", report.reasons);
+
+    // Someone drops a file in config.yaml.d and does not restart k3s: it runs without it.
+    let dropin = "/etc/rancher/k3s/config.yaml.d/50-labels.yaml";
+    let sys = sys.file(dropin, "node-label:\n  - tier=gold\n");
+    let (report, _) = install_ok(&sys, &server_request());
+    assert!(report.restarted());
+    assert_eq!(report.reasons, vec!["drop-ins in /etc/rancher/k3s/config.yaml.d changed since k3node started it"]);
+    assert_eq!(report.foreign_dropins.len(), 1, "and it is still warned about: {:?}", report.foreign_dropins);
+
+    // Restarted with it: converged, whatever its formatting becomes.
+    let sys = running(sys, "k3s");
+    let (report, _) = install_ok(&sys, &server_request());
+    assert!(!report.restarted(), "{:?}", report.reasons);
+    let sys = sys.file(dropin, "# reformatted\nnode-label: [tier=gold]\n");
+    let (report, _) = install_ok(&sys, &server_request());
+    assert!(!report.restarted(), "same meaning: {:?}", report.reasons);
+    let sys = sys.file(dropin, "node-label: [tier=silver]\n");
+    let (report, _) = install_ok(&sys, &server_request());
+    assert!(report.restarted(), "a changed drop-in restarts");
+}
+
+#[test]
 fn a_changed_config_restarts_without_daemon_reload() {
     let sys = host();
     install_ok(&sys, &server_request());
