@@ -49,9 +49,22 @@ impl From<String> for ConfigError {
 /// two files with the same canonical form configure k3s the same way. None when it is not YAML.
 pub(super) fn canonical(text: &str) -> Option<String> {
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
-    let json = serde_json::to_value(&value).ok()?;
+    let json = as_flag_values(serde_json::to_value(&value).ok()?);
     // serde_json's maps are sorted, so key order does not matter.
     Some(serde_json::to_string(&json).expect("a JSON value always serializes"))
+}
+
+/// Scalars as the text k3s turns them into (it sets each key as a command-line flag), so that
+/// `max-pods: 50` and `max-pods: "50"`, or `true` and `"true"`, mean the same.
+fn as_flag_values(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Bool(b) => Value::String(b.to_string()),
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::Array(items) => Value::Array(items.into_iter().map(as_flag_values).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, as_flag_values(v))).collect()),
+        other => other,
+    }
 }
 
 /// The settings of the host as it is: /etc/rancher/k3s/config.yaml (absent: defaults) and drop-ins.
@@ -179,6 +192,11 @@ mod tests {
         let a = canonical("cluster-init: true\ntls-san:\n  - a\n  - b\nnode-name: n1\n").unwrap();
         let b = canonical("# written by install.sh\nnode-name: \"n1\"\ntls-san: [a, b]\ncluster-init: true\n").unwrap();
         assert_eq!(a, b);
+        // k3s sets every key as a flag: a quoted scalar is the same value.
+        let c = canonical("cluster-init: \"true\"\ntls-san: [a, b]\nnode-name: n1\n").unwrap();
+        assert_eq!(a, c);
+        assert_eq!(canonical("max-pods: 50\n"), canonical("max-pods: \"50\"\n"));
+        assert_ne!(canonical("max-pods: 50\n"), canonical("max-pods: 60\n"));
         assert_ne!(a, canonical("cluster-init: true\ntls-san: [b, a]\nnode-name: n1\n").unwrap());
         assert_eq!(canonical("key: [\n"), None);
     }

@@ -268,7 +268,8 @@ pub fn install(sys: &dyn HostSystem, req: &InstallRequest, progress: Progress) -
         (service_action, reasons) = (ServiceAction::Restart, vec!["binary replaced since it started".to_string()]);
     }
 
-    let mut changes = vec![binary_change(previous.as_ref(), on_disk.as_deref(), &expected)];
+    let mut changes =
+        vec![binary_change(previous.as_ref(), on_disk.as_deref(), &expected, unit_plan.current.is_some())];
     changes.extend(plans.iter().map(FilePlan::change));
     changes.extend(links.iter().map(|(link, action)| FileChange {
         path: link.display().to_string(),
@@ -532,10 +533,14 @@ fn shown_diff(path: &Path, old: &str, new: &str, kind: Kind) -> String {
     unified_diff(&path.to_string_lossy(), &old_masked, &new_masked)
 }
 
-fn binary_change(previous: Option<&Record>, on_disk: Option<&str>, sha256: &str) -> FileChange {
+/// `installed`: the service's unit was there before this run (k3s installed by someone).
+fn binary_change(previous: Option<&Record>, on_disk: Option<&str>, sha256: &str, installed: bool) -> FileChange {
     let (action, diff) = match (on_disk, previous) {
         (None, _) => (FileAction::Created, Some(format!("upload k3s, sha256 {sha256}"))),
         (Some(current), _) if current != sha256 => (FileAction::Updated, Some(format!("sha256 {current} → {sha256}"))),
+        // The wanted binary, on a host install.sh set up: taken over as it is.
+        (Some(_), None) if installed => (FileAction::Unchanged, None),
+        // Uploaded by this run for a first install.
         (Some(_), None) => (FileAction::Created, None),
         (Some(_), Some(r)) if r.binary_sha256 != sha256 => {
             (FileAction::Updated, Some(format!("sha256 {} → {sha256}", r.binary_sha256)))

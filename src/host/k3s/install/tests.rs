@@ -227,6 +227,19 @@ fn a_drop_in_added_or_changed_since_k3node_started_k3s_restarts_it_once() {
 }
 
 #[test]
+fn a_host_set_up_the_same_way_by_someone_else_is_taken_over_unchanged_without_a_restart() {
+    let sys = host();
+    install_ok(&sys, &server_request());
+    let sys = running(sys, "k3s");
+    // No record: k3node never started this k3s (install.sh did, with the same files).
+    crate::host::system::HostSystem::remove_file(&sys, Path::new("/var/lib/rancher/k3node/k3s.applied.json")).unwrap();
+    let (report, _) = install_ok(&sys, &server_request());
+    assert!(!report.restarted(), "{:?}", report.reasons);
+    assert!(report.changes.iter().all(|c| c.action == FileAction::Unchanged), "{:#?}", report.changes);
+    assert!(sys.contents("/var/lib/rancher/k3node/k3s.applied.json").is_some(), "taken over: recorded");
+}
+
+#[test]
 fn a_changed_config_restarts_without_daemon_reload() {
     let sys = host();
     install_ok(&sys, &server_request());
