@@ -117,6 +117,21 @@ fn directories_are_created_with_their_mode_renamed_and_removed_as_trees() {
 }
 
 #[test]
+fn a_directory_stays_when_its_last_file_is_removed_or_moved_out() {
+    both(|sys, name| {
+        sys.write_atomic(&p("/var/lib/k3node-x/record.json"), b"{}", 0o600).unwrap();
+        sys.remove_file(&p("/var/lib/k3node-x/record.json")).unwrap();
+        assert!(sys.exists(&p("/var/lib/k3node-x")), "{name}: removed file");
+        assert_eq!(sys.read_dir_names(&p("/var/lib/k3node-x")).unwrap(), Vec::<String>::new(), "{name}");
+
+        sys.write_atomic(&p("/var/lib/k3node-y/a"), b"a", 0o600).unwrap();
+        sys.rename(&p("/var/lib/k3node-y/a"), &p("/var/lib/k3node-x/a")).unwrap();
+        assert!(sys.exists(&p("/var/lib/k3node-y")), "{name}: renamed file");
+        assert_eq!(sys.read_dir_names(&p("/var/lib/k3node-y")).unwrap(), Vec::<String>::new(), "{name}");
+    });
+}
+
+#[test]
 fn a_file_renamed_over_another_replaces_it() {
     both(|sys, name| {
         sys.write_atomic(&p("/d/a"), b"new", 0o644).unwrap();

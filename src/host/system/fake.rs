@@ -622,6 +622,8 @@ impl HostSystem for FakeSystem {
         if st.files.remove(path).is_none() && st.links.remove(path).is_none() {
             return Err(if st.is_dir(path) { io::Error::from(nix::errno::Errno::EISDIR) } else { not_found(path) });
         }
+        // Its directory stays, empty or not, as on a real filesystem (here it may have been implied).
+        st.dirs.extend(path.parent().map(Path::to_path_buf));
         st.modes.remove(path);
         st.writes.push(Write::Remove { path: path.to_path_buf() });
         Ok(())
@@ -663,6 +665,7 @@ impl HostSystem for FakeSystem {
         st.files.remove(to);
         st.links.remove(to);
         st.remove_tree(from);
+        st.dirs.extend(from.parent().map(Path::to_path_buf));
         st.files.extend(files.into_iter().map(|(k, v)| (moved(&k), v)));
         st.dirs.extend(dirs.into_iter().map(|k| moved(&k)));
         st.links.extend(links.into_iter().map(|(k, v)| (moved(&k), v)));

@@ -226,6 +226,43 @@ fn reset_undoes_everything_in_order_and_moves_data_aside() {
 }
 
 #[test]
+fn without_keep_helper_k3nodes_own_traces_go_and_a_state_dir_with_snapshots_is_moved_aside() {
+    let helper = "/usr/local/bin/k3node";
+    let full = |sys: &FakeSystem| {
+        let mut progress = Vec::new();
+        let report =
+            reset(sys, &ResetRequest { dry_run: false, keep_helper: false }, &mut |m| progress.push(m.to_string()))
+                .unwrap_or_else(|e| panic!("reset failed: {e}"));
+        report.actions
+    };
+    // Only k3node's record in its state dir: the dir goes (emptied by the record's removal), and the helper.
+    let sys = installed_server().file(helper, "k3node");
+    let actions = full(&sys);
+    let tail: Vec<&str> = actions.iter().rev().skip(1).take(2).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["remove /var/lib/rancher/k3node", "remove /usr/local/bin/k3node"], "{actions:#?}");
+    assert!(!sys.exists(Path::new("/var/lib/rancher/k3node")) && !sys.exists(Path::new(helper)));
+
+    // Something else kept there (a snapshot): moved aside like data, never deleted.
+    let sys = installed_server().file(helper, "k3node").file("/var/lib/rancher/k3node/snapshots/s1.tar.zst", "archive");
+    let actions = full(&sys);
+    let aside = format!("/var/lib/rancher/k3node.k3node-reset-{STAMP}");
+    assert!(actions.contains(&format!("move /var/lib/rancher/k3node aside to {aside}")), "{actions:#?}");
+    assert_eq!(sys.contents(&format!("{aside}/snapshots/s1.tar.zst")).as_deref(), Some("archive"));
+    assert!(!sys.exists(Path::new(helper)));
+
+    // With --keep-helper both stay.
+    let sys = installed_server().file(helper, "k3node");
+    let (actions, _) = reset_ok(&sys, false);
+    assert!(
+        !actions.iter().any(|a| a == "remove /usr/local/bin/k3node"
+            || a == "remove /var/lib/rancher/k3node"
+            || a.starts_with("move /var/lib/rancher/k3node aside")),
+        "{actions:#?}"
+    );
+    assert!(sys.exists(Path::new(helper)));
+}
+
+#[test]
 fn only_the_shims_and_their_trees_are_killed_parents_first() {
     let sys = installed_server()
         // Leftovers that are k3s, but no shim: a server process, containerd, a shim of the wrong dir.
