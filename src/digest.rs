@@ -14,6 +14,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Whether `text` has the form of a sha256: 64 hexadecimal digits (either case).
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A running sha256 and byte count: what every stream hashed on its way keeps.
 #[derive(Clone, Default)]
 pub struct Running {

@@ -31,7 +31,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<ChecksumEntry>, ArtifactErr
             |reason: String| ArtifactError::ChecksumFileMalformed { file: origin.to_string(), line: i + 1, reason };
         let shown: String = line.chars().take(120).collect();
         let (hash, rest) = line.split_at(line.find([' ', '\t']).unwrap_or(line.len()));
-        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !crate::digest::is_sha256_hex(hash) {
             return Err(malformed(format!("{shown:?} does not start with a sha256 (64 hex digits)")));
         }
         let name = rest.trim_start_matches([' ', '\t']);

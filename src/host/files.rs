@@ -129,9 +129,7 @@ impl HostOperation for SendFile {
             _ => FileError::Io { what: "cannot open", path: path.clone(), source: e },
         })?;
         let mut download = match &self.sha256 {
-            Some(sha256) if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                ctx.download_verified(sha256)
-            }
+            Some(sha256) if crate::digest::is_sha256_hex(sha256) => ctx.download_verified(sha256),
             Some(other) => return Err(FileError::NotSha256(other.chars().take(80).collect()).into()),
             None => ctx.download(),
         };

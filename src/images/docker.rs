@@ -214,5 +214,5 @@ fn layer_type(raw: &RawArchive, layer: &SpoolEntry, diff_id: &str) -> Result<&'s
 fn digest_in_name(path: &str) -> Option<&str> {
     let name = path.rsplit('/').next()?;
     let hex = name.strip_suffix(".json").unwrap_or(name);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+    crate::digest::is_sha256_hex(hex).then_some(hex)
 }

@@ -476,7 +476,7 @@ fn refuse_other_role(sys: &dyn HostSystem, role: Role) -> Result<(), InstallErro
 
 fn expected_sha256(given: &str) -> Result<String, InstallError> {
     let expected = given.trim().to_ascii_lowercase();
-    if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !crate::digest::is_sha256_hex(&expected) {
         return Err(InstallError::BadSha256(expected));
     }
     Ok(expected)

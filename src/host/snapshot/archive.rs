@@ -433,11 +433,7 @@ pub fn read_sidecar(sys: &dyn HostSystem, archive: &Path) -> Result<String, Arch
     let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut words = text.split_whitespace();
     match (words.next(), words.next(), words.next()) {
-        (Some(sha), Some(file), None)
-            if sha.len() == 64
-                && sha.bytes().all(|b| b.is_ascii_hexdigit())
-                && file.trim_start_matches('*') == name =>
-        {
+        (Some(sha), Some(file), None) if crate::digest::is_sha256_hex(sha) && file.trim_start_matches('*') == name => {
             Ok(sha.to_ascii_lowercase())
         }
         _ => Err(damaged(format!("{} is not `<sha256>  {name}`", path.display()))),

@@ -176,7 +176,7 @@ impl HostOperation for ReceiveSnapshot {
         })?;
         let file_name = format!("{}{}", self.name, archive::EXTENSION);
         let path = dir.join(&file_name);
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !crate::digest::is_sha256_hex(&self.sha256) {
             return Err(SnapshotError::BadRequest(format!("{:?} is not a sha256", self.sha256)).into());
         }
         // The sidecar first: an archive never exists without one (a lone sidecar is swept).
