@@ -211,13 +211,33 @@ fn mirror(sink: &mut Sink, e: &Entry<'_>) -> Option<Mirror> {
     if let Some(e) = f.get("rewrite") {
         if let Some(map) = mapping(sink, e, "of regular expression: replacement") {
             for entry in entries(map, &e.path) {
+                let pattern = entry.key.as_str();
+                if let Err(problem) = rewrite_pattern(pattern) {
+                    sink.error(entry.key_pos(), &entry.path, problem)
+                        .hint("k3s compiles each rewrite key as a regular expression (Go's RE2 syntax); escape a literal `.`, `(` or `*` with `\\`");
+                    continue;
+                }
                 if let Some(to) = reader::string(sink, &entry) {
-                    out.rewrite.insert(entry.key.as_str().to_string(), to);
+                    out.rewrite.insert(pattern.to_string(), to);
                 }
             }
         }
     }
     Some(out)
+}
+
+/// A `rewrite` key is a regular expression k3s compiles when it reads registries.yaml: one that
+/// does not compile would reach the node and fail there (k3s refuses the whole file).
+fn rewrite_pattern(pattern: &str) -> Result<(), String> {
+    let (kind, span) = match regex_syntax::Parser::new().parse(pattern) {
+        Ok(_) => return Ok(()),
+        Err(regex_syntax::Error::Parse(e)) => (e.kind().to_string(), *e.span()),
+        Err(regex_syntax::Error::Translate(e)) => (e.kind().to_string(), *e.span()),
+        Err(e) => (e.to_string(), regex_syntax::ast::Span::splat(regex_syntax::ast::Position::new(0, 1, 1))),
+    };
+    let at = pattern.get(span.start.offset..).unwrap_or_default();
+    let near = if at.is_empty() { String::new() } else { format!(", `{}`", at.chars().take(12).collect::<String>()) };
+    Err(format!("`{pattern}` is not a regular expression: {kind} (at character {}{near})", span.start.column))
 }
 
 fn config(sink: &mut Sink, e: &Entry<'_>, env: &dyn Fn(&str) -> Option<String>) -> Option<RegistryConfig> {

@@ -80,6 +80,14 @@ fn each_mistake_is_reported_where_it_is_written() {
             "      configs:\n        r.example: {auth: {username: u, password: {fromEnv: \"1BAD\"}}}\n",
             "is not an environment variable name",
         ),
+        (
+            "      mirrors:\n        docker.io:\n          endpoint: [\"https://m.example\"]\n          rewrite: {\"^library/(.*\": \"mirrored/$1\"}\n",
+            "`^library/(.*` is not a regular expression: unclosed group (at character 10, `(.*`)",
+        ),
+        (
+            "      mirrors:\n        docker.io:\n          endpoint: [\"https://m.example\"]\n          rewrite: {\"^a/(?P<x>.*)\\\\1\": \"b\"}\n",
+            "is not a regular expression: backreferences are not supported",
+        ),
         ("      {}\n", "registries needs mirrors, configs or both"),
     ];
     for (yaml, expected) in cases {
