@@ -16,7 +16,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Router;
 use k3node::artifacts::{
-    fetch_k3s, resolve_version, ArtifactError, ArtifactOptions, DownloadProgress, K3sBinary, NoProgress, Origin,
+    fetch_airgap_images, fetch_k3s, resolve_version, ArtifactError, ArtifactOptions, DownloadProgress, NoProgress,
+    Origin, ReleaseFile,
 };
 use k3node::cluster::{self, ArtifactSource, K3sSpec};
 use sha2::{Digest, Sha256};
@@ -130,7 +131,7 @@ impl Fixture {
         self.cache.path().join("k3s").join(VERSION).join(arch)
     }
 
-    async fn fetch(&self, arch: &str) -> Result<K3sBinary, ArtifactError> {
+    async fn fetch(&self, arch: &str) -> Result<ReleaseFile, ArtifactError> {
         fetch_k3s(&self.release_spec(), VERSION, arch, &self.opts(), &NoProgress).await
     }
 }
@@ -765,4 +766,89 @@ async fn an_airgap_dir_with_a_bad_checksum_is_refused() {
     let e = fetch_k3s(&s, VERSION, "arm64", &opts, &NoProgress).await.unwrap_err();
     assert!(matches!(e, ArtifactError::AirgapFileMissing { .. }), "{e:?}");
     assert!(e.to_string().contains("sha256sum-arm64.txt is missing"), "{e}");
+}
+
+#[tokio::test]
+async fn the_airgap_images_bundle_is_fetched_only_when_asked_then_verified_and_cached_beside_the_binary() {
+    let f = Fixture::start().await;
+    let bundle = fake_binary(700_000, 7);
+    let name = "k3s-airgap-images-amd64.tar.zst";
+    f.put(VERSION, name, &bundle);
+    f.put(VERSION, "sha256sum-amd64.txt", sums(&[("k3s", &f.k3s), (name, &bundle)]).as_bytes());
+
+    // Not asked for: nothing fetched.
+    let mut s = f.release_spec();
+    assert_eq!(fetch_airgap_images(&s, VERSION, "amd64", &f.opts(), &NoProgress).await.unwrap(), None);
+    assert!(f.seen().is_empty(), "{:?}", f.seen());
+
+    s.airgap_images = true;
+    let progress = Recorder::default();
+    let got = fetch_airgap_images(&s, VERSION, "amd64", &f.opts(), &progress).await.unwrap().expect("asked for");
+    assert_eq!(got.path, f.cache_entry("amd64").join(name));
+    assert_eq!((got.sha256.clone(), got.size), (sha256(&bundle), bundle.len() as u64));
+    assert_eq!(got.origin, Origin::Downloaded { url: format!("{}/release/{VERSION_IN_URL}/{name}", f.base) });
+    assert_eq!(std::fs::read(&got.path).unwrap(), bundle);
+    assert_eq!(std::fs::metadata(&got.path).unwrap().permissions().mode() & 0o777, 0o644, "data, not a program");
+    assert_eq!(
+        *progress.events.lock().unwrap(),
+        [format!("started k3s {VERSION} airgap images (amd64) Some({})", bundle.len()), "finished".to_string()]
+    );
+    // The binary shares the cache entry and its checksum file; each is fetched once.
+    let bin = f.fetch("amd64").await.unwrap();
+    assert_eq!(std::fs::read(&bin.path).unwrap(), f.k3s);
+    let again = fetch_airgap_images(&s, VERSION, "amd64", &f.opts(), &NoProgress).await.unwrap().unwrap();
+    assert_eq!(again.origin, Origin::Cache);
+    assert_eq!((f.seen_file(name).len(), f.seen_file("k3s").len()), (1, 1));
+    assert_eq!(
+        files_under(f.cache.path()),
+        [
+            format!("k3s/{VERSION}/amd64/k3s"),
+            format!("k3s/{VERSION}/amd64/{name}"),
+            format!("k3s/{VERSION}/amd64/sha256sum-amd64.txt")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_airgap_images_bundle_on_the_server_is_refused_and_nothing_is_cached() {
+    let f = Fixture::start().await;
+    let name = "k3s-airgap-images-amd64.tar.zst";
+    // The fixture's checksum file lists the bundle as other bytes than these.
+    f.put(VERSION, name, &fake_binary(300_000, 8));
+    let mut s = f.release_spec();
+    s.airgap_images = true;
+    let e = fetch_airgap_images(&s, VERSION, "amd64", &f.opts(), &NoProgress).await.unwrap_err();
+    let ArtifactError::ChecksumMismatch { url, .. } = &e else { panic!("{e:?}") };
+    assert!(url.ends_with(name), "{url}");
+    assert!(!files_under(f.cache.path()).iter().any(|p| p.contains(name)), "{:?}", files_under(f.cache.path()));
+}
+
+#[tokio::test]
+async fn an_airgap_dir_holding_the_bundle_gives_it_without_the_switch_and_verifies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "k3s-airgap-images-arm64.tar.zst";
+    let k3s = fake_binary(100_000, 9);
+    let bundle = fake_binary(200_000, 10);
+    std::fs::write(dir.path().join("k3s-arm64"), &k3s).unwrap();
+    std::fs::write(dir.path().join(name), &bundle).unwrap();
+    std::fs::write(dir.path().join("sha256sum-arm64.txt"), sums(&[("k3s-arm64", &k3s), (name, &bundle)])).unwrap();
+    let opts = ArtifactOptions { cache_dir: dir.path().join("cache"), ..ArtifactOptions::default() };
+    let s = spec(ArtifactSource::AirgapDir { path: dir.path().to_path_buf() });
+    assert!(!s.airgap_images);
+    let got = fetch_airgap_images(&s, VERSION, "arm64", &opts, &NoProgress).await.unwrap().expect("in the dir");
+    assert_eq!((got.path.clone(), got.origin.clone()), (dir.path().join(name), Origin::Airgap));
+    assert_eq!(got.sha256, sha256(&bundle));
+
+    // Damaged in the dir: refused, naming the file.
+    std::fs::write(dir.path().join(name), b"not the bundle").unwrap();
+    let e = fetch_airgap_images(&s, VERSION, "arm64", &opts, &NoProgress).await.unwrap_err();
+    assert!(matches!(e, ArtifactError::ChecksumMismatch { .. }) && e.to_string().contains(name), "{e}");
+
+    // Asked for but not in the dir: says what to copy where.
+    std::fs::remove_file(dir.path().join(name)).unwrap();
+    let mut asked = s.clone();
+    asked.airgap_images = true;
+    let e = fetch_airgap_images(&asked, VERSION, "arm64", &opts, &NoProgress).await.unwrap_err();
+    assert!(e.to_string().contains(&format!("{name} is missing")), "{e}");
+    assert_eq!(fetch_airgap_images(&s, VERSION, "arm64", &opts, &NoProgress).await.unwrap(), None);
 }

@@ -133,6 +133,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(f.k3s.channel.as_deref(), Some("stable"));
     assert_eq!(f.k3s.source, ArtifactSource::Release { url: "https://github.com/k3s-io/k3s/releases/download".into() });
     assert!(f.k3s.config.is_empty());
+    assert!(!f.k3s.airgap_images, "the airgap images bundle only when asked for");
     assert_eq!(f.k3s.cluster_cidr(), "10.42.0.0/16");
     assert_eq!(f.k3s.service_cidr(), "10.43.0.0/16");
     assert_eq!(f.k3s.cluster_dns(), "10.43.0.10");
@@ -221,6 +222,7 @@ fn ha_airgap_bastions_and_dual_stack() {
 
     assert_eq!(f.k3s.channel.as_deref(), Some("v1.31"));
     assert_eq!(f.k3s.source, ArtifactSource::AirgapDir { path: dir.join("../bundles/k3s") });
+    assert!(f.k3s.airgap_images);
     let c = &f.k3s.config;
     assert_eq!(c["cluster-cidr"], json!("10.244.0.0/16,fd00:244::/56"));
     assert_eq!(c["service-cidr"], json!("10.96.0.0/12,fd00:96::/112"));

@@ -40,7 +40,7 @@ pub enum ArtifactError {
     #[error("{file} is not a valid sha256sum file: line {line}: {reason}; expected lines `<sha256 hex>  <file name>` as in the release's sha256sum-<arch>.txt")]
     ChecksumFileMalformed { file: String, line: usize, reason: String },
 
-    #[error("airgap dir {}: {} is missing; copy {name} of k3s {version} from the release (https://github.com/k3s-io/k3s/releases) into it: the dir needs both the binary and its sha256sum-<arch>.txt", dir.display(), path.display())]
+    #[error("airgap dir {}: {} is missing; copy {name} of k3s {version} from the release (https://github.com/k3s-io/k3s/releases) into it: the dir needs the file and the release's sha256sum-<arch>.txt beside it", dir.display(), path.display())]
     AirgapFileMissing { dir: PathBuf, path: PathBuf, name: String, version: String },
 
     #[error("another k3node has held the download lock on {} for {}s; wait for it to finish, or stop it and run again", dir.display(), waited.as_secs())]

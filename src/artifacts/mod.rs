@@ -109,10 +109,43 @@ impl DownloadProgress for NoProgress {
     fn finished(&self) {}
 }
 
-/// A k3s binary on the operator's disk, verified against the release's checksum file.
+/// Which file of a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseArtifact {
+    /// The k3s binary (`k3s`, `k3s-arm64`, ...): kept 0755.
+    Binary,
+    /// The airgap images bundle (`k3s-airgap-images-<arch>.tar.zst`): kept 0644.
+    AirgapImages,
+}
+
+impl ReleaseArtifact {
+    pub fn file_name(self, names: &ArchNames) -> &'static str {
+        match self {
+            ReleaseArtifact::Binary => names.binary,
+            ReleaseArtifact::AirgapImages => names.airgap_images,
+        }
+    }
+
+    fn mode(self) -> u32 {
+        match self {
+            ReleaseArtifact::Binary => 0o755,
+            ReleaseArtifact::AirgapImages => 0o644,
+        }
+    }
+
+    fn describe(self, version: &str, arch: &str) -> String {
+        match self {
+            ReleaseArtifact::Binary => format!("k3s {version} ({arch})"),
+            ReleaseArtifact::AirgapImages => format!("k3s {version} airgap images ({arch})"),
+        }
+    }
+}
+
+/// A file of a k3s release on the operator's disk (the binary, the airgap images bundle),
+/// verified against the release's checksum file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct K3sBinary {
+pub struct ReleaseFile {
     pub version: String,
     /// amd64, arm64, armhf or s390x.
     pub arch: String,
@@ -173,13 +206,47 @@ pub async fn fetch_k3s(
     arch: &str,
     opts: &ArtifactOptions,
     progress: &dyn DownloadProgress,
-) -> Result<K3sBinary, ArtifactError> {
+) -> Result<ReleaseFile, ArtifactError> {
+    fetch(spec, version, arch, ReleaseArtifact::Binary, opts, progress).await
+}
+
+/// The release's airgap images bundle for `arch`, when the cluster wants it: with
+/// `spec.k3s.airgapImages`, or when the airgap dir holds it. Fetched, cached and verified as
+/// the binary is ([`fetch_k3s`]).
+pub async fn fetch_airgap_images(
+    spec: &K3sSpec,
+    version: &str,
+    arch: &str,
+    opts: &ArtifactOptions,
+    progress: &dyn DownloadProgress,
+) -> Result<Option<ReleaseFile>, ArtifactError> {
+    let names = arch_names(arch)?;
+    let in_airgap_dir = match &spec.source {
+        ArtifactSource::AirgapDir { path } => {
+            tokio::fs::metadata(path.join(names.airgap_images)).await.is_ok_and(|m| m.is_file())
+        }
+        _ => false,
+    };
+    if !spec.airgap_images && !in_airgap_dir {
+        return Ok(None);
+    }
+    fetch(spec, version, arch, ReleaseArtifact::AirgapImages, opts, progress).await.map(Some)
+}
+
+async fn fetch(
+    spec: &K3sSpec,
+    version: &str,
+    arch: &str,
+    artifact: ReleaseArtifact,
+    opts: &ArtifactOptions,
+    progress: &dyn DownloadProgress,
+) -> Result<ReleaseFile, ArtifactError> {
     let names = arch_names(arch)?;
     check_version(version, "the version asked for")?;
     match &spec.source {
-        ArtifactSource::AirgapDir { path } => from_airgap(path, version, &names).await,
+        ArtifactSource::AirgapDir { path } => from_airgap(path, version, &names, artifact).await,
         ArtifactSource::Release { url } | ArtifactSource::Mirror { url } => {
-            from_release(url, version, &names, opts, progress).await
+            from_release(url, version, &names, artifact, opts, progress).await
         }
     }
 }
@@ -188,17 +255,19 @@ async fn from_release(
     base: &str,
     version: &str,
     names: &ArchNames,
+    artifact: ReleaseArtifact,
     opts: &ArtifactOptions,
     progress: &dyn DownloadProgress,
-) -> Result<K3sBinary, ArtifactError> {
+) -> Result<ReleaseFile, ArtifactError> {
     let dir = cache::entry_dir(&opts.cache_dir, version, names);
-    if let Some(hit) = cache::lookup(&dir, version, names).await? {
+    let file = artifact.file_name(names);
+    if let Some(hit) = cache::lookup(&dir, version, names, file).await? {
         return Ok(hit);
     }
     tokio::fs::create_dir_all(&dir).await.map_err(ArtifactError::io("create the cache dir", &dir))?;
     let _lock = cache::lock(&dir).await?;
     // Another k3node may have finished the same download while this one waited for the lock.
-    if let Some(hit) = cache::lookup(&dir, version, names).await? {
+    if let Some(hit) = cache::lookup(&dir, version, names, file).await? {
         return Ok(hit);
     }
 
@@ -217,13 +286,13 @@ async fn from_release(
         line: 0,
         reason: "it is not text (not UTF-8)".into(),
     })?;
-    let expected = expected_sha256(sums_text, &shown_sums_url, names.binary)?;
+    let expected = expected_sha256(sums_text, &shown_sums_url, file)?;
 
-    let bin_url = release_file_url(base, version, names.binary);
+    let bin_url = release_file_url(base, version, file);
     let shown_bin_url = names::redact_url(&bin_url);
-    let partial = dir.join(format!(".{}.{expected}.partial", names.binary));
-    cache::remove_stale_partials(&dir, &partial);
-    let what = format!("k3s {version} ({})", names.arch);
+    let partial = dir.join(format!(".{file}.{expected}.partial"));
+    cache::remove_stale_partials(&dir, &partial, file);
+    let what = artifact.describe(version, names.arch);
 
     let mut resume = true;
     let got = loop {
@@ -259,9 +328,9 @@ async fn from_release(
             actual: got.sha256,
         });
     };
-    let path = cache::install(&dir, names, &partial, &sums).await?;
-    tracing::info!(url = %shown_bin_url, path = %path.display(), sha256 = %got.sha256, "downloaded and verified k3s");
-    Ok(K3sBinary {
+    let path = cache::install(&dir, names, file, artifact.mode(), &partial, &sums).await?;
+    tracing::info!(url = %shown_bin_url, path = %path.display(), sha256 = %got.sha256, "downloaded and verified {file}");
+    Ok(ReleaseFile {
         version: version.to_string(),
         arch: names.arch.to_string(),
         path,
@@ -271,10 +340,16 @@ async fn from_release(
     })
 }
 
-async fn from_airgap(dir: &Path, version: &str, names: &ArchNames) -> Result<K3sBinary, ArtifactError> {
-    let bin = dir.join(names.binary);
+async fn from_airgap(
+    dir: &Path,
+    version: &str,
+    names: &ArchNames,
+    artifact: ReleaseArtifact,
+) -> Result<ReleaseFile, ArtifactError> {
+    let file = artifact.file_name(names);
+    let bin = dir.join(file);
     let sums = dir.join(names.checksum_file);
-    for (path, name) in [(&bin, names.binary), (&sums, names.checksum_file)] {
+    for (path, name) in [(&bin, file), (&sums, names.checksum_file)] {
         if !tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()) {
             return Err(ArtifactError::AirgapFileMissing {
                 dir: dir.to_path_buf(),
@@ -291,7 +366,7 @@ async fn from_airgap(dir: &Path, version: &str, names: &ArchNames) -> Result<K3s
         line: 0,
         reason: "it is not text (not UTF-8)".into(),
     })?;
-    let expected = expected_sha256(&text, &shown_sums, names.binary)?;
+    let expected = expected_sha256(&text, &shown_sums, file)?;
     let (actual, size) = crate::digest::sha256_file_async(&bin).await.map_err(ArtifactError::io("read", &bin))?;
     if actual != expected {
         return Err(ArtifactError::ChecksumMismatch {
@@ -301,7 +376,7 @@ async fn from_airgap(dir: &Path, version: &str, names: &ArchNames) -> Result<K3s
             actual,
         });
     }
-    Ok(K3sBinary {
+    Ok(ReleaseFile {
         version: version.to_string(),
         arch: names.arch.to_string(),
         path: bin,

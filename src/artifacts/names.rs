@@ -21,6 +21,8 @@ pub struct ArchNames {
     pub binary: &'static str,
     /// The checksum file's name: `sha256sum-<amd64|arm64|arm|s390x>.txt`.
     pub checksum_file: &'static str,
+    /// The airgap images bundle: `k3s-airgap-images-<amd64|arm64|arm|s390x>.tar.zst`.
+    pub airgap_images: &'static str,
 }
 
 /// The artifact names for `arch` (amd64, arm64, armhf or s390x).
@@ -29,13 +31,13 @@ pub fn arch_names(arch: &str) -> Result<ArchNames, ArtifactError> {
     let Some(&(arch, binary, sums)) = found else {
         return Err(ArtifactError::UnknownArch { arch: arch.to_string() });
     };
-    let checksum_file = match sums {
-        "amd64" => "sha256sum-amd64.txt",
-        "arm64" => "sha256sum-arm64.txt",
-        "arm" => "sha256sum-arm.txt",
-        _ => "sha256sum-s390x.txt",
+    let (checksum_file, airgap_images) = match sums {
+        "amd64" => ("sha256sum-amd64.txt", "k3s-airgap-images-amd64.tar.zst"),
+        "arm64" => ("sha256sum-arm64.txt", "k3s-airgap-images-arm64.tar.zst"),
+        "arm" => ("sha256sum-arm.txt", "k3s-airgap-images-arm.tar.zst"),
+        _ => ("sha256sum-s390x.txt", "k3s-airgap-images-s390x.tar.zst"),
     };
-    Ok(ArchNames { arch, binary, checksum_file })
+    Ok(ArchNames { arch, binary, checksum_file, airgap_images })
 }
 
 /// `<base>/<version, percent-encoded>/<file>`: where a release or a mirror serves `file`.
@@ -151,6 +153,7 @@ mod tests {
         assert_eq!((n.binary, n.checksum_file), ("k3s-arm64", "sha256sum-arm64.txt"));
         let n = arch_names("armhf").unwrap();
         assert_eq!((n.binary, n.checksum_file), ("k3s-armhf", "sha256sum-arm.txt"));
+        assert_eq!(n.airgap_images, "k3s-airgap-images-arm.tar.zst");
         let n = arch_names("s390x").unwrap();
         assert_eq!((n.binary, n.checksum_file), ("k3s-s390x", "sha256sum-s390x.txt"));
         let e = arch_names("x86_64").unwrap_err().to_string();

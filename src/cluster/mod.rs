@@ -234,6 +234,9 @@ pub struct K3sSpec {
     pub env: BTreeMap<String, Secret>,
     /// `spec.k3s.registries`: every node's registries.yaml; None leaves that file alone.
     pub registries: Option<registries::Registries>,
+    /// `spec.k3s.airgapImages`: stage the release's `k3s-airgap-images-<arch>.tar.zst` on every
+    /// node before k3s starts (also done, without the switch, when the airgap dir holds it).
+    pub airgap_images: bool,
 }
 
 /// Env values are secrets (a proxy URL may carry a password): a serialized cluster file shows

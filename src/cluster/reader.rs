@@ -242,6 +242,17 @@ pub(crate) fn string(sink: &mut Sink, e: &Entry<'_>) -> Option<String> {
     Some(s.as_str().to_string())
 }
 
+/// `true` or `false`, unquoted (a quoted "true" is a string: k3node's own switches are YAML booleans).
+pub(crate) fn boolean(sink: &mut Sink, e: &Entry<'_>) -> Option<bool> {
+    match e.value {
+        Node::Scalar(s) if is_plain(s) && matches!(s.as_str(), "true" | "false") => Some(s.as_str() == "true"),
+        other => {
+            sink.error(e.value_pos(), &e.path, format!("must be true or false, found {}", kind_name(other)));
+            None
+        }
+    }
+}
+
 pub(crate) fn port(sink: &mut Sink, e: &Entry<'_>) -> Option<u16> {
     let text = match e.value {
         Node::Scalar(s) => s.as_str(),

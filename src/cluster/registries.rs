@@ -296,18 +296,7 @@ fn config(sink: &mut Sink, e: &Entry<'_>, env: &dyn Fn(&str) -> Option<String>) 
                 insecure_skip_verify: false,
             };
             if let Some(e) = t.get("insecure_skip_verify") {
-                match e.value {
-                    Node::Scalar(s) if reader::is_plain(s) && matches!(s.as_str(), "true" | "false") => {
-                        tls.insecure_skip_verify = s.as_str() == "true";
-                    }
-                    other => {
-                        sink.error(
-                            e.value_pos(),
-                            &e.path,
-                            format!("must be true or false, found {}", reader::kind_name(other)),
-                        );
-                    }
-                }
+                tls.insecure_skip_verify = reader::boolean(sink, e).unwrap_or(false);
             }
             if t.get("cert_file").is_some() != t.get("key_file").is_some() {
                 sink.error(

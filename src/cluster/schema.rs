@@ -141,6 +141,7 @@ pub(crate) fn read(
             extra_config: BTreeMap::new(),
             env: BTreeMap::new(),
             registries: None,
+            airgap_images: false,
         },
         warnings: Default::default(),
         manifest_sources: Vec::new(),
@@ -437,6 +438,7 @@ impl Cx<'_> {
                 "extraConfig",
                 "env",
                 "registries",
+                "airgapImages",
             ],
             &no_hook,
         );
@@ -497,6 +499,9 @@ impl Cx<'_> {
                 out.env = extra::env(sink, map, &e.path);
                 spans.env = Some(e.key_pos());
             }
+        }
+        if let Some(e) = f.get("airgapImages") {
+            out.airgap_images = reader::boolean(sink, e).unwrap_or(false);
         }
         if let Some(e) = f.get("registries") {
             out.registries = super::registries::read(sink, e, &|name| std::env::var(name).ok());

@@ -42,6 +42,7 @@ spec:
     #   releaseUrl: https://github.com/k3s-io/k3s/releases/download   # the default
     #   mirror: https://mirror.example/k3s                            # same layout as the releases
     #   airgapDir: ./airgap                                           # k3s binary + sha256sum-<arch>.txt
+    # airgapImages: true          # stage k3s-airgap-images-<arch>.tar.zst on every node before k3s starts
     config:                       # keys of /etc/rancher/k3s/config.yaml, validated
       cluster-cidr: 10.42.0.0/16
       service-cidr: 10.43.0.0/16

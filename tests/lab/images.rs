@@ -16,9 +16,10 @@ const NODES: [&str; 4] = ["h1", "h2", "h3", "h4"];
 
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let lab = lab.clone();
-    vec![Trial::test("images::staged_then_imported_re_run_selected_refused_and_cut_off_nodes_converge", move || {
-        scenario(&lab)
-    })]
+    vec![Trial::test(
+        "images::staged_with_the_airgap_bundle_then_imported_re_run_selected_refused_and_cut_off_nodes_converge",
+        move || scenario(&lab),
+    )]
 }
 
 /// A tool of Debian's the scenario builds archives with: missing, the test fails naming the package.
@@ -119,7 +120,7 @@ fn scenario(lab: &Arc<Lab>) -> Outcome {
     let file = op.cluster_file("", &hosts);
     let mut yaml = std::fs::read_to_string(&file).unwrap();
     yaml.push_str(&format!(
-        "  k3s:\n    version: {}\n    source:\n      mirror: {}\n",
+        "  k3s:\n    version: {}\n    airgapImages: true\n    source:\n      mirror: {}\n",
         mirror::VERSION,
         world.mirror.url()
     ));
@@ -161,6 +162,17 @@ fn scenario(lab: &Arc<Lab>) -> Outcome {
     )?;
     run(Command::new("sh").arg("-c").arg(format!("gzip -c {} > {}", spec_tar.display(), spec_archive.display())))?;
     let spec_digest = digest_of(&format!("oci-archive:{}", spec_tar.display()), &work)?;
+    // The release's airgap images bundle (spec.k3s.airgapImages): a zstd tar on the mirror, in
+    // its checksum file, fetched and verified by `up` and staged on every node before k3s starts.
+    umoci_image(&layout, "bundled", &[("bundled.txt", b"from the k3s airgap images bundle".to_vec())])?;
+    let bundle_tar = work.join("bundle.tar");
+    skopeo(
+        &format!("oci:{}:bundled", layout.display()),
+        &format!("oci-archive:{}:registry.lab/bundled:1", bundle_tar.display()),
+    )?;
+    let bundled_digest = digest_of(&format!("oci-archive:{}", bundle_tar.display()), &work)?;
+    let bundle = zstd::encode_all(std::fs::File::open(&bundle_tar).unwrap(), 3).unwrap();
+    mirror::publish_airgap_images(&world.mirror.root, mirror::VERSION, &bundle);
 
     // Staged before k3s is installed: the stand-in imports it at its start, pinned.
     let (code, json, stderr) = k3node_stdin(
@@ -181,6 +193,9 @@ fn scenario(lab: &Arc<Lab>) -> Outcome {
         let listing = images_on(lab.host(n))?;
         ensure(holds(&listing, "registry.lab/preload:1", &preload_digest), || format!("{n} after start: {listing}"))?;
         ensure(holds(&listing, "registry.lab/spec:1", &spec_digest), || format!("{n} spec.images: {listing}"))?;
+        ensure(holds(&listing, "registry.lab/bundled:1", &bundled_digest), || format!("{n} airgap: {listing}"))?;
+        let staged = sh(lab.host(n), "sha256sum /var/lib/rancher/k3s/agent/images/k3s-airgap-images-amd64.tar.zst")?;
+        ensure(staged.starts_with(&mirror::sha256_hex(&bundle)), || format!("{n} airgap bundle: {staged}"))?;
     }
     // A second `up` finds the spec.images archive staged with the same bytes: nothing is sent.
     let (code, json, stderr) = op.k3node_json(&["up", "-c", c, "-o", "json"]);

@@ -59,6 +59,21 @@ pub fn publish(root: &Path, version: &str, binary: &[u8]) -> String {
     sha
 }
 
+/// Writes `<root>/<version>/k3s-airgap-images-amd64.tar.zst` and puts its sha256 in the
+/// release's checksum file (written by [`publish`] before).
+// The benches include this module too; only the lab's images scenario publishes a bundle.
+#[allow(dead_code)]
+pub fn publish_airgap_images(root: &Path, version: &str, bundle: &[u8]) {
+    let name = "k3s-airgap-images-amd64.tar.zst";
+    let dir = root.join(version);
+    std::fs::write(dir.join(name), bundle).unwrap();
+    let sums = std::fs::read_to_string(dir.join("sha256sum-amd64.txt")).unwrap();
+    let mut lines: Vec<String> =
+        sums.lines().filter(|l| !l.ends_with(&format!("  {name}"))).map(str::to_string).collect();
+    lines.push(format!("{}  {name}", sha256_hex(bundle)));
+    std::fs::write(dir.join("sha256sum-amd64.txt"), lines.join("\n") + "\n").unwrap();
+}
+
 pub struct Mirror {
     pub root: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,

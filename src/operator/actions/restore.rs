@@ -17,7 +17,7 @@ use crate::cluster::ClusterFile;
 use crate::operator::engine::{Phase, RunOptions, RunReport};
 use crate::operator::fleet::Fleet;
 use crate::operator::phases::restore::{self as phase, Findings, RestoreFindings, Settings};
-use crate::operator::phases::{artifacts, connect, install, kubeconfig, lock, preflight, ready};
+use crate::operator::phases::{artifacts, connect, images, install, kubeconfig, lock, preflight, ready};
 use crate::operator::progress::Observer;
 
 #[derive(Debug, Clone)]
@@ -72,6 +72,7 @@ pub fn phases(
         Box::new(phase::CheckArchive { settings: s.clone(), findings: f.clone() }),
         Box::new(preflight::Preflight { fix: false, ignore_failures: options.ignore_preflight }),
         Box::new(artifacts::Artifacts { options: options.artifacts.clone(), progress: download }),
+        Box::new(images::Preload),
         Box::new(phase::PrepareTarget { settings: s.clone(), findings: f.clone() }),
         Box::new(phase::Push { settings: s.clone() }),
         Box::new(phase::Check { settings: s.clone(), findings: f.clone() }),

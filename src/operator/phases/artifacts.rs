@@ -1,10 +1,12 @@
 //! `artifacts`: the k3s release resolved (channel -> version), downloaded once on this side (or
-//! taken from the cache or the airgap dir), and verified against the release's checksums.
+//! taken from the cache or the airgap dir), and verified against the release's checksums: the
+//! binary, and the airgap images bundle when the cluster wants it (staged by `preload images`).
 
 use async_trait::async_trait;
 
-use crate::artifacts::{self, ArtifactOptions, DownloadProgress, K3sBinary};
+use crate::artifacts::{self, ArtifactOptions, DownloadProgress, ReleaseFile};
 use crate::operator::engine::{Phase, PhaseRun, RunContext};
+use crate::operator::phases::images::AirgapBundle;
 
 pub struct Artifacts {
     pub options: ArtifactOptions,
@@ -12,7 +14,7 @@ pub struct Artifacts {
 }
 
 /// The verified k3s binary of this run.
-pub struct Release(pub K3sBinary);
+pub struct Release(pub ReleaseFile);
 
 #[async_trait]
 impl Phase for Artifacts {
@@ -36,14 +38,28 @@ impl Phase for Artifacts {
             Err(e) => return PhaseRun::Failed(e.to_string()),
         };
         let arch = crate::protocol::debian_arch(std::env::consts::ARCH).unwrap_or(std::env::consts::ARCH);
-        match artifacts::fetch_k3s(&cluster.k3s, &version, arch, &self.options, self.progress.as_ref()).await {
-            Ok(binary) => {
-                let message = format!("k3s {} ({}), sha256 {}", binary.version, binary.arch, &binary.sha256[..16]);
-                run.report.version = Some(binary.version.clone());
-                run.slots.put(Release(binary));
-                PhaseRun::Done(message)
+        let binary =
+            match artifacts::fetch_k3s(&cluster.k3s, &version, arch, &self.options, self.progress.as_ref()).await {
+                Ok(binary) => binary,
+                Err(e) => return PhaseRun::Failed(e.to_string()),
+            };
+        let mut message = format!("k3s {} ({}), sha256 {}", binary.version, binary.arch, &binary.sha256[..16]);
+        let bundle =
+            artifacts::fetch_airgap_images(&cluster.k3s, &version, arch, &self.options, self.progress.as_ref()).await;
+        match bundle {
+            Ok(Some(bundle)) => {
+                message.push_str(&format!(
+                    "; airgap images {}, sha256 {}",
+                    bundle.path.display(),
+                    &bundle.sha256[..16]
+                ));
+                run.slots.put(AirgapBundle(bundle));
             }
-            Err(e) => PhaseRun::Failed(e.to_string()),
+            Ok(None) => {}
+            Err(e) => return PhaseRun::Failed(e.to_string()),
         }
+        run.report.version = Some(binary.version.clone());
+        run.slots.put(Release(binary));
+        PhaseRun::Done(message)
     }
 }

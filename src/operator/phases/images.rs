@@ -9,7 +9,8 @@
 //!
 //! [`Stage`]: the archives as one `.tar.zst` each into `<data-dir>/agent/images/` for k3s
 //! to import at start; a node whose staged file already has the same sha256 gets nothing. `up`
-//! runs it before k3s starts (`spec.images`), so an airgapped cluster starts with its images.
+//! runs it before k3s starts (`spec.images`, and k3s's own airgap images bundle when the cluster
+//! wants it), so an airgapped cluster starts with its images.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -309,9 +310,42 @@ async fn import_node(
 /// One archive as it is staged: its file name on the nodes and its bytes.
 pub struct StagedArchive {
     pub file_name: String,
-    pub wire: Arc<Wire>,
+    pub bytes: StagedBytes,
     pub sha256: String,
     pub images: Vec<(String, String)>,
+}
+
+/// Where a staged archive's bytes are read from.
+pub enum StagedBytes {
+    /// Put together from a checked archive's spool (`spec.images`, `k3node images stage`).
+    Wire(Arc<Wire>),
+    /// A file verified against its release checksum before (the airgap images bundle), sent as it is.
+    File { path: PathBuf, size: u64 },
+}
+
+impl StagedBytes {
+    /// Bytes on the wire.
+    fn len(&self) -> u64 {
+        match self {
+            StagedBytes::Wire(wire) => wire.len,
+            StagedBytes::File { size, .. } => *size,
+        }
+    }
+
+    /// Bytes of image content carried (a release bundle's own size: it is not unpacked here).
+    fn image_bytes(&self) -> u64 {
+        match self {
+            StagedBytes::Wire(wire) => wire.image_bytes,
+            StagedBytes::File { size, .. } => *size,
+        }
+    }
+
+    async fn reader(&self) -> std::io::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+        Ok(match self {
+            StagedBytes::Wire(wire) => Box::new(wire.async_reader()),
+            StagedBytes::File { path, .. } => Box::new(tokio::fs::File::open(path).await?),
+        })
+    }
 }
 
 impl StagedArchive {
@@ -322,10 +356,21 @@ impl StagedArchive {
         let sha256 = wire.sha256()?;
         Ok(StagedArchive {
             file_name: format!("k3node-{name}.tar.zst"),
-            wire,
+            bytes: StagedBytes::Wire(wire),
             sha256,
             images: archive.images.iter().map(|i| (i.name.clone(), i.digest.clone())).collect(),
         })
+    }
+
+    /// A release file (the airgap images bundle), verified before, staged under its own name.
+    pub fn release_file(file: &crate::artifacts::ReleaseFile) -> StagedArchive {
+        let file_name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        StagedArchive {
+            images: vec![(file_name.clone(), format!("sha256:{}", file.sha256))],
+            file_name,
+            bytes: StagedBytes::File { path: file.path.clone(), size: file.size },
+            sha256: file.sha256.clone(),
+        }
     }
 
     /// The staging name of an input: `--name`, else the file's own name.
@@ -377,7 +422,7 @@ impl Phase for Stage {
                         let row_state = match stage_one(&link, archive, dry_run, observer.as_ref()).await {
                             Ok(Some(sent)) => {
                                 node.sent_bytes += sent;
-                                node.image_bytes += archive.wire.image_bytes;
+                                node.image_bytes += archive.bytes.image_bytes();
                                 if dry_run {
                                     ImageState::WouldSend
                                 } else {
@@ -421,24 +466,30 @@ async fn stage_one(
     if there.sha256.as_deref() == Some(archive.sha256.as_str()) {
         return Ok(None);
     }
+    let len = archive.bytes.len();
     if dry_run {
-        return Ok(Some(archive.wire.len));
+        return Ok(Some(len));
     }
-    observer.phase(link.host(), &format!("staging {} ({})", archive.file_name, human_bytes(archive.wire.len)));
-    let request = proto::StageImages {
-        file_name: archive.file_name.clone(),
-        size: archive.wire.len,
-        sha256: archive.sha256.clone(),
-    };
-    let mut reader = archive.wire.async_reader();
+    observer.phase(link.host(), &format!("staging {} ({})", archive.file_name, human_bytes(len)));
+    let request =
+        proto::StageImages { file_name: archive.file_name.clone(), size: len, sha256: archive.sha256.clone() };
+    let mut reader = archive.bytes.reader().await.map_err(|source| LinkError::Local {
+        host: link.host().to_string(),
+        what: format!("cannot read {} to stage it", archive.file_name),
+        source,
+    })?;
     link.call(&request).upload(&mut reader).send().await?;
-    Ok(Some(archive.wire.len))
+    Ok(Some(len))
 }
 
 /// Where `spec.images` archives are read from (for `up`).
 pub fn spec_inputs(paths: &[PathBuf]) -> Vec<Input> {
     paths.iter().map(|p| Input::File(p.clone())).collect()
 }
+
+/// The release's airgap images bundle of this run, verified (put by the artifacts phase when
+/// the cluster wants it).
+pub struct AirgapBundle(pub crate::artifacts::ReleaseFile);
 
 /// `up`'s preload: the archives of `spec.images`, read and checked, then staged on every node
 /// before k3s starts there (so that it imports them at its start). An unchanged archive is read
@@ -452,7 +503,7 @@ impl Phase for Preload {
     }
 
     fn applies(&self, run: &RunContext) -> bool {
-        !run.cluster.images.is_empty()
+        !run.cluster.images.is_empty() || run.slots.get::<AirgapBundle>().is_some()
     }
 
     fn dry_run(&self, _: &RunContext) -> Option<String> {
@@ -460,6 +511,7 @@ impl Phase for Preload {
     }
 
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
+        let bundle = run.slots.get::<AirgapBundle>().map(|b| StagedArchive::release_file(&b.0));
         let sources: Vec<crate::cluster::ImageArchive> = run.cluster.images.clone();
         let read = tokio::task::spawn_blocking(move || -> Result<Vec<StagedArchive>, String> {
             let mut staged = Vec::new();
@@ -477,7 +529,7 @@ impl Phase for Preload {
         })
         .await;
         let staged = match read {
-            Ok(Ok(staged)) => staged,
+            Ok(Ok(staged)) => bundle.into_iter().chain(staged).collect(),
             Ok(Err(message)) => return PhaseRun::Failed(message),
             Err(e) => return PhaseRun::Failed(format!("reading spec.images failed: {e}")),
         };

@@ -13,7 +13,7 @@ use futures::stream::{self, StreamExt};
 
 use super::artifacts::Release;
 use super::preflight::OwnAddresses;
-use crate::artifacts::K3sBinary;
+use crate::artifacts::ReleaseFile;
 use crate::cluster::{ClusterFile, Host};
 use crate::host::k3s::layout::{K3S_BIN, NODE_PASSWORD_FILE};
 use crate::operator::engine::{Change, HostError, HostState, Phase, PhaseResult, PhaseRun, PhaseState, RunContext};
@@ -431,7 +431,7 @@ async fn forget_stale_node(first: &Link, link: &Link, name: &str, dry_run: bool,
 /// Uploads the binary where the host's differs; Ok(true) when it was (or would be) uploaded.
 pub(crate) async fn upload_binary(
     link: &Link,
-    binary: &K3sBinary,
+    binary: &ReleaseFile,
     payload: &Payload,
     dry_run: bool,
     observer: &dyn Observer,

@@ -412,3 +412,51 @@ async fn skip_unreachable_never_leaves_out_a_server() {
     assert_eq!(report.host("s1").unwrap().state, HostState::Failed);
     assert!(!world.hosts["a1"].exists(Path::new("/usr/local/bin/k3s")), "no agent installed without its server");
 }
+
+#[tokio::test]
+async fn the_airgap_images_bundle_in_the_airgap_dir_is_staged_on_every_node_before_k3s_and_only_once() {
+    let world = three();
+    let airgap = world._dir.path().join("airgap");
+    let bundle = b"(\xb5/\xfd k3s's own images, as the release's zstd tar".to_vec();
+    let name = "k3s-airgap-images-amd64.tar.zst";
+    std::fs::write(airgap.join(name), &bundle).unwrap();
+    let sums = format!("{}  k3s\n{}  {name}\n", crate::digest::sha256_hex(BINARY), crate::digest::sha256_hex(&bundle));
+    std::fs::write(airgap.join("sha256sum-amd64.txt"), sums).unwrap();
+
+    let report = run(&world, &options(&world, false)).await;
+    assert!(report.succeeded(), "{report:#?}");
+    let names: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
+    let preload = names.iter().position(|n| *n == "preload images").unwrap();
+    assert!(preload < names.iter().position(|n| *n == "first server").unwrap(), "{names:?}");
+    assert_eq!(report.phases[preload].state, PhaseState::Done, "{:?}", report.phases[preload]);
+    let staged = format!("/var/lib/rancher/k3s/agent/images/{name}");
+    for (host, sys) in &world.hosts {
+        assert_eq!(sys.bytes(&staged).as_deref(), Some(&bundle[..]), "{host}: staged as the release has it");
+    }
+
+    // Again: the staged bundle has the release's sha256, so nothing is sent or written.
+    let changes =
+        |host: &FakeSystem| host.writes().into_iter().filter(|w| !format!("{w:?}").contains("/run/k3node/")).count();
+    let writes: Vec<usize> = world.hosts.values().map(changes).collect();
+    let report = run(&world, &options(&world, false)).await;
+    assert!(report.succeeded(), "{report:#?}");
+    assert!(report.phases[preload].message.contains("0 images staged, 0 B sent"), "{:?}", report.phases[preload]);
+    assert_eq!(world.hosts.values().map(changes).collect::<Vec<_>>(), writes, "no host was written to");
+
+    // A bundle that is not the release's is refused before anything is staged or installed.
+    let world = three();
+    let airgap = world._dir.path().join("airgap");
+    std::fs::write(airgap.join(name), b"something else").unwrap();
+    let sums = format!("{}  k3s\n{}  {name}\n", crate::digest::sha256_hex(BINARY), crate::digest::sha256_hex(&bundle));
+    std::fs::write(airgap.join("sha256sum-amd64.txt"), sums).unwrap();
+    let report = run(&world, &options(&world, false)).await;
+    assert!(!report.succeeded());
+    let failed: Vec<_> = report.phases.iter().filter(|p| p.state == PhaseState::Failed).collect();
+    assert_eq!(failed.len(), 1, "{:?}", phases(&report));
+    assert_eq!(failed[0].name, "artifacts");
+    assert!(failed[0].message.contains("checksum mismatch") && failed[0].message.contains(name), "{:?}", failed[0]);
+    for (host, sys) in &world.hosts {
+        assert_eq!(sys.bytes(&staged), None, "{host}");
+        assert_eq!(sys.bytes("/usr/local/bin/k3s"), None, "{host}");
+    }
+}
