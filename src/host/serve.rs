@@ -13,7 +13,7 @@ use std::io::{BufRead, Write};
 use crate::protocol::files::{FileDigest, ReceiveFile, SendFile};
 use crate::protocol::frame::{FrameReader, FrameWriter};
 use crate::protocol::health::{DaemonIdentity, HealthStatus, InstallDaemon};
-use crate::protocol::images::{ImageInventory, ImportImages, PinImages, StageImages, StagedDigest};
+use crate::protocol::images::{ImageInventory, ImportImages, PinImages, PruneStaged, StageImages, StagedDigest};
 use crate::protocol::k3s::{DeleteNodes, InstallRequest, ListNodes, ReadKubeconfig, ReadToken, ResetRequest};
 use crate::protocol::manifests::SyncManifests;
 use crate::protocol::preflight::PreflightRequest;
@@ -52,6 +52,7 @@ pub fn serve(operation: &str, sys: &dyn HostSystem, input: &mut dyn BufRead, out
         PinImages::NAME => run::<PinImages>(sys, input, output),
         StageImages::NAME => run::<StageImages>(sys, input, output),
         StagedDigest::NAME => run::<StagedDigest>(sys, input, output),
+        PruneStaged::NAME => run::<PruneStaged>(sys, input, output),
         CreateSnapshot::NAME => run::<CreateSnapshot>(sys, input, output),
         ListSnapshots::NAME => run::<ListSnapshots>(sys, input, output),
         VerifySnapshot::NAME => run::<VerifySnapshot>(sys, input, output),

@@ -149,3 +149,32 @@ impl Operation for StagedDigest {
         false
     }
 }
+
+/// `prune-staged`: `up`'s preload set on this node becomes `keep` (file names in the images
+/// directory). Archives staged by an earlier preload and no longer in the set are removed from
+/// the images directory, so that k3s stops importing them at each start (the images they brought
+/// stay in containerd). Archives staged any other way (`k3node images stage`, by hand) are
+/// never touched: the node keeps the record of what its preloads staged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PruneStaged {
+    pub keep: Vec<String>,
+    /// Required: says what would be removed, changing nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pruned {
+    /// File names removed (or, in a dry run, that would be).
+    pub removed: Vec<String>,
+}
+
+impl Operation for PruneStaged {
+    const NAME: &'static str = "prune-staged";
+    const UPLOAD: bool = false;
+    const DOWNLOAD: bool = false;
+    type Answer = Pruned;
+    fn mutates(&self) -> bool {
+        !self.dry_run
+    }
+}

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or answer changes shape; a mismatch makes the operator replace the helper.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Where a real run installs the helper on every host (and where the node daemon will run from).
 pub const HELPER_PATH: &str = "/usr/local/bin/k3node";

@@ -214,6 +214,21 @@ fn scenario(lab: &Arc<Lab>) -> Outcome {
         Path::new("/dev/null"),
     );
     ensure(node(&again, "h2")["sent_bytes"] == 0, || format!("re-staging sent bytes: {again}"))?;
+    // spec.images emptied: `up` removes what its preload staged from every node's images dir,
+    // and leaves the archive staged with `k3node images stage`.
+    let without = yaml.replace(&format!("  images:\n    - {}\n", spec_archive.display()), "");
+    std::fs::write(&file, &without).unwrap();
+    let (code, json, stderr) = op.k3node_json(&["up", "-c", c, "-o", "json"]);
+    ensure(code == 0, || format!("up without spec.images: {json}\n{stderr}"))?;
+    for n in NODES {
+        let staged = sh(lab.host(n), "ls /var/lib/rancher/k3s/agent/images/")?;
+        ensure(!staged.contains("k3node-spec-images") && staged.contains("k3node-preload.tar.zst"), || {
+            format!("{n} images dir after spec.images was emptied: {staged}")
+        })?;
+        let host = json["hosts"].as_array().and_then(|h| h.iter().find(|h| h["host"] == n)).cloned();
+        ensure(host.as_ref().is_some_and(|h| h["state"] == "changed"), || format!("{n}: {host:?}"))?;
+    }
+    std::fs::write(&file, &yaml).unwrap();
 
     // Import from files: every node holds every image at its digest, pinned.
     let (code, json, stderr) = k3node_stdin(

@@ -3,6 +3,10 @@
 //! directory k3s reads and, in newer releases, watches), checked against its size and sha256,
 //! fsynced, and only then renamed into the images directory: k3s never sees half a file, and a
 //! cut or corrupt upload leaves the directory as it was. Works before k3s is installed.
+//!
+//! What `up`'s preloads staged is recorded in `<data-dir>/agent/.k3node-preloaded` (a JSON list
+//! of file names, written atomically): only those names are ever pruned when they leave the
+//! cluster file, never an archive staged another way.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use crate::host::error::HostError;
 use crate::host::serve::{Context, HostOperation};
 use crate::host::system::HostSystem;
 use crate::protocol::frame::FrameError;
-use crate::protocol::images::{StageImages, Staged, StagedDigest, StagedDigestAnswer};
+use crate::protocol::images::{PruneStaged, Pruned, StageImages, Staged, StagedDigest, StagedDigestAnswer};
 
 /// The suffixes k3s imports from its images directory (contract section 7).
 pub const IMPORTED_SUFFIXES: [&str; 8] =
@@ -86,5 +90,69 @@ impl HostOperation for StageImages {
         let dest = dir.join(&name);
         sys.rename(&temp, &dest).map_err(io_error("cannot move into place", &dest))?;
         Ok(Staged { path: dest.display().to_string() })
+    }
+}
+
+fn preload_record(sys: &dyn HostSystem) -> PathBuf {
+    images_dir(sys).parent().unwrap_or(Path::new("/")).join(".k3node-preloaded")
+}
+
+impl HostOperation for PruneStaged {
+    fn run(self, ctx: &mut Context<'_, '_>) -> Result<Pruned, HostError> {
+        let sys = ctx.sys;
+        for name in &self.keep {
+            checked_name(name)?;
+        }
+        let record = preload_record(sys);
+        let before: Vec<String> = match sys.read_to_string(&record) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                ImagesError::BadRequest(format!(
+                    "{} is not the list of names k3node writes ({e}); remove it and run again",
+                    record.display()
+                ))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ImagesError::Io { what: "cannot read", path: record, source: e }.into()),
+        };
+        let dir = images_dir(sys);
+        let mut removed = Vec::new();
+        // Only plain names k3node could have staged: a record edited by hand reaches nothing else.
+        for name in before.iter().filter(|n| !self.keep.contains(n) && checked_name(n).is_ok()) {
+            let path = dir.join(name);
+            if !sys.exists(&path) {
+                continue;
+            }
+            if !self.dry_run {
+                match sys.remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(ImagesError::Io { what: "cannot remove", path, source: e }.into()),
+                }
+            }
+            removed.push(name.clone());
+        }
+        if !self.dry_run && before != self.keep {
+            if self.keep.is_empty() {
+                match sys.remove_file(&record) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(ImagesError::Io { what: "cannot remove", path: record, source: e }.into())
+                    }
+                    _ => {}
+                }
+            } else {
+                let text = serde_json::to_string(&self.keep).unwrap_or_default();
+                sys.create_dir_all(record.parent().unwrap_or(Path::new("/")), 0o755).map_err(|e| ImagesError::Io {
+                    what: "cannot create",
+                    path: record.clone(),
+                    source: e,
+                })?;
+                sys.write_atomic(&record, text.as_bytes(), 0o600).map_err(|e| ImagesError::Io {
+                    what: "cannot write",
+                    path: record,
+                    source: e,
+                })?;
+            }
+        }
+        Ok(Pruned { removed })
     }
 }

@@ -8,7 +8,7 @@ use crate::host::system::fake::FakeSystem;
 use crate::host::system::HostSystem;
 use crate::protocol::files::Compression;
 use crate::protocol::frame::FrameWriter;
-use crate::protocol::images::{ImportImages, NodeImage, StageImages};
+use crate::protocol::images::{ImportImages, NodeImage, PruneStaged, StageImages};
 use crate::protocol::{encode_request, AnswerLine, ErrorKind, Operation};
 
 const K3S: &str = "/usr/local/bin/k3s";
@@ -147,4 +147,48 @@ fn a_staged_archive_arrives_whole_in_the_images_dir_and_a_cut_one_leaves_it_as_i
     let got = serve(&sys, &bad, Some(&bytes), 0);
     let [.., AnswerLine::Error(e)] = &got[..] else { panic!("{got:?}") };
     assert_eq!(e.kind, ErrorKind::BadRequest);
+}
+
+#[test]
+fn pruning_removes_only_what_an_earlier_preload_recorded_and_refuses_a_damaged_record() {
+    let dir = "/var/lib/rancher/k3s/agent/images";
+    let record = "/var/lib/rancher/k3s/agent/.k3node-preloaded";
+    let sys = FakeSystem::new()
+        .file(&format!("{dir}/k3node-old.tar.zst"), "dropped from spec.images")
+        .file(&format!("{dir}/k3node-kept.tar.zst"), "still in spec.images")
+        .file(&format!("{dir}/by-hand.tar"), "staged by hand")
+        .file("/etc/passwd", "root:x:0:0")
+        .file(record, r#"["k3node-old.tar.zst","k3node-kept.tar.zst","../../../../etc/passwd"]"#);
+    let request = PruneStaged { keep: vec!["k3node-kept.tar.zst".into()], dry_run: true };
+    let got = serve(&sys, &request, None, 0);
+    let [.., AnswerLine::Result { value, .. }] = &got[..] else { panic!("{got:?}") };
+    assert_eq!(value["removed"], serde_json::json!(["k3node-old.tar.zst"]), "a dry run names it");
+    assert!(sys.exists(Path::new(&format!("{dir}/k3node-old.tar.zst"))), "and leaves it");
+
+    let got = serve(&sys, &PruneStaged { dry_run: false, ..request }, None, 0);
+    assert!(matches!(got.last(), Some(AnswerLine::Result { .. })), "{got:?}");
+    assert!(!sys.exists(Path::new(&format!("{dir}/k3node-old.tar.zst"))));
+    for kept in [format!("{dir}/k3node-kept.tar.zst"), format!("{dir}/by-hand.tar"), "/etc/passwd".into()] {
+        assert!(sys.exists(Path::new(&kept)), "{kept}");
+    }
+    assert_eq!(sys.contents(record).unwrap(), r#"["k3node-kept.tar.zst"]"#);
+
+    // A record that is not k3node's list: refused, nothing removed.
+    let sys = sys.file(record, "{not json");
+    let got = serve(&sys, &PruneStaged { keep: vec![], dry_run: false }, None, 0);
+    let [.., AnswerLine::Error(e)] = &got[..] else { panic!("{got:?}") };
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    assert!(e.message.contains(".k3node-preloaded") && e.message.contains("remove it"), "{}", e.message);
+    assert!(sys.exists(Path::new(&format!("{dir}/k3node-kept.tar.zst"))));
+
+    // dry_run is required: a request without it is refused before anything is read.
+    let mut out = Vec::new();
+    let status = crate::host::serve(
+        "prune-staged",
+        &sys,
+        &mut &b"{\"op\":\"prune-staged\",\"args\":{\"keep\":[]}}\n"[..],
+        &mut out,
+    );
+    assert_ne!(status, 0, "{}", String::from_utf8_lossy(&out));
+    assert!(String::from_utf8_lossy(&out).contains("dry_run"), "{}", String::from_utf8_lossy(&out));
 }

@@ -26,7 +26,7 @@ pub enum Work {
 pub fn phases(work: Work, outcomes: Outcomes) -> Vec<Box<dyn Phase>> {
     let main: Box<dyn Phase> = match work {
         Work::Import(archives) => Box::new(Import { archives, outcomes }),
-        Work::Stage(staged) => Box::new(Stage { staged, outcomes }),
+        Work::Stage(staged) => Box::new(Stage { staged, outcomes, preload_set: false }),
     };
     // Every selected node stands alone: one that cannot be reached fails, the others go on.
     vec![

@@ -156,6 +156,24 @@ impl HostResult {
         }
     }
 
+    /// Records what a phase made of the host, keeping what an earlier phase made of it when that
+    /// says more (an install outranks a restart, a restart a change, a change nothing): a later
+    /// phase with nothing to do never hides an earlier one's change.
+    pub fn raise(&mut self, state: HostState) {
+        fn rank(state: HostState) -> u8 {
+            match state {
+                HostState::Unchanged | HostState::Skipped => 0,
+                HostState::Changed | HostState::WouldChange => 1,
+                HostState::Restarted => 2,
+                HostState::Installed => 3,
+                HostState::Failed => 4,
+            }
+        }
+        if rank(state) >= rank(self.state) {
+            self.state = state;
+        }
+    }
+
     /// Leaves the host out of the rest of the run, saying why.
     pub fn leave_out(&mut self, error: HostError) {
         self.state = HostState::Skipped;

@@ -81,6 +81,24 @@ pub struct NodeImages {
     pub elapsed: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Archives an earlier `up` preloaded that left the cluster file, removed from the images
+    /// directory (or, in a dry run, that would be).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unstaged: Vec<String>,
+}
+
+impl NodeImages {
+    fn new(host: &str) -> NodeImages {
+        NodeImages {
+            host: host.to_string(),
+            images: Vec::new(),
+            sent_bytes: 0,
+            image_bytes: 0,
+            elapsed: Duration::ZERO,
+            error: None,
+            unstaged: Vec::new(),
+        }
+    }
 }
 
 /// Where the phases leave their per-node outcomes for the command to show.
@@ -177,6 +195,13 @@ fn record(run: &mut RunContext, node: NodeImages, error: Option<LinkError>) -> N
             detail: Some(format!("{detail} ({})", row.digest)),
         });
     }
+    for name in &node.unstaged {
+        result.changes.push(Change {
+            subject: name.clone(),
+            action: ChangeAction::Removed,
+            detail: Some("preloaded before, no longer in the cluster file: removed from the images directory (the images it brought stay in containerd)".into()),
+        });
+    }
     let changed = result.changes.iter().any(|c| c.action != ChangeAction::Unchanged);
     if node.sent_bytes > 0 {
         result.notes.push(format!(
@@ -188,7 +213,7 @@ fn record(run: &mut RunContext, node: NodeImages, error: Option<LinkError>) -> N
     }
     match &error {
         Some(e) => result.fail(HostError::from(e)),
-        None if changed => result.state = if dry_run { HostState::WouldChange } else { HostState::Changed },
+        None if changed => result.raise(if dry_run { HostState::WouldChange } else { HostState::Changed }),
         None => {}
     }
     NodeImages { error: error.map(|e| e.to_string()), ..node }
@@ -204,17 +229,23 @@ fn summarize(sink: &Outcomes, mut nodes: Vec<NodeImages>, verb: &str, dry_run: b
         .filter(|r| matches!(r.state, ImageState::Imported | ImageState::Staged | ImageState::WouldSend))
         .count();
     let count = nodes.len();
+    let unstaged: usize = nodes.iter().map(|n| n.unstaged.len()).sum();
     sink.lock().unwrap_or_else(|e| e.into_inner()).extend(nodes);
     if !failed.is_empty() {
         return PhaseRun::Failed(format!("failed on {}", failed.join(", ")));
     }
     let verb = if dry_run { "would be sent" } else { verb };
-    PhaseRun::Done(format!(
+    let mut message = format!(
         "{}: {} {verb}, {} sent",
         crate::words::count(count, "node"),
         crate::words::count(done, "image"),
         human_bytes(sent)
-    ))
+    );
+    if unstaged > 0 {
+        let verb = if dry_run { "would be removed" } else { "removed" };
+        message.push_str(&format!("; {} no longer preloaded {verb}", crate::words::count(unstaged, "archive")));
+    }
+    PhaseRun::Done(message)
 }
 
 /// The rows of `images` on a node, all in one state.
@@ -235,14 +266,7 @@ async fn import_node(
 ) -> Result<NodeImages, NodeError> {
     let host = link.host().to_string();
     let all = archives.images();
-    let empty = |images: Vec<ImageRow>| NodeImages {
-        host: host.clone(),
-        images,
-        sent_bytes: 0,
-        image_bytes: 0,
-        elapsed: Duration::ZERO,
-        error: None,
-    };
+    let empty = |images: Vec<ImageRow>| NodeImages { images, ..NodeImages::new(&host) };
     let inventory = match link.call(&ImageInventory {}).send().await {
         Ok(inventory) => inventory,
         Err(e) => return Err((empty(rows(&all, ImageState::Failed)), e)),
@@ -382,6 +406,9 @@ impl StagedArchive {
 pub struct Stage {
     pub staged: Arc<Vec<StagedArchive>>,
     pub outcomes: Outcomes,
+    /// `up`'s preload: these archives are the node's whole preload set, and what an earlier
+    /// preload staged outside it is removed (see `prune-staged`).
+    pub preload_set: bool,
 }
 
 #[async_trait]
@@ -391,7 +418,7 @@ impl Phase for Stage {
     }
 
     fn applies(&self, _: &RunContext) -> bool {
-        !self.staged.is_empty()
+        !self.staged.is_empty() || self.preload_set
     }
 
     fn dry_run(&self, _: &RunContext) -> Option<String> {
@@ -402,6 +429,7 @@ impl Phase for Stage {
         let dry_run = run.options.dry_run;
         let staged = self.staged.clone();
         let observer = run.observer.clone();
+        let preload_set = self.preload_set;
         let answers = run
             .on_each_host(|host, link| {
                 let staged = staged.clone();
@@ -409,14 +437,7 @@ impl Phase for Stage {
                 async move {
                     let host = host.name;
                     let started = Instant::now();
-                    let mut node = NodeImages {
-                        host: host.clone(),
-                        images: Vec::new(),
-                        sent_bytes: 0,
-                        image_bytes: 0,
-                        elapsed: Duration::ZERO,
-                        error: None,
-                    };
+                    let mut node = NodeImages::new(&host);
                     let mut error = None;
                     for archive in staged.iter() {
                         let row_state = match stage_one(&link, archive, dry_run, observer.as_ref()).await {
@@ -442,6 +463,13 @@ impl Phase for Stage {
                                 state: row_state,
                                 pinned_now: false,
                             });
+                        }
+                    }
+                    if preload_set && error.is_none() {
+                        let keep = staged.iter().map(|a| a.file_name.clone()).collect();
+                        match link.call(&proto::PruneStaged { keep, dry_run }).send().await {
+                            Ok(pruned) => node.unstaged = pruned.removed,
+                            Err(e) => error = Some(e),
                         }
                     }
                     node.elapsed = started.elapsed();
@@ -502,8 +530,9 @@ impl Phase for Preload {
         "preload images"
     }
 
-    fn applies(&self, run: &RunContext) -> bool {
-        !run.cluster.images.is_empty() || run.slots.get::<AirgapBundle>().is_some()
+    fn applies(&self, _: &RunContext) -> bool {
+        // Also with nothing to stage: what an earlier run preloaded may have to go.
+        true
     }
 
     fn dry_run(&self, _: &RunContext) -> Option<String> {
@@ -534,6 +563,6 @@ impl Phase for Preload {
             Err(e) => return PhaseRun::Failed(format!("reading spec.images failed: {e}")),
         };
         let outcomes: Outcomes = Arc::default();
-        Stage { staged: Arc::new(staged), outcomes }.run(run).await
+        Stage { staged: Arc::new(staged), outcomes, preload_set: true }.run(run).await
     }
 }

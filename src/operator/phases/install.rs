@@ -370,16 +370,16 @@ fn record_host(
     match install {
         Ok(report) => {
             let changed = uploaded || report.changes.iter().any(|c| c.action != FileAction::Unchanged);
-            result.state = match (dry_run, report.service_action, changed) {
+            result.raise(match (dry_run, report.service_action, changed) {
                 (true, ServiceAction::None, false) => HostState::Unchanged,
                 (true, _, _) => HostState::WouldChange,
                 (false, ServiceAction::Start, _) => HostState::Installed,
                 (false, ServiceAction::Restart, _) => HostState::Restarted,
                 (false, ServiceAction::None, true) => HostState::Changed,
                 (false, ServiceAction::None, false) => HostState::Unchanged,
-            };
+            });
             result.version = Some(if report.version.is_empty() { version.to_string() } else { report.version.clone() });
-            result.changes = report.changes.iter().map(Change::from).collect();
+            result.changes.extend(report.changes.iter().map(Change::from));
             if uploaded && dry_run {
                 // The binary's line says what the upload would bring.
                 if let Some(c) = result.changes.iter_mut().find(|c| c.subject == K3S_BIN) {

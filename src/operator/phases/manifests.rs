@@ -52,7 +52,7 @@ impl Phase for Manifests {
                     if !real.is_empty() {
                         changed += 1;
                         if result.state == HostState::Unchanged {
-                            result.state = if dry_run { HostState::WouldChange } else { HostState::Changed };
+                            result.raise(if dry_run { HostState::WouldChange } else { HostState::Changed });
                         }
                     }
                     result.changes.extend(real);

@@ -75,7 +75,7 @@ impl Phase for BackupSchedule {
                     if touched || !report.actions.is_empty() {
                         changed.push(name.clone());
                         if result.state == HostState::Unchanged {
-                            result.state = if dry_run { HostState::WouldChange } else { HostState::Changed };
+                            result.raise(if dry_run { HostState::WouldChange } else { HostState::Changed });
                         }
                     }
                     result.changes.extend(report.changes.iter().map(Change::from));

@@ -129,8 +129,8 @@ async fn a_fresh_cluster_goes_through_every_phase_in_order_and_is_installed() {
             ("lock", Done),
             ("preflight", Done),
             ("artifacts", Done),
-            // No spec.images in this cluster file.
-            ("preload images", PhaseState::NotApplicable),
+            // No spec.images in this cluster file: nothing staged, nothing preloaded before to remove.
+            ("preload images", Done),
             ("upload", Done),
             ("first server", Done),
             ("token", Done),
@@ -185,15 +185,7 @@ async fn a_dry_run_plans_every_host_and_writes_nothing() {
     let world = three();
     let report = run(&world, &options(&world, true)).await;
     assert!(report.succeeded(), "{report:#?}");
-    assert!(
-        report
-            .phases
-            .iter()
-            .all(|p| p.state == PhaseState::Planned
-                || (p.name == "preload images" && p.state == PhaseState::NotApplicable)),
-        "{:?}",
-        phases(&report)
-    );
+    assert!(report.phases.iter().all(|p| p.state == PhaseState::Planned), "{:?}", phases(&report));
     let lock = &report.phases[1];
     assert_eq!((lock.name, lock.message.as_str()), ("lock", "no lock: a dry run changes nothing"));
     assert_eq!(
@@ -459,4 +451,52 @@ async fn the_airgap_images_bundle_in_the_airgap_dir_is_staged_on_every_node_befo
         assert_eq!(sys.bytes(&staged), None, "{host}");
         assert_eq!(sys.bytes("/usr/local/bin/k3s"), None, "{host}");
     }
+}
+
+#[tokio::test]
+async fn a_preloaded_archive_that_left_the_cluster_file_is_removed_from_every_node_and_nothing_staged_otherwise() {
+    let world = three();
+    let airgap = world._dir.path().join("airgap");
+    let bundle = b"(\xb5/\xfd the release's images".to_vec();
+    let name = "k3s-airgap-images-amd64.tar.zst";
+    std::fs::write(airgap.join(name), &bundle).unwrap();
+    let sums = format!("{}  k3s\n{}  {name}\n", crate::digest::sha256_hex(BINARY), crate::digest::sha256_hex(&bundle));
+    std::fs::write(airgap.join("sha256sum-amd64.txt"), sums).unwrap();
+    assert!(run(&world, &options(&world, false)).await.succeeded());
+    let dir = "/var/lib/rancher/k3s/agent/images";
+    // An archive staged by `k3node images stage` (or by hand) is no preload's business.
+    for sys in world.hosts.values() {
+        sys.write_atomic(Path::new(&format!("{dir}/k3node-by-hand.tar.zst")), b"staged another way", 0o644).unwrap();
+    }
+
+    // The bundle leaves the airgap dir: a dry run says it would go and removes nothing.
+    std::fs::remove_file(airgap.join(name)).unwrap();
+    let report = run(&world, &options(&world, true)).await;
+    assert!(report.succeeded(), "{report:#?}");
+    let preload = report.phases.iter().find(|p| p.name == "preload images").unwrap();
+    assert!(preload.message.contains("3 archives no longer preloaded would be removed"), "{preload:?}");
+    for (host, sys) in &world.hosts {
+        assert!(sys.bytes(&format!("{dir}/{name}")).is_some(), "{host}: a dry run removed it");
+    }
+
+    let report = run(&world, &options(&world, false)).await;
+    assert!(report.succeeded(), "{report:#?}");
+    for (host, sys) in &world.hosts {
+        assert_eq!(sys.bytes(&format!("{dir}/{name}")), None, "{host}: still staged");
+        assert!(sys.bytes(&format!("{dir}/k3node-by-hand.tar.zst")).is_some(), "{host}: not a preload's");
+        let result = report.hosts.iter().find(|h| &h.host == host).unwrap();
+        assert_eq!(result.state, HostState::Changed, "{host}");
+        assert!(
+            result
+                .changes
+                .iter()
+                .any(|c| c.subject == name && c.action == crate::operator::engine::ChangeAction::Removed),
+            "{host}: {:?}",
+            result.changes
+        );
+        assert_eq!(sys.bytes("/var/lib/rancher/k3s/agent/.k3node-preloaded"), None, "{host}: the empty set's record");
+    }
+    // And then there is nothing left to do.
+    let report = run(&world, &options(&world, false)).await;
+    assert_eq!(states(&report).iter().filter(|(_, s)| *s != HostState::Unchanged).count(), 0, "{report:#?}");
 }
