@@ -6,9 +6,11 @@ use k3node::artifacts::ArtifactOptions;
 use k3node::operator::actions::up::{self, UpOptions};
 use k3node::operator::bootstrap::Placement;
 use k3node::operator::fleet::Fleet;
+use k3node::operator::phases::images::SpecImages;
 use k3node::operator::progress::Observer;
 
 use super::render::{self, Output, RenderOptions};
+use super::BadInput;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -65,6 +67,11 @@ pub async fn run(args: &UpArgs, verbose: u8) -> anyhow::Result<bool> {
     if let Some(url) = &cluster.k3s.channel_url {
         artifacts.channel_url = url.clone();
     }
+    // spec.images is bad input like the rest of the cluster file: refused before any host is touched.
+    let spec_images = match cluster.images.is_empty() {
+        true => None,
+        false => Some(SpecImages::read_blocking(cluster.images.clone()).await.map_err(BadInput)?),
+    };
     let options = UpOptions {
         dry_run: args.dry_run,
         concurrency: args.connect.concurrency as usize,
@@ -73,6 +80,7 @@ pub async fn run(args: &UpArgs, verbose: u8) -> anyhow::Result<bool> {
         ready_timeout: Duration::from_secs(args.ready_timeout),
         kubeconfig: args.kubeconfig.clone(),
         artifacts,
+        spec_images,
     };
     if args.local && args.output == Output::Table {
         eprintln!("local mode: installing k3s on this machine ({}), not over SSH", cluster.hosts[0].name);

@@ -72,7 +72,7 @@ pub fn phases(
         Box::new(phase::CheckArchive { settings: s.clone(), findings: f.clone() }),
         Box::new(preflight::Preflight { fix: false, ignore_failures: options.ignore_preflight }),
         Box::new(artifacts::Artifacts { options: options.artifacts.clone(), progress: download }),
-        Box::new(images::Preload),
+        Box::new(images::Preload { read_before: None }),
         Box::new(phase::PrepareTarget { settings: s.clone(), findings: f.clone() }),
         Box::new(phase::Push { settings: s.clone() }),
         Box::new(phase::Check { settings: s.clone(), findings: f.clone() }),

@@ -29,6 +29,8 @@ pub struct UpOptions {
     /// Where to merge the kubeconfig; None: $KUBECONFIG or ~/.kube/config.
     pub kubeconfig: Option<PathBuf>,
     pub artifacts: ArtifactOptions,
+    /// `spec.images`, read and checked before any host was touched (None: the preload reads it).
+    pub spec_images: Option<Arc<images::SpecImages>>,
 }
 
 pub fn phases(options: &UpOptions, download: Box<dyn DownloadProgress>) -> Vec<Box<dyn Phase>> {
@@ -38,7 +40,7 @@ pub fn phases(options: &UpOptions, download: Box<dyn DownloadProgress>) -> Vec<B
         Box::new(lock::Lock { mutating: true }),
         Box::new(preflight::Preflight { fix: false, ignore_failures: options.ignore_preflight }),
         Box::new(artifacts::Artifacts { options: options.artifacts.clone(), progress: download }),
-        Box::new(images::Preload),
+        Box::new(images::Preload { read_before: options.spec_images.clone() }),
         Box::new(install::Install { ready_timeout: options.ready_timeout }),
         Box::new(ready::Ready { timeout: options.ready_timeout }),
         Box::new(manifests::Manifests),

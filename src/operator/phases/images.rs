@@ -332,6 +332,7 @@ async fn import_node(
 }
 
 /// One archive as it is staged: its file name on the nodes and its bytes.
+#[derive(Clone)]
 pub struct StagedArchive {
     pub file_name: String,
     pub bytes: StagedBytes,
@@ -340,6 +341,7 @@ pub struct StagedArchive {
 }
 
 /// Where a staged archive's bytes are read from.
+#[derive(Clone)]
 pub enum StagedBytes {
     /// Put together from a checked archive's spool (`spec.images`, `k3node images stage`).
     Wire(Arc<Wire>),
@@ -522,7 +524,44 @@ pub struct AirgapBundle(pub crate::artifacts::ReleaseFile);
 /// `up`'s preload: the archives of `spec.images`, read and checked, then staged on every node
 /// before k3s starts there (so that it imports them at its start). An unchanged archive is read
 /// again (to know it is unchanged) but sent nowhere.
-pub struct Preload;
+pub struct Preload {
+    /// `spec.images` as the command read and checked it before connecting; None: read here.
+    pub read_before: Option<Arc<SpecImages>>,
+}
+
+/// The archives of `spec.images`, read and checked (every image, digest and blob), each ready
+/// to be staged.
+pub struct SpecImages(pub Vec<StagedArchive>);
+
+impl std::fmt::Debug for SpecImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|a| &a.file_name)).finish()
+    }
+}
+
+impl SpecImages {
+    /// Reads every archive; an error names the entry (file:line) and what is wrong with it.
+    pub fn read(sources: &[crate::cluster::ImageArchive]) -> Result<SpecImages, String> {
+        let mut staged = Vec::new();
+        for source in sources {
+            let input = Input::File(source.path.clone());
+            let archive = crate::images::read_input(&input).map_err(|e| format!("{}: spec.images: {e}", source.at))?;
+            let name = input
+                .stem()
+                .ok_or_else(|| format!("{}: spec.images: {} has no file name", source.at, source.path.display()))?;
+            staged.push(StagedArchive::new(&archive, &name).map_err(|e| format!("{}: {e}", source.path.display()))?);
+        }
+        Ok(SpecImages(staged))
+    }
+
+    /// [`SpecImages::read`] off the runtime's threads (archives may be gigabytes).
+    pub async fn read_blocking(sources: Vec<crate::cluster::ImageArchive>) -> Result<Arc<SpecImages>, String> {
+        match tokio::task::spawn_blocking(move || SpecImages::read(&sources)).await {
+            Ok(read) => read.map(Arc::new),
+            Err(e) => Err(format!("reading spec.images failed: {e}")),
+        }
+    }
+}
 
 #[async_trait]
 impl Phase for Preload {
@@ -541,26 +580,13 @@ impl Phase for Preload {
 
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
         let bundle = run.slots.get::<AirgapBundle>().map(|b| StagedArchive::release_file(&b.0));
-        let sources: Vec<crate::cluster::ImageArchive> = run.cluster.images.clone();
-        let read = tokio::task::spawn_blocking(move || -> Result<Vec<StagedArchive>, String> {
-            let mut staged = Vec::new();
-            for source in &sources {
-                let input = Input::File(source.path.clone());
-                let archive =
-                    crate::images::read_input(&input).map_err(|e| format!("{}: spec.images: {e}", source.at))?;
-                let name = input
-                    .stem()
-                    .ok_or_else(|| format!("{}: spec.images: {} has no file name", source.at, source.path.display()))?;
-                staged
-                    .push(StagedArchive::new(&archive, &name).map_err(|e| format!("{}: {e}", source.path.display()))?);
-            }
-            Ok(staged)
-        })
-        .await;
-        let staged = match read {
-            Ok(Ok(staged)) => bundle.into_iter().chain(staged).collect(),
-            Ok(Err(message)) => return PhaseRun::Failed(message),
-            Err(e) => return PhaseRun::Failed(format!("reading spec.images failed: {e}")),
+        let spec_images = match &self.read_before {
+            Some(read) => Ok(read.clone()),
+            None => SpecImages::read_blocking(run.cluster.images.clone()).await,
+        };
+        let staged: Vec<StagedArchive> = match spec_images {
+            Ok(spec_images) => bundle.into_iter().chain(spec_images.0.iter().cloned()).collect(),
+            Err(message) => return PhaseRun::Failed(message),
         };
         let outcomes: Outcomes = Arc::default();
         Stage { staged: Arc::new(staged), outcomes, preload_set: true }.run(run).await

@@ -96,6 +96,7 @@ fn options(world: &World, dry_run: bool) -> UpOptions {
         ready_timeout: Duration::from_secs(5),
         kubeconfig: Some(world.kubeconfig.clone()),
         artifacts: crate::artifacts::ArtifactOptions::default(),
+        spec_images: None,
     }
 }
 
