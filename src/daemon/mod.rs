@@ -185,13 +185,34 @@ async fn start_hub(settings: &Settings, tls: &pki::TlsMaterial) -> Result<(), Da
         .await
         .map_err(|e| DaemonError::Runtime(e.to_string()))??;
     let port = settings.tuning.hub_port;
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
-        .await
-        .map_err(|e| DaemonError::Listen { port, message: crate::host::describe_io(&e) })?;
+    let listener =
+        hub_listener(port).map_err(|e| DaemonError::Listen { port, message: crate::host::describe_io(&e) })?;
     let hub = crate::hub::Hub::new(settings.clone(), reader, writer);
     tokio::spawn(crate::hub::server::serve(hub.clone(), listener, Arc::new(tls.server_config()?)));
     tokio::spawn(crate::hub::kube::run(hub));
     Ok(())
+}
+
+/// The hub's socket on every address of the host: `[::]` with IPv4 mapped in (so that servers
+/// listed by an IPv6 address are reachable as well as IPv4 ones), or `0.0.0.0` on a kernel
+/// without IPv6.
+pub(crate) fn hub_listener(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let dual = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = tokio::net::TcpSocket::new_v6()?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &false)?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
+        socket.listen(1024)
+    };
+    match dual() {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)))?;
+            socket.listen(1024)
+        }
+        other => other,
+    }
 }
 
 /// Pings systemd's watchdog while the loop makes progress (a loop slower than two intervals

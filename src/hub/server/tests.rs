@@ -22,9 +22,13 @@ impl Pki {
     }
 
     fn material(&self, node: &str, role: Role) -> TlsMaterial {
+        self.material_at(node, "127.0.0.1", role)
+    }
+
+    fn material_at(&self, node: &str, address: &str, role: Role) -> TlsMaterial {
         let key = pki::generate_node_key().unwrap();
         let csr = pki::certificate_request(key.expose()).unwrap();
-        let names = pki::node_names(node, "127.0.0.1", role);
+        let names = pki::node_names(node, address, role);
         let cert =
             pki::sign_node(&self.ca, self.ca_key.expose(), &csr, node, role, &names, time::OffsetDateTime::now_utc())
                 .unwrap();
@@ -37,6 +41,12 @@ fn client(material: &TlsMaterial) -> reqwest::Client {
 }
 
 async fn start_hub(pki: &Pki, dir: &std::path::Path) -> (Arc<Hub>, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (hub, port) = start_hub_on(listener, pki.material("s1", Role::Server), dir);
+    (hub, format!("https://127.0.0.1:{port}"))
+}
+
+fn start_hub_on(listener: TcpListener, material: TlsMaterial, dir: &std::path::Path) -> (Arc<Hub>, u16) {
     let settings = Settings {
         node: "s1".into(),
         role: Role::Server,
@@ -47,11 +57,10 @@ async fn start_hub(pki: &Pki, dir: &std::path::Path) -> (Arc<Hub>, String) {
     };
     let open = || crate::hub::Store::open(&dir.join("hub.db"), 100).unwrap();
     let hub = Hub::new(settings, open(), open());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let tls = Arc::new(pki.material("s1", Role::Server).server_config().unwrap());
+    let tls = Arc::new(material.server_config().unwrap());
     tokio::spawn(serve(hub.clone(), listener, tls));
-    (hub, format!("https://127.0.0.1:{port}"))
+    (hub, port)
 }
 
 fn batch(node: &str, seqs: &[u64]) -> ReportBatch {
@@ -99,6 +108,27 @@ async fn a_node_reports_for_itself_and_reads_the_fleet() {
     assert_eq!(answer.accepted_through, 2);
     assert!((answer.hub_time_ms - now_ms()).abs() < 5000);
     let view: FleetView = parse(a1.get(format!("{url}{FLEET_PATH}")).send().await.unwrap()).await;
+    assert_eq!(view.nodes.iter().map(|n| (n.node.as_str(), n.last_seq)).collect::<Vec<_>>(), [("a1", 2)]);
+    assert_eq!(stored(&hub), 1);
+}
+
+#[tokio::test]
+async fn the_hub_takes_reports_over_ipv6_and_ipv4_alike() {
+    let (pki, dir) = (Pki::new(), tempfile::tempdir().unwrap());
+    // The daemon's own listener, on a free port: a server may be listed by either kind of address.
+    let listener = crate::daemon::hub_listener(0).unwrap();
+    let (hub, port) = start_hub_on(listener, pki.material_at("s1", "::1", Role::Server), dir.path());
+    let a1 = client(&pki.material("a1", Role::Agent));
+    for (url, seq) in [(format!("https://[::1]:{port}"), 1), (format!("https://127.0.0.1:{port}"), 2)] {
+        let response = a1
+            .post(format!("{url}{REPORTS_PATH}"))
+            .body(serde_json::to_vec(&batch("a1", &[seq])).unwrap())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        assert_eq!(response.status(), 200, "{url}");
+    }
+    let view: FleetView = parse(a1.get(format!("https://[::1]:{port}{FLEET_PATH}")).send().await.unwrap()).await;
     assert_eq!(view.nodes.iter().map(|n| (n.node.as_str(), n.last_seq)).collect::<Vec<_>>(), [("a1", 2)]);
     assert_eq!(stored(&hub), 1);
 }
