@@ -124,3 +124,103 @@ pub fn hub_url(address: &str, port: u16) -> String {
         format!("https://{address}:{port}{REPORTS_PATH}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::daemon::pki;
+    use crate::daemon::settings::Tuning;
+    use crate::host::system::fake::FakeSystem;
+    use crate::protocol::health::Report;
+    use crate::protocol::node::Role;
+
+    const AHEAD_MS: i64 = 3_600_000;
+
+    fn material(ca: &str, ca_key: &str, node: &str, role: Role) -> TlsMaterial {
+        let key = pki::generate_node_key().unwrap();
+        let csr = pki::certificate_request(key.expose()).unwrap();
+        let names = pki::node_names(node, "127.0.0.1", role);
+        let now = time::OffsetDateTime::now_utc();
+        let cert = pki::sign_node(ca, ca_key, &csr, node, role, &names, now).unwrap();
+        TlsMaterial { ca_cert_pem: ca.to_string(), node_cert_pem: cert, node_key_pem: key }
+    }
+
+    /// A hub of the cluster (mTLS, the health protocol) whose clock is an hour ahead of ours:
+    /// it stores every report it gets and answers with its own time.
+    async fn hub_an_hour_ahead(tls: rustls::ServerConfig) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(stream) = acceptor.accept(tcp).await else { continue };
+                let service = hyper::service::service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    let batch: ReportBatch = serde_json::from_slice(&body).unwrap();
+                    let answer = BatchAnswer {
+                        protocol: HEALTH_PROTOCOL,
+                        accepted_through: batch.reports.last().map(|r| r.seq).unwrap_or(0),
+                        hub_time_ms: crate::hub::now_ms() + AHEAD_MS,
+                    };
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                        serde_json::to_vec(&answer).unwrap(),
+                    ))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_clock_offset_is_the_hubs_time_minus_the_requests_midpoint_and_fails_the_clock_check() {
+        let (ca, ca_key) = pki::generate_ca("lab", time::OffsetDateTime::now_utc()).unwrap();
+        let hub_tls = material(&ca, ca_key.expose(), "s1", Role::Server).server_config().unwrap();
+        let port = hub_an_hour_ahead(hub_tls).await;
+        let settings = Settings {
+            node: "a1".into(),
+            role: Role::Agent,
+            hubs: vec!["127.0.0.1".into()],
+            fleet: vec![],
+            kubeconfig: None,
+            tuning: Tuning { hub_port: port, ..Tuning::default() },
+        };
+        let client = HubClient::new(&settings, &material(&ca, ca_key.expose(), "a1", Role::Agent)).unwrap();
+        let sys = FakeSystem::new();
+        let mut buffer = Buffer::open(&sys, Path::new("/var/lib/k3node/buffer"), &settings.hubs, 100).unwrap();
+        let report = Report {
+            seq: 0,
+            at_ms: crate::hub::now_ms(),
+            interval_secs: 10,
+            role: Role::Agent,
+            k3s_version: None,
+            checks: vec![],
+            gauges: BTreeMap::new(),
+        };
+        buffer.append(report).unwrap();
+
+        let delivery = client.deliver(&mut buffer).await;
+        assert_eq!(delivery.delivered, 1);
+        let offset = delivery.clock_offset_ms.expect("measured on the hub's answer");
+        // The hub's clock is ahead: a positive offset (hub - node), within a loopback round trip.
+        assert!((offset - AHEAD_MS as f64).abs() < 2_000.0, "{offset}");
+        assert_eq!(buffer.backlog("127.0.0.1"), 0);
+        // What the next report then says.
+        let mut state = crate::daemon::probes::ProbeState::default();
+        state.clock_offset_ms = Some(offset);
+        let collected = crate::daemon::probes::collect_local(&sys, &settings, &mut state);
+        let clock = collected.checks.iter().find(|c| c.name == "clock").expect("a clock check");
+        assert_eq!(clock.state, crate::protocol::health::CheckState::Fail, "{clock:?}");
+        assert!(clock.reason.starts_with("+36") && clock.reason.ends_with("ms against the hub's clock"), "{clock:?}");
+    }
+}

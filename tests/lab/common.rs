@@ -1,7 +1,7 @@
 //! Helpers shared by the lab scenarios: a scratch operator home, cluster files, running k3node.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use k3node::transport::{ConnectOptions, Endpoint, HostKeyPolicy, Keyring, Session, TransportError};
@@ -60,9 +60,15 @@ impl Operator {
 
     /// Runs k3node as the operator would, from inside the lab network.
     pub fn k3node(&self, args: &[&str]) -> Output {
+        self.k3node_command(args).output().expect("run k3node")
+    }
+
+    /// k3node in the lab's network as this operator, to be spawned (`ip netns exec` execs it:
+    /// the child's pid is k3node's own, so signals reach it).
+    pub fn k3node_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.lab.command_in_netns(Path::new(K3NODE));
         cmd.args(args).env("HOME", &self.home).env_remove("SSH_AUTH_SOCK").env_remove("K3NODE_LOG");
-        cmd.output().expect("run k3node")
+        cmd
     }
 
     /// k3node with `-o json` whose stdout must be JSON.

@@ -1,6 +1,7 @@
 //! The node daemon and the hub on real hosts: 1 server (h1) and 3 agents (h2, h3, h4) installed
-//! by `up`, then health reported, stale nodes, Node conditions read with the real kubectl, a hub
-//! away for a while, a forged report, the metrics through promtool, and `reset`.
+//! by `up`, then health reported, stale nodes, Node conditions read with the real kubectl, `status`
+//! (and `--watch`) with the Kubernetes API down, a hub away for a while, a forged report, the
+//! metrics through promtool, and `reset`.
 //!
 //! Intervals are shortened through the daemon's settings file (2 s), never by sleeping for
 //! minutes. The scenarios build on each other, so they run in this order.
@@ -42,6 +43,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("every_node_reports_within_two_intervals_and_status_shows_all_ok", install_and_report),
         t("a_filled_disk_turns_that_node_to_fail_with_the_reason", filled_disk),
         t("k3s_stopped_on_an_agent_shows_in_status_and_in_its_node_condition", k3s_stopped),
+        t("with_the_kubernetes_api_down_status_still_shows_the_fleet_and_watch_keeps_it_current", api_down),
         t("an_agent_cut_off_goes_stale_after_three_intervals_and_its_condition_unknown", agent_cut_off),
         t("the_hub_stopped_for_a_while_loses_no_report", hub_away),
         t("a_nodes_certificate_used_to_report_as_another_node_is_forbidden_and_nothing_stored", forged_report),
@@ -339,6 +341,74 @@ fn k3s_stopped_is_seen(lab: &Arc<Lab>, op: &Operator, file: &Path, healthy: &Val
         .map_err(|e| e.to_string())?;
     let describe = String::from_utf8_lossy(&describe.stdout).into_owned();
     ensure(describe.contains("K3nodeHealthy") && describe.contains("ChecksFail"), || describe.clone())
+}
+
+/// k3s stopped on the only server takes the Kubernetes API down; `status` reads the hub through
+/// SSH, not the API, so it still shows the fleet (with the server failing), and `--watch` keeps
+/// printing newer views until interrupted.
+fn api_down(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
+    let h1 = lab.host("h1");
+    sh(h1, "systemctl stop k3s")?;
+    let seen = api_down_is_seen(lab, op, file);
+    // Started again whatever was seen: the next scenarios expect every node ok.
+    sh(h1, "systemctl start k3s")?;
+    seen?;
+    wait_for(Duration::from_secs(30 * INTERVAL), || {
+        let view = status(op, file)?;
+        match ALL.iter().find(|n| node(&view, n)["state"] != "ok") {
+            Some(n) => Err(format!("{n} after k3s started again: {}", node(&view, n))),
+            None => Ok(()),
+        }
+    })?;
+    Ok(())
+}
+
+fn api_down_is_seen(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
+    let kubectl = lab
+        .command_in_netns(Path::new("kubectl"))
+        .args(["get", "nodes", "--request-timeout", "5s"])
+        .env("KUBECONFIG", op.home.join(".kube/config"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(!kubectl.status.success(), || "the API still answers with k3s stopped on h1".into())?;
+    wait_for(Duration::from_secs(4 * INTERVAL + 5), || {
+        let view = status(op, file)?;
+        let entry = node(&view, "h1");
+        let k3s = entry["problems"].as_array().into_iter().flatten().find(|p| p["name"] == "k3s").cloned();
+        let inactive = k3s.is_some_and(|p| p["reason"].as_str().unwrap_or("").contains("k3s.service is inactive"));
+        let agents_there = AGENTS.iter().all(|n| node(&view, n)["last_seq"].as_u64().unwrap_or(0) > 0);
+        (entry["state"] == "fail" && inactive && agents_there).then_some(()).ok_or_else(|| format!("{view}"))
+    })?;
+
+    // --watch, as JSON: one view per second until SIGINT, each newer than the one before.
+    let child = op
+        .k3node_command(&["status", "-c", file.to_str().unwrap(), "-o", "json", "--watch", "--every", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(3 * INTERVAL + 2));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let views: Vec<Value> =
+        serde_json::Deserializer::from_str(&stdout).into_iter::<Value>().collect::<Result<_, _>>().map_err(|e| {
+            format!(
+                "--watch output is not a stream of views ({e}): {stdout}
+{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    ensure(out.status.success(), || format!("--watch ended with {:?} on SIGINT", out.status))?;
+    ensure(views.len() >= 3, || format!("{} views in {} s: {stdout}", views.len(), 3 * INTERVAL + 2))?;
+    let seq = |view: &Value| node(view, "h2")["last_seq"].as_u64().unwrap_or(0);
+    let (first, last) = (&views[0], &views[views.len() - 1]);
+    ensure(seq(last) > seq(first), || {
+        format!(
+            "--watch showed no newer report of h2: {first}
+{last}"
+        )
+    })
 }
 
 fn agent_cut_off(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
