@@ -27,6 +27,8 @@ use crate::support::{Lab, LabHost};
 
 const INTERVAL: u64 = 2;
 const HUB_PORT: u16 = 10270;
+/// The hub re-patches an unchanged condition this often in the lab (300 s by default).
+const RESYNC: u64 = 4;
 const AGENTS: [&str; 3] = ["h2", "h3", "h4"];
 const ALL: [&str; 4] = ["h1", "h2", "h3", "h4"];
 
@@ -43,6 +45,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("every_node_reports_within_two_intervals_and_status_shows_all_ok", install_and_report),
         t("a_filled_disk_turns_that_node_to_fail_with_the_reason", filled_disk),
         t("k3s_stopped_on_an_agent_shows_in_status_and_in_its_node_condition", k3s_stopped),
+        t("a_retired_condition_type_of_the_hub_is_removed_another_owners_kept_and_ours_re_synced", retired_and_resync),
         t("with_the_kubernetes_api_down_status_still_shows_the_fleet_and_watch_keeps_it_current", api_down),
         t("an_agent_cut_off_goes_stale_after_three_intervals_and_its_condition_unknown", agent_cut_off),
         t("the_hub_stopped_for_a_while_loses_no_report", hub_away),
@@ -131,6 +134,7 @@ fn lab_tuning() -> Tuning {
             cpu_busy_fail_percent: 102.0,
             ..Thresholds::default()
         },
+        condition_resync_secs: RESYNC,
         ..Tuning::default()
     }
 }
@@ -271,7 +275,8 @@ fn filled_disk(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
 }
 
 /// The K3nodeHealthy condition of `name`, read with the real kubectl through up's kubeconfig.
-fn condition(lab: &Lab, op: &Operator, name: &str) -> Result<Value, String> {
+/// Every condition of the Node, as the API has them.
+fn conditions(lab: &Lab, op: &Operator, name: &str) -> Result<Vec<Value>, String> {
     let out = lab
         .command_in_netns(Path::new("kubectl"))
         .args(["get", "node", name, "-o", "jsonpath={.status.conditions}"])
@@ -283,16 +288,57 @@ fn condition(lab: &Lab, op: &Operator, name: &str) -> Result<Value, String> {
     }
     let all: Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
-    let ready = all.as_array().into_iter().flatten().any(|c| c["type"] == "Ready");
-    if !ready {
-        return Err(format!("the Ready condition is gone: {all}"));
+    let all = all.as_array().cloned().unwrap_or_default();
+    if !all.iter().any(|c| c["type"] == "Ready") {
+        return Err(format!("the Ready condition is gone: {all:?}"));
     }
-    all.as_array()
-        .into_iter()
-        .flatten()
+    Ok(all)
+}
+
+/// The hub's K3nodeHealthy condition of the Node.
+fn condition(lab: &Lab, op: &Operator, name: &str) -> Result<Value, String> {
+    let all = conditions(lab, op, name)?;
+    all.iter()
         .find(|c| c["type"] == "K3nodeHealthy")
         .cloned()
-        .ok_or_else(|| format!("no K3nodeHealthy condition: {all}"))
+        .ok_or_else(|| format!("no K3nodeHealthy condition: {all:?}"))
+}
+
+/// A condition type the hub published once and no longer does (`K3node*`), and another owner's:
+/// the restarted hub removes the first and leaves the second. Unchanged, the hub's own condition
+/// is patched again every `condition_resync_secs` (its heartbeat moves, its transition does not).
+fn retired_and_resync(lab: &Arc<Lab>, op: &Operator, _file: &Path) -> Outcome {
+    let patch = r#"{"status":{"conditions":[
+        {"type":"K3nodeDiskPressureOld","status":"False","reason":"Retired","message":"an older k3node's check"},
+        {"type":"OtherOwnerProblem","status":"False","reason":"NotOurs","message":"another detector's"}]}}"#;
+    let out = lab
+        .command_in_netns(Path::new("kubectl"))
+        .args(["patch", "node", "h3", "--subresource=status", "--type=strategic", "-p", patch])
+        .env("KUBECONFIG", op.home.join(".kube/config"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(out.status.success(), || format!("kubectl patch: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let types = |all: &[Value]| all.iter().filter_map(|c| c["type"].as_str().map(str::to_string)).collect::<Vec<_>>();
+    let before = types(&conditions(lab, op, "h3")?);
+    ensure(before.iter().any(|t| t == "K3nodeDiskPressureOld"), || format!("the patch did not land: {before:?}"))?;
+    sh(lab.host("h1"), "systemctl restart k3node-agent")?;
+    let all = wait_for(Duration::from_secs(6 * INTERVAL + 10), || {
+        let all = conditions(lab, op, "h3")?;
+        let t = types(&all);
+        let done = !t.iter().any(|t| t == "K3nodeDiskPressureOld")
+            && t.iter().any(|t| t == "OtherOwnerProblem")
+            && all.iter().any(|c| c["type"] == "K3nodeHealthy" && c["status"] == "True");
+        done.then_some(all).ok_or_else(|| format!("h3: {t:?}"))
+    })?;
+    let first = all.iter().find(|c| c["type"] == "K3nodeHealthy").cloned().unwrap_or_default();
+    // The lab's re-sync is RESYNC seconds: the heartbeat moves with nothing else changing.
+    let later = wait_for(Duration::from_secs(3 * RESYNC + 5), || {
+        let c = condition(lab, op, "h3")?;
+        (c["lastHeartbeatTime"] != first["lastHeartbeatTime"]).then_some(c.clone()).ok_or_else(|| format!("{c}"))
+    })?;
+    ensure(later["status"] == "True" && later["lastTransitionTime"] == first["lastTransitionTime"], || {
+        format!("a re-sync is not a transition: {first} -> {later}")
+    })
 }
 
 fn k3s_stopped(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
