@@ -16,6 +16,8 @@
 //!   publishes (`$patch: delete`).
 //! - The client is made only on servers, when the loop first needs it (the kube client is the
 //!   heaviest part of k3node), and made again after an error.
+//! - Only the hub holding the `kube-system/k3node-hub` Lease patches (see [`super::lease`]), so
+//!   that servers whose views differ never flap a condition between them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use super::lease::{Elector, KubeLease};
 use super::{now_ms, Hub};
 use crate::protocol::health::{NodeHealth, NodeState};
 
@@ -121,6 +124,8 @@ pub async fn run(hub: Arc<Hub>) {
     let mut published: HashMap<String, Published> = HashMap::new();
     let mut names: Vec<String> = Vec::new();
     let mut listed: Option<Instant> = None;
+    // The holder renews at every round: three rounds without it and another hub takes over.
+    let mut elector = Elector::new(&hub.settings.node, interval * 3);
     loop {
         tokio::time::sleep(interval).await;
         if client.is_none() {
@@ -132,7 +137,14 @@ pub async fn run(hub: Arc<Hub>) {
                 }
             }
         }
-        let api: Api<Node> = Api::all(client.clone().expect("made above"));
+        let client_now = client.clone().expect("made above");
+        if !elector.lead(&KubeLease::new(client_now.clone()), Instant::now(), now_ms()).await {
+            // Another server's hub publishes. Should this one lead later, it reads the Nodes
+            // afresh rather than trust what it published before.
+            published.clear();
+            continue;
+        }
+        let api: Api<Node> = Api::all(client_now);
         if listed.is_none_or(|t| t.elapsed() >= relist) {
             match api.list_metadata(&ListParams::default()).await {
                 Ok(list) => {

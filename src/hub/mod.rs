@@ -8,6 +8,7 @@
 
 pub mod fleet;
 pub mod kube;
+pub mod lease;
 pub mod metrics;
 pub mod server;
 pub mod store;

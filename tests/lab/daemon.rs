@@ -330,6 +330,18 @@ fn retired_and_resync(lab: &Arc<Lab>, op: &Operator, _file: &Path) -> Outcome {
             && all.iter().any(|c| c["type"] == "K3nodeHealthy" && c["status"] == "True");
         done.then_some(all).ok_or_else(|| format!("h3: {t:?}"))
     })?;
+    // The only server's hub holds the Lease that lets one hub at a time patch conditions.
+    let lease = lab
+        .command_in_netns(Path::new("kubectl"))
+        .args(["get", "lease", "-n", "kube-system", "k3node-hub", "-o", "json"])
+        .env("KUBECONFIG", op.home.join(".kube/config"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let lease: Value = serde_json::from_slice(&lease.stdout)
+        .map_err(|e| format!("kubectl get lease ({e}): {}", String::from_utf8_lossy(&lease.stderr)))?;
+    ensure(lease["spec"]["holderIdentity"] == "h1" && lease["spec"]["leaseDurationSeconds"] == 3 * INTERVAL, || {
+        format!("{lease}")
+    })?;
     let first = all.iter().find(|c| c["type"] == "K3nodeHealthy").cloned().unwrap_or_default();
     // The lab's re-sync is RESYNC seconds: the heartbeat moves with nothing else changing.
     let later = wait_for(Duration::from_secs(3 * RESYNC + 5), || {
