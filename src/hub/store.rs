@@ -4,8 +4,9 @@
 //! Invariants:
 //! - A batch is stored in one transaction, or not at all.
 //! - Within a node's stream, a sequence number at or below the last one stored is a duplicate
-//!   (ignored); a jump is a gap, counted in `lost_total`. A new stream (the node's buffer was
-//!   made anew) starts counting afresh.
+//!   (ignored); a jump is a gap, counted in `lost_total`, except for the part the node says fell
+//!   out of its buffer (the growth of its `dropped_total`), which is dropped and not also lost.
+//!   A new stream (the node's buffer was made anew) starts counting afresh.
 //! - History keeps the last `history_per_node` reports of each node.
 //! - Commits are durable against a crash of the hub (WAL, synchronous=NORMAL); a power loss may
 //!   lose the last commits, which the nodes then send again (they are confirmed only after the
@@ -204,6 +205,13 @@ fn ingest_one(
         None => (0, 0, 0, 0),
     };
     let mut stored = Stored { accepted_through: last_seq, new: 0, duplicates: 0, lost: 0 };
+    // Reports that fell out of the node's buffer before reaching this hub leave a gap too; the
+    // node counts them (dropped_total), so a gap they explain is dropped, not lost.
+    let dropped_before = match &existing {
+        Some((stream, _, _, _, dropped, _)) if *stream == batch.stream => *dropped,
+        _ => 0,
+    };
+    let mut newly_dropped = batch.dropped_total.saturating_sub(dropped_before);
     let mut latest: Option<&Report> = None;
     {
         let mut insert = tx
@@ -217,7 +225,10 @@ fn ingest_one(
                 continue;
             }
             if last_seq > 0 && report.seq > last_seq + 1 {
-                stored.lost += report.seq - last_seq - 1;
+                let gap = report.seq - last_seq - 1;
+                let explained = gap.min(newly_dropped);
+                newly_dropped -= explained;
+                stored.lost += gap - explained;
             }
             let text = serde_json::to_string(report).expect("reports always serialize");
             insert
@@ -329,6 +340,21 @@ mod tests {
         );
         assert_eq!(rows[0].received_ms, 30);
         assert_eq!(store.history_seqs("n1").unwrap(), vec![1, 2, 3, 4, 7]);
+    }
+
+    #[test]
+    fn a_gap_the_node_counts_as_dropped_from_its_buffer_is_not_also_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("hub.db"), 100).unwrap();
+        store.ingest(&batch("n1", "a", &[1, 2, 3]), 10).unwrap();
+        // 4, 5 and 6 fell out of the node's buffer while this hub was away: the node says so.
+        let s = store.ingest(&ReportBatch { dropped_total: 3, ..batch("n1", "a", &[7]) }, 20).unwrap();
+        assert_eq!(s.lost, 0);
+        // Then 8 and 9 go missing without the node having dropped them: lost.
+        let s = store.ingest(&ReportBatch { dropped_total: 3, ..batch("n1", "a", &[10]) }, 30).unwrap();
+        assert_eq!(s.lost, 2);
+        let row = &store.nodes().unwrap()[0];
+        assert_eq!((row.dropped_total, row.lost_total), (3, 2));
     }
 
     #[test]
