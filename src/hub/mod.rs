@@ -33,17 +33,49 @@ pub struct Hub {
     writer: Writer,
 }
 
-/// A batch waiting for the writer, and where its outcome goes.
-type Job = (ReportBatch, i64, tokio::sync::oneshot::Sender<Result<store::Stored, StoreError>>);
+/// A batch waiting for the writer, its size as it arrived, and where its outcome goes.
+type Job = (ReportBatch, i64, usize, tokio::sync::oneshot::Sender<Result<store::Stored, StoreError>>);
 
 /// Batches that arrive while the writer commits wait for the next commit: one transaction for
 /// all of them (group commit), so the hub's throughput is not one commit per node.
 struct Writer {
     queue: std::sync::mpsc::SyncSender<Job>,
+    /// Bytes of the batches queued (as they arrived), bounded by [`QUEUE_BYTES`].
+    queued: Arc<Budget>,
+}
+
+/// Bytes admitted to the writer's queue and not yet written, at most `limit` (but one batch
+/// always fits in an empty queue, whatever its size).
+struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Budget {
+        Budget { used: std::sync::atomic::AtomicUsize::new(0), limit }
+    }
+
+    fn admit(&self, size: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.used.fetch_add(size, Ordering::SeqCst);
+        if before > 0 && before + size > self.limit {
+            self.used.fetch_sub(size, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, size: usize) {
+        self.used.fetch_sub(size, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Batches queued at most; beyond that the hub answers 503 and the nodes keep their reports.
 const QUEUE: usize = 20_000;
+/// Bytes of batches queued at most (as they arrived; parsed, they take a few times that): a
+/// fleet catching up after an outage must not push the hub past its unit's MemoryMax (128M).
+const QUEUE_BYTES: usize = 16 << 20;
 /// Batches in one transaction at most.
 const GROUP: usize = 1000;
 
@@ -58,6 +90,8 @@ pub enum Refused {
 impl Writer {
     fn start(mut store: Store) -> Writer {
         let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let queued = Arc::new(Budget::new(QUEUE_BYTES));
+        let taken = queued.clone();
         std::thread::Builder::new()
             .name("hub-writer".into())
             .spawn(move || {
@@ -69,15 +103,19 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    let batches: Vec<(&ReportBatch, i64)> = group.iter().map(|(b, at, _)| (b, *at)).collect();
-                    match store.ingest_many(&batches) {
+                    let bytes: usize = group.iter().map(|(_, _, size, _)| size).sum();
+                    let batches: Vec<(&ReportBatch, i64)> = group.iter().map(|(b, at, _, _)| (b, *at)).collect();
+                    let outcome = store.ingest_many(&batches);
+                    drop(batches);
+                    taken.release(bytes);
+                    match outcome {
                         Ok(stored) => {
-                            for ((_, _, reply), s) in group.into_iter().zip(stored) {
+                            for ((_, _, _, reply), s) in group.into_iter().zip(stored) {
                                 let _ = reply.send(Ok(s));
                             }
                         }
                         Err(e) => {
-                            for (_, _, reply) in group {
+                            for (_, _, _, reply) in group {
                                 let _ =
                                     reply.send(Err(StoreError::Sqlite { path: String::new(), message: e.to_string() }));
                             }
@@ -86,7 +124,7 @@ impl Writer {
                 }
             })
             .expect("a thread for the hub's writer");
-        Writer { queue }
+        Writer { queue, queued }
     }
 }
 
@@ -101,10 +139,22 @@ impl Hub {
         })
     }
 
-    /// Stores `batch` with the next group commit.
-    pub async fn store_batch(&self, batch: ReportBatch, received_ms: i64) -> Result<store::Stored, Refused> {
+    /// Stores `batch` (`size` bytes as it arrived) with the next group commit; Busy when the
+    /// writer's queue is full (in batches or in bytes).
+    pub async fn store_batch(
+        &self,
+        batch: ReportBatch,
+        received_ms: i64,
+        size: usize,
+    ) -> Result<store::Stored, Refused> {
+        if !self.writer.queued.admit(size) {
+            return Err(Refused::Busy);
+        }
         let (reply, outcome) = tokio::sync::oneshot::channel();
-        self.writer.queue.try_send((batch, received_ms, reply)).map_err(|_| Refused::Busy)?;
+        if self.writer.queue.try_send((batch, received_ms, size, reply)).is_err() {
+            self.writer.queued.release(size);
+            return Err(Refused::Busy);
+        }
         match outcome.await {
             Ok(result) => result.map_err(Refused::Store),
             Err(_) => Err(Refused::Busy),
@@ -129,4 +179,22 @@ impl Hub {
 /// The wall clock, unix ms.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Budget;
+
+    #[test]
+    fn the_writers_queue_admits_bytes_up_to_its_bound_and_one_batch_into_an_empty_queue() {
+        let budget = Budget::new(100);
+        assert!(budget.admit(60));
+        assert!(!budget.admit(50), "60 + 50 is over 100: refused (503), nothing counted");
+        assert!(budget.admit(40));
+        budget.release(60);
+        assert!(budget.admit(50));
+        budget.release(90);
+        assert!(budget.admit(500), "an empty queue takes a batch larger than the bound");
+        assert!(!budget.admit(1));
+    }
 }

@@ -130,7 +130,7 @@ async fn reports(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answ
             &format!("this certificate is {node}'s: a node reports only for itself, not for {:?}", batch.node),
         );
     }
-    match hub.store_batch(batch, now_ms()).await {
+    match hub.store_batch(batch, now_ms(), body.len()).await {
         Ok(stored) => {
             let answer = BatchAnswer {
                 protocol: HEALTH_PROTOCOL,
