@@ -416,13 +416,14 @@ fn k3s_version(sys: &dyn HostSystem) -> Option<String> {
     words.next().filter(|v| v.starts_with('v')).map(str::to_string)
 }
 
-/// The certificates whose expiry stops a node: k3s's server/tls (servers), the agent's client
-/// and serving certificates, and the daemon's own.
+/// The certificates whose expiry stops a node: k3s's server/tls and, with embedded etcd, its
+/// server/tls/etcd (servers), the agent's client and serving certificates, and the daemon's own.
 fn certificate_files(sys: &dyn HostSystem, role: Role) -> Vec<PathBuf> {
     let data = Path::new(DEFAULT_DATA_DIR);
     let mut dirs = vec![data.join("agent")];
     if role == Role::Server {
         dirs.push(data.join("server/tls"));
+        dirs.push(data.join("server/tls/etcd"));
     }
     let mut files: Vec<PathBuf> = dirs
         .iter()

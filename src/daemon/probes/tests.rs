@@ -187,3 +187,15 @@ fn snapshot_names_carry_their_time_as_k3s_and_k3node_write_them() {
     assert_eq!(snapshot_time("manual-server-1-20250102T030405Z.tar.zst"), Some(1_735_787_045));
     assert_eq!(snapshot_time("scheduled-server-1-20250102T030405Z-2.tar.zst.sha256"), Some(1_735_787_045));
 }
+
+#[test]
+fn an_embedded_etcd_certificate_near_its_end_fails_a_servers_certificate_check() {
+    let sys = host()
+        .file("/var/lib/rancher/k3s/server/tls/serving-kube-apiserver.crt", &certificate(300))
+        .file("/var/lib/rancher/k3s/server/tls/etcd/peer-server-client.crt", &certificate(2));
+    let mut state = ProbeState::default();
+    let c = collect_local(&sys, &settings(Role::Server), &mut state);
+    let check = find(&c, "certificates");
+    assert_eq!(check.state, CheckState::Fail, "{check:?}");
+    assert!(check.reason.contains("peer-server-client.crt in 2 days"), "{check:?}");
+}
