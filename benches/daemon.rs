@@ -118,6 +118,9 @@ fn footprint() {
         h_max = h_max.max(sample(lab.host("h1"), &hub).0);
     }
     let (a1, e1, h1) = (sample(h2, &agent), sample(h2, &exporter), sample(lab.host("h1"), &hub));
+    // Where the agent's resident memory is: the binary's pages (file) or its own (anon).
+    let rollup = h2.sh(&format!("grep -E '^(Rss|Pss_Anon|Pss_File|Pss_Shmem|Anonymous):' /proc/{agent}/smaps_rollup"));
+    let threads = h2.sh(&format!("ls /proc/{agent}/task | wc -l")).unwrap_or_default();
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = |t0: u64, t1: u64| (t1 - t0) as f64 / ticks / elapsed * 100.0;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -127,6 +130,18 @@ fn footprint() {
         mib(a1.0),
         mib(a_max),
         cpu(a0.1, a1.1)
+    );
+    println!(
+        "    of which: {}; {} threads",
+        rollup
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .chunks(3)
+            .map(|c| c.join(" "))
+            .collect::<Vec<_>>()
+            .join(", "),
+        threads.trim()
     );
     println!(
         "  prometheus-node-exporter      RSS {:.1} MiB (max {:.1})  CPU {:.3}% of one core   (anchor, not scraped)",

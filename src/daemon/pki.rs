@@ -276,6 +276,16 @@ impl TlsMaterial {
     }
 }
 
+/// A node's TLS material signed by `ca` now, for tests that run a hub and its clients.
+#[cfg(test)]
+pub(crate) fn test_material(ca: &str, ca_key: &str, node: &str, address: &str, role: Role) -> TlsMaterial {
+    let key = generate_node_key().unwrap();
+    let csr = certificate_request(key.expose()).unwrap();
+    let names = node_names(node, address, role);
+    let cert = sign_node(ca, ca_key, &csr, node, role, &names, OffsetDateTime::now_utc()).unwrap();
+    TlsMaterial { ca_cert_pem: ca.to_string(), node_cert_pem: cert, node_key_pem: key }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,15 +144,6 @@ mod tests {
 
     const AHEAD_MS: i64 = 3_600_000;
 
-    fn material(ca: &str, ca_key: &str, node: &str, role: Role) -> TlsMaterial {
-        let key = pki::generate_node_key().unwrap();
-        let csr = pki::certificate_request(key.expose()).unwrap();
-        let names = pki::node_names(node, "127.0.0.1", role);
-        let now = time::OffsetDateTime::now_utc();
-        let cert = pki::sign_node(ca, ca_key, &csr, node, role, &names, now).unwrap();
-        TlsMaterial { ca_cert_pem: ca.to_string(), node_cert_pem: cert, node_key_pem: key }
-    }
-
     /// A hub of the cluster (mTLS, the health protocol) whose clock is an hour ahead of ours:
     /// it stores every report it gets and answers with its own time.
     async fn hub_an_hour_ahead(tls: rustls::ServerConfig) -> u16 {
@@ -185,7 +176,8 @@ mod tests {
     #[tokio::test]
     async fn the_clock_offset_is_the_hubs_time_minus_the_requests_midpoint_and_fails_the_clock_check() {
         let (ca, ca_key) = pki::generate_ca("lab", time::OffsetDateTime::now_utc()).unwrap();
-        let hub_tls = material(&ca, ca_key.expose(), "s1", Role::Server).server_config().unwrap();
+        let hub_tls =
+            pki::test_material(&ca, ca_key.expose(), "s1", "127.0.0.1", Role::Server).server_config().unwrap();
         let port = hub_an_hour_ahead(hub_tls).await;
         let settings = Settings {
             node: "a1".into(),
@@ -195,7 +187,9 @@ mod tests {
             kubeconfig: None,
             tuning: Tuning { hub_port: port, ..Tuning::default() },
         };
-        let client = HubClient::new(&settings, &material(&ca, ca_key.expose(), "a1", Role::Agent)).unwrap();
+        let client =
+            HubClient::new(&settings, &pki::test_material(&ca, ca_key.expose(), "a1", "127.0.0.1", Role::Agent))
+                .unwrap();
         let sys = FakeSystem::new();
         let mut buffer = Buffer::open(&sys, Path::new("/var/lib/k3node/buffer"), &settings.hubs, 100).unwrap();
         let report = Report {

@@ -406,15 +406,24 @@ async fn skip_unreachable_never_leaves_out_a_server() {
     assert!(!world.hosts["a1"].exists(Path::new("/usr/local/bin/k3s")), "no agent installed without its server");
 }
 
+const BUNDLE: &str = "k3s-airgap-images-amd64.tar.zst";
+
+/// Puts `file` (the airgap images bundle's bytes) into the world's airgap dir, and `listed` as
+/// its sha256 in the release's checksum file; returns the dir.
+fn airgap_bundle(world: &World, file: &[u8], listed: &[u8]) -> PathBuf {
+    let airgap = world._dir.path().join("airgap");
+    std::fs::write(airgap.join(BUNDLE), file).unwrap();
+    let sums = format!("{}  k3s\n{}  {BUNDLE}\n", crate::digest::sha256_hex(BINARY), crate::digest::sha256_hex(listed));
+    std::fs::write(airgap.join("sha256sum-amd64.txt"), sums).unwrap();
+    airgap
+}
+
 #[tokio::test]
 async fn the_airgap_images_bundle_in_the_airgap_dir_is_staged_on_every_node_before_k3s_and_only_once() {
     let world = three();
-    let airgap = world._dir.path().join("airgap");
     let bundle = b"(\xb5/\xfd k3s's own images, as the release's zstd tar".to_vec();
-    let name = "k3s-airgap-images-amd64.tar.zst";
-    std::fs::write(airgap.join(name), &bundle).unwrap();
-    let sums = format!("{}  k3s\n{}  {name}\n", crate::digest::sha256_hex(BINARY), crate::digest::sha256_hex(&bundle));
-    std::fs::write(airgap.join("sha256sum-amd64.txt"), sums).unwrap();
+    let name = BUNDLE;
+    airgap_bundle(&world, &bundle, &bundle);
 
     let report = run(&world, &options(&world, false)).await;
     assert!(report.succeeded(), "{report:#?}");
@@ -438,10 +447,7 @@ async fn the_airgap_images_bundle_in_the_airgap_dir_is_staged_on_every_node_befo
 
     // A bundle that is not the release's is refused before anything is staged or installed.
     let world = three();
-    let airgap = world._dir.path().join("airgap");
-    std::fs::write(airgap.join(name), b"something else").unwrap();
-    let sums = format!("{}  k3s\n{}  {name}\n", crate::digest::sha256_hex(BINARY), crate::digest::sha256_hex(&bundle));
-    std::fs::write(airgap.join("sha256sum-amd64.txt"), sums).unwrap();
+    airgap_bundle(&world, b"something else", &bundle);
     let report = run(&world, &options(&world, false)).await;
     assert!(!report.succeeded());
     let failed: Vec<_> = report.phases.iter().filter(|p| p.state == PhaseState::Failed).collect();
@@ -457,12 +463,9 @@ async fn the_airgap_images_bundle_in_the_airgap_dir_is_staged_on_every_node_befo
 #[tokio::test]
 async fn a_preloaded_archive_that_left_the_cluster_file_is_removed_from_every_node_and_nothing_staged_otherwise() {
     let world = three();
-    let airgap = world._dir.path().join("airgap");
-    let bundle = b"(\xb5/\xfd the release's images".to_vec();
-    let name = "k3s-airgap-images-amd64.tar.zst";
-    std::fs::write(airgap.join(name), &bundle).unwrap();
-    let sums = format!("{}  k3s\n{}  {name}\n", crate::digest::sha256_hex(BINARY), crate::digest::sha256_hex(&bundle));
-    std::fs::write(airgap.join("sha256sum-amd64.txt"), sums).unwrap();
+    let bundle = b"(\xb5/\xfd the release's images";
+    let name = BUNDLE;
+    let airgap = airgap_bundle(&world, bundle, bundle);
     assert!(run(&world, &options(&world, false)).await.succeeded());
     let dir = "/var/lib/rancher/k3s/agent/images";
     // An archive staged by `k3node images stage` (or by hand) is no preload's business.
