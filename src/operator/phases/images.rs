@@ -420,7 +420,8 @@ impl Phase for Stage {
     }
 
     fn applies(&self, _: &RunContext) -> bool {
-        !self.staged.is_empty() || self.preload_set
+        // `up`'s preload runs this phase itself, also with nothing to stage (to prune).
+        !self.staged.is_empty()
     }
 
     fn dry_run(&self, _: &RunContext) -> Option<String> {
