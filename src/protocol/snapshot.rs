@@ -15,7 +15,7 @@ use super::{Operation, Scrubber, Secret};
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Datastore {
-    /// kine on SQLite (`server/db/state.db`): copied through SQLite's online backup.
+    /// kine on SQLite (`server/db/state.db`): read as of one SQLite read transaction.
     Sqlite,
     /// Embedded etcd (HA servers): taken with `k3s etcd-snapshot save`.
     Etcd,
@@ -245,6 +245,17 @@ pub struct RestoreReport {
     pub restored_entries: u64,
     /// How to undo this restore.
     pub rollback: String,
+    /// How long each step took on the host, in order (none in a dry run): k3s is down from the
+    /// first step's start to the last one's end.
+    #[serde(default)]
+    pub timings: Vec<StepTime>,
+}
+
+/// How long one step of a restore took on the host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepTime {
+    pub step: String,
+    pub millis: u64,
 }
 
 impl Operation for RestoreSnapshot {

@@ -352,14 +352,14 @@ pub struct Written {
 }
 
 /// Writes the archive into `out` (not committed: the caller writes the sidecar first, then
-/// commits, so that an archive never exists without its sidecar): the manifest, then each entry
-/// from `sources` (the staged copy of each file, by entry path). `mtime` (Unix seconds) is given
-/// to every entry: the manifest, not the tar headers, says what matters.
-pub fn write(
-    sys: &dyn HostSystem,
+/// commits, so that an archive never exists without its sidecar): the manifest, then each entry,
+/// a file's bytes read from what `open` gives for its entry path (exactly the bytes the manifest
+/// hashed). `mtime` (Unix seconds) is given to every entry: the manifest, not the tar headers,
+/// says what matters.
+pub fn write<'s>(
     out: Box<dyn AtomicFile>,
     manifest: &Manifest,
-    sources: &BTreeMap<String, PathBuf>,
+    open: &dyn Fn(&str) -> io::Result<Box<dyn Read + 's>>,
     mtime: u64,
 ) -> io::Result<(Box<dyn AtomicFile>, Written)> {
     let mut encoder = zstd::stream::write::Encoder::new(HashingWriter::new(out), zstd::DEFAULT_COMPRESSION_LEVEL)?;
@@ -375,12 +375,9 @@ pub fn write(
     for entry in &manifest.entries {
         match entry.kind {
             EntryKind::File => {
-                let source = sources.get(&entry.path).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("no staged copy of {}", entry.path))
-                })?;
                 let mut header = header(tar::EntryType::Regular, entry.size, entry.mode, entry.uid, entry.gid, mtime);
-                // A staged copy that does not have the listed size would make a tar that lies.
-                let reader = sys.open_read(source)?.take(entry.size);
+                // A source that does not have the listed size would make a tar that lies.
+                let reader = open(&entry.path)?.take(entry.size);
                 tar.append_data(&mut header, &entry.path, reader)?;
             }
             EntryKind::Dir => {

@@ -1,13 +1,15 @@
 //! `snapshot-create`: a consistent snapshot of this server while k3s keeps running.
 //!
 //! Order: check the request and the host (a server's token, k3s's version, which datastore);
-//! sweep what a killed earlier run left in the snapshot directory; copy the datastore into a work
-//! directory beside the archive (SQLite: the online backup in one step, then `PRAGMA
-//! integrity_check` on the copy; etcd: `k3s etcd-snapshot save`, then etcd's appended hash); stage
-//! a copy of every other file while hashing it, so that the manifest, written first in the
-//! archive, lists exactly the bytes that follow it; write the archive under a temp name, then its
-//! sidecar, then rename the archive into place. A failure at any point (a full disk among them)
-//! leaves no archive, no temp file and no work directory, and k3s is never touched.
+//! sweep what a killed earlier run left in the snapshot directory; take the datastore (SQLite: an
+//! image of the live database in one read transaction, held until the archive is written:
+//! `PRAGMA integrity_check` and the hash in that transaction, the bytes streamed into the archive
+//! from it, no copy on disk; etcd: `k3s etcd-snapshot save` into a work directory beside the
+//! archive, then etcd's appended hash); stage a copy of every other file while hashing it, so
+//! that the manifest, written first in the archive, lists exactly the bytes that follow it; write
+//! the archive under a temp name, then its sidecar, then rename the archive into place. A failure
+//! at any point (a full disk among them) leaves no archive, no temp file and no work directory,
+//! and k3s is never touched.
 //!
 //! What is taken (k3s-contract.md section 6): `server/token`, `server/tls/`, `server/cred/`,
 //! `server/manifests/` without what k3s writes there itself, the datastore, /etc/rancher/k3s
@@ -30,12 +32,13 @@ use crate::host::k3s::{
     env_path, CONFIG_DIR, CONFIG_DROPIN_DIR, CONFIG_FILE, ETCD_DATA_DIR, ETCD_SNAPSHOT_DIR, K3S_PACKAGED_MANIFESTS,
     MANIFESTS_DIR, NODE_DIR, NODE_PASSWORD_FILE, REGISTRIES_FILE, SERVER_DIR, SQLITE_DB, SQLITE_SIDECARS,
 };
-use crate::host::system::{FileKind, HostSystem, Metadata};
+use crate::host::system::{DatabaseImage, FileKind, HostSystem, Metadata};
 use crate::protocol::snapshot::{CreateSnapshot, Datastore, SnapshotCreated};
 
 /// `k3s etcd-snapshot save` of a large database can take minutes.
 const ETCD_SAVE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Room kept free beyond the database copy when checking for space up front.
+/// Room kept free beyond the database's size (what its part of the archive can take at worst)
+/// when checking for space up front.
 const SPACE_MARGIN: u64 = 16 << 20;
 
 /// What creation needs to know of this server's k3s before it takes anything.
@@ -100,14 +103,20 @@ pub fn take(
     let work = WorkDir::new(sys, &dir, &name)?;
 
     let (database_path, database) = match datastore {
-        Datastore::Sqlite => sqlite_copy(sys, &data_dir, &dir, &work.path, progress)?,
+        Datastore::Sqlite => sqlite_image(sys, &data_dir, &dir, progress)?,
         Datastore::Etcd => etcd_copy(sys, &data_dir, &work.path, &req.name_prefix, progress)?,
     };
 
     progress("collecting k3s's server files and configuration");
     let scope = Scope::new(&data_dir, datastore, database_path.clone()).map_err(SnapshotError::Datastore)?;
-    let mut files =
-        Collector { sys, scope, work: work.path.join("files"), entries: Vec::new(), sources: BTreeMap::new() };
+    let mut files = Collector {
+        sys,
+        scope,
+        work: work.path.join("files"),
+        entries: Vec::new(),
+        sources: BTreeMap::new(),
+        image: None,
+    };
     sys.create_dir_all(&files.work, DIR_MODE).map_err(io_err("cannot create", &files.work))?;
     files.anchor(&server)?;
     files.file(&token, true)?;
@@ -118,7 +127,7 @@ pub fn take(
     if datastore == Datastore::Etcd {
         files.anchor(&data_dir.join(ETCD_SNAPSHOT_DIR))?;
     }
-    files.add_staged(database.0, database.1)?;
+    files.add_database(database, progress)?;
     files.anchor(Path::new(CONFIG_DIR))?;
     files.file(Path::new(CONFIG_FILE), false)?;
     files.tree(Path::new(CONFIG_DROPIN_DIR), &[])?;
@@ -137,7 +146,7 @@ pub fn take(
         created: rfc3339(now),
         data_dir: data_dir.display().to_string(),
         database: rel(&database_path),
-        entries: files.entries,
+        entries: std::mem::take(&mut files.entries),
     };
     // What creation makes must pass what a restore demands; a failure here is k3node's bug.
     manifest.validate().map_err(|e| SnapshotError::Datastore(format!("the snapshot's manifest is not valid: {e}")))?;
@@ -147,7 +156,8 @@ pub fn take(
     let out = sys.create_atomic(&path, ARCHIVE_MODE).map_err(io_err("cannot create", &path))?;
     let mtime = now.div_euclid(1000).max(0) as u64;
     let (out, written) =
-        archive::write(sys, out, &manifest, &files.sources, mtime).map_err(io_err("cannot write", &path))?;
+        archive::write(out, &manifest, &|entry| files.open(entry), mtime).map_err(io_err("cannot write", &path))?;
+    drop(files);
     // The sidecar first: an archive never exists without it (a sidecar alone is ignored and swept).
     let sidecar = archive::sidecar_path(&path);
     let file_name = format!("{name}{}", archive::EXTENSION);
@@ -247,14 +257,14 @@ fn unique_name(sys: &dyn HostSystem, dir: &Path, base: &str) -> String {
     name
 }
 
-/// The SQLite datastore: a checked copy in the work dir, listed with the live file's mode and owner.
-fn sqlite_copy(
+/// The SQLite datastore: an image of the live database in one read transaction, checked in it,
+/// listed with the live file's mode and owner.
+fn sqlite_image(
     sys: &dyn HostSystem,
     data_dir: &Path,
     dir: &Path,
-    work: &Path,
     progress: &mut dyn FnMut(&str),
-) -> Result<(PathBuf, (Entry, PathBuf)), SnapshotError> {
+) -> Result<(PathBuf, Database), SnapshotError> {
     let live = data_dir.join(SQLITE_DB);
     let meta = sys.metadata(&live).map_err(io_err("cannot read", &live))?;
     if meta.kind != FileKind::File {
@@ -271,28 +281,27 @@ fn sqlite_copy(
             });
         }
     }
-    progress(&format!("copying {} with SQLite's online backup", live.display()));
-    let copy = work.join("state.db");
-    sys.sqlite_backup(&live, &copy).map_err(|e| match e.kind() {
+    progress(&format!("reading {} in one SQLite read transaction (k3s keeps writing)", live.display()));
+    let image = sys.sqlite_image(&live).map_err(|e| match e.kind() {
         io::ErrorKind::InvalidData => SnapshotError::Datastore(format!(
             "{} cannot be read as an SQLite database: {}",
             live.display(),
             describe(&e)
         )),
-        _ => io_err("cannot copy", &live)(e),
+        _ => io_err("cannot read", &live)(e),
     })?;
-    progress("checking the copy (PRAGMA integrity_check)");
-    let problems = sys.sqlite_check(&copy).map_err(io_err("cannot check", &copy))?;
+    progress("checking the database as of that transaction (PRAGMA integrity_check)");
+    let problems = image.check().map_err(io_err("cannot check", &live))?;
     if !problems.is_empty() {
         let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
         return Err(SnapshotError::Datastore(format!(
-            "the copy of {} fails SQLite's integrity check ({}): the live database is damaged; no snapshot was written",
+            "{} fails SQLite's integrity check ({}): the live database is damaged; no snapshot was written",
             live.display(),
             shown.join("; ")
         )));
     }
     let entry = file_entry(&live, &meta, 0, None);
-    Ok((live, (entry, copy)))
+    Ok((live, Database::Image(entry, image)))
 }
 
 /// A file's manifest entry at its host path, with the owner and permission bits it has there; the
@@ -322,7 +331,7 @@ fn etcd_copy(
     work: &Path,
     name: &str,
     progress: &mut dyn FnMut(&str),
-) -> Result<(PathBuf, (Entry, PathBuf)), SnapshotError> {
+) -> Result<(PathBuf, Database), SnapshotError> {
     let into = work.join("etcd");
     sys.create_dir_all(&into, DIR_MODE).map_err(io_err("cannot create", &into))?;
     progress("taking an etcd snapshot (k3s etcd-snapshot save)");
@@ -333,7 +342,7 @@ fn etcd_copy(
     let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let at = data_dir.join(ETCD_SNAPSHOT_DIR).join(file_name);
     let entry = file_entry(&at, &meta, 0, None);
-    Ok((at, (entry, file)))
+    Ok((at, Database::Staged(entry, file)))
 }
 
 /// The entries of the archive, in order (every directory before what it holds), with the
@@ -344,7 +353,16 @@ struct Collector<'a> {
     /// Where staged copies go.
     work: PathBuf,
     entries: Vec<Entry>,
+    /// The staged copy of each file, by entry path.
     sources: BTreeMap<String, PathBuf>,
+    /// The SQLite datastore's image and its entry path: read from its transaction, not staged.
+    image: Option<(String, Box<dyn DatabaseImage>)>,
+}
+
+/// The datastore as taken: an image of the live SQLite database, or a file staged in the work dir.
+enum Database {
+    Image(Entry, Box<dyn DatabaseImage>),
+    Staged(Entry, PathBuf),
 }
 
 impl Collector<'_> {
@@ -466,14 +484,40 @@ impl Collector<'_> {
         Ok(())
     }
 
-    /// A file already copied (the datastore): hashed here, listed under its host path.
-    fn add_staged(&mut self, mut entry: Entry, copy: PathBuf) -> Result<(), SnapshotError> {
-        let mut reader = self.sys.open_read(&copy).map_err(io_err("cannot read", &copy))?;
-        let (sha256, size) = crate::digest::sha256_and_size(&mut reader).map_err(io_err("cannot read", &copy))?;
-        entry.size = size;
-        entry.sha256 = Some(sha256);
-        self.sources.insert(entry.path.clone(), copy);
+    /// The datastore, hashed here (the image within its transaction), listed under its host path.
+    fn add_database(&mut self, database: Database, progress: &mut dyn FnMut(&str)) -> Result<(), SnapshotError> {
+        let (mut entry, hashed) = match database {
+            Database::Staged(entry, copy) => {
+                let mut reader = self.sys.open_read(&copy).map_err(io_err("cannot read", &copy))?;
+                let hashed = crate::digest::sha256_and_size(&mut reader).map_err(io_err("cannot read", &copy))?;
+                self.sources.insert(entry.path.clone(), copy);
+                (entry, hashed)
+            }
+            Database::Image(entry, image) => {
+                progress(&format!("hashing the database's {} MiB", image.size() >> 20));
+                let at = entry.host_path();
+                let mut reader = image.bytes().map_err(io_err("cannot read", &at))?;
+                let hashed = crate::digest::sha256_and_size(&mut reader).map_err(io_err("cannot read", &at))?;
+                drop(reader);
+                self.image = Some((entry.path.clone(), image));
+                (entry, hashed)
+            }
+        };
+        (entry.sha256, entry.size) = (Some(hashed.0), hashed.1);
         self.entries.push(entry);
         Ok(())
+    }
+
+    /// What the archive holds for the entry at `path`: its staged copy, or the database's image.
+    fn open(&self, path: &str) -> io::Result<Box<dyn io::Read + '_>> {
+        match &self.image {
+            Some((at, image)) if at == path => image.bytes(),
+            _ => {
+                let source = self.sources.get(path).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no staged copy of {path}"))
+                })?;
+                Ok(self.sys.open_read(source)?)
+            }
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! `snapshot-verify`, `snapshot-prune`, `snapshot-restore`, `snapshot-rollback`
 //! (k3s-contract.md section 6).
 //!
-//! - [`create`]: a consistent snapshot while k3s keeps running: the datastore through SQLite's
-//!   online backup (checked with `PRAGMA integrity_check`) or `k3s etcd-snapshot save` (checked
+//! - [`create`]: a consistent snapshot while k3s keeps running: the datastore as of one SQLite
+//!   read transaction (checked with `PRAGMA integrity_check`) or `k3s etcd-snapshot save` (checked
 //!   with etcd's appended hash), plus everything a restore needs (token, tls, cred, the user's
 //!   manifests, /etc/rancher/k3s, the node password, the service's env file), in one archive
 //!   ([`archive`]) written atomically, 0600, with its sha256 beside it.
@@ -66,7 +66,7 @@ pub enum SnapshotError {
     Archive(#[from] ArchiveError),
     #[error("{what} {}: {}", path.display(), describe_io(source))]
     Io { what: &'static str, path: PathBuf, source: io::Error },
-    #[error("not enough space in {} for the snapshot: about {needed_mib} MiB are needed for the database's copy, {available_mib} MiB are available; free space there, or snapshot into another directory", dir.display())]
+    #[error("not enough space in {} for the snapshot: about {needed_mib} MiB may be needed for the archive (the database's size, if it does not compress), {available_mib} MiB are available; free space there, or snapshot into another directory", dir.display())]
     NoSpace { dir: PathBuf, needed_mib: u64, available_mib: u64 },
     #[error("the archive was taken with k3s {archive}, this host runs k3s {host}: install k3s {archive} first, or allow the mismatch (a datastore restored onto another k3s version may not start)")]
     VersionMismatch { archive: String, host: String },

@@ -168,7 +168,15 @@ fn a_full_disk_while_creating_is_no_space_and_leaves_nothing_and_the_database_un
         assert!(left.is_empty(), "{what}: {left:?}");
     };
 
-    // Room for the copy of the database (the check up front passes), not for the archive too.
+    // Two large manifests that do not compress either: staged and archived, they do not fit
+    // beside the database's part, while the check up front (the database's size) passes.
+    let manifests = root.path().join("var/lib/rancher/k3s/server/manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    for name in ["big-1.yaml", "big-2.yaml"] {
+        let mut noise = vec![0u8; 12 << 20];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut noise);
+        std::fs::write(manifests.join(name), noise).unwrap();
+    }
     {
         let _disk = Tmpfs::mount(&snapshots, db_size + (24 << 20));
         let err = create::take(&sys, &create_request(), &facts(), &mut |_| {}).unwrap_err();
@@ -176,12 +184,15 @@ fn a_full_disk_while_creating_is_no_space_and_leaves_nothing_and_the_database_un
         assert!(err.to_string().contains("No space left on device"), "{err}");
         check_nothing_left("a full disk while writing");
     }
-    // Not even room for the copy: said before anything is written.
+    for name in ["big-1.yaml", "big-2.yaml"] {
+        std::fs::remove_file(manifests.join(name)).unwrap();
+    }
+    // Not even room for the database's part: said before anything is written.
     {
         let _disk = Tmpfs::mount(&snapshots, 4 << 20);
         let err = create::take(&sys, &create_request(), &facts(), &mut |_| {}).unwrap_err();
         assert_eq!(err.kind(), crate::protocol::ErrorKind::NoSpace, "{err}");
-        assert!(err.to_string().contains("MiB are needed for the database's copy"), "{err}");
+        assert!(err.to_string().contains("MiB may be needed for the archive"), "{err}");
         check_nothing_left("too little room");
     }
     let conn = rusqlite::Connection::open(live_db(root.path())).unwrap();

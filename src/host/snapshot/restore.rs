@@ -37,7 +37,7 @@ use crate::host::k3s::{
 };
 use crate::host::system::{AtomicFile, FileKind, HostSystem};
 use crate::protocol::snapshot::{
-    Datastore, MovedAside, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore,
+    Datastore, MovedAside, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore, StepTime,
 };
 use crate::protocol::Secret;
 
@@ -131,7 +131,7 @@ pub fn restore(
     let checked = check(sys, req, progress)?;
     let record = plan(sys, &checked, progress)?;
     let manifest = &checked.walked.manifest;
-    let report = |restored_entries: u64, rollback: String| RestoreReport {
+    let report = |restored_entries: u64, rollback: String, timings: Vec<StepTime>| RestoreReport {
         name: checked.name.clone(),
         datastore: manifest.datastore,
         k3s_version: manifest.k3s_version.clone(),
@@ -139,12 +139,13 @@ pub fn restore(
         moved_aside: record.moved.clone(),
         restored_entries,
         rollback,
+        timings,
     };
     if req.dry_run {
-        return Ok(report(manifest.entries.len() as u64, "nothing was changed (dry run)".into()));
+        return Ok(report(manifest.entries.len() as u64, "nothing was changed (dry run)".into(), Vec::new()));
     }
     write_record(sys, &record)?;
-    let restored =
+    let (restored, timings) =
         carry_out(sys, req, &checked, &record, progress).map_err(|(step, e)| SnapshotError::Interrupted {
             source: Box::new(e),
             guidance: format!(
@@ -159,7 +160,7 @@ pub fn restore(
         "the data this restore replaced is aside ({}); to undo the restore: snapshot-rollback",
         shown_moves(&record.moved)
     );
-    Ok(report(restored, rollback))
+    Ok(report(restored, rollback, timings))
 }
 
 /// What step 1 established about the archive and what k3s will run with.
@@ -304,10 +305,12 @@ fn carry_out(
     checked: &Checked,
     record: &Record,
     progress: &mut dyn FnMut(&str),
-) -> Result<u64, (&'static str, SnapshotError)> {
+) -> Result<(u64, Vec<StepTime>), (&'static str, SnapshotError)> {
     let manifest = &checked.walked.manifest;
+    let mut timer = StepTimer::new(sys);
     progress(&format!("stopping {}", k3s::SERVICE));
     k3s::stop(sys).map_err(|e| ("stop k3s", e))?;
+    timer.done("stop k3s");
     for m in &record.moved {
         let (from, to) = (Path::new(&m.from), Path::new(&m.to));
         if present(sys, to) {
@@ -320,6 +323,7 @@ fn carry_out(
             })?;
         }
     }
+    timer.done("move the current data aside");
     progress(&format!("restoring {} entries from {}", manifest.entries.len(), checked.path.display()));
     let mut extract = Extract { sys, restored: 0 };
     super::archive::walk(sys, &checked.path, &mut extract).map_err(|e| ("extract the archive", e.into()))?;
@@ -343,16 +347,38 @@ fn carry_out(
             }
         }
     }
+    timer.done("extract the archive");
     let deadline_ms = sys.now_unix_ms() + (req.ready_timeout_secs.max(1) as i64) * 1000;
     if manifest.datastore == Datastore::Etcd {
         let database = database_of(checked);
         progress(&format!("k3s {}", etcd::reset_args(&database, &checked.data_dir).join(" ")));
         let remaining = Duration::from_millis((deadline_ms - sys.now_unix_ms()).max(1000) as u64);
         etcd::cluster_reset(sys, &database, &checked.data_dir, remaining).map_err(|e| ("reset the etcd cluster", e))?;
+        timer.done("reset the etcd cluster");
     }
     k3s::start_and_wait(sys, &checked.settings, &req.node_name, deadline_ms, progress)
         .map_err(|e| ("start k3s and wait for the node", e))?;
-    Ok(extract.restored)
+    timer.done("start k3s and wait for the node");
+    Ok((extract.restored, timer.steps))
+}
+
+/// The host clock's time per step, each from the end of the one before.
+struct StepTimer<'a> {
+    sys: &'a dyn HostSystem,
+    since_ms: i64,
+    steps: Vec<StepTime>,
+}
+
+impl<'a> StepTimer<'a> {
+    fn new(sys: &'a dyn HostSystem) -> StepTimer<'a> {
+        StepTimer { sys, since_ms: sys.now_unix_ms(), steps: Vec::new() }
+    }
+
+    fn done(&mut self, step: &str) {
+        let now = self.sys.now_unix_ms();
+        self.steps.push(StepTime { step: step.to_string(), millis: (now - self.since_ms).max(0) as u64 });
+        self.since_ms = now;
+    }
 }
 
 /// Writes every entry where it belongs, with its mode and owner.

@@ -92,7 +92,7 @@ fn a_snapshot_of_a_sqlite_server_holds_what_a_restore_needs_and_nothing_of_k3s_o
     // k3s was never stopped nor restarted: only read-only commands ran.
     let runs: Vec<String> = sys.runs().iter().map(|(p, a)| format!("{} {}", p.display(), a.join(" "))).collect();
     assert_eq!(runs, vec![format!("{K3S_BIN} --version")]);
-    assert!(progress.iter().any(|l| l.contains("online backup")), "{progress:?}");
+    assert!(progress.iter().any(|l| l.contains("one SQLite read transaction")), "{progress:?}");
     let shown = serde_json::to_string(&created).unwrap() + &progress.join("\n");
     assert!(!shown.contains(PASSWORD), "{shown}");
 }
@@ -173,6 +173,12 @@ fn a_restore_verifies_stops_moves_aside_extracts_and_waits_for_ready_in_that_ord
     let before = changes(&target).len();
     let (report, progress) = restore_with(&target, &restore_request());
     let report = report.unwrap_or_else(|e| panic!("restore failed: {e}"));
+    let steps: Vec<&str> = report.timings.iter().map(|t| t.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        ["stop k3s", "move the current data aside", "extract the archive", "start k3s and wait for the node"],
+        "k3s's downtime, step by step"
+    );
 
     assert_eq!(
         runs_of(&target),

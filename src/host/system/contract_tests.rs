@@ -218,18 +218,25 @@ fn sqlite_bytes(rows: u32) -> Vec<u8> {
 }
 
 #[test]
-fn sqlite_backups_are_checked_copies_and_missing_or_foreign_files_fail_alike() {
+fn sqlite_images_are_the_database_checked_and_missing_or_foreign_files_fail_alike() {
     both(|sys, name| {
-        sys.write_atomic(&p("/var/lib/db/state.db"), &sqlite_bytes(50), 0o600).unwrap();
-        sys.create_dir_all(&p("/backup"), 0o700).unwrap();
-        sys.sqlite_backup(&p("/var/lib/db/state.db"), &p("/backup/copy.db")).unwrap();
-        assert!(sys.sqlite_check(&p("/backup/copy.db")).unwrap().is_empty(), "{name}");
-        assert_eq!(sys.read_dir_names(&p("/backup")).unwrap(), vec!["copy.db"], "{name}: one file, no sidecars");
-        let missing = sys.sqlite_backup(&p("/var/lib/db/nope.db"), &p("/backup/c2.db")).unwrap_err();
+        let db = sqlite_bytes(50);
+        sys.write_atomic(&p("/var/lib/db/state.db"), &db, 0o600).unwrap();
+        let image = sys.sqlite_image(&p("/var/lib/db/state.db")).unwrap();
+        assert!(image.check().unwrap().is_empty(), "{name}");
+        let mut bytes = Vec::new();
+        image.bytes().unwrap().read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, image.size(), "{name}");
+        assert_eq!(bytes, db, "{name}: a checkpointed database's image is its file");
+        drop(image);
+        assert_eq!(sys.read_dir_names(&p("/var/lib/db")).unwrap(), vec!["state.db"], "{name}: nothing written");
+        let missing = sys.sqlite_image(&p("/var/lib/db/nope.db")).err().unwrap();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound, "{name}: {missing}");
         assert!(!sys.exists(&p("/var/lib/db/nope.db")), "{name}: never created");
         sys.write_atomic(&p("/var/lib/db/text"), "plain text, no database".repeat(40).as_bytes(), 0o600).unwrap();
         let foreign = sys.sqlite_check(&p("/var/lib/db/text")).unwrap_err();
+        assert_eq!(foreign.kind(), io::ErrorKind::InvalidData, "{name}: {foreign}");
+        let foreign = sys.sqlite_image(&p("/var/lib/db/text")).err().unwrap();
         assert_eq!(foreign.kind(), io::ErrorKind::InvalidData, "{name}: {foreign}");
     });
 }

@@ -714,20 +714,10 @@ impl HostSystem for FakeSystem {
         Ok(Some(Box::new(FakeLock { state: self.state.clone(), path: path.to_path_buf() })))
     }
 
-    /// SQLite itself, on a temp copy of the fake's bytes: the copy lands in the fake as a file.
-    fn sqlite_backup(&self, db: &Path, dest: &Path) -> io::Result<()> {
+    /// SQLite itself, on a temp copy of the fake's bytes (and its -wal), kept as long as the image.
+    fn sqlite_image(&self, db: &Path) -> io::Result<Box<dyn super::DatabaseImage>> {
         let (dir, real) = self.state().sqlite_files(db)?;
-        let mut st = self.state();
-        if let Some(e) = denied(&st, dest).or_else(|| read_only(&st, dest)) {
-            return Err(e);
-        }
-        drop(st);
-        let copy = dir.path().join("copy");
-        super::sqlite::backup(&real, &copy)?;
-        let bytes = std::fs::read(&copy)?;
-        st = self.state();
-        st.store(dest, bytes, DEFAULT_FILE_MODE);
-        Ok(())
+        super::sqlite::image(&real, Some(dir))
     }
 
     fn sqlite_check(&self, db: &Path) -> io::Result<Vec<String>> {

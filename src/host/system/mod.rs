@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use real::RealSystem;
+pub use sqlite::DatabaseImage;
 
 /// Directories searched for commands besides `PATH`: sudo and SSH sessions often run with a
 /// PATH that lacks the sbin directories where modprobe and iptables live.
@@ -170,10 +171,9 @@ pub trait HostSystem: Send + Sync {
 
     // SQLite databases (k3s's kine datastore).
 
-    /// Copies the SQLite database at `db` (with what its -wal holds) into the new file `dest`,
-    /// consistent as of one read transaction, through SQLite's online backup in one step: the
-    /// database's writers go on meanwhile. A full disk is ENOSPC.
-    fn sqlite_backup(&self, db: &Path, dest: &Path) -> io::Result<()>;
+    /// The SQLite database at `db` (with what its -wal holds) as of one read transaction, held
+    /// while the image lives: its writers go on meanwhile, and nothing is copied to disk.
+    fn sqlite_image(&self, db: &Path) -> io::Result<Box<dyn DatabaseImage>>;
     /// `PRAGMA integrity_check` of the database at `db`: empty when it is sound, else SQLite's
     /// list of problems; a file that is not a database is InvalidData.
     fn sqlite_check(&self, db: &Path) -> io::Result<Vec<String>>;

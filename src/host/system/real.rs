@@ -237,8 +237,8 @@ impl HostSystem for RealSystem {
         }
     }
 
-    fn sqlite_backup(&self, db: &Path, dest: &Path) -> io::Result<()> {
-        super::sqlite::backup(&self.at(db), &self.at(dest))
+    fn sqlite_image(&self, db: &Path) -> io::Result<Box<dyn super::DatabaseImage>> {
+        super::sqlite::image(&self.at(db), None)
     }
 
     fn sqlite_check(&self, db: &Path) -> io::Result<Vec<String>> {
