@@ -331,7 +331,10 @@ fn main() {
         s(seed_unpack),
         s(seed_start)
     );
-    println!("    speedup over the seed                         {:>8.2}x  (target >= 3x)", s(seed_unpack) / without_start);
+    println!(
+        "    speedup over the seed                         {:>8.2}x  (target >= 3x)",
+        s(seed_unpack) / without_start
+    );
     println!(
         "    extraction step / limit                       {:>8.2}x  (target <= 1.5x)",
         extract_host / s(restore_limit)

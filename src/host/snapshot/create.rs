@@ -513,9 +513,10 @@ impl Collector<'_> {
         match &self.image {
             Some((at, image)) if at == path => image.bytes(),
             _ => {
-                let source = self.sources.get(path).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("no staged copy of {path}"))
-                })?;
+                let source = self
+                    .sources
+                    .get(path)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no staged copy of {path}")))?;
                 Ok(self.sys.open_read(source)?)
             }
         }

@@ -74,7 +74,10 @@ impl DatabaseImage for Image {
     }
 
     fn bytes(&self) -> io::Result<Box<dyn Read + '_>> {
-        let page = self.conn.prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1").map_err(|e| to_io(e, &self.path))?;
+        let page = self
+            .conn
+            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
+            .map_err(|e| to_io(e, &self.path))?;
         Ok(Box::new(Pages { image: self, page, next: 1, buf: Vec::new(), at: 0 }))
     }
 }
@@ -99,7 +102,13 @@ impl Read for Pages<'_> {
             if data.len() as u64 != self.image.page_size {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("SQLite on {}: page {} has {} bytes, not {}", path.display(), self.next, data.len(), self.image.page_size),
+                    format!(
+                        "SQLite on {}: page {} has {} bytes, not {}",
+                        path.display(),
+                        self.next,
+                        data.len(),
+                        self.image.page_size
+                    ),
                 ));
             }
             self.buf = data;
@@ -212,7 +221,12 @@ mod tests {
         let image = image(&db, None).unwrap();
         let first = read_all(&*image);
         for i in 0..500 {
-            writer.execute("INSERT INTO kine (name, value) VALUES (?1, ?2)", (format!("/registry/after{i}"), vec![9u8; 700])).unwrap();
+            writer
+                .execute(
+                    "INSERT INTO kine (name, value) VALUES (?1, ?2)",
+                    (format!("/registry/after{i}"), vec![9u8; 700]),
+                )
+                .unwrap();
         }
         // A checkpoint copies what it can into the file; the reader keeps its pages.
         writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).unwrap();

@@ -635,8 +635,11 @@ impl Phase for Restore {
                 }
                 if !report.timings.is_empty() {
                     let down: u64 = report.timings.iter().map(|t| t.millis).sum();
-                    let steps: Vec<String> =
-                        report.timings.iter().map(|t| format!("{} {:.1} s", t.step, t.millis as f64 / 1000.0)).collect();
+                    let steps: Vec<String> = report
+                        .timings
+                        .iter()
+                        .map(|t| format!("{} {:.1} s", t.step, t.millis as f64 / 1000.0))
+                        .collect();
                     result.notes.push(format!("k3s was down {:.1} s: {}", down as f64 / 1000.0, steps.join(", ")));
                 }
                 result.notes.push(format!("to undo this restore: {}", self.rollback));
