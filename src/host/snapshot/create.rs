@@ -157,6 +157,7 @@ pub fn take(
     let mtime = now.div_euclid(1000).max(0) as u64;
     let (out, written) =
         archive::write(out, &manifest, &|entry| files.open(entry), mtime).map_err(io_err("cannot write", &path))?;
+    // Ends the database's read transaction: k3s's checkpoints need not wait for the rest.
     drop(files);
     // The sidecar first: an archive never exists without it (a sidecar alone is ignored and swept).
     let sidecar = archive::sidecar_path(&path);

@@ -22,6 +22,8 @@ use rusqlite::{Connection, OpenFlags};
 /// How long a read waits for a lock held by the database's writer (a checkpoint or a WAL reset
 /// in progress): k3s's transactions are short.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// One page of the image, by its number (1 to the page count).
+const PAGE: &str = "SELECT data FROM sqlite_dbpage WHERE pgno = ?1";
 
 /// A live database's pages as of one read transaction (see the module's invariants).
 pub trait DatabaseImage {
@@ -43,7 +45,8 @@ pub fn image(db: &Path, keep: Option<tempfile::TempDir>) -> io::Result<Box<dyn D
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(err)?;
     let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(err)?;
     let (page_size, pages) = (page_size as u64, pages as u64);
-    match conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1") {
+    // Prepared once here (and cached for every read) so that a build without the table says so now.
+    match conn.prepare_cached(PAGE) {
         Ok(_) => {}
         Err(e) if e.to_string().contains("no such table") => {
             return Err(io::Error::new(
@@ -74,10 +77,7 @@ impl DatabaseImage for Image {
     }
 
     fn bytes(&self) -> io::Result<Box<dyn Read + '_>> {
-        let page = self
-            .conn
-            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")
-            .map_err(|e| to_io(e, &self.path))?;
+        let page = self.conn.prepare_cached(PAGE).map_err(|e| to_io(e, &self.path))?;
         Ok(Box::new(Pages { image: self, page, next: 1, buf: Vec::new(), at: 0 }))
     }
 }
