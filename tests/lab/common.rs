@@ -12,6 +12,17 @@ pub const K3NODE: &str = env!("CARGO_BIN_EXE_k3node");
 
 pub type Outcome = Result<(), libtest_mimic::Failed>;
 
+/// A scenario as a trial whose line in the log ends with the time it took ("... (41.3 s) ok"):
+/// CI's log is where the lab's share of the run is read, scenario by scenario.
+pub fn timed(name: impl Into<String>, run: impl FnOnce() -> Outcome + Send + 'static) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test(name, move || {
+        let started = std::time::Instant::now();
+        let outcome = run();
+        eprint!("({:.1} s) ", started.elapsed().as_secs_f64());
+        outcome
+    })
+}
+
 /// A fresh operator-side home: its own known_hosts, cluster file, no ssh-agent, no ~/.ssh/config.
 pub struct Operator {
     pub home: PathBuf,

@@ -35,7 +35,7 @@ const ALL: [&str; 4] = ["h1", "h2", "h3", "h4"];
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>, &Operator, &Path) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("daemon::{name}"), move || {
+        crate::common::timed(format!("daemon::{name}"), move || {
             let op = operator(&lab);
             let file = cluster_file(&lab, &op);
             f(&lab, &op, &file)

@@ -28,7 +28,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         .into_iter()
         .map(|(name, test)| {
             let lab = Arc::clone(lab);
-            Trial::test(name, move || {
+            crate::common::timed(name, move || {
                 let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
                 test(&lab).map_err(|e| Failed::from(format!("{e:?}")))
             })

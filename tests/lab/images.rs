@@ -16,7 +16,7 @@ const NODES: [&str; 4] = ["h1", "h2", "h3", "h4"];
 
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let lab = lab.clone();
-    vec![Trial::test(
+    vec![crate::common::timed(
         "images::staged_with_the_airgap_bundle_then_imported_re_run_selected_refused_and_cut_off_nodes_converge",
         move || scenario(&lab),
     )]

@@ -25,7 +25,7 @@ const STATIC_VERSION: &str = "v1.31.4+k3s9";
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("portable::{name}"), move || f(&lab))
+        crate::common::timed(format!("portable::{name}"), move || f(&lab))
     };
     vec![
         t("a_dynamically_linked_helper_on_an_old_glibc_is_refused_naming_the_static_build", dynamic_refused),

@@ -12,7 +12,7 @@ use crate::support::{Lab, LabHost};
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("preflight::{name}"), move || f(&lab))
+        crate::common::timed(format!("preflight::{name}"), move || f(&lab))
     };
     vec![
         t("invalid_cluster_file_touches_no_host", invalid_file_touches_nothing),

@@ -25,7 +25,7 @@ const USER: &str = "k3node";
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("provision::{name}"), move || f(&lab))
+        crate::common::timed(format!("provision::{name}"), move || f(&lab))
     };
     vec![
         t("bootstrap_refuses_bad_input_and_changes_nothing", refuses_bad_input),

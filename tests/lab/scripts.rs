@@ -62,7 +62,7 @@ true
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>, &LabHost) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("scripts::{name}"), move || {
+        crate::common::timed(format!("scripts::{name}"), move || {
             let host = lab.host(HOST);
             let _clean = Clean::new(host)?;
             f(&lab, host)

@@ -44,7 +44,7 @@ fn world(lab: &Arc<Lab>) -> Arc<World> {
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>, &World) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("snapshot::{name}"), move || {
+        crate::common::timed(format!("snapshot::{name}"), move || {
             let w = world(&lab);
             f(&lab, &w)
         })

@@ -15,7 +15,7 @@ use crate::support::Lab;
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("transport::{name}"), move || f(&lab))
+        crate::common::timed(format!("transport::{name}"), move || f(&lab))
     };
     vec![
         t("key_auth_and_exit_status_from_the_channel", key_auth_and_exit_status),

@@ -43,7 +43,7 @@ pub fn finish() {
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
     let t = |name: &str, f: fn(&Arc<Lab>, &World) -> Outcome| {
         let lab = lab.clone();
-        Trial::test(format!("up::{name}"), move || {
+        crate::common::timed(format!("up::{name}"), move || {
             let w = world(&lab);
             f(&lab, &w)
         })
