@@ -35,6 +35,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    portable::prebuild(&args);
     let mut trials = harness_selftest::trials(&lab);
     trials.extend(transport::trials(&lab));
     trials.extend(preflight::trials(&lab));

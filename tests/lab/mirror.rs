@@ -14,11 +14,19 @@ use crate::support::Lab;
 pub const VERSION: &str = "v1.31.4+k3s1";
 pub const ADDRESS: &str = "172.30.77.1:8080";
 
-/// Builds the stand-in once per run (it is test support, in its own package).
+/// The stand-in's binary, named by `K3NODE_LAB_STANDIN` (CI names the one `cargo test --workspace`
+/// has just built: building it again alone, with its own package's features, would rebuild most
+/// dependencies, minutes on a fresh checkout), or else built once per run (it is test support, in
+/// its own package).
 pub fn standin_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(named) = std::env::var_os("K3NODE_LAB_STANDIN") {
+                let named = PathBuf::from(named);
+                assert!(named.is_file(), "K3NODE_LAB_STANDIN names {}, which is not a file", named.display());
+                return named;
+            }
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
             let status = std::process::Command::new(env!("CARGO"))
                 .args(["build", "--locked", "-p", "k3s-standin"])
