@@ -42,11 +42,14 @@ fn main() {
     trials.extend(scripts::trials(&lab));
     trials.extend(up::trials(&lab));
     trials.extend(provision::trials(&lab));
-    trials.extend(portable::trials(&lab));
     trials.extend(daemon::trials(&lab));
     trials.extend(images::trials(&lab));
-    // Last: its disaster recovery powers h1 off for good (the lab cannot boot a host again).
+    // After the scenarios that use h1: its disaster recovery powers h1 off for good (the lab
+    // cannot boot a host again).
     trials.extend(snapshot::trials(&lab));
+    // Last: the static builds it needs run in the background from the start (on a fresh checkout,
+    // minutes of CPU), and the old host it uses is its own.
+    trials.extend(portable::trials(&lab));
     let conclusion = libtest_mimic::run(&args, trials);
     up::finish();
     match Arc::try_unwrap(lab) {
