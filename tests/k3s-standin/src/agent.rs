@@ -90,6 +90,7 @@ async fn run_inner(cfg: Config) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     info!("Node {name} registered with {url}");
+    crate::kubelet::start_healthz().await;
     info!("k3s agent is up and running");
     notify::ready();
 

@@ -12,6 +12,7 @@ mod etcd;
 mod kine;
 mod kubeapi;
 mod kubectl;
+mod kubelet;
 mod logx;
 mod netinfo;
 mod node;

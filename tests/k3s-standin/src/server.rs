@@ -801,6 +801,9 @@ async fn run_inner(cfg: Config) -> Result<()> {
     .await
     .map_err(|e| anyhow!("deploy controller: {e}"))?;
     tokio::spawn(crate::deploy::run(kine.clone(), deployer));
+    if !disable_agent {
+        crate::kubelet::start_healthz().await;
+    }
     info!("k3s is up and running");
     notify::ready();
     std::future::pending::<()>().await;

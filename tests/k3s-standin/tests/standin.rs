@@ -1397,6 +1397,40 @@ fn sysctl_in(pid: u32, entry: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// One HTTP/1.0 GET from inside the network namespace of `pid`: (status line, body).
+fn get_in(pid: u32, port: u16, path: &str) -> (String, String) {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["bash", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {path}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.lines().next().unwrap_or("").trim().to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_kubelets_healthz_answers_ok_on_loopback_port_10248_once_the_node_runs() {
+    let dir = tmp();
+    let d = dir.path();
+    let fake = fake_modprobe(d);
+    // A network namespace of the test's own, so that the port is this server's.
+    let mut p = server_in_namespaces(&d.join("srv"), "healthz", &["--net"], "ip link set lo up", &fake);
+    p.wait_ready(30);
+    let pid = p.child.id();
+    let (status, body) = get_in(pid, 10248, "/healthz");
+    assert!(status.starts_with("HTTP/1.0 200") || status.starts_with("HTTP/1.1 200"), "{status}\n{}", p.log());
+    assert_eq!(body, "ok");
+    let (status, _) = get_in(pid, 10248, "/no-such-check");
+    assert!(status.contains(" 404"), "{status}");
+    p.term();
+}
+
 #[test]
 fn every_start_loads_modules_and_sets_forwarding_sysctls_or_says_why_not() {
     let dir = tmp();
