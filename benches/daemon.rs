@@ -183,7 +183,7 @@ fn hub_process(dir: &Path) {
         kubeconfig: None,
         tuning: Tuning::default(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = k3node::daemon::runtime(true).unwrap();
     rt.block_on(async move {
         let open = || k3node::hub::Store::open(&dir.join("hub.db"), settings.tuning.history_per_node as u64).unwrap();
         let hub = k3node::hub::Hub::new(settings.clone(), open(), open());
@@ -317,6 +317,8 @@ fn fan_in() {
 
     let mut hub = Command::new(std::env::current_exe().unwrap())
         .env("K3NODE_BENCH_HUB_DIR", dir.path())
+        // As systemd/k3node-agent.service runs it.
+        .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use super::pki;
 use super::settings::{
-    Settings, CA_CERT, CA_KEY, CONFIG_DIR, NODE_CERT, NODE_KEY, SETTINGS_PATH, STATE_DIR, TLS_DIR, UNIT_NAME,
-    UNIT_PATH, UNIT_TEXT,
+    hub_memory_dropin, Settings, CA_CERT, CA_KEY, CONFIG_DIR, HUB_MEMORY_DROPIN, HUB_MEMORY_DROPIN_DIR, NODE_CERT,
+    NODE_KEY, SETTINGS_PATH, STATE_DIR, TLS_DIR, UNIT_NAME, UNIT_PATH, UNIT_TEXT,
 };
 use crate::host::error::{describe_io, Failure, HostError};
 use crate::host::k3s::systemd::{journal_tail, RunError, Systemd};
@@ -31,6 +31,7 @@ use crate::protocol::{ErrorKind, Secret};
 const SECRET_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
 const TLS_DIR_MODE: u32 = 0o700;
+const UNIT_DIR_MODE: u32 = 0o755;
 /// `systemctl restart` of a Type=notify unit returns once it said READY=1.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -176,6 +177,9 @@ pub fn install(
     if let (Role::Server, Some(key)) = (req.role, &req.ca_key) {
         files.push(plan(sys, CA_KEY, key.expose().to_string(), SECRET_MODE, true)?);
     }
+    if settings.is_server() {
+        files.push(plan(sys, HUB_MEMORY_DROPIN, hub_memory_dropin(settings.fleet.len()), PUBLIC_MODE, false)?);
+    }
     if !req.dry_run && !sys.exists(Path::new(NODE_KEY)) {
         return Err(DaemonOpError::NoKey);
     }
@@ -216,6 +220,10 @@ pub fn install(
         return Err(DaemonOpError::NoSystemd);
     }
     sys.create_dir_all(Path::new(TLS_DIR), TLS_DIR_MODE).map_err(io_error("cannot create", Path::new(TLS_DIR)))?;
+    if settings.is_server() {
+        sys.create_dir_all(Path::new(HUB_MEMORY_DROPIN_DIR), UNIT_DIR_MODE)
+            .map_err(io_error("cannot create", Path::new(HUB_MEMORY_DROPIN_DIR)))?;
+    }
     // The unit last: a new unit never starts with old settings.
     files.sort_by_key(|f| f.path == UNIT_PATH);
     for f in files.iter().filter(|f| f.action != FileAction::Unchanged) {
@@ -223,7 +231,7 @@ pub fn install(
         sys.write_atomic(Path::new(f.path), f.contents.as_bytes(), f.mode)
             .map_err(io_error("cannot write", Path::new(f.path)))?;
     }
-    let unit_changed = changed.contains(&UNIT_PATH);
+    let unit_changed = changed.contains(&UNIT_PATH) || changed.contains(&HUB_MEMORY_DROPIN);
     if !unit.enabled {
         progress(&format!("enabling {UNIT_NAME}"));
         systemd.run_quick(&["enable", UNIT_NAME]).map_err(DaemonOpError::Systemd)?;
@@ -306,6 +314,12 @@ pub fn removal_steps<'a>(sys: &'a dyn HostSystem, aside: &dyn Fn(&Path) -> PathB
             format!("remove {UNIT_PATH}"),
             Box::new(move || sys.remove_file(Path::new(UNIT_PATH)).map_err(|e| describe_io(&e))),
         ));
+        if sys.exists(Path::new(HUB_MEMORY_DROPIN_DIR)) {
+            steps.push((
+                format!("remove {HUB_MEMORY_DROPIN_DIR}"),
+                Box::new(move || sys.remove_dir_all(Path::new(HUB_MEMORY_DROPIN_DIR)).map_err(|e| describe_io(&e))),
+            ));
+        }
         steps.push((
             "reload systemd units".to_string(),
             Box::new(move || Systemd::new(sys).run_quick(&["daemon-reload"]).map(|_| ())),

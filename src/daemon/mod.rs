@@ -74,14 +74,19 @@ pub fn load(sys: &dyn HostSystem, settings_path: &str) -> Result<(Settings, pki:
 pub fn run(settings_path: &str) -> Result<(), DaemonError> {
     let sys: &'static RealSystem = Box::leak(Box::new(RealSystem::host()));
     let (settings, tls) = load(sys, settings_path)?;
-    // The agent needs one thread; a hub answers many nodes at once.
-    let runtime = if settings.is_server() {
+    runtime(settings.is_server())
+        .map_err(|e| DaemonError::Runtime(e.to_string()))?
+        .block_on(main_loop(sys, settings, tls))
+}
+
+/// The daemon's runtime (also the hub benchmark's): the agent needs one thread; a hub answers
+/// many nodes at once.
+pub fn runtime(hub: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    if hub {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(4).enable_all().build()
     } else {
         tokio::runtime::Builder::new_current_thread().max_blocking_threads(2).enable_all().build()
     }
-    .map_err(|e| DaemonError::Runtime(e.to_string()))?;
-    runtime.block_on(main_loop(sys, settings, tls))
 }
 
 async fn main_loop(sys: &'static dyn HostSystem, settings: Settings, tls: pki::TlsMaterial) -> Result<(), DaemonError> {

@@ -58,6 +58,8 @@ fn install_writes_settings_certificates_and_unit_then_a_rerun_restarts_nothing()
     assert_eq!(first.service_action, ServiceAction::Start);
     assert_eq!(sys.contents(SETTINGS_PATH).as_deref(), Some(req.settings_yaml.as_str()));
     assert_eq!(sys.contents(UNIT_PATH).as_deref(), Some(UNIT_TEXT));
+    // A server's hub gets its memory cap from its fleet's size (here none listed: the floor).
+    assert!(sys.contents(HUB_MEMORY_DROPIN).is_some_and(|d| d.contains("[Service]\nMemoryMax=128M\n")));
     assert_eq!(sys.state().modes.get(Path::new(CA_KEY)).copied(), Some(0o600));
     assert_eq!(sys.state().modes.get(Path::new(SETTINGS_PATH)).copied(), Some(0o600));
     let key_change = first.changes.iter().find(|c| c.path == CA_KEY).unwrap();
@@ -74,6 +76,7 @@ fn an_agent_never_gets_the_ca_key_and_settings_for_another_node_are_refused() {
     let mut req = request(&sys, Role::Agent);
     install(&sys, &req, &mut |_| {}).unwrap();
     assert!(sys.contents(CA_KEY).is_none());
+    assert!(sys.contents(HUB_MEMORY_DROPIN).is_none(), "an agent keeps the unit's own cap");
     req.node_name = "n2".into();
     let e = install(&sys, &req, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("they are for n1 (agent), this request for n2 (agent)"), "{e}");
@@ -99,6 +102,7 @@ fn removal_stops_the_unit_drops_keys_and_moves_state_aside() {
     let sys = host()
         .output(SYSTEMCTL, &["daemon-reload"], 0, "", "")
         .file(UNIT_PATH, UNIT_TEXT)
+        .file(HUB_MEMORY_DROPIN, &hub_memory_dropin(3))
         .file(NODE_KEY, "key")
         .file("/var/lib/k3node/hub.db", "db");
     let steps = removal_steps(&sys, &|p| PathBuf::from(format!("{}.aside", p.display())));
@@ -108,6 +112,7 @@ fn removal_stops_the_unit_drops_keys_and_moves_state_aside() {
         [
             "stop and disable k3node-agent.service",
             "remove /etc/systemd/system/k3node-agent.service",
+            "remove /etc/systemd/system/k3node-agent.service.d",
             "reload systemd units",
             "remove /etc/k3node (the daemon's settings and keys)",
             "move /var/lib/k3node aside to /var/lib/k3node.aside",
@@ -117,6 +122,21 @@ fn removal_stops_the_unit_drops_keys_and_moves_state_aside() {
         work().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     assert!(!sys.exists(Path::new(UNIT_PATH)) && !sys.exists(Path::new(NODE_KEY)));
+    assert!(!sys.exists(Path::new(HUB_MEMORY_DROPIN_DIR)));
     assert_eq!(sys.contents("/var/lib/k3node.aside/hub.db").as_deref(), Some("db"));
     assert!(removal_steps(&FakeSystem::new(), &|p| p.to_path_buf()).is_empty(), "nothing on a clean host");
+}
+
+#[test]
+fn a_hubs_memory_cap_grows_with_its_fleet_from_the_units_own() {
+    let cap = |nodes: usize| -> u64 {
+        let text = hub_memory_dropin(nodes);
+        let line = text.lines().find_map(|l| l.strip_prefix("MemoryMax=")).expect("a MemoryMax line");
+        line.strip_suffix('M').and_then(|v| v.parse().ok()).expect("mebibytes")
+    };
+    assert!(UNIT_TEXT.contains("\nMemoryMax=128M\n"), "the floor is the unit's own cap");
+    assert_eq!(cap(0), 128);
+    assert_eq!(cap(100), 128);
+    assert!(cap(10_000) > cap(5_000) && cap(5_000) > 128, "{} {}", cap(5_000), cap(10_000));
+    assert!(hub_memory_dropin(10_000).contains("10000 nodes"));
 }
