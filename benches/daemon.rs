@@ -317,8 +317,8 @@ fn fan_in() {
 
     let mut hub = Command::new(std::env::current_exe().unwrap())
         .env("K3NODE_BENCH_HUB_DIR", dir.path())
-        // As systemd/k3node-agent.service runs it.
-        .env("MALLOC_ARENA_MAX", "2")
+        // As a server's unit runs it: its drop-in unsets the agent's MALLOC_ARENA_MAX.
+        .env_remove("MALLOC_ARENA_MAX")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

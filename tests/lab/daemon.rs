@@ -201,6 +201,12 @@ fn install_and_report(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
     ] {
         ensure(unit.contains(needle), || format!("k3node-agent on h1 lacks {needle}:\n{unit}"))?;
     }
+    // malloc's arenas: capped for an agent, malloc's own for a hub (the server's drop-in).
+    let arenas = |h: &str| {
+        sh(lab.host(h), "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value k3node-agent)/environ | grep '^MALLOC_ARENA_MAX=' || echo unset")
+    };
+    ensure(arenas("h1")?.trim() == "unset", || "the hub runs with the agent's MALLOC_ARENA_MAX".into())?;
+    ensure(arenas("h2")?.trim() == "MALLOC_ARENA_MAX=2", || "an agent runs without MALLOC_ARENA_MAX=2".into())?;
     let agent_key = sh(lab.host("h2"), "test -e /etc/k3node/tls/ca.key && echo present || echo absent")?;
     ensure(agent_key.trim() == "absent", || "an agent holds the CA key".into())?;
 

@@ -59,7 +59,9 @@ fn install_writes_settings_certificates_and_unit_then_a_rerun_restarts_nothing()
     assert_eq!(sys.contents(SETTINGS_PATH).as_deref(), Some(req.settings_yaml.as_str()));
     assert_eq!(sys.contents(UNIT_PATH).as_deref(), Some(UNIT_TEXT));
     // A server's hub gets its memory cap from its fleet's size (here none listed: the floor).
-    assert!(sys.contents(HUB_MEMORY_DROPIN).is_some_and(|d| d.contains("[Service]\nMemoryMax=128M\n")));
+    assert!(sys
+        .contents(HUB_MEMORY_DROPIN)
+        .is_some_and(|d| d.contains("[Service]\nMemoryMax=128M\nUnsetEnvironment=MALLOC_ARENA_MAX\n")));
     assert_eq!(sys.state().modes.get(Path::new(CA_KEY)).copied(), Some(0o600));
     assert_eq!(sys.state().modes.get(Path::new(SETTINGS_PATH)).copied(), Some(0o600));
     let key_change = first.changes.iter().find(|c| c.path == CA_KEY).unwrap();
