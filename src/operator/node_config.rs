@@ -38,6 +38,19 @@ pub fn join_url(first_server: &Host) -> String {
     format!("https://{address}:6443")
 }
 
+/// Whether k3s runs its agent part on `host` (kubelet, containerd): always but on a server
+/// told `disable-agent`, by `spec.k3s.config` or an `extraConfig`, as [`config_yaml`] merges them.
+pub fn runs_kubelet(cluster: &ClusterFile, host: &Host) -> bool {
+    if host.role != Role::Server {
+        return true;
+    }
+    let mut disabled = cluster.k3s.config.get("disable-agent").cloned();
+    if let Some(v) = cluster.extra_config_for(host).remove("disable-agent") {
+        disabled = Some(v);
+    }
+    !disabled.is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"))
+}
+
 /// config.yaml for `host`. `node_ip` is set when the host's address is one of its own interface
 /// addresses: on multi-homed hosts (Vagrant's NAT interface) k3s would otherwise pick the wrong one.
 pub fn config_yaml(cluster: &ClusterFile, host: &Host, node_ip: Option<&str>) -> String {

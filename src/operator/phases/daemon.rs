@@ -80,7 +80,18 @@ pub fn settings_for(cluster: &ClusterFile, host: &Host) -> Settings {
             Vec::new()
         },
         kubeconfig: server.then(|| DEFAULT_KUBECONFIG.to_string()),
-        tuning: tuning(cluster),
+        tuning: {
+            let mut tuning = tuning(cluster);
+            // A server without k3s's agent part has no kubelet and no containerd to judge.
+            if !crate::operator::node_config::runs_kubelet(cluster, host) {
+                for check in ["containerd", "kubelet"] {
+                    if !tuning.disabled_checks.iter().any(|c| c == check) {
+                        tuning.disabled_checks.push(check.to_string());
+                    }
+                }
+            }
+            tuning
+        },
     }
 }
 
@@ -325,6 +336,17 @@ mod tests {
         assert_ne!(text, settings_for(&before, &host).render());
         let read = Settings::parse("agent.yaml", &text).unwrap();
         assert_eq!((read.tuning.interval_secs, read.tuning.thresholds.cpu_busy_warn_percent), (20, 80.0));
+    }
+
+    #[test]
+    fn a_server_without_k3s_agent_part_is_not_judged_on_a_kubelet_or_containerd_it_does_not_run() {
+        let text = "apiVersion: k3node.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: lab\nspec:\n  hosts:\n    - name: s1\n      address: 10.0.0.1\n      role: server\n    - name: a1\n      address: 10.0.0.2\n      role: agent\n  k3s:\n    config:\n      disable-agent: true\n  agent:\n    disabledChecks: [kubelet]\n";
+        let cluster = crate::cluster::parse("cluster.yaml", Path::new("/"), text).unwrap_or_else(|e| panic!("{e}"));
+        let checks = |name: &str| settings_for(&cluster, cluster.host(name).unwrap()).tuning.disabled_checks;
+        assert_eq!(checks("s1"), ["kubelet", "containerd"], "each once, the cluster file's first");
+        assert_eq!(checks("a1"), ["kubelet"], "an agent runs both: only what the file says");
+        let plain = with_agent("");
+        assert!(settings_for(&plain, plain.host("s1").unwrap()).tuning.disabled_checks.is_empty());
     }
 
     struct Unreachable;
