@@ -206,8 +206,9 @@ pub const HUB_MIB_PER_1000_NODES: u64 = 32;
 /// The drop-in of a server: a memory cap that grows with the fleet, so that a large fleet's hub
 /// is not killed by its own unit's MemoryMax (a small fleet keeps the unit's 128M); and malloc's
 /// own arena count, because the unit's `MALLOC_ARENA_MAX=2` (right for an agent's one or two
-/// threads) makes a hub's threads wait on each other: at 10,000 nodes its p99 went from 9.9 to
-/// 34.6 ms, for no less memory (254 vs 266 MiB; `cargo bench --bench daemon`).
+/// threads) saves a hub nothing: at 10,000 nodes it held 266 MiB with it (3 runs) and 249-254
+/// MiB without (4 runs; `cargo bench --bench daemon`). Its latency varied more between runs
+/// (p99 10 to 150 ms) than with the setting.
 pub fn hub_memory_dropin(fleet_size: usize) -> String {
     let max = UNIT_MEMORY_MAX_MIB.max(64 + (fleet_size as u64 * HUB_MIB_PER_1000_NODES).div_ceil(1000));
     format!(
