@@ -31,7 +31,6 @@ use crate::protocol::{ErrorKind, Secret};
 const SECRET_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
 const TLS_DIR_MODE: u32 = 0o700;
-const UNIT_DIR_MODE: u32 = 0o755;
 /// `systemctl restart` of a Type=notify unit returns once it said READY=1.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -220,10 +219,6 @@ pub fn install(
         return Err(DaemonOpError::NoSystemd);
     }
     sys.create_dir_all(Path::new(TLS_DIR), TLS_DIR_MODE).map_err(io_error("cannot create", Path::new(TLS_DIR)))?;
-    if settings.is_server() {
-        sys.create_dir_all(Path::new(HUB_MEMORY_DROPIN_DIR), UNIT_DIR_MODE)
-            .map_err(io_error("cannot create", Path::new(HUB_MEMORY_DROPIN_DIR)))?;
-    }
     // The unit last: a new unit never starts with old settings.
     files.sort_by_key(|f| f.path == UNIT_PATH);
     for f in files.iter().filter(|f| f.action != FileAction::Unchanged) {

@@ -80,19 +80,22 @@ pub fn settings_for(cluster: &ClusterFile, host: &Host) -> Settings {
             Vec::new()
         },
         kubeconfig: server.then(|| DEFAULT_KUBECONFIG.to_string()),
-        tuning: {
-            let mut tuning = tuning(cluster);
-            // A server without k3s's agent part has no kubelet and no containerd to judge.
-            if !crate::operator::node_config::runs_kubelet(cluster, host) {
-                for check in ["containerd", "kubelet"] {
-                    if !tuning.disabled_checks.iter().any(|c| c == check) {
-                        tuning.disabled_checks.push(check.to_string());
-                    }
-                }
-            }
-            tuning
-        },
+        tuning: host_tuning(cluster, host),
     }
+}
+
+/// `spec.agent`'s tuning, less the checks of what k3s does not run on `host`: a server without
+/// k3s's agent part has no kubelet and no containerd to judge.
+fn host_tuning(cluster: &ClusterFile, host: &Host) -> Tuning {
+    let mut tuning = tuning(cluster);
+    if !crate::operator::node_config::runs_kubelet(cluster, host) {
+        for check in ["containerd", "kubelet"] {
+            if !tuning.disabled_checks.iter().any(|c| c == check) {
+                tuning.disabled_checks.push(check.to_string());
+            }
+        }
+    }
+    tuning
 }
 
 #[async_trait]
