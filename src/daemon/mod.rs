@@ -16,7 +16,8 @@
 //!
 //! Modules: [`settings`] (the file and every path), [`probes`], [`buffer`], [`reporter`],
 //! [`pki`] (CA, node certificates, TLS configurations), [`host_ops`] (the helper operations
-//! that install, identify, query and remove the daemon).
+//! that install, identify, query and remove the daemon), [`working_set`] (an agent keeps
+//! resident only the binary's pages it uses).
 
 pub mod buffer;
 pub mod host_ops;
@@ -24,6 +25,7 @@ pub mod pki;
 pub mod probes;
 pub mod reporter;
 pub mod settings;
+pub mod working_set;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -121,6 +123,9 @@ async fn main_loop(sys: &'static dyn HostSystem, settings: Settings, tls: pki::T
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The CPU probe compares with the sample taken above.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Startup and the first report touched much of the binary; an agent's loop needs little of
+    // it (a hub's requests need more, and a fault there would cost latency).
+    let mut shed_pages = !settings.is_server();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -144,6 +149,9 @@ async fn main_loop(sys: &'static dyn HostSystem, settings: Settings, tls: pki::T
             ))],
         );
         progress.store(crate::hub::now_ms(), Ordering::Relaxed);
+        if std::mem::take(&mut shed_pages) {
+            working_set::shed_binary_pages();
+        }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
