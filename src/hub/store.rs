@@ -11,6 +11,10 @@
 //! - Commits are durable against a crash of the hub (WAL, synchronous=NORMAL); a power loss may
 //!   lose the last commits, which the nodes then send again (they are confirmed only after the
 //!   commit returns, and a node keeps a report until its hub confirmed it).
+//! - With synchronous=NORMAL a commit does not fsync; a checkpoint (copying the WAL into the
+//!   database) fsyncs both files. The writer hands its checkpoints to a [`Checkpointer`] on a
+//!   connection and thread of their own, so no batch waits for a disk flush; the WAL stays
+//!   bounded: past [`WAL_LIMIT_PAGES`] the checkpointer waits for the writer and truncates it.
 
 use std::path::Path;
 
@@ -19,7 +23,55 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::protocol::health::{Report, ReportBatch};
 use crate::protocol::node::Role;
 
-const SCHEMA_VERSION: i64 = 1;
+/// 1: history's reports as JSON text, and an index by time nothing read.
+/// 2: history's reports zstd-compressed (a report's JSON of about 1.4 KiB spilled out of its
+/// b-tree page into an overflow page of its own: about 4.5 KiB on disk per report, and as much
+/// written and checkpointed).
+const SCHEMA_VERSION: i64 = 2;
+
+const HISTORY_TABLE: &str = "CREATE TABLE history(
+    node TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL, state TEXT NOT NULL, report BLOB NOT NULL,
+    PRIMARY KEY(node, stream, seq)) WITHOUT ROWID;";
+
+/// A report as history keeps it: its JSON, zstd-compressed.
+fn pack(report: &Report) -> Vec<u8> {
+    let json = serde_json::to_vec(report).expect("reports always serialize");
+    zstd::bulk::compress(&json, 3).expect("compressing to memory cannot fail")
+}
+
+fn unpack(packed: &[u8]) -> Option<Report> {
+    // A report is far below the 1 MiB a batch may carry.
+    let json = zstd::bulk::decompress(packed, 1 << 20).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+/// Schema 1 to 2, inside the opening transaction: the history's reports compressed.
+fn migrate_history_from_v1(tx: &rusqlite::Transaction<'_>) -> Result<(), rusqlite::Error> {
+    tx.execute_batch(&format!(
+        "DROP INDEX IF EXISTS history_by_time; ALTER TABLE history RENAME TO history_v1; {HISTORY_TABLE}"
+    ))?;
+    {
+        let mut read = tx.prepare("SELECT node, stream, seq, at_ms, received_ms, state, report FROM history_v1")?;
+        let mut insert = tx.prepare("INSERT INTO history VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let text: String = r.get(6)?;
+            // A row that is not a report (it never was one) is not carried over.
+            let Ok(report) = serde_json::from_str::<Report>(&text) else { continue };
+            insert.execute(params![
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                pack(&report)
+            ])?;
+        }
+    }
+    tx.execute_batch("DROP TABLE history_v1; UPDATE meta SET value='2' WHERE key='schema';")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,33 +113,32 @@ impl Store {
     pub fn open(path: &Path, history_per_node: u64) -> Result<Store, StoreError> {
         let shown = path.display().to_string();
         let err = |e: rusqlite::Error| StoreError::Sqlite { path: shown.clone(), message: e.to_string() };
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         // The daemon's memory target: a small page cache (pages of 4 KiB).
         conn.pragma_update(None, "cache_size", -2048).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
-        conn.execute_batch(
+        // Immediate: of two connections opening a new store at once, one creates or migrates it.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
+        tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nodes(
                  node TEXT PRIMARY KEY, role TEXT NOT NULL, stream TEXT NOT NULL, last_seq INTEGER NOT NULL,
                  received_ms INTEGER NOT NULL, report TEXT NOT NULL, reports_total INTEGER NOT NULL,
-                 lost_total INTEGER NOT NULL, dropped_total INTEGER NOT NULL, duplicates_total INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS history(
-                 node TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
-                 received_ms INTEGER NOT NULL, state TEXT NOT NULL, report TEXT NOT NULL,
-                 PRIMARY KEY(node, stream, seq)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS history_by_time ON history(node, received_ms);",
+                 lost_total INTEGER NOT NULL, dropped_total INTEGER NOT NULL, duplicates_total INTEGER NOT NULL);",
         )
         .map_err(err)?;
         let version: Option<String> =
-            conn.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional().map_err(err)?;
+            tx.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).optional().map_err(err)?;
         match version.as_deref().map(str::parse::<i64>) {
             None => {
-                conn.execute("INSERT INTO meta(key, value) VALUES('schema', ?1)", [SCHEMA_VERSION.to_string()])
+                tx.execute_batch(HISTORY_TABLE).map_err(err)?;
+                tx.execute("INSERT INTO meta(key, value) VALUES('schema', ?1)", [SCHEMA_VERSION.to_string()])
                     .map_err(err)?;
             }
-            Some(Ok(v)) if v <= SCHEMA_VERSION => {}
+            Some(Ok(1)) => migrate_history_from_v1(&tx).map_err(err)?,
+            Some(Ok(SCHEMA_VERSION)) => {}
             Some(_) => {
                 return Err(StoreError::Sqlite {
                     path: shown,
@@ -98,6 +149,7 @@ impl Store {
                 })
             }
         }
+        tx.commit().map_err(err)?;
         Ok(Store { conn, path: shown, history_per_node: history_per_node.max(1) })
     }
 
@@ -165,12 +217,34 @@ impl Store {
         Ok(out)
     }
 
+    /// `node`'s reports in history, oldest first (tests, diagnosis).
+    pub fn history(&self, node: &str) -> Result<Vec<Report>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT report FROM history WHERE node=?1 ORDER BY seq").map_err(self.err())?;
+        let packed = stmt.query_map([node], |r| r.get::<_, Vec<u8>>(0)).map_err(self.err())?;
+        let mut out = Vec::new();
+        for p in packed {
+            let p = p.map_err(self.err())?;
+            out.push(unpack(&p).ok_or_else(|| StoreError::Sqlite {
+                path: self.path.clone(),
+                message: format!("a report of {node} in history does not decode"),
+            })?);
+        }
+        Ok(out)
+    }
+
     /// The sequence numbers in `node`'s history, oldest first (tests, diagnosis).
     pub fn history_seqs(&self, node: &str) -> Result<Vec<u64>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT seq FROM history WHERE node=?1 ORDER BY seq").map_err(self.err())?;
-        let seqs = stmt.query_map([node], |r| r.get::<_, i64>(0)).map_err(self.err())?;
-        seqs.map(|s| s.map(|v| v as u64).map_err(self.err())).collect()
+        Ok(self.history(node)?.iter().map(|r| r.seq).collect())
+    }
+
+    /// Leaves this connection's checkpoints to a [`Checkpointer`] on the same database (the
+    /// writer's: see the module's invariants). Without one, SQLite checkpoints on commit.
+    pub fn checkpointer(&self) -> Result<Checkpointer, StoreError> {
+        let conn = Connection::open(&self.path).map_err(self.err())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(self.err())?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(self.err())?;
+        Ok(Checkpointer { conn, path: self.path.clone() })
     }
 
     /// Bytes of the database and its WAL on disk.
@@ -180,6 +254,47 @@ impl Store {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
             .sum()
+    }
+}
+
+/// WAL pages (4 KiB) beyond which a checkpoint waits for the writer and empties the WAL, for
+/// when passive checkpoints never catch up with it (SQLite's own default is 1,000).
+pub const WAL_LIMIT_PAGES: i64 = 16_384;
+
+/// Checkpoints the store's WAL beside its writer (see [`Store::checkpointer`]).
+pub struct Checkpointer {
+    conn: Connection,
+    path: String,
+}
+
+/// What one checkpoint did, in WAL pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpointed {
+    /// Pages in the WAL when it ran.
+    pub wal_pages: i64,
+    /// Of those, copied into the database.
+    pub copied_pages: i64,
+    /// Whether it waited for the writer and emptied the WAL.
+    pub truncated: bool,
+}
+
+impl Checkpointer {
+    /// Copies what it can of the WAL without waiting for the writer (PASSIVE); when the WAL has
+    /// grown past [`WAL_LIMIT_PAGES`] all the same, waits for the writer's commit and truncates
+    /// the WAL (what remains to copy then is small: the passive round copied the rest).
+    pub fn run(&self) -> Result<Checkpointed, StoreError> {
+        let pages = |mode: &str| {
+            self.conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+        };
+        let err = |e: rusqlite::Error| StoreError::Sqlite { path: self.path.clone(), message: e.to_string() };
+        let (wal_pages, copied_pages) = pages("PASSIVE").map_err(err)?;
+        if wal_pages <= WAL_LIMIT_PAGES {
+            return Ok(Checkpointed { wal_pages, copied_pages, truncated: false });
+        }
+        let (_, copied) = pages("TRUNCATE").map_err(err)?;
+        Ok(Checkpointed { wal_pages, copied_pages: copied.max(copied_pages), truncated: true })
     }
 }
 
@@ -230,7 +345,6 @@ fn ingest_one(
                 newly_dropped -= explained;
                 stored.lost += gap - explained;
             }
-            let text = serde_json::to_string(report).expect("reports always serialize");
             insert
                 .execute(params![
                     batch.node,
@@ -239,7 +353,7 @@ fn ingest_one(
                     report.at_ms,
                     received_ms,
                     report.state().as_str(),
-                    text
+                    pack(report)
                 ])
                 .map_err(err)?;
             last_seq = report.seq;
@@ -378,5 +492,115 @@ mod tests {
         assert_eq!(again.nodes().unwrap()[0].last_seq, 2);
         let s = again.ingest(&batch("n1", "a", &[2, 3]), 20).unwrap();
         assert_eq!((s.new, s.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn a_store_of_schema_1_is_migrated_with_its_history_and_history_is_stored_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT INTO meta VALUES('schema', '1');
+             CREATE TABLE nodes(
+                 node TEXT PRIMARY KEY, role TEXT NOT NULL, stream TEXT NOT NULL, last_seq INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL, report TEXT NOT NULL, reports_total INTEGER NOT NULL,
+                 lost_total INTEGER NOT NULL, dropped_total INTEGER NOT NULL, duplicates_total INTEGER NOT NULL);
+             CREATE TABLE history(
+                 node TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+                 received_ms INTEGER NOT NULL, state TEXT NOT NULL, report TEXT NOT NULL,
+                 PRIMARY KEY(node, stream, seq)) WITHOUT ROWID;
+             CREATE INDEX history_by_time ON history(node, received_ms);",
+        )
+        .unwrap();
+        let warn = report(2, CheckState::Warn);
+        for r in [report(1, CheckState::Ok), warn.clone()] {
+            old.execute(
+                "INSERT INTO history VALUES('n1', 'a', ?1, ?2, 10, ?3, ?4)",
+                params![r.seq as i64, r.at_ms, r.state().as_str(), serde_json::to_string(&r).unwrap()],
+            )
+            .unwrap();
+        }
+        old.execute(
+            "INSERT INTO nodes VALUES('n1', 'agent', 'a', 2, 10, ?1, 2, 0, 0, 0)",
+            [serde_json::to_string(&warn).unwrap()],
+        )
+        .unwrap();
+        drop(old);
+
+        let mut store = Store::open(&path, 10).unwrap();
+        assert_eq!(store.history("n1").unwrap(), vec![report(1, CheckState::Ok), warn]);
+        let s = store.ingest(&batch("n1", "a", &[2, 3]), 20).unwrap();
+        assert_eq!((s.new, s.duplicates), (1, 1), "the migrated node's sequence goes on");
+        let check = Connection::open(&path).unwrap();
+        let schema: String = check.query_row("SELECT value FROM meta WHERE key='schema'", [], |r| r.get(0)).unwrap();
+        let indexes: i64 = check
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('history_by_time', 'history_v1')", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!((schema.as_str(), indexes), ("2", 0));
+        let (stored, json): (i64, usize) = check
+            .query_row("SELECT length(report) FROM history WHERE seq=3", [], |r| r.get(0))
+            .map(|n| (n, serde_json::to_vec(&report(3, CheckState::Ok)).unwrap().len()))
+            .unwrap();
+        assert!((stored as usize) < json, "{stored} bytes stored for {json} of JSON");
+    }
+
+    fn wal_bytes(path: &Path) -> u64 {
+        std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn the_writer_leaves_checkpoints_to_its_checkpointer_which_copies_the_wal_and_bounds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let mut store = Store::open(&path, 10).unwrap();
+        let checkpointer = store.checkpointer().unwrap();
+        // One commit per node: each appends a few pages, 3,000 commits far more than SQLite's
+        // own checkpoint threshold of 1,000 pages.
+        for i in 0..3000 {
+            store.ingest(&batch(&format!("node-{i:04}"), "a", &[1]), 10).unwrap();
+        }
+        let grown = wal_bytes(&path);
+        assert!(grown > 2 * 1000 * 4096, "the writer did not checkpoint: WAL of {grown} bytes");
+        let done = checkpointer.run().unwrap();
+        assert!(!done.truncated);
+        assert!(done.wal_pages > 2000 && done.copied_pages == done.wal_pages, "{done:?}");
+        // Copied: the writer's next commits reuse the WAL from its start instead of growing it.
+        for i in 0..3000 {
+            store.ingest(&batch(&format!("node-{i:04}"), "a", &[2]), 20).unwrap();
+        }
+        assert!(wal_bytes(&path) <= grown + 64 * 1024, "{} after {grown}", wal_bytes(&path));
+        assert_eq!(Store::open(&path, 10).unwrap().nodes().unwrap().len(), 3000);
+
+        // Past the bound the WAL is emptied, whatever a passive round could copy.
+        let mut big = batch("node-big", "a", &[]);
+        big.reports = (1..=6).map(|seq| report(seq, CheckState::Ok)).collect();
+        // Reasons that do not compress (history is stored compressed).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for r in &mut big.reports {
+            r.checks[0].reason = (0..1 << 19)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+        }
+        let mut rounds = 0;
+        while wal_bytes(&path) <= (WAL_LIMIT_PAGES as u64 + 1000) * 4096 {
+            store.ingest(&big, 30).unwrap();
+            for r in &mut big.reports {
+                r.seq += 6;
+            }
+            rounds += 1;
+            assert!(rounds < 100, "the WAL does not grow: {} bytes", wal_bytes(&path));
+        }
+        let done = checkpointer.run().unwrap();
+        assert!(done.wal_pages > WAL_LIMIT_PAGES && done.truncated, "{done:?}");
+        assert_eq!(wal_bytes(&path), 0);
+        assert_eq!(Store::open(&path, 10).unwrap().history_seqs("node-big").unwrap().len(), 10);
     }
 }
