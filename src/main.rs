@@ -35,6 +35,8 @@ enum Command {
     Restore(commands::restore::RestoreArgs),
     /// The fleet's health as the hub on a server sees it (through SSH; works without the Kubernetes API).
     Status(commands::status::StatusArgs),
+    /// A reader's certificate for the hubs' /metrics (Prometheus), signed with the cluster's hub CA.
+    MetricsCert(commands::metrics_cert::MetricsCertArgs),
     /// Run the node daemon (and on a server the hub); started by systemd as k3node-agent.service.
     Agent(commands::agent::AgentArgs),
     /// Container images onto the nodes: import into k3s's containerd, or stage for import at start.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => runtime().and_then(|rt| rt.block_on(commands::snapshot::run(args, verbose))),
         Command::Restore(args) => runtime().and_then(|rt| rt.block_on(commands::restore::run(args, verbose))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(commands::status::run(args))),
+        Command::MetricsCert(args) => runtime().and_then(|rt| rt.block_on(commands::metrics_cert::run(args))),
         Command::Agent(args) => commands::agent::run(args),
         Command::Images(args) => runtime().and_then(|rt| rt.block_on(commands::images::run(args, verbose))),
         Command::Kubeconfig(args) => runtime().and_then(|rt| rt.block_on(commands::kubeconfig::run(args))),

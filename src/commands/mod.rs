@@ -7,6 +7,7 @@ pub mod host;
 pub mod images;
 pub mod init;
 pub mod kubeconfig;
+pub mod metrics_cert;
 pub mod preflight;
 pub mod render;
 pub mod reset;

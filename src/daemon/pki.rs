@@ -101,25 +101,64 @@ pub fn sign_node(
     names: &[String],
     now: OffsetDateTime,
 ) -> Result<String, PkiError> {
+    let uses = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    sign(ca_cert_pem, ca_key_pem, csr_pem, node, role.as_str(), names, uses, now)
+}
+
+/// What a reader's certificate says where a node's says its role.
+pub const READER_UNIT: &str = "reader";
+
+/// Signs a reader's request with the CA: CN = `name`, OU = [`READER_UNIT`], client use only. A
+/// reader (Prometheus, a dashboard) reads every hub's fleet view and metrics; the hub refuses
+/// its reports, whatever node it names.
+pub fn sign_reader(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    name: &str,
+    now: OffsetDateTime,
+) -> Result<String, PkiError> {
+    let uses = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    sign(ca_cert_pem, ca_key_pem, csr_pem, name, READER_UNIT, &[], uses, now)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sign(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    name: &str,
+    unit: &str,
+    names: &[String],
+    uses: Vec<ExtendedKeyUsagePurpose>,
+    now: OffsetDateTime,
+) -> Result<String, PkiError> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(bad("the hub CA's key is not readable"))?;
     let issuer =
         Issuer::from_ca_cert_pem(ca_cert_pem, ca_key).map_err(bad("the hub CA's certificate is not readable"))?;
-    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(bad("the node's certificate request is not valid"))?;
+    let mut csr =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(bad("the certificate request is not valid"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, node);
+    dn.push(DnType::CommonName, name);
     dn.push(DnType::OrganizationName, "k3node");
-    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    dn.push(DnType::OrganizationalUnitName, unit);
     params.distinguished_name = dn;
     params.subject_alt_names = names.iter().map(|n| san(n)).collect::<Result<_, _>>()?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = uses;
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(NODE_CERT_DAYS);
     params.use_authority_key_identifier_extension = true;
     csr.params = params;
-    Ok(csr.signed_by(&issuer).map_err(bad("cannot sign the node's certificate"))?.pem())
+    Ok(csr.signed_by(&issuer).map_err(bad("cannot sign the certificate"))?.pem())
+}
+
+/// The end of the validity of `cert_pem`'s first certificate.
+pub fn not_after(cert_pem: &str) -> Option<OffsetDateTime> {
+    let der = first_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()
 }
 
 fn first_der(pem: &str) -> Option<Vec<u8>> {
@@ -193,9 +232,23 @@ fn ip_of(bytes: &[u8]) -> Option<std::net::IpAddr> {
 
 /// The node a certificate (DER) names: its subject's common name.
 pub fn node_name(der: &[u8]) -> Option<String> {
+    Some(peer(der)?.name)
+}
+
+/// Who a client certificate (DER) of the cluster is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its subject's common name: a node's name, or a reader's.
+    pub name: String,
+    /// A reader's certificate ([`sign_reader`]): it reads, it never reports.
+    pub reader: bool,
+}
+
+pub fn peer(der: &[u8]) -> Option<Peer> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
+    let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let reader = cert.subject().iter_organizational_unit().any(|u| u.as_str() == Ok(READER_UNIT));
+    Some(Peer { name, reader })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +374,18 @@ mod tests {
             reissue_reason(&cert, &other_ca, &csr, "n1", &names, now()).as_deref(),
             Some("signed by another CA")
         );
+    }
+
+    #[test]
+    fn a_readers_certificate_says_so_and_a_nodes_does_not() {
+        let (ca, ca_key) = generate_ca("lab", now()).unwrap();
+        let csr = certificate_request(generate_node_key().unwrap().expose()).unwrap();
+        let reader = sign_reader(&ca, ca_key.expose(), &csr, "prometheus", now()).unwrap();
+        let names = node_names("n1", "10.0.0.5", Role::Agent);
+        let node = sign_node(&ca, ca_key.expose(), &csr, "n1", Role::Agent, &names, now()).unwrap();
+        assert_eq!(peer(&first_der(&reader).unwrap()), Some(Peer { name: "prometheus".into(), reader: true }));
+        assert_eq!(peer(&first_der(&node).unwrap()), Some(Peer { name: "n1".into(), reader: false }));
+        assert_eq!(not_after(&reader), Some(now() + Duration::days(NODE_CERT_DAYS)));
     }
 
     #[test]

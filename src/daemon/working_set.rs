@@ -36,10 +36,7 @@ pub fn read_only_mappings(maps: &str, file: &str) -> Vec<Range> {
                 return None;
             }
             let (start, end) = range.split_once('-')?;
-            Some(Range {
-                start: usize::from_str_radix(start, 16).ok()?,
-                end: usize::from_str_radix(end, 16).ok()?,
-            })
+            Some(Range { start: usize::from_str_radix(start, 16).ok()?, end: usize::from_str_radix(end, 16).ok()? })
         })
         .collect()
 }
@@ -64,7 +61,8 @@ pub fn shed_pages_of(file: &Path) -> Result<usize, std::io::Error> {
 
 /// [`shed_pages_of`] this process's own binary; failures are logged, not raised.
 pub fn shed_binary_pages() {
-    let outcome = std::fs::read_link("/proc/self/exe").map_err(std::io::Error::from).and_then(|exe| shed_pages_of(&exe));
+    let outcome =
+        std::fs::read_link("/proc/self/exe").map_err(std::io::Error::from).and_then(|exe| shed_pages_of(&exe));
     match outcome {
         Ok(n) => tracing::debug!("the binary's pages released from {n} mappings; the loop brings back what it uses"),
         Err(e) => tracing::debug!("the binary's pages stay resident: {e}"),

@@ -8,7 +8,9 @@
 //!   not a well-formed batch of a protocol the hub reads is 400. In every one of these cases
 //!   nothing is stored. A stored batch is answered with [`BatchAnswer`].
 //! - `GET /v1/fleet`: the [`FleetView`] as JSON; `GET /metrics`: Prometheus text. Any node of
-//!   the cluster may read them (the cluster's client certificate is the credential).
+//!   the cluster may read them (the cluster's client certificate is the credential), and so may
+//!   a reader (`k3node metrics-cert`: a certificate of the CA marked as a reader's), whose
+//!   reports are refused (403) whatever node they name.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::{now_ms, Hub};
-use crate::daemon::pki::node_name;
+use crate::daemon::pki::{self, Peer};
 use crate::protocol::health::{
     BatchAnswer, HubRefusal, ReportBatch, FLEET_PATH, HEALTH_PROTOCOL, MAX_BATCH_BYTES, MAX_BATCH_REPORTS,
     METRICS_PATH, MIN_HEALTH_PROTOCOL, REPORTS_PATH,
@@ -56,16 +58,16 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener, tls: Arc<rustls::Server
                 }
                 Err(_) => return,
             };
-            let Some(node) =
-                tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|cert| node_name(cert))
+            let Some(client) =
+                tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|cert| pki::peer(cert))
             else {
                 tracing::info!("hub: {peer}'s certificate names no node");
                 return;
             };
-            let node: Arc<str> = node.into();
+            let client = Arc::new(client);
             let service = hyper::service::service_fn(move |request| {
-                let (hub, node) = (hub.clone(), node.clone());
-                async move { Ok::<_, Infallible>(handle(&hub, &node, request).await) }
+                let (hub, client) = (hub.clone(), client.clone());
+                async move { Ok::<_, Infallible>(handle(&hub, &client, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -75,10 +77,17 @@ pub async fn serve(hub: Arc<Hub>, listener: TcpListener, tls: Arc<rustls::Server
     }
 }
 
-async fn handle(hub: &Arc<Hub>, node: &str, request: Request<Incoming>) -> Answer {
+async fn handle(hub: &Arc<Hub>, client: &Peer, request: Request<Incoming>) -> Answer {
     let path = request.uri().path().to_string();
     let answer = match (request.method(), path.as_str()) {
-        (&Method::POST, REPORTS_PATH) => reports(hub, node, request).await,
+        (&Method::POST, REPORTS_PATH) if client.reader => {
+            tracing::warn!("hub: the reader {:?} tried to report: refused", client.name);
+            refuse(
+                StatusCode::FORBIDDEN,
+                &format!("{:?} holds a reader's certificate: it reads, it does not report", client.name),
+            )
+        }
+        (&Method::POST, REPORTS_PATH) => reports(hub, &client.name, request).await,
         (&Method::GET, FLEET_PATH) => fleet(hub).await,
         (&Method::GET, METRICS_PATH) => metrics(hub).await,
         (_, REPORTS_PATH | FLEET_PATH | METRICS_PATH) => refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),

@@ -1,7 +1,7 @@
 //! The node daemon and the hub on real hosts: 1 server (h1) and 3 agents (h2, h3, h4) installed
 //! by `up`, then health reported, stale nodes, Node conditions read with the real kubectl, `status`
 //! (and `--watch`) with the Kubernetes API down, a hub away for a while, a forged report, the
-//! metrics through promtool, and `reset`.
+//! metrics read by a real Prometheus with a reader's certificate and checked by promtool, and `reset`.
 //!
 //! Intervals are shortened through the daemon's settings file (2 s), never by sleeping for
 //! minutes. The scenarios build on each other, so they run in this order.
@@ -12,6 +12,7 @@
 //! leaves the machine's disk alone; load and CPU thresholds
 //! are raised (the machine is shared with builds).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +50,10 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("an_agent_cut_off_goes_stale_after_three_intervals_and_its_condition_unknown", agent_cut_off),
         t("the_hub_stopped_for_a_while_loses_no_report", hub_away),
         t("a_nodes_certificate_used_to_report_as_another_node_is_forbidden_and_nothing_stored", forged_report),
-        t("the_hubs_metrics_pass_promtool_check_metrics", metrics_promtool),
+        t(
+            "a_readers_certificate_lets_prometheus_scrape_the_hub_metrics_that_pass_promtool_and_its_reports_are_forbidden",
+            metrics_read_by_prometheus,
+        ),
         t("reset_removes_the_daemon", reset_removes),
     ]
 }
@@ -597,9 +601,86 @@ fn forged_report(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
     ensure(h3["last_seq"].as_u64().unwrap_or(0) > 1 && !h3.to_string().contains("forged"), || format!("h3: {h3}"))
 }
 
-fn metrics_promtool(lab: &Arc<Lab>, _op: &Operator, _file: &Path) -> Outcome {
-    let url = format!("https://{}:{HUB_PORT}/metrics", lab.host("h1").address);
-    let text = as_node(lab, "h4", async move |client| client.get(&url).send().await.unwrap().text().await.unwrap());
+/// `k3node metrics-cert`, then a real Prometheus scraping the hub with the scrape config it
+/// printed; the metrics it read pass promtool; the reader's reports are forbidden.
+fn metrics_read_by_prometheus(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
+    let out_dir = op.home.join("metrics");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let (code, printed, err) =
+        k3node(op, &["metrics-cert", "-c", file.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    ensure(code == 0, || format!("metrics-cert: {printed}\n{err}"))?;
+    let key_mode = std::fs::metadata(out_dir.join("prometheus.key")).map_err(|e| e.to_string())?.permissions().mode();
+    ensure(key_mode & 0o777 == 0o600, || format!("prometheus.key is {key_mode:o}"))?;
+    let (again, _, err) =
+        k3node(op, &["metrics-cert", "-c", file.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    ensure(again == 2 && err.contains("exists"), || format!("a second run over the same files: {again}: {err}"))?;
+    let snippet = printed.split_once("scrape_configs):\n").map(|(_, s)| s).ok_or_else(|| printed.clone())?;
+
+    // Prometheus, in the lab's network, with what metrics-cert printed as its only job.
+    let prom = op.home.join("prometheus");
+    let _ = std::fs::remove_dir_all(&prom);
+    std::fs::create_dir_all(prom.join("data")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        prom.join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n{snippet}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut server = lab
+        .command_in_netns(Path::new("prometheus"))
+        .arg(format!("--config.file={}", prom.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", prom.join("data").display()))
+        .arg("--web.listen-address=127.0.0.1:19090")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(prom.join("log")).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("prometheus (apt-get install prometheus): {e}"))?;
+    let query = |q: &'static str| {
+        lab.in_netns(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let url = format!("http://127.0.0.1:19090/api/v1/query?query={q}");
+                reqwest::get(url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())
+            })
+        })
+    };
+    let scraped = wait_for(Duration::from_secs(60), || {
+        let up = query("up")?;
+        let states = query("k3node_node_state%7Bstate%3D%22ok%22%7D%3D%3D1")?;
+        let ok = up.contains("\"value\":[")
+            && up.contains("\"1\"]")
+            && ALL.iter().all(|n| states.contains(&format!("\"node\":\"{n}\"")));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("up: {up}\nok nodes: {states}"))
+        }
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    scraped.map_err(|e| format!("{e}\n{}", std::fs::read_to_string(prom.join("log")).unwrap_or_default()))?;
+
+    // The same metrics as the reader reads them pass promtool; its reports are refused.
+    let base = format!("https://{}:{HUB_PORT}", lab.host("h1").address);
+    let material = k3node::daemon::pki::TlsMaterial {
+        ca_cert_pem: std::fs::read_to_string(out_dir.join("ca.crt")).map_err(|e| e.to_string())?,
+        node_cert_pem: std::fs::read_to_string(out_dir.join("prometheus.crt")).map_err(|e| e.to_string())?,
+        node_key_pem: k3node::protocol::Secret::new(
+            std::fs::read_to_string(out_dir.join("prometheus.key")).map_err(|e| e.to_string())?,
+        ),
+    };
+    let config = material.client_config().map_err(|e| e.to_string())?;
+    let (text, refused) = lab.in_netns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let client = reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap();
+            let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+            let batch = serde_json::json!({"protocol": 1, "node": "h2", "stream": "reader", "dropped_total": 0,
+                "reports": [{"seq": 1, "at_ms": 0, "interval_secs": 2, "role": "agent", "checks": [], "gauges": {}}]});
+            let r = client.post(format!("{base}/v1/reports")).body(batch.to_string()).send().await.unwrap();
+            (text, r.status().as_u16())
+        })
+    });
+    ensure(refused == 403, || format!("a reader's report: {refused}"))?;
     for n in ALL {
         ensure(text.contains(&format!("k3node_node_state{{node=\"{n}\",state=\"ok\"}} 1")), || {
             format!("{n}:\n{text}")

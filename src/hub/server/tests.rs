@@ -202,3 +202,28 @@ async fn a_client_without_a_certificate_of_the_cluster_is_refused_in_the_handsha
 }
 
 use rustls::pki_types::pem::PemObject;
+
+#[tokio::test]
+async fn a_readers_certificate_reads_the_fleet_and_the_metrics_and_its_reports_are_forbidden() {
+    let (pki, dir) = (Pki::new(), tempfile::tempdir().unwrap());
+    let (hub, url) = start_hub(&pki, dir.path()).await;
+    let key = pki::generate_node_key().unwrap();
+    let csr = pki::certificate_request(key.expose()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    // Named like a node, to show that the name is not what refuses it.
+    let cert = pki::sign_reader(&pki.ca, pki.ca_key.expose(), &csr, "a1", now).unwrap();
+    let reader = client(&TlsMaterial { ca_cert_pem: pki.ca.clone(), node_cert_pem: cert, node_key_pem: key });
+    let a1 = client(&pki.material("a1", Role::Agent));
+    let body = serde_json::to_vec(&batch("a1", &[1])).unwrap();
+    assert_eq!(a1.post(format!("{url}{REPORTS_PATH}")).body(body.clone()).send().await.unwrap().status(), 200);
+
+    let refused = reader.post(format!("{url}{REPORTS_PATH}")).body(body).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("reader"));
+    let view: FleetView = parse(reader.get(format!("{url}{FLEET_PATH}")).send().await.unwrap()).await;
+    assert_eq!(view.nodes.iter().map(|n| (n.node.as_str(), n.last_seq)).collect::<Vec<_>>(), [("a1", 1)]);
+    let metrics = reader.get(format!("{url}{METRICS_PATH}")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.text().await.unwrap().contains("k3node_node_reports_received_total{node=\"a1\"} 1"));
+    assert_eq!(hub.store.lock().unwrap().history_seqs("a1").unwrap(), vec![1]);
+}
