@@ -61,8 +61,7 @@ pub fn shed_pages_of(file: &Path) -> Result<usize, std::io::Error> {
 
 /// [`shed_pages_of`] this process's own binary; failures are logged, not raised.
 pub fn shed_binary_pages() {
-    let outcome =
-        std::fs::read_link("/proc/self/exe").map_err(std::io::Error::from).and_then(|exe| shed_pages_of(&exe));
+    let outcome = std::fs::read_link("/proc/self/exe").and_then(|exe| shed_pages_of(&exe));
     match outcome {
         Ok(n) => tracing::debug!("the binary's pages released from {n} mappings; the loop brings back what it uses"),
         Err(e) => tracing::debug!("the binary's pages stay resident: {e}"),

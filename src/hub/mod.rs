@@ -87,43 +87,8 @@ pub enum Refused {
     Store(StoreError),
 }
 
-/// Checkpoints at most this often: each one flushes the database to disk.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Runs `checkpointer` after commits (at most every [`CHECKPOINT_EVERY`]) on a thread of its
-/// own; a commit wakes it through the returned sender; it ends when that sender is dropped.
-fn spawn_checkpoints(checkpointer: store::Checkpointer) -> std::sync::mpsc::SyncSender<()> {
-    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
-        .name("hub-checkpoint".into())
-        .spawn(move || {
-            while woken.recv().is_ok() {
-                match checkpointer.run() {
-                    Ok(done) if done.truncated => {
-                        tracing::info!(
-                            wal_pages = done.wal_pages,
-                            "hub store: the WAL outgrew its bound and was emptied"
-                        )
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("hub store: checkpoint: {e}"),
-                }
-                std::thread::sleep(CHECKPOINT_EVERY);
-            }
-        })
-        .expect("a thread for the hub's checkpoints");
-    wake
-}
-
 impl Writer {
     fn start(mut store: Store) -> Writer {
-        let checkpoints = match store.checkpointer() {
-            Ok(checkpointer) => Some(spawn_checkpoints(checkpointer)),
-            Err(e) => {
-                tracing::warn!("hub store: checkpoints stay with the writer: {e}");
-                None
-            }
-        };
         let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
         let queued = Arc::new(Budget::new(QUEUE_BYTES));
         let taken = queued.clone();
@@ -145,9 +110,6 @@ impl Writer {
                     taken.release(bytes);
                     match outcome {
                         Ok(stored) => {
-                            if let Some(wake) = &checkpoints {
-                                let _ = wake.try_send(());
-                            }
                             for ((_, _, _, reply), s) in group.into_iter().zip(stored) {
                                 let _ = reply.send(Ok(s));
                             }

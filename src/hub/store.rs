@@ -11,10 +11,8 @@
 //! - Commits are durable against a crash of the hub (WAL, synchronous=NORMAL); a power loss may
 //!   lose the last commits, which the nodes then send again (they are confirmed only after the
 //!   commit returns, and a node keeps a report until its hub confirmed it).
-//! - With synchronous=NORMAL a commit does not fsync; a checkpoint (copying the WAL into the
-//!   database) fsyncs both files. The writer hands its checkpoints to a [`Checkpointer`] on a
-//!   connection and thread of their own, so no batch waits for a disk flush; the WAL stays
-//!   bounded: past [`WAL_LIMIT_PAGES`] the checkpointer waits for the writer and truncates it.
+//! - History holds each report zstd-compressed: the store's size, and what each commit writes
+//!   and each checkpoint flushes, is about a fifth of what the JSON took (schema 2).
 
 use std::path::Path;
 
@@ -238,15 +236,6 @@ impl Store {
         Ok(self.history(node)?.iter().map(|r| r.seq).collect())
     }
 
-    /// Leaves this connection's checkpoints to a [`Checkpointer`] on the same database (the
-    /// writer's: see the module's invariants). Without one, SQLite checkpoints on commit.
-    pub fn checkpointer(&self) -> Result<Checkpointer, StoreError> {
-        let conn = Connection::open(&self.path).map_err(self.err())?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(self.err())?;
-        self.conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(self.err())?;
-        Ok(Checkpointer { conn, path: self.path.clone() })
-    }
-
     /// Bytes of the database and its WAL on disk.
     pub fn size_bytes(&self) -> u64 {
         [self.path.clone(), format!("{}-wal", self.path)]
@@ -254,47 +243,6 @@ impl Store {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
             .sum()
-    }
-}
-
-/// WAL pages (4 KiB) beyond which a checkpoint waits for the writer and empties the WAL, for
-/// when passive checkpoints never catch up with it (SQLite's own default is 1,000).
-pub const WAL_LIMIT_PAGES: i64 = 16_384;
-
-/// Checkpoints the store's WAL beside its writer (see [`Store::checkpointer`]).
-pub struct Checkpointer {
-    conn: Connection,
-    path: String,
-}
-
-/// What one checkpoint did, in WAL pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Checkpointed {
-    /// Pages in the WAL when it ran.
-    pub wal_pages: i64,
-    /// Of those, copied into the database.
-    pub copied_pages: i64,
-    /// Whether it waited for the writer and emptied the WAL.
-    pub truncated: bool,
-}
-
-impl Checkpointer {
-    /// Copies what it can of the WAL without waiting for the writer (PASSIVE); when the WAL has
-    /// grown past [`WAL_LIMIT_PAGES`] all the same, waits for the writer's commit and truncates
-    /// the WAL (what remains to copy then is small: the passive round copied the rest).
-    pub fn run(&self) -> Result<Checkpointed, StoreError> {
-        let pages = |mode: &str| {
-            self.conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            })
-        };
-        let err = |e: rusqlite::Error| StoreError::Sqlite { path: self.path.clone(), message: e.to_string() };
-        let (wal_pages, copied_pages) = pages("PASSIVE").map_err(err)?;
-        if wal_pages <= WAL_LIMIT_PAGES {
-            return Ok(Checkpointed { wal_pages, copied_pages, truncated: false });
-        }
-        let (_, copied) = pages("TRUNCATE").map_err(err)?;
-        Ok(Checkpointed { wal_pages, copied_pages: copied.max(copied_pages), truncated: true })
     }
 }
 
@@ -545,62 +493,5 @@ mod tests {
             .map(|n| (n, serde_json::to_vec(&report(3, CheckState::Ok)).unwrap().len()))
             .unwrap();
         assert!((stored as usize) < json, "{stored} bytes stored for {json} of JSON");
-    }
-
-    fn wal_bytes(path: &Path) -> u64 {
-        std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len()).unwrap_or(0)
-    }
-
-    #[test]
-    fn the_writer_leaves_checkpoints_to_its_checkpointer_which_copies_the_wal_and_bounds_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.db");
-        let mut store = Store::open(&path, 10).unwrap();
-        let checkpointer = store.checkpointer().unwrap();
-        // One commit per node: each appends a few pages, 3,000 commits far more than SQLite's
-        // own checkpoint threshold of 1,000 pages.
-        for i in 0..3000 {
-            store.ingest(&batch(&format!("node-{i:04}"), "a", &[1]), 10).unwrap();
-        }
-        let grown = wal_bytes(&path);
-        assert!(grown > 2 * 1000 * 4096, "the writer did not checkpoint: WAL of {grown} bytes");
-        let done = checkpointer.run().unwrap();
-        assert!(!done.truncated);
-        assert!(done.wal_pages > 2000 && done.copied_pages == done.wal_pages, "{done:?}");
-        // Copied: the writer's next commits reuse the WAL from its start instead of growing it.
-        for i in 0..3000 {
-            store.ingest(&batch(&format!("node-{i:04}"), "a", &[2]), 20).unwrap();
-        }
-        assert!(wal_bytes(&path) <= grown + 64 * 1024, "{} after {grown}", wal_bytes(&path));
-        assert_eq!(Store::open(&path, 10).unwrap().nodes().unwrap().len(), 3000);
-
-        // Past the bound the WAL is emptied, whatever a passive round could copy.
-        let mut big = batch("node-big", "a", &[]);
-        big.reports = (1..=6).map(|seq| report(seq, CheckState::Ok)).collect();
-        // Reasons that do not compress (history is stored compressed).
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        for r in &mut big.reports {
-            r.checks[0].reason = (0..1 << 19)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    char::from(b'a' + (x % 26) as u8)
-                })
-                .collect();
-        }
-        let mut rounds = 0;
-        while wal_bytes(&path) <= (WAL_LIMIT_PAGES as u64 + 1000) * 4096 {
-            store.ingest(&big, 30).unwrap();
-            for r in &mut big.reports {
-                r.seq += 6;
-            }
-            rounds += 1;
-            assert!(rounds < 100, "the WAL does not grow: {} bytes", wal_bytes(&path));
-        }
-        let done = checkpointer.run().unwrap();
-        assert!(done.wal_pages > WAL_LIMIT_PAGES && done.truncated, "{done:?}");
-        assert_eq!(wal_bytes(&path), 0);
-        assert_eq!(Store::open(&path, 10).unwrap().history_seqs("node-big").unwrap().len(), 10);
     }
 }
