@@ -13,10 +13,10 @@ use std::sync::Arc;
 use k3node::daemon::pki;
 use k3node::operator::bootstrap::Placement;
 use k3node::operator::fleet::Fleet;
+use k3node::operator::node_config::authority;
 use k3node::operator::phases::daemon::tuning;
 use k3node::operator::progress::{Observer, Silent};
 use k3node::protocol::health::{DaemonIdentity, IdentityAnswer};
-use k3node::protocol::node::Role;
 use k3node::protocol::Secret;
 
 use super::BadInput;
@@ -75,8 +75,7 @@ pub async fn run(args: &MetricsCertArgs) -> anyhow::Result<bool> {
     let files = files(args)?;
     let prepared = args.connect.prepare(&config).await?;
     let cluster = prepared.cluster.clone();
-    let servers: Vec<usize> =
-        cluster.hosts.iter().enumerate().filter(|(_, h)| h.role == Role::Server).map(|(i, _)| i).collect();
+    let servers = prepared.server_hosts();
     let observer: Arc<dyn Observer> = Arc::new(Silent);
     // Reading needs no installed helper: a temporary one leaves the server as it was.
     let fleet = prepared.connect(&servers, Placement::Temporary, args.connect.concurrency, &observer).await;
@@ -99,9 +98,9 @@ pub async fn run(args: &MetricsCertArgs) -> anyhow::Result<bool> {
 
     let until = pki::not_after(&cert).map(|t| t.date().to_string()).unwrap_or_else(|| "?".into());
     let port = tuning(&cluster).hub_port;
-    let targets: Vec<String> = cluster.servers().map(|s| format!("'{}'", target(&s.address, port))).collect();
+    let targets: Vec<String> = cluster.servers().map(|s| format!("'{}'", authority(s, port))).collect();
     println!(
-        "wrote {}, {} and {} (0600): a reader's certificate for cluster {}, valid until {until}",
+        "wrote {}, {} and its key {} (0600): a reader's certificate for cluster {}, valid until {until}",
         files.ca.display(),
         files.cert.display(),
         files.key.display(),
@@ -127,14 +126,6 @@ async fn hub_ca(fleet: &Fleet) -> Result<(String, Secret), Vec<String>> {
         }
     }
     Err(why)
-}
-
-fn target(address: &str, port: u16) -> String {
-    if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    }
 }
 
 fn scrape_config(cluster: &str, files: &Files, targets: &[String]) -> String {
@@ -179,11 +170,8 @@ mod tests {
     #[test]
     fn the_scrape_config_lists_every_hub_with_the_readers_files() {
         let f = Files { ca: "/d/ca.crt".into(), cert: "/d/p.crt".into(), key: "/d/p.key".into() };
-        let text = scrape_config(
-            "lab",
-            &f,
-            &[format!("'{}'", target("10.0.0.1", 10270)), format!("'{}'", target("fd00::1", 10270))],
-        );
+        let targets = ["'10.0.0.1:10270'".to_string(), "'[fd00::1]:10270'".to_string()];
+        let text = scrape_config("lab", &f, &targets);
         assert!(text.contains("job_name: k3node-lab") && text.contains("key_file: /d/p.key"), "{text}");
         assert!(text.contains("targets: ['10.0.0.1:10270', '[fd00::1]:10270']"), "{text}");
     }

@@ -126,6 +126,12 @@ impl Prepared {
     pub fn all_hosts(&self) -> Vec<usize> {
         (0..self.cluster.hosts.len()).collect()
     }
+
+    /// The servers' indices in the cluster file.
+    pub fn server_hosts(&self) -> Vec<usize> {
+        let hosts = self.cluster.hosts.iter().enumerate();
+        hosts.filter(|(_, h)| h.role == k3node::protocol::node::Role::Server).map(|(i, _)| i).collect()
+    }
 }
 
 /// The cluster file a command works on: `-c FILE`, else ./cluster.yaml. Without one, a command

@@ -15,7 +15,6 @@ use k3node::operator::bootstrap::Placement;
 use k3node::operator::fleet::Fleet;
 use k3node::operator::progress::{Observer, Silent};
 use k3node::protocol::health::{FleetView, HealthStatus, NodeState};
-use k3node::protocol::node::Role;
 
 use super::render::Output;
 
@@ -38,8 +37,7 @@ pub struct StatusArgs {
 pub async fn run(args: &StatusArgs) -> anyhow::Result<bool> {
     let config = super::cluster_file(args.config.as_deref(), false)?;
     let prepared = args.connect.prepare(&config).await?;
-    let servers: Vec<usize> =
-        prepared.cluster.hosts.iter().enumerate().filter(|(_, h)| h.role == Role::Server).map(|(i, _)| i).collect();
+    let servers = prepared.server_hosts();
     let observer: Arc<dyn Observer> = Arc::new(Silent);
     // Reading needs no installed helper: a temporary one leaves the server as it was.
     let fleet = prepared.connect(&servers, Placement::Temporary, args.connect.concurrency, &observer).await;

@@ -31,11 +31,15 @@ pub fn position(cluster: &ClusterFile, host: &Host) -> Position {
 }
 
 pub fn join_url(first_server: &Host) -> String {
-    let address = match first_server.ip() {
-        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
-        _ => first_server.address.clone(),
-    };
-    format!("https://{address}:6443")
+    format!("https://{}", authority(first_server, 6443))
+}
+
+/// `host`'s address and `port` as a URL or a scrape target writes them (an IPv6 address in brackets).
+pub fn authority(host: &Host, port: u16) -> String {
+    match host.ip() {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{}:{port}", host.address),
+    }
 }
 
 /// Whether k3s runs its agent part on `host` (kubelet, containerd): always but on a server
@@ -154,6 +158,15 @@ mod tests {
         assert_eq!(env[0], ("K3S_URL".to_string(), Secret::new("https://10.0.0.1:6443")));
         assert_eq!(env[1].1.expose(), "K10x::server:pw");
         assert!(!yaml.contains("K10x"));
+    }
+
+    #[test]
+    fn an_ipv6_address_is_bracketed_before_its_port_and_others_are_written_as_they_are() {
+        let c = cluster("    - name: s2\n      address: fd00::3\n      role: server\n    - name: s3\n      address: s3.lab\n      role: server\n");
+        assert_eq!(authority(c.host("s1").unwrap(), 10270), "10.0.0.1:10270");
+        assert_eq!(authority(c.host("s2").unwrap(), 10270), "[fd00::3]:10270");
+        assert_eq!(authority(c.host("s3").unwrap(), 6443), "s3.lab:6443");
+        assert_eq!(join_url(c.host("s2").unwrap()), "https://[fd00::3]:6443");
     }
 
     #[test]

@@ -565,14 +565,26 @@ fn hub_away(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
 
 /// Runs `f` with a TLS client holding `host`'s daemon certificate, in the lab network.
 fn as_node<T: Send + 'static>(lab: &Lab, host: &str, f: impl AsyncFnOnce(reqwest::Client) -> T + Send + 'static) -> T {
-    let tls = lab.host(host).root.join("etc/k3node/tls");
-    let read = |name: &str| std::fs::read_to_string(tls.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let material = k3node::daemon::pki::TlsMaterial {
-        ca_cert_pem: read("ca.crt"),
-        node_cert_pem: read("node.crt"),
-        node_key_pem: k3node::protocol::Secret::new(read("node.key")),
-    };
-    let config = material.client_config().expect("the node's TLS material");
+    as_holder_of(lab, tls_material(&lab.host(host).root.join("etc/k3node/tls"), "node"), f)
+}
+
+/// `dir`'s ca.crt, NAME.crt and NAME.key.
+fn tls_material(dir: &Path, name: &str) -> k3node::daemon::pki::TlsMaterial {
+    let read = |file: String| std::fs::read_to_string(dir.join(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    k3node::daemon::pki::TlsMaterial {
+        ca_cert_pem: read("ca.crt".into()),
+        node_cert_pem: read(format!("{name}.crt")),
+        node_key_pem: k3node::protocol::Secret::new(read(format!("{name}.key"))),
+    }
+}
+
+/// Runs `f` with a TLS client holding `material`, in the lab network.
+fn as_holder_of<T: Send + 'static>(
+    lab: &Lab,
+    material: k3node::daemon::pki::TlsMaterial,
+    f: impl AsyncFnOnce(reqwest::Client) -> T + Send + 'static,
+) -> T {
+    let config = material.client_config().expect("usable TLS material");
     lab.in_netns(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
@@ -661,24 +673,12 @@ fn metrics_read_by_prometheus(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Out
 
     // The same metrics as the reader reads them pass promtool; its reports are refused.
     let base = format!("https://{}:{HUB_PORT}", lab.host("h1").address);
-    let material = k3node::daemon::pki::TlsMaterial {
-        ca_cert_pem: std::fs::read_to_string(out_dir.join("ca.crt")).map_err(|e| e.to_string())?,
-        node_cert_pem: std::fs::read_to_string(out_dir.join("prometheus.crt")).map_err(|e| e.to_string())?,
-        node_key_pem: k3node::protocol::Secret::new(
-            std::fs::read_to_string(out_dir.join("prometheus.key")).map_err(|e| e.to_string())?,
-        ),
-    };
-    let config = material.client_config().map_err(|e| e.to_string())?;
-    let (text, refused) = lab.in_netns(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let client = reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap();
-            let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-            let batch = serde_json::json!({"protocol": 1, "node": "h2", "stream": "reader", "dropped_total": 0,
-                "reports": [{"seq": 1, "at_ms": 0, "interval_secs": 2, "role": "agent", "checks": [], "gauges": {}}]});
-            let r = client.post(format!("{base}/v1/reports")).body(batch.to_string()).send().await.unwrap();
-            (text, r.status().as_u16())
-        })
+    let (text, refused) = as_holder_of(lab, tls_material(&out_dir, "prometheus"), async move |client| {
+        let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let batch = serde_json::json!({"protocol": 1, "node": "h2", "stream": "reader", "dropped_total": 0,
+            "reports": [{"seq": 1, "at_ms": 0, "interval_secs": 2, "role": "agent", "checks": [], "gauges": {}}]});
+        let r = client.post(format!("{base}/v1/reports")).body(batch.to_string()).send().await.unwrap();
+        (text, r.status().as_u16())
     });
     ensure(refused == 403, || format!("a reader's report: {refused}"))?;
     for n in ALL {
