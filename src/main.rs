@@ -53,11 +53,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Like every Unix tool: output piped into `head` ends the program quietly instead of panicking.
-    // SAFETY: no other thread exists yet, and the default disposition is async-signal-safe.
-    let _ =
-        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
     let cli = Cli::parse();
+    // Like every Unix tool: output piped into `head` ends the program quietly instead of panicking.
+    // Not the daemon: with the default disposition, a hub closing its connection while the
+    // agent writes to it (writev sends no MSG_NOSIGNAL) would kill the agent, and systemd counts
+    // SIGPIPE as a clean exit, so it would not restart it.
+    if !matches!(cli.command, Command::Agent(_)) {
+        // SAFETY: no other thread exists yet, and the default disposition is async-signal-safe.
+        let _ = unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+        };
+    }
     if let Command::Host(args) = &cli.command {
         // The agent's stdout is the protocol; logs would corrupt it.
         return commands::host::run(args);
