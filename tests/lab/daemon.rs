@@ -211,6 +211,14 @@ fn install_and_report(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
     };
     ensure(arenas("h1")?.trim() == "unset", || "the hub runs with the agent's MALLOC_ARENA_MAX".into())?;
     ensure(arenas("h2")?.trim() == "MALLOC_ARENA_MAX=2", || "an agent runs without MALLOC_ARENA_MAX=2".into())?;
+    // SIGPIPE stays ignored in the daemon (signal 13, bit 12 of SigIgn): a peer closing its end
+    // mid-write is an error to retry, not a death systemd would count as a clean exit.
+    for h in ["h1", "h2"] {
+        let ignored =
+            sh(lab.host(h), "grep '^SigIgn:' /proc/$(systemctl show -p MainPID --value k3node-agent)/status")?;
+        let mask = u64::from_str_radix(ignored.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap_or(0);
+        ensure(mask & (1 << 12) != 0, || format!("k3node-agent on {h} does not ignore SIGPIPE: {ignored}"))?;
+    }
     let agent_key = sh(lab.host("h2"), "test -e /etc/k3node/tls/ca.key && echo present || echo absent")?;
     ensure(agent_key.trim() == "absent", || "an agent holds the CA key".into())?;
 

@@ -63,7 +63,7 @@ pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
         t("an_agent_that_lost_its_node_password_rejoins_under_its_name", lost_node_password),
         t("one_host_reset_alone_rejoins_under_its_name", one_host_reset),
         t("reset_then_up_again", reset_then_up),
-        t("ha_three_servers_and_an_agent", ha),
+        t("ha_three_servers_and_an_agent_whose_hubs_hand_the_lease_over_when_its_holder_stops", ha),
         t("local_mode_inside_a_lab_host", local_mode),
         t("seed_004_end_to_end_with_its_add_ons_delivered_and_read_by_real_kubectl", seed_004),
     ]
@@ -630,6 +630,9 @@ fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
         (lab.host("h4"), "agent", ""),
     ];
     let file = cluster_yaml(w, &hosts, SEED_CONFIG);
+    // The daemons report every 2 s: the hubs' lease lasts 3 intervals (see hubs_elect_one_leader).
+    let yaml = std::fs::read_to_string(&file).unwrap().replace("  k3s:\n", "  agent:\n    interval: 2s\n  k3s:\n");
+    std::fs::write(&file, yaml).unwrap();
     let out = w.op.k3node(&["reset", "-c", file.to_str().unwrap(), "--yes"]);
     ensure(out.status.success(), || String::from_utf8_lossy(&out.stderr).into_owned())?;
     let (code, json, stderr) = up(w, &file, &[]);
@@ -642,7 +645,47 @@ fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(second.contains(&format!("server: https://{}:6443", lab.host("h1").address)), || second.clone())?;
     let token = |h: &str| lab.host(h).sh("cat /var/lib/rancher/k3s/server/token").unwrap_or_default();
     ensure(token("h1") == token("h2") && token("h2") == token("h3"), || "servers do not share one token".into())?;
-    all_ready(w, &["h1", "h2", "h3", "h4"])
+    all_ready(w, &["h1", "h2", "h3", "h4"])?;
+    hubs_elect_one_leader(lab, w)
+}
+
+/// Every server runs a hub; one holds the `kube-system/k3node-hub` Lease and publishes Node
+/// conditions. Its hub stopped, another server's takes the Lease over (after the lease's 3
+/// intervals, 6 s here, unrenewed) and publishes: the stopped server's node turns Unknown.
+fn hubs_elect_one_leader(lab: &Arc<Lab>, w: &World) -> Outcome {
+    const SERVERS: [&str; 3] = ["h1", "h2", "h3"];
+    let lease = |field: &str| {
+        kubectl(w, &["get", "lease", "-n", "kube-system", "k3node-hub", "-o", &format!("jsonpath={{.spec.{field}}}")])
+    };
+    wait_until("a server's hub holds the lease", 40, || Ok(SERVERS.contains(&lease("holderIdentity")?.trim())))?;
+    let leader = lease("holderIdentity")?.trim().to_string();
+    let transitions = lease("leaseTransitions")?.trim().parse::<i64>().unwrap_or(0);
+    lab.host(&leader).sh("systemctl stop k3node-agent")?;
+    let result = (|| {
+        wait_until("another server's hub takes the lease over", 40, || {
+            let holder = lease("holderIdentity")?;
+            Ok(holder.trim() != leader && SERVERS.contains(&holder.trim()))
+        })?;
+        let now = lease("leaseTransitions")?.trim().parse::<i64>().unwrap_or(0);
+        ensure(now > transitions, || format!("leaseTransitions {transitions} -> {now}"))?;
+        let condition =
+            format!("jsonpath={{.status.conditions[?(@.type==\"{}\")].status}}", k3node::hub::kube::CONDITION_TYPE);
+        wait_until("the new leader publishes the stopped server's node as Unknown", 40, || {
+            Ok(kubectl(w, &["get", "node", &leader, "-o", &condition])?.trim() == "Unknown")
+        })
+    })();
+    lab.host(&leader).sh("systemctl start k3node-agent")?;
+    result
+}
+
+/// Polls `ok` every 500 ms until it says yes (an error is a no), for at most `secs`.
+fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> Result<bool, libtest_mimic::Failed>) -> Outcome {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !ok().unwrap_or(false) {
+        ensure(std::time::Instant::now() < deadline, || format!("after {secs} s: {what}"))?;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    Ok(())
 }
 
 /// Real kubectl (Debian's kubernetes-client) through the kubeconfig `up` merged.
