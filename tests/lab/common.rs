@@ -160,3 +160,15 @@ pub fn status<'a>(json: &'a serde_json::Value, host: &str, id: &str) -> &'a str 
 pub fn sh(host: &crate::support::LabHost, cmd: &str) -> Result<String, libtest_mimic::Failed> {
     host.sh(cmd).map_err(|e| format!("{e:#}").into())
 }
+
+/// Polls `check` until it is Ok or `timeout` passes; the last error otherwise.
+pub fn wait_for<T>(timeout: std::time::Duration, mut check: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(format!("after {timeout:?}: {e}")),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}

@@ -21,7 +21,7 @@ use k3node::daemon::settings::{Settings, Thresholds, Tuning};
 use libtest_mimic::Trial;
 use serde_json::Value;
 
-use crate::common::{ensure, sh, Operator, Outcome};
+use crate::common::{ensure, sh, wait_for, Operator, Outcome};
 use crate::mirror;
 use crate::support::{Lab, LabHost};
 
@@ -108,18 +108,6 @@ fn status(op: &Operator, file: &Path) -> Result<Value, String> {
 
 fn node<'a>(view: &'a Value, name: &str) -> &'a Value {
     view["nodes"].as_array().and_then(|n| n.iter().find(|n| n["node"] == name)).unwrap_or(&Value::Null)
-}
-
-/// Polls `check` until it is Ok or `timeout` passes; the last error otherwise.
-fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= deadline => return Err(format!("after {timeout:?}: {e}")),
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
 }
 
 fn lab_tuning() -> Tuning {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use libtest_mimic::Trial;
 
-use crate::common::{ensure, Operator, Outcome};
+use crate::common::{ensure, wait_for, Operator, Outcome};
 use crate::mirror::{self, Mirror};
 use crate::support::{Lab, LabHost};
 
@@ -654,38 +654,40 @@ fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
 /// intervals, 6 s here, unrenewed) and publishes: the stopped server's node turns Unknown.
 fn hubs_elect_one_leader(lab: &Arc<Lab>, w: &World) -> Outcome {
     const SERVERS: [&str; 3] = ["h1", "h2", "h3"];
+    let within = std::time::Duration::from_secs(40);
     let lease = |field: &str| {
-        kubectl(w, &["get", "lease", "-n", "kube-system", "k3node-hub", "-o", &format!("jsonpath={{.spec.{field}}}")])
+        let jsonpath = format!("jsonpath={{.spec.{field}}}");
+        let out = kubectl(w, &["get", "lease", "-n", "kube-system", "k3node-hub", "-o", &jsonpath]);
+        out.map(|v| v.trim().to_string()).map_err(|e| e.message().unwrap_or("kubectl failed").to_string())
     };
-    wait_until("a server's hub holds the lease", 40, || Ok(SERVERS.contains(&lease("holderIdentity")?.trim())))?;
-    let leader = lease("holderIdentity")?.trim().to_string();
-    let transitions = lease("leaseTransitions")?.trim().parse::<i64>().unwrap_or(0);
+    let held_by_a_server = |holder: String| match SERVERS.contains(&holder.as_str()) {
+        true => Ok(holder),
+        false => Err(format!("the lease is held by {holder:?}")),
+    };
+    let leader = wait_for(within, || lease("holderIdentity").and_then(held_by_a_server))?;
+    let transitions = lease("leaseTransitions")?.parse::<i64>().unwrap_or(0);
     lab.host(&leader).sh("systemctl stop k3node-agent")?;
-    let result = (|| {
-        wait_until("another server's hub takes the lease over", 40, || {
-            let holder = lease("holderIdentity")?;
-            Ok(holder.trim() != leader && SERVERS.contains(&holder.trim()))
+    let result = (|| -> Outcome {
+        wait_for(within, || match lease("holderIdentity").and_then(held_by_a_server)? {
+            holder if holder == leader => Err(format!("{leader}, stopped, still holds the lease")),
+            holder => Ok(holder),
         })?;
-        let now = lease("leaseTransitions")?.trim().parse::<i64>().unwrap_or(0);
+        let now = lease("leaseTransitions")?.parse::<i64>().unwrap_or(0);
         ensure(now > transitions, || format!("leaseTransitions {transitions} -> {now}"))?;
         let condition =
             format!("jsonpath={{.status.conditions[?(@.type==\"{}\")].status}}", k3node::hub::kube::CONDITION_TYPE);
-        wait_until("the new leader publishes the stopped server's node as Unknown", 40, || {
-            Ok(kubectl(w, &["get", "node", &leader, "-o", &condition])?.trim() == "Unknown")
-        })
+        wait_for(within, || {
+            let status =
+                kubectl(w, &["get", "node", &leader, "-o", &condition]).map_err(|_| "kubectl failed".to_string())?;
+            match status.trim() {
+                "Unknown" => Ok(()),
+                other => Err(format!("the new leader left {leader}'s condition at {other:?}")),
+            }
+        })?;
+        Ok(())
     })();
     lab.host(&leader).sh("systemctl start k3node-agent")?;
     result
-}
-
-/// Polls `ok` every 500 ms until it says yes (an error is a no), for at most `secs`.
-fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> Result<bool, libtest_mimic::Failed>) -> Outcome {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while !ok().unwrap_or(false) {
-        ensure(std::time::Instant::now() < deadline, || format!("after {secs} s: {what}"))?;
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    Ok(())
 }
 
 /// Real kubectl (Debian's kubernetes-client) through the kubeconfig `up` merged.
