@@ -1,24 +1,31 @@
 //! The snapshot archive: its format, its writer, and the one reader that checks everything.
 //!
-//! Format (`k3node-snapshot/1`): a tar stream compressed with zstd (one frame, with zstd's
+//! Format (`k3node-snapshot/2`): a tar stream compressed with zstd (one frame, with zstd's
 //! content checksum), in a file `<name>.tar.zst`; beside it `<name>.tar.zst.sha256`, the archive's
 //! sha256 as `sha256sum` writes it (`<hex>  <name>.tar.zst`). In the tar:
 //! 1. `k3node-snapshot.json`, the [`Manifest`]: cluster, node, datastore, k3s and k3node versions,
 //!    creation time, k3s's data dir, the datastore's file, and every entry with its path, kind,
-//!    size, mode, owner, sha256 (files) and target (symlinks);
+//!    size, mode, owner, sha256 (files but the datastore's) and target (symlinks);
 //! 2. the entries, in the manifest's order (every directory before what it holds), each at its
-//!    path on the host without the leading `/` (`var/lib/rancher/k3s/server/token`).
+//!    path on the host without the leading `/` (`var/lib/rancher/k3s/server/token`);
+//! 3. right after the datastore's entry, `k3node-snapshot.database.sha256`: its sha256 as
+//!    `sha256sum` writes it (`<hex>  <entry path>`). The datastore is hashed while it streams into
+//!    the archive, so that a snapshot reads it once (the manifest, written first, cannot know it).
+//!
+//! Format 1 (`k3node-snapshot/1`, written by earlier versions and still read) lists the
+//! datastore's sha256 in the manifest too and has no such entry.
 //!
 //! Invariants of the reader ([`walk`]), which verify and restore both go through:
-//! - nothing is accepted that the manifest does not list, and every listed entry must come, with
-//!   the kind, size, mode, owner, sha256 and link target listed;
+//! - nothing is accepted that the manifest does not list (but the datastore's sha256 where the
+//!   format puts it), and every listed entry must come, with the kind, size, mode, owner, sha256
+//!   and link target listed;
 //! - the manifest itself only lists what a snapshot holds ([`Scope`]): no absolute path, no `..`,
 //!   nothing outside k3s's server files and config, no symlink whose target leaves that set, no
 //!   entry below a symlink or a file, no hard link, device or fifo, no setuid/setgid/sticky bit;
-//! - a file's bytes reach their destination only once they match the manifest
-//!   ([`AtomicFile::commit`] after the check), and the archive's own sha256 must match its sidecar:
-//!   a damaged or truncated archive is a checksum mismatch, a well-formed but unacceptable one a
-//!   bad request, each naming the entry.
+//! - a file's bytes reach their destination only once they match the manifest, or for the
+//!   datastore of format 2 the sha256 entry after it ([`AtomicFile::commit`] after the check), and
+//!   the archive's own sha256 must match its sidecar: a damaged or truncated archive is a checksum
+//!   mismatch, a well-formed but unacceptable one a bad request, each naming the entry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
@@ -35,10 +42,20 @@ use crate::host::k3s::{
 use crate::host::system::{AtomicFile, HostSystem};
 use crate::protocol::snapshot::{Datastore, ManifestSummary};
 use crate::protocol::ErrorKind;
+use read_ahead::ReadAhead;
 
-pub const FORMAT: &str = "k3node-snapshot/1";
+mod read_ahead;
+
+/// The format this k3node writes.
+pub const FORMAT: &str = "k3node-snapshot/2";
+/// The format before the datastore's sha256 moved after it: read, no longer written.
+pub const FORMAT_1: &str = "k3node-snapshot/1";
 /// The first entry of every archive.
 pub const MANIFEST_PATH: &str = "k3node-snapshot.json";
+/// The entry right after the datastore's, in format 2: its sha256.
+pub const DATABASE_SUM_PATH: &str = "k3node-snapshot.database.sha256";
+/// `<64 hex>  <entry path>\n`, an entry path being at most a few hundred bytes.
+const MAX_DATABASE_SUM: u64 = 4096;
 pub const EXTENSION: &str = ".tar.zst";
 pub const SIDECAR_EXTENSION: &str = ".tar.zst.sha256";
 /// A manifest lists a few hundred entries; anything this large is not one.
@@ -153,10 +170,18 @@ impl Manifest {
         self.entries.iter().find(|e| e.path == self.database)
     }
 
+    /// Whether the datastore's sha256 follows its entry in the tar (format 2) instead of being listed.
+    pub fn database_sum_follows(&self) -> bool {
+        self.format == FORMAT
+    }
+
     /// Everything [`walk`] demands of a manifest before it reads any entry.
     pub fn validate(&self) -> Result<(), String> {
-        if self.format != FORMAT {
-            return Err(format!("the manifest's format is {:?}; this k3node reads {FORMAT}", self.format));
+        if self.format != FORMAT && self.format != FORMAT_1 {
+            return Err(format!(
+                "the manifest's format is {:?}; this k3node reads {FORMAT} and {FORMAT_1}",
+                self.format
+            ));
         }
         super::parse_rfc3339(&self.created).map_err(|e| format!("the manifest's creation time: {e}"))?;
         let data_dir = PathBuf::from(&self.data_dir);
@@ -172,8 +197,8 @@ impl Manifest {
         for entry in &self.entries {
             let at = |why: String| format!("entry {:?} {why}", entry.path);
             let host = relative_path(&entry.path).map_err(at)?;
-            if entry.path == MANIFEST_PATH {
-                return Err(at("has the manifest's own name".into()));
+            if entry.path == MANIFEST_PATH || entry.path == DATABASE_SUM_PATH {
+                return Err(at("has the name of an entry of k3node's own".into()));
             }
             if kinds.insert(&entry.path, entry.kind).is_some() {
                 return Err(at("is listed twice".into()));
@@ -189,8 +214,11 @@ impl Manifest {
             }
             match entry.kind {
                 EntryKind::File => {
-                    let sha = entry.sha256.as_deref().unwrap_or("");
-                    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    if self.database_sum_follows() && entry.path == self.database {
+                        if entry.sha256.is_some() {
+                            return Err(at(format!("lists a sha256: in {FORMAT} the datastore's follows it")));
+                        }
+                    } else if !entry.sha256.as_deref().is_some_and(is_lowercase_sha256) {
                         return Err(at("has no sha256 of 64 lowercase hex digits".into()));
                     }
                     if entry.target.is_some() {
@@ -233,6 +261,10 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+fn is_lowercase_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// What a snapshot may hold, for a data dir, a datastore and the datastore's file: the same set
@@ -354,8 +386,8 @@ pub struct Written {
 /// Writes the archive into `out` (not committed: the caller writes the sidecar first, then
 /// commits, so that an archive never exists without its sidecar): the manifest, then each entry,
 /// a file's bytes read from what `open` gives for its entry path (exactly the bytes the manifest
-/// hashed). `mtime` (Unix seconds) is given to every entry: the manifest, not the tar headers,
-/// says what matters.
+/// hashed), the datastore's hashed as it goes and its sha256 after it (format 2). `mtime` (Unix
+/// seconds) is given to every entry: the manifest, not the tar headers, says what matters.
 pub fn write<'s>(
     out: Box<dyn AtomicFile>,
     manifest: &Manifest,
@@ -375,10 +407,25 @@ pub fn write<'s>(
     for entry in &manifest.entries {
         match entry.kind {
             EntryKind::File => {
-                let mut header = header(tar::EntryType::Regular, entry.size, entry.mode, entry.uid, entry.gid, mtime);
+                let mut file = header(tar::EntryType::Regular, entry.size, entry.mode, entry.uid, entry.gid, mtime);
                 // A source that does not have the listed size would make a tar that lies.
                 let reader = open(&entry.path)?.take(entry.size);
-                tar.append_data(&mut header, &entry.path, reader)?;
+                if !(manifest.database_sum_follows() && entry.path == manifest.database) {
+                    tar.append_data(&mut file, &entry.path, reader)?;
+                    continue;
+                }
+                let mut hashing = HashingReader::new(reader);
+                tar.append_data(&mut file, &entry.path, &mut hashing)?;
+                let (sha256, size) = hashing.finish();
+                if size != entry.size {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} gave {size} bytes, the manifest lists {}", entry.path, entry.size),
+                    ));
+                }
+                let text = sidecar_text(&sha256, &entry.path);
+                let mut sum = header(tar::EntryType::Regular, text.len() as u64, 0o600, 0, 0, mtime);
+                tar.append_data(&mut sum, DATABASE_SUM_PATH, text.as_bytes())?;
             }
             EntryKind::Dir => {
                 let mut header = header(tar::EntryType::Directory, 0, entry.mode, entry.uid, entry.gid, mtime);
@@ -523,6 +570,8 @@ pub struct Walked {
     pub manifest: Manifest,
     pub size: u64,
     pub sha256: String,
+    /// The datastore's sha256, as its bytes had it (and the manifest or the entry after it said).
+    pub database_sha256: String,
     /// For an etcd snapshot: what its own appended sha256 said.
     pub etcd_check: Option<String>,
 }
@@ -536,12 +585,17 @@ pub fn walk(sys: &dyn HostSystem, archive: &Path, unpack: &mut dyn Unpack) -> Re
         path: archive.to_path_buf(),
         source: e,
     })?;
-    let mut tar = tar::Archive::new(decoder);
+    let ahead = ReadAhead::new(decoder).map_err(|e| ArchiveError::Io {
+        what: "cannot start a thread to read",
+        path: archive.to_path_buf(),
+        source: e,
+    })?;
+    let mut tar = tar::Archive::new(ahead);
     let outcome = walk_entries(archive, &mut tar, unpack);
     // Whatever happened, the archive's own hash decides whether it is damaged or was made so.
-    let mut decoder = tar.into_inner();
-    let trailing = if outcome.is_ok() { trailing_data(archive, &mut decoder) } else { Ok(()) };
-    let mut raw = decoder.finish().into_inner();
+    let mut ahead = tar.into_inner();
+    let trailing = if outcome.is_ok() { trailing_data(archive, &mut ahead) } else { Ok(()) };
+    let mut raw = ahead.into_inner().finish().into_inner();
     let drained = io::copy(&mut raw, &mut io::sink());
     let (actual, _) = raw.finish();
     if let Err(e) = drained {
@@ -557,14 +611,14 @@ pub fn walk(sys: &dyn HostSystem, archive: &Path, unpack: &mut dyn Unpack) -> Re
             reason: format!("its sha256 is {actual}, its sha256 file says {expected}{first}"),
         });
     }
-    let (manifest, etcd_check) = outcome?;
+    let Contents { manifest, database_sha256, etcd_check } = outcome?;
     trailing?;
     let size = sys.file_size(archive).map_err(|e| ArchiveError::Io {
         what: "cannot stat",
         path: archive.to_path_buf(),
         source: e,
     })?;
-    Ok(Walked { manifest, size, sha256: actual, etcd_check })
+    Ok(Walked { manifest, size, sha256: actual, database_sha256, etcd_check })
 }
 
 fn inner_reason(e: &ArchiveError) -> String {
@@ -587,17 +641,25 @@ fn trailing_data<R: Read>(archive: &Path, decoder: &mut R) -> Result<(), Archive
     }
 }
 
+/// What [`walk_entries`] read, before the archive's own hash is known.
+struct Contents {
+    manifest: Manifest,
+    database_sha256: String,
+    etcd_check: Option<String>,
+}
+
 fn walk_entries<R: Read>(
     archive: &Path,
     tar: &mut tar::Archive<R>,
     unpack: &mut dyn Unpack,
-) -> Result<(Manifest, Option<String>), ArchiveError> {
+) -> Result<Contents, ArchiveError> {
     let mut entries = tar.entries().map_err(|e| damaged_by(archive, &e))?;
     let manifest = first_manifest(archive, &mut entries)?;
     let listed: BTreeMap<&str, &Entry> = manifest.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut etcd_check = None;
-    for item in entries {
+    let mut database_sha256 = String::new();
+    while let Some(item) = entries.next() {
         let mut item = item.map_err(|e| damaged_by(archive, &e))?;
         let path = match std::str::from_utf8(&item.path_bytes()) {
             Ok(p) => p.to_string(),
@@ -649,15 +711,25 @@ fn walk_entries<R: Read>(
                             ArchiveError::Io { what: "cannot write", path: entry.host_path(), source: e }
                         }
                     })?;
-                if size != entry.size || Some(sha256.as_str()) != entry.sha256.as_deref() {
+                // validate() lets only format 2's datastore go without a listed sha256.
+                let (expected, said) = match &entry.sha256 {
+                    Some(listed) => (listed.clone(), "the manifest says"),
+                    None => (
+                        database_sum(archive, &mut entries, &entry.path)?,
+                        "the manifest and the sha256 entry after it say",
+                    ),
+                };
+                if size != entry.size || sha256 != expected {
                     return Err(ArchiveError::Damaged {
                         archive: archive.to_path_buf(),
                         reason: format!(
-                            "entry {path:?} has {size} bytes with sha256 {sha256}; the manifest says {} bytes with sha256 {}",
-                            entry.size,
-                            entry.sha256.as_deref().unwrap_or("")
+                            "entry {path:?} has {size} bytes with sha256 {sha256}; {said} {} bytes with sha256 {expected}",
+                            entry.size
                         ),
                     });
+                }
+                if entry.path == manifest.database {
+                    database_sha256 = sha256;
                 }
                 if let Some(check) = etcd {
                     etcd_check = Some(check.map_err(|why| ArchiveError::Damaged {
@@ -695,7 +767,36 @@ fn walk_entries<R: Read>(
             format!("the tar lacks {count} of the manifest's entries, the first {:?}", missing.path),
         ));
     }
-    Ok((manifest, etcd_check))
+    Ok(Contents { manifest, database_sha256, etcd_check })
+}
+
+/// Format 2: the datastore's sha256, from the entry that must come right after the datastore's.
+fn database_sum<R: Read>(
+    archive: &Path,
+    entries: &mut tar::Entries<'_, R>,
+    database: &str,
+) -> Result<String, ArchiveError> {
+    let missing =
+        || refused(archive, format!("entry {database:?} is not followed by its sha256 ({DATABASE_SUM_PATH})"));
+    let mut item = match entries.next() {
+        None => return Err(missing()),
+        Some(item) => item.map_err(|e| damaged_by(archive, &e))?,
+    };
+    if item.path_bytes().as_ref() != DATABASE_SUM_PATH.as_bytes()
+        || item.header().entry_type() != tar::EntryType::Regular
+    {
+        return Err(missing());
+    }
+    let size = item.header().size().map_err(|e| damaged_by(archive, &e))?;
+    let mut text = Vec::new();
+    (&mut item).take(MAX_DATABASE_SUM + 1).read_to_end(&mut text).map_err(|e| damaged_by(archive, &e))?;
+    let mut words = std::str::from_utf8(&text).unwrap_or_default().split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(sha), Some(named), None) if size <= MAX_DATABASE_SUM && named == database && is_lowercase_sha256(sha) => {
+            Ok(sha.to_string())
+        }
+        _ => Err(refused(archive, format!("its {DATABASE_SUM_PATH} is not `<sha256>  {database}`"))),
+    }
 }
 
 /// For an etcd snapshot: what its appended sha256 says (Ok: a description, Err: the problem).

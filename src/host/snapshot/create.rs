@@ -3,10 +3,11 @@
 //! Order: check the request and the host (a server's token, k3s's version, which datastore);
 //! sweep what a killed earlier run left in the snapshot directory; take the datastore (SQLite: an
 //! image of the live database in one read transaction, held until the archive is written:
-//! `PRAGMA integrity_check` and the hash in that transaction, the bytes streamed into the archive
-//! from it, no copy on disk; etcd: `k3s etcd-snapshot save` into a work directory beside the
-//! archive, then etcd's appended hash); stage a copy of every other file while hashing it, so
-//! that the manifest, written first in the archive, lists exactly the bytes that follow it; write
+//! `PRAGMA integrity_check` in that transaction, then the bytes streamed into the archive from
+//! it, no copy on disk; etcd: `k3s etcd-snapshot save` into a work directory beside the archive,
+//! then etcd's appended hash); stage a copy of every other file while hashing it, so that the
+//! manifest, written first in the archive, lists exactly the bytes that follow it (the datastore
+//! is read once, hashed as it streams into the archive, and its sha256 follows it there); write
 //! the archive under a temp name, then its sidecar, then rename the archive into place. A failure
 //! at any point (a full disk among them) leaves no archive, no temp file and no work directory,
 //! and k3s is never touched.
@@ -127,7 +128,7 @@ pub fn take(
     if datastore == Datastore::Etcd {
         files.anchor(&data_dir.join(ETCD_SNAPSHOT_DIR))?;
     }
-    files.add_database(database, progress)?;
+    files.add_database(database);
     files.anchor(Path::new(CONFIG_DIR))?;
     files.file(Path::new(CONFIG_FILE), false)?;
     files.tree(Path::new(CONFIG_DROPIN_DIR), &[])?;
@@ -301,12 +302,12 @@ fn sqlite_image(
             shown.join("; ")
         )));
     }
-    let entry = file_entry(&live, &meta, 0, None);
+    let entry = file_entry(&live, &meta, image.size(), None);
     Ok((live, Database::Image(entry, image)))
 }
 
-/// A file's manifest entry at its host path, with the owner and permission bits it has there; the
-/// datastore's size and sha256 are filled in once its copy is hashed.
+/// A file's manifest entry at its host path, with the owner and permission bits it has there (the
+/// datastore's without a sha256: it follows the datastore in the archive).
 fn file_entry(at: &Path, meta: &Metadata, size: u64, sha256: Option<String>) -> Entry {
     Entry {
         path: rel(at),
@@ -342,7 +343,7 @@ fn etcd_copy(
     let meta = sys.metadata(&file).map_err(io_err("cannot read", &file))?;
     let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let at = data_dir.join(ETCD_SNAPSHOT_DIR).join(file_name);
-    let entry = file_entry(&at, &meta, 0, None);
+    let entry = file_entry(&at, &meta, meta.size, None);
     Ok((at, Database::Staged(entry, file)))
 }
 
@@ -485,28 +486,20 @@ impl Collector<'_> {
         Ok(())
     }
 
-    /// The datastore, hashed here (the image within its transaction), listed under its host path.
-    fn add_database(&mut self, database: Database, progress: &mut dyn FnMut(&str)) -> Result<(), SnapshotError> {
-        let (mut entry, hashed) = match database {
+    /// The datastore, listed under its host path with its size; the archive's writer hashes it as
+    /// it streams in (its sha256 follows it in the archive), so that it is read once.
+    fn add_database(&mut self, database: Database) {
+        let entry = match database {
             Database::Staged(entry, copy) => {
-                let mut reader = self.sys.open_read(&copy).map_err(io_err("cannot read", &copy))?;
-                let hashed = crate::digest::sha256_and_size(&mut reader).map_err(io_err("cannot read", &copy))?;
                 self.sources.insert(entry.path.clone(), copy);
-                (entry, hashed)
+                entry
             }
             Database::Image(entry, image) => {
-                progress(&format!("hashing the database's {} MiB", image.size() >> 20));
-                let at = entry.host_path();
-                let mut reader = image.bytes().map_err(io_err("cannot read", &at))?;
-                let hashed = crate::digest::sha256_and_size(&mut reader).map_err(io_err("cannot read", &at))?;
-                drop(reader);
                 self.image = Some((entry.path.clone(), image));
-                (entry, hashed)
+                entry
             }
         };
-        (entry.sha256, entry.size) = (Some(hashed.0), hashed.1);
         self.entries.push(entry);
-        Ok(())
     }
 
     /// What the archive holds for the entry at `path`: its staged copy, or the database's image.

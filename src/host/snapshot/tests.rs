@@ -85,6 +85,32 @@ fn a_snapshot_of_a_sqlite_server_holds_what_a_restore_needs_and_nothing_of_k3s_o
         Some(crate::digest::sha256_hex(token_text().as_bytes()).as_str())
     );
     assert_eq!(entry("tls/current-ca.crt").target.as_deref(), Some("server-ca.crt"));
+    // In the tar: the manifest, the entries in its order, the datastore's sha256 right after it
+    // (hashed as it streamed in: the manifest, written first, does not list it).
+    assert_eq!(entry("server/db/state.db").sha256, None);
+    let mut expected = vec![archive::MANIFEST_PATH.to_string()];
+    for e in &manifest.entries {
+        expected.push(e.path.clone());
+        if e.path == manifest.database {
+            expected.push(archive::DATABASE_SUM_PATH.to_string());
+        }
+    }
+    let mut tar = tar::Archive::new(zstd::stream::read::Decoder::new(bytes.as_slice()).unwrap());
+    let mut in_tar = Vec::new();
+    let mut database = Vec::new();
+    for item in tar.entries().unwrap() {
+        let mut item = item.unwrap();
+        let path = item.path().unwrap().display().to_string();
+        if path == manifest.database {
+            std::io::Read::read_to_end(&mut item, &mut database).unwrap();
+        } else if path == archive::DATABASE_SUM_PATH {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut item, &mut text).unwrap();
+            assert_eq!(text, format!("{}  {}\n", crate::digest::sha256_hex(&database), manifest.database));
+        }
+        in_tar.push(path);
+    }
+    assert_eq!(in_tar, expected);
     assert_eq!((manifest.cluster.as_str(), manifest.node.as_str()), ("lab", "server1"));
     assert_eq!(manifest.database, "var/lib/rancher/k3s/server/db/state.db");
     assert_eq!(manifest.k3node_version, env!("CARGO_PKG_VERSION"));
@@ -235,9 +261,9 @@ fn a_restore_verifies_stops_moves_aside_extracts_and_waits_for_ready_in_that_ord
     }
     assert_eq!(target.file_mode(Path::new(SERVER)).unwrap(), 0o700);
     // The database is the archive's consistent copy, not the live file's bytes.
-    let manifest = archive::read_manifest(&target, Path::new(&archive_at())).unwrap();
+    let walked = archive::walk(&target, Path::new(&archive_at()), &mut archive::CheckOnly).unwrap();
     let restored_db = crate::digest::sha256_hex(&target.bytes(&format!("{SERVER}/db/state.db")).unwrap());
-    assert_eq!(Some(restored_db.as_str()), manifest.database_entry().unwrap().sha256.as_deref());
+    assert_eq!(restored_db, walked.database_sha256);
     assert!(target.sqlite_check(Path::new(&format!("{SERVER}/db/state.db"))).unwrap().is_empty());
     assert_eq!(
         target.read_link(Path::new(&format!("{SERVER}/tls/current-ca.crt"))).unwrap(),

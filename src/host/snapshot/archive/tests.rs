@@ -22,6 +22,9 @@ enum Body {
     HardLink(String),
     Char,
     Fifo,
+    /// Format 2's entry after the datastore: the sha256 of the entry named [`DB`] among the same
+    /// entries, as they are when the tar is written.
+    DatabaseSum,
 }
 
 /// One tar entry as written, and whether the manifest lists it (as it is).
@@ -47,6 +50,7 @@ fn good() -> Vec<Raw> {
         raw("var/lib/rancher/k3s/server/tls/current-ca.crt", Body::Symlink("server-ca.crt".into()), 0o777),
         raw("var/lib/rancher/k3s/server/db", Body::Dir, 0o700),
         raw(DB, Body::File(sqlite_db(20)), 0o600),
+        unlisted(DATABASE_SUM_PATH, Body::DatabaseSum, 0o600),
         raw("etc/rancher/k3s", Body::Dir, 0o755),
         raw("etc/rancher/k3s/config.yaml", Body::File(b"node-name: server1\n".to_vec()), 0o600),
     ]
@@ -57,14 +61,25 @@ fn entry_of(r: &Raw) -> Entry {
         Body::File(bytes) => (EntryKind::File, bytes.len() as u64, Some(crate::digest::sha256_hex(bytes)), None),
         Body::Dir => (EntryKind::Dir, 0, None, None),
         Body::Symlink(t) | Body::HardLink(t) => (EntryKind::Symlink, 0, None, Some(t.clone())),
-        Body::Char | Body::Fifo => (EntryKind::File, 0, Some(crate::digest::sha256_hex(b"")), None),
+        Body::Char | Body::Fifo | Body::DatabaseSum => (EntryKind::File, 0, Some(crate::digest::sha256_hex(b"")), None),
     };
     Entry { path: r.name.clone(), kind, size, mode: r.mode, uid: 0, gid: 0, sha256, target }
 }
 
+/// The manifest of format 2 (what k3node writes): the datastore's sha256 is not listed.
 fn manifest_of(raws: &[Raw]) -> Manifest {
+    let mut manifest = manifest_1_of(raws);
+    manifest.format = FORMAT.into();
+    for entry in manifest.entries.iter_mut().filter(|e| e.path == DB) {
+        entry.sha256 = None;
+    }
+    manifest
+}
+
+/// The manifest of format 1: every file's sha256 listed, the datastore's too.
+fn manifest_1_of(raws: &[Raw]) -> Manifest {
     Manifest {
-        format: FORMAT.into(),
+        format: FORMAT_1.into(),
         cluster: "lab".into(),
         node: "server1".into(),
         datastore: Datastore::Sqlite,
@@ -77,11 +92,18 @@ fn manifest_of(raws: &[Raw]) -> Manifest {
     }
 }
 
-fn append(tar: &mut tar::Builder<Vec<u8>>, name: &[u8], body: &Body, mode: u32) {
+fn append(tar: &mut tar::Builder<Vec<u8>>, name: &[u8], body: &Body, mode: u32, raws: &[Raw]) {
     let mut header = tar::Header::new_gnu();
     header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    let sum;
     let (kind, data): (tar::EntryType, &[u8]) = match body {
         Body::File(bytes) => (tar::EntryType::Regular, bytes),
+        Body::DatabaseSum => {
+            let database = raws.iter().find(|r| r.name == DB).map(|r| &r.body);
+            let Some(Body::File(bytes)) = database else { panic!("no database among the entries") };
+            sum = sidecar_text(&crate::digest::sha256_hex(bytes), DB);
+            (tar::EntryType::Regular, sum.as_bytes())
+        }
         Body::Dir => (tar::EntryType::Directory, &[]),
         Body::Symlink(t) => {
             header.set_link_name_literal(t.as_bytes()).unwrap();
@@ -108,10 +130,10 @@ fn append(tar: &mut tar::Builder<Vec<u8>>, name: &[u8], body: &Body, mode: u32) 
 fn tar_of(manifest: Option<&[u8]>, raws: &[Raw]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     if let Some(json) = manifest {
-        append(&mut tar, MANIFEST_PATH.as_bytes(), &Body::File(json.to_vec()), 0o600);
+        append(&mut tar, MANIFEST_PATH.as_bytes(), &Body::File(json.to_vec()), 0o600, raws);
     }
     for r in raws {
-        append(&mut tar, r.name.as_bytes(), &r.body, r.mode);
+        append(&mut tar, r.name.as_bytes(), &r.body, r.mode, raws);
     }
     tar.into_inner().unwrap()
 }
@@ -183,12 +205,14 @@ fn cases() -> Vec<Case> {
     extra_zeros_then_data.extend_from_slice(b"appended after the end of the tar");
     let manifest_second = {
         let mut tar = tar::Builder::new(Vec::new());
-        append(&mut tar, b"var/lib/rancher/k3s/server", &Body::Dir, 0o700);
-        append(&mut tar, MANIFEST_PATH.as_bytes(), &Body::File(json(&manifest_of(&good()))), 0o600);
+        append(&mut tar, b"var/lib/rancher/k3s/server", &Body::Dir, 0o700, &[]);
+        append(&mut tar, MANIFEST_PATH.as_bytes(), &Body::File(json(&manifest_of(&good()))), 0o600, &[]);
         zstd_of(&tar.into_inner().unwrap())
     };
     let mut bad_format = manifest_of(&good());
     bad_format.format = "k3node-snapshot/9".into();
+    let mut format_2_listing_the_database = manifest_1_of(&good());
+    format_2_listing_the_database.format = FORMAT.into();
     let mut absolute_data_dir = manifest_of(&good());
     absolute_data_dir.data_dir = "var/lib/rancher/k3s".into();
 
@@ -197,7 +221,7 @@ fn cases() -> Vec<Case> {
         Case { name: "a truncated archive", bytes: half.clone(), sidecar_of: good_bytes.clone(), kind: ChecksumMismatch, words: "its sha256 is" },
         case("a truncated archive with its own sidecar", half, ChecksumMismatch, "does not decode"),
         case("a file whose bytes are not the manifest's", lying(wrong_content, good()), ChecksumMismatch, "entry \"var/lib/rancher/k3s/server/token\" has 20 bytes"),
-        case("an entry the tar lacks", lying(good()[..8].to_vec(), good()), BadRequest, "the tar lacks 1 of the manifest's entries, the first \"etc/rancher/k3s/config.yaml\""),
+        case("an entry the tar lacks", lying(good()[..9].to_vec(), good()), BadRequest, "the tar lacks 1 of the manifest's entries, the first \"etc/rancher/k3s/config.yaml\""),
         case(
             "an entry the manifest lacks",
             listed(with(good(), |r| r.push(unlisted("var/lib/rancher/k3s/server/tls/extra.key", Body::File(b"k".to_vec()), 0o600)))),
@@ -306,6 +330,40 @@ fn cases() -> Vec<Case> {
         case("a relative data dir", archive_of(&absolute_data_dir, &good()), BadRequest, "data dir \"var/lib/rancher/k3s\" is not an absolute path"),
         case("no zstd at all", b"plain text".to_vec(), ChecksumMismatch, "does not decode"),
         case(
+            "format 2 without the datastore's sha256 entry",
+            listed(with(good(), |r| drop(r.remove(7)))),
+            BadRequest,
+            "entry \"var/lib/rancher/k3s/server/db/state.db\" is not followed by its sha256 (k3node-snapshot.database.sha256)",
+        ),
+        case(
+            "the datastore's sha256 entry away from the datastore",
+            listed(with(good(), |r| {
+                let sum = r.remove(7);
+                r.push(sum);
+            })),
+            BadRequest,
+            "is not followed by its sha256",
+        ),
+        case(
+            "a datastore sha256 that is not its bytes'",
+            listed(with(good(), |r| r[7].body = Body::File(sidecar_text(&"0".repeat(64), DB).into_bytes()))),
+            ChecksumMismatch,
+            "the manifest and the sha256 entry after it say",
+        ),
+        case(
+            "a datastore sha256 entry naming another entry",
+            listed(with(good(), |r| r[7].body = Body::File(sidecar_text(&"0".repeat(64), "var/lib/rancher/k3s/server/token").into_bytes()))),
+            BadRequest,
+            "its k3node-snapshot.database.sha256 is not `<sha256>  var/lib/rancher/k3s/server/db/state.db`",
+        ),
+        case("format 2 listing the datastore's sha256", archive_of(&format_2_listing_the_database, &good()), BadRequest, "lists a sha256: in k3node-snapshot/2"),
+        case(
+            "format 1 with a datastore sha256 entry",
+            archive_of(&manifest_1_of(&good()), &good()),
+            BadRequest,
+            "entry \"k3node-snapshot.database.sha256\" is not in the manifest",
+        ),
+        case(
             "a database that is no database",
             listed(with(good(), |r| r[6].body = Body::File(b"SQLite format 3\0 but nothing after it".repeat(200)))),
             ChecksumMismatch,
@@ -319,8 +377,22 @@ fn a_well_formed_snapshot_passes_every_check() {
     let raws = good();
     let bytes = archive_of(&manifest_of(&raws), &raws);
     let walked = walk_of(&bytes, &bytes).unwrap();
-    assert_eq!(walked.manifest.entries.len(), raws.len());
+    assert_eq!(walked.manifest.entries.len(), raws.len() - 1, "all but the datastore's sha256 are listed");
     assert_eq!(walked.sha256, crate::digest::sha256_hex(&bytes));
+    assert_eq!(walked.database_sha256, crate::digest::sha256_hex(&sqlite_db(20)));
+}
+
+#[test]
+fn an_archive_of_format_1_is_still_read_and_verified() {
+    let raws = with(good(), |r| drop(r.remove(7)));
+    let bytes = archive_of(&manifest_1_of(&raws), &raws);
+    let walked = walk_of(&bytes, &bytes).unwrap();
+    assert_eq!(walked.manifest.format, FORMAT_1);
+    assert_eq!(Some(walked.database_sha256.as_str()), walked.manifest.database_entry().unwrap().sha256.as_deref());
+    let sys = FakeSystem::new();
+    place(&sys, &bytes, &bytes);
+    let (walked, checker) = crate::host::snapshot::verify::verify(&sys, Path::new(ARCHIVE)).unwrap();
+    assert_eq!(checker.database_check(&walked), "PRAGMA integrity_check: ok");
 }
 
 /// A case's refusal as the operator meets it: from the walk (or, for the database's own check,
@@ -400,4 +472,18 @@ fn links_resolve_as_the_kernel_does_without_touching_a_file() {
     assert_eq!(resolve_link(link, "../../../../../../../../etc").unwrap(), Path::new("/etc"));
     assert_eq!(resolve_link(link, "/etc/./shadow").unwrap(), Path::new("/etc/shadow"));
     assert_eq!(resolve_link(link, ""), None);
+}
+
+#[test]
+fn the_fuzzers_seeds_are_archives_of_both_formats_that_pass_every_check() {
+    let seeds: [(&[u8], &str); 3] = [
+        (include_bytes!("../../../../tests/fuzz/corpus/snapshot_archive/seed-sqlite"), FORMAT_1),
+        (include_bytes!("../../../../tests/fuzz/corpus/snapshot_archive/seed-etcd"), FORMAT_1),
+        (include_bytes!("../../../../tests/fuzz/corpus/snapshot_archive/seed-sqlite-2"), FORMAT),
+    ];
+    for (tar, format) in seeds {
+        let bytes = zstd_of(tar);
+        let walked = walk_of(&bytes, &bytes).unwrap();
+        assert_eq!(walked.manifest.format, format);
+    }
 }
