@@ -475,12 +475,17 @@ pub fn read_sidecar(sys: &dyn HostSystem, archive: &Path) -> Result<String, Arch
         Err(e) => return Err(ArchiveError::Io { what: "cannot read", path, source: e }),
     };
     let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    sha256sum_line(&text, &name).ok_or_else(|| damaged(format!("{} is not `<sha256>  {name}`", path.display())))
+}
+
+/// The sha256 of a line as [`sidecar_text`] (and `sha256sum`) writes it for `name`, lowercased.
+fn sha256sum_line(text: &str, name: &str) -> Option<String> {
     let mut words = text.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some(sha), Some(file), None) if crate::digest::is_sha256_hex(sha) && file.trim_start_matches('*') == name => {
-            Ok(sha.to_ascii_lowercase())
+            Some(sha.to_ascii_lowercase())
         }
-        _ => Err(damaged(format!("{} is not `<sha256>  {name}`", path.display()))),
+        _ => None,
     }
 }
 
@@ -790,13 +795,10 @@ fn database_sum<R: Read>(
     let size = item.header().size().map_err(|e| damaged_by(archive, &e))?;
     let mut text = Vec::new();
     (&mut item).take(MAX_DATABASE_SUM + 1).read_to_end(&mut text).map_err(|e| damaged_by(archive, &e))?;
-    let mut words = std::str::from_utf8(&text).unwrap_or_default().split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some(sha), Some(named), None) if size <= MAX_DATABASE_SUM && named == database && is_lowercase_sha256(sha) => {
-            Ok(sha.to_string())
-        }
-        _ => Err(refused(archive, format!("its {DATABASE_SUM_PATH} is not `<sha256>  {database}`"))),
-    }
+    let text = std::str::from_utf8(&text).unwrap_or_default();
+    sha256sum_line(text, database)
+        .filter(|_| size <= MAX_DATABASE_SUM)
+        .ok_or_else(|| refused(archive, format!("its {DATABASE_SUM_PATH} is not `<sha256>  {database}`")))
 }
 
 /// For an etcd snapshot: what its appended sha256 says (Ok: a description, Err: the problem).

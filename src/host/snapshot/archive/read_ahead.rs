@@ -4,7 +4,8 @@
 //!
 //! Invariants: the reader sees exactly the source's bytes in order, an error where the source
 //! gave it, and then the end; at most [`AHEAD`] chunks are held besides the one being read;
-//! [`ReadAhead::into_inner`] stops the thread wherever it is and gives the source back.
+//! [`ReadAhead::into_inner`] stops the thread wherever it is and gives the source back (dropped
+//! instead, the thread ends on its own at its next send).
 
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -19,7 +20,7 @@ pub struct ReadAhead<R> {
     spare: SyncSender<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
-    thread: Option<JoinHandle<R>>,
+    thread: JoinHandle<R>,
 }
 
 impl<R: Read + Send + 'static> ReadAhead<R> {
@@ -48,14 +49,14 @@ impl<R: Read + Send + 'static> ReadAhead<R> {
             }
             source
         })?;
-        Ok(ReadAhead { chunks: Some(chunks), spare, current: Vec::new(), at: 0, thread: Some(thread) })
+        Ok(ReadAhead { chunks: Some(chunks), spare, current: Vec::new(), at: 0, thread })
     }
 
     /// The source, once its thread has stopped (at the end, or as soon as it sees that nobody reads).
-    pub fn into_inner(mut self) -> R {
-        self.chunks = None;
-        let thread = self.thread.take().expect("the thread is joined once");
-        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    pub fn into_inner(self) -> R {
+        // Without its receiver the thread's next send fails, and it ends.
+        drop(self.chunks);
+        self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 
@@ -83,13 +84,6 @@ impl<R> Read for ReadAhead<R> {
         out[..n].copy_from_slice(&self.current[self.at..self.at + n]);
         self.at += n;
         Ok(n)
-    }
-}
-
-impl<R> Drop for ReadAhead<R> {
-    fn drop(&mut self) {
-        // Unblocks the thread's send; it ends on its own and drops the source.
-        self.chunks = None;
     }
 }
 
