@@ -148,15 +148,13 @@ fn unknown_host_key(lab: &Arc<Lab>) -> Outcome {
     crate::common::sh(
         h4,
         "ssh-keygen -q -t ecdsa -N '' -f /etc/ssh/ssh_host_ecdsa_key \
-         && echo 'HostKey /etc/ssh/ssh_host_ecdsa_key' > /etc/ssh/sshd_config.d/zz-ecdsa.conf \
-         && systemctl reload ssh && sleep 0.5",
+         && echo 'HostKey /etc/ssh/ssh_host_ecdsa_key' > /etc/ssh/sshd_config.d/zz-ecdsa.conf",
     )?;
+    h4.restart_sshd().map_err(|e| format!("{e:#}"))?;
     let ecdsa_public = crate::common::sh(h4, "cat /etc/ssh/ssh_host_ecdsa_key.pub")?;
     let refused = op.k3node(&["preflight", "-c", file, "-o", "json"]);
-    crate::common::sh(
-        h4,
-        "rm -f /etc/ssh/sshd_config.d/zz-ecdsa.conf /etc/ssh/ssh_host_ecdsa_key* && systemctl reload ssh",
-    )?;
+    crate::common::sh(h4, "rm -f /etc/ssh/sshd_config.d/zz-ecdsa.conf /etc/ssh/ssh_host_ecdsa_key*")?;
+    h4.restart_sshd().map_err(|e| format!("{e:#}"))?;
     let (code, json, _) = {
         let stdout: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap_or_default();
         (refused.status.code(), stdout, ())

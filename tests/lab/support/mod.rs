@@ -87,8 +87,19 @@ impl LabHost {
     pub fn rotate_host_key(&self) -> Result<String> {
         let key = host::install_host_key(&self.root, &self.dir, &self.name)
             .with_context(|| format!("new host key for lab host {}", self.name))?;
-        self.sh("systemctl restart ssh.service")?;
+        self.restart_sshd()?;
         Ok(key)
+    }
+
+    /// Restarts sshd so that it reads its config and keys again, and returns once port 22 accepts
+    /// connections. Never `reload`: sshd re-executes itself on SIGHUP, and `systemctl reload`
+    /// returns before it listens again, so the next connection can be refused. Restart waits for
+    /// the unit's READY=1 (Type=notify), sent after the listeners are bound; the session running
+    /// it survives (KillMode=process).
+    pub fn restart_sshd(&self) -> Result<()> {
+        self.sh("systemctl restart ssh.service")?;
+        net::wait_tcp(self.address, 22, Duration::from_secs(10))
+            .with_context(|| format!("sshd on lab host {} after its restart", self.name))
     }
 
     /// Cuts the host off the network: its eth0 goes down (inside the host's netns). Connections to
