@@ -33,7 +33,7 @@ use support::{Lab, LabSpec};
 
 const K3NODE: &str = env!("CARGO_BIN_EXE_k3node");
 
-fn env_secs(name: &str, default: u64) -> u64 {
+fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
@@ -64,7 +64,7 @@ fn sample(host: &support::LabHost, pid: &str) -> (u64, u64) {
 }
 
 fn footprint() {
-    let secs = env_secs("K3NODE_BENCH_FOOTPRINT_SECS", 180);
+    let secs = env_u64("K3NODE_BENCH_FOOTPRINT_SECS", 180);
     let lab =
         Arc::new(Lab::start(LabSpec::new(&["h1", "h2"])).unwrap_or_else(|e| panic!("cannot build the lab: {e:#}")));
     let mirror = mirror::Mirror::start(&lab);
@@ -276,12 +276,17 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn fan_in() {
     // One connection per simulated node, on both sides of loopback (the child inherits it).
-    let files = 4 * env_secs("K3NODE_BENCH_NODES", 10_000) + 1024;
+    let nodes = env_u64("K3NODE_BENCH_NODES", 10_000);
+    let files = 4 * nodes + 1024;
     if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, files, files) {
-        eprintln!("fan-in: cannot raise the open files limit to {files}: {e}");
+        // Without them, connections would fail with EMFILE part way and the figures would be wrong.
+        eprintln!(
+            "fan-in: cannot raise the open files limit to {files} ({e}): run the bench as root, \
+             or lower K3NODE_BENCH_NODES"
+        );
+        std::process::exit(1);
     }
-    let nodes = env_secs("K3NODE_BENCH_NODES", 10_000);
-    let secs = env_secs("K3NODE_BENCH_FANIN_SECS", 60);
+    let secs = env_u64("K3NODE_BENCH_FANIN_SECS", 60);
     let interval = 10u64;
     let dir = tempfile::tempdir().unwrap();
     let now = time::OffsetDateTime::now_utc();

@@ -207,7 +207,7 @@ pub async fn fetch_k3s(
     opts: &ArtifactOptions,
     progress: &dyn DownloadProgress,
 ) -> Result<ReleaseFile, ArtifactError> {
-    fetch(spec, version, arch, ReleaseArtifact::Binary, opts, progress).await
+    fetch(spec, version, &arch_names(arch)?, ReleaseArtifact::Binary, opts, progress).await
 }
 
 /// The release's airgap images bundle for `arch`, when the cluster wants it: with
@@ -230,23 +230,22 @@ pub async fn fetch_airgap_images(
     if !spec.airgap_images && !in_airgap_dir {
         return Ok(None);
     }
-    fetch(spec, version, arch, ReleaseArtifact::AirgapImages, opts, progress).await.map(Some)
+    fetch(spec, version, &names, ReleaseArtifact::AirgapImages, opts, progress).await.map(Some)
 }
 
 async fn fetch(
     spec: &K3sSpec,
     version: &str,
-    arch: &str,
+    names: &ArchNames,
     artifact: ReleaseArtifact,
     opts: &ArtifactOptions,
     progress: &dyn DownloadProgress,
 ) -> Result<ReleaseFile, ArtifactError> {
-    let names = arch_names(arch)?;
     check_version(version, "the version asked for")?;
     match &spec.source {
-        ArtifactSource::AirgapDir { path } => from_airgap(path, version, &names, artifact).await,
+        ArtifactSource::AirgapDir { path } => from_airgap(path, version, names, artifact).await,
         ArtifactSource::Release { url } | ArtifactSource::Mirror { url } => {
-            from_release(url, version, &names, artifact, opts, progress).await
+            from_release(url, version, names, artifact, opts, progress).await
         }
     }
 }

@@ -61,7 +61,12 @@ impl ImageState {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageRow {
     pub name: String,
-    pub digest: String,
+    /// The image's digest; none for a release bundle, whose images are not unpacked here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// A release bundle's own sha256 (the file's, checked against the release's checksum file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_sha256: Option<String>,
     pub state: ImageState,
     /// Set when its pin labels were missing and k3node added them.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -192,7 +197,11 @@ fn record(run: &mut RunContext, node: NodeImages, error: Option<LinkError>) -> N
         result.changes.push(Change {
             subject: row.name.clone(),
             action,
-            detail: Some(format!("{detail} ({})", row.digest)),
+            detail: Some(match (&row.digest, &row.file_sha256) {
+                (Some(digest), _) => format!("{detail} ({digest})"),
+                (None, Some(sha256)) => format!("{detail} (file sha256 {sha256})"),
+                (None, None) => detail,
+            }),
         });
     }
     for name in &node.unstaged {
@@ -252,7 +261,13 @@ fn summarize(sink: &Outcomes, mut nodes: Vec<NodeImages>, verb: &str, dry_run: b
 fn rows(images: &[(&Archive, &Image)], state: ImageState) -> Vec<ImageRow> {
     images
         .iter()
-        .map(|(_, i)| ImageRow { name: i.name.clone(), digest: i.digest.clone(), state, pinned_now: false })
+        .map(|(_, i)| ImageRow {
+            name: i.name.clone(),
+            digest: Some(i.digest.clone()),
+            file_sha256: None,
+            state,
+            pinned_now: false,
+        })
         .collect()
 }
 
@@ -283,7 +298,8 @@ async fn import_node(
     for (_, image, pinned) in &present {
         node.images.push(ImageRow {
             name: image.name.clone(),
-            digest: image.digest.clone(),
+            digest: Some(image.digest.clone()),
+            file_sha256: None,
             state: ImageState::AlreadyPresent,
             pinned_now: !pinned,
         });
@@ -337,7 +353,8 @@ pub struct StagedArchive {
     pub file_name: String,
     pub bytes: StagedBytes,
     pub sha256: String,
-    pub images: Vec<(String, String)>,
+    /// Each image's name and digest; a release bundle is one row, its file name without a digest.
+    pub images: Vec<(String, Option<String>)>,
 }
 
 /// Where a staged archive's bytes are read from.
@@ -384,7 +401,7 @@ impl StagedArchive {
             file_name: format!("k3node-{name}.tar.zst"),
             bytes: StagedBytes::Wire(wire),
             sha256,
-            images: archive.images.iter().map(|i| (i.name.clone(), i.digest.clone())).collect(),
+            images: archive.images.iter().map(|i| (i.name.clone(), Some(i.digest.clone()))).collect(),
         })
     }
 
@@ -392,7 +409,7 @@ impl StagedArchive {
     pub fn release_file(file: &crate::artifacts::ReleaseFile) -> StagedArchive {
         let file_name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         StagedArchive {
-            images: vec![(file_name.clone(), format!("sha256:{}", file.sha256))],
+            images: vec![(file_name.clone(), None)],
             file_name,
             bytes: StagedBytes::File { path: file.path.clone(), size: file.size },
             sha256: file.sha256.clone(),
@@ -463,6 +480,7 @@ impl Phase for Stage {
                             node.images.push(ImageRow {
                                 name: name.clone(),
                                 digest: digest.clone(),
+                                file_sha256: digest.is_none().then(|| archive.sha256.clone()),
                                 state: row_state,
                                 pinned_now: false,
                             });

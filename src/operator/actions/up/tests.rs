@@ -434,6 +434,11 @@ async fn the_airgap_images_bundle_in_the_airgap_dir_is_staged_on_every_node_befo
     let staged = format!("/var/lib/rancher/k3s/agent/images/{name}");
     for (host, sys) in &world.hosts {
         assert_eq!(sys.bytes(&staged).as_deref(), Some(&bundle[..]), "{host}: staged as the release has it");
+        // The file's sha256 is told as the file's, not as an image digest.
+        let changes = &report.host(host).unwrap().changes;
+        let row = changes.iter().find(|c| c.subject == name).unwrap_or_else(|| panic!("{host}: {changes:?}"));
+        let shown = format!("staged (file sha256 {})", crate::digest::sha256_hex(&bundle));
+        assert_eq!(row.detail.as_deref(), Some(shown.as_str()), "{host}");
     }
 
     // Again: the staged bundle has the release's sha256, so nothing is sent or written.
