@@ -833,23 +833,29 @@ fn many_long_unknown_keys_are_reported_in_linear_time_with_shortened_messages() 
 }
 
 #[test]
-fn up_refuses_a_spec_images_archive_that_is_not_an_image_archive_before_connecting_with_exit_status_2() {
+fn up_and_restore_refuse_a_spec_images_archive_that_is_not_an_image_archive_before_connecting_with_exit_status_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("app.tar"), "not a tar at all").expect("write");
+    std::fs::write(dir.path().join("snap.tar.zst"), "a snapshot").expect("write");
     // 192.0.2.1 is TEST-NET-1: nothing answers there, so reaching it would take the connect timeout.
     let text = MINIMAL.replace("192.168.56.10", "192.0.2.1") + "  images:\n    - ./app.tar\n";
     std::fs::write(dir.path().join("cluster.yaml"), text).expect("write");
-    let mut cmd = k3node();
-    cmd.args(["up", "-c", "cluster.yaml", "--connect-timeout", "30"]).current_dir(dir.path());
-    let started = std::time::Instant::now();
-    let out = run_within(cmd, None, std::time::Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let text_out = stderr(&out);
-    assert!(
-        text_out.contains("cluster.yaml:11:7: spec.images:")
-            && text_out.contains("app.tar")
-            && text_out.contains("not a tar"),
-        "{text_out}"
-    );
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "it tried to connect first: {text_out}");
+    for command in [&["up"][..], &["restore", "--from", "snap.tar.zst", "--yes"]] {
+        let mut cmd = k3node();
+        cmd.args(command).args(["-c", "cluster.yaml", "--connect-timeout", "30"]).current_dir(dir.path());
+        let started = std::time::Instant::now();
+        let out = run_within(cmd, None, std::time::Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", stderr(&out));
+        let text_out = stderr(&out);
+        assert!(
+            text_out.contains("cluster.yaml:11:7: spec.images:")
+                && text_out.contains("app.tar")
+                && text_out.contains("not a tar"),
+            "{command:?}: {text_out}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{command:?} tried to connect first: {text_out}"
+        );
+    }
 }

@@ -22,10 +22,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k3node::artifacts::ArtifactOptions;
 use k3node::cluster::{self, ClusterFile};
 use k3node::operator::bootstrap::{Helpers, Placement};
 use k3node::operator::connect::{ConnectOverrides, Connector};
 use k3node::operator::fleet::Fleet;
+use k3node::operator::phases::images::SpecImages;
 use k3node::operator::progress::Observer;
 
 /// Exit status for bad input (invalid cluster file, bad arguments), distinct from a failed run.
@@ -160,6 +162,27 @@ pub fn config_flag(config: &Path) -> String {
     } else {
         format!(" -c {}", shlex::try_quote(&config.to_string_lossy()).map(|q| q.into_owned()).unwrap_or_default())
     }
+}
+
+/// Where k3s releases are cached (`--cache-dir`) and which channel resolves a version.
+pub fn artifact_options(cache_dir: Option<&PathBuf>, cluster: &ClusterFile) -> ArtifactOptions {
+    let mut artifacts = ArtifactOptions::default();
+    if let Some(dir) = cache_dir {
+        artifacts.cache_dir = dir.clone();
+    }
+    if let Some(url) = &cluster.k3s.channel_url {
+        artifacts.channel_url = url.clone();
+    }
+    artifacts
+}
+
+/// `spec.images`, read and checked. They are bad input like the rest of the cluster file, so
+/// commands that stage them read them before any host is touched.
+pub async fn spec_images(cluster: &ClusterFile) -> anyhow::Result<Option<Arc<SpecImages>>> {
+    if cluster.images.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SpecImages::read_blocking(cluster.images.clone()).await.map_err(BadInput)?))
 }
 
 /// Local mode: a one-host cluster file for this machine, validated like any other.

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k3node::artifacts::ArtifactOptions;
 use k3node::operator::actions::restore::{self, RestoreOptions, RestoreOutcome, RollbackOptions};
 use k3node::operator::bootstrap::Placement;
 use k3node::operator::engine::PhaseState;
@@ -92,6 +91,11 @@ pub async fn run(args: &RestoreArgs, verbose: u8) -> anyhow::Result<bool> {
             }
         },
     };
+    // Staged onto a fresh target, as `up` does; bad ones refused before the question is asked.
+    let spec_images = match source {
+        Some(_) => super::spec_images(&cluster).await?,
+        None => None,
+    };
     let flag = super::config_flag(&config);
     if !args.dry_run && !args.yes {
         let what = match &source {
@@ -100,13 +104,7 @@ pub async fn run(args: &RestoreArgs, verbose: u8) -> anyhow::Result<bool> {
         };
         confirm(&what)?;
     }
-    let mut artifacts = ArtifactOptions::default();
-    if let Some(dir) = &args.cache_dir {
-        artifacts.cache_dir = dir.clone();
-    }
-    if let Some(url) = &cluster.k3s.channel_url {
-        artifacts.channel_url = url.clone();
-    }
+    let artifacts = super::artifact_options(args.cache_dir.as_ref(), &cluster);
     let observer = render::observer(args.output, cluster.hosts.iter().map(|h| h.name.as_str()));
     let observer_dyn: Arc<dyn Observer> = observer.clone();
     let placement = if args.dry_run { Placement::Temporary } else { Placement::Installed };
@@ -128,6 +126,7 @@ pub async fn run(args: &RestoreArgs, verbose: u8) -> anyhow::Result<bool> {
                 ignore_preflight: args.ignore_preflight,
                 kubeconfig: args.kubeconfig.clone(),
                 artifacts,
+                spec_images,
                 again,
                 rollback: rollback_line,
             };

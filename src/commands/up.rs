@@ -2,15 +2,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k3node::artifacts::ArtifactOptions;
 use k3node::operator::actions::up::{self, UpOptions};
 use k3node::operator::bootstrap::Placement;
 use k3node::operator::fleet::Fleet;
-use k3node::operator::phases::images::SpecImages;
 use k3node::operator::progress::Observer;
 
 use super::render::{self, Output, RenderOptions};
-use super::BadInput;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -60,18 +57,8 @@ pub async fn run(args: &UpArgs, verbose: u8) -> anyhow::Result<bool> {
         Some(p) => p.cluster.clone(),
         None => Arc::new(super::local_cluster(args.k3s_version.as_deref(), args.mirror.as_deref())?),
     };
-    let mut artifacts = ArtifactOptions::default();
-    if let Some(dir) = &args.cache_dir {
-        artifacts.cache_dir = dir.clone();
-    }
-    if let Some(url) = &cluster.k3s.channel_url {
-        artifacts.channel_url = url.clone();
-    }
-    // spec.images is bad input like the rest of the cluster file: refused before any host is touched.
-    let spec_images = match cluster.images.is_empty() {
-        true => None,
-        false => Some(SpecImages::read_blocking(cluster.images.clone()).await.map_err(BadInput)?),
-    };
+    let artifacts = super::artifact_options(args.cache_dir.as_ref(), &cluster);
+    let spec_images = super::spec_images(&cluster).await?;
     let options = UpOptions {
         dry_run: args.dry_run,
         concurrency: args.connect.concurrency as usize,

@@ -28,6 +28,8 @@ pub struct RestoreOptions {
     pub ignore_preflight: bool,
     pub kubeconfig: Option<PathBuf>,
     pub artifacts: ArtifactOptions,
+    /// `spec.images`, read and checked before any host was touched (None: the preload reads it).
+    pub spec_images: Option<Arc<images::SpecImages>>,
     /// The command line that runs this restore again, and the one that rolls it back (shown
     /// when it stops half-way).
     pub again: String,
@@ -72,7 +74,7 @@ pub fn phases(
         Box::new(phase::CheckArchive { settings: s.clone(), findings: f.clone() }),
         Box::new(preflight::Preflight { fix: false, ignore_failures: options.ignore_preflight }),
         Box::new(artifacts::Artifacts { options: options.artifacts.clone(), progress: download }),
-        Box::new(images::Preload { read_before: None }),
+        Box::new(images::Preload { read_before: options.spec_images.clone() }),
         Box::new(phase::PrepareTarget { settings: s.clone(), findings: f.clone() }),
         Box::new(phase::Push { settings: s.clone() }),
         Box::new(phase::Check { settings: s.clone(), findings: f.clone() }),

@@ -48,6 +48,7 @@ fn options(source: Source) -> RestoreOptions {
         ignore_preflight: false,
         kubeconfig: None,
         artifacts: ArtifactOptions::default(),
+        spec_images: None,
         again: "k3node restore --from X --yes".into(),
         rollback: "k3node restore --rollback --yes".into(),
     }
