@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k3node::daemon::pki::{self, TlsMaterial};
-use k3node::daemon::settings::{Settings, Tuning};
+use k3node::daemon::settings::Settings;
 use k3node::protocol::health::{BatchAnswer, CheckState, HealthCheck, Report, ReportBatch, HEALTH_PROTOCOL};
 use k3node::protocol::node::Role;
 use support::{Lab, LabSpec};
@@ -175,14 +175,7 @@ fn hub_process(dir: &Path) {
         node_cert_pem: read("hub.crt"),
         node_key_pem: k3node::protocol::Secret::new(read("hub.key")),
     };
-    let settings = Settings {
-        node: "hub".into(),
-        role: Role::Server,
-        hubs: vec![],
-        fleet: vec![],
-        kubeconfig: None,
-        tuning: Tuning::default(),
-    };
+    let settings = Settings::new("hub", Role::Server, &[]);
     let rt = k3node::daemon::runtime(true).unwrap();
     rt.block_on(async move {
         let open = || k3node::hub::Store::open(&dir.join("hub.db"), settings.tuning.history_per_node as u64).unwrap();

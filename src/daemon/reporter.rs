@@ -180,12 +180,8 @@ mod tests {
             pki::test_material(&ca, ca_key.expose(), "s1", "127.0.0.1", Role::Server).server_config().unwrap();
         let port = hub_an_hour_ahead(hub_tls).await;
         let settings = Settings {
-            node: "a1".into(),
-            role: Role::Agent,
-            hubs: vec!["127.0.0.1".into()],
-            fleet: vec![],
-            kubeconfig: None,
             tuning: Tuning { hub_port: port, ..Tuning::default() },
+            ..Settings::new("a1", Role::Agent, &["127.0.0.1"])
         };
         let client =
             HubClient::new(&settings, &pki::test_material(&ca, ca_key.expose(), "a1", "127.0.0.1", Role::Agent))

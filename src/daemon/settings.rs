@@ -156,6 +156,19 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// `node`'s settings reporting to `hubs`, with no fleet and no kubeconfig (an agent's, or a
+    /// server's before `up` adds them) and the default tuning.
+    pub fn new(node: &str, role: Role, hubs: &[&str]) -> Settings {
+        Settings {
+            node: node.to_string(),
+            role,
+            hubs: hubs.iter().map(|h| h.to_string()).collect(),
+            fleet: Vec::new(),
+            kubeconfig: None,
+            tuning: Tuning::default(),
+        }
+    }
+
     pub fn parse(path: &str, text: &str) -> Result<Settings, SettingsError> {
         let settings: Settings = serde_yaml_ng::from_str(text)
             .map_err(|e| SettingsError::Invalid { path: path.to_string(), message: e.to_string() })?;
@@ -227,12 +240,9 @@ mod tests {
 
     fn sample() -> Settings {
         Settings {
-            node: "n1".into(),
-            role: Role::Server,
-            hubs: vec!["10.0.0.1".into()],
             fleet: vec![FleetMember { name: "n1".into(), role: Role::Server }],
             kubeconfig: Some("/etc/rancher/k3s/k3s.yaml".into()),
-            tuning: Tuning::default(),
+            ..Settings::new("n1", Role::Server, &["10.0.0.1"])
         }
     }
 

@@ -1,7 +1,7 @@
 //! install-daemon, daemon-identity and the removal steps against a fake host.
 
 use super::*;
-use crate::daemon::settings::{Settings, Tuning};
+use crate::daemon::settings::Settings;
 use crate::host::k3s::testutil::{self as k3s, SYSTEMCTL};
 use crate::host::system::fake::FakeSystem;
 use crate::protocol::Operation;
@@ -17,14 +17,7 @@ fn request(sys: &FakeSystem, role: Role) -> InstallDaemon {
     let cert =
         pki::sign_node(&ca, ca_key.expose(), &id.csr_pem.unwrap(), "n1", role, &names, time::OffsetDateTime::now_utc())
             .unwrap();
-    let settings = Settings {
-        node: "n1".into(),
-        role,
-        hubs: vec!["10.0.0.1".into()],
-        fleet: vec![],
-        kubeconfig: None,
-        tuning: Tuning::default(),
-    };
+    let settings = Settings::new("n1", role, &["10.0.0.1"]);
     InstallDaemon {
         role,
         node_name: "n1".into(),

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::daemon::settings::{Thresholds, Tuning};
+use crate::daemon::settings::Thresholds;
 use crate::host::system::fake::FakeSystem;
 
 const SYSTEMCTL: &str = "/usr/bin/systemctl";
@@ -12,7 +12,7 @@ const NOW_MS: i64 = 1_800_000_000_000;
 const SHOW: &[&str] = &["show", "--property=LoadState,ActiveState,SubState,NRestarts,InvocationID", "k3s-agent"];
 
 fn settings(role: Role) -> Settings {
-    Settings { node: "a1".into(), role, hubs: vec![], fleet: vec![], kubeconfig: None, tuning: Tuning::default() }
+    Settings::new("a1", role, &[])
 }
 
 fn stat(busy: u64, idle: u64) -> String {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::daemon::pki::{self, TlsMaterial};
-use crate::daemon::settings::{Settings, Tuning};
+use crate::daemon::settings::Settings;
 use crate::protocol::health::{FleetView, Report};
 use crate::protocol::node::Role;
 use crate::protocol::Secret;
@@ -41,14 +41,7 @@ async fn start_hub(pki: &Pki, dir: &std::path::Path) -> (Arc<Hub>, String) {
 }
 
 fn start_hub_on(listener: TcpListener, material: TlsMaterial, dir: &std::path::Path) -> (Arc<Hub>, u16) {
-    let settings = Settings {
-        node: "s1".into(),
-        role: Role::Server,
-        hubs: vec!["127.0.0.1".into()],
-        fleet: vec![],
-        kubeconfig: None,
-        tuning: Tuning::default(),
-    };
+    let settings = Settings::new("s1", Role::Server, &["127.0.0.1"]);
     let open = || crate::hub::Store::open(&dir.join("hub.db"), 100).unwrap();
     let hub = Hub::new(settings, open(), open());
     let port = listener.local_addr().unwrap().port();

@@ -368,14 +368,7 @@ mod tests {
     async fn the_check_names_the_cluster_file_accepts_are_exactly_those_the_probes_report() {
         // A server whose every probe fails still reports every check (by its reason), once a hub
         // measured its clock.
-        let settings = Settings {
-            node: "s1".into(),
-            role: Role::Server,
-            hubs: vec![],
-            fleet: vec![],
-            kubeconfig: None,
-            tuning: Tuning::default(),
-        };
+        let settings = Settings::new("s1", Role::Server, &[]);
         let mut state = ProbeState::default();
         state.clock_offset_ms = Some(5.0);
         let mut c: Collected = probes::collect_local(&FakeSystem::new(), &settings, &mut state);
