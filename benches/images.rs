@@ -174,7 +174,7 @@ fn main() {
     }
     let mib: usize = std::env::var("K3NODE_IMAGES_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let lab = std::sync::Arc::new(
-        Lab::start(LabSpec { hosts: (1..=4).map(|i| format!("h{i}")).collect(), bullseye: Vec::new() }).unwrap_or_else(
+        Lab::start(LabSpec { hosts: (1..=4).map(|i| format!("h{i}")).collect(), ..LabSpec::default() }).unwrap_or_else(
             |e| {
                 eprintln!("images bench: cannot build the lab: {e:#}");
                 std::process::exit(1);

@@ -48,7 +48,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let lab = Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect(), bullseye: Vec::new() })
+    let lab = Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect(), ..LabSpec::default() })
         .unwrap_or_else(|e| {
             eprintln!("bench: cannot build the lab: {e:#}");
             std::process::exit(1);

@@ -170,7 +170,9 @@ fn main() {
         return;
     }
     let size: u64 = std::env::var("K3NODE_SNAPSHOT_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let lab = std::sync::Arc::new(Lab::start(LabSpec::new(&["h1"])).unwrap_or_else(|e| {
+    // k3s's data on the machine's filesystem, as on a server's disk, not on the host's overlay.
+    let spec = LabSpec { own_disk: vec!["/var/lib/rancher".into()], ..LabSpec::new(&["h1"]) };
+    let lab = std::sync::Arc::new(Lab::start(spec).unwrap_or_else(|e| {
         eprintln!("snapshot bench: cannot build the lab: {e:#}");
         std::process::exit(1);
     }));

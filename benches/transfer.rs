@@ -37,7 +37,7 @@ fn main() {
         return child(&mode);
     }
     let mib: u64 = std::env::var("K3NODE_TRANSFER_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
-    let lab = Arc::new(Lab::start(LabSpec { hosts: vec!["h1".into()], bullseye: Vec::new() }).unwrap_or_else(|e| {
+    let lab = Arc::new(Lab::start(LabSpec { hosts: vec!["h1".into()], ..LabSpec::default() }).unwrap_or_else(|e| {
         eprintln!("transfer bench: cannot build the lab: {e:#}");
         std::process::exit(1);
     }));

@@ -173,7 +173,7 @@ fn main() {
         return;
     }
     let lab = std::sync::Arc::new(
-        Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect(), bullseye: Vec::new() }).unwrap_or_else(
+        Lab::start(LabSpec { hosts: (1..=5).map(|i| format!("h{i}")).collect(), ..LabSpec::default() }).unwrap_or_else(
             |e| {
                 eprintln!("bench: cannot build the lab: {e:#}");
                 std::process::exit(1);

@@ -51,6 +51,19 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bind-mounts an empty directory of the host's dir (`disk/<path>`) on `<merged>/<path>`:
+/// nspawn takes the root's submounts with it, and the machine sees the same files there.
+pub fn mount_own_disk(dirs: &HostDirs, path: &str) -> Result<PathBuf> {
+    anyhow::ensure!(path.starts_with('/'), "own_disk: {path:?} is not an absolute path");
+    let relative = path.trim_start_matches('/');
+    let (source, target) = (dirs.dir.join("disk").join(relative), dirs.merged.join(relative));
+    for d in [&source, &target] {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    run(Command::new("mount").arg("--bind").arg(&source).arg(&target))?;
+    Ok(target)
+}
+
 pub fn mount_overlay(base: &Path, dirs: &HostDirs) -> Result<()> {
     for d in [&dirs.upper, &dirs.work, &dirs.merged] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

@@ -45,16 +45,23 @@ const LOCK_WAIT: Duration = Duration::from_secs(3600);
 /// Labs of this process that hold the lab lock and are not yet torn down.
 static LIVE_LABS: AtomicUsize = AtomicUsize::new(0);
 
+#[derive(Default)]
 pub struct LabSpec {
     /// Host names (1-32 chars of a-z, 0-9, inner '-'), e.g. ["h1", "h2", "h3"]; host i gets 172.30.77.(11+i).
     pub hosts: Vec<String>,
     /// Those of `hosts` that boot Debian bullseye (glibc 2.31) instead of bookworm.
     pub bullseye: Vec<String>,
+    /// Directories (absolute, inside every host) kept on the machine's own filesystem instead of
+    /// the host's overlay, as on a host whose data has a disk of its own: an empty directory
+    /// of the run dir is bind-mounted there (seen the same from the machine, through `root`).
+    /// For benchmarks: overlayfs does not write like a disk's filesystem (it ignores
+    /// `sync_file_range`, for one).
+    pub own_disk: Vec<String>,
 }
 
 impl LabSpec {
     pub fn new(hosts: &[&str]) -> LabSpec {
-        LabSpec { hosts: hosts.iter().map(|h| h.to_string()).collect(), bullseye: Vec::new() }
+        LabSpec { hosts: hosts.iter().map(|h| h.to_string()).collect(), ..LabSpec::default() }
     }
 }
 
@@ -222,6 +229,11 @@ impl Lab {
             };
             host::mount_overlay(lower, &dirs).with_context(|| format!("root filesystem of lab host {name}"))?;
             self.mounts.push(dirs.merged.clone());
+            for path in &spec.own_disk {
+                let mounted = host::mount_own_disk(&dirs, path)
+                    .with_context(|| format!("{path} of lab host {name} on the machine's own filesystem"))?;
+                self.mounts.push(mounted);
+            }
             host::personalize(&dirs.merged, &dirs.dir, name, &client_pub, &all)
                 .with_context(|| format!("preparing lab host {name}"))?;
             let cgs: Vec<PathBuf> = self.cgroups.iter().map(|c| c.join(name)).collect();
