@@ -16,6 +16,9 @@
 //! transaction (JSON objects like a cluster's, half of each filled with random text so that it
 //! compresses as real data does), k3s started again on it.
 //!
+//! The host's /var/lib/rancher is on the machine's filesystem (`LabSpec::own_disk`), as k3s's data
+//! is on a server's disk: the host's overlay root would not write like it.
+//!
 //! Run: `cargo bench --bench snapshot` as root (it builds a one-host lab of tests/lab).
 //! `K3NODE_SNAPSHOT_MIB` sets the datastore's size (default 1024).
 
