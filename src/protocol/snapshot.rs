@@ -201,8 +201,9 @@ impl Operation for PruneSnapshots {
 }
 
 /// `snapshot-restore`: this host's step of a restore (the operator stops agents and other
-/// servers around it). The archive is verified fully before anything stops; the data it replaces
-/// is moved aside (`<path>.k3node-restore-<UTC time>`), never deleted; an interrupted restore is
+/// servers around it). The archive is verified fully and staged beside k3s's files before anything
+/// stops; the data it replaces is moved aside (`<path>.k3node-restore-<UTC time>`), never deleted,
+/// and the staged data renamed in its place; an interrupted restore is
 /// finished by running it again with the same archive, or undone with `snapshot-rollback`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +246,10 @@ pub struct RestoreReport {
     pub restored_entries: u64,
     /// How to undo this restore.
     pub rollback: String,
+    /// How long the steps before k3s stopped took on the host (reading, checking and staging the
+    /// archive; none in a dry run or when an unfinished restore is finished).
+    #[serde(default)]
+    pub staging: Vec<StepTime>,
     /// How long each step took on the host, in order (none in a dry run): k3s is down from the
     /// first step's start to the last one's end.
     #[serde(default)]

@@ -272,6 +272,11 @@ fn create_and_restore(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(sh(h1, "sha256sum < /var/lib/rancher/k3s/server/tls/server-ca.crt")? == ca, || "the CA changed".into())?;
     let aside = sh(h1, "ls -d /var/lib/rancher/k3s/server.k3node-restore-* /etc/rancher/k3s.k3node-restore-*")?;
     ensure(aside.lines().count() >= 2, || format!("nothing was moved aside: {aside}"))?;
+    // Staged while k3s ran, then moved in: nothing staged is left.
+    ensure(json["restore"]["staging"][0]["step"] == "verify and stage the archive", || format!("{json}"))?;
+    let staged =
+        sh(h1, "ls -d /var/lib/rancher/k3s/*.k3node-staged-* /etc/rancher/*.k3node-staged-* 2>/dev/null || true")?;
+    ensure(staged.trim().is_empty(), || format!("staged data left behind: {staged}"))?;
     let printed = format!("{json}{stderr}");
     ensure(
         !printed.contains(token.trim()) && !printed.contains(token.trim().rsplit(':').next().unwrap_or("-")),

@@ -27,6 +27,7 @@ mod peer;
 mod restore;
 mod retention;
 pub mod schedule;
+mod stage;
 mod verify;
 
 use std::io;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::archive::{self, CheckOnly};
+use super::archive;
 use super::create::{self, Facts};
 use super::testutil::*;
 use super::*;
@@ -201,7 +201,7 @@ fn a_full_disk_while_creating_is_no_space_and_leaves_nothing_and_the_database_un
 }
 
 #[test]
-fn a_real_archive_extracts_with_its_modes_owners_and_links() {
+fn a_real_archive_is_staged_beside_what_it_replaces_with_its_modes_owners_and_links() {
     let from = tempfile::tempdir().unwrap();
     let source = RealSystem::rooted(from.path());
     stage_server(&source, &sqlite_db(50));
@@ -214,26 +214,42 @@ fn a_real_archive_extracts_with_its_modes_owners_and_links() {
         let bytes = std::fs::read(from.path().join(file.trim_start_matches('/'))).unwrap();
         target.write_atomic(Path::new(&file), &bytes, 0o600).unwrap();
     }
-    let mut extract = restore::Extract { sys: &target, restored: 0 };
+    let mut extract = stage::Extract::new(&target, "S1");
     let walked = archive::walk(&target, Path::new(&created.path), &mut extract).unwrap();
     assert_eq!(extract.restored, walked.manifest.entries.len() as u64);
+    extract.into_staging().expect("something was staged").keep();
 
     use std::os::unix::fs::MetadataExt;
+    let server = "var/lib/rancher/k3s/server.k3node-staged-S1";
     let meta = |p: &str| std::fs::symlink_metadata(to.path().join(p)).unwrap();
-    assert_eq!(meta("var/lib/rancher/k3s/server").mode() & 0o7777, 0o700);
-    assert_eq!(meta("var/lib/rancher/k3s/server/token").mode() & 0o7777, 0o600);
-    assert_eq!(meta("var/lib/rancher/k3s/server/tls/server-ca.crt").mode() & 0o7777, 0o644);
+    assert_eq!(meta(server).mode() & 0o7777, 0o700);
+    assert_eq!(meta(&format!("{server}/token")).mode() & 0o7777, 0o600);
+    assert_eq!(meta(&format!("{server}/tls/server-ca.crt")).mode() & 0o7777, 0o644);
+    let registries = meta("etc/rancher/k3s.k3node-staged-S1/registries.yaml");
+    assert_eq!((registries.uid(), registries.gid()), (1234, 5678));
     assert_eq!(
-        (meta("etc/rancher/k3s/registries.yaml").uid(), meta("etc/rancher/k3s/registries.yaml").gid()),
-        (1234, 5678)
-    );
-    assert_eq!(
-        std::fs::read_link(to.path().join("var/lib/rancher/k3s/server/tls/current-ca.crt")).unwrap(),
+        std::fs::read_link(to.path().join(format!("{server}/tls/current-ca.crt"))).unwrap(),
         PathBuf::from("server-ca.crt")
     );
-    assert_eq!(std::fs::read(to.path().join("var/lib/rancher/k3s/server/token")).unwrap(), token_text().as_bytes());
-    assert!(target.sqlite_check(Path::new("/var/lib/rancher/k3s/server/db/state.db")).unwrap().is_empty());
-    assert!(!to.path().join("var/lib/rancher/k3s/server/manifests/coredns.yaml").exists());
-    // What was checked is what is there: the walk over the extracted files agrees.
-    assert!(archive::walk(&target, Path::new(&created.path), &mut CheckOnly).is_ok());
+    assert_eq!(std::fs::read(to.path().join(format!("{server}/token"))).unwrap(), token_text().as_bytes());
+    assert!(target.sqlite_check(&Path::new("/").join(server).join("db/state.db")).unwrap().is_empty());
+    assert!(!to.path().join(format!("{server}/manifests/coredns.yaml")).exists());
+    assert!(to.path().join("etc/systemd/system/k3s.service.env.k3node-staged-S1").is_file());
+    // Nothing where k3s looks: the roots themselves were never written.
+    assert!(!to.path().join("var/lib/rancher/k3s/server").exists());
+    assert!(!to.path().join("etc/rancher/k3s").exists());
+
+    // The next staging sweeps what an earlier one left, and removes its own unless kept.
+    let mut again = stage::Extract::new(&target, "S2");
+    archive::walk(&target, Path::new(&created.path), &mut again).unwrap();
+    assert!(!to.path().join(server).exists(), "the earlier staging is swept");
+    assert!(to.path().join("var/lib/rancher/k3s/server.k3node-staged-S2/token").is_file());
+    drop(again);
+    let left: Vec<String> = ["var/lib/rancher/k3s", "etc/rancher", "etc/systemd/system"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(to.path().join(d)).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("k3node-staged"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -1,28 +1,32 @@
 //! `snapshot-restore` and `snapshot-rollback`: this host's step of a restore, and its undo.
 //!
 //! Restore, in order:
-//! 1. verify all of the archive ([`verify::verify`]) and what it will make k3s run with (its
+//! 1. read all of the archive and check it ([`verify::verify_and_stage`]), staging every entry
+//!    beside what it replaces ([`stage`]: `<path>.k3node-staged-<UTC time>`, mode and owner as
+//!    listed, each file only once it matches the manifest; the database checked where it is
+//!    staged), with this host's own config.yaml in place of the archive's when the request
+//!    carries one (a restore onto another host); check what it will make k3s run with (its
 //!    config.yaml's data dir must be the manifest's; an etcd restore needs a server that did not
 //!    join another, since k3s refuses `--cluster-reset` while `server` is set), and this host (a
-//!    server's unit, no agent's; the archive's k3s version unless told otherwise). Nothing has
-//!    changed yet, and a dry run stops here with the plan;
+//!    server's unit, no agent's; the archive's k3s version unless told otherwise). k3s still runs
+//!    and nothing it uses has changed: a refusal removes what was staged. A dry run reads and
+//!    checks without staging, and stops here with the plan;
 //! 2. record the plan in [`RESTORE_RECORD`] (the archive, the time stamp, what moves where);
 //! 3. stop k3s; move `<data dir>/server`, /etc/rancher/k3s, /etc/rancher/node and the service's
-//!    env file aside to `<path>.k3node-restore-<UTC time>` (never deleted);
-//! 4. extract the archive (each file checked against the manifest before it is put in place;
-//!    mode and owner as listed); write this host's own config.yaml over the archive's when the
-//!    request carries one (a restore onto another host); remove `state.db-wal`/`-shm` beside a
-//!    restored `state.db`;
-//! 5. etcd: `k3s server --cluster-reset --cluster-reset-restore-path=<snapshot>
+//!    env file aside to `<path>.k3node-restore-<UTC time>` (never deleted) and what was staged in
+//!    their place (renames on one filesystem, so k3s is down for the stop, the renames and its
+//!    start only); remove `state.db-wal`/`-shm` beside the restored `state.db`;
+//! 4. etcd: `k3s server --cluster-reset --cluster-reset-restore-path=<snapshot>
 //!    --token-file=<data dir>/server/token`, which must end with k3s's "restart without
 //!    --cluster-reset flag now";
-//! 6. `systemctl restart k3s`, then the node Ready; the record says "restored".
+//! 5. `systemctl restart k3s`, then the node Ready; the record says "restored".
 //!
 //! A failure after step 2 says what is aside and how to go on: running the same restore again
-//! finishes it (the record's plan is reused, what was moved aside stays where it went, extraction
-//! overwrites its own partial work), and `snapshot-rollback` undoes it: k3s stops, the restored
-//! data moves aside to `<path>.k3node-rollback-<UTC time>`, the data the restore moved aside
-//! comes back, and k3s starts again on it.
+//! finishes it (the record's plan is reused: what was moved aside stays where it went, what is
+//! still staged moves in; the archive is checked again, not staged again), and
+//! `snapshot-rollback` undoes it: k3s stops, the restored data moves aside to
+//! `<path>.k3node-rollback-<UTC time>`, what is still staged is removed, the data the restore moved
+//! aside comes back, and k3s starts again on it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,12 +34,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::archive::{ArchiveError, Entry, Manifest, Unpack, Walked};
+use super::archive::{ArchiveError, Walked};
+use super::stage::{remove_any, replaced_roots, Extract};
 use super::{archive_name, archive_path, etcd, k3s, stamp, verify, SnapshotError};
-use crate::host::k3s::{
-    env_path, unit_path, CONFIG_DIR, CONFIG_FILE, NODE_DIR, RESTORE_RECORD, SERVER_DIR, SQLITE_DB, SQLITE_SIDECARS,
-};
-use crate::host::system::{AtomicFile, FileKind, HostSystem};
+use crate::host::k3s::{unit_path, CONFIG_DIR, CONFIG_FILE, RESTORE_RECORD, SQLITE_DB, SQLITE_SIDECARS};
+use crate::host::system::HostSystem;
 use crate::protocol::snapshot::{
     Datastore, MovedAside, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore, StepTime,
 };
@@ -66,15 +69,12 @@ struct Record {
     /// The restore's time stamp, in every `.k3node-restore-<stamp>` name.
     stamp: String,
     moved: Vec<MovedAside>,
+    /// What was staged (`from`) for which root (`to`), before k3s stopped.
+    #[serde(default)]
+    staged: Vec<MovedAside>,
     /// A rollback's time stamp, once one began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rollback_stamp: Option<String>,
-}
-
-/// What a restore replaces: the server's part of the data dir, k3s's config, the node password,
-/// the env file. (The agent's part of the data dir, with the images, stays.)
-fn replaced_roots(data_dir: &Path) -> Vec<PathBuf> {
-    vec![data_dir.join(SERVER_DIR), PathBuf::from(CONFIG_DIR), PathBuf::from(NODE_DIR), env_path(k3s::SERVICE)]
 }
 
 /// Present in any form (a dangling symlink too).
@@ -128,43 +128,66 @@ pub fn restore(
     req: &RestoreSnapshot,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RestoreReport, SnapshotError> {
-    let checked = check(sys, req, progress)?;
-    let record = plan(sys, &checked, progress)?;
+    let earlier = read_record(sys)?;
+    // An unfinished restore's staged data must stay: a re-run checks the archive, it does not
+    // stage it again.
+    let unfinished = earlier.as_ref().is_some_and(|r| r.state == State::InProgress);
+    let stamp = stamp(sys.now_unix_ms());
+    let staging = !req.dry_run && !unfinished;
+    let started_ms = sys.now_unix_ms();
+    let mut checked = check(sys, req, staging.then_some(stamp.as_str()), progress)?;
+    let record = plan(sys, earlier, &checked, &stamp, progress)?;
+    let staging = checked.staging.take();
     let manifest = &checked.walked.manifest;
-    let report = |restored_entries: u64, rollback: String, timings: Vec<StepTime>| RestoreReport {
-        name: checked.name.clone(),
-        datastore: manifest.datastore,
-        k3s_version: manifest.k3s_version.clone(),
-        actions: actions(&checked, &record, &req.node_name),
-        moved_aside: record.moved.clone(),
-        restored_entries,
-        rollback,
-        timings,
-    };
+    let report =
+        |restored_entries: u64, rollback: String, staging: Vec<StepTime>, timings: Vec<StepTime>| RestoreReport {
+            name: checked.name.clone(),
+            datastore: manifest.datastore,
+            k3s_version: manifest.k3s_version.clone(),
+            actions: actions(&checked, &record, &req.node_name),
+            moved_aside: record.moved.clone(),
+            restored_entries,
+            rollback,
+            staging,
+            timings,
+        };
     if req.dry_run {
-        return Ok(report(manifest.entries.len() as u64, "nothing was changed (dry run)".into(), Vec::new()));
+        return Ok(report(
+            manifest.entries.len() as u64,
+            "nothing was changed (dry run)".into(),
+            Vec::new(),
+            Vec::new(),
+        ));
     }
     write_record(sys, &record)?;
-    let (restored, timings) =
-        carry_out(sys, req, &checked, &record, progress).map_err(|(step, e)| SnapshotError::Interrupted {
-            source: Box::new(e),
-            guidance: format!(
-                "the restore of {} stopped while it was to {step}. What it replaced is aside: {}. \
+    let staged_steps = match staging {
+        Some(staging) => {
+            // Recorded: from now on the staged data is the restore's, kept until moved in.
+            staging.keep();
+            let millis = (sys.now_unix_ms() - started_ms).max(0) as u64;
+            vec![StepTime { step: "verify and stage the archive".into(), millis }]
+        }
+        None => Vec::new(),
+    };
+    let timings = carry_out(sys, req, &checked, &record, progress).map_err(|(step, e)| SnapshotError::Interrupted {
+        source: Box::new(e),
+        guidance: format!(
+            "the restore of {} stopped while it was to {step}. What it replaced is aside: {}. \
              Run the same restore again to finish it, or roll it back (snapshot-rollback) to put the old data back.",
-                checked.name,
-                shown_moves(&record.moved)
-            ),
-        })?;
+            checked.name,
+            shown_moves(&record.moved)
+        ),
+    })?;
     write_record(sys, &Record { state: State::Restored, ..record.clone() })?;
     let rollback = format!(
         "the data this restore replaced is aside ({}); to undo the restore: snapshot-rollback",
         shown_moves(&record.moved)
     );
-    Ok(report(restored, rollback, timings))
+    Ok(report(manifest.entries.len() as u64, rollback, staged_steps, timings))
 }
 
 /// What step 1 established about the archive and what k3s will run with.
-struct Checked {
+struct Checked<'a> {
     path: PathBuf,
     name: String,
     walked: Walked,
@@ -172,20 +195,32 @@ struct Checked {
     data_dir: PathBuf,
     /// This host's own config.yaml, written in place of the archive's.
     config: Option<Secret>,
+    /// What was staged (none in a dry run or when finishing an unfinished restore).
+    staging: Option<super::stage::Staging<'a>>,
 }
 
-/// Step 1: everything that can refuse the restore, before anything changes.
-fn check(
-    sys: &dyn HostSystem,
+/// Step 1: everything that can refuse the restore, before anything k3s uses changes; with a
+/// `stamp`, the archive is staged in the same read.
+fn check<'a>(
+    sys: &'a dyn HostSystem,
     req: &RestoreSnapshot,
+    stamp: Option<&str>,
     progress: &mut dyn FnMut(&str),
-) -> Result<Checked, SnapshotError> {
+) -> Result<Checked<'a>, SnapshotError> {
     let path = archive_path(&req.path)?;
     if req.node_name.trim().is_empty() {
         return Err(SnapshotError::BadRequest("the node name is empty".into()));
     }
-    progress(&format!("verifying all of {}", path.display()));
-    let (walked, checker) = verify::verify(sys, &path)?;
+    let (walked, checker) = match stamp {
+        Some(stamp) => {
+            progress(&format!("verifying all of {} and staging it beside k3s's files", path.display()));
+            verify::verify_and_stage(sys, &path, Extract::new(sys, stamp))?
+        }
+        None => {
+            progress(&format!("verifying all of {}", path.display()));
+            verify::verify(sys, &path)?
+        }
+    };
     let manifest = &walked.manifest;
     let data_dir = PathBuf::from(&manifest.data_dir);
     let refused = |reason: String| SnapshotError::Archive(ArchiveError::Refused { archive: path.clone(), reason });
@@ -234,13 +269,53 @@ fn check(
             manifest.k3s_version
         ));
     }
-    Ok(Checked { name: archive_name(&path), path, walked, settings, data_dir, config: req.config_yaml.clone() })
+    let staging = match checker.stage {
+        Some(extract) => {
+            if let Some(config) = &req.config_yaml {
+                let staged = extract.staged_path(Path::new(CONFIG_FILE)).expect("config.yaml is below a replaced root");
+                progress(&format!("staging this host's own {CONFIG_FILE}"));
+                write_config(sys, &staged, config)?;
+            }
+            extract.into_staging()
+        }
+        None => None,
+    };
+    Ok(Checked {
+        name: archive_name(&path),
+        path,
+        walked,
+        settings,
+        data_dir,
+        config: req.config_yaml.clone(),
+        staging,
+    })
+}
+
+/// This host's own config.yaml at `path` (its directory made when the archive had none).
+fn write_config(sys: &dyn HostSystem, path: &Path, config: &Secret) -> Result<(), SnapshotError> {
+    let dir = path.parent().unwrap_or(Path::new(CONFIG_DIR));
+    sys.create_dir_all(dir, 0o755)
+        .and_then(|()| sys.write_atomic(path, config.expose().as_bytes(), CONFIG_MODE))
+        .map_err(|source| SnapshotError::Io { what: "cannot write", path: path.into(), source })
 }
 
 /// Step 2: a new plan, or the one of an interrupted run of this very archive.
-fn plan(sys: &dyn HostSystem, checked: &Checked, progress: &mut dyn FnMut(&str)) -> Result<Record, SnapshotError> {
-    match read_record(sys)? {
+fn plan(
+    sys: &dyn HostSystem,
+    earlier: Option<Record>,
+    checked: &Checked,
+    stamp: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Record, SnapshotError> {
+    match earlier {
         Some(r) if r.state == State::InProgress && r.sha256 == checked.walked.sha256 => {
+            if r.staged.is_empty() {
+                return Err(SnapshotError::Conflict(format!(
+                    "the restore of {} begun at {} was begun by an earlier k3node, which extracted \
+                     after k3s stopped: finish it with that version, or roll it back",
+                    r.name, r.stamp
+                )));
+            }
             progress(&format!("finishing the restore of {} begun at {}", r.name, r.stamp));
             Ok(r)
         }
@@ -253,12 +328,11 @@ fn plan(sys: &dyn HostSystem, checked: &Checked, progress: &mut dyn FnMut(&str))
             )))
         }
         _ => {
-            let stamp = stamp(sys.now_unix_ms());
             let moved = replaced_roots(&checked.data_dir)
                 .into_iter()
                 .filter(|from| present(sys, from))
                 .map(|from| MovedAside {
-                    to: aside_name(sys, &from, "restore", &stamp),
+                    to: aside_name(sys, &from, "restore", stamp),
                     from: from.display().to_string(),
                 })
                 .collect();
@@ -268,8 +342,9 @@ fn plan(sys: &dyn HostSystem, checked: &Checked, progress: &mut dyn FnMut(&str))
                 sha256: checked.walked.sha256.clone(),
                 data_dir: checked.walked.manifest.data_dir.clone(),
                 state: State::InProgress,
-                stamp,
+                stamp: stamp.to_string(),
                 moved,
+                staged: checked.staging.as_ref().map(|s| s.staged()).unwrap_or_default(),
                 rollback_stamp: None,
             })
         }
@@ -279,12 +354,18 @@ fn plan(sys: &dyn HostSystem, checked: &Checked, progress: &mut dyn FnMut(&str))
 /// The steps the plan takes, as the report lists them.
 fn actions(checked: &Checked, record: &Record, node: &str) -> Vec<String> {
     let manifest = &checked.walked.manifest;
-    let mut actions = vec![format!("stop {}", k3s::SERVICE)];
-    actions.extend(record.moved.iter().map(|m| format!("move {} aside to {}", m.from, m.to)));
-    actions.push(format!("restore {} entries from {}", manifest.entries.len(), checked.path.display()));
+    let mut actions = vec![format!(
+        "verify and stage {} entries from {} beside what they replace (<path>.k3node-staged-{}), k3s still running",
+        manifest.entries.len(),
+        checked.path.display(),
+        record.stamp
+    )];
     if checked.config.is_some() {
-        actions.push(format!("write this host's own {CONFIG_FILE} in place of the archive's"));
+        actions.push(format!("stage this host's own {CONFIG_FILE} in place of the archive's"));
     }
+    actions.push(format!("stop {}", k3s::SERVICE));
+    actions.extend(record.moved.iter().map(|m| format!("move {} aside to {}", m.from, m.to)));
+    actions.push("move the staged data in place".to_string());
     actions.push(match manifest.datastore {
         Datastore::Sqlite => format!("remove {}-wal and -shm if present", checked.data_dir.join(SQLITE_DB).display()),
         Datastore::Etcd => format!("k3s {}", etcd::reset_args(&database_of(checked), &checked.data_dir).join(" ")),
@@ -298,43 +379,39 @@ fn database_of(checked: &Checked) -> PathBuf {
     Path::new("/").join(&checked.walked.manifest.database)
 }
 
-/// Steps 3 to 6; a failure comes with the step it stopped at. Returns the entries restored.
+/// Steps 3 to 5; a failure comes with the step it stopped at. Returns the steps' times.
 fn carry_out(
     sys: &dyn HostSystem,
     req: &RestoreSnapshot,
     checked: &Checked,
     record: &Record,
     progress: &mut dyn FnMut(&str),
-) -> Result<(u64, Vec<StepTime>), (&'static str, SnapshotError)> {
+) -> Result<Vec<StepTime>, (&'static str, SnapshotError)> {
     let manifest = &checked.walked.manifest;
     let mut timer = StepTimer::new(sys);
     progress(&format!("stopping {}", k3s::SERVICE));
     k3s::stop(sys).map_err(|e| ("stop k3s", e))?;
     timer.done("stop k3s");
-    for m in &record.moved {
-        let (from, to) = (Path::new(&m.from), Path::new(&m.to));
-        if present(sys, to) {
-            continue; // moved by the interrupted run; what is at `from` now is its partial work
+    let rename = |from: &Path, to: &Path, step: &'static str| {
+        sys.rename(from, to)
+            .map_err(|source| (step, SnapshotError::Io { what: "cannot move", path: from.into(), source }))
+    };
+    for root in replaced_roots(&checked.data_dir) {
+        let root_text = root.display().to_string();
+        if let Some(m) = record.moved.iter().find(|m| m.from == root_text) {
+            // Moved by an interrupted run when its aside path is there.
+            if !present(sys, Path::new(&m.to)) && present(sys, &root) {
+                progress(&format!("moving {} aside to {}", m.from, m.to));
+                rename(&root, Path::new(&m.to), "move the current data aside")?;
+            }
         }
-        if present(sys, from) {
-            progress(&format!("moving {} aside to {}", m.from, m.to));
-            sys.rename(from, to).map_err(|source| {
-                ("move the current data aside", SnapshotError::Io { what: "cannot move", path: from.into(), source })
-            })?;
+        if let Some(s) = record.staged.iter().find(|s| s.to == root_text) {
+            // Moved in by an interrupted run when its staged path is gone.
+            if present(sys, Path::new(&s.from)) {
+                progress(&format!("moving {} in place of {}", s.from, s.to));
+                rename(Path::new(&s.from), &root, "move the staged data in place")?;
+            }
         }
-    }
-    timer.done("move the current data aside");
-    progress(&format!("restoring {} entries from {}", manifest.entries.len(), checked.path.display()));
-    let mut extract = Extract { sys, restored: 0 };
-    super::archive::walk(sys, &checked.path, &mut extract).map_err(|e| ("extract the archive", e.into()))?;
-    if let Some(config) = &checked.config {
-        progress(&format!("writing this host's own {CONFIG_FILE}"));
-        let path = Path::new(CONFIG_FILE);
-        sys.create_dir_all(Path::new(CONFIG_DIR), 0o755)
-            .and_then(|()| sys.write_atomic(path, config.expose().as_bytes(), CONFIG_MODE))
-            .map_err(|source| {
-                ("write this host's config.yaml", SnapshotError::Io { what: "cannot write", path: path.into(), source })
-            })?;
     }
     if manifest.datastore == Datastore::Sqlite {
         for sidecar in SQLITE_SIDECARS.map(|s| checked.data_dir.join(s)) {
@@ -347,7 +424,7 @@ fn carry_out(
             }
         }
     }
-    timer.done("extract the archive");
+    timer.done("move the current data aside and the staged data in");
     let deadline_ms = sys.now_unix_ms() + (req.ready_timeout_secs.max(1) as i64) * 1000;
     if manifest.datastore == Datastore::Etcd {
         let database = database_of(checked);
@@ -359,7 +436,7 @@ fn carry_out(
     k3s::start_and_wait(sys, &checked.settings, &req.node_name, deadline_ms, progress)
         .map_err(|e| ("start k3s and wait for the node", e))?;
     timer.done("start k3s and wait for the node");
-    Ok((extract.restored, timer.steps))
+    Ok(timer.steps)
 }
 
 /// The host clock's time per step, each from the end of the one before.
@@ -378,73 +455,6 @@ impl<'a> StepTimer<'a> {
         let now = self.sys.now_unix_ms();
         self.steps.push(StepTime { step: step.to_string(), millis: (now - self.since_ms).max(0) as u64 });
         self.since_ms = now;
-    }
-}
-
-/// Writes every entry where it belongs, with its mode and owner.
-pub(super) struct Extract<'a> {
-    pub sys: &'a dyn HostSystem,
-    pub restored: u64,
-}
-
-impl Extract<'_> {
-    fn io<'p>(path: &'p Path, what: &'static str) -> impl FnOnce(io::Error) -> ArchiveError + 'p {
-        move |source| ArchiveError::Io { what, path: path.to_path_buf(), source }
-    }
-
-    fn owner(&mut self, entry: &Entry, path: &Path) -> Result<(), ArchiveError> {
-        self.sys.set_owner(path, entry.uid, entry.gid).map_err(Self::io(path, "cannot set the owner of"))?;
-        self.restored += 1;
-        Ok(())
-    }
-}
-
-impl Unpack for Extract<'_> {
-    fn file(&mut self, _: &Manifest, entry: &Entry) -> Result<Option<Box<dyn AtomicFile>>, ArchiveError> {
-        let path = entry.host_path();
-        if self.sys.metadata(&path).is_ok_and(|m| m.kind == FileKind::Dir) {
-            return Err(ArchiveError::Io {
-                what: "cannot restore the file",
-                path: path.clone(),
-                source: io::Error::from_raw_os_error(nix::libc::EISDIR),
-            });
-        }
-        Ok(Some(self.sys.create_atomic(&path, entry.mode).map_err(Self::io(&path, "cannot write"))?))
-    }
-
-    fn committed(&mut self, _: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
-        self.owner(entry, &entry.host_path())
-    }
-
-    fn dir(&mut self, _: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
-        let path = entry.host_path();
-        match self.sys.metadata(&path) {
-            Ok(m) if m.kind == FileKind::Dir => {}
-            Ok(_) => {
-                return Err(ArchiveError::Io {
-                    what: "cannot restore the directory",
-                    path,
-                    source: io::Error::from_raw_os_error(nix::libc::EEXIST),
-                })
-            }
-            Err(_) => self.sys.create_dir_all(&path, entry.mode).map_err(Self::io(&path, "cannot create"))?,
-        }
-        self.sys.set_mode(&path, entry.mode).map_err(Self::io(&path, "cannot set the mode of"))?;
-        self.owner(entry, &path)
-    }
-
-    fn symlink(&mut self, _: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
-        let path = entry.host_path();
-        if self.sys.metadata(&path).is_ok_and(|m| m.kind == FileKind::Dir) {
-            return Err(ArchiveError::Io {
-                what: "cannot restore the symlink",
-                path: path.clone(),
-                source: io::Error::from_raw_os_error(nix::libc::EISDIR),
-            });
-        }
-        let target = entry.target.as_deref().unwrap_or_default();
-        self.sys.symlink_atomic(Path::new(target), &path).map_err(Self::io(&path, "cannot create the symlink"))?;
-        self.owner(entry, &path)
     }
 }
 
@@ -484,6 +494,9 @@ pub fn rollback(
         let back = back.filter(|_| back_pending).map(|m| MovedAside { from: m.to, to: m.from });
         steps.push((aside, back));
     }
+    // What an interrupted restore staged and never moved in is its own copy of the archive.
+    let unused: Vec<&str> =
+        record.staged.iter().map(|s| s.from.as_str()).filter(|p| present(sys, Path::new(p))).collect();
     // k3s starts again when there was k3s data before the restore; on a host the restore found
     // empty there is nothing to start it on.
     let anything_back = !record.moved.is_empty();
@@ -498,6 +511,7 @@ pub fn rollback(
             report.moved_back.push(b.clone());
         }
     }
+    report.actions.extend(unused.iter().map(|p| format!("remove {p} (staged, never moved in)")));
     if anything_back {
         report.actions.push(format!("restart {}", k3s::SERVICE));
         report.actions.push(format!("wait for node {} to be Ready", req.node_name));
@@ -531,6 +545,15 @@ pub fn rollback(
                 )
             })?;
         }
+    }
+    for path in &unused {
+        progress(&format!("removing {path}"));
+        remove_any(sys, Path::new(path)).map_err(|source| {
+            interrupted(
+                "remove the staged copy",
+                SnapshotError::Io { what: "cannot remove", path: path.into(), source },
+            )
+        })?;
     }
     if anything_back {
         let settings = k3s::on_host(sys).map_err(|e| interrupted("read k3s's configuration", e))?;

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::testutil::*;
 use super::*;
 use crate::host::k3s::{K3S_BIN, UNIT_DIR};
-use crate::host::system::fake::FakeSystem;
+use crate::host::system::fake::{FakeSystem, Write};
 use crate::host::system::HostSystem;
 use crate::protocol::k3s::FileAction;
 use crate::protocol::snapshot::{PeerStep, Schedule};
@@ -93,12 +93,17 @@ fn a_restore_onto_another_host_runs_k3s_with_that_hosts_own_config_checked_befor
     // A config.yaml k3s would run elsewhere than the snapshot's data is refused before anything stops.
     let target = fake_target();
     carry(&source, &target, &created.path);
-    let before = target.writes().len();
+    let before = target.listing();
     let request = RestoreSnapshot { config_yaml: Some(Secret::new("data-dir: /srv/k3s\n")), ..request };
     let err = restore::restore(&target, &request, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("data-dir /srv/k3s"), "{err}");
     assert!(!runs(&target).iter().any(|r| r.contains("stop k3s")));
-    assert!(target.writes()[before..].iter().all(|w| format!("{w:?}").contains(".k3node-work-verify-")));
+    // The archive was staged in full before the refusal, and its staging removed.
+    assert!(target
+        .writes()
+        .iter()
+        .any(|w| matches!(w, Write::RemoveAll { path } if path.ends_with(format!("server.k3node-staged-{STAMP}")))));
+    assert_eq!(target.listing(), before);
 }
 
 const SYSTEMD_ANALYZE: &str = "/usr/bin/systemd-analyze";

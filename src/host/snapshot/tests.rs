@@ -193,16 +193,19 @@ fn changes(sys: &FakeSystem) -> Vec<Write> {
 const ASIDE: &str = ".k3node-restore-20250102T030405Z";
 
 #[test]
-fn a_restore_verifies_stops_moves_aside_extracts_and_waits_for_ready_in_that_order() {
+fn a_restore_stages_while_k3s_runs_then_stops_it_swaps_the_data_and_waits_for_ready() {
     let source = fake_server();
     let target = target_with_snapshot(&source);
     let before = changes(&target).len();
     let (report, progress) = restore_with(&target, &restore_request());
     let report = report.unwrap_or_else(|e| panic!("restore failed: {e}"));
-    let steps: Vec<&str> = report.timings.iter().map(|t| t.step.as_str()).collect();
+    let steps = |times: &[crate::protocol::snapshot::StepTime]| -> Vec<String> {
+        times.iter().map(|t| t.step.clone()).collect()
+    };
+    assert_eq!(steps(&report.staging), ["verify and stage the archive"], "before k3s stops");
     assert_eq!(
-        steps,
-        ["stop k3s", "move the current data aside", "extract the archive", "start k3s and wait for the node"],
+        steps(&report.timings),
+        ["stop k3s", "move the current data aside and the staged data in", "start k3s and wait for the node"],
         "k3s's downtime, step by step"
     );
 
@@ -216,33 +219,35 @@ fn a_restore_verifies_stops_moves_aside_extracts_and_waits_for_ready_in_that_ord
         ]
     );
     let writes = changes(&target)[before..].to_vec();
-    // The record first, then the moves, then what the archive holds, then the record again.
-    assert!(
-        matches!(&writes[0], Write::Atomic { path, contents, .. } if path == Path::new("/var/lib/rancher/k3node/restore.json") && contents.contains("\"in-progress\"")),
-        "{:#?}",
-        writes[0]
-    );
-    let renames: Vec<(String, String)> = writes
+    // What the archive holds is staged first, then the record, then only renames, then the
+    // record again: nothing k3s uses is written but by a rename.
+    let record = writes
         .iter()
-        .filter_map(|w| match w {
-            Write::Rename { from, to } => Some((from.display().to_string(), to.display().to_string())),
-            _ => None,
+        .position(|w| matches!(w, Write::Atomic { path, contents, .. } if path == Path::new("/var/lib/rancher/k3node/restore.json") && contents.contains("\"in-progress\"")))
+        .expect("the record");
+    let staged = format!(".k3node-staged-{STAMP}");
+    assert!(writes[..record].iter().all(|w| format!("{w:?}").contains(&staged)), "{:#?}", &writes[..record]);
+    assert!(writes[..record]
+        .iter()
+        .any(|w| matches!(w, Write::Atomic { path, .. } if path == Path::new(&format!("{SERVER}{staged}/token")))));
+    let renames: Vec<(String, String)> = writes[record + 1..writes.len() - 1]
+        .iter()
+        .map(|w| match w {
+            Write::Rename { from, to } => (from.display().to_string(), to.display().to_string()),
+            other => panic!("only renames while k3s is down: {other:?}"),
         })
         .collect();
-    let moved = |p: &str| (p.to_string(), format!("{p}{ASIDE}"));
+    let swapped = |p: &str| [(p.to_string(), format!("{p}{ASIDE}")), (format!("{p}{staged}"), p.to_string())];
     assert_eq!(
         renames,
-        vec![
-            moved(SERVER),
-            moved("/etc/rancher/k3s"),
-            moved("/etc/rancher/node"),
-            moved("/etc/systemd/system/k3s.service.env")
+        [
+            swapped(SERVER),
+            swapped("/etc/rancher/k3s"),
+            swapped("/etc/rancher/node"),
+            swapped("/etc/systemd/system/k3s.service.env")
         ]
+        .concat()
     );
-    let first_rename = writes.iter().position(|w| matches!(w, Write::Rename { .. })).unwrap();
-    let first_extracted =
-        writes.iter().position(|w| matches!(w, Write::Atomic { path, .. } if path.starts_with(SERVER))).unwrap();
-    assert!(first_rename < first_extracted, "{writes:#?}");
     assert!(
         matches!(writes.last(), Some(Write::Atomic { path, contents, .. }) if path == Path::new("/var/lib/rancher/k3node/restore.json") && contents.contains("\"restored\""))
     );
@@ -274,9 +279,9 @@ fn a_restore_verifies_stops_moves_aside_extracts_and_waits_for_ready_in_that_ord
     assert_eq!(target.contents(&format!("{SERVER}{ASIDE}/token")).unwrap(), "K10other::server:other\n");
     assert_eq!(target.contents(&format!("{SERVER}{ASIDE}/db/state.db-wal")).unwrap(), "another cluster's log");
     assert_eq!(target.contents("/var/lib/rancher/k3s/agent/images/app.tar").unwrap(), "images stay");
-    assert!(writes
-        .iter()
-        .any(|w| matches!(w, Write::Owner { path, uid: 0, gid: 0 } if path == Path::new(&format!("{SERVER}/token")))));
+    assert!(writes.iter().any(
+        |w| matches!(w, Write::Owner { path, uid: 0, gid: 0 } if path == Path::new(&format!("{SERVER}{staged}/token")))
+    ));
 
     assert_eq!(report.name, format!("k3node-server1-{STAMP}"));
     assert_eq!(report.moved_aside.len(), 4);
@@ -299,8 +304,9 @@ fn a_dry_run_restore_verifies_and_plans_but_changes_nothing() {
     let report = report.unwrap();
     assert_eq!(changes(&target).len(), before, "{:#?}", &changes(&target)[before..]);
     assert_eq!(runs_of(&target), vec![format!("{K3S_BIN} --version")]);
-    assert_eq!(report.actions[0], "stop k3s");
-    assert_eq!(report.actions[1], format!("move {SERVER} aside to {SERVER}{ASIDE}"));
+    assert!(report.actions[0].starts_with("verify and stage "), "{:?}", report.actions);
+    assert_eq!(report.actions[1], "stop k3s");
+    assert_eq!(report.actions[2], format!("move {SERVER} aside to {SERVER}{ASIDE}"));
     assert!(report.actions.iter().any(|a| a.contains("state.db-wal")), "{:?}", report.actions);
     assert_eq!(report.actions.last().unwrap(), "wait for node server1 to be Ready");
     assert_eq!(report.rollback, "nothing was changed (dry run)");
@@ -381,12 +387,12 @@ fn a_restore_refused_before_anything_stops_leaves_the_host_as_it_was() {
         let target = fake_target();
         carry(&source, &target, &archive_at());
         spoil(&target);
-        let before = changes(&target).len();
+        let before = target.listing();
         let (result, _) = restore_with(&target, &req);
         let err = result.err().unwrap_or_else(|| panic!("{name}: the restore went through"));
         assert_eq!(err.kind(), kind, "{name}: {err}");
         assert!(err.to_string().contains(words), "{name}: {err}");
-        assert_eq!(changes(&target).len(), before, "{name}: {:#?}", &changes(&target)[before..]);
+        assert_eq!(target.listing(), before, "{name}");
         assert!(!runs_of(&target).iter().any(|r| r.contains("systemctl")), "{name}: {:?}", runs_of(&target));
     }
 }
@@ -473,6 +479,54 @@ fn an_interrupted_restore_says_how_to_go_on_a_rerun_finishes_it_and_a_rollback_u
 }
 
 #[test]
+fn a_restore_cut_between_two_renames_is_finished_by_a_rerun_or_undone_by_a_rollback_that_removes_the_unused_staging() {
+    let staged = |p: &str| format!("{p}.k3node-staged-{STAMP}");
+    for finish in [true, false] {
+        let source = fake_server();
+        // /etc/rancher/node cannot be moved: the swap stops after the server's data and config.
+        let target = target_with_snapshot(&source).read_only("/etc/rancher/node");
+        let before = target.listing();
+        let (result, _) = restore_with(&target, &restore_request());
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("move the current data aside"), "{err}");
+        assert!(err.to_string().contains("Run the same restore again"), "{err}");
+        assert_eq!(target.contents(&format!("{SERVER}/token")), Some(token_text()), "the server's data is in");
+        assert_eq!(target.contents("/etc/rancher/node/password").unwrap(), "other password\n");
+        assert!(target.exists(Path::new(&staged("/etc/rancher/node"))), "the node's part is still staged");
+        assert!(!target.exists(Path::new(&staged(SERVER))));
+        target.state().read_only.clear();
+
+        if finish {
+            let (report, progress) = restore_with(&target, &restore_request());
+            report.unwrap_or_else(|e| panic!("re-run failed: {e}"));
+            assert!(progress.iter().any(|l| l.starts_with("finishing the restore of")), "{progress:?}");
+            assert!(!progress.iter().any(|l| l.contains("staging")), "not staged again: {progress:?}");
+            assert!(target.bytes("/etc/rancher/node/password") == source.bytes("/etc/rancher/node/password"));
+            assert_eq!(target.contents(&format!("/etc/rancher/node{ASIDE}/password")).unwrap(), "other password\n");
+            assert!(!target.exists(Path::new(&staged("/etc/rancher/node"))));
+        } else {
+            let rollback_req = RollbackRestore { node_name: "server1".into(), ready_timeout_secs: 60, dry_run: false };
+            let done = restore::rollback(&target, &rollback_req, &mut |_| {}).unwrap();
+            assert!(
+                done.actions.contains(&format!("remove {} (staged, never moved in)", staged("/etc/rancher/node"))),
+                "{:?}",
+                done.actions
+            );
+            // The host holds what it held, but for the restored data put aside and the record.
+            let now: std::collections::BTreeMap<_, _> = target
+                .listing()
+                .into_iter()
+                .filter(|(p, _)| {
+                    let p = p.to_string_lossy();
+                    !p.contains(".k3node-rollback-") && !p.starts_with("/var/lib/rancher/k3node/restore.json")
+                })
+                .collect();
+            assert_eq!(now, before);
+        }
+    }
+}
+
+#[test]
 fn an_etcd_server_is_snapshotted_with_k3s_etcd_snapshot_and_restored_with_a_cluster_reset() {
     let source = fake_etcd_server();
     let (created, progress) = create_ok(&source);
@@ -552,12 +606,12 @@ fn an_etcd_snapshot_of_a_server_that_joined_another_is_refused_before_anything_s
     create_ok(&source);
     let target = fake_target();
     carry(&source, &target, &archive_at());
-    let before = changes(&target).len();
+    let before = target.listing();
     let (result, _) = restore_with(&target, &restore_request());
     let err = result.unwrap_err();
     assert_eq!(err.kind(), crate::protocol::ErrorKind::Conflict);
     assert!(err.to_string().contains("k3s refuses --cluster-reset while `server` is set"), "{err}");
-    assert_eq!(changes(&target).len(), before);
+    assert_eq!(target.listing(), before);
 }
 
 #[test]

@@ -4,13 +4,16 @@
 //! beside the archive, removed afterwards; etcd's appended hash, in the stream).
 //!
 //! A restore verifies through the same [`Checker`], which also keeps the archive's config files
-//! (small) so that the restore can tell, before anything stops, what k3s will run with.
+//! (small) so that the restore can tell, before anything stops, what k3s will run with, and
+//! stages every entry beside what it replaces ([`Extract`]) in the same read: the database is
+//! then checked where it is staged, not in a temp copy.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::archive::{self, ArchiveError, Entry, Manifest, Unpack, Walked};
+use super::stage::Extract;
 use super::{archive_name, archive_path, k3s, SnapshotError, WorkDir};
 use crate::host::k3s::{CONFIG_DROPIN_DIR, CONFIG_FILE};
 use crate::host::system::{AtomicFile, HostSystem};
@@ -39,7 +42,20 @@ pub fn verify_request(
 
 /// Reads and checks all of the archive; fails on the first problem.
 pub fn verify<'a>(sys: &'a dyn HostSystem, path: &Path) -> Result<(Walked, Checker<'a>), SnapshotError> {
-    let mut checker = Checker::new(sys, path);
+    check(Checker::new(sys, path, None), path)
+}
+
+/// [`verify`], staging every entry through `extract` as it is checked.
+pub fn verify_and_stage<'a>(
+    sys: &'a dyn HostSystem,
+    path: &Path,
+    extract: Extract<'a>,
+) -> Result<(Walked, Checker<'a>), SnapshotError> {
+    check(Checker::new(sys, path, Some(extract)), path)
+}
+
+fn check<'a>(mut checker: Checker<'a>, path: &Path) -> Result<(Walked, Checker<'a>), SnapshotError> {
+    let sys = checker.sys;
     let walked = archive::walk(sys, path, &mut checker)?;
     if walked.manifest.datastore == Datastore::Sqlite && checker.sqlite_ok.is_none() {
         // walk hands every listed file over, the database included; not reaching it is a bug.
@@ -48,12 +64,16 @@ pub fn verify<'a>(sys: &'a dyn HostSystem, path: &Path) -> Result<(Walked, Check
     Ok((walked, checker))
 }
 
-/// Checks every entry; extracts the SQLite database to a temp file for SQLite's own check; keeps
-/// the config files' text.
+/// Checks every entry; extracts the SQLite database to a temp file for SQLite's own check (or
+/// checks it where it is staged); keeps the config files' text.
 pub struct Checker<'a> {
     sys: &'a dyn HostSystem,
     archive: PathBuf,
     work: Option<WorkDir<'a>>,
+    /// A restore's staging of every entry.
+    pub stage: Option<Extract<'a>>,
+    /// Where the database is written for its check.
+    database_at: Option<PathBuf>,
     /// Some(true) once the database passed `PRAGMA integrity_check`.
     sqlite_ok: Option<bool>,
     captured: Option<(String, Arc<Mutex<Vec<u8>>>)>,
@@ -63,11 +83,13 @@ pub struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn new(sys: &'a dyn HostSystem, archive: &Path) -> Self {
+    fn new(sys: &'a dyn HostSystem, archive: &Path, stage: Option<Extract<'a>>) -> Self {
         Checker {
             sys,
             archive: archive.to_path_buf(),
             work: None,
+            stage,
+            database_at: None,
             sqlite_ok: None,
             captured: None,
             config: None,
@@ -112,6 +134,25 @@ impl AtomicFile for Captured {
     }
 }
 
+/// A config file staged and kept in memory at once.
+struct Tee(Box<dyn AtomicFile>, Captured);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl AtomicFile for Tee {
+    fn commit(self: Box<Self>) -> io::Result<()> {
+        self.0.commit()
+    }
+}
+
 fn is_config(entry: &Entry) -> bool {
     let host = entry.host_path();
     entry.size <= MAX_CONFIG && (host == Path::new(CONFIG_FILE) || host.parent() == Some(Path::new(CONFIG_DROPIN_DIR)))
@@ -119,7 +160,15 @@ fn is_config(entry: &Entry) -> bool {
 
 impl Unpack for Checker<'_> {
     fn file(&mut self, manifest: &Manifest, entry: &Entry) -> Result<Option<Box<dyn AtomicFile>>, ArchiveError> {
+        let staged = match &mut self.stage {
+            Some(extract) => extract.file(manifest, entry)?,
+            None => None,
+        };
         if manifest.datastore == Datastore::Sqlite && entry.path == manifest.database {
+            if let Some(file) = staged {
+                self.database_at = self.stage.as_ref().and_then(|x| x.staged_path(&entry.host_path()));
+                return Ok(Some(file));
+            }
             let dir = self.archive.parent().unwrap_or(Path::new("/")).to_path_buf();
             // Verifies take no lock: two may run at once, and a create sweeping the directory
             // meanwhile leaves the dir of a live process alone (see `super::VERIFY_LABEL`).
@@ -135,17 +184,24 @@ impl Unpack for Checker<'_> {
                 source,
             })?;
             self.work = Some(work);
+            self.database_at = Some(db);
             return Ok(Some(file));
         }
         if is_config(entry) {
             let buffer = Arc::new(Mutex::new(Vec::new()));
             self.captured = Some((entry.path.clone(), buffer.clone()));
-            return Ok(Some(Box::new(Captured(buffer))));
+            return Ok(Some(match staged {
+                Some(file) => Box::new(Tee(file, Captured(buffer))),
+                None => Box::new(Captured(buffer)),
+            }));
         }
-        Ok(None)
+        Ok(staged)
     }
 
     fn committed(&mut self, manifest: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
+        if let Some(extract) = &mut self.stage {
+            extract.committed(manifest, entry)?;
+        }
         if let Some((path, buffer)) = self.captured.take().filter(|(p, _)| *p == entry.path) {
             let text = String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
             let host = entry.host_path();
@@ -158,8 +214,9 @@ impl Unpack for Checker<'_> {
             return Ok(());
         }
         if manifest.datastore == Datastore::Sqlite && entry.path == manifest.database {
-            let work = self.work.take().expect("the database's work dir was made in file()");
-            let db = work.path.join("state.db");
+            // The temp copy's dir (if any) goes once checked.
+            let _work = self.work.take();
+            let db = self.database_at.take().expect("the database's place was chosen in file()");
             let problems = self.sys.sqlite_check(&db).map_err(|e| match e.kind() {
                 io::ErrorKind::InvalidData => self.damaged(format!(
                     "its database {} is not an SQLite database: {}",
@@ -181,11 +238,17 @@ impl Unpack for Checker<'_> {
         Ok(())
     }
 
-    fn dir(&mut self, _: &Manifest, _: &Entry) -> Result<(), ArchiveError> {
-        Ok(())
+    fn dir(&mut self, manifest: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
+        match &mut self.stage {
+            Some(extract) => extract.dir(manifest, entry),
+            None => Ok(()),
+        }
     }
 
-    fn symlink(&mut self, _: &Manifest, _: &Entry) -> Result<(), ArchiveError> {
-        Ok(())
+    fn symlink(&mut self, manifest: &Manifest, entry: &Entry) -> Result<(), ArchiveError> {
+        match &mut self.stage {
+            Some(extract) => extract.symlink(manifest, entry),
+            None => Ok(()),
+        }
     }
 }

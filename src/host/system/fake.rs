@@ -293,6 +293,25 @@ impl FakeSystem {
     pub fn bytes(&self, path: &str) -> Option<Vec<u8>> {
         self.state().files.get(Path::new(path)).cloned()
     }
+
+    /// Every file, directory and link there is, with its mode, owner and (for a file) sha256:
+    /// two listings are equal when the host holds the same.
+    pub fn listing(&self) -> BTreeMap<PathBuf, String> {
+        let st = self.state();
+        let meta = |p: &Path| {
+            let mode = st.modes.get(p).map(|m| format!("{m:04o}")).unwrap_or_default();
+            let (uid, gid) = st.owners.get(p).copied().unwrap_or((0, 0));
+            format!("mode {mode} owner {uid}:{gid}")
+        };
+        let files =
+            st.files.iter().map(|(p, b)| (p.clone(), format!("file {} {}", crate::digest::sha256_hex(b), meta(p))));
+        // A directory is there when declared or when something is below it.
+        let ancestors = st.files.keys().chain(st.links.keys()).flat_map(|p| p.ancestors().skip(1));
+        let all_dirs: BTreeSet<&Path> = st.dirs.iter().map(PathBuf::as_path).chain(ancestors).collect();
+        let dirs = all_dirs.into_iter().map(|p| (p.to_path_buf(), format!("dir {}", meta(p))));
+        let links = st.links.iter().map(|(p, t)| (p.clone(), format!("link to {} {}", t.display(), meta(p))));
+        files.chain(dirs).chain(links).collect()
+    }
 }
 
 fn key(program: &str, args: &[&str]) -> (PathBuf, Vec<String>) {

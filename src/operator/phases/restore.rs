@@ -43,7 +43,7 @@ use crate::protocol::k3s::{DeleteNodes, InstallRequest};
 use crate::protocol::node::Role;
 use crate::protocol::snapshot::{
     Datastore, ManifestSummary, PeerStep, ReceiveSnapshot, RestorePeer, RestoreReport, RestoreSnapshot, RollbackReport,
-    RollbackRestore, VerifySnapshot,
+    RollbackRestore, StepTime, VerifySnapshot,
 };
 use crate::protocol::{ErrorKind, Secret};
 
@@ -633,14 +633,17 @@ impl Phase for Restore {
                 for m in &report.moved_aside {
                     result.notes.push(format!("the data at {} before the restore is now at {}", m.from, m.to));
                 }
+                let shown = |steps: &[StepTime]| {
+                    let total: u64 = steps.iter().map(|t| t.millis).sum();
+                    let each: Vec<String> =
+                        steps.iter().map(|t| format!("{} {:.1} s", t.step, t.millis as f64 / 1000.0)).collect();
+                    format!("{:.1} s: {}", total as f64 / 1000.0, each.join(", "))
+                };
+                if !report.staging.is_empty() {
+                    result.notes.push(format!("while k3s still ran, {}", shown(&report.staging)));
+                }
                 if !report.timings.is_empty() {
-                    let down: u64 = report.timings.iter().map(|t| t.millis).sum();
-                    let steps: Vec<String> = report
-                        .timings
-                        .iter()
-                        .map(|t| format!("{} {:.1} s", t.step, t.millis as f64 / 1000.0))
-                        .collect();
-                    result.notes.push(format!("k3s was down {:.1} s: {}", down as f64 / 1000.0, steps.join(", ")));
+                    result.notes.push(format!("k3s was down {}", shown(&report.timings)));
                 }
                 result.notes.push(format!("to undo this restore: {}", self.rollback));
                 let message = format!(
