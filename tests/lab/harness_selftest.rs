@@ -18,9 +18,14 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 type SelfTest = fn(&Lab) -> Result<()>;
 
+/// A path every host of the shared lab keeps on the machine's filesystem (`LabSpec::own_disk`),
+/// for the self-test of that feature alone: the scenarios keep everything on the overlay.
+pub const OWN_DISK: &str = "/var/lib/k3nlab-own-disk";
+
 pub fn trials(lab: &Arc<Lab>) -> Vec<Trial> {
-    let tests: [(&str, SelfTest); 3] = [
+    let tests: [(&str, SelfTest); 4] = [
         ("lab_harness::hosts_are_distinct_systemd_machines", hosts_are_distinct_systemd_machines),
+        ("lab_harness::an_own_disk_path_is_the_machines_filesystem_shared_with_the_host", own_disk_is_shared),
         ("lab_harness::disconnect_cuts_off_and_reconnect_restores", disconnect_cuts_off_and_reconnect_restores),
         ("lab_harness::in_netns_thread_reaches_sshd", in_netns_thread_reaches_sshd),
     ];
@@ -104,6 +109,28 @@ fn hosts_are_distinct_systemd_machines(lab: &Lab) -> Result<()> {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+fn own_disk_is_shared(lab: &Lab) -> Result<()> {
+    for h in lab.hosts() {
+        let out = h.sh(&format!(
+            "stat -f -c %T / {OWN_DISK}; mountpoint -q {OWN_DISK} && echo mountpoint; echo {name} > {OWN_DISK}/probe",
+            name = h.name
+        ))?;
+        let lines: Vec<&str> = out.lines().collect();
+        ensure!(lines.len() == 3, "host {}: unexpected output {out:?}", h.name);
+        ensure!(lines[0] == "overlayfs", "host {}: its root is {:?}, not the overlay", h.name, lines[0]);
+        ensure!(lines[1] != "overlayfs", "host {}: {OWN_DISK} is on the overlay", h.name);
+        ensure!(lines[2] == "mountpoint", "host {}: {OWN_DISK} is not a mount point", h.name);
+        // The machine sees the host's file where the harness keeps that disk, and through the root.
+        let through_root = h.root.join(OWN_DISK.trim_start_matches('/'));
+        for seen in [h.own_disk_source(OWN_DISK).join("probe"), through_root.join("probe")] {
+            let text = std::fs::read_to_string(&seen).with_context(|| format!("reading {}", seen.display()))?;
+            ensure!(text.trim() == h.name, "host {}: {} holds {text:?}", h.name, seen.display());
+        }
+        h.sh(&format!("rm {OWN_DISK}/probe"))?;
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ fn main() {
     let lab = match Lab::start(LabSpec {
         hosts: (1..=5).map(|i| format!("h{i}")).chain([portable::HOST.to_string()]).collect(),
         bullseye: vec![portable::HOST.to_string()],
+        own_disk: vec![harness_selftest::OWN_DISK.into()],
         ..LabSpec::default()
     }) {
         Ok(lab) => Arc::new(lab),

@@ -130,8 +130,8 @@ pub fn restore(
 ) -> Result<RestoreReport, SnapshotError> {
     let earlier = read_record(sys)?;
     // An unfinished restore's staged data must stay: a re-run checks the archive, it does not
-    // stage it again.
-    let unfinished = earlier.as_ref().is_some_and(|r| r.state == State::InProgress);
+    // stage it again. (An unfinished rollback refuses the restore once the archive is checked.)
+    let unfinished = earlier.as_ref().is_some_and(|r| matches!(r.state, State::InProgress | State::RollingBack));
     let stamp = stamp(sys.now_unix_ms());
     let staging = !req.dry_run && !unfinished;
     let started_ms = sys.now_unix_ms();

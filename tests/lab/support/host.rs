@@ -51,12 +51,16 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where the machine keeps the host's own-disk `path`, in the host's dir.
+pub fn own_disk_source(host_dir: &Path, path: &str) -> PathBuf {
+    host_dir.join("disk").join(path.trim_start_matches('/'))
+}
+
 /// Bind-mounts an empty directory of the host's dir (`disk/<path>`) on `<merged>/<path>`:
 /// nspawn takes the root's submounts with it, and the machine sees the same files there.
 pub fn mount_own_disk(dirs: &HostDirs, path: &str) -> Result<PathBuf> {
     anyhow::ensure!(path.starts_with('/'), "own_disk: {path:?} is not an absolute path");
-    let relative = path.trim_start_matches('/');
-    let (source, target) = (dirs.dir.join("disk").join(relative), dirs.merged.join(relative));
+    let (source, target) = (own_disk_source(&dirs.dir, path), dirs.merged.join(path.trim_start_matches('/')));
     for d in [&source, &target] {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }

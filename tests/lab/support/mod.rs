@@ -80,6 +80,11 @@ pub struct LabHost {
 impl LabHost {
     /// Runs a shell command on the host as root over OpenSSH; Ok(stdout) on exit 0, Err (with
     /// stderr) otherwise. Test setup and inspection only.
+    /// Where the machine keeps this host's `LabSpec::own_disk` path `path`.
+    pub fn own_disk_source(&self, path: &str) -> PathBuf {
+        host::own_disk_source(&self.dir, path)
+    }
+
     pub fn sh(&self, cmd: &str) -> Result<String> {
         self.sh_as("root", cmd)
     }
