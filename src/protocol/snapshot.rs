@@ -218,7 +218,7 @@ pub struct RestoreSnapshot {
     pub ready_timeout_secs: u64,
     /// Verify the archive and report what would be done; change nothing.
     pub dry_run: bool,
-    /// config.yaml for this host, written in place of the archive's after extraction: a restore
+    /// config.yaml for this host, staged in place of the archive's: a restore
     /// onto another host than the snapshot's (disaster recovery) runs k3s with this host's own
     /// identity (node name, node-ip), not the lost host's. Checked like the archive's before
     /// anything stops. Absent: the archive's config.yaml is restored as it is.

@@ -7,7 +7,7 @@
 //! | push | the archive streamed to the target (from here, or from the server that has it), checked there against its sha256 |
 //! | check | the target's own restore run as a dry run: the archive verified again there, and everything the restore would refuse, refused, before anything stops |
 //! | stop | the other hosts' k3s stopped (agents first), so that nothing writes to a datastore that is being replaced |
-//! | restore | the target's restore: k3s stopped, its data moved aside, the archive extracted (on another host than the snapshot's, with its own config.yaml), etcd's cluster reset, k3s started, the node Ready |
+//! | restore | the target's restore: the archive staged beside k3s's files while k3s runs (on another host than the snapshot's, with its own config.yaml), k3s stopped, its data moved aside and the staged data in, etcd's cluster reset, k3s started, the node Ready |
 //! | rejoin | after an etcd restore, the other servers' `server/db` moved aside so that they join the restored cluster as new members |
 //! | forget nodes | the lost server's Node (the snapshot's node, when it is neither the target nor a host of the cluster file) deleted |
 //!
