@@ -28,7 +28,6 @@ fn main() {
         hosts: (1..=5).map(|i| format!("h{i}")).chain([portable::HOST.to_string()]).collect(),
         bullseye: vec![portable::HOST.to_string()],
         own_disk: vec![harness_selftest::OWN_DISK.into()],
-        ..LabSpec::default()
     }) {
         Ok(lab) => Arc::new(lab),
         Err(e) => {
