@@ -144,7 +144,7 @@ pub fn restore(
             name: checked.name.clone(),
             datastore: manifest.datastore,
             k3s_version: manifest.k3s_version.clone(),
-            actions: actions(&checked, &record, &req.node_name),
+            actions: actions(&checked, &record, &req.node_name, unfinished),
             moved_aside: record.moved.clone(),
             restored_entries,
             rollback,
@@ -351,17 +351,21 @@ fn plan(
     }
 }
 
-/// The steps the plan takes, as the report lists them.
-fn actions(checked: &Checked, record: &Record, node: &str) -> Vec<String> {
+/// The steps the plan takes, as the report lists them; `finishing`: the plan of an unfinished
+/// restore, whose staging is done.
+fn actions(checked: &Checked, record: &Record, node: &str, finishing: bool) -> Vec<String> {
     let manifest = &checked.walked.manifest;
-    let mut actions = vec![format!(
-        "verify and stage {} entries from {} beside what they replace (<path>.k3node-staged-{}), k3s still running",
-        manifest.entries.len(),
-        checked.path.display(),
-        record.stamp
-    )];
-    if checked.config.is_some() {
-        actions.push(format!("stage this host's own {CONFIG_FILE} in place of the archive's"));
+    let mut actions = Vec::new();
+    if !finishing {
+        actions.push(format!(
+            "verify and stage {} entries from {} beside what they replace (<path>.k3node-staged-{}), k3s still running",
+            manifest.entries.len(),
+            checked.path.display(),
+            record.stamp
+        ));
+        if checked.config.is_some() {
+            actions.push(format!("stage this host's own {CONFIG_FILE} in place of the archive's"));
+        }
     }
     actions.push(format!("stop {}", k3s::SERVICE));
     actions.extend(record.moved.iter().map(|m| format!("move {} aside to {}", m.from, m.to)));

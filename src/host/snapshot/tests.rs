@@ -498,8 +498,10 @@ fn a_restore_cut_between_two_renames_is_finished_by_a_rerun_or_undone_by_a_rollb
 
         if finish {
             let (report, progress) = restore_with(&target, &restore_request());
-            report.unwrap_or_else(|e| panic!("re-run failed: {e}"));
+            let report = report.unwrap_or_else(|e| panic!("re-run failed: {e}"));
             assert!(progress.iter().any(|l| l.starts_with("finishing the restore of")), "{progress:?}");
+            assert!(report.staging.is_empty(), "{:?}", report.staging);
+            assert_eq!(report.actions[0], "stop k3s", "{:?}", report.actions);
             assert!(!progress.iter().any(|l| l.contains("staging")), "not staged again: {progress:?}");
             assert!(target.bytes("/etc/rancher/node/password") == source.bytes("/etc/rancher/node/password"));
             assert_eq!(target.contents(&format!("/etc/rancher/node{ASIDE}/password")).unwrap(), "other password\n");
