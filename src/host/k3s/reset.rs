@@ -27,7 +27,7 @@ use super::{
 };
 use crate::host::error::{Failure, HostError};
 use crate::host::serve::{Context, HostOperation};
-use crate::host::system::HostSystem;
+use crate::host::system::{self, HostSystem};
 use crate::protocol::k3s::{ResetReport, ResetRequest};
 use crate::protocol::{ErrorKind, HELPER_PATH};
 
@@ -363,12 +363,9 @@ fn remove_file(sys: &dyn HostSystem, path: &Path) -> Result<(), String> {
     }
 }
 
-/// `rm -rf`: a directory with all it holds, or a file or symlink (never what a symlink points
-/// to). Callers make sure that nothing is mounted at or below `path`.
+/// [`system::remove_tree`], with nothing there counted as removed.
 fn remove_tree(sys: &dyn HostSystem, path: &Path) -> Result<(), String> {
-    let is_dir = sys.read_link(path).is_err() && sys.read_dir_names(path).is_ok();
-    let removed = if is_dir { sys.remove_dir_all(path) } else { sys.remove_file(path) };
-    match removed {
+    match system::remove_tree(sys, path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(format!("{}: {}", path.display(), describe_io(&e))),
         _ => Ok(()),
     }

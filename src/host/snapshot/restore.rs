@@ -35,10 +35,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{ArchiveError, Walked};
-use super::stage::{remove_any, replaced_roots, Extract};
+use super::stage::{replaced_roots, Extract};
 use super::{archive_name, archive_path, etcd, k3s, stamp, verify, SnapshotError};
 use crate::host::k3s::{unit_path, CONFIG_DIR, CONFIG_FILE, RESTORE_RECORD, SQLITE_DB, SQLITE_SIDECARS};
-use crate::host::system::HostSystem;
+use crate::host::system::{remove_tree, HostSystem};
 use crate::protocol::snapshot::{
     Datastore, MovedAside, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore, StepTime,
 };
@@ -552,7 +552,7 @@ pub fn rollback(
     }
     for path in &unused {
         progress(&format!("removing {path}"));
-        remove_any(sys, Path::new(path)).map_err(|source| {
+        remove_tree(sys, Path::new(path)).map_err(|source| {
             interrupted(
                 "remove the staged copy",
                 SnapshotError::Io { what: "cannot remove", path: path.into(), source },

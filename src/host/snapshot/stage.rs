@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::archive::{ArchiveError, Entry, Manifest, Unpack};
 use super::k3s;
 use crate::host::k3s::{env_path, CONFIG_DIR, NODE_DIR, SERVER_DIR};
-use crate::host::system::{AtomicFile, FileKind, HostSystem};
+use crate::host::system::{remove_tree, AtomicFile, FileKind, HostSystem};
 use crate::protocol::snapshot::MovedAside;
 
 /// Staged paths are `<root>.<STAGED_LABEL>-<stamp>`.
@@ -27,14 +27,6 @@ const STAGED_LABEL: &str = "k3node-staged";
 /// the env file. (The agent's part of the data dir, with the images, stays.)
 pub(super) fn replaced_roots(data_dir: &Path) -> Vec<PathBuf> {
     vec![data_dir.join(SERVER_DIR), PathBuf::from(CONFIG_DIR), PathBuf::from(NODE_DIR), env_path(k3s::SERVICE)]
-}
-
-/// Removes a file, a link or a whole directory.
-pub(super) fn remove_any(sys: &dyn HostSystem, path: &Path) -> io::Result<()> {
-    match sys.metadata(path)?.kind {
-        FileKind::Dir => sys.remove_dir_all(path),
-        _ => sys.remove_file(path),
-    }
 }
 
 /// The staged path of every replaced root; what it staged is removed on drop unless kept.
@@ -58,7 +50,7 @@ impl<'a> Staging<'a> {
                 Err(source) => return Err(ArchiveError::Io { what: "cannot list", path: parent.into(), source }),
             };
             for leftover in names.iter().filter(|n| n.starts_with(&prefix)).map(|n| parent.join(n)) {
-                remove_any(sys, &leftover).map_err(|source| ArchiveError::Io {
+                remove_tree(sys, &leftover).map_err(|source| ArchiveError::Io {
                     what: "cannot remove an earlier restore's staged copy",
                     path: leftover.clone(),
                     source,
@@ -104,7 +96,7 @@ impl Drop for Staging<'_> {
             return;
         }
         for (_, staged) in &self.roots {
-            let _ = remove_any(self.sys, staged);
+            let _ = remove_tree(self.sys, staged);
         }
     }
 }

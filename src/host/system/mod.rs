@@ -221,6 +221,15 @@ pub trait HostSystem: Send + Sync {
     fn sleep(&self, duration: Duration);
 }
 
+/// `rm -rf` of one path: a directory with all it holds, or a file or symlink (never what a
+/// symlink points to: the kind is lstat's). Callers make sure nothing is mounted at or below it.
+pub fn remove_tree(sys: &dyn HostSystem, path: &Path) -> io::Result<()> {
+    match sys.metadata(path)?.kind {
+        FileKind::Dir => sys.remove_dir_all(path),
+        _ => sys.remove_file(path),
+    }
+}
+
 /// sha256 of a file's bytes (hex), streamed.
 pub fn sha256_file(sys: &dyn HostSystem, path: &Path) -> io::Result<String> {
     crate::digest::sha256_reader(&mut sys.open_read(path)?)
