@@ -4,10 +4,11 @@
 //! - `k3node snapshot create` against `tar czf` of the same files (target: at least 3x faster, no
 //!   larger), and against the limit: reading those files and zstd-compressing them (k3node's
 //!   level and threads) to /dev/null (target: within 1.5x);
-//! - `k3node restore` (everything it checks included: the archive read in full three times before
-//!   k3s stops (the archive phase, the target's dry run, the restore's own check, which stages
-//!   every file beside k3s's), each time with the database's integrity check, then k3s stopped,
-//!   its data moved aside and the staged data in, started, the node Ready) against the seed's
+//! - `k3node restore` of an archive on the server itself (everything it checks included: the
+//!   archive's sha256 against its sidecar in the archive phase, then the archive read in full
+//!   once before k3s stops, by the check, which stages every file beside k3s's and checks the
+//!   database's integrity where it is staged; then k3s stopped, its data moved aside and the
+//!   staged data in, started, the node Ready) against the seed's
 //!   `systemctl stop k3s; tar xzf; systemctl start k3s`, and against the limit: reading the
 //!   archive and decompressing it to /dev/null;
 //! - k3s's downtime before its start: the host's stop and swap steps against the seed's
@@ -252,6 +253,7 @@ fn main() {
     );
     let restore_host = phase_secs(&json, "restore");
     let check_host = phase_secs(&json, "check");
+    let archive_phase = phase_secs(&json, "archive");
     // The host's own time per step: k3s's start (the same work for both sides) apart.
     let step_secs = |name: &str| {
         let steps = json["restore"]["timings"].as_array().into_iter().chain(json["restore"]["staging"].as_array());
@@ -316,7 +318,7 @@ fn main() {
     );
     println!("  restore:");
     println!(
-        "    k3node restore (command)                      {:>8.2} s  (on the host: check {check_host:.2} s, restore {restore_host:.2} s)",
+        "    k3node restore (command)                      {:>8.2} s  (phases: archive {archive_phase:.2} s, check {check_host:.2} s, restore {restore_host:.2} s)",
         s(restore)
     );
     println!("    seed: stop k3s, tar xzf, start k3s            {:>8.2} s", s(seed_restore));

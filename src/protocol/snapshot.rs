@@ -137,6 +137,10 @@ impl Operation for ListSnapshots {
 pub struct VerifySnapshot {
     /// Absolute path of the `.tar.zst`.
     pub path: String,
+    /// Only the archive's sha256 against its sidecar, and its manifest: for an archive that a
+    /// restore's check reads in full on this same host before anything stops.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sum_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -224,6 +228,15 @@ pub struct RestoreSnapshot {
     /// anything stops. Absent: the archive's config.yaml is restored as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_yaml: Option<Secret>,
+    /// Check and stage only: the archive verified and staged beside k3s's files, everything the
+    /// restore would refuse refused, and the staging kept for the restore that follows; k3s
+    /// keeps running. (With `dry_run`, nothing is staged.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stage_only: bool,
+    /// The archive's sha256 as the operator verified it: the restore uses what a `stage_only`
+    /// request staged only for this very archive (otherwise it stages it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A path moved out of the way, and where it went.
@@ -490,7 +503,9 @@ mod tests {
         assert!(prune(false).mutates() && !prune(true).mutates());
         let create = CreateSnapshot { cluster: "c".into(), node: "n".into(), name_prefix: "k3node".into(), dir: None };
         assert!(create.mutates());
-        assert!(!ListSnapshots { dir: None }.mutates() && !VerifySnapshot { path: "/a".into() }.mutates());
+        assert!(
+            !ListSnapshots { dir: None }.mutates() && !VerifySnapshot { path: "/a".into(), sum_only: false }.mutates()
+        );
         let rollback = |dry_run| RollbackRestore { node_name: "n".into(), ready_timeout_secs: 1, dry_run };
         assert!(rollback(false).mutates() && !rollback(true).mutates());
         assert_eq!(serde_json::to_string(&Datastore::Etcd).unwrap(), "\"etcd\"");

@@ -272,10 +272,14 @@ fn create_and_restore(lab: &Arc<Lab>, w: &World) -> Outcome {
     ensure(sh(h1, "sha256sum < /var/lib/rancher/k3s/server/tls/server-ca.crt")? == ca, || "the CA changed".into())?;
     let aside = sh(h1, "ls -d /var/lib/rancher/k3s/server.k3node-restore-* /etc/rancher/k3s.k3node-restore-*")?;
     ensure(aside.lines().count() >= 2, || format!("nothing was moved aside: {aside}"))?;
-    // Staged while k3s ran, then moved in: nothing staged is left.
+    // Staged by the check while k3s ran, used by the restore without reading the archive again,
+    // then moved in: nothing staged is left.
     ensure(json["restore"]["staging"][0]["step"] == "verify and stage the archive", || format!("{json}"))?;
+    ensure(json["restore"]["actions"][0].as_str().is_some_and(|a| a.starts_with("use the")), || {
+        format!("the restore did not use what its check staged: {}", json["restore"]["actions"])
+    })?;
     let staged =
-        sh(h1, "ls -d /var/lib/rancher/k3s/*.k3node-staged-* /etc/rancher/*.k3node-staged-* 2>/dev/null || true")?;
+        sh(h1, "ls -d /var/lib/rancher/k3s/*.k3node-staged-* /etc/rancher/*.k3node-staged-* /var/lib/rancher/k3node/restore-staged.json 2>/dev/null || true")?;
     ensure(staged.trim().is_empty(), || format!("staged data left behind: {staged}"))?;
     let printed = format!("{json}{stderr}");
     ensure(
@@ -494,12 +498,25 @@ fn bad_archives(lab: &Arc<Lab>, w: &World) -> Outcome {
     }
     // Refused on the host as well: an archive put in h1's snapshot directory by hand.
     let on_host = h1.root.join("var/lib/rancher/k3node/snapshots");
-    for case in ["dotdot", "hardlink"] {
+    // Its sha256 fits its sidecar, so the archive phase (on the target itself) passes it on to
+    // the target's check, which reads all of it: refused there, with the entry named, staging
+    // removed, before anything stops.
+    for (case, named, _) in cases.iter().filter(|(case, _, _)| ["dotdot", "hardlink"].contains(case)) {
         for ext in ["tar.zst", "tar.zst.sha256"] {
             std::fs::copy(dir.join(format!("bad-{case}.{ext}")), on_host.join(format!("bad-{case}.{ext}"))).unwrap();
         }
         let (code, json, stderr) = restore(w, &file, &["--from", &format!("h1:bad-{case}")]);
         ensure(code == 2 && json["bad_archive"] == true, || format!("{case} on h1: exit {code}: {json}\n{stderr}"))?;
+        let message = phase(&json, "check")["message"].as_str().unwrap_or_default().to_string();
+        ensure(message.contains(named), || format!("{case} on h1: the refusal does not name {named:?}: {json}"))?;
+        ensure(phase(&json, "stop")["state"] == "not-run", || {
+            format!("{case} on h1: phases after the refusal ran: {json}")
+        })?;
+        let staged = sh(
+            h1,
+            "ls -d /var/lib/rancher/k3s/*.k3node-staged-* /etc/rancher/*.k3node-staged-* /var/lib/rancher/k3node/restore-staged.json 2>/dev/null || true",
+        )?;
+        ensure(staged.trim().is_empty(), || format!("{case} on h1: a refused check left {staged}"))?;
         for ext in ["tar.zst", "tar.zst.sha256"] {
             let _ = std::fs::remove_file(on_host.join(format!("bad-{case}.{ext}")));
         }
@@ -556,7 +573,8 @@ fn under_writes(lab: &Arc<Lab>, w: &World) -> Outcome {
                 };
                 match link.call(&create).send().await {
                     Ok(c) => {
-                        let verify = k3node::protocol::snapshot::VerifySnapshot { path: c.path.clone() };
+                        let verify =
+                            k3node::protocol::snapshot::VerifySnapshot { path: c.path.clone(), sum_only: false };
                         match link.call(&verify).send().await {
                             Ok(v) if v.database_check == "PRAGMA integrity_check: ok" => checked += 1,
                             Ok(v) => failures.push(format!("{}: {}", c.name, v.database_check)),
@@ -783,6 +801,12 @@ fn ha(lab: &Arc<Lab>, w: &World) -> Outcome {
     let started = Instant::now();
     let (code, json, stderr) = restore(w, &file, &["--from", &format!("h2:{name}")]);
     ensure(code == 0, || format!("HA restore: {json}\n{stderr}"))?;
+    // On the target already: its sha256 checked there first, then read in full once, by the
+    // check, whose staging the restore used.
+    ensure(json["archive"]["state"] == "sha256-checked", || format!("HA restore: {}", json["archive"]))?;
+    ensure(json["restore"]["actions"][0].as_str().is_some_and(|a| a.starts_with("use the")), || {
+        format!("HA restore: the restore did not use what its check staged: {}", json["restore"]["actions"])
+    })?;
     eprintln!("snapshot lab: HA restore (cluster reset, 2 servers rejoining) took {:.1?}", started.elapsed());
     ensure(phase(&json, "rejoin")["message"].as_str().is_some_and(|m| m.contains("h3") && m.contains("h4")), || {
         format!("rejoin: {}", phase(&json, "rejoin"))

@@ -27,6 +27,8 @@ pub const KILLALL_SCRIPT: &str = "/usr/local/bin/k3s-killall.sh";
 pub const SNAPSHOT_DIR: &str = "/var/lib/rancher/k3node/snapshots";
 /// k3node's record of the last restore on this host: what it moved aside, for re-runs and rollback.
 pub const RESTORE_RECORD: &str = "/var/lib/rancher/k3node/restore.json";
+/// What a restore's check staged while k3s ran, kept for the restore that follows it.
+pub const RESTORE_STAGED: &str = "/var/lib/rancher/k3node/restore-staged.json";
 /// Registry mirrors and credentials, beside config.yaml.
 pub const REGISTRIES_FILE: &str = "/etc/rancher/k3s/registries.yaml";
 /// The node password (contract section 6).

@@ -509,6 +509,27 @@ pub fn read_manifest(sys: &dyn HostSystem, archive: &Path) -> Result<Manifest, A
     first_manifest(archive, &mut entries)
 }
 
+/// The archive's sha256 against its sidecar, and its manifest: shows that the file is the one
+/// `create` wrote (no flipped byte, no truncation) without reading its entries, which [`walk`]
+/// checks. Returns the manifest, the archive's size and its sha256.
+pub fn check_sum(sys: &dyn HostSystem, archive: &Path) -> Result<(Manifest, u64, String), ArchiveError> {
+    let expected = read_sidecar(sys, archive)?;
+    let mut raw = HashingReader::new(open(sys, archive)?);
+    io::copy(&mut raw, &mut io::sink()).map_err(|source| ArchiveError::Io {
+        what: "cannot read",
+        path: archive.to_path_buf(),
+        source,
+    })?;
+    let (actual, size) = raw.finish();
+    if actual != expected {
+        return Err(ArchiveError::Damaged {
+            archive: archive.to_path_buf(),
+            reason: format!("its sha256 is {actual}, its sha256 file says {expected}"),
+        });
+    }
+    Ok((read_manifest(sys, archive)?, size, actual))
+}
+
 fn damaged_by(archive: &Path, error: &io::Error) -> ArchiveError {
     ArchiveError::Damaged {
         archive: archive.to_path_buf(),
@@ -570,7 +591,7 @@ impl Unpack for CheckOnly {
 }
 
 /// What [`walk`] read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Walked {
     pub manifest: Manifest,
     pub size: u64,

@@ -45,6 +45,7 @@ use crate::protocol::snapshot::{
 use crate::protocol::ErrorKind;
 
 pub use archive::ArchiveError;
+pub use stage::leftovers as staged_leftovers;
 
 /// Mode of the snapshot directory and of the archives in it: they hold the cluster's token and CA keys.
 pub const DIR_MODE: u32 = 0o700;

@@ -10,7 +10,12 @@
 //!    join another, since k3s refuses `--cluster-reset` while `server` is set), and this host (a
 //!    server's unit, no agent's; the archive's k3s version unless told otherwise). k3s still runs
 //!    and nothing it uses has changed: a refusal removes what was staged. A dry run reads and
-//!    checks without staging, and stops here with the plan;
+//!    checks without staging, and stops here with the plan. A check request (`stage_only`) stops
+//!    here too, keeping what it staged and noting it in [`RESTORE_STAGED`]: the restore request
+//!    that follows takes that note and, when it is of the same archive (path and sha256) with
+//!    the same config.yaml and all still there, uses the staging as it is, reading the archive
+//!    no more (step 1 is then the checks of what k3s will run with, on the staged config files);
+//!    otherwise it stages again (which sweeps the unused staging);
 //! 2. record the plan in [`RESTORE_RECORD`] (the archive, the time stamp, what moves where);
 //! 3. stop k3s; move `<data dir>/server`, /etc/rancher/k3s, /etc/rancher/node and the service's
 //!    env file aside to `<path>.k3node-restore-<UTC time>` (never deleted) and what was staged in
@@ -35,9 +40,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::archive::{ArchiveError, Walked};
-use super::stage::{replaced_roots, Extract};
+use super::stage::{replaced_roots, staged_path, Extract, Staging};
 use super::{archive_name, archive_path, etcd, k3s, stamp, verify, SnapshotError};
-use crate::host::k3s::{unit_path, CONFIG_DIR, CONFIG_FILE, RESTORE_RECORD, SQLITE_DB, SQLITE_SIDECARS};
+use crate::host::k3s::{
+    unit_path, CONFIG_DIR, CONFIG_DROPIN_DIR, CONFIG_FILE, RESTORE_RECORD, RESTORE_STAGED, SQLITE_DB, SQLITE_SIDECARS,
+};
 use crate::host::system::{remove_tree, HostSystem};
 use crate::protocol::snapshot::{
     Datastore, MovedAside, RestoreReport, RestoreSnapshot, RollbackReport, RollbackRestore, StepTime,
@@ -75,6 +82,33 @@ struct Record {
     /// A rollback's time stamp, once one began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rollback_stamp: Option<String>,
+}
+
+/// What a check request (`stage_only`) staged while k3s ran, kept in [`RESTORE_STAGED`] for the
+/// restore request that follows: that request takes it (the file goes as it is read) and moves
+/// the staged data in without reading the archive again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Prepared {
+    /// The archive's path on this host.
+    archive: String,
+    /// What the check's read of the archive established (the manifest, the archive's sha256).
+    walked: Walked,
+    /// The staging's time stamp, in every `.k3node-staged-<stamp>` name.
+    stamp: String,
+    /// What was staged (`from`) for which root (`to`).
+    staged: Vec<MovedAside>,
+    /// The request's own config.yaml was staged in place of the archive's.
+    own_config: bool,
+}
+
+/// How step 1 reads the archive.
+enum Read<'s> {
+    /// Reads and checks it, staging nothing (a dry run; finishing an unfinished restore).
+    Verify,
+    /// Reads and checks it, staging every entry with this time stamp.
+    Stage(&'s str),
+    /// Uses what a check request staged: the archive is not read again.
+    Staged(Box<Prepared>),
 }
 
 /// Present in any form (a dangling symlink too).
@@ -133,9 +167,16 @@ pub fn restore(
     // stage it again. (An unfinished rollback refuses the restore once the archive is checked.)
     let unfinished = earlier.as_ref().is_some_and(|r| matches!(r.state, State::InProgress | State::RollingBack));
     let stamp = stamp(sys.now_unix_ms());
-    let staging = !req.dry_run && !unfinished;
+    let read = if req.dry_run || unfinished {
+        Read::Verify
+    } else {
+        match take_prepared(sys, req)? {
+            Some(prepared) if !req.stage_only => Read::Staged(Box::new(prepared)),
+            _ => Read::Stage(&stamp),
+        }
+    };
     let started_ms = sys.now_unix_ms();
-    let mut checked = check(sys, req, staging.then_some(stamp.as_str()), progress)?;
+    let mut checked = check(sys, req, read, progress)?;
     let record = plan(sys, earlier, &checked, &stamp, progress)?;
     let staging = checked.staging.take();
     let manifest = &checked.walked.manifest;
@@ -159,16 +200,38 @@ pub fn restore(
             Vec::new(),
         ));
     }
-    write_record(sys, &record)?;
-    let staged_steps = match staging {
-        Some(staging) => {
-            // Recorded: from now on the staged data is the restore's, kept until moved in.
-            staging.keep();
-            let millis = (sys.now_unix_ms() - started_ms).max(0) as u64;
-            vec![StepTime { step: "verify and stage the archive".into(), millis }]
+    // A check request's staging was timed by that request.
+    let staged_here = checked.staged_before.is_none();
+    let staged_steps = |staging: Option<Staging>| {
+        let Some(staging) = staging else { return Vec::new() };
+        // Recorded: from now on the staged data is the restore's, kept until moved in.
+        staging.keep();
+        let millis = (sys.now_unix_ms() - started_ms).max(0) as u64;
+        let step = StepTime { step: "verify and stage the archive".into(), millis };
+        if staged_here {
+            vec![step]
+        } else {
+            Vec::new()
         }
-        None => Vec::new(),
     };
+    if req.stage_only {
+        if let Some(staging) = &staging {
+            write_prepared(
+                sys,
+                &Prepared {
+                    archive: checked.path.display().to_string(),
+                    walked: checked.walked.clone(),
+                    stamp: stamp.clone(),
+                    staged: staging.staged(),
+                    own_config: checked.config.is_some(),
+                },
+            )?;
+        }
+        let kept = "k3s still runs and nothing it uses changed: the archive is staged beside its files for the restore that follows";
+        return Ok(report(manifest.entries.len() as u64, kept.into(), staged_steps(staging), Vec::new()));
+    }
+    write_record(sys, &record)?;
+    let staged_steps = staged_steps(staging);
     let timings = carry_out(sys, req, &checked, &record, progress).map_err(|(step, e)| SnapshotError::Interrupted {
         source: Box::new(e),
         guidance: format!(
@@ -186,6 +249,49 @@ pub fn restore(
     Ok(report(manifest.entries.len() as u64, rollback, staged_steps, timings))
 }
 
+/// What a check request staged, taken: [`RESTORE_STAGED`] is removed as it is read (what it
+/// lists is then this request's, or swept by the staging that follows). Some only when it is
+/// of this very archive (path and sha256), with the same config.yaml of this host, and all of
+/// it is still there.
+fn take_prepared(sys: &dyn HostSystem, req: &RestoreSnapshot) -> Result<Option<Prepared>, SnapshotError> {
+    let text = match sys.read_to_string(Path::new(RESTORE_STAGED)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(SnapshotError::Io { what: "cannot read", path: RESTORE_STAGED.into(), source }),
+    };
+    sys.remove_file(Path::new(RESTORE_STAGED)).map_err(|source| SnapshotError::Io {
+        what: "cannot remove",
+        path: RESTORE_STAGED.into(),
+        source,
+    })?;
+    let Ok(prepared) = serde_json::from_str::<Prepared>(&text) else { return Ok(None) };
+    let path = archive_path(&req.path)?;
+    let own_config_fits = match &req.config_yaml {
+        Some(config) => {
+            prepared.own_config
+                && staged_path(Path::new(CONFIG_DIR), &prepared.stamp)
+                    .and_then(|dir| sys.read_to_string(&dir.join("config.yaml")).ok())
+                    .is_some_and(|staged| staged == config.expose())
+        }
+        None => !prepared.own_config,
+    };
+    let fits = prepared.archive == path.display().to_string()
+        && req.sha256.as_deref() == Some(prepared.walked.sha256.as_str())
+        && own_config_fits
+        && !prepared.staged.is_empty()
+        && prepared.staged.iter().all(|s| present(sys, Path::new(&s.from)));
+    Ok(fits.then_some(prepared))
+}
+
+fn write_prepared(sys: &dyn HostSystem, prepared: &Prepared) -> Result<(), SnapshotError> {
+    let json = serde_json::to_string_pretty(prepared).expect("a staging always serializes") + "\n";
+    sys.write_atomic(Path::new(RESTORE_STAGED), json.as_bytes(), RECORD_MODE).map_err(|source| SnapshotError::Io {
+        what: "cannot write",
+        path: RESTORE_STAGED.into(),
+        source,
+    })
+}
+
 /// What step 1 established about the archive and what k3s will run with.
 struct Checked<'a> {
     path: PathBuf,
@@ -196,41 +302,75 @@ struct Checked<'a> {
     /// This host's own config.yaml, written in place of the archive's.
     config: Option<Secret>,
     /// What was staged (none in a dry run or when finishing an unfinished restore).
-    staging: Option<super::stage::Staging<'a>>,
+    staging: Option<Staging<'a>>,
+    /// The time stamp of a check request's staging, when this request uses it.
+    staged_before: Option<String>,
 }
 
-/// Step 1: everything that can refuse the restore, before anything k3s uses changes; with a
-/// `stamp`, the archive is staged in the same read.
+/// Step 1: everything that can refuse the restore, before anything k3s uses changes; the
+/// archive is read as `read` says.
 fn check<'a>(
     sys: &'a dyn HostSystem,
     req: &RestoreSnapshot,
-    stamp: Option<&str>,
+    read: Read,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Checked<'a>, SnapshotError> {
     let path = archive_path(&req.path)?;
     if req.node_name.trim().is_empty() {
         return Err(SnapshotError::BadRequest("the node name is empty".into()));
     }
-    let (walked, checker) = match stamp {
-        Some(stamp) => {
-            progress(&format!("verifying all of {} and staging it beside k3s's files", path.display()));
-            verify::verify_and_stage(sys, &path, Extract::new(sys, stamp))?
+    let own_config_unreadable =
+        |e: String| SnapshotError::BadRequest(format!("the config.yaml given for this host cannot be read: {e}"));
+    let refused = |reason: String| SnapshotError::Archive(ArchiveError::Refused { archive: path.clone(), reason });
+    let (walked, settings, staging, staged_before) = match read {
+        Read::Staged(prepared) => {
+            progress(&format!(
+                "using {} as verified and staged beside k3s's files at {}, while k3s ran",
+                path.display(),
+                prepared.stamp
+            ));
+            let staging = Staging::adopt(sys, Path::new(&prepared.walked.manifest.data_dir), &prepared.stamp);
+            // What k3s will read once the staged data is in place.
+            let (main, dropins) = staged_config(sys, &staging)?;
+            let settings = k3s::settings_of(&main, &dropins).map_err(|e| match &req.config_yaml {
+                Some(_) => own_config_unreadable(e),
+                None => refused(format!("its k3s configuration: {e}")),
+            })?;
+            (prepared.walked, settings, Some(staging), Some(prepared.stamp))
         }
-        None => {
-            progress(&format!("verifying all of {}", path.display()));
-            verify::verify(sys, &path)?
+        Read::Verify | Read::Stage(_) => {
+            let (walked, checker) = match read {
+                Read::Stage(stamp) => {
+                    progress(&format!("verifying all of {} and staging it beside k3s's files", path.display()));
+                    verify::verify_and_stage(sys, &path, Extract::new(sys, stamp))?
+                }
+                _ => {
+                    progress(&format!("verifying all of {}", path.display()));
+                    verify::verify(sys, &path)?
+                }
+            };
+            let settings = match &req.config_yaml {
+                // This host's own config.yaml with the archive's drop-ins, as k3s will read them.
+                Some(config) => k3s::settings_of(config.expose(), &checker.dropins).map_err(own_config_unreadable)?,
+                None => checker.settings().map_err(|e| refused(format!("its k3s configuration: {e}")))?,
+            };
+            let staging = match checker.stage {
+                Some(extract) => {
+                    if let Some(config) = &req.config_yaml {
+                        let staged =
+                            extract.staged_path(Path::new(CONFIG_FILE)).expect("config.yaml is below a replaced root");
+                        progress(&format!("staging this host's own {CONFIG_FILE}"));
+                        write_config(sys, &staged, config)?;
+                    }
+                    extract.into_staging()
+                }
+                None => None,
+            };
+            (walked, settings, staging, None)
         }
     };
     let manifest = &walked.manifest;
     let data_dir = PathBuf::from(&manifest.data_dir);
-    let refused = |reason: String| SnapshotError::Archive(ArchiveError::Refused { archive: path.clone(), reason });
-    let settings = match &req.config_yaml {
-        // This host's own config.yaml with the archive's drop-ins, as k3s will read them.
-        Some(config) => k3s::settings_of(config.expose(), &checker.dropins).map_err(|e| {
-            SnapshotError::BadRequest(format!("the config.yaml given for this host cannot be read: {e}"))
-        })?,
-        None => checker.settings().map_err(|e| refused(format!("its k3s configuration: {e}")))?,
-    };
     if settings.data_dir != data_dir {
         return Err(refused(format!(
             "its configuration sets data-dir {}, but its files were taken from {}",
@@ -269,17 +409,6 @@ fn check<'a>(
             manifest.k3s_version
         ));
     }
-    let staging = match checker.stage {
-        Some(extract) => {
-            if let Some(config) = &req.config_yaml {
-                let staged = extract.staged_path(Path::new(CONFIG_FILE)).expect("config.yaml is below a replaced root");
-                progress(&format!("staging this host's own {CONFIG_FILE}"));
-                write_config(sys, &staged, config)?;
-            }
-            extract.into_staging()
-        }
-        None => None,
-    };
     Ok(Checked {
         name: archive_name(&path),
         path,
@@ -288,7 +417,32 @@ fn check<'a>(
         data_dir,
         config: req.config_yaml.clone(),
         staging,
+        staged_before,
     })
+}
+
+/// The staged config.yaml's text ("" when the archive has none) and its drop-ins' (name, text).
+fn staged_config(sys: &dyn HostSystem, staging: &Staging) -> Result<(String, Vec<(String, String)>), SnapshotError> {
+    let read = |path: &Path| {
+        sys.read_to_string(path).map_err(|source| SnapshotError::Io { what: "cannot read", path: path.into(), source })
+    };
+    let main = match staging.path_of(Path::new(CONFIG_FILE)) {
+        Some(path) if present(sys, &path) => read(&path)?,
+        _ => String::new(),
+    };
+    let mut dropins = Vec::new();
+    if let Some(dir) = staging.path_of(Path::new(CONFIG_DROPIN_DIR)).filter(|d| present(sys, d)) {
+        let names = sys.read_dir_names(&dir).map_err(|source| SnapshotError::Io {
+            what: "cannot list",
+            path: dir.clone(),
+            source,
+        })?;
+        for name in names {
+            let text = read(&dir.join(&name))?;
+            dropins.push((name, text));
+        }
+    }
+    Ok((main, dropins))
 }
 
 /// This host's own config.yaml at `path` (its directory made when the archive had none).
@@ -356,7 +510,13 @@ fn plan(
 fn actions(checked: &Checked, record: &Record, node: &str, finishing: bool) -> Vec<String> {
     let manifest = &checked.walked.manifest;
     let mut actions = Vec::new();
-    if !finishing {
+    if let Some(stamp) = &checked.staged_before {
+        actions.push(format!(
+            "use the {} entries of {} verified and staged beside what they replace (<path>.k3node-staged-{stamp}) while k3s ran",
+            manifest.entries.len(),
+            checked.path.display(),
+        ));
+    } else if !finishing {
         actions.push(format!(
             "verify and stage {} entries from {} beside what they replace (<path>.k3node-staged-{}), k3s still running",
             manifest.entries.len(),

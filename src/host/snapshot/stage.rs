@@ -7,9 +7,11 @@
 //! - nothing but those staged paths is written, so a refused or damaged archive leaves the host as
 //!   it was once [`Staging`] is dropped (it removes what it staged unless [`Staging::keep`] was
 //!   called);
-//! - a staged path a killed run left behind is removed before staging begins (the host lock
-//!   keeps a second restore out meanwhile), never one an unfinished restore still needs: a
-//!   restore that finds one in progress does not stage.
+//! - a staged path a killed run left behind, or a check's that no restore took, is removed
+//!   before staging begins (the host lock keeps a second restore out meanwhile), never one an
+//!   unfinished restore still needs: a restore that finds one in progress does not stage;
+//! - a restore takes a check's staging as it is ([`Staging::adopt`]): nothing is read or written
+//!   again.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,29 @@ pub(super) fn replaced_roots(data_dir: &Path) -> Vec<PathBuf> {
     vec![data_dir.join(SERVER_DIR), PathBuf::from(CONFIG_DIR), PathBuf::from(NODE_DIR), env_path(k3s::SERVICE)]
 }
 
+/// Where `root` is staged with the time stamp `stamp`: `<root>.k3node-staged-<stamp>`.
+pub(super) fn staged_path(root: &Path, stamp: &str) -> Option<PathBuf> {
+    let name = format!("{}.{STAGED_LABEL}-{stamp}", root.file_name()?.to_string_lossy());
+    Some(root.parent()?.join(name))
+}
+
+/// Every staged path beside a replaced root, of any time stamp.
+pub fn leftovers(sys: &dyn HostSystem, data_dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
+    let mut found = Vec::new();
+    for root in replaced_roots(data_dir) {
+        let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else { continue };
+        let prefix = format!("{}.{STAGED_LABEL}-", name.to_string_lossy());
+        let names = match sys.read_dir_names(parent) {
+            Ok(names) => names,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(ArchiveError::Io { what: "cannot list", path: parent.into(), source }),
+        };
+        found.extend(names.iter().filter(|n| n.starts_with(&prefix)).map(|n| parent.join(n)));
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The staged path of every replaced root; what it staged is removed on drop unless kept.
 pub(super) struct Staging<'a> {
     sys: &'a dyn HostSystem,
@@ -38,32 +63,30 @@ pub(super) struct Staging<'a> {
 }
 
 impl<'a> Staging<'a> {
-    /// Removes what an earlier, killed staging left beside the roots.
+    /// Removes what an earlier, killed staging (or a check's staging no restore took) left
+    /// beside the roots.
     fn new(sys: &'a dyn HostSystem, data_dir: &Path, stamp: &str) -> Result<Staging<'a>, ArchiveError> {
-        let mut roots = Vec::new();
-        for root in replaced_roots(data_dir) {
-            let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else { continue };
-            let prefix = format!("{}.{STAGED_LABEL}-", name.to_string_lossy());
-            let names = match sys.read_dir_names(parent) {
-                Ok(names) => names,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(source) => return Err(ArchiveError::Io { what: "cannot list", path: parent.into(), source }),
-            };
-            for leftover in names.iter().filter(|n| n.starts_with(&prefix)).map(|n| parent.join(n)) {
-                remove_tree(sys, &leftover).map_err(|source| ArchiveError::Io {
-                    what: "cannot remove an earlier restore's staged copy",
-                    path: leftover.clone(),
-                    source,
-                })?;
-            }
-            let staged = parent.join(format!("{prefix}{stamp}"));
-            roots.push((root, staged));
+        for leftover in leftovers(sys, data_dir)? {
+            remove_tree(sys, &leftover).map_err(|source| ArchiveError::Io {
+                what: "cannot remove an earlier restore's staged copy",
+                path: leftover.clone(),
+                source,
+            })?;
         }
-        Ok(Staging { sys, roots, kept: false })
+        Ok(Staging::adopt(sys, data_dir, stamp))
+    }
+
+    /// The staging of `stamp` as an earlier request (a restore's check) left it.
+    pub(super) fn adopt(sys: &'a dyn HostSystem, data_dir: &Path, stamp: &str) -> Staging<'a> {
+        let roots = replaced_roots(data_dir)
+            .into_iter()
+            .filter_map(|root| staged_path(&root, stamp).map(|staged| (root, staged)))
+            .collect();
+        Staging { sys, roots, kept: false }
     }
 
     /// Where an entry at `host` (a path on the host) is staged; None outside every root.
-    fn path_of(&self, host: &Path) -> Option<PathBuf> {
+    pub(super) fn path_of(&self, host: &Path) -> Option<PathBuf> {
         self.roots.iter().find_map(|(root, staged)| {
             host.strip_prefix(root).ok().map(|rest| {
                 if rest.as_os_str().is_empty() {

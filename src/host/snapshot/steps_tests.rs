@@ -81,6 +81,8 @@ fn a_restore_onto_another_host_runs_k3s_with_that_hosts_own_config_checked_befor
         ready_timeout_secs: 60,
         dry_run: false,
         config_yaml: Some(Secret::new(own)),
+        stage_only: false,
+        sha256: None,
     };
     let report = restore::restore(&target, &request, &mut |_| {}).unwrap();
     assert_eq!(target.contents("/etc/rancher/k3s/config.yaml").as_deref(), Some(own));

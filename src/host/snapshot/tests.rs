@@ -6,6 +6,7 @@ use super::*;
 use crate::host::system::fake::{FakeSystem, Write};
 use crate::host::system::HostSystem;
 use crate::protocol::snapshot::Datastore;
+use crate::protocol::Secret;
 
 fn create_ok(sys: &FakeSystem) -> (SnapshotCreated, Vec<String>) {
     let mut lines = Vec::new();
@@ -130,9 +131,10 @@ fn a_fresh_snapshot_verifies_and_lists_with_its_manifest() {
     let sys = fake_server();
     let (created, _) = create_ok(&sys);
     let mut lines = Vec::new();
-    let verified =
-        verify::verify_request(&sys, &VerifySnapshot { path: archive_at() }, &mut |m| lines.push(m.to_string()))
-            .unwrap();
+    let verified = verify::verify_request(&sys, &VerifySnapshot { path: archive_at(), sum_only: false }, &mut |m| {
+        lines.push(m.to_string())
+    })
+    .unwrap();
     assert_eq!((verified.sha256.as_str(), verified.size), (created.sha256.as_str(), created.size));
     assert_eq!(verified.database_check, "PRAGMA integrity_check: ok");
     assert_eq!(verified.manifest.entries, created.entries);
@@ -156,6 +158,8 @@ fn restore_request() -> RestoreSnapshot {
         ready_timeout_secs: 60,
         dry_run: false,
         config_yaml: None,
+        stage_only: false,
+        sha256: None,
     }
 }
 
@@ -191,6 +195,107 @@ fn changes(sys: &FakeSystem) -> Vec<Write> {
 }
 
 const ASIDE: &str = ".k3node-restore-20250102T030405Z";
+
+fn step_names(times: &[crate::protocol::snapshot::StepTime]) -> Vec<String> {
+    times.iter().map(|t| t.step.clone()).collect()
+}
+
+/// Whatever a staging left beside k3s's files (its paths, and the check's note of it).
+fn staging_left(sys: &FakeSystem) -> Vec<String> {
+    let mut left: Vec<String> = ["/var/lib/rancher/k3s", "/etc/rancher", "/etc/systemd/system"]
+        .iter()
+        .flat_map(|dir| paths(sys, dir))
+        .filter(|p| p.contains(".k3node-staged-"))
+        .collect();
+    left.extend(sys.exists(Path::new(RESTORE_STAGED)).then(|| RESTORE_STAGED.to_string()));
+    left
+}
+
+use crate::host::k3s::RESTORE_STAGED;
+
+#[test]
+fn a_check_stages_while_k3s_runs_and_the_restore_after_it_swaps_without_reading_the_archive_again() {
+    let source = fake_server();
+    let target = target_with_snapshot(&source);
+    let sha256 = archive::read_sidecar(&target, Path::new(&archive_at())).unwrap();
+    let token = format!("{SERVER}/token");
+    let (checked, _) = restore_with(&target, &RestoreSnapshot { stage_only: true, ..restore_request() });
+    let checked = checked.unwrap_or_else(|e| panic!("check failed: {e}"));
+    assert_eq!(step_names(&checked.staging), ["verify and stage the archive"]);
+    assert!(checked.timings.is_empty() && checked.actions[0].starts_with("verify and stage"), "{checked:#?}");
+    assert_eq!(runs_of(&target), vec![format!("{K3S_BIN} --version")], "k3s is left running");
+    assert_eq!(target.contents(&token).unwrap(), "K10other::server:other\n", "nothing k3s uses changed");
+    assert!(!target.exists(Path::new("/var/lib/rancher/k3node/restore.json")), "no restore began");
+    assert!(target.exists(Path::new(&format!("{SERVER}.k3node-staged-{STAMP}/token"))));
+    assert!(target.file_mode(Path::new(RESTORE_STAGED)).unwrap() == 0o600);
+
+    // Gone now: the restore cannot read the archive again, and need not.
+    for path in [archive_at(), format!("{}.sha256", archive_at())] {
+        target.remove_file(Path::new(&path)).unwrap();
+    }
+    let (report, progress) = restore_with(&target, &RestoreSnapshot { sha256: Some(sha256), ..restore_request() });
+    let report = report.unwrap_or_else(|e| panic!("restore failed: {e}\n{progress:#?}"));
+    assert!(report.staging.is_empty(), "nothing staged by the restore itself: {report:#?}");
+    assert!(report.actions[0].starts_with("use the ") && report.actions[0].contains("while k3s ran"), "{report:#?}");
+    assert_eq!(
+        step_names(&report.timings),
+        ["stop k3s", "move the current data aside and the staged data in", "start k3s and wait for the node"]
+    );
+    assert_eq!(target.contents(&token), source.contents(&token), "the snapshot's token");
+    assert_eq!(target.contents(&format!("{SERVER}{ASIDE}/token")).unwrap(), "K10other::server:other\n");
+    assert!(target.sqlite_check(Path::new(&format!("{SERVER}/db/state.db"))).unwrap().is_empty());
+    assert_eq!(staging_left(&target), Vec::<String>::new());
+}
+
+#[test]
+fn a_checks_staging_is_used_only_for_its_own_archive_and_config_and_is_otherwise_staged_again() {
+    const OTHER_CONFIG: &str = "node-name: server1\nnode-ip: 10.0.0.9\n";
+    // The restore request, given the archive's sha256.
+    type Request = fn(String) -> RestoreSnapshot;
+    let cases: [(&str, Request); 3] = [
+        ("no sha256 given", |_| restore_request()),
+        ("another archive's sha256", |_| RestoreSnapshot { sha256: Some("0".repeat(64)), ..restore_request() }),
+        ("another config.yaml", |sha| RestoreSnapshot {
+            sha256: Some(sha),
+            config_yaml: Some(Secret::new(OTHER_CONFIG)),
+            ..restore_request()
+        }),
+    ];
+    for (case, request) in cases {
+        let source = fake_server();
+        let target = target_with_snapshot(&source);
+        let sha256 = archive::read_sidecar(&target, Path::new(&archive_at())).unwrap();
+        let (checked, _) = restore_with(&target, &RestoreSnapshot { stage_only: true, ..restore_request() });
+        checked.unwrap_or_else(|e| panic!("{case}: check failed: {e}"));
+        let (report, _) = restore_with(&target, &request(sha256));
+        let report = report.unwrap_or_else(|e| panic!("{case}: restore failed: {e}"));
+        assert_eq!(step_names(&report.staging), ["verify and stage the archive"], "{case}: read and staged again");
+        assert!(report.actions[0].starts_with("verify and stage"), "{case}: {:?}", report.actions);
+        assert_eq!(target.contents(&format!("{SERVER}/token")), source.contents(&format!("{SERVER}/token")), "{case}");
+        if case == "another config.yaml" {
+            assert_eq!(target.contents("/etc/rancher/k3s/config.yaml").as_deref(), Some(OTHER_CONFIG), "{case}");
+        }
+        assert_eq!(staging_left(&target), Vec::<String>::new(), "{case}");
+    }
+}
+
+#[test]
+fn the_sum_only_check_of_an_archive_finds_a_flipped_byte_and_reads_its_manifest() {
+    let sys = fake_server();
+    let (created, _) = create_ok(&sys);
+    let request = VerifySnapshot { path: archive_at(), sum_only: true };
+    let checked = verify::verify_request(&sys, &request, &mut |_| {}).unwrap();
+    assert_eq!((checked.sha256.as_str(), checked.size), (created.sha256.as_str(), created.size));
+    assert_eq!(checked.manifest.entries, created.entries);
+    assert!(checked.database_check.contains("sha256 only"), "{}", checked.database_check);
+    let mut bytes = sys.bytes(&archive_at()).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    sys.write_atomic(Path::new(&archive_at()), &bytes, 0o600).unwrap();
+    let err = verify::verify_request(&sys, &request, &mut |_| {}).unwrap_err();
+    assert_eq!(crate::host::error::Failure::kind(&err), crate::protocol::ErrorKind::ChecksumMismatch, "{err}");
+    assert!(err.to_string().contains("its sha256 file says"), "{err}");
+}
 
 #[test]
 fn a_restore_stages_while_k3s_runs_then_stops_it_swaps_the_data_and_waits_for_ready() {
@@ -540,7 +645,8 @@ fn an_etcd_server_is_snapshotted_with_k3s_etcd_snapshot_and_restored_with_a_clus
     assert!(manifest.entries.iter().any(|e| e.path == "var/lib/rancher/k3s/server/tls/etcd/server-ca.crt"));
     assert!(!manifest.entries.iter().any(|e| e.path.contains("db/etcd")), "the live etcd dir is not copied");
     assert_eq!(paths(&source, SNAPSHOTS).len(), 2, "the work dir is gone");
-    let verified = verify::verify_request(&source, &VerifySnapshot { path: archive_at() }, &mut |_| {}).unwrap();
+    let verified =
+        verify::verify_request(&source, &VerifySnapshot { path: archive_at(), sum_only: false }, &mut |_| {}).unwrap();
     assert_eq!(verified.database_check, "etcd snapshot integrity hash: ok");
 
     let target = fake_target();
@@ -902,7 +1008,7 @@ mod serve {
         let list: SnapshotList = result(status, &lines);
         assert_eq!(list.snapshots.len(), 1);
         let verified: SnapshotVerified = {
-            let (status, lines) = serve(&sys, &VerifySnapshot { path: archive_at() });
+            let (status, lines) = serve(&sys, &VerifySnapshot { path: archive_at(), sum_only: false });
             result(status, &lines)
         };
         assert_eq!(verified.database_check, "PRAGMA integrity_check: ok");
@@ -910,7 +1016,7 @@ mod serve {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         sys.write_atomic(Path::new(&archive_at()), &bytes, 0o600).unwrap();
-        let (status, lines) = serve(&sys, &VerifySnapshot { path: archive_at() });
+        let (status, lines) = serve(&sys, &VerifySnapshot { path: archive_at(), sum_only: false });
         let e = error(status, &lines);
         assert_eq!((e.kind, e.retryable), (ErrorKind::ChecksumMismatch, false), "{}", e.message);
     }

@@ -2,12 +2,12 @@
 //!
 //! | phase | what |
 //! |---|---|
-//! | archive | the archive read in full where it is (this machine, or the server holding it): every entry, the database's own check; it must be of this cluster, at a k3s version the run can install |
+//! | archive | the archive read in full where it is (this machine, or the server holding it): every entry, the database's own check; on the target itself, only its sha256 against its sidecar and its manifest, since `check` reads all of it there before anything stops (and `target` does before it installs k3s on a fresh host); it must be of this cluster, at a k3s version the run can install |
 //! | target | a fresh host (disaster recovery) gets k3s at the snapshot's version first, as `up` installs a first server |
 //! | push | the archive streamed to the target (from here, or from the server that has it), checked there against its sha256 |
-//! | check | the target's own restore run as a dry run: the archive verified again there, and everything the restore would refuse, refused, before anything stops |
+//! | check | the target's restore up to the stop: the archive read in full there and staged beside k3s's files while k3s runs (on another host than the snapshot's, with its own config.yaml), everything the restore would refuse, refused (the staging removed); the staging kept for `restore`. A dry run reads and checks, staging nothing |
 //! | stop | the other hosts' k3s stopped (agents first), so that nothing writes to a datastore that is being replaced |
-//! | restore | the target's restore: the archive staged beside k3s's files while k3s runs (on another host than the snapshot's, with its own config.yaml), k3s stopped, its data moved aside and the staged data in, etcd's cluster reset, k3s started, the node Ready |
+//! | restore | the target's restore: what `check` staged used as it is (the archive is not read again; staged again first only when the target finds it is not this archive's), k3s stopped, its data moved aside and the staged data in, etcd's cluster reset, k3s started, the node Ready |
 //! | rejoin | after an etcd restore, the other servers' `server/db` moved aside so that they join the restored cluster as new members |
 //! | forget nodes | the lost server's Node (the snapshot's node, when it is neither the target nor a host of the cluster file) deleted |
 //!
@@ -16,7 +16,9 @@
 //! token, which is the snapshot's), every node Ready, the kubeconfig merged.
 //!
 //! Invariants: nothing on any host changes before `archive` and `check` have passed (a refused
-//! archive is reported in [`Findings::bad_archive`], the command exits 2); data is only ever
+//! archive is reported in [`Findings::bad_archive`], the command exits 2), but a fresh target's
+//! k3s, installed once all of the archive was read, and the check's staging, beside k3s's
+//! files; data is only ever
 //! moved aside; a failed or interrupted restore says how to finish it (the same command again)
 //! or undo it (`restore --rollback`).
 
@@ -109,6 +111,9 @@ pub struct Archive {
     pub sha256: String,
     pub size: u64,
     pub manifest: ManifestSummary,
+    /// Its entries and database were read and checked (false: its sha256 and manifest only, on
+    /// the target, whose check reads all of it).
+    pub read_in_full: bool,
 }
 
 impl Archive {
@@ -158,8 +163,13 @@ impl Phase for CheckArchive {
                     findings(&self.findings).bad_archive = true;
                     return PhaseRun::Failed(format!("{host} is not connected: it holds the archive {name}"));
                 };
-                run.observer.phase(host, "verifying the archive");
-                link.call(&VerifySnapshot { path: host_path(name) }).send().await.map(|v| (host.clone(), v))
+                // On the target itself, the check phase reads all of it there before anything
+                // stops (and the target phase before it installs k3s on a fresh host): here its
+                // sha256 against its sidecar and its manifest are enough to plan the run.
+                let sum_only = *host == self.settings.target;
+                run.observer
+                    .phase(host, if sum_only { "checking the archive's sha256" } else { "verifying the archive" });
+                link.call(&VerifySnapshot { path: host_path(name), sum_only }).send().await.map(|v| (host.clone(), v))
             }
         };
         let (host, verified) = match verified {
@@ -169,7 +179,10 @@ impl Phase for CheckArchive {
                 return PhaseRun::Failed(format!("{}: {e}", self.settings.source));
             }
         };
-        findings(&self.findings).archive = Some(ArchiveLine::of_verified(&host, &verified, "verified"));
+        let read_in_full =
+            !matches!(&self.settings.source, Source::OnHost { host, .. } if *host == self.settings.target);
+        let state = if read_in_full { "verified" } else { "sha256-checked" };
+        findings(&self.findings).archive = Some(ArchiveLine::of_verified(&host, &verified, state));
         let manifest = verified.manifest.clone();
         let refuse = |why: String| {
             findings(&self.findings).bad_archive = true;
@@ -203,8 +216,9 @@ impl Phase for CheckArchive {
         cluster.k3s.channel = None;
         run.cluster = Arc::new(cluster);
         let message = format!(
-            "{} read in full ({}): {} datastore of node {}, k3s {}, taken {}; {}",
+            "{} {} ({}): {} datastore of node {}, k3s {}, taken {}; {}",
             verified.name,
+            if read_in_full { "read in full" } else { "sha256 checked" },
             if host == LOCAL { "here".to_string() } else { format!("on {host}") },
             manifest.datastore,
             manifest.node,
@@ -212,7 +226,13 @@ impl Phase for CheckArchive {
             manifest.created,
             verified.database_check
         );
-        run.slots.put(Archive { name: verified.name, sha256: verified.sha256, size: verified.size, manifest });
+        run.slots.put(Archive {
+            name: verified.name,
+            sha256: verified.sha256,
+            size: verified.size,
+            manifest,
+            read_in_full,
+        });
         PhaseRun::Done(message)
     }
 }
@@ -250,16 +270,29 @@ fn own_config(run: &RunContext, archive: &Archive, target: &str) -> Option<Secre
     Some(Secret::new(node_config::config_yaml(&run.cluster, host, own.as_deref())))
 }
 
-fn restore_request(run: &RunContext, settings: &Settings, archive: &Archive, dry_run: bool) -> RestoreSnapshot {
+/// What the target is asked: to check (a dry run), to check and stage, or to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Check,
+    Stage,
+    Restore,
+}
+
+fn restore_request(run: &RunContext, settings: &Settings, archive: &Archive, ask: Ask) -> RestoreSnapshot {
     RestoreSnapshot {
         path: archive.target_path(),
         node_name: settings.target.clone(),
         allow_version_mismatch: settings.allow_version_mismatch,
         ready_timeout_secs: settings.ready_timeout.as_secs(),
-        dry_run,
+        dry_run: ask == Ask::Check,
         config_yaml: own_config(run, archive, &settings.target),
+        stage_only: ask == Ask::Stage,
+        sha256: Some(archive.sha256.clone()),
     }
 }
+
+/// How long the check's staging took on the target (k3s running), for the restore's report.
+struct CheckStaging(Vec<StepTime>);
 
 /// `target`: a host without k3s gets it first, at the version of the run, as a first server.
 pub struct PrepareTarget {
@@ -297,6 +330,19 @@ impl Phase for PrepareTarget {
             return PhaseRun::Done(format!("k3s is installed on {target}"));
         }
         findings(&self.findings).fresh_target = true;
+        if let Some(archive) = archive(run).filter(|a| !a.read_in_full) {
+            // Nothing is installed on the strength of a sha256 alone: all of the archive first.
+            run.observer.phase(&target, "verifying the archive");
+            let request = VerifySnapshot { path: archive.target_path(), sum_only: false };
+            if let Err(e) = link.call(&request).send().await {
+                findings(&self.findings).bad_archive = refuses_archive(&e);
+                run.host(&target).fail(HostError::from(&e));
+                return PhaseRun::Failed(format!("{}: {e}", self.settings.source));
+            }
+            if let Some(line) = findings(&self.findings).archive.as_mut() {
+                line.state = "verified".into();
+            }
+        }
         let Some(Release(binary)) = run.slots.get::<Release>() else {
             return PhaseRun::Failed("no verified k3s release (the artifacts phase did not run)".into());
         };
@@ -489,12 +535,17 @@ impl Phase for Check {
                 ));
             }
         }
-        let request = restore_request(run, &self.settings, &archive, true);
+        // A real run stages the archive in this same read, k3s still running, so that the
+        // restore phase only stops k3s and swaps.
+        let ask = if run.options.dry_run { Ask::Check } else { Ask::Stage };
+        let request = restore_request(run, &self.settings, &archive, ask);
         let observer = run.observer.clone();
         observer.phase(&target, "checking the restore");
         match link.call(&request).progress(|m| observer.message(&target, m)).send().await {
             Ok(plan) => {
                 let steps = plan.actions.join("; ");
+                let staged = !plan.staging.is_empty();
+                run.slots.put(CheckStaging(plan.staging.clone()));
                 if run.options.dry_run {
                     let result = run.host(&target);
                     result.state = HostState::WouldChange;
@@ -505,12 +556,14 @@ impl Phase for Check {
                     }));
                     findings(&self.findings).restore = Some(plan);
                 }
-                PhaseRun::Done(format!("{target} verified the archive and would: {steps}"))
+                let what =
+                    if staged { "verified and staged the archive (k3s running)" } else { "verified the archive" };
+                PhaseRun::Done(format!("{target} {what} and would: {steps}"))
             }
             Err(e) => {
                 findings(&self.findings).bad_archive = refuses_archive(&e);
                 run.host(&target).fail(HostError::from(&e));
-                PhaseRun::Failed(format!("{target} refuses the restore: {}", e.kind()))
+                PhaseRun::Failed(format!("{target} refuses the restore: {e}"))
             }
         }
     }
@@ -616,13 +669,18 @@ impl Phase for Restore {
         let Some(archive) = archive(run) else { return PhaseRun::Failed("no verified archive".into()) };
         let target = self.settings.target.clone();
         let Some(link) = link_of(run, &target) else { return PhaseRun::Failed(format!("{target} is not connected")) };
-        let request = restore_request(run, &self.settings, &archive, false);
+        let request = restore_request(run, &self.settings, &archive, Ask::Restore);
         let observer = run.observer.clone();
         observer.phase(&target, &format!("restoring {}", archive.name));
         let outcome = link.call(&request).progress(|m| observer.message(&target, m)).send().await;
+        let check_staging = run.slots.get::<CheckStaging>().map(|c| c.0.clone()).unwrap_or_default();
         let result = run.host(&target);
         match outcome {
-            Ok(report) => {
+            Ok(mut report) => {
+                if report.staging.is_empty() {
+                    // The target used what the check staged.
+                    report.staging = check_staging;
+                }
                 result.state = HostState::Restarted;
                 result.version = Some(report.k3s_version.clone());
                 result.changes.extend(report.actions.iter().map(|a| Change {

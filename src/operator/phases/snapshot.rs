@@ -301,7 +301,7 @@ impl Phase for Verify {
             let observer = observer.clone();
             async move {
                 observer.phase(&host, &format!("verifying {}", name_of(&path)));
-                let answer = link.call(&VerifySnapshot { path: path.clone() }).send().await;
+                let answer = link.call(&VerifySnapshot { path: path.clone(), sum_only: false }).send().await;
                 (host, path, answer)
             }
         });
@@ -519,7 +519,7 @@ pub async fn verify_local(path: &Path) -> Result<SnapshotVerified, LinkError> {
         source: e,
     })?;
     let link = Link::new(Arc::new(InProcessLink::new(LOCAL, Arc::new(RealSystem::host()))));
-    link.call(&VerifySnapshot { path: path.display().to_string() }).send().await
+    link.call(&VerifySnapshot { path: path.display().to_string(), sum_only: false }).send().await
 }
 
 /// `snapshot prune`: each server's archives of a prefix beyond the retention deleted.

@@ -421,8 +421,8 @@ fn every_bad_archive_is_refused_while_it_is_read_naming_what_is_wrong() {
 }
 
 #[test]
-fn a_restore_of_any_bad_archive_leaves_the_host_untouched() {
-    for c in cases() {
+fn a_restore_or_its_check_of_any_bad_archive_leaves_the_host_untouched() {
+    for (c, stage_only) in cases().into_iter().map(|c| (c, false)).chain(cases().into_iter().map(|c| (c, true))) {
         let target = fake_target();
         let path = format!("{SNAPSHOTS}/bad.tar.zst");
         target.write_atomic(Path::new(&path), &c.bytes, 0o600).unwrap();
@@ -436,6 +436,8 @@ fn a_restore_of_any_bad_archive_leaves_the_host_untouched() {
             ready_timeout_secs: 60,
             dry_run: false,
             config_yaml: None,
+            stage_only,
+            sha256: None,
         };
         let err = crate::host::snapshot::restore::restore(&target, &req, &mut |_| {}).unwrap_err();
         assert_eq!(crate::host::error::Failure::kind(&err), c.kind, "{}: {err}", c.name);
