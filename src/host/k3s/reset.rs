@@ -2,7 +2,9 @@
 //! and in their order, except that nothing is lost: the data dir, /etc/rancher/k3s and
 //! /var/lib/kubelet are renamed to `<path>.k3node-reset-<UTC time>`, never deleted. What is
 //! deleted is what install wrote or what k3s re-creates at start (runtime state under /run,
-//! /var/lib/cni, iptables rules, network links).
+//! /var/lib/cni, iptables rules, network links), and what a restore staged beside k3s's files
+//! and never moved in (copies of an archive's files; the archive itself moves aside with
+//! k3node's state dir).
 //!
 //! Every step is reported as it is (or in a dry run would be) taken. Each step is computed from
 //! the host as it is at that moment (the processes left once the services are stopped, the
@@ -23,7 +25,7 @@ use super::config::{self, ConfigError};
 use super::systemd::Systemd;
 use super::{
     describe_io, links_to_k3s, record_path, uninstall_script_path, Progress, BIN_DIR, CONFIG_DIR, K3S_BIN,
-    KILLALL_SCRIPT, KUBELET_DIR, LINKED_COMMANDS, RECORD_DIR, UNIT_DIR,
+    KILLALL_SCRIPT, KUBELET_DIR, LINKED_COMMANDS, RECORD_DIR, RESTORE_STAGED, UNIT_DIR,
 };
 use crate::host::error::{Failure, HostError};
 use crate::host::serve::{Context, HostOperation};
@@ -254,6 +256,15 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
                 )),
             }
         });
+    }
+
+    // 9b. What a restore staged and never moved in (a run stopped between its check and its
+    //     restore, or killed while staging): copies of an archive's files, k3s's config and
+    //     the node password among them, beside the paths they were to replace.
+    let mut staged = crate::host::snapshot::staged_leftovers(sys, &settings.data_dir).unwrap_or_default();
+    staged.extend(present(sys, Path::new(RESTORE_STAGED)).then(|| PathBuf::from(RESTORE_STAGED)));
+    for path in &staged {
+        run.step(format!("remove {} (staged by a restore, never moved in)", path.display()), || remove_tree(sys, path));
     }
 
     // 10. Data: moved aside, never deleted, and self-contained once moved: a link into the data

@@ -226,6 +226,44 @@ fn reset_undoes_everything_in_order_and_moves_data_aside() {
 }
 
 #[test]
+fn what_a_restore_staged_and_never_moved_in_is_removed_with_its_note_and_the_archive_moves_aside() {
+    let stamp = "20250101T000000Z";
+    let staged = [
+        format!("/var/lib/rancher/k3s/server.k3node-staged-{stamp}"),
+        format!("/etc/rancher/k3s.k3node-staged-{stamp}"),
+        format!("/etc/rancher/node.k3node-staged-{stamp}"),
+        format!("/etc/systemd/system/k3s.service.env.k3node-staged-{stamp}"),
+    ];
+    let sys = installed_server()
+        .file(&format!("{}/token", staged[0]), "K10snapshot::server:secret")
+        .file(&format!("{}/config.yaml", staged[1]), "token: secret")
+        .file(&format!("{}/password", staged[2]), "node password")
+        .file(&staged[3], "K3S_TOKEN=secret")
+        .file(RESTORE_STAGED, "{}")
+        .file("/var/lib/rancher/k3node/snapshots/s1.tar.zst", "archive");
+    let removals: Vec<String> = staged
+        .iter()
+        .map(String::as_str)
+        .chain([RESTORE_STAGED])
+        .map(|path| format!("remove {path} (staged by a restore, never moved in)"))
+        .collect();
+    let (planned, _) = reset_ok(&sys, true);
+    assert!(removals.iter().all(|r| planned.contains(r)), "{planned:#?}");
+    assert!(sys.exists(Path::new(RESTORE_STAGED)), "a dry run removes nothing");
+    let (actions, _) = reset_ok(&sys, false);
+    assert!(removals.iter().all(|r| actions.contains(r)), "{actions:#?}");
+    for path in staged.iter().map(String::as_str).chain([RESTORE_STAGED]) {
+        assert!(!sys.exists(Path::new(path)), "{path} is left");
+    }
+    // Removed before the data moves aside: none of it is in what moved.
+    let removed_at = actions.iter().position(|a| a.contains(RESTORE_STAGED)).unwrap();
+    let data_moved_at = actions.iter().position(|a| a.starts_with("move /var/lib/rancher/k3s aside")).unwrap();
+    assert!(removed_at < data_moved_at, "{actions:#?}");
+    // The archive itself is never deleted.
+    assert_eq!(sys.contents("/var/lib/rancher/k3node/snapshots/s1.tar.zst").as_deref(), Some("archive"));
+}
+
+#[test]
 fn without_keep_helper_k3nodes_own_traces_go_and_a_state_dir_with_snapshots_is_moved_aside() {
     let helper = "/usr/local/bin/k3node";
     let full = |sys: &FakeSystem| {
