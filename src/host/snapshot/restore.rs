@@ -437,7 +437,8 @@ fn staged_config(sys: &dyn HostSystem, staging: &Staging) -> Result<(String, Vec
             path: dir.clone(),
             source,
         })?;
-        for name in names {
+        // k3s reads only these (config::from_texts leaves the others out too).
+        for name in names.into_iter().filter(|n| n.ends_with(".yaml") || n.ends_with(".yml")) {
             let text = read(&dir.join(&name))?;
             dropins.push((name, text));
         }

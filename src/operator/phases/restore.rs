@@ -156,6 +156,10 @@ impl Phase for CheckArchive {
     }
 
     async fn run(&self, run: &mut RunContext) -> PhaseRun {
+        // On the target itself, the check phase reads all of it there before anything stops
+        // (and the target phase before it installs k3s on a fresh host): here its sha256 against
+        // its sidecar and its manifest are enough to plan the run.
+        let sum_only = matches!(&self.settings.source, Source::OnHost { host, .. } if *host == self.settings.target);
         let verified = match &self.settings.source {
             Source::Local(path) => verify_local(path).await.map(|v| (LOCAL.to_string(), v)),
             Source::OnHost { host, name } => {
@@ -163,10 +167,6 @@ impl Phase for CheckArchive {
                     findings(&self.findings).bad_archive = true;
                     return PhaseRun::Failed(format!("{host} is not connected: it holds the archive {name}"));
                 };
-                // On the target itself, the check phase reads all of it there before anything
-                // stops (and the target phase before it installs k3s on a fresh host): here its
-                // sha256 against its sidecar and its manifest are enough to plan the run.
-                let sum_only = *host == self.settings.target;
                 run.observer
                     .phase(host, if sum_only { "checking the archive's sha256" } else { "verifying the archive" });
                 link.call(&VerifySnapshot { path: host_path(name), sum_only }).send().await.map(|v| (host.clone(), v))
@@ -179,8 +179,7 @@ impl Phase for CheckArchive {
                 return PhaseRun::Failed(format!("{}: {e}", self.settings.source));
             }
         };
-        let read_in_full =
-            !matches!(&self.settings.source, Source::OnHost { host, .. } if *host == self.settings.target);
+        let read_in_full = !sum_only;
         let state = if read_in_full { "verified" } else { "sha256-checked" };
         findings(&self.findings).archive = Some(ArchiveLine::of_verified(&host, &verified, state));
         let manifest = verified.manifest.clone();
