@@ -98,20 +98,29 @@ impl Read for Pages<'_> {
                 return Ok(0);
             }
             let path = &self.image.path;
-            let data: Vec<u8> = self.page.query_row([self.next as i64], |r| r.get(0)).map_err(|e| to_io(e, path))?;
-            if data.len() as u64 != self.image.page_size {
+            // Copied from SQLite's own buffer into ours, which is reused: a new allocation per
+            // page took about half of the time this read costs.
+            let buf = &mut self.buf;
+            let size = self
+                .page
+                .query_row([self.next as i64], |r| {
+                    let data = r.get_ref(0)?.as_blob()?;
+                    buf.clear();
+                    buf.extend_from_slice(data);
+                    Ok(data.len())
+                })
+                .map_err(|e| to_io(e, path))?;
+            if size as u64 != self.image.page_size {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "SQLite on {}: page {} has {} bytes, not {}",
+                        "SQLite on {}: page {} has {size} bytes, not {}",
                         path.display(),
                         self.next,
-                        data.len(),
                         self.image.page_size
                     ),
                 ));
             }
-            self.buf = data;
             self.at = 0;
             self.next += 1;
         }
