@@ -498,7 +498,8 @@ async fn relay(from: &Link, path: &str, sha256: &str, to: &Link, request: &Recei
     received.map(|_| ())
 }
 
-/// `check`: the target's restore as a dry run, so that it refuses before anything stops.
+/// `check`: the target's restore up to the stop (a real run stages the archive there, k3s running), so
+/// that it refuses before anything stops.
 pub struct Check {
     pub settings: Settings,
     pub findings: Findings,
