@@ -129,10 +129,15 @@ fn read_record(sys: &dyn HostSystem) -> Result<Option<Record>, SnapshotError> {
 }
 
 fn write_record(sys: &dyn HostSystem, record: &Record) -> Result<(), SnapshotError> {
-    let json = serde_json::to_string_pretty(record).expect("a record always serializes") + "\n";
-    sys.write_atomic(Path::new(RESTORE_RECORD), json.as_bytes(), RECORD_MODE).map_err(|source| SnapshotError::Io {
+    write_json(sys, RESTORE_RECORD, record)
+}
+
+/// k3node's own notes on this host (a restore's record, a check's staging): JSON, 0600, atomic.
+fn write_json(sys: &dyn HostSystem, path: &str, value: &impl Serialize) -> Result<(), SnapshotError> {
+    let json = serde_json::to_string_pretty(value).expect("k3node's notes always serialize") + "\n";
+    sys.write_atomic(Path::new(path), json.as_bytes(), RECORD_MODE).map_err(|source| SnapshotError::Io {
         what: "cannot write",
-        path: RESTORE_RECORD.into(),
+        path: path.into(),
         source,
     })
 }
@@ -216,8 +221,9 @@ pub fn restore(
     };
     if req.stage_only {
         if let Some(staging) = &staging {
-            write_prepared(
+            write_json(
                 sys,
+                RESTORE_STAGED,
                 &Prepared {
                     archive: checked.path.display().to_string(),
                     walked: checked.walked.clone(),
@@ -281,15 +287,6 @@ fn take_prepared(sys: &dyn HostSystem, req: &RestoreSnapshot) -> Result<Option<P
         && !prepared.staged.is_empty()
         && prepared.staged.iter().all(|s| present(sys, Path::new(&s.from)));
     Ok(fits.then_some(prepared))
-}
-
-fn write_prepared(sys: &dyn HostSystem, prepared: &Prepared) -> Result<(), SnapshotError> {
-    let json = serde_json::to_string_pretty(prepared).expect("a staging always serializes") + "\n";
-    sys.write_atomic(Path::new(RESTORE_STAGED), json.as_bytes(), RECORD_MODE).map_err(|source| SnapshotError::Io {
-        what: "cannot write",
-        path: RESTORE_STAGED.into(),
-        source,
-    })
 }
 
 /// What step 1 established about the archive and what k3s will run with.
