@@ -261,7 +261,13 @@ pub fn reset(sys: &dyn HostSystem, req: &ResetRequest, progress: Progress) -> Re
     // 9b. What a restore staged and never moved in (a run stopped between its check and its
     //     restore, or killed while staging): copies of an archive's files, k3s's config and
     //     the node password among them, beside the paths they were to replace.
-    let mut staged = crate::host::snapshot::staged_leftovers(sys, &settings.data_dir).unwrap_or_default();
+    let mut staged = match crate::host::snapshot::staged_leftovers(sys, &settings.data_dir) {
+        Ok(found) => found,
+        Err(e) => {
+            run.step("look for what a restore staged".to_string(), || Err(e.to_string()));
+            Vec::new()
+        }
+    };
     staged.extend(present(sys, Path::new(RESTORE_STAGED)).then(|| PathBuf::from(RESTORE_STAGED)));
     for path in &staged {
         run.step(format!("remove {} (staged by a restore, never moved in)", path.display()), || remove_tree(sys, path));

@@ -522,12 +522,17 @@ pub fn check_sum(sys: &dyn HostSystem, archive: &Path) -> Result<(Manifest, u64,
     })?;
     let (actual, size) = raw.finish();
     if actual != expected {
-        return Err(ArchiveError::Damaged {
-            archive: archive.to_path_buf(),
-            reason: format!("its sha256 is {actual}, its sha256 file says {expected}"),
-        });
+        return Err(sum_mismatch(archive, &actual, &expected, String::new()));
     }
     Ok((read_manifest(sys, archive)?, size, actual))
+}
+
+/// The archive's bytes are not those its sidecar names; `detail` says what reading it found.
+fn sum_mismatch(archive: &Path, actual: &str, expected: &str, detail: String) -> ArchiveError {
+    ArchiveError::Damaged {
+        archive: archive.to_path_buf(),
+        reason: format!("its sha256 is {actual}, its sha256 file says {expected}{detail}"),
+    }
 }
 
 fn damaged_by(archive: &Path, error: &io::Error) -> ArchiveError {
@@ -632,10 +637,7 @@ pub fn walk(sys: &dyn HostSystem, archive: &Path, unpack: &mut dyn Unpack) -> Re
             Err(e) => format!(" (reading it: {})", inner_reason(e)),
             Ok(_) => String::new(),
         };
-        return Err(ArchiveError::Damaged {
-            archive: archive.to_path_buf(),
-            reason: format!("its sha256 is {actual}, its sha256 file says {expected}{first}"),
-        });
+        return Err(sum_mismatch(archive, &actual, &expected, first));
     }
     let Contents { manifest, database_sha256, etcd_check } = outcome?;
     trailing?;

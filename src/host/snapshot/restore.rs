@@ -211,13 +211,11 @@ pub fn restore(
         let Some(staging) = staging else { return Vec::new() };
         // Recorded: from now on the staged data is the restore's, kept until moved in.
         staging.keep();
-        let millis = (sys.now_unix_ms() - started_ms).max(0) as u64;
-        let step = StepTime { step: "verify and stage the archive".into(), millis };
-        if staged_here {
-            vec![step]
-        } else {
-            Vec::new()
+        if !staged_here {
+            return Vec::new();
         }
+        let millis = (sys.now_unix_ms() - started_ms).max(0) as u64;
+        vec![StepTime { step: "verify and stage the archive".into(), millis }]
     };
     if req.stage_only {
         if let Some(staging) = &staging {
@@ -316,8 +314,6 @@ fn check<'a>(
     if req.node_name.trim().is_empty() {
         return Err(SnapshotError::BadRequest("the node name is empty".into()));
     }
-    let own_config_unreadable =
-        |e: String| SnapshotError::BadRequest(format!("the config.yaml given for this host cannot be read: {e}"));
     let refused = |reason: String| SnapshotError::Archive(ArchiveError::Refused { archive: path.clone(), reason });
     let (walked, settings, staging, staged_before) = match read {
         Read::Staged(prepared) => {
@@ -329,41 +325,28 @@ fn check<'a>(
             let staging = Staging::adopt(sys, Path::new(&prepared.walked.manifest.data_dir), &prepared.stamp);
             // What k3s will read once the staged data is in place.
             let (main, dropins) = staged_config(sys, &staging)?;
-            let settings = k3s::settings_of(&main, &dropins).map_err(|e| match &req.config_yaml {
-                Some(_) => own_config_unreadable(e),
-                None => refused(format!("its k3s configuration: {e}")),
-            })?;
+            let settings = k3s::settings_of(&main, &dropins)
+                .map_err(|e| if req.config_yaml.is_some() { Unreadable::OwnConfig(e) } else { Unreadable::Archive(e) })
+                .map_err(|e| e.into_error(&refused))?;
             (prepared.walked, settings, Some(staging), Some(prepared.stamp))
         }
-        Read::Verify | Read::Stage(_) => {
-            let (walked, checker) = match read {
-                Read::Stage(stamp) => {
-                    progress(&format!("verifying all of {} and staging it beside k3s's files", path.display()));
-                    verify::verify_and_stage(sys, &path, Extract::new(sys, stamp))?
-                }
-                _ => {
-                    progress(&format!("verifying all of {}", path.display()));
-                    verify::verify(sys, &path)?
-                }
-            };
-            let settings = match &req.config_yaml {
-                // This host's own config.yaml with the archive's drop-ins, as k3s will read them.
-                Some(config) => k3s::settings_of(config.expose(), &checker.dropins).map_err(own_config_unreadable)?,
-                None => checker.settings().map_err(|e| refused(format!("its k3s configuration: {e}")))?,
-            };
-            let staging = match checker.stage {
-                Some(extract) => {
-                    if let Some(config) = &req.config_yaml {
-                        let staged =
-                            extract.staged_path(Path::new(CONFIG_FILE)).expect("config.yaml is below a replaced root");
-                        progress(&format!("staging this host's own {CONFIG_FILE}"));
-                        write_config(sys, &staged, config)?;
-                    }
-                    extract.into_staging()
-                }
-                None => None,
-            };
-            (walked, settings, staging, None)
+        Read::Stage(stamp) => {
+            progress(&format!("verifying all of {} and staging it beside k3s's files", path.display()));
+            let (walked, checker) = verify::verify_and_stage(sys, &path, Extract::new(sys, stamp))?;
+            let settings = read_settings(req, &checker).map_err(|e| e.into_error(&refused))?;
+            let extract = checker.stage.expect("verify_and_stage stages");
+            if let Some(config) = &req.config_yaml {
+                let staged = extract.staged_path(Path::new(CONFIG_FILE)).expect("config.yaml is below a replaced root");
+                progress(&format!("staging this host's own {CONFIG_FILE}"));
+                write_config(sys, &staged, config)?;
+            }
+            (walked, settings, extract.into_staging(), None)
+        }
+        Read::Verify => {
+            progress(&format!("verifying all of {}", path.display()));
+            let (walked, checker) = verify::verify(sys, &path)?;
+            let settings = read_settings(req, &checker).map_err(|e| e.into_error(&refused))?;
+            (walked, settings, None, None)
         }
     };
     let manifest = &walked.manifest;
@@ -416,6 +399,33 @@ fn check<'a>(
         staging,
         staged_before,
     })
+}
+
+/// Why the settings k3s will run with cannot be read: this host's own config.yaml (bad input)
+/// or the archive's (the archive is refused).
+enum Unreadable {
+    OwnConfig(String),
+    Archive(String),
+}
+
+impl Unreadable {
+    fn into_error(self, refused: &dyn Fn(String) -> SnapshotError) -> SnapshotError {
+        match self {
+            Unreadable::OwnConfig(e) => {
+                SnapshotError::BadRequest(format!("the config.yaml given for this host cannot be read: {e}"))
+            }
+            Unreadable::Archive(e) => refused(format!("its k3s configuration: {e}")),
+        }
+    }
+}
+
+/// The settings of this host's own config.yaml with the archive's drop-ins, or of the archive's
+/// config files, as k3s will read them.
+fn read_settings(req: &RestoreSnapshot, checker: &verify::Checker) -> Result<k3s::Settings, Unreadable> {
+    match &req.config_yaml {
+        Some(config) => k3s::settings_of(config.expose(), &checker.dropins).map_err(Unreadable::OwnConfig),
+        None => checker.settings().map_err(Unreadable::Archive),
+    }
 }
 
 /// The staged config.yaml's text ("" when the archive has none) and its drop-ins' (name, text).
