@@ -2,9 +2,9 @@
 //!
 //! Order: check the request and the host (a server's token, k3s's version, which datastore);
 //! sweep what a killed earlier run left in the snapshot directory; take the datastore (SQLite: an
-//! image of the live database in one read transaction, held until the archive is written:
-//! `PRAGMA integrity_check` in that transaction, then the bytes streamed into the archive from
-//! it, no copy on disk; etcd: `k3s etcd-snapshot save` into a work directory beside the archive,
+//! image of the live database in one read transaction, held until the archive is written: the
+//! bytes streamed into the archive from it, no copy on disk, then `PRAGMA integrity_check` in that
+//! transaction before the archive is put in place; etcd: `k3s etcd-snapshot save` into a work directory beside the archive,
 //! then etcd's appended hash); stage a copy of every other file while hashing it, so that the
 //! manifest, written first in the archive, lists exactly the bytes that follow it (the datastore
 //! is read once, hashed as it streams into the archive, and its sha256 follows it there); write
@@ -158,6 +158,10 @@ pub fn take(
     let mtime = now.div_euclid(1000).max(0) as u64;
     let (out, written) =
         archive::write(out, &manifest, &|entry| files.open(entry), mtime).map_err(io_err("cannot write", &path))?;
+    // Before the archive is put in place: a failure drops it, unnamed.
+    if let Some((_, image)) = &files.image {
+        check_image(image.as_ref(), &database_path, progress)?;
+    }
     // Ends the database's read transaction: k3s's checkpoints need not wait for the rest.
     drop(files);
     // The sidecar first: an archive never exists without it (a sidecar alone is ignored and swept).
@@ -259,8 +263,8 @@ fn unique_name(sys: &dyn HostSystem, dir: &Path, base: &str) -> String {
     name
 }
 
-/// The SQLite datastore: an image of the live database in one read transaction, checked in it,
-/// listed with the live file's mode and owner.
+/// The SQLite datastore: an image of the live database in one read transaction (checked in it by
+/// [`check_image`] once written), listed with the live file's mode and owner.
 fn sqlite_image(
     sys: &dyn HostSystem,
     data_dir: &Path,
@@ -292,18 +296,28 @@ fn sqlite_image(
         )),
         _ => io_err("cannot read", &live)(e),
     })?;
-    progress("checking the database as of that transaction (PRAGMA integrity_check)");
-    let problems = image.check().map_err(io_err("cannot check", &live))?;
-    if !problems.is_empty() {
-        let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
-        return Err(SnapshotError::Datastore(format!(
-            "{} fails SQLite's integrity check ({}): the live database is damaged; no snapshot was written",
-            live.display(),
-            shown.join("; ")
-        )));
-    }
     let entry = file_entry(&live, &meta, image.size(), None);
     Ok((live, Database::Image(entry, image)))
+}
+
+/// `PRAGMA integrity_check` of the image, in its transaction. Run once its bytes are in the
+/// archive: the pages are then in the page cache, read in order, where the check's own order of
+/// reads from disk took longer than all of the rest.
+fn check_image(image: &dyn DatabaseImage, live: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), SnapshotError> {
+    progress("checking the database as of that transaction (PRAGMA integrity_check)");
+    let problems = match image.check() {
+        Ok(problems) if problems.is_empty() => return Ok(()),
+        Ok(problems) => problems,
+        // SQLite stops its check at a page it cannot parse at all.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => vec![describe(&e)],
+        Err(e) => return Err(io_err("cannot check", live)(e)),
+    };
+    let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
+    Err(SnapshotError::Datastore(format!(
+        "{} fails SQLite's integrity check ({}): the live database is damaged; no snapshot was written",
+        live.display(),
+        shown.join("; ")
+    )))
 }
 
 /// A file's manifest entry at its host path, with the owner and permission bits it has there (the

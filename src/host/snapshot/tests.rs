@@ -127,6 +127,27 @@ fn a_snapshot_of_a_sqlite_server_holds_what_a_restore_needs_and_nothing_of_k3s_o
 use crate::host::k3s::K3S_BIN;
 
 #[test]
+fn a_live_database_that_fails_its_integrity_check_is_refused_after_streaming_and_leaves_no_archive() {
+    let sys = with_k3s(FakeSystem::new());
+    let mut db = sqlite_db(2000);
+    // Scribble over the middle of the file, past the header and the schema page.
+    let middle = db.len() / 2;
+    db[middle..middle + 3000].fill(0x5a);
+    stage_server(&sys, &db);
+    let mut progress = Vec::new();
+    let error = create::create(&sys, &create_request(), &mut |m| progress.push(m.to_string())).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("fails SQLite's integrity check"), "{message}");
+    assert!(message.contains("no snapshot was written"), "{message}");
+    // The check came after the bytes were written, and nothing of that write is left.
+    let writing = progress.iter().position(|l| l.starts_with("writing ")).unwrap();
+    let checking = progress.iter().position(|l| l.contains("PRAGMA integrity_check")).unwrap();
+    assert!(writing < checking, "{progress:?}");
+    assert_eq!(paths(&sys, SNAPSHOTS), Vec::<String>::new(), "no archive, sidecar, temp file or work dir");
+    assert_eq!(runs_of(&sys), vec![format!("{K3S_BIN} --version")], "k3s never touched");
+}
+
+#[test]
 fn a_fresh_snapshot_verifies_and_lists_with_its_manifest() {
     let sys = fake_server();
     let (created, _) = create_ok(&sys);
