@@ -10,7 +10,8 @@
 //!   database's integrity where it is staged; then k3s stopped, its data moved aside and the
 //!   staged data in, started, the node Ready) against the seed's
 //!   `systemctl stop k3s; tar xzf; systemctl start k3s`, and against the limit: reading the
-//!   archive and decompressing it to /dev/null;
+//!   archive and decompressing it to /dev/null (and, printed beside it, the same with the files
+//!   written beside k3s's and synced to disk, which any restore has to do);
 //! - k3s's downtime before its start: the host's stop and swap steps against the seed's
 //!   `systemctl stop k3s; tar xzf`.
 //!
@@ -162,7 +163,7 @@ impl Write for Counting {
 
 /// Every contender starts from written-back files (the page cache is left as it is: the machine
 /// is shared, and each contender finds the files it reads cached alike).
-fn drop_caches() {
+fn write_back() {
     let _ = std::process::Command::new("sync").status();
 }
 
@@ -229,24 +230,24 @@ fn main() {
         .sum();
 
     // Create: k3node, the seed's tar czf, the limit.
-    drop_caches();
+    write_back();
     let (create, json) = b.json("snapshot create", &["snapshot", "create", "-c", config, "-o", "json"]);
     let create_host = phase_secs(&json, "create");
     let name = json["snapshots"][0]["name"].as_str().unwrap().to_string();
     let archive_bytes = json["snapshots"][0]["size"].as_u64().unwrap_or(0);
-    drop_caches();
+    write_back();
     let list = FILES.join(" ");
     let seed_create =
         b.sh(h1, &format!("tar czf /var/tmp/seed.tgz --ignore-failed-read -C / {list} 2>/dev/null || [ $? -eq 1 ]"));
     let tgz_bytes = std::fs::metadata(h1.root.join("var/tmp/seed.tgz")).map(|m| m.len()).unwrap_or(0);
-    drop_caches();
+    write_back();
     let started = Instant::now();
     let tar = tar_of_files(&h1.root);
     let counted = tar.into_inner().unwrap().finish().unwrap().0;
     let create_limit = started.elapsed();
 
     // Restore: k3node, the seed's stop + tar xzf + start, the limit.
-    drop_caches();
+    write_back();
     let (restore, json) = b.json(
         "restore",
         &["restore", "-c", config, "--from", &format!("h1:{name}"), "--yes", "-o", "json", "--ready-timeout", "300"],
@@ -270,12 +271,12 @@ fn main() {
     let down_host = step_secs("stop k3s") + step_secs("move the current data aside and the staged data in");
     // What the restore moved aside is not needed by the figures: the disk is.
     b.sh(h1, "rm -rf /var/lib/rancher/k3s/server.k3node-restore-* /etc/rancher/k3s.k3node-restore-* /etc/rancher/node.k3node-restore-* /etc/systemd/system/k3s.service.env.k3node-restore-*");
-    drop_caches();
+    write_back();
     let seed_unpack = b.sh(h1, "systemctl stop k3s && tar xzf /var/tmp/seed.tgz -C /");
     let seed_start = b.sh(h1, "systemctl start k3s");
     let seed_restore = seed_unpack + seed_start;
     b.sh(h1, "rm -f /var/tmp/seed.tgz");
-    drop_caches();
+    write_back();
     let archive = h1.root.join(format!("var/lib/rancher/k3node/snapshots/{name}.tar.zst"));
     let started = Instant::now();
     let mut decoder = zstd::stream::read::Decoder::new(std::fs::File::open(&archive).unwrap()).unwrap();
@@ -289,6 +290,17 @@ fn main() {
         out += n as u64;
     }
     let restore_limit = started.elapsed();
+    // The same with the files written where k3s's are, and on disk: what any restore must do, no
+    // hash, no check, nothing staged.
+    let unpack_into = h1.root.join("var/lib/rancher/k3node/bench-limit-unpack");
+    write_back();
+    let started = Instant::now();
+    let decoder = zstd::stream::read::Decoder::new(std::fs::File::open(&archive).unwrap()).unwrap();
+    tar::Archive::new(decoder).unpack(&unpack_into).unwrap();
+    let synced = std::process::Command::new("sync").arg("-f").arg(&unpack_into).status().unwrap();
+    assert!(synced.success(), "sync -f {}", unpack_into.display());
+    let restore_write_limit = started.elapsed();
+    std::fs::remove_dir_all(&unpack_into).unwrap();
     drop(server);
 
     let s = |d: Duration| d.as_secs_f64();
@@ -353,6 +365,14 @@ fn main() {
     println!(
         "    verify-and-stage step / limit                 {:>8.2}x  (target <= 1.5x; the step also checks the database's integrity)",
         stage_host / s(restore_limit)
+    );
+    println!(
+        "    limit with the writes: zstd -d, untar, sync   {:>8.2} s  (beside k3s's files, on the same disk)",
+        s(restore_write_limit)
+    );
+    println!(
+        "    verify-and-stage step / that limit            {:>8.2}x  (the step also hashes every file and checks the database)",
+        stage_host / s(restore_write_limit)
     );
     println!("  k3s's downtime before its start (k3node: the host's stop and swap steps; the archive was verified and staged before):");
     println!("    k3node                                        {down_host:>8.2} s");

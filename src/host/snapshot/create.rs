@@ -3,9 +3,9 @@
 //! Order: check the request and the host (a server's token, k3s's version, which datastore);
 //! sweep what a killed earlier run left in the snapshot directory; take the datastore (SQLite: an
 //! image of the live database in one read transaction, held until the archive is written: the
-//! bytes streamed into the archive from it, no copy on disk, then `PRAGMA integrity_check` in that
-//! transaction before the archive is put in place; etcd: `k3s etcd-snapshot save` into a work directory beside the archive,
-//! then etcd's appended hash); stage a copy of every other file while hashing it, so that the
+//! bytes streamed into the archive from it, no copy on disk, then `PRAGMA integrity_check` in
+//! that transaction before the archive is put in place; etcd: `k3s etcd-snapshot save` into a
+//! work directory beside the archive, then etcd's appended hash); stage a copy of every other file while hashing it, so that the
 //! manifest, written first in the archive, lists exactly the bytes that follow it (the datastore
 //! is read once, hashed as it streams into the archive, and its sha256 follows it there); write
 //! the archive under a temp name, then its sidecar, then rename the archive into place. A failure
@@ -301,8 +301,8 @@ fn sqlite_image(
 }
 
 /// `PRAGMA integrity_check` of the image, in its transaction. Run once its bytes are in the
-/// archive: the pages are then in the page cache, read in order, where the check's own order of
-/// reads from disk took longer than all of the rest.
+/// archive, which read the pages in order: the check then finds them in the page cache (1 GiB
+/// here: 0.3-0.4 s, against 5.6 s when it read them from disk itself, in its own order).
 fn check_image(image: &dyn DatabaseImage, live: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), SnapshotError> {
     progress("checking the database as of that transaction (PRAGMA integrity_check)");
     let problems = match image.check() {
