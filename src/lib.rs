@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod artifacts;
+pub mod chunks;
 pub mod cluster;
 pub mod daemon;
 pub mod digest;

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::chunks::ChunkReader;
+
 /// How long a read waits for a lock held by the database's writer (a checkpoint or a WAL reset
 /// in progress): k3s's transactions are short.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,7 +127,7 @@ impl DatabaseImage for Image {
     fn bytes(&self) -> io::Result<Box<dyn Read + '_>> {
         let (chunks, received) = mpsc::sync_channel(CHUNKS_AHEAD);
         self.ask(Request::Pages(chunks))?;
-        Ok(Box::new(Pages { chunks: received, chunk: Vec::new(), at: 0 }))
+        Ok(Box::new(ChunkReader::new(received, None)))
     }
 }
 
@@ -194,28 +196,6 @@ fn send_pages(conn: &Connection, shape: &Shape, chunks: &SyncSender<io::Result<V
         let _ = chunks.send(Ok(chunk));
     }
     Ok(())
-}
-
-/// The image's pages as one stream, as the image's thread reads them; ends when it has sent the last.
-struct Pages {
-    chunks: Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl Read for Pages {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.chunk.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => (self.chunk, self.at) = (chunk?, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.chunk.len() - self.at);
-        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 /// `PRAGMA integrity_check`: empty when the database is sound, else the problems SQLite lists.

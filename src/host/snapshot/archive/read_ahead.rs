@@ -8,18 +8,16 @@
 //! instead, the thread ends on its own at its next send).
 
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::thread::JoinHandle;
+
+use crate::chunks::ChunkReader;
 
 const CHUNK: usize = 1 << 20;
 const AHEAD: usize = 4;
 
 pub struct ReadAhead<R> {
-    chunks: Option<Receiver<io::Result<Vec<u8>>>>,
-    /// Read chunks go back to the thread to be filled again.
-    spare: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
-    at: usize,
+    reader: ChunkReader,
     thread: JoinHandle<R>,
 }
 
@@ -49,41 +47,20 @@ impl<R: Read + Send + 'static> ReadAhead<R> {
             }
             source
         })?;
-        Ok(ReadAhead { chunks: Some(chunks), spare, current: Vec::new(), at: 0, thread })
+        Ok(ReadAhead { reader: ChunkReader::new(chunks, Some(spare)), thread })
     }
 
     /// The source, once its thread has stopped (at the end, or as soon as it sees that nobody reads).
     pub fn into_inner(self) -> R {
         // Without its receiver the thread's next send fails, and it ends.
-        drop(self.chunks);
+        drop(self.reader);
         self.thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 
 impl<R> Read for ReadAhead<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            let Some(chunks) = &self.chunks else { return Ok(0) };
-            match chunks.recv() {
-                Ok(Ok(chunk)) => {
-                    let read = std::mem::replace(&mut self.current, chunk);
-                    let _ = self.spare.try_send(read);
-                    self.at = 0;
-                }
-                Ok(Err(e)) => {
-                    self.chunks = None;
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.chunks = None; // the source's end
-                    return Ok(0);
-                }
-            }
-        }
-        let n = out.len().min(self.current.len() - self.at);
-        out[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+        self.reader.read(out)
     }
 }
 
