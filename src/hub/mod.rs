@@ -37,7 +37,9 @@ pub struct Hub {
 type Job = (ReportBatch, i64, usize, tokio::sync::oneshot::Sender<Result<store::Stored, StoreError>>);
 
 /// Batches that arrive while the writer commits wait for the next commit: one transaction for
-/// all of them (group commit), so the hub's throughput is not one commit per node.
+/// all of them (group commit), so the hub's throughput is not one commit per node. Its
+/// checkpoints run on a thread of their own ([`store::Checkpointer`]): no batch waits for an
+/// fsync of the whole WAL.
 struct Writer {
     queue: std::sync::mpsc::SyncSender<Job>,
     /// Bytes of the batches queued (as they arrived), bounded by [`QUEUE_BYTES`].
@@ -89,6 +91,15 @@ pub enum Refused {
 
 impl Writer {
     fn start(mut store: Store) -> Writer {
+        match store.checkpointer() {
+            Ok(checkpointer) => {
+                std::thread::Builder::new()
+                    .name("hub-checkpoints".into())
+                    .spawn(move || checkpointer.run())
+                    .expect("a thread for the hub's checkpoints");
+            }
+            Err(e) => tracing::warn!("hub: {e}: SQLite checkpoints on commit instead"),
+        }
         let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
         let queued = Arc::new(Budget::new(QUEUE_BYTES));
         let taken = queued.clone();

@@ -11,12 +11,20 @@
 //! - Commits are durable against a crash of the hub (WAL, synchronous=NORMAL); a power loss may
 //!   lose the last commits, which the nodes then send again (they are confirmed only after the
 //!   commit returns, and a node keeps a report until its hub confirmed it).
+//! - Checkpoints (copying the WAL into the database, the only step that fsyncs) are SQLite's
+//!   own on commit, unless the writer's connection hands them to a [`Checkpointer`] on a
+//!   connection of its own (the hub's writer does: see [`checkpoints`]).
 //! - History holds each report zstd-compressed: the store's size, and what each commit writes
 //!   and each checkpoint flushes, is about a fifth of what the JSON took (schema 2).
 
-use std::path::Path;
+mod checkpoints;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+pub use checkpoints::Checkpointer;
 
 use crate::protocol::health::{Report, ReportBatch};
 use crate::protocol::node::Role;
@@ -103,8 +111,12 @@ pub struct Stored {
 
 pub struct Store {
     conn: Connection,
+    file: PathBuf,
     path: String,
     history_per_node: u64,
+    /// Held by each write transaction while a [`Checkpointer`] takes this connection's
+    /// checkpoints: its last, short pass holds it too, so that it sees the WAL's end.
+    commit_gate: Option<Arc<Mutex<()>>>,
 }
 
 impl Store {
@@ -148,7 +160,13 @@ impl Store {
             }
         }
         tx.commit().map_err(err)?;
-        Ok(Store { conn, path: shown, history_per_node: history_per_node.max(1) })
+        Ok(Store {
+            conn,
+            file: path.to_path_buf(),
+            path: shown,
+            history_per_node: history_per_node.max(1),
+            commit_gate: None,
+        })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -166,6 +184,8 @@ impl Store {
         let path = self.path.clone();
         let err = move |e: rusqlite::Error| StoreError::Sqlite { path: path.clone(), message: e.to_string() };
         let history = self.history_per_node;
+        let gate = self.commit_gate.clone();
+        let _committing = gate.as_ref().map(|g| g.lock().unwrap_or_else(|p| p.into_inner()));
         let tx = self.conn.transaction().map_err(&err)?;
         let mut out = Vec::with_capacity(batches.len());
         for (batch, received_ms) in batches {
@@ -373,7 +393,7 @@ mod tests {
         }
     }
 
-    fn batch(node: &str, stream: &str, seqs: &[u64]) -> ReportBatch {
+    pub(super) fn batch(node: &str, stream: &str, seqs: &[u64]) -> ReportBatch {
         ReportBatch {
             protocol: HEALTH_PROTOCOL,
             node: node.into(),
