@@ -192,6 +192,10 @@ pub async fn collect(
 }
 
 async fn start_hub(settings: &Settings, tls: &pki::TlsMaterial) -> Result<(), DaemonError> {
+    match raise_open_files_limit() {
+        Ok(limit) => tracing::info!("hub: up to {limit} open files (a connection per node)"),
+        Err(e) => tracing::warn!("hub: cannot raise the open files limit ({e}): a large fleet may be refused"),
+    }
     let history = settings.tuning.history_per_node as u64;
     let open = move || crate::hub::Store::open(Path::new(settings::HUB_DB), history);
     let (reader, writer) = tokio::task::spawn_blocking(move || Ok::<_, crate::hub::StoreError>((open()?, open()?)))
@@ -204,6 +208,20 @@ async fn start_hub(settings: &Settings, tls: &pki::TlsMaterial) -> Result<(), Da
     tokio::spawn(crate::hub::server::serve(hub.clone(), listener, Arc::new(tls.server_config()?)));
     tokio::spawn(crate::hub::kube::run(hub));
     Ok(())
+}
+
+/// The hub keeps a connection per node: under systemd's soft limit of 1,024 open files, a
+/// fleet of about a thousand nodes would be refused (EMFILE). The soft limit is raised to the
+/// hard one (524,288 under systemd), which needs no privilege; returns the limit now.
+pub(crate) fn raise_open_files_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    // An unlimited hard limit is not a soft limit the kernel takes: its own maximum (nr_open).
+    let wanted = hard.min(1 << 20);
+    if soft < wanted {
+        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard)?;
+    }
+    Ok(wanted.max(soft))
 }
 
 /// The hub's socket on every address of the host: `[::]` with IPv4 mapped in (so that servers

@@ -207,6 +207,13 @@ fn install_and_report(lab: &Arc<Lab>, op: &Operator, file: &Path) -> Outcome {
         let mask = u64::from_str_radix(ignored.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap_or(0);
         ensure(mask & (1 << 12) != 0, || format!("k3node-agent on {h} does not ignore SIGPIPE: {ignored}"))?;
     }
+    // The hub may hold a connection per node, beyond systemd's soft limit of 1,024 open files.
+    let open_files =
+        sh(lab.host("h1"), "grep '^Max open files' /proc/$(systemctl show -p MainPID --value k3node-agent)/limits")?;
+    let limits: Vec<u64> = open_files.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    ensure(limits.len() == 2 && limits[0] == limits[1] && limits[0] > 1024, || {
+        format!("the hub's open files limit is not raised to its hard limit: {open_files}")
+    })?;
     let agent_key = sh(lab.host("h2"), "test -e /etc/k3node/tls/ca.key && echo present || echo absent")?;
     ensure(agent_key.trim() == "absent", || "an agent holds the CA key".into())?;
 
