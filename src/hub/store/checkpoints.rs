@@ -2,9 +2,9 @@
 //!
 //! By default SQLite checkpoints on commit: the committing thread copies the WAL into the
 //! database and fsyncs both files, and every batch that arrives meanwhile waits for it. At
-//! 10,000 nodes (1,000 reports/s) that was 5-6 ms every 0.3 s, which set the hub's p99, and
-//! all of a disk's slow fsync when it had one. A [`Checkpointer`] takes that work to a thread and
-//! a connection of its own.
+//! 10,000 nodes (1,000 reports/s) that was 5-6 ms every 0.3 s, which set the hub's p99, and a
+//! slow fsync of the disk held every batch as long. A [`Checkpointer`] takes that work to a
+//! thread and a connection of its own.
 //!
 //! Invariants:
 //! - The writer's connection asks for a checkpoint after a commit that leaves
@@ -44,10 +44,8 @@ pub struct Checkpointer {
 /// What one checkpoint did, in WAL pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpointed {
-    /// Pages copied by the pass beside the writer.
+    /// Pages of the WAL in the database after the pass beside the writer.
     pub beside: i32,
-    /// Pages copied while the writer waited.
-    pub gated: i32,
     /// Whether the whole WAL is in the database, so that the writer starts it again.
     pub whole: bool,
 }
@@ -94,7 +92,7 @@ impl Checkpointer {
         let (_, beside) = self.pass()?;
         let _held = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         let (log, copied) = self.pass()?;
-        Ok(Checkpointed { beside: beside.max(0), gated: (copied - beside).max(0), whole: copied == log })
+        Ok(Checkpointed { beside: beside.max(0), whole: copied == log })
     }
 
     /// (pages in the WAL, pages of it in the database).

@@ -29,7 +29,7 @@ fn the_writer_asks_for_its_checkpoints_instead_of_running_them_and_starts_the_wa
 
     let done = checkpointer.checkpoint().unwrap();
     assert!(done.beside >= CHECKPOINT_PAGES, "{done:?}");
-    assert_eq!((done.gated, done.whole), (0, true), "nothing was committed meanwhile: {done:?}");
+    assert!(done.whole, "{done:?}");
     ingest(&mut store, i);
     let (log, _) = checkpointer.pass().unwrap();
     assert!(log < 10, "the writer's next commit starts the WAL again: {log} pages in it");
