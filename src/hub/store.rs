@@ -112,7 +112,6 @@ pub struct Stored {
 pub struct Store {
     conn: Connection,
     file: PathBuf,
-    path: String,
     history_per_node: u64,
     /// Held by each write transaction while a [`Checkpointer`] takes this connection's
     /// checkpoints: its last, short pass holds it too, so that it sees the WAL's end.
@@ -160,17 +159,16 @@ impl Store {
             }
         }
         tx.commit().map_err(err)?;
-        Ok(Store {
-            conn,
-            file: path.to_path_buf(),
-            path: shown,
-            history_per_node: history_per_node.max(1),
-            commit_gate: None,
-        })
+        Ok(Store { conn, file: path.to_path_buf(), history_per_node: history_per_node.max(1), commit_gate: None })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        |e| StoreError::Sqlite { path: self.path.clone(), message: e.to_string() }
+        |e| StoreError::Sqlite { path: self.shown(), message: e.to_string() }
+    }
+
+    /// The database's path, as errors show it.
+    fn shown(&self) -> String {
+        self.file.display().to_string()
     }
 
     /// Stores `batch` (the node's name already checked against its certificate).
@@ -181,11 +179,10 @@ impl Store {
     /// Stores several batches in one transaction (the hub's writer groups what arrived together:
     /// one commit for many nodes), each as [`Store::ingest`] would.
     pub fn ingest_many(&mut self, batches: &[(&ReportBatch, i64)]) -> Result<Vec<Stored>, StoreError> {
-        let path = self.path.clone();
+        let path = self.shown();
         let err = move |e: rusqlite::Error| StoreError::Sqlite { path: path.clone(), message: e.to_string() };
         let history = self.history_per_node;
-        let gate = self.commit_gate.clone();
-        let _committing = gate.as_ref().map(|g| g.lock().unwrap_or_else(|p| p.into_inner()));
+        let _committing = self.commit_gate.as_ref().map(|g| g.lock().unwrap_or_else(|p| p.into_inner()));
         let tx = self.conn.transaction().map_err(&err)?;
         let mut out = Vec::with_capacity(batches.len());
         for (batch, received_ms) in batches {
@@ -244,7 +241,7 @@ impl Store {
         for p in packed {
             let p = p.map_err(self.err())?;
             out.push(unpack(&p).ok_or_else(|| StoreError::Sqlite {
-                path: self.path.clone(),
+                path: self.shown(),
                 message: format!("a report of {node} in history does not decode"),
             })?);
         }
@@ -258,11 +255,9 @@ impl Store {
 
     /// Bytes of the database and its WAL on disk.
     pub fn size_bytes(&self) -> u64 {
-        [self.path.clone(), format!("{}-wal", self.path)]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
+        let mut wal = self.file.clone().into_os_string();
+        wal.push("-wal");
+        [self.file.clone(), PathBuf::from(wal)].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
     }
 }
 

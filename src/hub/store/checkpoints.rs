@@ -69,7 +69,7 @@ impl Store {
             .map_err(self.err())?;
         let gate = Arc::new(Mutex::new(()));
         self.commit_gate = Some(gate.clone());
-        Ok(Checkpointer { conn, path: self.path.clone(), requests, gate })
+        Ok(Checkpointer { conn, path: self.shown(), requests, gate })
     }
 }
 
